@@ -1,0 +1,170 @@
+"""The Focus metric: the share of positive relevance that lands on a mosaic's target tiles.
+
+    Focus = (R_t1 + R_t2) / (R_1 + R_2 + R_3 + R_4)      R_i = sum of max(relevance, 0) on tile i
+
+Quadrants are numbered 0..3 in TL, TR, BL, BR order and split at ``H // 2``, ``W // 2``.
+:func:`quadrant_sums` reduces a batch of relevance maps to per-quadrant positive and negative
+sums (what the record layer stores); :func:`focus_from_sums` turns those sums into Focus, and
+:func:`focus_score` does both. Everything stays on the device of the input.
+
+Examples
+--------
+>>> relevance = torch.tensor([[[1.0, 3.0], [-2.0, 0.0]]])
+>>> quadrant_sums(relevance)[0].tolist()
+[[1.0, 0.0], [3.0, 0.0], [0.0, -2.0], [0.0, 0.0]]
+>>> focus_score(relevance, torch.tensor([[True, False, False, True]])).tolist()
+[0.25]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from focus_core.errors import FocusError
+
+__all__ = ["focus_from_sums", "focus_score", "quadrant_sums"]
+
+
+def _check_relevance(relevance: torch.Tensor) -> None:
+    if not isinstance(relevance, torch.Tensor) or relevance.ndim != 3:
+        shape = tuple(relevance.shape) if isinstance(relevance, torch.Tensor) else type(relevance).__name__
+        raise FocusError(
+            f"Expected relevance of shape (B, H, W) but got {shape}: pass one map per mosaic."
+        )
+    if relevance.shape[1] < 2 or relevance.shape[2] < 2:
+        raise FocusError(
+            f"Expected relevance maps of at least 2x2 pixels but got shape {tuple(relevance.shape)}: "
+            f"pass maps at mosaic resolution."
+        )
+    if not relevance.dtype.is_floating_point:
+        raise FocusError(f"Expected floating point relevance but got {relevance.dtype}: cast it to float.")
+
+
+def _check_mask(mask: torch.Tensor, batch: int) -> None:
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (batch, 4):
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise FocusError(
+            f"Expected a bool target-quadrant mask of shape ({batch}, 4) but got {got}: "
+            f"pass mosaics.target_mask(...) for the same mosaics."
+        )
+
+
+def _quadrant_totals(x: torch.Tensor, h2: int, w2: int) -> torch.Tensor:
+    """Sum ``x`` (B, H, W) over each quadrant: (B, 4) in TL, TR, BL, BR order."""
+    top, bottom = x[:, :h2].sum(dim=1), x[:, h2:].sum(dim=1)  # (B, W) each
+    return torch.stack(
+        [
+            top[:, :w2].sum(dim=1),
+            top[:, w2:].sum(dim=1),
+            bottom[:, :w2].sum(dim=1),
+            bottom[:, w2:].sum(dim=1),
+        ],
+        dim=1,
+    )
+
+
+def _quadrant_sums(relevance: torch.Tensor) -> torch.Tensor:
+    if relevance.dtype in (torch.float16, torch.bfloat16):
+        relevance = relevance.float()
+    h2, w2 = relevance.shape[1] // 2, relevance.shape[2] // 2
+    positive = relevance.clamp(min=0)
+    positive_sums = _quadrant_totals(positive, h2, w2)
+    negative_sums = _quadrant_totals(relevance - positive, h2, w2)
+    return torch.stack([positive_sums, negative_sums], dim=2)
+
+
+def _focus_from_sums(sums: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    positive = sums[..., 0]
+    total = positive.sum(dim=1)
+    on_target = (positive * mask.to(device=positive.device, dtype=positive.dtype)).sum(dim=1)
+    nan = torch.full_like(total, float("nan"))
+    return torch.where(total > 0, on_target / torch.where(total > 0, total, 1), nan)
+
+
+def quadrant_sums(relevance: torch.Tensor) -> torch.Tensor:
+    """Sum the positive and the negative relevance in each quadrant of each map.
+
+    Parameters
+    ----------
+    relevance : torch.Tensor
+        Floating point maps of shape ``(B, H, W)``, ``H, W >= 2`` (odd sizes are fine: the
+        split is at ``H // 2`` and ``W // 2``).
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(B, 4, 2)`` on the input's device: ``[..., 0]`` the positive sum (``>= 0``) and
+        ``[..., 1]`` the negative sum (``<= 0``) of quadrants TL, TR, BL, BR. The dtype is the
+        input's (``float32`` for half-precision input, to keep the sums from overflowing).
+
+    Examples
+    --------
+    >>> quadrant_sums(torch.ones(1, 3, 3))[0, :, 0].tolist()
+    [1.0, 2.0, 2.0, 4.0]
+    """
+    _check_relevance(relevance)
+    return _quadrant_sums(relevance)
+
+
+def focus_from_sums(sums: torch.Tensor, target_quadrants: torch.Tensor) -> torch.Tensor:
+    """Compute Focus from per-quadrant sums (as stored per mosaic) and the target mask.
+
+    Parameters
+    ----------
+    sums : torch.Tensor
+        Shape ``(B, 4, 2)`` from :func:`quadrant_sums`; only ``[..., 0]`` (positive) is used.
+    target_quadrants : torch.Tensor
+        ``bool`` of shape ``(B, 4)``, True on the target quadrants.
+
+    Returns
+    -------
+    torch.Tensor
+        Focus of shape ``(B,)``; NaN where a map has no positive relevance.
+
+    Examples
+    --------
+    >>> sums = torch.tensor([[[3.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 0.0]]])
+    >>> focus_from_sums(sums, torch.tensor([[True, False, True, False]])).tolist()
+    [0.75]
+    """
+    if not isinstance(sums, torch.Tensor) or sums.ndim != 3 or sums.shape[1:] != (4, 2):
+        shape = tuple(sums.shape) if isinstance(sums, torch.Tensor) else type(sums).__name__
+        raise FocusError(
+            f"Expected quadrant sums of shape (B, 4, 2) but got {shape}: pass quadrant_sums(...)."
+        )
+    if not sums.dtype.is_floating_point:
+        raise FocusError(f"Expected floating point quadrant sums but got {sums.dtype}: cast them to float.")
+    _check_mask(target_quadrants, sums.shape[0])
+    return _focus_from_sums(sums, target_quadrants)
+
+
+def focus_score(relevance: torch.Tensor, target_quadrants: torch.Tensor) -> torch.Tensor:
+    """Share of each map's positive relevance that lies on its target quadrants.
+
+    Parameters
+    ----------
+    relevance : torch.Tensor
+        Floating point maps of shape ``(B, H, W)`` at mosaic resolution.
+    target_quadrants : torch.Tensor
+        ``bool`` of shape ``(B, 4)``, True on the two target quadrants (see
+        :func:`focus_core.mosaics.target_mask`); moved to the device of ``relevance``.
+
+    Returns
+    -------
+    torch.Tensor
+        Focus of shape ``(B,)`` in ``[0, 1]`` on the device of ``relevance``; NaN where a map
+        has no positive relevance (undefined, never counted as 0 or 0.5).
+
+    Examples
+    --------
+    >>> relevance = torch.zeros(2, 4, 4)
+    >>> relevance[0, :2, :2] = 3.0   # TL
+    >>> relevance[0, 2:, 2:] = 1.0   # BR
+    >>> relevance[1] = -1.0          # no positive relevance
+    >>> mask = torch.tensor([[True, True, False, False], [True, True, False, False]])
+    >>> focus_score(relevance, mask).tolist()
+    [0.75, nan]
+    """
+    _check_relevance(relevance)
+    _check_mask(target_quadrants, relevance.shape[0])
+    return _focus_from_sums(_quadrant_sums(relevance), target_quadrants)

@@ -1,0 +1,27 @@
+"""Batched feature-attribution methods behind one registry.
+
+Each method lives in the module of its family; :func:`get_explainer` maps a name and parameters to a callable
+``explainer(model, inputs, targets) -> (B, H, W)`` relevance::
+
+    from focus_core.explainers import get_explainer
+    relevance = get_explainer("lrp")(model, mosaics, targets)
+
+Modules: :mod:`.gradcam` (gradcam, gradcam++), :mod:`.lrp` (lrp, zennit), :mod:`.gradients` (gradient,
+input_x_gradient, integrated_gradients, smoothgrad), :mod:`.control` (random), :mod:`.noise` (batch-invariant
+seeded noise), :mod:`.base` (protocol, parameters and hash), :mod:`.registry`.
+"""
+
+from focus_core.explainers.base import Explainer, ExplainerBase, params_hash
+from focus_core.explainers.gradcam import resolve_layer
+from focus_core.explainers.registry import EXPLAINERS, available_explainers, get_explainer, register_explainer
+
+__all__ = [
+    "EXPLAINERS",
+    "Explainer",
+    "ExplainerBase",
+    "available_explainers",
+    "get_explainer",
+    "params_hash",
+    "register_explainer",
+    "resolve_layer",
+]

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 HOST, PORT = "127.0.0.1", 5432
+CHROMIUM = "/usr/bin/chromium"
 
 
 def _postgres_answers(timeout: float = 1.0) -> bool:
@@ -40,6 +41,21 @@ def _start_postgres() -> None:
         time.sleep(1)
 
 
+def _ensure_chromium() -> None:
+    """The report test opens the HTML page in Debian's headless Chromium."""
+    if Path(CHROMIUM).exists() or shutil.which("apt-get") is None or os.geteuid() != 0:
+        return
+    print("test setup: installing Debian's chromium for the report test", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "chromium", "fonts-dejavu-core"],
+        check=False,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def main() -> int:
     if not _postgres_answers():
         print("test setup: PostgreSQL is not answering on 127.0.0.1:5432, starting it", flush=True)
@@ -51,6 +67,12 @@ def main() -> int:
         return 1
     else:
         print("test setup: no PostgreSQL; its tests will be skipped outside CI", file=sys.stderr)
+    _ensure_chromium()
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            print("test setup: chromium is required in CI and could not be installed", file=sys.stderr)
+            return 1
+        print("test setup: no chromium; the report page test will be skipped", file=sys.stderr)
     return 0
 
 

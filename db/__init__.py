@@ -1,1 +1,104 @@
+"""db: the record of everything focus-audit measures (SQLAlchemy 2.x + Alembic, PostgreSQL or SQLite).
 
+The boundary is plain Python and numpy types; this package imports neither torch nor focus_core.
+
+Examples
+--------
+>>> import db
+>>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
+'0001'
+>>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
+"""
+
+from db import errors, models, queries, types, writes
+from db.engine import DEFAULT_URL, ENV_VAR, database_url, get_engine, mask_url, open_store
+from db.errors import StoreError
+from db.migrate import VERSION_TABLE, check_schema, current, downgrade, head, schema_diff, upgrade
+from db.queries import (
+    checkpoint_history,
+    checkpoints_to_audit,
+    compare_methods,
+    evaluation_results,
+    evaluation_summary,
+    focus_accuracy_correlation,
+    focus_regressions,
+    paired_focus,
+    paired_test,
+    training_curve,
+)
+from db.writes import (
+    RegisteredDataset,
+    RegisteredMosaicSet,
+    evaluation_key,
+    finish_audit_run,
+    finish_evaluation,
+    finish_training_run,
+    finished_mosaic_ids,
+    get_or_create_evaluation,
+    params_hash,
+    record_epoch,
+    register_checkpoint,
+    register_dataset,
+    register_method,
+    register_mosaic_set,
+    register_training_run,
+    set_checkpoint_audit,
+    start_audit_run,
+    start_evaluation,
+    write_mosaic_results,
+)
+
+__all__ = [
+    # modules
+    "errors",
+    "models",
+    "queries",
+    "types",
+    "writes",
+    # engine and migrations
+    "DEFAULT_URL",
+    "ENV_VAR",
+    "VERSION_TABLE",
+    "StoreError",
+    "database_url",
+    "mask_url",
+    "get_engine",
+    "open_store",
+    "upgrade",
+    "downgrade",
+    "current",
+    "head",
+    "check_schema",
+    "schema_diff",
+    # writes
+    "RegisteredDataset",
+    "RegisteredMosaicSet",
+    "params_hash",
+    "evaluation_key",
+    "register_dataset",
+    "register_checkpoint",
+    "set_checkpoint_audit",
+    "register_mosaic_set",
+    "register_method",
+    "register_training_run",
+    "record_epoch",
+    "finish_training_run",
+    "start_audit_run",
+    "finish_audit_run",
+    "get_or_create_evaluation",
+    "start_evaluation",
+    "finish_evaluation",
+    "write_mosaic_results",
+    "finished_mosaic_ids",
+    # queries
+    "evaluation_summary",
+    "evaluation_results",
+    "compare_methods",
+    "training_curve",
+    "focus_accuracy_correlation",
+    "checkpoint_history",
+    "paired_focus",
+    "paired_test",
+    "focus_regressions",
+    "checkpoints_to_audit",
+]

@@ -1,0 +1,166 @@
+"""Engines for the results store: URL resolution, SQLite pragmas and the schema check."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+
+from db.errors import StoreError
+
+__all__ = ["DEFAULT_URL", "ENV_VAR", "database_url", "mask_url", "get_engine", "open_store", "connect_error"]
+
+ENV_VAR = "FOCUS_DATABASE_URL"
+DEFAULT_URL = "sqlite:///focus.db"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_S = 10
+
+_DIALECTS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
+
+
+def mask_url(url: str | URL) -> str:
+    """Render a database URL with its password hidden.
+
+    Examples
+    --------
+    >>> mask_url("postgresql+psycopg://me:secret@db:5432/focus")
+    'postgresql+psycopg://me:***@db:5432/focus'
+    """
+    try:
+        parsed = url if isinstance(url, URL) else make_url(url)
+    except (ArgumentError, ValueError):
+        return "<a malformed URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def database_url(url: str | URL | None = None) -> URL:
+    """Resolve the database URL: the argument, else ``FOCUS_DATABASE_URL``, else ``sqlite:///focus.db``.
+
+    ``postgresql://`` and ``postgres://`` URLs use the psycopg 3 driver.
+
+    Raises
+    ------
+    StoreError
+        When the URL is malformed or names a database other than PostgreSQL or SQLite.
+
+    Examples
+    --------
+    >>> database_url("postgresql://u@localhost/focus").drivername
+    'postgresql+psycopg'
+    """
+    raw = url if url is not None else (os.environ.get(ENV_VAR) or DEFAULT_URL)
+    try:
+        parsed = raw if isinstance(raw, URL) else make_url(str(raw).strip())
+    except (ArgumentError, ValueError):
+        shown = repr(str(raw)) if "@" not in str(raw) else "(not shown: it may hold a password)"
+        raise StoreError(
+            f"The database URL {shown} is malformed; "
+            f"set {ENV_VAR} to a URL like postgresql+psycopg://user@host:5432/focus or sqlite:///focus.db."
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend not in _DIALECTS:
+        raise StoreError(
+            f"The database URL {mask_url(parsed)} names {backend!r}, which focus-audit does not support; "
+            f"use a postgresql+psycopg:// or sqlite:/// URL."
+        )
+    if not driver:
+        parsed = parsed.set(drivername=_DIALECTS[backend])
+    elif backend in ("postgresql", "postgres") and driver != "psycopg":
+        raise StoreError(
+            f"The database URL {mask_url(parsed)} asks for the driver {driver!r}; use postgresql+psycopg:// (psycopg 3)."
+        )
+    if backend == "postgres":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def connect_error(url: URL, exc: BaseException) -> StoreError:
+    """Turn a driver's connection failure into one clear sentence (password masked)."""
+    reason = str(getattr(exc, "orig", exc) or exc).strip().splitlines()
+    first = reason[0].rstrip(".") if reason else type(exc).__name__
+    return StoreError(
+        f"Cannot open the database at {mask_url(url)} ({first}); check {ENV_VAR} and that the server is running."
+    )
+
+
+def get_engine(url: str | URL | None = None, *, check: bool = True) -> Engine:
+    """Create an engine for the results store.
+
+    Parameters
+    ----------
+    url
+        A SQLAlchemy URL; ``None`` reads ``FOCUS_DATABASE_URL`` and falls back to ``sqlite:///focus.db``.
+    check
+        Connect and verify that the schema is at this focus-audit's head revision
+        (see ``db.migrate.check_schema``). ``False`` only builds the engine.
+
+    Returns
+    -------
+    Engine
+        SQLite engines run with foreign keys on, WAL and a busy timeout.
+
+    Raises
+    ------
+    StoreError
+        For a malformed or unreachable URL, an empty or foreign database, or one behind head
+        (the message says to run ``focus db upgrade``).
+
+    Examples
+    --------
+    >>> engine = get_engine("sqlite://", check=False)
+    >>> engine.dialect.name
+    'sqlite'
+    """
+    parsed = database_url(url)
+    kwargs: dict[str, Any] = {"future": True}
+    if parsed.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    else:
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise StoreError(f"Cannot use the database URL {mask_url(parsed)} ({exc}); check {ENV_VAR}.") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    if check:
+        from db.migrate import check_schema
+
+        try:
+            check_schema(engine)
+        except StoreError:
+            engine.dispose()
+            raise
+        except OperationalError as exc:
+            engine.dispose()
+            raise connect_error(parsed, exc) from None
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise connect_error(parsed, exc) from None
+    return engine
+
+
+def open_store(url: str | URL | None = None) -> Engine:
+    """Open the results store for the application: ``get_engine(url, check=True)``.
+
+    Examples
+    --------
+    >>> open_store("sqlite://")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    db.errors.StoreError: The database at sqlite:// has no focus-audit schema; run `focus db upgrade` to create it.
+    """
+    return get_engine(url, check=True)

@@ -1,0 +1,218 @@
+"""Schema migrations: one Alembic history inside the package, driven programmatically.
+
+The version table is called ``focus_alembic_version`` so that it never clashes with another
+Alembic user (Prefect's server uses ``alembic_version``). Nothing here prints; errors are
+``StoreError`` with one sentence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData, Table, inspect
+from sqlalchemy.schema import DropTable
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from db.engine import connect_error, get_engine, mask_url
+from db.errors import StoreError
+from db.models import Base
+
+__all__ = [
+    "VERSION_TABLE",
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "head",
+    "current",
+    "upgrade",
+    "downgrade",
+    "check_schema",
+    "schema_diff",
+]
+
+VERSION_TABLE = "focus_alembic_version"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+_OUR_TABLES = frozenset(Base.metadata.tables) | {VERSION_TABLE}
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic ``Config`` for the package's history, independent of the working directory.
+
+    ``connection`` is handed to ``env.py`` through ``config.attributes``.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("version_table", VERSION_TABLE)
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head() -> str:
+    """The head revision of this focus-audit's migration history.
+
+    Examples
+    --------
+    >>> head()
+    '0001'
+    """
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    if len(heads) != 1:  # pragma: no cover - guarded by a test
+        raise StoreError(f"The migration history has {len(heads)} heads {heads}; merge them with `alembic merge`.")
+    return heads[0]
+
+
+def _revision(connection: Connection) -> str | None:
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def _foreign_tables(connection: Connection) -> list[str]:
+    names = set(inspect(connection).get_table_names())
+    return sorted(n for n in names if n not in _OUR_TABLES and not n.startswith("sqlite_"))
+
+
+def _known(revision: str) -> bool:
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        return script.get_revision(revision) is not None
+    except Exception:  # alembic raises several types for unknown ids
+        return False
+
+
+def _classify(connection: Connection, url: URL) -> str | None:
+    """Return the current revision, refusing foreign databases and unknown revisions."""
+    revision = _revision(connection)
+    if revision is None:
+        tables = set(inspect(connection).get_table_names()) - {VERSION_TABLE}
+        tables = {t for t in tables if not t.startswith("sqlite_")}
+        if tables:
+            shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StoreError(
+                f"The database at {mask_url(url)} holds tables that focus-audit did not create ({shown}); "
+                f"point FOCUS_DATABASE_URL at an empty database or one made by `focus db upgrade`."
+            )
+        return None
+    if not _known(revision):
+        raise StoreError(
+            f"The database at {mask_url(url)} is at revision {revision!r}, which this focus-audit does not know; "
+            f"install the focus-audit version that created it or use another database."
+        )
+    return revision
+
+
+def _engine(url: str | URL | Engine | None) -> tuple[Engine, bool]:
+    if isinstance(url, Engine):
+        return url, False
+    return get_engine(url, check=False), True
+
+
+def current(url: str | URL | Engine | None = None) -> str | None:
+    """The revision of the database at ``url`` (``None`` for an empty database).
+
+    Raises
+    ------
+    StoreError
+        For an unreachable or malformed URL, a foreign database or an unknown revision.
+    """
+    engine, owned = _engine(url)
+    try:
+        with engine.connect() as connection:
+            return _classify(connection, engine.url)
+    except SQLAlchemyError as exc:
+        raise connect_error(engine.url, exc) from None
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def upgrade(url: str | URL | Engine | None = None, revision: str = "head") -> str:
+    """Migrate the database at ``url`` to ``revision`` (default: head) and return the new revision.
+
+    An empty database gets the whole schema; a foreign database (tables that are not ours) is
+    refused and left untouched.
+
+    Examples
+    --------
+    >>> upgrade("sqlite://")
+    '0001'
+    """
+    engine, owned = _engine(url)
+    try:
+        with engine.begin() as connection:
+            _classify(connection, engine.url)
+            command.upgrade(alembic_config(connection), revision)
+        with engine.connect() as connection:
+            return _revision(connection) or ""
+    except SQLAlchemyError as exc:
+        raise connect_error(engine.url, exc) from None
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def downgrade(url: str | URL | Engine | None = None, revision: str = "base") -> str | None:
+    """Migrate the database at ``url`` down to ``revision`` (default: base, an empty schema)."""
+    engine, owned = _engine(url)
+    try:
+        with engine.begin() as connection:
+            _classify(connection, engine.url)
+            command.downgrade(alembic_config(connection), revision)
+            if revision == "base":  # leave nothing behind, not even the empty version table
+                connection.execute(DropTable(Table(VERSION_TABLE, MetaData()), if_exists=True))
+                return None
+        with engine.connect() as connection:
+            return _revision(connection)
+    except SQLAlchemyError as exc:
+        raise connect_error(engine.url, exc) from None
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def check_schema(engine: Engine) -> str:
+    """Verify that the database is at head; return the revision.
+
+    Raises
+    ------
+    StoreError
+        For an empty database, a foreign one, an unknown revision, or one behind head: the
+        message says to run ``focus db upgrade``. Nothing is upgraded silently.
+    """
+    with engine.connect() as connection:
+        revision = _classify(connection, engine.url)
+    if revision is None:
+        raise StoreError(
+            f"The database at {mask_url(engine.url)} has no focus-audit schema; run `focus db upgrade` to create it."
+        )
+    target = head()
+    if revision != target:
+        raise StoreError(
+            f"The database at {mask_url(engine.url)} is at revision {revision}, behind this focus-audit's "
+            f"{target}; run `focus db upgrade` to migrate it."
+        )
+    return revision
+
+
+def schema_diff(url: str | URL | Engine | None = None) -> list:
+    """Differences between the models and the migrated schema (empty when they match).
+
+    The equivalent of ``alembic check``: Alembic's autogenerate comparison of
+    ``db.models.Base.metadata`` with the live database.
+    """
+    from alembic.autogenerate import compare_metadata
+
+    engine, owned = _engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"version_table": VERSION_TABLE, "compare_type": True}
+            )
+            return compare_metadata(context, Base.metadata)
+    finally:
+        if owned:
+            engine.dispose()

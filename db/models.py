@@ -1,0 +1,291 @@
+"""The schema of the results store as typed SQLAlchemy 2.x models.
+
+Integer surrogate keys keep SQL readable; natural unique keys (content hashes) make every
+registration idempotent. Per-mosaic data lives in plain columns of ``mosaic_result``; JSON is
+used only for configuration and parameters.
+
+Quadrants are numbered 0..3 in TL, TR, BL, BR order; ``mosaic.target_mask`` has bit ``q`` set
+when quadrant ``q`` holds a target-class tile (TL = 1, TR = 2, BL = 4, BR = 8).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Double,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from db.types import JSONType, UTCDateTime, utcnow
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Base",
+    "Dataset",
+    "Image",
+    "TrainingRun",
+    "TrainingEpoch",
+    "ModelCheckpoint",
+    "MosaicSet",
+    "Mosaic",
+    "XaiMethod",
+    "AuditRun",
+    "Evaluation",
+    "MosaicResult",
+    "SPLITS",
+    "RANDOMIZATIONS",
+    "EVALUATION_STATUSES",
+    "QUADRANTS",
+]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SPLITS = ("train", "val", "test")
+RANDOMIZATIONS = ("none", "full", "cascading", "independent")
+EVALUATION_STATUSES = ("pending", "running", "finished", "failed")
+RUN_STATUSES = ("running", "finished", "failed")
+QUADRANTS = ("tl", "tr", "bl", "br")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the constraint naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType, dt.datetime: UTCDateTime}
+
+
+class Dataset(Base):
+    """A dataset of tiles; ``fingerprint`` is its natural key."""
+
+    __tablename__ = "dataset"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    classes: Mapped[list[Any]]
+    num_images: Mapped[int]
+    tile_size: Mapped[int | None]
+    channels: Mapped[int | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Image(Base):
+    """One image of a dataset: its position in the dataset, relative path, label and split."""
+
+    __tablename__ = "image"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "relpath"),
+        UniqueConstraint("dataset_id", "position"),
+        CheckConstraint(_in("split", SPLITS), name="split"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"))
+    position: Mapped[int]
+    relpath: Mapped[str] = mapped_column(Text)
+    label: Mapped[int]
+    split: Mapped[str] = mapped_column(String(8))
+
+
+class TrainingRun(Base):
+    """A training run; ``config_hash`` (sha256 of its configuration) is its natural key."""
+
+    __tablename__ = "training_run"
+    __table_args__ = (CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    architecture: Mapped[str] = mapped_column(String(200))
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("dataset.id"))
+    config: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+
+
+class TrainingEpoch(Base):
+    """The metrics of one epoch of a training run (one row per run and epoch)."""
+
+    __tablename__ = "training_epoch"
+    __table_args__ = (UniqueConstraint("training_run_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    training_run_id: Mapped[int] = mapped_column(ForeignKey("training_run.id", ondelete="CASCADE"))
+    epoch: Mapped[int]
+    train_loss: Mapped[float | None] = mapped_column(Double)
+    train_accuracy: Mapped[float | None] = mapped_column(Double)
+    val_loss: Mapped[float | None] = mapped_column(Double)
+    val_accuracy: Mapped[float | None] = mapped_column(Double)
+    val_mean_class_accuracy: Mapped[float | None] = mapped_column(Double)
+    focus_median: Mapped[float | None] = mapped_column(Double)
+    focus_mean: Mapped[float | None] = mapped_column(Double)
+    seconds: Mapped[float | None] = mapped_column(Double)
+    recorded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ModelCheckpoint(Base):
+    """A weights file; ``sha256`` of the file is its natural key."""
+
+    __tablename__ = "model_checkpoint"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    architecture: Mapped[str] = mapped_column(String(200))
+    num_classes: Mapped[int]
+    in_channels: Mapped[int | None]
+    path: Mapped[str | None] = mapped_column(Text)
+    training_run_id: Mapped[int | None] = mapped_column(ForeignKey("training_run.id"))
+    epoch: Mapped[int | None]
+    audit: Mapped[bool] = mapped_column(Boolean, default=False)
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class MosaicSet(Base):
+    """A seeded mosaic manifest; ``manifest_hash`` is its natural key."""
+
+    __tablename__ = "mosaic_set"
+    __table_args__ = (CheckConstraint(_in("split", SPLITS), name="split"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    manifest_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id"))
+    split: Mapped[str] = mapped_column(String(8))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    per_class: Mapped[int]
+    layout: Mapped[str] = mapped_column(String(32))
+    tile_size: Mapped[int | None]
+    num_mosaics: Mapped[int]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Mosaic(Base):
+    """One 2x2 mosaic: four image ids in TL, TR, BL, BR order, the target class and quadrants."""
+
+    __tablename__ = "mosaic"
+    __table_args__ = (
+        UniqueConstraint("mosaic_set_id", "position"),
+        CheckConstraint("target_mask BETWEEN 0 AND 15", name="target_mask"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mosaic_set_id: Mapped[int] = mapped_column(ForeignKey("mosaic_set.id", ondelete="CASCADE"))
+    position: Mapped[int]
+    image_tl: Mapped[int] = mapped_column(ForeignKey("image.id"))
+    image_tr: Mapped[int] = mapped_column(ForeignKey("image.id"))
+    image_bl: Mapped[int] = mapped_column(ForeignKey("image.id"))
+    image_br: Mapped[int] = mapped_column(ForeignKey("image.id"))
+    target_class: Mapped[int]
+    target_mask: Mapped[int]
+
+
+class XaiMethod(Base):
+    """An attribution method with explicit parameters; ``params_hash`` is its natural key."""
+
+    __tablename__ = "xai_method"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    params: Mapped[dict[str, Any]]
+    params_hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditRun(Base):
+    """One run of the audit (for example the nightly one)."""
+
+    __tablename__ = "audit_run"
+    __table_args__ = (CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    threshold: Mapped[float | None] = mapped_column(Double)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
+
+
+class Evaluation(Base):
+    """A checkpoint x method x mosaic set x randomization (x audit) evaluation.
+
+    ``natural_key`` is the sha256 of those components (see ``db.writes.evaluation_key``), so that
+    ``stage``, ``layer`` and ``audit_run_id`` may be NULL and the key stays unique on both databases.
+    """
+
+    __tablename__ = "evaluation"
+    __table_args__ = (
+        CheckConstraint(_in("randomization", RANDOMIZATIONS), name="randomization"),
+        CheckConstraint(_in("status", EVALUATION_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    natural_key: Mapped[str] = mapped_column(String(64), unique=True)
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("model_checkpoint.id"))
+    method_id: Mapped[int] = mapped_column(ForeignKey("xai_method.id"))
+    mosaic_set_id: Mapped[int] = mapped_column(ForeignKey("mosaic_set.id"))
+    randomization: Mapped[str] = mapped_column(String(16), default="none")
+    stage: Mapped[int | None]
+    layer: Mapped[str | None] = mapped_column(String(300))
+    audit_run_id: Mapped[int | None] = mapped_column(ForeignKey("audit_run.id"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    seconds: Mapped[float | None] = mapped_column(Double)
+    code_version: Mapped[str | None] = mapped_column(String(100))
+    device: Mapped[str | None] = mapped_column(String(100))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
+    n: Mapped[int | None]
+    n_defined: Mapped[int | None]
+    focus_median: Mapped[float | None] = mapped_column(Double)
+    focus_mean: Mapped[float | None] = mapped_column(Double)
+
+
+class MosaicResult(Base):
+    """One row per evaluation and mosaic: relevance per quadrant, Focus and the prediction.
+
+    ``pos_*`` are sums of positive relevance (>= 0), ``neg_*`` sums of negative relevance (<= 0);
+    ``focus`` is NULL (never NaN) when the map has no positive relevance.
+    """
+
+    __tablename__ = "mosaic_result"
+
+    evaluation_id: Mapped[int] = mapped_column(
+        ForeignKey("evaluation.id", ondelete="CASCADE"), primary_key=True
+    )
+    # No foreign key on purpose: a per-row RI trigger halves the bulk write rate on PostgreSQL.
+    # ``db.writes.write_mosaic_results`` enforces more than a key would (the mosaic must belong to
+    # the evaluation's mosaic set), and ``evaluation -> mosaic_set`` blocks deleting the mosaics.
+    mosaic_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pos_tl: Mapped[float] = mapped_column(Double)
+    pos_tr: Mapped[float] = mapped_column(Double)
+    pos_bl: Mapped[float] = mapped_column(Double)
+    pos_br: Mapped[float] = mapped_column(Double)
+    neg_tl: Mapped[float] = mapped_column(Double)
+    neg_tr: Mapped[float] = mapped_column(Double)
+    neg_bl: Mapped[float] = mapped_column(Double)
+    neg_br: Mapped[float] = mapped_column(Double)
+    focus: Mapped[float | None] = mapped_column(Double)
+    predicted_class: Mapped[int]

@@ -1,0 +1,246 @@
+"""Longitudinal queries over the results store, returned as pandas DataFrames.
+
+Each function reads the views created by the migrations (``evaluation_summary``,
+``training_epoch_focus``, ``audit_history``) or the tables, with bound parameters only, and
+returns the same columns on PostgreSQL and SQLite (timestamps as UTC ``datetime64``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sqlalchemy import bindparam, text
+from sqlalchemy.engine import Engine
+
+from db.errors import StoreError
+
+__all__ = [
+    "evaluation_summary",
+    "evaluation_results",
+    "compare_methods",
+    "training_curve",
+    "focus_accuracy_correlation",
+    "checkpoint_history",
+    "paired_focus",
+    "paired_test",
+    "focus_regressions",
+    "checkpoints_to_audit",
+]
+
+_SUMMARY_COLUMNS = (
+    "s.evaluation_id, s.checkpoint_id, c.architecture, c.label AS checkpoint_label, "
+    "s.method_id, m.name AS method, s.mosaic_set_id, s.randomization, s.stage, s.layer, s.audit_run_id, "
+    "s.status, s.n, s.n_defined, s.mean_focus, s.median_focus, s.q1_focus, s.q3_focus, "
+    "s.min_focus, s.max_focus, s.mosaic_accuracy"
+)
+_SUMMARY_FROM = (
+    "FROM evaluation_summary s JOIN model_checkpoint c ON c.id = s.checkpoint_id "
+    "JOIN xai_method m ON m.id = s.method_id"
+)
+
+
+def _read(engine: Engine, sql: str, params: dict[str, Any] | None = None, *, expanding: tuple[str, ...] = (),
+          timestamps: tuple[str, ...] = ()) -> pd.DataFrame:
+    statement = text(sql)
+    if expanding:
+        statement = statement.bindparams(*(bindparam(name, expanding=True) for name in expanding))
+    with engine.connect() as connection:
+        frame = pd.read_sql(statement, connection, params=params or {})
+    for column in timestamps:
+        frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
+    return frame
+
+
+def evaluation_summary(
+    engine: Engine, evaluation_ids: list[int] | None = None, *, mosaic_set_id: int | None = None
+) -> pd.DataFrame:
+    """One row per evaluation: n, n_defined, mean, median, quartiles, min, max of Focus, mosaic accuracy.
+
+    Quantiles are numpy's default (linear interpolation) over the defined Focus scores; NULL
+    (undefined) scores count in ``n`` but not in ``n_defined`` or the statistics.
+
+    Examples
+    --------
+    >>> evaluation_summary(engine, [1])[["method", "median_focus"]]  # doctest: +SKIP
+    """
+    where, params, expanding = [], {}, ()
+    if evaluation_ids is not None:
+        if not evaluation_ids:
+            where.append("1 = 0")
+        else:
+            where.append("s.evaluation_id IN :ids")
+            params["ids"] = [int(i) for i in evaluation_ids]
+            expanding = ("ids",)
+    if mosaic_set_id is not None:
+        where.append("s.mosaic_set_id = :mosaic_set_id")
+        params["mosaic_set_id"] = int(mosaic_set_id)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    return _read(engine, f"SELECT {_SUMMARY_COLUMNS} {_SUMMARY_FROM}{clause} ORDER BY s.evaluation_id", params,
+                 expanding=expanding)
+
+
+def evaluation_results(engine: Engine, evaluation_id: int) -> pd.DataFrame:
+    """The per-mosaic rows of one evaluation with the mosaic's position, target class and mask."""
+    return _read(
+        engine,
+        "SELECT r.mosaic_id, mo.position, mo.target_class, mo.target_mask, r.predicted_class, r.focus, "
+        "r.pos_tl, r.pos_tr, r.pos_bl, r.pos_br, r.neg_tl, r.neg_tr, r.neg_bl, r.neg_br "
+        "FROM mosaic_result r JOIN mosaic mo ON mo.id = r.mosaic_id "
+        "WHERE r.evaluation_id = :evaluation_id ORDER BY mo.position",
+        {"evaluation_id": int(evaluation_id)},
+    )
+
+
+def compare_methods(engine: Engine, mosaic_set_id: int, randomization: str = "none") -> pd.DataFrame:
+    """Methods and architectures side by side on one mosaic set (audit and non-audit evaluations).
+
+    One row per evaluation with that randomization kind, ordered by architecture, checkpoint and
+    then median Focus (best first).
+    """
+    return _read(
+        engine,
+        f"SELECT {_SUMMARY_COLUMNS} {_SUMMARY_FROM} "
+        "WHERE s.mosaic_set_id = :mosaic_set_id AND s.randomization = :randomization "
+        "ORDER BY c.architecture, s.checkpoint_id, s.median_focus DESC, m.name, s.evaluation_id",
+        {"mosaic_set_id": int(mosaic_set_id), "randomization": randomization},
+    )
+
+
+def training_curve(engine: Engine, training_run_id: int) -> pd.DataFrame:
+    """Loss, accuracy, mean per-class accuracy and Focus of every epoch of a training run."""
+    return _read(
+        engine,
+        "SELECT * FROM training_epoch_focus WHERE training_run_id = :run ORDER BY epoch",
+        {"run": int(training_run_id)},
+    )
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan, math.nan
+    if len(x) == 2:
+        return float(np.sign((x[1] - x[0]) * (y[1] - y[0]))), 1.0
+    result = stats.pearsonr(x, y)
+    return float(result.statistic), float(result.pvalue)
+
+
+def focus_accuracy_correlation(
+    engine: Engine, training_run_id: int, focus: str = "focus_median", metric: str = "val_accuracy"
+) -> dict[str, float]:
+    """Pearson correlation of Focus and a training metric over the epochs of a run.
+
+    Parameters
+    ----------
+    focus
+        ``"focus_median"`` or ``"focus_mean"``.
+    metric
+        One of ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``val_mean_class_accuracy``.
+
+    Returns
+    -------
+    dict
+        ``n`` (epochs where both are recorded), ``r`` and ``p_value`` (NaN with fewer than two
+        epochs or a constant series).
+    """
+    allowed_focus = ("focus_median", "focus_mean")
+    allowed_metric = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy")
+    if focus not in allowed_focus:
+        raise StoreError(f"Expected focus to be one of {allowed_focus} but got {focus!r}.")
+    if metric not in allowed_metric:
+        raise StoreError(f"Expected metric to be one of {allowed_metric} but got {metric!r}.")
+    curve = training_curve(engine, training_run_id)[[focus, metric]].dropna()
+    r, p = _pearson(curve[focus].to_numpy(float), curve[metric].to_numpy(float))
+    return {"n": int(len(curve)), "r": r, "p_value": p}
+
+
+def checkpoint_history(engine: Engine, checkpoint_id: int, method: str | None = None) -> pd.DataFrame:
+    """A checkpoint's Focus across audits, oldest first, with the change since the previous audit."""
+    sql = "SELECT * FROM audit_history WHERE checkpoint_id = :checkpoint_id"
+    params: dict[str, Any] = {"checkpoint_id": int(checkpoint_id)}
+    if method is not None:
+        sql += " AND method_name = :method"
+        params["method"] = method
+    sql += " ORDER BY method_name, mosaic_set_id, audit_started_at, audit_run_id"
+    return _read(engine, sql, params, timestamps=("audit_started_at",))
+
+
+def paired_focus(engine: Engine, evaluation_a: int, evaluation_b: int) -> pd.DataFrame:
+    """Focus of two evaluations on the same mosaics (``mosaic_id``, ``focus_a``, ``focus_b``), both defined."""
+    return _read(
+        engine,
+        "SELECT a.mosaic_id, a.focus AS focus_a, b.focus AS focus_b "
+        "FROM mosaic_result a JOIN mosaic_result b ON b.mosaic_id = a.mosaic_id "
+        "WHERE a.evaluation_id = :a AND b.evaluation_id = :b "
+        "AND a.focus IS NOT NULL AND b.focus IS NOT NULL ORDER BY a.mosaic_id",
+        {"a": int(evaluation_a), "b": int(evaluation_b)},
+    )
+
+
+def paired_test(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Wilcoxon signed-rank test of ``a - b`` on paired scores.
+
+    Returns ``n``, ``median_difference``, ``statistic``, ``p_value`` and ``test`` ("wilcoxon");
+    identical samples give ``p_value`` 1 and no pairs give NaN.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    n = int(len(a))
+    if n == 0:
+        return {"n": 0, "median_difference": math.nan, "statistic": math.nan, "p_value": math.nan, "test": "wilcoxon"}
+    diff = a - b
+    if np.all(diff == 0):
+        statistic, p_value = 0.0, 1.0
+    else:
+        result = stats.wilcoxon(a, b)
+        statistic, p_value = float(result.statistic), float(result.pvalue)
+    return {"n": n, "median_difference": float(np.median(diff)), "statistic": statistic, "p_value": p_value,
+            "test": "wilcoxon"}
+
+
+def focus_regressions(engine: Engine, threshold: float = 0.05, audit_run_id: int | None = None) -> pd.DataFrame:
+    """Audits whose median Focus fell by more than ``threshold`` since the previous audit.
+
+    Compares each evaluation of an audit with the same checkpoint x method x mosaic set in the
+    previous audit, and adds a paired Wilcoxon signed-rank test on the mosaics both scored
+    (``n_paired``, ``median_difference`` = current - previous, ``statistic``, ``p_value``).
+
+    Examples
+    --------
+    >>> focus_regressions(engine, threshold=0.1)[["checkpoint_id", "method_name", "median_change", "p_value"]]
+    ... # doctest: +SKIP
+    """
+    if not threshold >= 0:
+        raise StoreError(f"Expected a non-negative threshold but got {threshold}.")
+    sql = (
+        "SELECT * FROM audit_history WHERE previous_evaluation_id IS NOT NULL "
+        "AND median_change < :negative_threshold"
+    )
+    params: dict[str, Any] = {"negative_threshold": -float(threshold)}
+    if audit_run_id is not None:
+        sql += " AND audit_run_id = :audit_run_id"
+        params["audit_run_id"] = int(audit_run_id)
+    sql += " ORDER BY audit_started_at, audit_run_id, checkpoint_id, method_name"
+    frame = _read(engine, sql, params, timestamps=("audit_started_at",))
+    tests = []
+    for row in frame.itertuples():
+        pairs = paired_focus(engine, int(row.evaluation_id), int(row.previous_evaluation_id))
+        result = paired_test(pairs["focus_a"].to_numpy(), pairs["focus_b"].to_numpy())
+        tests.append({"n_paired": result["n"], "median_difference": result["median_difference"],
+                      "statistic": result["statistic"], "p_value": result["p_value"]})
+    columns = ["n_paired", "median_difference", "statistic", "p_value"]
+    extra = pd.DataFrame(tests, columns=columns, index=frame.index)
+    return pd.concat([frame, extra], axis=1)
+
+
+def checkpoints_to_audit(engine: Engine) -> pd.DataFrame:
+    """The checkpoints marked for auditing (``audit`` flag), oldest first."""
+    frame = _read(
+        engine,
+        "SELECT id AS checkpoint_id, sha256, architecture, num_classes, in_channels, path, label, "
+        "training_run_id, epoch FROM model_checkpoint WHERE audit = :flag ORDER BY id",
+        {"flag": True},
+    )
+    return frame

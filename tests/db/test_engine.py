@@ -1,0 +1,144 @@
+"""Opening the store: URL resolution, SQLite settings and one clear sentence for every bad database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, inspect, select
+
+import db
+import db.migrate
+from db.types import UTCDateTime
+
+NEWER_REVISION = '''"""A later schema, for the test of a database behind head."""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column("audit_run", sa.Column("note", sa.Text(), nullable=True))
+
+
+def downgrade():
+    op.drop_column("audit_run", "note")
+'''
+
+
+def test_url_resolution(monkeypatch):
+    monkeypatch.delenv(db.ENV_VAR, raising=False)
+    assert db.database_url().render_as_string() == "sqlite:///focus.db"
+    monkeypatch.setenv(db.ENV_VAR, "postgresql://me@host/focus")
+    assert db.database_url().drivername == "postgresql+psycopg"
+    assert db.database_url("postgres://me@host/focus").drivername == "postgresql+psycopg"
+    assert db.mask_url("postgresql+psycopg://me:s3cret@host/focus") == "postgresql+psycopg://me:***@host/focus"
+
+
+@pytest.mark.parametrize("url", ["not a url", "://nothing", "postgresql+psycopg://me@host:notaport/db"])
+def test_malformed_url_is_one_sentence(url):
+    with pytest.raises(db.StoreError, match=r"malformed|Cannot") as info:
+        db.get_engine(url)
+    assert "\n" not in str(info.value)
+
+
+def test_unsupported_database():
+    with pytest.raises(db.StoreError, match="does not support"):
+        db.get_engine("mysql://me@localhost/focus")
+
+
+def test_unreachable_server_masks_the_password():
+    url = "postgresql+psycopg://me:s3cret@127.0.0.1:1/focus"
+    for call in (db.open_store, db.upgrade, db.current):
+        with pytest.raises(db.StoreError, match=r"^Cannot open the database at .*server is running\.$") as info:
+            call(url)
+        assert "s3cret" not in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+def test_sqlite_in_a_missing_folder(tmp_path):
+    with pytest.raises(db.StoreError, match="Cannot open the database"):
+        db.upgrade(f"sqlite:///{tmp_path / 'missing' / 'focus.db'}")
+
+
+def test_sqlite_runs_with_foreign_keys_wal_and_busy_timeout(sqlite_url):
+    db.upgrade(sqlite_url)
+    engine = db.open_store(sqlite_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar_one() >= 1000
+    finally:
+        engine.dispose()
+
+
+def test_empty_database_is_refused_with_the_upgrade_command(empty_url):
+    with pytest.raises(db.StoreError, match=r"no focus-audit schema; run `focus db upgrade`"):
+        db.open_store(empty_url)
+
+
+def test_database_behind_head_is_refused(empty_url, tmp_path, monkeypatch):
+    db.upgrade(empty_url)  # at 0001
+    newer = tmp_path / "migrations"
+    shutil.copytree(db.migrate.MIGRATIONS_DIR, newer, ignore=shutil.ignore_patterns("__pycache__"))
+    (newer / "versions" / "0002_note.py").write_text(NEWER_REVISION)
+    monkeypatch.setattr(db.migrate, "MIGRATIONS_DIR", newer)  # this code now knows 0002
+    assert db.head() == "0002"
+    with pytest.raises(db.StoreError, match=r"at revision 0001, behind .* 0002; run `focus db upgrade`") as info:
+        db.open_store(empty_url)
+    assert "\n" not in str(info.value)
+    assert db.current(empty_url) == "0001"  # nothing upgraded silently
+    assert db.upgrade(empty_url) == "0002"
+    db.open_store(empty_url).dispose()
+
+
+def test_unknown_revision_is_refused(engine):
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"UPDATE {db.VERSION_TABLE} SET version_num = 'ffff9999'")
+    with pytest.raises(db.StoreError, match="does not know"):
+        db.open_store(engine.url)
+    with pytest.raises(db.StoreError, match="does not know"):
+        db.upgrade(engine.url)
+
+
+def test_foreign_database_is_refused_and_left_intact(empty_url):
+    engine = db.get_engine(empty_url, check=False)
+    metadata = MetaData()
+    flow_run = Table("flow_run", metadata, Column("id", Integer, primary_key=True))
+    version = Table("alembic_version", metadata, Column("version_num", Integer, primary_key=True))
+    metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(flow_run.insert(), [{"id": 1}, {"id": 2}])
+        connection.execute(version.insert(), [{"version_num": 7}])
+    try:
+        for call in (db.upgrade, db.open_store, db.current):
+            with pytest.raises(db.StoreError, match=r"tables that focus-audit did not create \(alembic_version, flow_run\)"):
+                call(empty_url)
+        assert set(inspect(engine).get_table_names()) == {"flow_run", "alembic_version"}
+        with engine.connect() as connection:
+            assert connection.execute(select(flow_run.c.id).order_by(flow_run.c.id)).scalars().all() == [1, 2]
+    finally:
+        engine.dispose()
+
+
+def test_utc_timestamps_round_trip(engine):
+    metadata = MetaData()
+    table = Table("stamp_probe", metadata, Column("id", Integer, primary_key=True), Column("at", UTCDateTime()))
+    metadata.create_all(engine)
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    moment = dt.datetime(2024, 5, 1, 12, 30, 15, 250000, tzinfo=plus_two)
+    with engine.begin() as connection:
+        connection.execute(table.insert(), {"id": 1, "at": moment})
+        stored = connection.execute(select(table.c.at)).scalar_one()
+    assert stored == moment
+    assert stored.utcoffset() == dt.timedelta(0)
+    assert stored.hour == 10
+    with pytest.raises(Exception, match="timezone-aware"):
+        with engine.begin() as connection:
+            connection.execute(table.insert(), {"id": 2, "at": dt.datetime(2024, 5, 1)})

@@ -1,0 +1,176 @@
+"""Every query and view on both databases, against values computed by hand (and numpy as a reference)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+from scipy import stats
+from sqlalchemy import text
+
+import db
+
+
+def _evaluate(engine, world, build_sums, method_id, focus, predicted, *, checkpoint_id=None, audit_run_id=None,
+              finish=True, mosaic_ids=None, masks=None):
+    mosaic_ids = world.mosaic_ids if mosaic_ids is None else mosaic_ids
+    masks = world.masks if masks is None else masks
+    focus = np.asarray(focus, dtype=float)
+    evaluation = db.get_or_create_evaluation(engine, checkpoint_id or world.checkpoint_id, method_id,
+                                             world.mosaic_set_id, audit_run_id=audit_run_id)
+    db.write_mosaic_results(engine, evaluation, mosaic_ids[: len(focus)], build_sums(focus, masks[: len(focus)]),
+                            focus, predicted)
+    if finish:
+        db.finish_evaluation(engine, evaluation)
+    return evaluation
+
+
+def test_evaluation_summary_by_hand(engine, world, build_sums):
+    grad = _evaluate(engine, world, build_sums, world.method_ids["gradcam"], [0.9, np.nan, 0.25, 0.5], [0, 0, 1, 1])
+    lrp = _evaluate(engine, world, build_sums, world.method_ids["lrp"], [0.2, 0.4, 0.6, 0.8], [1, 1, 1, 1])
+    empty = db.get_or_create_evaluation(engine, world.checkpoint_id, world.method_ids["lrp"], world.mosaic_set_id,
+                                        randomization="full")
+    frame = db.evaluation_summary(engine).set_index("evaluation_id")
+    assert list(frame.index) == [grad, lrp, empty]
+    g = frame.loc[grad]
+    assert (g["method"], g["architecture"], g["checkpoint_label"], g["n"], g["n_defined"]) == (
+        "gradcam", "digits_cnn", "prod", 4, 3)
+    assert g[["mean_focus", "median_focus", "q1_focus", "q3_focus", "min_focus", "max_focus"]].tolist() == \
+        pytest.approx([0.55, 0.5, 0.375, 0.7, 0.25, 0.9])
+    assert g["mosaic_accuracy"] == pytest.approx(0.75)  # targets 0, 0, 0, 1
+    l_ = frame.loc[lrp]
+    assert l_[["mean_focus", "median_focus", "q1_focus", "q3_focus"]].tolist() == pytest.approx([0.5, 0.5, 0.35, 0.65])
+    assert l_["mosaic_accuracy"] == pytest.approx(0.25)
+    e = frame.loc[empty]
+    assert (e["n"], e["n_defined"], e["status"]) == (0, 0, "pending")
+    assert np.isnan(e["median_focus"])
+    assert list(db.evaluation_summary(engine, [lrp])["evaluation_id"]) == [lrp]
+    assert db.evaluation_summary(engine, []).empty
+    # the view by plain SQL
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT n, n_defined, median_focus, q1_focus, q3_focus FROM evaluation_summary "
+                 "WHERE evaluation_id = :e"), {"e": grad}).one()
+    assert tuple(row) == pytest.approx((4, 3, 0.5, 0.375, 0.7))
+
+
+def test_view_quantiles_match_numpy(engine, world, build_sums):
+    """The ROW_NUMBER quantiles equal numpy's default (linear) percentiles for every n from 1 to 9."""
+    ids = np.asarray(world.image_ids)
+    big = db.register_mosaic_set(engine, "b" * 64, world.dataset_id, "test", 3, 9, "random",
+                                 ids[np.tile([[2, 8, 3, 9]], (9, 1))], [0] * 9, np.tile([[1, 0, 1, 0]], (9, 1)))
+    rng = np.random.default_rng(7)
+    expected = {}
+    for n in range(1, 10):
+        method = db.register_method(engine, "random", {"seed": n})
+        evaluation = db.get_or_create_evaluation(engine, world.checkpoint_id, method, big.mosaic_set_id)
+        focus = np.round(rng.random(n), 6)
+        if n in (3, 8):
+            focus[1] = focus[0]  # ties
+        masks = np.tile([[True, False, True, False]], (n, 1))
+        db.write_mosaic_results(engine, evaluation, big.mosaic_ids[:n], build_sums(focus, masks), focus, [0] * n)
+        expected[evaluation] = [focus.mean(), *np.percentile(focus, [50, 25, 75]), focus.min(), focus.max()]
+    frame = db.evaluation_summary(engine, mosaic_set_id=big.mosaic_set_id).set_index("evaluation_id")
+    assert len(frame) == 9
+    for evaluation, values in expected.items():
+        got = frame.loc[evaluation, ["mean_focus", "median_focus", "q1_focus", "q3_focus", "min_focus", "max_focus"]]
+        assert got.tolist() == pytest.approx(values, abs=1e-12)
+
+
+def test_compare_methods_and_architectures(engine, world, build_sums):
+    resnet = db.register_checkpoint(engine, "d" * 64, "resnet18", 2)
+    _evaluate(engine, world, build_sums, world.method_ids["gradcam"], [0.9, 0.8, 0.7, 0.6], [0] * 4)
+    _evaluate(engine, world, build_sums, world.method_ids["lrp"], [0.95, 0.9, 0.85, 0.8], [0] * 4)
+    _evaluate(engine, world, build_sums, world.method_ids["gradcam"], [0.5, 0.6, 0.5, 0.6], [0] * 4,
+              checkpoint_id=resnet)
+    db.get_or_create_evaluation(engine, world.checkpoint_id, world.method_ids["lrp"], world.mosaic_set_id,
+                                randomization="full")
+    frame = db.compare_methods(engine, world.mosaic_set_id)
+    assert frame[["architecture", "method"]].values.tolist() == [
+        ["digits_cnn", "lrp"], ["digits_cnn", "gradcam"], ["resnet18", "gradcam"]]
+    assert frame["median_focus"].tolist() == pytest.approx([0.875, 0.75, 0.55])
+    assert len(db.compare_methods(engine, world.mosaic_set_id, randomization="full")) == 1
+
+
+def test_training_curve_and_correlation(engine):
+    run = db.register_training_run(engine, "t" * 64, "digits_cnn", {"epochs": 4}, name="toy")
+    focus = [0.5, 0.6, 0.8, None]
+    accuracy = [0.3, 0.6, 0.7, 0.9]
+    for epoch, (f, a) in enumerate(zip(focus, accuracy)):
+        db.record_epoch(engine, run, epoch, train_loss=2.0 - epoch / 2, val_accuracy=a, focus_median=f)
+    curve = db.training_curve(engine, run)
+    assert curve["epoch"].tolist() == [0, 1, 2, 3]
+    assert curve["training_run_name"].tolist() == ["toy"] * 4
+    assert curve["val_accuracy"].tolist() == pytest.approx(accuracy)
+    result = db.focus_accuracy_correlation(engine, run)
+    # by hand over the three epochs with Focus: x = .5 .6 .8, y = .3 .6 .7
+    x, y = np.array([0.5, 0.6, 0.8]), np.array([0.3, 0.6, 0.7])
+    dx, dy = x - x.mean(), y - y.mean()
+    r = (dx * dy).sum() / np.sqrt((dx**2).sum() * (dy**2).sum())
+    assert result["n"] == 3
+    assert result["r"] == pytest.approx(r)
+    assert result["p_value"] == pytest.approx(stats.pearsonr(x, y).pvalue)
+    loss = db.focus_accuracy_correlation(engine, run, metric="train_loss")
+    assert loss["r"] == pytest.approx(-np.corrcoef(x, [0, 1, 2])[0, 1])  # loss falls 0.5 per epoch
+    with pytest.raises(db.StoreError, match="metric"):
+        db.focus_accuracy_correlation(engine, run, metric="DROP TABLE")
+    with engine.connect() as connection:
+        epochs = connection.execute(
+            text("SELECT epoch, focus_median FROM training_epoch_focus WHERE training_run_id = :r ORDER BY epoch"),
+            {"r": run}).all()
+    assert [tuple(e) for e in epochs] == [(0, 0.5), (1, 0.6), (2, 0.8), (3, None)]
+
+
+def test_audit_history_and_regressions(engine, world, build_sums):
+    gradcam = world.method_ids["gradcam"]
+    t0 = dt.datetime(2025, 1, 1, 2, 0, tzinfo=dt.timezone.utc)
+    audits = [db.start_audit_run(engine, name=f"nightly-{i}", threshold=0.1, started_at=t0 + dt.timedelta(days=i))
+              for i in range(3)]
+    db.set_checkpoint_audit(engine, world.checkpoint_id, True)
+    values = [[0.8, 0.8, 0.9, 0.7], [0.8, 0.9, 0.8, 0.7], [0.5, np.nan, 0.4, 0.5]]
+    evaluations = [_evaluate(engine, world, build_sums, gradcam, v, [0] * 4, audit_run_id=a)
+                   for v, a in zip(values, audits)]
+    for audit in audits:
+        db.finish_audit_run(engine, audit)
+    # neither an unfinished audit evaluation nor a plain evaluation enters the history
+    _evaluate(engine, world, build_sums, world.method_ids["lrp"], [0.1] * 4, [0] * 4, audit_run_id=audits[2],
+              finish=False)
+    _evaluate(engine, world, build_sums, gradcam, [0.2] * 4, [0] * 4)
+
+    history = db.checkpoint_history(engine, world.checkpoint_id)
+    assert history["audit_run_id"].tolist() == audits
+    assert history["evaluation_id"].tolist() == evaluations
+    assert history["median_focus"].tolist() == pytest.approx([0.8, 0.8, 0.5])
+    assert np.isnan(history["previous_median_focus"].iloc[0])
+    assert history["median_change"].iloc[1:].tolist() == pytest.approx([0.0, -0.3])
+    assert history["audit_started_at"].tolist() == [t0 + dt.timedelta(days=i) for i in range(3)]
+
+    regressions = db.focus_regressions(engine, threshold=0.1)
+    assert len(regressions) == 1
+    row = regressions.iloc[0]
+    assert (row["audit_run_id"], row["previous_audit_run_id"], row["method_name"]) == (audits[2], audits[1], "gradcam")
+    assert (row["evaluation_id"], row["previous_evaluation_id"]) == (evaluations[2], evaluations[1])
+    assert row["median_change"] == pytest.approx(-0.3)
+    # paired on the mosaics both audits scored: 0, 2, 3 (mosaic 1 is undefined in the last audit)
+    now, before = np.array([0.5, 0.4, 0.5]), np.array([0.8, 0.8, 0.7])
+    reference = stats.wilcoxon(now, before)
+    assert row["n_paired"] == 3
+    assert row["median_difference"] == pytest.approx(-0.3)
+    assert row["statistic"] == pytest.approx(reference.statistic)
+    assert row["p_value"] == pytest.approx(reference.pvalue)
+    assert db.focus_regressions(engine, threshold=0.5).empty
+    assert db.focus_regressions(engine, threshold=0.1, audit_run_id=audits[1]).empty
+    assert db.checkpoints_to_audit(engine)["checkpoint_id"].tolist() == [world.checkpoint_id]
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT audit_name, median_change FROM audit_history WHERE checkpoint_id = :c "
+                 "AND median_change < :drop ORDER BY audit_started_at"),
+            {"c": world.checkpoint_id, "drop": -0.1}).all()
+    assert [(r[0], round(r[1], 9)) for r in rows] == [("nightly-2", -0.3)]
+
+
+def test_paired_test_edge_cases():
+    same = db.paired_test(np.array([0.5, 0.6]), np.array([0.5, 0.6]))
+    assert (same["n"], same["median_difference"], same["p_value"]) == (2, 0.0, 1.0)
+    assert np.isnan(db.paired_test(np.array([]), np.array([]))["p_value"])

@@ -1,0 +1,233 @@
+"""Model parameter randomization (Adebayo et al., "Sanity checks for saliency maps").
+
+Three tests, each returning a re-initialised deep copy and leaving the original untouched:
+full randomization, cascading randomization from the top (output) layer down, and
+independent randomization of one layer.
+
+A *layer* is a module with parameters of its own (convolution, linear, BatchNorm...), named by
+its dotted name, listed input to output in registration order (the order in which
+``named_modules`` visits them, which follows the forward pass for torchvision's CNNs and
+``DigitsCNN``). A *stage* is one weight layer (convolution or linear) together with the
+normalisation layers that directly follow it: a BatchNorm after a convolution belongs to the
+convolution's stage, because it only rescales that convolution's output. A BatchNorm without
+a preceding weight layer, or any other parametrised layer, is a stage of its own.
+
+Layers are re-initialised with their own ``reset_parameters()`` (BatchNorm: weight 1, bias 0
+and fresh running statistics), on the CPU, under a generator seeded from ``seed`` and the
+layer's name, inside ``torch.random.fork_rng``: the same seed gives the same weights, a layer
+gets the same random weights in every test, and the caller's random state is untouched. A
+layer without ``reset_parameters`` gets ``N(0, 0.02)`` weights.
+
+Examples
+--------
+>>> from focus_core.models import DigitsCNN
+>>> model = DigitsCNN()
+>>> cascading_stages(model)[:2]
+['classifier', 'features.12']
+>>> cascading_stage_layers(model)[1]
+('features.12', 'features.13')
+>>> top_random = randomize_cascading(model, stage=0, seed=1)
+>>> bool((top_random.classifier.weight == model.classifier.weight).all())
+False
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+
+import torch
+from torch import nn
+
+from focus_core.errors import FocusError
+
+__all__ = [
+    "cascading_stage_layers",
+    "cascading_stages",
+    "parametrised_layers",
+    "randomize_cascading",
+    "randomize_full",
+    "randomize_independent",
+]
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+_WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def parametrised_layers(model: nn.Module) -> list[str]:
+    """Dotted names of the modules that own parameters or buffers, input to output.
+
+    Examples
+    --------
+    >>> from focus_core.models import DigitsCNN
+    >>> parametrised_layers(DigitsCNN())[:3]
+    ['features.0', 'features.1', 'features.4']
+    """
+    return [
+        name
+        for name, module in model.named_modules()
+        if name and _owns_tensors(module)
+    ]
+
+
+def cascading_stage_layers(model: nn.Module) -> list[tuple[str, ...]]:
+    """The layers of each cascading stage, top (output) stage first.
+
+    Each tuple starts with the stage's name (as in :func:`cascading_stages`), followed by the
+    normalisation layers that belong to it.
+
+    Examples
+    --------
+    >>> from focus_core.models import DigitsCNN
+    >>> cascading_stage_layers(DigitsCNN())[-1]
+    ('features.0', 'features.1')
+    """
+    stages: list[list[str]] = []
+    for name in parametrised_layers(model):
+        module = model.get_submodule(name)
+        if stages and isinstance(module, _NORMS) and _is_weight_layer(model, stages[-1][-1]):
+            stages[-1].append(name)
+        else:
+            stages.append([name])
+    return [tuple(stage) for stage in reversed(stages)]
+
+
+def cascading_stages(model: nn.Module) -> list[str]:
+    """Names of the cascading stages, top (output) layer first: one per weight layer.
+
+    Examples
+    --------
+    >>> from focus_core.models import DigitsCNN
+    >>> len(cascading_stages(DigitsCNN()))
+    5
+    """
+    return [stage[0] for stage in cascading_stage_layers(model)]
+
+
+def randomize_full(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Return a copy of ``model`` with every parametrised layer re-initialised.
+
+    Examples
+    --------
+    >>> from focus_core.models import DigitsCNN
+    >>> a, b = randomize_full(DigitsCNN(), seed=3), randomize_full(DigitsCNN(), seed=3)
+    >>> bool((a.features[0].weight == b.features[0].weight).all())
+    True
+    """
+    return _reinitialised_copy(model, parametrised_layers(model), seed)
+
+
+def randomize_cascading(model: nn.Module, stage: int | str, seed: int = 0) -> nn.Module:
+    """Return a copy with the stages ``cascading_stages(model)[: stage + 1]`` re-initialised.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model (left untouched).
+    stage : int or str
+        Index into :func:`cascading_stages` (0: the top layer only) or a stage's name.
+    seed : int
+        Seed of the new weights.
+
+    Raises
+    ------
+    FocusError
+        For a stage the model does not have.
+
+    Examples
+    --------
+    >>> from focus_core.models import DigitsCNN
+    >>> model = DigitsCNN()
+    >>> last = randomize_cascading(model, stage=len(cascading_stages(model)) - 1)
+    >>> bool((last.features[0].weight == randomize_full(model).features[0].weight).all())
+    True
+    """
+    stages = cascading_stage_layers(model)
+    index = _stage_index(stages, stage)
+    layers = [layer for members in stages[: index + 1] for layer in members]
+    return _reinitialised_copy(model, layers, seed)
+
+
+def randomize_independent(model: nn.Module, layer: str, seed: int = 0) -> nn.Module:
+    """Return a copy with one layer re-initialised, all others as trained.
+
+    ``layer`` names a stage (see :func:`cascading_stages`: the weight layer and its
+    BatchNorm are re-initialised) or any single layer of :func:`parametrised_layers`.
+
+    Raises
+    ------
+    FocusError
+        For a layer the model does not have.
+
+    Examples
+    --------
+    >>> from focus_core.models import DigitsCNN
+    >>> model = DigitsCNN()
+    >>> other = randomize_independent(model, "features.4")
+    >>> bool((other.features[0].weight == model.features[0].weight).all())
+    True
+    """
+    for members in cascading_stage_layers(model):
+        if members[0] == layer:
+            return _reinitialised_copy(model, list(members), seed)
+    names = parametrised_layers(model)
+    if layer in names:
+        return _reinitialised_copy(model, [layer], seed)
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    raise FocusError(f"The model has no parametrised layer {layer!r}: pass one of {shown}.")
+
+
+def _owns_tensors(module: nn.Module) -> bool:
+    own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    return len(own) > 0
+
+
+def _is_weight_layer(model: nn.Module, name: str) -> bool:
+    return isinstance(model.get_submodule(name), _WEIGHT_LAYERS)
+
+
+def _stage_index(stages: list[tuple[str, ...]], stage: int | str) -> int:
+    if isinstance(stage, str):
+        names = [members[0] for members in stages]
+        if stage in names:
+            return names.index(stage)
+        raise FocusError(
+            f"The model has no cascading stage {stage!r}: pass one of {', '.join(names)}."
+        )
+    if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < len(stages):
+        raise FocusError(
+            f"Cascading stage {stage!r} is out of range: pass an index from 0 (top layer) to "
+            f"{len(stages) - 1}."
+        )
+    return stage
+
+
+def _layer_seed(seed: int, name: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _reinitialised_copy(model: nn.Module, layers: list[str], seed: int) -> nn.Module:
+    new = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        for name in layers:
+            _reinitialise(new.get_submodule(name), _layer_seed(seed, name))
+    return new
+
+
+@torch.no_grad()
+def _reinitialise(module: nn.Module, seed: int) -> None:
+    """Re-initialise one module's own parameters on the CPU, then put them back in place."""
+    own = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
+    placed = {key: (tensor.device, tensor.dtype) for key, tensor in own.items()}
+    cpu = copy.deepcopy(module).cpu() if any(d.type != "cpu" for d, _ in placed.values()) else module
+    torch.manual_seed(seed)
+    if hasattr(cpu, "reset_parameters"):
+        cpu.reset_parameters()
+    else:
+        for parameter in cpu.parameters(recurse=False):
+            nn.init.normal_(parameter, std=0.02)
+    if cpu is not module:
+        fresh = dict(cpu.named_parameters(recurse=False)) | dict(cpu.named_buffers(recurse=False))
+        for key, tensor in own.items():
+            tensor.copy_(fresh[key].to(*placed[key]))

@@ -1,0 +1,166 @@
+"""The ``focus`` command line: help on every command, one-line errors, the store's commands.
+
+Runs in-process through :func:`flows.cli.main` (fast), and twice through the installed console
+script, so the exit status a shell sees is checked too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows import cli
+from flows.cli_params import deep_merge, parse_method
+
+FOCUS = shutil.which("focus", path=str(Path(sys.executable).parent)) or "focus"
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every (sub-)command path and its parser, e.g. (("db", "upgrade"), parser)."""
+    found = [(prefix, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _commands(sub, prefix + (name,))
+    return found
+
+
+ALL_COMMANDS = [path for path, _ in _commands(cli.build_parser())]
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exit_:  # argparse: --help, usage errors
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_command_is_there():
+    top = {path[0] for path in ALL_COMMANDS if path}
+    assert top == {"train", "evaluate", "randomize", "sweep", "audit", "results", "report", "db", "demo"}
+    assert ("db", "upgrade") in ALL_COMMANDS and ("db", "current") in ALL_COMMANDS
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "focus")
+def test_help_explains_every_option(capsys: pytest.CaptureFixture, path: tuple[str, ...]):
+    code, out, _ = run(capsys, *path, "--help")
+    assert code == 0
+    parser = dict(_commands(cli.build_parser()))[path]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name in action.choices:
+                assert name in out
+            continue
+        assert action.help and action.help.strip(), f"focus {' '.join(path)}: {action.option_strings or action.dest} has no help"
+        for option in action.option_strings:
+            assert option in out, f"focus {' '.join(path)} --help does not list {option}"
+
+
+@pytest.fixture
+def weights_file(tmp_path: Path) -> str:
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"not really weights")  # only its existence is checked before the flow starts
+    return str(path)
+
+
+MISTAKES = {
+    "not a number": ["evaluate", "--per-class", "x"],
+    "unknown option": ["train", "--epoch", "3"],
+    "missing weights file": ["evaluate", "--weights", "/nonexistent/w.pt"],
+    "unknown method": ["evaluate", "--weights", "{weights}", "--method", "nosuch"],
+    "bad method parameter": ["evaluate", "--weights", "{weights}", "--method", "smoothgrad:n_samples"],
+    "unknown method parameter": ["evaluate", "--weights", "{weights}", "--method", "gradcam:bogus=1"],
+    "bad device": ["evaluate", "--weights", "{weights}", "--device", "tpu"],
+    "training split for mosaics": ["evaluate", "--weights", "{weights}", "--split", "train"],
+    "zero epochs": ["train", "--epochs", "0"],
+    "sweep without checkpoints": ["sweep", "--method", "gradcam"],
+    "sweep fan-out without a server": ["sweep", "--checkpoint", "{weights}", "--deployment", "evaluate/evaluate"],
+    "missing ImageFolder": ["evaluate", "--weights", "{weights}", "--data", "/nonexistent/images"],
+    "missing params file": ["evaluate", "--params", "/nonexistent/params.json"],
+    "malformed database URL": ["db", "current", "--database-url", "notaurl"],
+    "unreachable database": ["db", "upgrade", "--database-url", "postgresql+psycopg://focus@127.0.0.1:1/focus"],
+    "no subcommand": ["db"],
+}
+
+
+@pytest.mark.parametrize("argv", MISTAKES.values(), ids=MISTAKES.keys())
+def test_user_mistake_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, weights_file: str, argv: list[str]
+):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("FOCUS_DEBUG", raising=False)
+    code, out, err = run(capsys, *[a.replace("{weights}", weights_file) for a in argv])
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("focus"), lines[0]
+    assert "Traceback" not in err and out == ""
+
+
+def test_validation_error_names_the_field(capsys: pytest.CaptureFixture, weights_file: str):
+    code, _, err = run(capsys, "evaluate", "--weights", weights_file, "--per-class", "0")
+    assert code == 2
+    assert "mosaics.per_class" in err
+
+
+def test_params_file_and_options(tmp_path: Path, weights_file: str):
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"params": {"model": {"weights": weights_file}, "run": {"batch_size": 8, "device": "cpu"}}}))
+    args = cli.build_parser().parse_args(["evaluate", "--params", str(params), "--batch-size", "16", "--method", "lrp"])
+    from flows.cli_params import load_params_file, method_specs, run_fields
+
+    merged = deep_merge(load_params_file(args.params), {"run": run_fields(args), "methods": method_specs(args)})
+    assert merged["run"] == {"batch_size": 16, "device": "cpu"}
+    assert merged["methods"] == [{"name": "lrp", "params": {}}]
+    assert parse_method("smoothgrad:n_samples=10,sigma=0.2,noise=gaussian") == {
+        "name": "smoothgrad",
+        "params": {"n_samples": 10, "sigma": 0.2, "noise": "gaussian"},
+    }
+
+
+def test_database_url_with_password_is_not_a_parameter(monkeypatch: pytest.MonkeyPatch):
+    from flows.cli_params import run_fields
+
+    monkeypatch.delenv("FOCUS_DATABASE_URL", raising=False)
+    args = cli.build_parser().parse_args(["evaluate", "--database-url", "postgresql+psycopg://u:secret@db/focus"])
+    assert "database_url" not in run_fields(args)
+    args = cli.build_parser().parse_args(["evaluate", "--database-url", "postgresql+psycopg://u@db/focus"])
+    assert run_fields(args)["database_url"] == "postgresql+psycopg://u@db/focus"
+
+
+def test_db_upgrade_and_current_on_a_sqlite_file(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    import db
+
+    url = f"sqlite:///{tmp_path / 'focus.db'}"
+    monkeypatch.delenv("FOCUS_DATABASE_URL", raising=False)
+    code, out, _ = run(capsys, "db", "current", "--database-url", url)
+    assert code == 0 and "no focus-audit schema" in out
+    code, out, _ = run(capsys, "db", "upgrade", "--database-url", url)
+    assert code == 0 and f"to {db.head()}" in out
+    code, out, _ = run(capsys, "db", "upgrade", "--database-url", url)
+    assert code == 0 and "already at revision" in out
+    monkeypatch.setenv("FOCUS_DATABASE_URL", url)  # the environment, as a user would set it
+    code, out, _ = run(capsys, "db", "current")
+    assert code == 0 and out.strip() == f"{db.head()} (head)"
+    assert db.current(url) == db.head()
+
+
+def test_console_script_exit_status(tmp_path: Path):
+    """Through the installed `focus` script: help exits 0, a mistake exits 2 with one line."""
+    ok = subprocess.run([FOCUS, "evaluate", "--help"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "--weights" in ok.stdout
+    bad = subprocess.run(
+        [FOCUS, "evaluate", "--weights", str(tmp_path / "missing.pt")], capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2
+    assert len(bad.stderr.strip().splitlines()) == 1 and "missing.pt" in bad.stderr

@@ -15,7 +15,7 @@ from focus_core.explainers import available_explainers, get_explainer, params_ha
 
 torch.set_num_threads(1)
 
-ALL = ["gradcam", "gradcam++", "lrp", "smoothgrad", "integrated_gradients", "gradient", "input_x_gradient", "random"]
+ALL = ["gradcam", "gradcam++", "lrp", "lrp_fast", "smoothgrad", "integrated_gradients", "gradient", "input_x_gradient", "random"]
 FAST = {"integrated_gradients": {"n_steps": 8}, "smoothgrad": {"n_samples": 4}}
 
 

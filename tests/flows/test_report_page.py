@@ -1,0 +1,492 @@
+"""``focus report``: the static page built from a real store, checked in headless Chromium.
+
+The module trains a digits CNN on 16x16 tiles for three epochs (seconds on the CPU), scores real Focus
+with GradCAM, LRP and the random control on seeded mosaic sets (trained, fully random,
+cascading stages, two fixed layouts, per-epoch validation), and writes it all through the
+``db`` write API into SQLite and PostgreSQL. The tests then build the report and compare every
+table row with statistics computed here from the database rows, and open the page in Debian's
+``chromium`` to check that every figure loads. In CI a missing Chromium fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as scipy_stats
+from sqlalchemy import text
+
+import db
+from flows import store
+from flows.params import DatasetSpec
+from focus_core import data, explainers, metric, models, mosaics, randomize, stats, train
+from focus_core.errors import FocusError
+
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-extensions", "--hide-scrollbars", "--mute-audio",
+)  # fmt: skip
+METHODS = ("gradcam", "lrp", "random")
+EPOCHS = 3  # Pearson r needs three epochs
+TILE_SIZE = 16  # 32x32 mosaics: three epochs train in seconds on a busy CPU
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+# --------------------------------------------------------------------------- a small, real record
+
+
+@dataclass
+class Scored:
+    """One evaluation's inputs (names, not ids) and its real per-mosaic results."""
+
+    checkpoint: str  # key into Record.checkpoints
+    method: str
+    mosaic_set: str  # key into Record.manifests
+    randomization: str = "none"
+    stage: int | None = None
+    layer: str | None = None
+    sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 2)))
+    focus: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    predicted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    finished: bool = True
+
+
+@dataclass
+class Record:
+    dataset: data.TileDataset
+    manifests: dict[str, mosaics.MosaicManifest]
+    checkpoints: dict[str, tuple[str, int]]  # name -> (weights path, epoch)
+    epochs: list[train.EpochMetrics]
+    scored: list[Scored]
+
+
+def _score(model: torch.nn.Module, dataset: data.TileDataset, manifest: mosaics.MosaicManifest, method: str):
+    x = dataset.normalize(mosaics.compose_mosaics(dataset.tiles, manifest.index_tensor()))
+    y = manifest.targets()
+    relevance = explainers.get_explainer(method)(model, x, y).detach()
+    sums = metric.quadrant_sums(relevance)
+    focus = metric.focus_from_sums(sums, mosaics.target_mask(manifest))
+    with torch.no_grad():
+        predicted = model(x).argmax(dim=1)
+    return sums.double().numpy(), focus.double().numpy(), predicted.numpy()
+
+
+def _frozen(model: torch.nn.Module) -> torch.nn.Module:
+    model = model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory: pytest.TempPathFactory) -> Record:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("report-weights")
+    dataset = data.load_digits(seed=0, tile_size=TILE_SIZE)
+    manifests = {
+        "test": mosaics.build_manifest(dataset, "test", per_class=3, seed=0),
+        "val": mosaics.build_manifest(dataset, "val", per_class=2, seed=0),
+        "top": mosaics.build_manifest(dataset, "test", per_class=2, seed=1, layout="top"),
+        "diagonal": mosaics.build_manifest(dataset, "test", per_class=2, seed=1, layout="diagonal"),
+    }
+    checkpoints: dict[str, tuple[str, int]] = {}
+    scored: list[Scored] = []
+
+    def on_epoch(metrics: train.EpochMetrics, model: torch.nn.Module) -> None:
+        path = folder / f"epoch-{metrics.epoch}.pt"
+        models.save_weights(model, path)
+        checkpoints[f"epoch{metrics.epoch}"] = (str(path), metrics.epoch)
+        frozen = _frozen(models.load_weights(models.build_model("digits_cnn", 10, 1), path))
+        scored.append(Scored(f"epoch{metrics.epoch}", "gradcam", "val",
+                             **dict(zip(("sums", "focus", "predicted"), _score(frozen, dataset, manifests["val"], "gradcam")))))
+
+    model = models.build_model("digits_cnn", num_classes=10, in_channels=1)
+    config = train.TrainConfig(epochs=EPOCHS, batch_size=128, lr=5e-3, rotation=15.0, crop_padding=1, hflip=False, seed=0)
+    epochs = train.train_model(model, dataset, config, on_epoch=on_epoch)
+    final = f"epoch{epochs[-1].epoch}"
+    trained = _frozen(models.load_weights(models.build_model("digits_cnn", 10, 1), checkpoints[final][0]))
+
+    def add(model_: torch.nn.Module, method: str, mosaic_set: str, **kind: Any) -> None:
+        result = _score(model_, dataset, manifests[mosaic_set], method)
+        scored.append(Scored(final, method, mosaic_set, **kind, **dict(zip(("sums", "focus", "predicted"), result))))
+
+    for method in METHODS:
+        add(trained, method, "test")
+    for method in ("gradcam", "lrp"):
+        add(_frozen(randomize.randomize_full(trained, seed=0)), method, "test", randomization="full")
+    for stage, layer in enumerate(randomize.cascading_stages(trained)):
+        add(_frozen(randomize.randomize_cascading(trained, stage, seed=0)), "gradcam", "test",
+            randomization="cascading", stage=stage, layer=layer)
+    for layout in ("top", "diagonal"):
+        add(trained, "gradcam", layout)
+    unfinished = Scored(final, "lrp", "val", **dict(zip(("sums", "focus", "predicted"),
+                                                       _score(trained, dataset, manifests["val"], "lrp"))))
+    unfinished.finished = False
+    scored.append(unfinished)
+    return Record(dataset, manifests, checkpoints, epochs, scored)
+
+
+def write_record(url: str, record: Record) -> dict[str, Any]:
+    """Write the record through the db write API; returns the ids the tests need."""
+    engine = store.engine_for(url)
+    ds = record.dataset
+    registered = db.register_dataset(engine, ds.name, ds.fingerprint, ds.classes, ds.relpaths, ds.labels.numpy(),
+                                     ds.splits, tile_size=ds.tile_size, channels=1)
+    image_ids = np.asarray(registered.image_ids, dtype=np.int64)
+    sets = {}
+    for name, manifest in record.manifests.items():
+        sets[name] = db.register_mosaic_set(
+            engine, manifest.hash, registered.dataset_id, manifest.split, manifest.seed, manifest.per_class,
+            manifest.layout, image_ids[manifest.index_tensor().numpy()], manifest.targets().numpy(),
+            mosaics.target_mask(manifest).numpy(), tile_size=ds.tile_size)
+    run_id = db.register_training_run(engine, "c" * 64, "digits_cnn", {"epochs": EPOCHS, "focus_methods": [{"name": "gradcam"}]},
+                                      name="digits", dataset_id=registered.dataset_id)
+    checkpoint_ids = {}
+    for name, (path, epoch) in record.checkpoints.items():
+        checkpoint_ids[name] = db.register_checkpoint(engine, models.weights_sha256(path), "digits_cnn", 10, path=path,
+                                                      in_channels=1, training_run_id=run_id, epoch=epoch)
+    request = {"dataset": DatasetSpec(tile_size=TILE_SIZE).model_dump(mode="json")}
+    evaluation_ids, unfinished = [], []
+    for item in record.scored:
+        explainer = explainers.get_explainer(item.method)
+        method_id = db.register_method(engine, explainer.name, dict(explainer.params))
+        evaluation_id = db.get_or_create_evaluation(
+            engine, checkpoint_ids[item.checkpoint], method_id, sets[item.mosaic_set].mosaic_set_id,
+            randomization=item.randomization, stage=item.stage, layer=item.layer, metadata={"request": request})
+        db.start_evaluation(engine, evaluation_id)
+        ids = sets[item.mosaic_set].mosaic_ids
+        count = len(ids) if item.finished else 5
+        db.write_mosaic_results(engine, evaluation_id, ids[:count], item.sums[:count], item.focus[:count],
+                                item.predicted[:count])
+        if item.finished:
+            db.finish_evaluation(engine, evaluation_id)
+            evaluation_ids.append(evaluation_id)
+        else:
+            unfinished.append(evaluation_id)
+    for metrics in record.epochs:
+        focus = next(s.focus for s in record.scored if s.checkpoint == f"epoch{metrics.epoch}" and s.mosaic_set == "val")
+        db.record_epoch(engine, run_id, metrics.epoch, train_loss=metrics.train_loss,
+                        train_accuracy=metrics.train_accuracy, val_loss=metrics.val_loss,
+                        val_accuracy=metrics.val_accuracy, val_mean_class_accuracy=metrics.val_mean_class_accuracy,
+                        focus_median=float(np.nanmedian(focus)), seconds=metrics.seconds)
+    db.finish_training_run(engine, run_id)
+    return {"finished": evaluation_ids, "unfinished": unfinished, "run_id": run_id}
+
+
+@dataclass
+class Built:
+    url: str
+    ids: dict[str, Any]
+    index: Path
+
+
+@pytest.fixture(scope="module")
+def sqlite_report(record: Record, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The record in a SQLite store and its report, built once for the tests that only read them."""
+    from flows.cli_report import build_report
+
+    folder = tmp_path_factory.mktemp("report-sqlite")
+    url = f"sqlite:///{folder / 'focus.db'}"
+    db.upgrade(url)
+    ids = write_record(url, record)
+    return Built(url, ids, build_report(folder / "report", database_url=url))
+
+
+# --------------------------------------------------------------------------- reading the page back
+
+
+class _Page(HTMLParser):
+    """Table rows (by table id: data-* attributes and cell texts), images and external references."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tables: dict[str, list[dict[str, Any]]] = {}
+        self.headers: dict[str, list[str]] = {}
+        self._th: list[str] | None = None
+        self.images: list[str] = []
+        self.external: list[str] = []
+        self.sections: list[str] = []
+        self.missing: list[str] = []
+        self.notes: list[str] = []
+        self.image_check: str | None = None
+        self._table: str | None = None
+        self._row: dict[str, Any] | None = None
+        self._cell: list[str] | None = None
+        self._para: tuple[str, list[str]] | None = None
+        self._pre = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        for key in ("src", "href"):
+            if key in a and re.match(r"^(https?:)?//", a[key]):
+                self.external.append(a[key])
+        if tag in ("link", "script") and (a.get("src") or a.get("href")):
+            self.external.append(a.get("src") or a.get("href"))
+        if tag == "table":
+            self._table = a.get("id", "")
+            self.tables.setdefault(self._table, [])
+        elif tag == "tr" and self._table is not None and any(k.startswith("data-") for k in a):
+            self._row = {"attrs": {k[5:]: v for k, v in a.items() if k.startswith("data-")}, "cells": []}
+        elif tag == "td" and self._row is not None:
+            self._cell = []
+        elif tag == "th" and self._table is not None:
+            self._th = []
+        elif tag == "img":
+            self.images.append(a.get("src", ""))
+        elif tag == "section":
+            self.sections.append(a.get("id", ""))
+        elif tag == "p" and a.get("class") in ("missing", "note"):
+            self._para = (a["class"], [])
+        elif tag == "pre" and a.get("id") == "image-check":
+            self._pre = True
+            self.image_check = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None and self._row is not None:
+            self._row["cells"].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "th" and self._th is not None:
+            self.headers.setdefault(self._table, []).append("".join(self._th).strip())
+            self._th = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[self._table].append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+        elif tag == "p" and self._para is not None:
+            (self.missing if self._para[0] == "missing" else self.notes).append("".join(self._para[1]))
+            self._para = None
+        elif tag == "pre":
+            self._pre = False
+
+    def handle_data(self, text_: str) -> None:
+        if self._cell is not None:
+            self._cell.append(text_)
+        if self._th is not None:
+            self._th.append(text_)
+        if self._para is not None:
+            self._para[1].append(text_)
+        if self._pre:
+            self.image_check += text_
+
+
+def parse_page(html_text: str) -> _Page:
+    parser = _Page()
+    parser.feed(html_text)
+    parser.close()
+    return parser
+
+
+def _scores_from_db(url: str) -> dict[int, dict[int, float]]:
+    """{evaluation_id: {mosaic_id: focus (NaN when NULL)}} straight from ``mosaic_result``."""
+    out: dict[int, dict[int, float]] = {}
+    with store.engine_for(url).connect() as connection:
+        rows = connection.execute(text("SELECT evaluation_id, mosaic_id, focus FROM mosaic_result"))
+        for evaluation_id, mosaic_id, focus in rows:
+            out.setdefault(int(evaluation_id), {})[int(mosaic_id)] = math.nan if focus is None else float(focus)
+    return out
+
+
+def check_tables(page_: _Page, url: str, finished: list[int], unfinished: list[int]) -> None:
+    """The summary and paired tables hold exactly the statistics of the database rows."""
+    scores = _scores_from_db(url)
+    summary = {int(r["attrs"]["evaluation-id"]): r for r in page_.tables["summary-table"]}
+    assert sorted(summary) == sorted(finished)
+    assert not set(summary) & set(unfinished)
+    for evaluation_id, row_ in summary.items():
+        values = np.array(list(scores[evaluation_id].values()))
+        defined = values[~np.isnan(values)]
+        median, mean = float(np.median(defined)), float(defined.mean())
+        q1, q3 = np.percentile(defined, [25, 75])
+        attrs, cells = row_["attrs"], row_["cells"]
+        assert int(attrs["n"]) == values.size and int(attrs["n-defined"]) == defined.size
+        assert float(attrs["median"]) == pytest.approx(median, abs=1e-12)
+        assert float(attrs["mean"]) == pytest.approx(mean, abs=1e-12)
+        assert float(attrs["q1"]) == pytest.approx(q1, abs=1e-12) and float(attrs["q3"]) == pytest.approx(q3, abs=1e-12)
+        low, high = stats.bootstrap_median_ci(values, 0.95, 2000, seed=0)
+        assert (float(attrs["ci-low"]), float(attrs["ci-high"])) == pytest.approx((low, high), abs=1e-12)
+        # what a reader sees: n, undefined share, median [CI], mean, q1, q3 with 3 decimals
+        seen = dict(zip(page_.headers["summary-table"], cells, strict=True))
+        assert [seen[k] for k in ("n", "undefined", "median", "95% CI of median", "mean", "q1", "q3")] == [
+            str(values.size), f"{1 - defined.size / values.size:.3f}", f"{median:.3f}", f"[{low:.3f}, {high:.3f}]",
+            f"{mean:.3f}", f"{q1:.3f}", f"{q3:.3f}"]
+    paired = page_.tables.get("paired-table", []) + page_.tables.get("paired-randomized-table", [])
+    assert paired, "the paired comparison table is empty"
+    for row_ in paired:
+        a, b = int(row_["attrs"]["evaluation-a"]), int(row_["attrs"]["evaluation-b"])
+        common = sorted(set(scores[a]) & set(scores[b]))
+        x = np.array([scores[a][m] for m in common])
+        y = np.array([scores[b][m] for m in common])
+        keep = ~(np.isnan(x) | np.isnan(y))
+        diff = x[keep] - y[keep]
+        assert int(row_["attrs"]["n"]) == diff.size
+        assert float(row_["attrs"]["median-difference"]) == pytest.approx(float(np.median(diff)), abs=1e-12)
+        expected_p = float(scipy_stats.wilcoxon(diff).pvalue)
+        assert float(row_["attrs"]["p-value"]) == pytest.approx(expected_p, rel=1e-9)
+        seen = dict(zip(page_.headers["paired-table"], row_["cells"], strict=True))
+        assert seen["p-value"] == ("< 0.001" if expected_p < 0.001 else f"{expected_p:.3f}")
+    methods_paired = {(r["attrs"]["method-a"], r["attrs"]["method-b"]) for r in page_.tables["paired-table"]}
+    assert methods_paired == {("gradcam", "lrp"), ("gradcam", "random"), ("lrp", "random")}
+
+
+EXPECTED_FIGURES = ("fig1-sample-mosaic", "fig4-", "fig3-", "fig-cascading-", "fig5-", "fig6-", "fig2-")
+
+
+def check_structure(page_: _Page, out: Path) -> None:
+    assert page_.external == [], f"the page references external resources: {page_.external}"
+    assert page_.sections == ["sample", "distributions", "summary", "paired", "randomization", "cascading",
+                              "training", "layouts"]
+    assert page_.missing == [], f"sections report missing data: {page_.missing}"
+    for prefix in EXPECTED_FIGURES:
+        assert any(Path(src).name.startswith(prefix) for src in page_.images), f"no figure {prefix}*: {page_.images}"
+    for src in page_.images:
+        assert not src.startswith("/") and (out / src).is_file(), src
+    # Figure 3 for both randomized methods; per-epoch Focus of the 3 training epochs with Pearson r
+    assert sum(Path(s).name.startswith("fig3-") for s in page_.images) == 2
+    epochs = next(rows for name, rows in page_.tables.items() if name.startswith("epochs-"))
+    assert [int(r["attrs"]["epoch"]) for r in epochs] == [1, 2, 3]
+    correlation = next(rows for name, rows in page_.tables.items() if name.startswith("correlation-"))
+    assert all(r["attrs"]["r"] != "" for r in correlation)
+    sample = page_.tables["sample-focus"]
+    assert [r["attrs"]["method"] for r in sample] == list(METHODS)
+    for r in sample:  # the recomputed maps give the recorded Focus
+        assert float(r["attrs"]["recomputed"]) == pytest.approx(float(r["attrs"]["focus"]), abs=1e-4)
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+def test_report_tables_match_the_database(sqlite_report: Built) -> None:
+    assert sqlite_report.index.name == "index.html"
+    page_ = parse_page(sqlite_report.index.read_text(encoding="utf-8"))
+    check_tables(page_, sqlite_report.url, sqlite_report.ids["finished"], sqlite_report.ids["unfinished"])
+    check_structure(page_, sqlite_report.index.parent)
+
+
+def test_report_on_postgresql(record: Record, pg_url: str, tmp_path: Path) -> None:
+    from flows.cli_report import build_report
+
+    ids = write_record(pg_url, record)
+    index = build_report(tmp_path / "report", database_url=pg_url)
+    page_ = parse_page(index.read_text(encoding="utf-8"))
+    check_tables(page_, pg_url, ids["finished"], ids["unfinished"])
+    check_structure(page_, index.parent)
+
+
+def test_selection_and_missing_weights(sqlite_report: Built, record: Record, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.cli import main
+    from flows.cli_report import build_report
+
+    url, ids = sqlite_report.url, sqlite_report.ids
+    chosen = ids["finished"][-2:] + ids["unfinished"]  # the two layout evaluations and an unfinished one
+    weights = Path(record.checkpoints[f"epoch{EPOCHS}"][0])
+    hidden = weights.with_suffix(".hidden")
+    weights.rename(hidden)
+    monkeypatch.setenv("FOCUS_DATABASE_URL", url)
+    try:  # exactly what `focus report --evaluation ...` runs
+        argv = ["report", "--out", str(tmp_path / "some")] + [a for i in chosen for a in ("--evaluation", str(i))]
+        assert main(argv) == 0
+    finally:
+        hidden.rename(weights)
+    index = tmp_path / "some" / "index.html"
+    assert capsys.readouterr().out.strip() == str(index)
+    page_ = parse_page(index.read_text(encoding="utf-8"))
+    assert sorted(int(r["attrs"]["evaluation-id"]) for r in page_.tables["summary-table"]) == sorted(chosen[:2])
+    notes = " ".join(page_.notes)
+    assert f"evaluation {ids['unfinished'][0]} (running)" in notes
+    assert "could not be recomputed" in notes and "is gone" in notes
+    assert not any(Path(s).name.startswith("fig1-") for s in page_.images)
+    assert any(Path(s).name.startswith("fig2-") for s in page_.images)
+    assert any(Path(s).name.startswith("fig5-") for s in page_.images)  # the checkpoints' training run
+    missing = " ".join(page_.missing)
+    assert "No full randomization evaluation" in missing and "No cascading randomization" in missing
+    with pytest.raises(FocusError, match=r"^Evaluation 9999 is not in sqlite:///.*focus results"):
+        build_report(tmp_path / "none", database_url=url, evaluations=[9999])
+
+
+def test_empty_store_says_what_to_do(sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.cli import main
+    from flows.cli_report import build_report
+
+    message = r"No finished evaluation in sqlite:///\S+focus\.db: run `focus evaluate` or `focus demo` first\."
+    with pytest.raises(FocusError, match=f"^{message}$"):
+        build_report(tmp_path / "report", database_url=sqlite_url)
+    assert not (tmp_path / "report" / "index.html").exists()
+    monkeypatch.setenv("FOCUS_DATABASE_URL", sqlite_url)
+    assert main(["report", "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(f"focus report: error: {message}", err), err
+
+
+# --------------------------------------------------------------------------- in a real browser
+
+_IMAGE_CHECK = """<script>
+window.addEventListener("load", function () {
+  var images = Array.prototype.map.call(document.images, function (img) {
+    return {src: img.getAttribute("src"), complete: img.complete, width: img.naturalWidth, height: img.naturalHeight};
+  });
+  var pre = document.createElement("pre");
+  pre.id = "image-check";
+  pre.textContent = JSON.stringify(images);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        reason = "Debian's chromium is not installed (apt-get install chromium)"
+        if _in_ci():
+            pytest.fail(f"{reason}; CI checks the report page in a real browser.")
+        pytest.skip(reason)
+    return path
+
+
+def _run_chromium(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=15000", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_page_in_headless_chromium(sqlite_report: Built, tmp_path: Path) -> None:
+    chromium = _chromium()
+    index = sqlite_report.index
+    probe = index.with_name("probe.html")  # the page plus a script that reports each image's load
+    probe.write_text(index.read_text(encoding="utf-8").replace("</body>", _IMAGE_CHECK + "\n</body>"), encoding="utf-8")
+
+    done = _run_chromium(chromium, tmp_path / "profile-dom", "--dump-dom", probe.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    page_ = parse_page(done.stdout)
+    assert page_.image_check, f"the probe script did not run; stderr: {done.stderr[-2000:]}"
+    images = json.loads(page_.image_check)
+    assert len(images) == len(parse_page(index.read_text(encoding="utf-8")).images) >= len(EXPECTED_FIGURES)
+    broken = [i["src"] for i in images if not (i["complete"] and i["width"] > 0 and i["height"] > 0)]
+    assert broken == [], f"figures that did not load in Chromium: {broken}"
+    # the numbers as the browser holds them
+    check_tables(page_, sqlite_report.url, sqlite_report.ids["finished"], sqlite_report.ids["unfinished"])
+    check_structure(page_, index.parent)
+
+    shot = tmp_path / "report.png"
+    done = _run_chromium(chromium, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,2400",
+                         index.as_uri())
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+    if os.environ.get("FOCUS_REPORT_SCREENSHOT"):  # keep it for a human to look at
+        shutil.copy(shot, os.environ["FOCUS_REPORT_SCREENSHOT"])

@@ -1,0 +1,92 @@
+"""benchmarks/throughput.py runs end to end on the CPU and reports every figure (not how fast).
+
+The script is run as a subprocess, as a user runs it, at a tiny size: digits_cnn, 64x64 mosaics, batch 4,
+one batch, one timed repetition after the warm-up, a SQLite store in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "throughput.py"
+METHODS = ("gradcam", "gradient", "smoothgrad", "lrp")
+HAS_QUANTUS = importlib.util.find_spec("quantus") is not None
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("throughput")
+    out = tmp / "throughput.json"
+    command = [
+        sys.executable, str(SCRIPT), "--arch", "digits_cnn", "--size", "64", "--batch", "4", "--batches", "1",
+        "--repeats", "1", "--device", "cpu", "--methods", "gradcam,gradient,smoothgrad:n_samples=2,lrp",
+        "--db", str(tmp / "bench.db"), "--out", str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    completed = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_every_figure_is_positive_and_finite(result: dict) -> None:
+    assert result["errors"] == {}
+    expected = {"forward_mosaics_per_s", "forward_backward_mosaics_per_s"}
+    for method in METHODS:
+        expected |= {f"{method}.{part}" for part in (
+            "explainer_mosaics_per_s", "pipeline_mosaics_per_s", "pipeline_with_db_mosaics_per_s",
+            "db_write_mosaics_per_s", "pipeline_over_limit", "db_write_share")}
+    if HAS_QUANTUS:
+        expected |= {"quantus_focus_mosaics_per_s", "pipeline_over_quantus"}
+    figures = result["figures"]
+    assert expected <= set(figures), sorted(expected - set(figures))
+    bad = {name: value for name, value in figures.items() if not _positive(value)}
+    assert not bad, bad
+    assert all(0 < share < 1 for share in result["ratios"]["db_write_share"].values())
+
+
+def test_methods_are_held_to_their_limits(result: dict) -> None:
+    methods = result["methods"]
+    assert {name: methods[name]["limit"] for name in METHODS} == {
+        "gradcam": "forward", "gradient": "forward_backward", "smoothgrad": "forward_backward",
+        "lrp": "forward_backward"}
+    assert methods["smoothgrad"]["passes_per_mosaic"] == 2
+    assert methods["smoothgrad"]["params"]["n_samples"] == 2
+    for name in METHODS:
+        assert methods[name]["rows_in_store"] == result["config"]["mosaics"] == 4
+        assert methods[name]["pipeline"]["mosaics"] == 4
+        assert len(methods[name]["pipeline"]["seconds"]) == 1
+
+
+def test_config_and_machine_are_recorded(result: dict) -> None:
+    config = result["config"]
+    assert (config["arch"], config["size"], config["tile"], config["batch"]) == ("digits_cnn", 64, 32, 4)
+    assert (config["device"], config["dtype"], config["store"]) == ("cpu", "fp32", "sqlite")
+    assert result["machine"]["device"] == "cpu" and result["machine"]["torch"]
+    if HAS_QUANTUS:
+        assert result["quantus"]["mosaics"] == 4
+    else:
+        assert "skipped" in result["quantus"]
+
+
+def test_method_parameters_parse() -> None:
+    sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location("throughput_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.parse_methods("gradcam,smoothgrad:n_samples=8,sigma=0.1,lrp") == [
+        ("gradcam", {}), ("smoothgrad", {"n_samples": 8, "sigma": 0.1}), ("lrp", {})]
+    assert module.parse_methods("integrated_gradients:n_steps=16;internal_batch_size=32") == [
+        ("integrated_gradients", {"n_steps": 16, "internal_batch_size": 32})]

@@ -1,1 +1,31 @@
+"""flows: Prefect orchestration of focus-audit (thin glue over ``focus_core`` and ``db``).
 
+Each flow takes one validated parameter model (``flows.params``), so the Prefect UI renders a form
+and a bad value is refused before any work starts:
+
+================  ==========================  ==========================================
+flow              module                      parameters
+================  ==========================  ==========================================
+``evaluate``      :mod:`flows.evaluate`       :class:`flows.params.EvaluateParams`
+``randomization`` :mod:`flows.randomization`  :class:`flows.params.RandomizationParams`
+``train``         :mod:`flows.train`          :class:`flows.params.TrainParams`
+``audit``         :mod:`flows.audit`          :class:`flows.params.AuditParams`
+``sweep``         :mod:`flows.sweep`          :class:`flows.params.SweepParams`
+================  ==========================  ==========================================
+
+Supporting modules: :mod:`flows.tasks` (the chunk task and the retry rule), :mod:`flows.resources`
+(what a worker loads once: device, data, manifests, models), :mod:`flows.record` (registering
+inputs in the store), :mod:`flows.store` (one engine per database URL). Import the module that
+holds a thing, e.g. ``from flows.evaluate import evaluate``; this package imports nothing eagerly,
+so ``import flows.params`` stays light.
+"""
+
+__all__ = ["params", "evaluate", "randomization", "train", "audit", "sweep", "tasks", "resources", "record", "store"]
+
+
+def __getattr__(name: str):  # lazy submodules: ``flows.evaluate`` without importing every flow up front
+    if name in __all__:
+        import importlib
+
+        return importlib.import_module(f"flows.{name}")
+    raise AttributeError(f"module 'flows' has no attribute {name!r}")

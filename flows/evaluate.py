@@ -1,0 +1,257 @@
+"""The ``evaluate`` flow: Focus of attribution methods on one checkpoint and one seeded mosaic set.
+
+It reads like the paper's method section:
+
+1. register the dataset, the checkpoint, the methods and the mosaic set (idempotent);
+2. per method, create (or find) the evaluation and list the mosaics it has no row for yet;
+3. split those into fixed chunks; each chunk is one task that composes the mosaics on the
+   device, explains them in batches, sums the relevance per quadrant, scores Focus, predicts the
+   class and writes the chunk's rows in one transaction;
+4. close every complete evaluation with its summary; report a table artifact and the figures.
+
+Re-running the same request finds the rows already written and runs only the missing chunks.
+
+Examples
+--------
+>>> from flows.params import EvaluateParams
+>>> evaluate(EvaluateParams(model={"weights": "digits.pt"}))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+import db
+import focus_core
+from flows import record, resources, store
+from flows.params import EvaluateParams
+from flows.record import RegisteredInputs
+from flows.tasks import ChunkRequest, ChunkResult, evaluate_chunk, plan_chunks, retry_delays
+from focus_core import report
+
+__all__ = ["evaluate", "EvaluationRecord", "run_evaluation"]
+
+
+@dataclass
+class EvaluationRecord:
+    """One evaluation of a request: its id, what ran now and its summary."""
+
+    evaluation_id: int
+    method: str
+    params: dict[str, Any]
+    chunks_total: int
+    chunks_run: list[int] = field(default_factory=list)
+    chunks_skipped: int = 0
+    chunks_failed: list[int] = field(default_factory=list)
+    rows_written: int = 0
+    status: str = "pending"
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def run_evaluation(
+    params: EvaluateParams,
+    *,
+    audit_run_id: int | None = None,
+    inputs: RegisteredInputs | None = None,
+    artifacts: bool = True,
+) -> dict[str, Any]:
+    """The body of :func:`evaluate` (call it inside a flow): plan, run the missing chunks, close, report."""
+    logger = get_run_logger()
+    device = resources.require_device(params.run.device)
+    engine = store.engine_for(params.run.database_url)
+    started = time.perf_counter()
+    inputs = inputs or record.register_inputs(engine, params.dataset, params.mosaics, params.model)
+    rnd = params.randomization
+    logger.info(
+        "Evaluating checkpoint %s (%s) on mosaic set %s (%d mosaics) on %s; store %s",
+        inputs.checkpoint_sha256[:12], params.model.architecture, inputs.manifest_hash[:12],
+        len(inputs.mosaic_ids), device, store.describe(params.run.database_url),
+    )
+
+    records: list[EvaluationRecord] = []
+    requests: list[ChunkRequest] = []
+    budget = params.run.max_chunks
+    for method in params.methods:
+        evaluation_id, name, method_params = record.open_evaluation(
+            engine, inputs, method, params.model, rnd, audit_run_id=audit_run_id, device=str(device),
+            metadata={"request": params.model_dump(mode="json", exclude={"run": {"database_url"}})},
+        )
+        finished_ids = db.finished_mosaic_ids(engine, evaluation_id)
+        finished_positions = [p for p, mid in enumerate(inputs.mosaic_ids) if mid in finished_ids]
+        plan = plan_chunks(len(inputs.mosaic_ids), params.run.chunk_size, finished_positions)
+        total = -(-len(inputs.mosaic_ids) // params.run.chunk_size)
+        records.append(EvaluationRecord(evaluation_id, name, method_params, total, chunks_skipped=total - len(plan)))
+        if plan:
+            db.start_evaluation(engine, evaluation_id, code_version=focus_core.__version__, device=str(device))
+        for chunk, positions in plan:
+            if budget is not None and len(requests) >= budget:
+                break
+            requests.append(
+                ChunkRequest(
+                    evaluation_id=evaluation_id,
+                    chunk=chunk,
+                    positions=positions,
+                    mosaic_ids=[inputs.mosaic_ids[p] for p in positions],
+                    dataset=params.dataset,
+                    mosaics=params.mosaics,
+                    model=params.model,
+                    randomization=rnd,
+                    method=method,
+                    device=params.run.device,
+                    batch_size=params.run.batch_size,
+                    database_url=params.run.database_url,
+                )
+            )
+    logger.info(
+        "%d chunk(s) to run, %d already finished", len(requests), sum(r.chunks_skipped for r in records)
+    )
+
+    by_id = {r.evaluation_id: r for r in records}
+    progress_id = create_progress_artifact(0.0, description="Chunks of mosaics explained") if artifacts and requests else None
+    task = evaluate_chunk.with_options(
+        retries=params.run.retries, retry_delay_seconds=retry_delays(params.run.retry_delay_seconds)
+    )
+    futures = {task.submit(request): request for request in requests}
+    first_error: BaseException | None = None
+    for done, future in enumerate(as_completed(list(futures)), start=1):
+        request = futures[future]
+        entry = by_id[request.evaluation_id]
+        try:
+            result: ChunkResult = future.result()
+        except Exception as error:  # noqa: BLE001 - recorded, reported after the other chunks finish
+            entry.chunks_failed.append(request.chunk)
+            first_error = first_error or error
+            logger.error("Chunk %d of evaluation %d failed: %s", request.chunk, request.evaluation_id, error)
+        else:
+            entry.chunks_run.append(result.chunk)
+            entry.rows_written += result.rows
+        if progress_id is not None:
+            update_progress_artifact(progress_id, progress=100.0 * done / len(futures))
+
+    for entry in records:
+        entry.chunks_run.sort()
+        entry.chunks_failed.sort()
+        missing = len(inputs.mosaic_ids) - len(db.finished_mosaic_ids(engine, entry.evaluation_id))
+        if missing == 0:
+            entry.status = "finished"
+            entry.summary = db.finish_evaluation(
+                engine, entry.evaluation_id, status="finished", seconds=time.perf_counter() - started
+            )
+        elif entry.chunks_failed:
+            entry.status = "failed"
+            db.finish_evaluation(engine, entry.evaluation_id, status="failed")
+        else:
+            entry.status = "running"  # stopped by max_chunks: the next identical request finishes it
+
+    outcome = {
+        "checkpoint_id": inputs.checkpoint_id,
+        "checkpoint_sha256": inputs.checkpoint_sha256,
+        "mosaic_set_id": inputs.mosaic_set_id,
+        "manifest_hash": inputs.manifest_hash,
+        "num_mosaics": len(inputs.mosaic_ids),
+        "randomization": rnd.model_dump(),
+        "evaluations": [r.as_dict() for r in records],
+    }
+    if artifacts:
+        _report(params, inputs, records, engine)
+    if first_error is not None:
+        failed = sum(len(r.chunks_failed) for r in records)
+        raise RuntimeError(
+            f"{failed} of {len(requests)} chunk(s) failed (first: {first_error}); the rows of the other chunks "
+            "are kept: fix the cause and run the same request again to finish the rest."
+        ) from first_error
+    return outcome
+
+
+def _report(params: EvaluateParams, inputs: RegisteredInputs, records: list[EvaluationRecord], engine: Any) -> None:
+    """Summary table artifact (and figures when ``figures_dir`` is set); flow-level only."""
+    frame = db.evaluation_summary(engine, [r.evaluation_id for r in records])
+    table = []
+    by_id = {r.evaluation_id: r for r in records}
+    for row in frame.itertuples():
+        entry = by_id[int(row.evaluation_id)]
+        table.append({
+            "method": entry.method,
+            "evaluation": int(row.evaluation_id),
+            "status": entry.status,
+            "mosaics": int(row.n),
+            "defined": int(row.n_defined),
+            "median Focus": _rounded(row.median_focus),
+            "mean Focus": _rounded(row.mean_focus),
+            "q1": _rounded(row.q1_focus),
+            "q3": _rounded(row.q3_focus),
+            "mosaic accuracy": _rounded(row.mosaic_accuracy),
+            "chunks run now": len(entry.chunks_run),
+            "chunks skipped": entry.chunks_skipped,
+        })
+    rnd = params.randomization
+    suffix = "" if rnd.kind == "none" else f"-{rnd.kind}{'' if rnd.stage is None else rnd.stage}"
+    create_table_artifact(
+        table,
+        key=f"focus-{inputs.checkpoint_sha256[:12]}-{inputs.manifest_hash[:12]}{suffix}".lower().replace("_", "-"),
+        description=f"Focus of {params.model.architecture} ({inputs.checkpoint_sha256[:12]}) on mosaic set "
+        f"{inputs.manifest_hash[:12]}, randomization {rnd.kind}",
+    )
+    if params.figures_dir:
+        scores = {
+            r.method: db.evaluation_results(engine, r.evaluation_id)["focus"].to_numpy(dtype=float)
+            for r in records if r.status == "finished"
+        }
+        if scores:
+            path = Path(params.figures_dir) / f"focus-{inputs.checkpoint_sha256[:12]}{suffix}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            report.plot_focus_distributions({params.model.label or params.model.architecture: scores}, path)
+            create_markdown_artifact(f"Focus distributions: `{path}`", description="Figures of this evaluation")
+
+
+def _rounded(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(value) else round(value, 4)
+
+
+def _evaluate_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params: EvaluateParams = flow_run.parameters["params"]
+    if isinstance(params, dict):
+        params = EvaluateParams.model_validate(params)
+    methods = "+".join(m.name for m in params.methods)
+    rnd = params.randomization
+    tail = "" if rnd.kind == "none" else f"-{rnd.kind}" + ("" if rnd.stage is None else f"{rnd.stage}")
+    return f"{params.model.label or params.model.architecture}-{methods}{tail}"
+
+
+#: Two chunk threads: one explains on the device (explainers hold the model) while the other writes its rows.
+CHUNK_THREADS = 2
+
+
+@flow(name="evaluate", flow_run_name=_evaluate_run_name, validate_parameters=True, persist_result=False,
+      task_runner=ThreadPoolTaskRunner(max_workers=CHUNK_THREADS))
+def evaluate(params: EvaluateParams, audit_run_id: int | None = None) -> dict[str, Any]:
+    """Evaluate attribution methods with Focus on one checkpoint and one seeded mosaic set.
+
+    Args:
+        params: What to evaluate (checkpoint, dataset, mosaic set, methods) and how (device,
+            batch and chunk sizes, retries, store).
+        audit_run_id: Set by the audit flow: records the evaluations as part of that audit run.
+
+    Returns a dict with the checkpoint, the mosaic set and, per method, the evaluation id, the
+    chunks run now / skipped / failed and the summary (n, n_defined, median, mean).
+    """
+    resources.require_device(params.run.device)
+    return run_evaluation(params, audit_run_id=audit_run_id)

@@ -1,0 +1,382 @@
+"""The parameters of every flow, as pydantic models: the Prefect UI renders them as a validated form.
+
+Each flow takes one argument, ``params``, typed with one of the ``*Params`` models below. The
+constraints live in two places, and both reject a bad value before any work starts:
+
+- JSON-schema constraints (``Literal`` enums, ``ge``/``le`` bounds, ``pattern``): a deployment
+  with ``enforce_parameter_schema`` (Prefect's default) refuses a flow run whose parameters break
+  them, so the UI form and ``run_deployment`` fail at once, on the server.
+- Python validators (an unknown explainer parameter, an ImageFolder spec without a root, ...):
+  Prefect validates the parameters when the flow run starts, before the flow's first line.
+
+Whether the requested device exists is checked by the flow itself, on the worker
+(:func:`flows.resources.require_device`), because the machine that fills in the form is not the
+one that runs it.
+
+Examples
+--------
+>>> p = EvaluateParams(model={"architecture": "digits_cnn", "weights": "w.pt"}, methods=[{"name": "gradcam"}])
+>>> p.mosaics.split, p.device
+('test', 'cpu')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "DEVICE_PATTERN",
+    "STANDARD_METHODS",
+    "DatasetSpec",
+    "ModelSpec",
+    "MosaicSetSpec",
+    "MethodSpec",
+    "RandomizationSpec",
+    "RunSpec",
+    "EvaluateParams",
+    "RandomizationParams",
+    "TrainParams",
+    "AuditParams",
+    "SweepParams",
+    "spec_key",
+]
+
+#: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+DEVICE_PATTERN = r"^(cpu|cuda(:[0-9]+)?|mps)$"
+#: The paper's three methods plus the random control: what the audit evaluates by default.
+STANDARD_METHODS: tuple[str, ...] = ("gradcam", "lrp", "smoothgrad")
+_FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+Layout = Literal["random", "top", "bottom", "left", "right", "diagonal", "antidiagonal"]
+
+
+def spec_key(spec: BaseModel) -> str:
+    """A stable string key of a spec (canonical JSON), for caches and hashes.
+
+    Examples
+    --------
+    >>> spec_key(MosaicSetSpec()) == spec_key(MosaicSetSpec(seed=0))
+    True
+    """
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Spec):
+    """Which images to build mosaics from: the bundled digits or an ImageFolder directory."""
+
+    kind: Literal["digits", "image_folder"] = Field(
+        "digits", description="'digits' (bundled, 1 channel) or 'image_folder' (one sub-folder per class)."
+    )
+    root: str | None = Field(
+        None, description="The ImageFolder directory on the worker (only for kind 'image_folder')."
+    )
+    tile_size: int | None = Field(
+        None, ge=4, le=1024, description="Tile side in pixels; empty: 32 for digits, 224 for an ImageFolder."
+    )
+    resize: int | None = Field(
+        None, ge=4, le=2048, description="ImageFolder only: shorter side before the centre crop (default 256)."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the stratified train/val/test split.")
+    cache_dir: str | None = Field(
+        None, description="ImageFolder only: where decoded tiles are cached (empty: no cache)."
+    )
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> DatasetSpec:
+        if self.kind == "image_folder" and not self.root:
+            raise ValueError("An 'image_folder' dataset needs root: the path of the ImageFolder directory.")
+        if self.kind == "digits" and (self.root or self.resize or self.cache_dir):
+            raise ValueError("The bundled digits take no root, resize or cache_dir; set kind to 'image_folder'.")
+        if self.resize is not None and self.tile_size is not None and self.resize < self.tile_size:
+            raise ValueError(f"resize ({self.resize}) must be at least tile_size ({self.tile_size}).")
+        return self
+
+
+class ModelSpec(_Spec):
+    """Which classifier: an architecture (or a user's ``module:factory``) and a weights file."""
+
+    architecture: str = Field(
+        "digits_cnn",
+        min_length=1,
+        description="digits_cnn, alexnet, vgg16, resnet18, another torchvision name, or 'package.module:factory'.",
+    )
+    weights: str | None = Field(
+        None, description="Path of the weights file (a state_dict) on the worker; empty: freshly initialised."
+    )
+    num_classes: int | None = Field(None, ge=2, description="Number of classes; empty: the dataset's.")
+    in_channels: int | None = Field(None, ge=1, description="Input channels; empty: the dataset's.")
+    gradcam_layer: str | None = Field(
+        None, description="Dotted module name for GradCAM when it cannot be inferred (e.g. 'features.11')."
+    )
+    label: str | None = Field(None, max_length=200, description="A human name for this checkpoint.")
+
+    @field_validator("architecture")
+    @classmethod
+    def _check_architecture(cls, value: str) -> str:
+        if ":" in value and not _FACTORY_PATTERN.match(value):
+            raise ValueError(f"architecture {value!r} is not an import path like 'package.module:factory'.")
+        if ":" not in value and not re.match(r"^[A-Za-z_]\w*$", value):
+            raise ValueError(f"architecture {value!r} is not a model name such as 'resnet18'.")
+        return value
+
+
+class MosaicSetSpec(_Spec):
+    """Which mosaics: a seeded manifest over one held-out split."""
+
+    split: Literal["val", "test"] = Field(
+        "test", description="Held-out split the tiles come from (never 'train': the model saw those)."
+    )
+    per_class: int = Field(20, ge=1, le=100_000, description="Mosaics per target class.")
+    seed: int = Field(0, ge=0, description="Seed of the manifest: same seed, same mosaics.")
+    layout: Layout = Field(
+        "random", description="Where the two target tiles go: 'random' per mosaic or one fixed arrangement."
+    )
+    classes: list[int] | None = Field(None, description="Target classes; empty: every class.")
+
+
+class MethodSpec(_Spec):
+    """An attribution method from the explainer registry and its parameters."""
+
+    name: str = Field(
+        "gradcam",
+        description="A registered method: gradcam, gradcam++, lrp, smoothgrad, integrated_gradients, "
+        "gradient, input_x_gradient, random.",
+        json_schema_extra=lambda schema: _method_enum(schema),
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Method parameters, e.g. {'n_samples': 10} for smoothgrad."
+    )
+
+    @model_validator(mode="after")
+    def _check_registry(self) -> MethodSpec:
+        from focus_core import explainers
+
+        available = explainers.available_explainers()
+        if self.name not in available:
+            raise ValueError(f"Unknown method {self.name!r}: use one of {', '.join(available)}.")
+        explainers.get_explainer(self.name, **self.params)  # FocusError (a ValueError) on a bad parameter
+        return self
+
+
+def _method_enum(schema: dict[str, Any]) -> None:
+    """Add the registry's names as an enum (a dropdown in the UI) when the registry is importable."""
+    try:
+        from focus_core import explainers
+
+        schema["enum"] = list(explainers.available_explainers())
+    except ImportError:  # pragma: no cover - the registry is part of the package
+        pass
+
+
+class RandomizationSpec(_Spec):
+    """How the evaluated model is altered: not at all, fully, or layers from the top (Adebayo et al.)."""
+
+    kind: Literal["none", "full", "cascading", "independent"] = "none"
+    stage: int | None = Field(None, ge=0, description="Cascading: layers [0, stage] of cascading_stages() re-initialised.")
+    layer: str | None = Field(None, description="Independent: the one re-initialised layer; cascading: the deepest.")
+    seed: int = Field(0, ge=0, description="Seed of the re-initialisation.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RandomizationSpec:
+        if self.kind == "cascading" and self.stage is None:
+            raise ValueError("A cascading randomization needs its stage.")
+        if self.kind == "independent" and not self.layer:
+            raise ValueError("An independent randomization needs its layer.")
+        return self
+
+
+Device = Annotated[
+    str,
+    Field(
+        pattern=DEVICE_PATTERN,
+        description="'cpu', 'cuda', 'cuda:N' or 'mps'. A worker without that device fails at once.",
+    ),
+]
+BatchSize = Annotated[int, Field(ge=1, le=65_536, description="Mosaics per forward/backward pass.")]
+DatabaseUrl = Annotated[
+    str | None,
+    Field(
+        description="SQLAlchemy URL of focus-audit's store (never Prefect's database); empty: the worker's "
+        "FOCUS_DATABASE_URL, else sqlite:///focus.db. Keep passwords in FOCUS_DATABASE_URL: parameters are visible in the UI.",
+    ),
+]
+
+
+class RunSpec(_Spec):
+    """How the work runs: device, batch and chunk sizes, retries, store (shared by the evaluating flows)."""
+
+    device: Device = "cpu"
+    batch_size: BatchSize = 64
+    chunk_size: int = Field(512, ge=1, description="Mosaics per task (the unit of retry and of one transaction).")
+    retries: int = Field(2, ge=0, le=10, description="Retries of a failed chunk (errors that cannot succeed are not retried).")
+    retry_delay_seconds: float = Field(10.0, ge=0, description="First retry delay; later ones back off exponentially.")
+    max_chunks: int | None = Field(
+        None, ge=1, description="Run at most this many chunks now; the next identical request runs the rest."
+    )
+    database_url: DatabaseUrl = None
+
+
+class _FlowParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EvaluateParams(_FlowParams):
+    """Evaluate attribution methods on one checkpoint with the Focus metric."""
+
+    model: ModelSpec = Field(description="The checkpoint to explain (weights required).")
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec, description="Where the tiles come from.")
+    mosaics: MosaicSetSpec = Field(default_factory=MosaicSetSpec, description="The seeded mosaic set.")
+    methods: list[MethodSpec] = Field(
+        default_factory=lambda: [MethodSpec(name="gradcam")], min_length=1, description="Methods to evaluate."
+    )
+    randomization: RandomizationSpec = Field(
+        default_factory=RandomizationSpec, description="Evaluate a randomized copy of the checkpoint instead."
+    )
+    run: RunSpec = Field(default_factory=RunSpec, description="Device, batch size, chunking, retries, store.")
+    figures_dir: str | None = Field(None, description="Where the summary figures are written; empty: none.")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateParams:
+        if not self.model.weights:
+            raise ValueError("Evaluating needs the checkpoint's weights file: set model.weights (train one with `focus train`).")
+        names = [spec_key(m) for m in self.methods]
+        if len(set(names)) != len(names):
+            raise ValueError("The same method and parameters are listed twice in methods.")
+        return self
+
+
+class RandomizationParams(_FlowParams):
+    """The sanity check: Focus of a checkpoint, of its fully random copy and of cascading randomization."""
+
+    model: ModelSpec = Field(description="The trained checkpoint (weights required).")
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    mosaics: MosaicSetSpec = Field(default_factory=MosaicSetSpec)
+    methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name="gradcam")], min_length=1)
+    kinds: list[Literal["full", "cascading", "independent"]] = Field(
+        default_factory=lambda: ["full", "cascading"], min_length=1, description="Randomizations to run."
+    )
+    max_stages: int | None = Field(
+        None, ge=1, description="Cascading/independent: only the first N layers from the top; empty: all."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the re-initialisations.")
+    run: RunSpec = Field(default_factory=RunSpec)
+    figures_dir: str | None = Field(None, description="Where the cascading-randomization figure is written; empty: none.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RandomizationParams:
+        if not self.model.weights:
+            raise ValueError("Randomization needs the trained checkpoint's weights file: set model.weights.")
+        return self
+
+
+class TrainParams(_FlowParams):
+    """Train a classifier with the paper's recipe, recording Focus every epoch."""
+
+    name: str = Field("digits", min_length=1, max_length=200, description="Name of the training run.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Architecture (weights: optional start).")
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: BatchSize = 64
+    lr: float | None = Field(None, gt=0, le=10, description="AMSGrad learning rate; empty: 3e-3 for digits, 1e-3 else.")
+    rotation: float | None = Field(
+        None, ge=0, le=180, description="Maximum rotation in degrees; empty: 15 for digits, the paper's 30 else."
+    )
+    crop_padding: int | None = Field(
+        None, ge=0, description="Random-crop padding in pixels; empty: 2 for digits, 1/8 of the tile else."
+    )
+    hflip: bool | None = Field(
+        None, description="Random horizontal flips; empty: off for digits (a mirrored digit is another digit), on else."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the initialisation, augmentation and batch order.")
+    focus_mosaics: MosaicSetSpec = Field(
+        default_factory=lambda: MosaicSetSpec(split="val", per_class=10),
+        description="The fixed validation mosaic set Focus is measured on after every epoch.",
+    )
+    focus_methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name="gradcam")], min_length=1)
+    checkpoint_dir: str = Field("checkpoints", description="Where per-epoch checkpoints (model + optimizer) go.")
+    device: Device = "cpu"
+    database_url: DatabaseUrl = None
+    audit: bool = Field(False, description="Mark the final checkpoint for the nightly audit.")
+    retries: int = Field(1, ge=0, le=10, description="Retries of a failed epoch (it restarts from the last checkpoint).")
+    figures_dir: str | None = Field(None, description="Where the training-curve figures are written; empty: none.")
+
+    @field_validator("focus_mosaics")
+    @classmethod
+    def _validation_split(cls, value: MosaicSetSpec) -> MosaicSetSpec:
+        if value.split != "val":
+            raise ValueError("Focus during training is measured on the 'val' split; keep 'test' for the final evaluation.")
+        return value
+
+    def recipe(self) -> dict[str, Any]:
+        """The training hyper-parameters with the per-dataset defaults filled in."""
+        digits = self.dataset.kind == "digits"
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr if self.lr is not None else (3e-3 if digits else 1e-3),
+            "rotation": self.rotation if self.rotation is not None else (15.0 if digits else 30.0),
+            "crop_padding": self.crop_padding if self.crop_padding is not None else (2 if digits else None),
+            "hflip": self.hflip if self.hflip is not None else not digits,
+            "seed": self.seed,
+        }
+
+    def config_hash(self) -> str:
+        """sha256 of everything that determines the weights of each epoch (the training run's natural key).
+
+        ``epochs`` is left out: asking for more epochs of the same run continues it.
+        """
+        recipe = {k: v for k, v in self.recipe().items() if k != "epochs"}
+        config = {"name": self.name, "model": self.model.model_dump(mode="json"),
+                  "dataset": self.dataset.model_dump(mode="json"), **recipe}
+        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+class AuditParams(_FlowParams):
+    """The nightly audit of every checkpoint marked for auditing."""
+
+    methods: list[MethodSpec] = Field(
+        default_factory=lambda: [MethodSpec(name=m) for m in STANDARD_METHODS], min_length=1
+    )
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec, description="The audit data.")
+    mosaics: MosaicSetSpec = Field(default_factory=MosaicSetSpec, description="The audit mosaic set.")
+    threshold: float = Field(
+        0.05, gt=0, le=1, description="Emit focus.audit.regressed when median Focus falls by more than this."
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired test.")
+    checkpoints: list[str] | None = Field(
+        None, description="sha256 of the checkpoints to audit; empty: every checkpoint marked for auditing."
+    )
+    name: str | None = Field(None, max_length=200, description="Name of the audit run (e.g. 'nightly').")
+    run: RunSpec = Field(default_factory=RunSpec)
+
+
+class SweepParams(_FlowParams):
+    """The paper's grid: checkpoints x methods, one evaluate run per cell."""
+
+    checkpoints: list[ModelSpec] = Field(min_length=1, description="The checkpoints (weights required).")
+    methods: list[MethodSpec] = Field(min_length=1)
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    mosaics: MosaicSetSpec = Field(default_factory=MosaicSetSpec)
+    run: RunSpec = Field(default_factory=RunSpec)
+    deployment: str | None = Field(
+        None,
+        pattern=r"^[^/]+/[^/]+$",
+        description="'evaluate/<deployment>' to fan the cells out onto the work pool; empty: run them here.",
+    )
+    timeout_seconds: float | None = Field(None, gt=0, description="Give up waiting for a cell after this long.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepParams:
+        missing = [i for i, c in enumerate(self.checkpoints) if not c.weights]
+        if missing:
+            raise ValueError(f"Every checkpoint of a sweep needs its weights file; checkpoints {missing} have none.")
+        return self

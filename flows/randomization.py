@@ -1,0 +1,100 @@
+"""The ``randomization`` flow: the sanity check of Adebayo et al. applied to Focus.
+
+A faithful method loses its Focus when the model loses its knowledge: on a fully random copy of
+the checkpoint, and on copies whose layers are re-initialised from the top down (cascading),
+Focus falls to about 0.5. Each stage is one ``evaluate`` run (a subflow), recorded in the store
+with its randomization kind, stage and layer; the trained checkpoint is the first stage.
+
+Examples
+--------
+>>> from flows.params import RandomizationParams
+>>> randomization(RandomizationParams(model={"weights": "digits.pt"}))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows import record, resources, store
+from flows.evaluate import evaluate
+from flows.params import EvaluateParams, RandomizationParams, RandomizationSpec
+from focus_core import randomize, report
+
+__all__ = ["randomization", "randomization_stages"]
+
+
+def randomization_stages(params: RandomizationParams) -> list[tuple[str, RandomizationSpec]]:
+    """``(label, spec)`` of every stage: trained, then full, cascading (top first), independent."""
+    model = resources.build_model(params.model, params.dataset)
+    layers = randomize.cascading_stages(model)
+    if params.max_stages is not None:
+        layers = layers[: params.max_stages]
+    stages = [("trained", RandomizationSpec())]
+    for kind in params.kinds:
+        if kind == "full":
+            stages.append(("full", RandomizationSpec(kind="full", seed=params.seed)))
+        elif kind == "cascading":
+            stages += [(f"cascading to {layer}", RandomizationSpec(kind="cascading", stage=i, layer=layer, seed=params.seed))
+                       for i, layer in enumerate(layers)]
+        else:
+            stages += [(f"only {layer}", RandomizationSpec(kind="independent", layer=layer, seed=params.seed))
+                       for layer in layers]
+    return stages
+
+
+@flow(name="randomization", validate_parameters=True, persist_result=False)
+def randomization(params: RandomizationParams) -> dict[str, Any]:
+    """Evaluate a checkpoint and its randomized copies (full, cascading, independent) with Focus.
+
+    Args:
+        params: The trained checkpoint, mosaic set, methods, randomization kinds, how to run and
+            where the figure goes.
+
+    Returns a dict with one entry per stage: its kind, stage, layer, evaluation ids and the
+    median Focus per method (expected: high for the trained model, about 0.5 once randomized).
+    """
+    resources.require_device(params.run.device)
+    logger = get_run_logger()
+    engine = store.engine_for(params.run.database_url)
+    inputs = record.register_inputs(engine, params.dataset, params.mosaics, params.model)
+    stages = []
+    for label, spec in randomization_stages(params):
+        outcome = evaluate.with_options(flow_run_name=f"randomization-{label.replace(' ', '-')}")(
+            EvaluateParams(model=params.model, dataset=params.dataset, mosaics=params.mosaics,
+                           methods=params.methods, randomization=spec, run=params.run)
+        )
+        medians = {e["method"]: e["summary"].get("median") for e in outcome["evaluations"]}
+        stages.append({"label": label, **spec.model_dump(), "medians": medians,
+                       "evaluation_ids": {e["method"]: e["evaluation_id"] for e in outcome["evaluations"]}})
+        logger.info("Stage %s: median Focus %s", label, medians)
+
+    methods = list(stages[0]["medians"])
+    create_table_artifact(
+        [{"stage": s["label"], "kind": s["kind"], **{m: _round(s["medians"].get(m)) for m in methods}} for s in stages],
+        key=f"randomization-{inputs.checkpoint_sha256[:12]}-{inputs.manifest_hash[:12]}",
+        description="Median Focus per randomization stage: it should fall to about 0.5 once the model is random.",
+    )
+    cascade = [s for s in stages if s["kind"] in ("none", "cascading")]
+    if params.figures_dir and len(cascade) > 1:
+        path = Path(params.figures_dir) / f"cascading-randomization-{inputs.checkpoint_sha256[:12]}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        report.plot_cascading_randomization(
+            ["trained"] + [s["layer"] for s in cascade[1:]],
+            {m: [_nan(s["medians"].get(m)) for s in cascade] for m in methods},
+            path,
+        )
+        create_markdown_artifact(f"Cascading randomization: `{path}`", description="Randomization figure")
+    return {"checkpoint_id": inputs.checkpoint_id, "mosaic_set_id": inputs.mosaic_set_id, "stages": stages}
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else round(float(value), 4)

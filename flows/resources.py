@@ -1,0 +1,205 @@
+"""What a worker process loads once and reuses: the device, datasets, tiles, manifests, models.
+
+Tasks receive specs (small pydantic models), never tensors; they call these functions, which
+cache by the spec's canonical JSON, so a process loads a dataset, moves its tiles to the device
+and builds a model once however many chunks it runs. Everything here is thread-safe: Prefect's
+default task runner runs tasks in threads.
+
+Examples
+--------
+>>> require_device("cpu")
+device(type='cpu')
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from flows.params import DatasetSpec, MethodSpec, ModelSpec, MosaicSetSpec, RandomizationSpec, spec_key
+from focus_core import data, explainers, models, mosaics, randomize
+from focus_core.errors import FocusError
+
+__all__ = [
+    "require_device",
+    "load_dataset",
+    "device_tiles",
+    "load_manifest",
+    "load_model",
+    "model_lock",
+    "make_explainer",
+    "clear_caches",
+]
+
+_LOAD_LOCK = threading.RLock()
+_MODEL_LOCKS: dict[int, threading.Lock] = {}
+
+
+def require_device(device: str) -> torch.device:
+    """Return ``torch.device(device)`` if this machine has it, else fail with one clear sentence.
+
+    Called on the first line of every flow, so that a worker without a GPU given ``cuda`` fails
+    at once instead of running on the CPU unnoticed.
+
+    Raises
+    ------
+    FocusError
+        For a malformed device or one this machine lacks.
+
+    Examples
+    --------
+    >>> require_device("cuda:99") if not torch.cuda.is_available() else None  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    focus_core.errors.FocusError: The device 'cuda:99' was requested but this worker has no CUDA GPU ...
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise FocusError(f"The device {device!r} is not a torch device: pass 'cpu', 'cuda' or 'cuda:N'.") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FocusError(
+                f"The device {device!r} was requested but this worker has no CUDA GPU "
+                "(torch.cuda.is_available() is False): run on a GPU worker or pass device 'cpu'."
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise FocusError(
+                f"The device {device!r} was requested but this worker has {count} GPU(s): pass cuda:0 to cuda:{count - 1}."
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise FocusError(f"The device {device!r} was requested but this worker has no MPS device: pass device 'cpu'.")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise FocusError(f"The device {device!r} is not supported: pass 'cpu', 'cuda' or 'cuda:N'.")
+    return parsed
+
+
+def load_dataset(spec: DatasetSpec) -> data.TileDataset:
+    """The dataset of ``spec``, loaded once per process."""
+    return _load_dataset(spec_key(spec), spec)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_dataset_cached(key: str) -> data.TileDataset:
+    spec = DatasetSpec.model_validate_json(key)
+    if spec.kind == "digits":
+        return data.load_digits(seed=spec.seed, tile_size=spec.tile_size or 32)
+    return data.load_image_folder(
+        spec.root,
+        seed=spec.seed,
+        tile_size=spec.tile_size or 224,
+        resize=spec.resize or 256,
+        cache_dir=spec.cache_dir,
+    )
+
+
+def _load_dataset(key: str, spec: DatasetSpec) -> data.TileDataset:
+    with _LOAD_LOCK:
+        return _load_dataset_cached(key)
+
+
+@functools.lru_cache(maxsize=4)
+def _device_tiles(key: str, device: str) -> torch.Tensor:
+    dataset = _load_dataset_cached(key)
+    return dataset.tiles.to(device)
+
+
+def device_tiles(spec: DatasetSpec, device: torch.device | str) -> torch.Tensor:
+    """The dataset's uint8 tiles, moved to ``device`` once per process."""
+    with _LOAD_LOCK:
+        return _device_tiles(spec_key(spec), str(device))
+
+
+@functools.lru_cache(maxsize=16)
+def _load_manifest(dataset_key: str, mosaics_key: str) -> mosaics.MosaicManifest:
+    spec = MosaicSetSpec.model_validate_json(mosaics_key)
+    return mosaics.build_manifest(
+        _load_dataset_cached(dataset_key),
+        split=spec.split,
+        per_class=spec.per_class,
+        seed=spec.seed,
+        layout=spec.layout,
+        classes=spec.classes,
+    )
+
+
+def load_manifest(dataset: DatasetSpec, spec: MosaicSetSpec) -> mosaics.MosaicManifest:
+    """The seeded manifest of ``spec`` over ``dataset`` (same spec, same mosaics, in any process)."""
+    with _LOAD_LOCK:
+        return _load_manifest(spec_key(dataset), spec_key(spec))
+
+
+def build_model(spec: ModelSpec, dataset: DatasetSpec) -> nn.Module:
+    """A fresh model of ``spec`` sized for ``dataset``, with the spec's weights when it has some."""
+    ds = load_dataset(dataset)
+    model = models.build_model(
+        spec.architecture,
+        num_classes=spec.num_classes or len(ds.classes),
+        in_channels=spec.in_channels or int(ds.tiles.shape[1]),
+    )
+    if spec.weights:
+        model = models.load_weights(model, spec.weights)
+    return model
+
+
+@functools.lru_cache(maxsize=8)
+def _load_model(model_key: str, dataset_key: str, randomization_key: str, device: str) -> nn.Module:
+    spec = ModelSpec.model_validate_json(model_key)
+    rnd = RandomizationSpec.model_validate_json(randomization_key)
+    model = build_model(spec, DatasetSpec.model_validate_json(dataset_key))
+    if rnd.kind == "full":
+        model = randomize.randomize_full(model, seed=rnd.seed)
+    elif rnd.kind == "cascading":
+        model = randomize.randomize_cascading(model, rnd.stage, seed=rnd.seed)
+    elif rnd.kind == "independent":
+        model = randomize.randomize_independent(model, rnd.layer, seed=rnd.seed)
+    model = model.to(device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def load_model(
+    spec: ModelSpec,
+    dataset: DatasetSpec,
+    device: torch.device | str,
+    randomization: RandomizationSpec | None = None,
+) -> nn.Module:
+    """The (optionally randomized) model in eval mode on ``device``, built once per process.
+
+    Parameters are frozen (``requires_grad=False``): explainers take gradients with respect to
+    the input and the activations only.
+    """
+    with _LOAD_LOCK:
+        return _load_model(spec_key(spec), spec_key(dataset), spec_key(randomization or RandomizationSpec()), str(device))
+
+
+@contextmanager
+def model_lock(model: nn.Module) -> Iterator[None]:
+    """Hold the model while explaining: explainers register hooks, so two threads must not share it."""
+    with _LOAD_LOCK:
+        lock = _MODEL_LOCKS.setdefault(id(model), threading.Lock())
+    with lock:
+        yield
+
+
+def make_explainer(method: MethodSpec, model: ModelSpec) -> explainers.Explainer:
+    """The explainer of ``method``; GradCAM methods take the model spec's layer when they name none."""
+    params = dict(method.params)
+    if method.name.startswith("gradcam") and model.gradcam_layer and params.get("layer") is None:
+        params["layer"] = model.gradcam_layer
+    return explainers.get_explainer(method.name, **params)
+
+
+def clear_caches() -> None:
+    """Forget every cached dataset, tile tensor, manifest and model (tests, memory pressure)."""
+    with _LOAD_LOCK:
+        for cached in (_load_dataset_cached, _device_tiles, _load_manifest, _load_model):
+            cached.cache_clear()
+        _MODEL_LOCKS.clear()

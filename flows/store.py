@@ -1,0 +1,47 @@
+"""One engine per database URL per process, opened with the schema check, logged without its password.
+
+Examples
+--------
+>>> describe("postgresql+psycopg://me:secret@db/focus")
+'postgresql+psycopg://me:***@db/focus'
+"""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy.engine import Engine
+
+from db.engine import database_url, get_engine, mask_url
+
+__all__ = ["engine_for", "describe", "dispose_engines"]
+
+_ENGINES: dict[str, Engine] = {}
+_LOCK = threading.Lock()
+
+
+def engine_for(url: str | None = None) -> Engine:
+    """The engine of focus-audit's store at ``url`` (else ``FOCUS_DATABASE_URL``, else ``sqlite:///focus.db``).
+
+    The first call per URL checks that the schema is at head (``db.errors.StoreError`` with
+    "run `focus db upgrade`" otherwise); later calls reuse the engine and its pool.
+    """
+    key = database_url(url).render_as_string(hide_password=False)
+    with _LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = get_engine(key, check=True)
+        return engine
+
+
+def describe(url: str | None = None) -> str:
+    """The store's URL with the password hidden, for log lines and artifacts."""
+    return mask_url(database_url(url))
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (before dropping a test database, or at the end of a worker)."""
+    with _LOCK:
+        for engine in _ENGINES.values():
+            engine.dispose()
+        _ENGINES.clear()

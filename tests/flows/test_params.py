@@ -1,0 +1,100 @@
+"""Bad parameters are rejected before any work: by the form's schema, by the models, and on a worker without the device."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from prefect.utilities.callables import parameter_schema
+from prefect.utilities.schema_tools import ValidationError, validate
+
+from flows import record
+from flows.audit import audit
+from flows.evaluate import evaluate
+from flows.params import EvaluateParams, TrainParams
+from flows.randomization import randomization
+from flows.sweep import sweep
+from flows.train import train
+from focus_core.errors import FocusError
+
+GOOD = {"model": {"architecture": "digits_cnn", "weights": "digits.pt"}, "methods": [{"name": "lrp"}]}
+
+
+def _server_validates(flow, parameters: dict) -> None:
+    """What the Prefect server does to a run's parameters when the deployment enforces its schema."""
+    schema = parameter_schema(flow).model_dump_for_openapi()
+    validate(parameters, schema, raise_on_error=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"run": {"device": "gpu"}}, "device"),
+        ({"run": {"batch_size": 0}}, "batch_size"),
+        ({"mosaics": {"per_class": 0}}, "per_class"),
+        ({"mosaics": {"split": "train"}}, "split"),
+        ({"mosaics": {"layout": "spiral"}}, "layout"),
+        ({"methods": [{"name": "saliency-of-my-dreams"}]}, "name"),
+        ({"methods": []}, "methods"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_the_form_schema_rejects_a_bad_parameter(change, field):
+    _server_validates(evaluate, {"params": GOOD})
+    with pytest.raises(ValidationError, match=field):
+        _server_validates(evaluate, {"params": {**GOOD, **change}})
+
+
+def test_every_flow_publishes_a_schema_with_descriptions():
+    for flow in (evaluate, randomization, train, audit, sweep):
+        schema = parameter_schema(flow).model_dump_for_openapi()
+        assert list(schema["properties"])[0] == "params", flow.name
+        definitions = schema.get("definitions", {})
+        assert definitions, flow.name
+        run = definitions.get("RunSpec", {}).get("properties", {})
+        if run:
+            assert "cuda" in run["device"]["description"]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({**GOOD, "methods": [{"name": "lrp", "params": {"epsilon_typo": 1}}]}, "no parameter 'epsilon_typo'"),
+        ({"model": {"architecture": "digits_cnn"}}, "weights file"),
+        ({**GOOD, "dataset": {"kind": "image_folder"}}, "needs root"),
+        ({**GOOD, "model": {"architecture": "my.module:", "weights": "w.pt"}}, "import path"),
+    ],
+)
+def test_a_bad_parameter_fails_the_run_before_any_work(prefect_api, tmp_path, monkeypatch, params, message):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started despite a bad parameter")
+
+    monkeypatch.setattr(record, "register_inputs", no_work)
+    url = f"sqlite:///{tmp_path / 'never.db'}"
+    params = {**params, "run": {"database_url": url}}
+    with pytest.raises(Exception, match=message) as raised:
+        evaluate(params=params)
+    assert "AssertionError" not in repr(raised.value)
+    assert not (tmp_path / "never.db").exists()
+
+
+def test_training_focus_on_the_test_split_is_refused():
+    with pytest.raises(ValueError, match="'val' split"):
+        TrainParams(focus_mosaics={"split": "test"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("flow_name", ["evaluate", "train"])
+def test_cuda_on_a_worker_without_a_gpu_fails_at_once(prefect_api, tmp_path, flow_name):
+    url = f"sqlite:///{tmp_path / 'never.db'}"
+    if flow_name == "evaluate":
+        run = lambda: evaluate(EvaluateParams(**GOOD, run={"device": "cuda", "database_url": url}))  # noqa: E731
+    else:
+        run = lambda: train(TrainParams(device="cuda:1", database_url=url, checkpoint_dir=str(tmp_path)))  # noqa: E731
+    started = time.monotonic()
+    with pytest.raises(FocusError, match="no CUDA GPU") as raised:
+        run()
+    assert time.monotonic() - started < 15
+    assert "run on a GPU worker or pass device 'cpu'" in str(raised.value)
+    assert not (tmp_path / "never.db").exists()

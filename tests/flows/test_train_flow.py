@@ -1,0 +1,70 @@
+"""The train flow: every epoch recorded with its Focus; a crashed run resumes after the last finished epoch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from sqlalchemy import text
+
+import db
+from flows import store
+from flows import train as train_module
+from flows.params import TrainParams
+from focus_core.errors import FocusError
+
+
+def _params(tmp_path, url: str, epochs: int) -> TrainParams:
+    return TrainParams(
+        name="digits-test",
+        dataset={"kind": "digits", "tile_size": 16},
+        epochs=epochs,
+        batch_size=128,
+        focus_mosaics={"split": "val", "per_class": 2, "seed": 1},
+        focus_methods=[{"name": "gradcam"}],
+        checkpoint_dir=str(tmp_path / "checkpoints"),
+        database_url=url,
+        audit=True,
+        retries=0,
+    )
+
+
+def test_training_records_every_epoch_with_focus_and_resumes_after_a_crash(
+    prefect_api, sqlite_url, tmp_path, monkeypatch
+):
+    real_train_model = train_module.recipe.train_model
+    epochs_trained: list[int] = []
+
+    def crash_in_epoch_2(model, dataset, config, start_epoch=0, **kwargs):
+        epochs_trained.append(start_epoch + 1)
+        if start_epoch + 1 == 2 and epochs_trained.count(2) == 1:
+            raise FocusError("Injected crash in epoch 2.")
+        return real_train_model(model, dataset, config, start_epoch=start_epoch, **kwargs)
+
+    monkeypatch.setattr(train_module.recipe, "train_model", crash_in_epoch_2)
+    with pytest.raises(FocusError, match="Injected crash"):
+        train_module.train(_params(tmp_path, sqlite_url, epochs=2))
+    assert epochs_trained == [1, 2]
+
+    outcome = train_module.train(_params(tmp_path, sqlite_url, epochs=2))
+    assert epochs_trained == [1, 2, 2]  # epoch 1 was not trained again
+    assert outcome["resumed_after"] == 1 and outcome["epochs_run"] == [2]
+
+    engine = store.engine_for(sqlite_url)
+    curve = db.training_curve(engine, outcome["training_run_id"])
+    assert curve["epoch"].tolist() == [1, 2]
+    assert curve["focus_median"].between(0, 1).all() and curve["val_accuracy"].between(0, 1).all()
+    assert outcome["correlation"]["n"] == 2 and not math.isnan(outcome["correlation"]["r"])
+
+    with engine.connect() as connection:
+        checkpoints = connection.execute(text(
+            "SELECT epoch, audit FROM model_checkpoint WHERE training_run_id = :run ORDER BY epoch"
+        ), {"run": outcome["training_run_id"]}).all()
+        per_epoch_rows = connection.execute(text(
+            "SELECT c.epoch, COUNT(r.mosaic_id) FROM model_checkpoint c JOIN evaluation e ON e.checkpoint_id = c.id "
+            "JOIN mosaic_result r ON r.evaluation_id = e.id WHERE c.training_run_id = :run GROUP BY c.epoch "
+            "ORDER BY c.epoch"
+        ), {"run": outcome["training_run_id"]}).all()
+    assert [(e, bool(a)) for e, a in checkpoints] == [(1, False), (2, True)]
+    assert [tuple(r) for r in per_epoch_rows] == [(1, 20), (2, 20)]  # Focus on the fixed validation set
+    assert (tmp_path / "checkpoints").exists()

@@ -34,7 +34,6 @@ from flows.record import RegisteredInputs, RegisteredMosaics
 from flows.tasks import ChunkRequest, can_succeed_on_retry, explain_chunk, retry_delays
 from focus_core import models, report
 from focus_core import train as recipe
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 __all__ = ["train", "train_epoch", "EpochRequest", "completed_epochs", "checkpoint_path"]
 
@@ -70,25 +69,6 @@ def _save_atomically(payload: dict[str, Any], path: Path) -> None:
     os.replace(partial, path)
 
 
-class _OptimizerCapture:
-    """Catch the optimizer ``train_model`` builds for ``model`` (it is not returned), to checkpoint it."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.first_parameter = next(model.parameters())
-        self.optimizer: torch.optim.Optimizer | None = None
-
-    def __enter__(self) -> _OptimizerCapture:
-        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            if self.optimizer is None and optimizer.param_groups[0]["params"][0] is self.first_parameter:
-                self.optimizer = optimizer
-
-        self.handle = register_optimizer_step_post_hook(hook)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.handle.remove()
-
-
 @task(name="train-epoch", task_run_name="epoch-{request.epoch}", cache_policy=NO_CACHE, persist_result=False,
       retry_condition_fn=can_succeed_on_retry)
 def train_epoch(request: EpochRequest) -> dict[str, Any]:
@@ -106,15 +86,15 @@ def train_epoch(request: EpochRequest) -> dict[str, Any]:
         model.load_state_dict(state["model"])
         optimizer_state = state["optimizer"]
     config = recipe.TrainConfig(**{**params.recipe(), "epochs": request.epoch}, device=str(device))
-    with _OptimizerCapture(model) as capture:
-        (metrics,) = recipe.train_model(
-            model, dataset, config, start_epoch=request.epoch - 1, optimizer_state=optimizer_state
-        )
+    optimizer = recipe.make_optimizer(model, config)
+    (metrics,) = recipe.train_model(
+        model, dataset, config, start_epoch=request.epoch - 1, optimizer_state=optimizer_state, optimizer=optimizer
+    )
     weights = weights_path(request.run_dir, request.epoch)
     models.save_weights(model, weights)
     _save_atomically(
         {"model": {k: v.cpu() for k, v in model.state_dict().items()},
-         "optimizer": capture.optimizer.state_dict(), "epoch": request.epoch},
+         "optimizer": optimizer.state_dict(), "epoch": request.epoch},
         checkpoint_path(request.run_dir, request.epoch),
     )
 

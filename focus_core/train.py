@@ -40,7 +40,7 @@ from torch import nn
 from focus_core.data import TileDataset
 from focus_core.errors import FocusError
 
-__all__ = ["EpochMetrics", "TrainConfig", "evaluate_accuracy", "train_model"]
+__all__ = ["EpochMetrics", "TrainConfig", "evaluate_accuracy", "make_optimizer", "train_model"]
 
 
 @dataclass
@@ -156,6 +156,7 @@ def train_model(
     on_epoch: Callable[[EpochMetrics, nn.Module], None] | None = None,
     start_epoch: int = 0,
     optimizer_state: dict[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> list[EpochMetrics]:
     """Train ``model`` in place on ``dataset``'s ``"train"`` split; validate on ``"val"``.
 
@@ -174,6 +175,9 @@ def train_model(
         Epochs already done (resuming): trains epochs ``start_epoch + 1 .. config.epochs``.
     optimizer_state : dict, optional
         An AMSGrad ``state_dict`` to resume from.
+    optimizer : torch.optim.Optimizer, optional
+        The optimizer to step, built by :func:`make_optimizer`; pass your own to checkpoint its
+        state after training (``None`` builds one that is dropped at the end).
 
     Returns
     -------
@@ -193,9 +197,8 @@ def train_model(
     train_idx = _split_indices(dataset, "train")
     _split_indices(dataset, "val")
     model.to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, amsgrad=True
-    )
+    if optimizer is None:
+        optimizer = make_optimizer(model, config)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
@@ -242,6 +245,18 @@ def train_model(
             on_epoch(metrics, model)
     model.eval()
     return history
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The paper's optimizer: AMSGrad (Adam with ``amsgrad=True``) over ``model``'s parameters.
+
+    Examples
+    --------
+    >>> from focus_core.models import DigitsCNN
+    >>> make_optimizer(DigitsCNN(), TrainConfig(epochs=1)).defaults["amsgrad"]
+    True
+    """
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, amsgrad=True)
 
 
 @torch.no_grad()

@@ -10,10 +10,13 @@ Examples
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
-from db import errors, models, queries, types, writes
+from db import errors, evaluations, keys, models, mosaic_sets, queries, registry, results, runs, types, writes
 from db.engine import DEFAULT_URL, ENV_VAR, database_url, get_engine, mask_url, open_store
 from db.errors import StoreError
+from db.evaluations import finish_evaluation, get_or_create_evaluation, start_evaluation
+from db.keys import evaluation_key, params_hash
 from db.migrate import VERSION_TABLE, check_schema, current, downgrade, head, schema_diff, upgrade
+from db.mosaic_sets import RegisteredMosaicSet, register_mosaic_set
 from db.queries import (
     checkpoint_history,
     checkpoints_to_audit,
@@ -26,27 +29,9 @@ from db.queries import (
     paired_test,
     training_curve,
 )
-from db.writes import (
-    RegisteredDataset,
-    RegisteredMosaicSet,
-    evaluation_key,
-    finish_audit_run,
-    finish_evaluation,
-    finish_training_run,
-    finished_mosaic_ids,
-    get_or_create_evaluation,
-    params_hash,
-    record_epoch,
-    register_checkpoint,
-    register_dataset,
-    register_method,
-    register_mosaic_set,
-    register_training_run,
-    set_checkpoint_audit,
-    start_audit_run,
-    start_evaluation,
-    write_mosaic_results,
-)
+from db.registry import RegisteredDataset, register_checkpoint, register_dataset, register_method, set_checkpoint_audit
+from db.results import finished_mosaic_ids, write_mosaic_results
+from db.runs import finish_audit_run, finish_training_run, record_epoch, register_training_run, start_audit_run
 
 __all__ = [
     # modules
@@ -55,6 +40,12 @@ __all__ = [
     "queries",
     "types",
     "writes",
+    "keys",
+    "registry",
+    "mosaic_sets",
+    "evaluations",
+    "results",
+    "runs",
     # engine and migrations
     "DEFAULT_URL",
     "ENV_VAR",

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from db.errors import StoreError
 
@@ -138,20 +138,22 @@ def get_engine(url: str | URL | None = None, *, check: bool = True) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     if check:
-        from db.migrate import check_schema
-
-        try:
-            check_schema(engine)
-        except StoreError:
-            engine.dispose()
-            raise
-        except OperationalError as exc:
-            engine.dispose()
-            raise connect_error(parsed, exc) from None
-        except SQLAlchemyError as exc:
-            engine.dispose()
-            raise connect_error(parsed, exc) from None
+        _check(engine, parsed)
     return engine
+
+
+def _check(engine: Engine, url: URL) -> None:
+    """Verify the schema (``db.migrate.check_schema``); dispose of the engine when that fails."""
+    from db.migrate import check_schema
+
+    try:
+        check_schema(engine)
+    except StoreError:
+        engine.dispose()
+        raise
+    except SQLAlchemyError as exc:  # unreachable server, refused login, ...
+        engine.dispose()
+        raise connect_error(url, exc) from None
 
 
 def open_store(url: str | URL | None = None) -> Engine:

@@ -230,7 +230,7 @@ class AuditRun(Base):
 class Evaluation(Base):
     """A checkpoint x method x mosaic set x randomization (x audit) evaluation.
 
-    ``natural_key`` is the sha256 of those components (see ``db.writes.evaluation_key``), so that
+    ``natural_key`` is the sha256 of those components (see ``db.keys.evaluation_key``), so that
     ``stage``, ``layer`` and ``audit_run_id`` may be NULL and the key stays unique on both databases.
     """
 
@@ -276,7 +276,7 @@ class MosaicResult(Base):
         ForeignKey("evaluation.id", ondelete="CASCADE"), primary_key=True
     )
     # No foreign key on purpose: a per-row RI trigger halves the bulk write rate on PostgreSQL.
-    # ``db.writes.write_mosaic_results`` enforces more than a key would (the mosaic must belong to
+    # ``db.results.write_mosaic_results`` enforces more than a key would (the mosaic must belong to
     # the evaluation's mosaic set), and ``evaluation -> mosaic_set`` blocks deleting the mosaics.
     mosaic_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     pos_tl: Mapped[float] = mapped_column(Double)

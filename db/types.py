@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from sqlalchemy import JSON, DateTime
@@ -10,7 +11,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["JSONType", "UTCDateTime", "utcnow"]
+__all__ = ["JSONType", "UTCDateTime", "utcnow", "optional_float"]
 
 #: JSON on SQLite, JSONB on PostgreSQL. Only for configuration and parameters, never per-mosaic data.
 JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
@@ -61,3 +62,17 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=dt.timezone.utc)
         return value.astimezone(dt.timezone.utc)
+
+
+def optional_float(value: float | None) -> float | None:
+    """A float for a nullable ``DOUBLE`` column: ``None`` and NaN become ``None`` (SQL NULL).
+
+    Examples
+    --------
+    >>> optional_float(float("nan")) is None, optional_float(1)
+    (True, 1.0)
+    """
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value

@@ -153,3 +153,20 @@ def build_sums():
 def build_world():
     """``make_world`` as a fixture (for tests that open their own engines)."""
     return make_world
+
+
+@pytest.fixture
+def write_paths(monkeypatch) -> list[str]:
+    """The path each chunk write takes, in order: ``"insert"`` (plain first write) or ``"upsert"``."""
+    from db import results
+
+    calls: list[str] = []
+    for name in ("insert", "upsert"):
+        original = getattr(results, f"_{name}")
+
+        def recorded(*args, _original=original, _name=name):
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(results, f"_{name}", recorded)
+    return calls

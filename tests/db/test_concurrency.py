@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
+from sqlalchemy import text
 
 import db
 
@@ -49,5 +51,54 @@ def test_overlapping_writers_both_commit(pg_url, build_world, build_sums):
         assert outcome["sees_first"] == 0  # the first writer's rows were not committed yet
         assert db.finished_mosaic_ids(engine, evaluations[0]) == set(world.mosaic_ids)
         assert db.finished_mosaic_ids(engine, evaluations[1]) == set(world.mosaic_ids)
+    finally:
+        engine.dispose()
+
+
+def _waits_on_a_lock(engine, timeout_s: float = 30.0) -> bool:
+    query = text("SELECT COUNT(*) FROM pg_stat_activity "
+                 "WHERE datname = current_database() AND wait_event_type = 'Lock'")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with engine.connect() as connection:
+            if connection.execute(query).scalar_one():
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def test_two_first_writes_of_one_chunk_leave_one_row_per_mosaic(pg_url, build_world, build_sums, write_paths):
+    """The second writer's plain COPY waits for the first, meets its rows and falls back to the upsert."""
+    db.upgrade(pg_url)
+    engine = db.open_store(pg_url)
+    try:
+        world = build_world(engine)
+        evaluation = db.get_or_create_evaluation(engine, world.checkpoint_id, world.method_ids["lrp"],
+                                                 world.mosaic_set_id)
+        first, second = np.array([0.9, 0.8, 0.7, 0.6]), np.array([0.1, np.nan, 0.3, 0.4])
+        outcome: dict[str, object] = {}
+
+        def second_writer() -> None:
+            try:
+                outcome["written"] = db.write_mosaic_results(engine, evaluation, world.mosaic_ids,
+                                                             build_sums(second, world.masks), second, [1] * 4)
+            except Exception as exc:  # reported by the assertion below
+                outcome["error"] = exc
+
+        with engine.connect() as connection:
+            transaction = connection.begin()
+            db.write_mosaic_results(connection, evaluation, world.mosaic_ids, build_sums(first, world.masks), first,
+                                    [0] * 4)
+            thread = threading.Thread(target=second_writer)
+            thread.start()
+            assert _waits_on_a_lock(engine), "the second writer never waited on the first one's rows"
+            transaction.commit()
+        thread.join(timeout=60)
+        assert "error" not in outcome, outcome.get("error")
+        assert outcome["written"] == 4
+        assert write_paths == ["insert", "insert", "upsert"]  # first writer; second writer's COPY, then its upsert
+        stored = db.evaluation_results(engine, evaluation).sort_values("position")
+        assert stored["predicted_class"].tolist() == [1] * 4  # the later writer's values, once per mosaic
+        assert stored["focus"].isna().tolist() == [False, True, False, False]
     finally:
         engine.dispose()

@@ -1,0 +1,142 @@
+"""Evaluations: checkpoint x method x mosaic set x randomization (x audit), and their lifecycle.
+
+``get_or_create_evaluation`` creates one ``pending``; ``start_evaluation`` marks it ``running``;
+``finish_evaluation`` closes it with its summary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from db.errors import StoreError
+from db.keys import evaluation_key
+from db.models import EVALUATION_STATUSES, RANDOMIZATIONS, Evaluation
+from db.transactions import Store, error_reason, idempotent, transaction
+from db.types import optional_float, utcnow
+
+__all__ = ["get_or_create_evaluation", "start_evaluation", "finish_evaluation"]
+
+
+def _missing(evaluation_id: int) -> StoreError:
+    return StoreError(f"No evaluation with id {evaluation_id}; create it with get_or_create_evaluation.")
+
+
+def get_or_create_evaluation(
+    store: Store,
+    checkpoint_id: int,
+    method_id: int,
+    mosaic_set_id: int,
+    *,
+    randomization: str = "none",
+    stage: int | None = None,
+    layer: str | None = None,
+    audit_run_id: int | None = None,
+    code_version: str | None = None,
+    device: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> int:
+    """Return the id of the evaluation with this natural key, creating it (status ``pending``) if new.
+
+    The natural key is checkpoint x method x mosaic set x randomization (kind, stage, layer) x
+    audit run; see ``db.keys.evaluation_key``.
+    """
+    if randomization not in RANDOMIZATIONS:
+        raise StoreError(f"Expected randomization to be one of {RANDOMIZATIONS} but got {randomization!r}.")
+    key = evaluation_key(checkpoint_id, method_id, mosaic_set_id, randomization, stage, layer, audit_run_id)
+    values = {
+        "natural_key": key, "checkpoint_id": checkpoint_id, "method_id": method_id, "mosaic_set_id": mosaic_set_id,
+        "randomization": randomization, "stage": stage, "layer": layer, "audit_run_id": audit_run_id,
+        "code_version": code_version, "device": device, "metadata_": metadata,
+    }  # fmt: skip
+
+    def work(connection: Connection) -> int:
+        existing = connection.scalar(select(Evaluation.id).where(Evaluation.natural_key == key))
+        if existing is not None:
+            return existing
+        return connection.scalar(insert(Evaluation).values(values).returning(Evaluation.id))
+
+    try:
+        return idempotent(store, work)
+    except IntegrityError as exc:
+        raise StoreError(
+            f"Cannot create the evaluation ({error_reason(exc)}); register its checkpoint, method and mosaic set first."
+        ) from None
+
+
+def start_evaluation(
+    store: Store, evaluation_id: int, *, code_version: str | None = None, device: str | None = None
+) -> None:
+    """Mark an evaluation as running (its first start time is kept across retries)."""
+    values: dict[str, Any] = {"status": "running"}
+    if code_version is not None:
+        values["code_version"] = code_version
+    if device is not None:
+        values["device"] = device
+    with transaction(store) as connection:
+        result = connection.execute(
+            update(Evaluation)
+            .where(Evaluation.id == evaluation_id)
+            .values(started_at=func.coalesce(Evaluation.started_at, utcnow()), **values)
+        )
+        if result.rowcount != 1:
+            raise _missing(evaluation_id)
+
+
+def _stored_summary(connection: Connection, evaluation_id: int) -> dict[str, Any]:
+    row = connection.execute(
+        text("SELECT n, n_defined, median_focus, mean_focus FROM evaluation_summary "
+             "WHERE evaluation_id = :evaluation_id"),
+        {"evaluation_id": evaluation_id},
+    ).one_or_none()
+    if row is None:
+        raise _missing(evaluation_id)
+    return {"n": row[0], "n_defined": row[1], "median": row[2], "mean": row[3]}
+
+
+def finish_evaluation(
+    store: Store,
+    evaluation_id: int,
+    *,
+    status: str = "finished",
+    summary: dict[str, Any] | None = None,
+    seconds: float | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Close an evaluation: status, finish time, seconds and summary columns.
+
+    Parameters
+    ----------
+    summary
+        ``n``, ``n_defined``, ``median``, ``mean`` (as from ``focus_core.stats.summarize``); ``None``
+        computes them in the database from the rows written (the ``evaluation_summary`` view).
+
+    Returns
+    -------
+    dict
+        The summary stored.
+    """
+    if status not in EVALUATION_STATUSES:
+        raise StoreError(f"Expected status to be one of {EVALUATION_STATUSES} but got {status!r}.")
+    with transaction(store) as connection:
+        if summary is None:
+            summary = _stored_summary(connection, evaluation_id)
+        values: dict[str, Any] = {
+            "status": status,
+            "finished_at": utcnow(),
+            "n": None if summary.get("n") is None else int(summary["n"]),
+            "n_defined": None if summary.get("n_defined") is None else int(summary["n_defined"]),
+            "focus_median": optional_float(summary.get("median")),
+            "focus_mean": optional_float(summary.get("mean")),
+        }
+        if seconds is not None:
+            values["seconds"] = float(seconds)
+        if metadata is not None:
+            values["metadata_"] = metadata
+        result = connection.execute(update(Evaluation).where(Evaluation.id == evaluation_id).values(values))
+        if result.rowcount != 1:
+            raise _missing(evaluation_id)
+    return summary

@@ -1,0 +1,66 @@
+"""Natural keys: content hashes that make every registration and evaluation idempotent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from db.errors import StoreError
+
+__all__ = ["canonical_hash", "params_hash", "evaluation_key"]
+
+
+def canonical_hash(value: Any) -> str:
+    """sha256 of the canonical JSON of ``value`` (sorted keys, no spaces, no NaN).
+
+    Examples
+    --------
+    >>> canonical_hash({"b": 1, "a": [1, 2]}) == canonical_hash({"a": [1, 2], "b": 1})
+    True
+    """
+    try:
+        payload = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"Expected JSON-serialisable values without NaN but got {value!r} ({exc}).") from None
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def params_hash(name: str, params: dict[str, Any]) -> str:
+    """The natural key of an attribution method: sha256 of the canonical JSON of ``{name, params}``.
+
+    Examples
+    --------
+    >>> len(params_hash("gradcam", {"layer": None}))
+    64
+    """
+    return canonical_hash({"name": name, "params": params})
+
+
+def evaluation_key(
+    checkpoint_id: int,
+    method_id: int,
+    mosaic_set_id: int,
+    randomization: str = "none",
+    stage: int | None = None,
+    layer: str | None = None,
+    audit_run_id: int | None = None,
+) -> str:
+    """The natural key of an evaluation: sha256 of its identifying components.
+
+    Examples
+    --------
+    >>> evaluation_key(1, 2, 3) == evaluation_key(1, 2, 3, "none")
+    True
+    """
+    return canonical_hash(
+        {
+            "checkpoint": int(checkpoint_id),
+            "method": int(method_id),
+            "mosaic_set": int(mosaic_set_id),
+            "randomization": randomization,
+            "stage": None if stage is None else int(stage),
+            "layer": layer,
+            "audit_run": None if audit_run_id is None else int(audit_run_id),
+        }
+    )

@@ -1,0 +1,195 @@
+"""Idempotent registrations: datasets and their images, checkpoints and attribution methods.
+
+Registering the same thing twice (same natural key) returns the row already there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+
+from db.errors import StoreError
+from db.keys import params_hash
+from db.models import SPLITS, Dataset, Image, ModelCheckpoint, XaiMethod
+from db.transactions import Store, idempotent, transaction
+
+__all__ = [
+    "RegisteredDataset",
+    "check_split",
+    "register_dataset",
+    "register_checkpoint",
+    "set_checkpoint_audit",
+    "register_method",
+]
+
+
+class RegisteredDataset(NamedTuple):
+    """The dataset's id and its image ids, aligned with the image order given at registration."""
+
+    dataset_id: int
+    image_ids: list[int]
+
+
+def check_split(split: str) -> None:
+    """Raise ``StoreError`` unless ``split`` is one of ``SPLITS``."""
+    if split not in SPLITS:
+        raise StoreError(f"Expected split to be one of {SPLITS} but got {split!r}.")
+
+
+def _check_images(name: str, classes: Sequence[str], relpaths: list[str], labels: list[int], splits: list[str]) -> None:
+    if not (len(relpaths) == len(labels) == len(splits)):
+        raise StoreError(
+            f"Expected relpaths, labels and splits of equal length but got {len(relpaths)}, "
+            f"{len(labels)}, {len(splits)}."
+        )
+    if len(set(relpaths)) != len(relpaths):
+        raise StoreError(f"Expected unique relpaths in dataset {name!r} but some repeat.")
+    for split in set(splits):
+        check_split(split)
+    bad = [x for x in labels if not 0 <= x < len(classes)]
+    if bad:
+        raise StoreError(f"Expected labels in [0, {len(classes)}) but got {bad[0]}.")
+
+
+def _existing_images(connection: Connection, dataset_id: int, fingerprint: str, relpaths: list[str]) -> list[int]:
+    by_path = dict(connection.execute(select(Image.relpath, Image.id).where(Image.dataset_id == dataset_id)).all())
+    if len(by_path) != len(relpaths) or any(r not in by_path for r in relpaths):
+        raise StoreError(
+            f"Dataset fingerprint {fingerprint[:12]} is registered with other images; "
+            f"compute the fingerprint from the images you pass."
+        )
+    return [by_path[r] for r in relpaths]
+
+
+def register_dataset(
+    store: Store,
+    name: str,
+    fingerprint: str,
+    classes: Sequence[str],
+    relpaths: Sequence[str],
+    labels: Sequence[int] | np.ndarray,
+    splits: Sequence[str],
+    *,
+    tile_size: int | None = None,
+    channels: int | None = None,
+) -> RegisteredDataset:
+    """Register a dataset and its images, or return the one already registered with ``fingerprint``.
+
+    Parameters
+    ----------
+    store
+        Engine or connection.
+    name, fingerprint
+        Dataset name and its stable content hash (the natural key).
+    classes
+        Class names; ``labels`` index into them.
+    relpaths, labels, splits
+        One entry per image, in dataset order (the image's ``position``).
+
+    Returns
+    -------
+    RegisteredDataset
+        ``dataset_id`` and ``image_ids[i]`` for the image at ``relpaths[i]``.
+
+    Examples
+    --------
+    >>> ds = register_dataset(engine, "digits", "f" * 64, ["0", "1"], ["a", "b"], [0, 1], ["test", "test"])
+    ... # doctest: +SKIP
+    """
+    relpaths = [str(r) for r in relpaths]
+    labels_list = [int(x) for x in np.asarray(labels).reshape(-1)]
+    splits = [str(s) for s in splits]
+    _check_images(name, classes, relpaths, labels_list, splits)
+
+    def work(connection: Connection) -> RegisteredDataset:
+        existing = connection.scalar(select(Dataset.id).where(Dataset.fingerprint == fingerprint))
+        if existing is not None:
+            return RegisteredDataset(existing, _existing_images(connection, existing, fingerprint, relpaths))
+        dataset_id = connection.scalar(
+            insert(Dataset)
+            .values(name=name, fingerprint=fingerprint, classes=[str(c) for c in classes],
+                    num_images=len(relpaths), tile_size=tile_size, channels=channels)
+            .returning(Dataset.id)
+        )
+        if not relpaths:
+            return RegisteredDataset(dataset_id, [])
+        rows = [
+            {"dataset_id": dataset_id, "position": i, "relpath": r, "label": y, "split": s}
+            for i, (r, y, s) in enumerate(zip(relpaths, labels_list, splits, strict=True))
+        ]
+        connection.execute(insert(Image), rows)
+        order = select(Image.id).where(Image.dataset_id == dataset_id).order_by(Image.position)
+        return RegisteredDataset(dataset_id, list(connection.scalars(order)))
+
+    return idempotent(store, work)
+
+
+def register_checkpoint(
+    store: Store,
+    sha256: str,
+    architecture: str,
+    num_classes: int,
+    *,
+    path: str | None = None,
+    in_channels: int | None = None,
+    training_run_id: int | None = None,
+    epoch: int | None = None,
+    audit: bool = False,
+    label: str | None = None,
+) -> int:
+    """Register a weights file by its sha256 and return its id (the existing one on a second call).
+
+    Examples
+    --------
+    >>> register_checkpoint(engine, "ab" * 32, "digits_cnn", 10, path="w.pt")  # doctest: +SKIP
+    1
+    """
+    if len(sha256) != 64:
+        raise StoreError(f"Expected a 64-character sha256 hex digest but got {sha256!r}.")
+    values = {
+        "sha256": sha256, "architecture": architecture, "num_classes": int(num_classes), "in_channels": in_channels,
+        "path": None if path is None else str(path), "training_run_id": training_run_id, "epoch": epoch,
+        "audit": bool(audit), "label": label,
+    }  # fmt: skip
+
+    def work(connection: Connection) -> int:
+        existing = connection.scalar(select(ModelCheckpoint.id).where(ModelCheckpoint.sha256 == sha256))
+        if existing is not None:
+            return existing
+        return connection.scalar(insert(ModelCheckpoint).values(values).returning(ModelCheckpoint.id))
+
+    return idempotent(store, work)
+
+
+def set_checkpoint_audit(store: Store, checkpoint_id: int, audit: bool = True, label: str | None = None) -> None:
+    """Mark (or unmark) a checkpoint for the nightly audit, optionally setting its label."""
+    values: dict[str, Any] = {"audit": bool(audit)}
+    if label is not None:
+        values["label"] = label
+    with transaction(store) as connection:
+        result = connection.execute(update(ModelCheckpoint).where(ModelCheckpoint.id == checkpoint_id).values(values))
+        if result.rowcount != 1:
+            raise StoreError(f"No checkpoint with id {checkpoint_id}; register it first.")
+
+
+def register_method(store: Store, name: str, params: dict[str, Any]) -> int:
+    """Register an attribution method with explicit parameters and return its id.
+
+    The natural key is ``params_hash(name, params)``; the same name and parameters, in any key
+    order, return the same id.
+    """
+    key = params_hash(name, params)
+
+    def work(connection: Connection) -> int:
+        existing = connection.scalar(select(XaiMethod.id).where(XaiMethod.params_hash == key))
+        if existing is not None:
+            return existing
+        return connection.scalar(
+            insert(XaiMethod).values(name=name, params=params, params_hash=key).returning(XaiMethod.id)
+        )
+
+    return idempotent(store, work)

@@ -1,0 +1,114 @@
+"""Training runs with their per-epoch metrics, and audit runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from db.errors import StoreError
+from db.models import AuditRun, TrainingEpoch, TrainingRun
+from db.transactions import Store, error_reason, idempotent, transaction
+from db.types import optional_float, utcnow
+
+__all__ = ["register_training_run", "record_epoch", "finish_training_run", "start_audit_run", "finish_audit_run"]
+
+_EPOCH_METRICS = (
+    "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy",
+    "focus_median", "focus_mean", "seconds",
+)  # fmt: skip
+
+
+def register_training_run(
+    store: Store,
+    config_hash: str,
+    architecture: str,
+    config: dict[str, Any],
+    *,
+    name: str | None = None,
+    dataset_id: int | None = None,
+) -> int:
+    """Register a training run by the hash of its configuration and return its id (existing on a rerun)."""
+
+    def work(connection: Connection) -> int:
+        existing = connection.scalar(select(TrainingRun.id).where(TrainingRun.config_hash == config_hash))
+        if existing is not None:
+            return existing
+        return connection.scalar(
+            insert(TrainingRun)
+            .values(config_hash=config_hash, architecture=architecture, config=config, name=name, dataset_id=dataset_id)
+            .returning(TrainingRun.id)
+        )
+
+    return idempotent(store, work)
+
+
+def record_epoch(
+    store: Store,
+    training_run_id: int,
+    epoch: int,
+    *,
+    train_loss: float | None = None,
+    train_accuracy: float | None = None,
+    val_loss: float | None = None,
+    val_accuracy: float | None = None,
+    val_mean_class_accuracy: float | None = None,
+    focus_median: float | None = None,
+    focus_mean: float | None = None,
+    seconds: float | None = None,
+) -> None:
+    """Record (insert or replace) the metrics of one epoch; NaN is stored as NULL."""
+    metrics = (train_loss, train_accuracy, val_loss, val_accuracy, val_mean_class_accuracy, focus_median, focus_mean,
+               seconds)
+    values: dict[str, Any] = {name: optional_float(v) for name, v in zip(_EPOCH_METRICS, metrics, strict=True)}
+    values["recorded_at"] = utcnow()
+    with transaction(store) as connection:
+        upsert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+        stmt = upsert(TrainingEpoch).values(training_run_id=training_run_id, epoch=int(epoch), **values)
+        stmt = stmt.on_conflict_do_update(index_elements=["training_run_id", "epoch"], set_=values)
+        try:
+            connection.execute(stmt)
+        except IntegrityError as exc:
+            raise StoreError(
+                f"Cannot record epoch {epoch} ({error_reason(exc)}); register the training run first."
+            ) from None
+
+
+def finish_training_run(store: Store, training_run_id: int, status: str = "finished") -> None:
+    """Set a training run's final status and finish time."""
+    with transaction(store) as connection:
+        connection.execute(
+            update(TrainingRun).where(TrainingRun.id == training_run_id).values(status=status, finished_at=utcnow())
+        )
+
+
+def start_audit_run(
+    store: Store,
+    *,
+    name: str | None = None,
+    threshold: float | None = None,
+    metadata: dict[str, Any] | None = None,
+    started_at: dt.datetime | None = None,
+) -> int:
+    """Open an audit run and return its id."""
+    with transaction(store) as connection:
+        return connection.scalar(
+            insert(AuditRun)
+            .values(name=name, threshold=threshold, metadata_=metadata, started_at=started_at or utcnow())
+            .returning(AuditRun.id)
+        )
+
+
+def finish_audit_run(
+    store: Store, audit_run_id: int, status: str = "finished", metadata: dict[str, Any] | None = None
+) -> None:
+    """Close an audit run with its status (and, optionally, replace its metadata)."""
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow()}
+    if metadata is not None:
+        values["metadata_"] = metadata
+    with transaction(store) as connection:
+        connection.execute(update(AuditRun).where(AuditRun.id == audit_run_id).values(values))

@@ -1,63 +1,27 @@
 """Fixtures for the results store: a fresh SQLite file and a fresh PostgreSQL database per test.
 
-PostgreSQL runs on 127.0.0.1:5432 (override with FOCUS_TEST_POSTGRES_URL, a URL to a server
-database such as ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``). Each test gets
-its own uniquely named database, dropped afterwards. With CI=true a missing server fails the
-run; locally it skips with the reason.
+Each PostgreSQL test gets its own database on 127.0.0.1:5432 (``tests/postgres.py``), dropped
+afterwards. With CI=true a missing server fails the run; locally it skips with the reason.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import psycopg
 import pytest
-from psycopg import sql
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 import db
 
-SERVER_URL = os.environ.get("FOCUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ("sqlite", "postgresql")
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
-def _conninfo(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> str:
-    """The server URL, after checking that PostgreSQL answers (fail in CI, skip locally)."""
-    try:
-        with psycopg.connect(_conninfo(SERVER_URL), connect_timeout=5):
-            pass
-    except psycopg.Error as exc:
-        reason = f"PostgreSQL is not reachable at {db.mask_url(SERVER_URL)} ({str(exc).strip().splitlines()[0]})"
-        if _in_ci():
-            pytest.fail(f"{reason}; CI must run the store tests on PostgreSQL.")
-        pytest.skip(f"{reason}; start it or set FOCUS_TEST_POSTGRES_URL.")
-    return SERVER_URL
-
-
 @pytest.fixture
-def pg_url(pg_server: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database; dropped (with its connections) after the test."""
-    name = f"focus_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_conninfo(pg_server), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_url(pg_server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(_conninfo(pg_server), autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+def pg_url(postgres_database: str) -> str:
+    """A new, empty PostgreSQL database (see tests/postgres.py); dropped after the test."""
+    return postgres_database
 
 
 @pytest.fixture

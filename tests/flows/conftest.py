@@ -9,22 +9,17 @@ focus-audit's tables go into their own SQLite file or PostgreSQL database, never
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import postgres
+
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 HARNESS_START_TIMEOUT_S = 120
-#: A PostgreSQL server database (the store tests' variable); each test gets a database of its own there.
-POSTGRES_SERVER_URL = os.environ.get("FOCUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 @pytest.fixture(scope="session")
@@ -52,48 +47,12 @@ def sqlite_url(tmp_path: Path) -> Iterator[str]:
     store.dispose_engines()
 
 
-def _conninfo(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def create_postgres_database() -> str:
-    """Create a uniquely named PostgreSQL database and return its URL; skip (fail in CI) without a server."""
-    import psycopg
-    from psycopg import sql
-    from sqlalchemy.engine import make_url
-
-    name = f"focus_flows_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(_conninfo(POSTGRES_SERVER_URL), autocommit=True, connect_timeout=5)
-    except psycopg.Error as error:
-        reason = f"PostgreSQL is not reachable ({str(error).strip().splitlines()[0]})"
-        if _in_ci():
-            pytest.fail(f"{reason}; CI runs the flow tests on PostgreSQL.")
-        pytest.skip(f"{reason}; start it or set FOCUS_TEST_POSTGRES_URL.")
-    with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return make_url(POSTGRES_SERVER_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_postgres_database(url: str) -> None:
-    """Drop a database made by :func:`create_postgres_database` (closing its connections)."""
-    import psycopg
-    from psycopg import sql
-    from sqlalchemy.engine import make_url
-
-    name = make_url(url).database
-    with psycopg.connect(_conninfo(POSTGRES_SERVER_URL), autocommit=True, connect_timeout=5) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A migrated PostgreSQL store in a database of its own, dropped afterwards."""
     import db
 
-    url = create_postgres_database()
+    url = postgres.create_database("focus_flows")
     try:
         db.upgrade(url)
         yield url
@@ -101,7 +60,7 @@ def pg_url() -> Iterator[str]:
         from flows import store
 
         store.dispose_engines()
-        drop_postgres_database(url)
+        postgres.drop_database(url)
 
 
 @pytest.fixture(scope="session")

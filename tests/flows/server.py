@@ -23,16 +23,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests import postgres
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-POSTGRES_ADMIN_URL = os.environ.get("FOCUS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVER_START_TIMEOUT_S = 120.0
 
 __all__ = [
@@ -43,10 +43,6 @@ __all__ = [
     "start_process",
     "stop_process",
 ]
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def free_port() -> int:
@@ -206,20 +202,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A freshly created PostgreSQL database for focus-audit's tables, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"focus_test_{uuid.uuid4().hex[:12]}"
+    url = postgres.create_database()
     try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as error:
-        message = f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {error}".strip()
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    try:
-        yield f"{base}/{name}"
+        yield url
     finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        postgres.drop_database(url)

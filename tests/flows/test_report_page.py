@@ -30,6 +30,7 @@ import db
 from flows import store
 from focus_core import stats
 from focus_core.errors import FocusError
+from tests import postgres
 from tests.recorded_store import EPOCHS, METHODS, Record, build_record, write_record
 
 CHROMIUM_FLAGS = (
@@ -37,10 +38,6 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-extensions", "--hide-scrollbars", "--mute-audio",
 )  # fmt: skip
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +311,7 @@ def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
         reason = "Debian's chromium is not installed (apt-get install chromium)"
-        if _in_ci():
+        if postgres.in_ci():
             pytest.fail(f"{reason}; CI checks the report page in a real browser.")
         pytest.skip(reason)
     return path

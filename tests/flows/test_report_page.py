@@ -55,7 +55,7 @@ class Built:
 @pytest.fixture(scope="module")
 def sqlite_report(record: Record, tmp_path_factory: pytest.TempPathFactory) -> Built:
     """The record in a SQLite store and its report, built once for the tests that only read them."""
-    from flows.cli_report import build_report
+    from flows.report import build_report
 
     folder = tmp_path_factory.mktemp("report-sqlite")
     url = f"sqlite:///{folder / 'focus.db'}"
@@ -236,7 +236,7 @@ def test_report_tables_match_the_database(sqlite_report: Built) -> None:
 
 
 def test_report_on_postgresql(record: Record, pg_url: str, tmp_path: Path) -> None:
-    from flows.cli_report import build_report
+    from flows.report import build_report
 
     ids = write_record(pg_url, record)
     index = build_report(tmp_path / "report", database_url=pg_url)
@@ -248,7 +248,7 @@ def test_report_on_postgresql(record: Record, pg_url: str, tmp_path: Path) -> No
 def test_selection_and_missing_weights(sqlite_report: Built, record: Record, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.cli import main
-    from flows.cli_report import build_report
+    from flows.report import build_report
 
     url, ids = sqlite_report.url, sqlite_report.ids
     chosen = ids["finished"][-2:] + ids["unfinished"]  # the two layout evaluations and an unfinished one
@@ -280,7 +280,7 @@ def test_selection_and_missing_weights(sqlite_report: Built, record: Record, tmp
 def test_empty_store_says_what_to_do(sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.cli import main
-    from flows.cli_report import build_report
+    from flows.report import build_report
 
     message = r"No finished evaluation in sqlite:///\S+focus\.db: run `focus evaluate` or `focus demo` first\."
     with pytest.raises(FocusError, match=f"^{message}$"):
@@ -347,3 +347,11 @@ def test_page_in_headless_chromium(sqlite_report: Built, tmp_path: Path) -> None
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
     if os.environ.get("FOCUS_REPORT_SCREENSHOT"):  # keep it for a human to look at
         shutil.copy(shot, os.environ["FOCUS_REPORT_SCREENSHOT"])
+
+
+def test_old_import_path_is_the_same_function() -> None:
+    """``flows.cli_report`` stays a shim until flows/cli.py and flows/cli_demo.py import flows.report."""
+    from flows.cli_report import build_report as old
+    from flows.report import build_report
+
+    assert old is build_report

@@ -234,3 +234,11 @@ def test_figures_leave_no_open_pyplot_figure(tmp_path: Path) -> None:
     report.plot_layout_boxplots({"top": [0.5, 0.9]}, tmp_path / "f2.png")
     report.plot_mosaic_explanations(*_mosaic_and_maps(), tmp_path / "f1.png")
     assert len(plt.get_fignums()) == before
+
+
+def test_package_exports_every_figure_of_its_modules() -> None:
+    from focus_core.report import distributions, mosaic, randomization, training
+
+    for module in (distributions, training, randomization, mosaic):
+        for name in module.__all__:
+            assert name in report.__all__ and getattr(report, name) is getattr(module, name)

@@ -1,7 +1,7 @@
 """The HTML of ``focus report``: one static page, inline CSS, figures as relative PNG files.
 
 Plain functions that turn already computed values into escaped HTML strings; no database, no
-torch. :mod:`flows.cli_report` gathers the values and writes the page.
+torch. :mod:`flows.report.build` gathers the values and writes the page.
 
 Every number in a table cell is formatted by :func:`fmt` (3 decimals; counts as integers) and
 every data row carries the exact values in ``data-*`` attributes (Python's shortest

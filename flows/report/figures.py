@@ -1,0 +1,212 @@
+"""The report's figures: a writer that turns a failed drawing into a note, and the figure sections.
+
+:class:`FigureWriter` writes PNG files under ``out/figures`` with :mod:`focus_core.report`.
+The sections here are made of figures only: Focus distributions per method and architecture
+(Figure 4), trained vs fully random model (Figure 3), the cascading randomization curve and
+Focus per positional layout (Figure 2). Each section says in a sentence when its data is not
+recorded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flows.report.page import Figure, Section, fmt
+from flows.report.queries import EvaluationData
+from flows.report.selection import final_checkpoints, latest, method_key, slug
+from focus_core import report
+from focus_core.errors import FocusError
+
+__all__ = [
+    "FIGURES_DIR",
+    "LAYOUT_ORDER",
+    "FigureWriter",
+    "distributions_section",
+    "trained_vs_random_section",
+    "cascading_section",
+    "layout_section",
+]
+
+FIGURES_DIR = "figures"
+#: Fixed layouts in the paper's order; "random" (per-mosaic positions) is drawn last for reference.
+LAYOUT_ORDER = ("top", "bottom", "left", "right", "diagonal", "antidiagonal", "random")
+
+
+class FigureWriter:
+    """Writes figures under ``out/figures`` and turns a failed drawing into a note, never an abort."""
+
+    def __init__(self, out: Path) -> None:
+        self.folder = out / FIGURES_DIR
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for old in self.folder.glob("fig*.png"):  # only the files earlier builds wrote
+            old.unlink()
+        self.names: set[str] = set()
+
+    def draw(self, section: Section, name: str, caption: str, alt: str, plot: Any, *args: Any, **kwargs: Any) -> bool:
+        stem, i = name, 2
+        while stem in self.names:
+            stem, i = f"{name}-{i}", i + 1
+        self.names.add(stem)
+        path = self.folder / f"{stem}.png"
+        try:
+            plot(*args, path, **kwargs)
+        except FocusError as error:
+            section.notes.append(f"Could not draw “{alt}”: {error}")
+            return False
+        section.figures.append(Figure(f"{FIGURES_DIR}/{stem}.png", alt, caption, figure_id=stem))
+        return True
+
+
+def _accuracy_by_checkpoint(evals: Sequence[EvaluationData], runs: dict[int, dict[str, Any]]) -> dict[int, float]:
+    """Mean per-class validation accuracy of a checkpoint's training epoch (what the paper shows as acc)."""
+    out = {}
+    for e in evals:
+        run = runs.get(e.training_run_id) if e.training_run_id is not None else None
+        if run is None or e.epoch is None:
+            continue
+        for epoch in run["epochs"]:
+            if epoch["epoch"] == e.epoch:
+                value = epoch.get("val_mean_class_accuracy")
+                value = epoch.get("val_accuracy") if value is None else value
+                if value is not None:
+                    out[e.checkpoint_id] = float(value)
+    return out
+
+
+def distributions_section(evals: Sequence[EvaluationData], names: dict[int, str], runs: dict[int, dict[str, Any]],
+                           figures: FigureWriter) -> Section:
+    """Figure 4: one violin panel per final trained checkpoint on random-layout mosaics, per dataset."""
+    section = Section(
+        "distributions", "Focus per method and architecture",
+        "Distribution of Focus over the mosaics, one violin per method and one panel per checkpoint (the paper's "
+        "Figure 4): the white dot is the median, the bar the interquartile range, the dashed line 0.5 (random).",
+    )
+    finals = final_checkpoints(evals)
+    accuracy = _accuracy_by_checkpoint(evals, runs)
+    by_dataset: dict[str, dict[int, dict[str, list[EvaluationData]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for e in evals:
+        if e.randomization == "none" and e.layout == "random" and e.n and e.checkpoint_id in finals:
+            by_dataset[e.dataset_name][e.checkpoint_id][e.method].append(e)
+    if not by_dataset:
+        section.missing = "No trained evaluation on a random-layout mosaic set is selected."
+        return section
+    for dataset_name, checkpoints in sorted(by_dataset.items()):
+        scores = {}
+        acc = {}
+        used = []
+        for cid in sorted(checkpoints, key=lambda c: names[c]):
+            methods = {}
+            for method in sorted(checkpoints[cid], key=method_key):
+                # prefer the test split, then the latest evaluation
+                pick = max(checkpoints[cid][method], key=lambda e: (e.split == "test", e.evaluation_id))
+                methods[method] = pick.focus
+                used.append(pick.evaluation_id)
+            scores[names[cid]] = methods
+            if cid in accuracy:
+                acc[names[cid]] = accuracy[cid]
+        caption = (f"Dataset {dataset_name}; evaluations {', '.join(map(str, sorted(used)))}. "
+                   + ("acc: mean per-class validation accuracy of the checkpoint's epoch." if acc else ""))
+        figures.draw(section, f"fig4-{slug(dataset_name)}", caption, f"Focus distributions on {dataset_name}",
+                     report.plot_focus_distributions, scores, accuracy_by_group=acc or None)
+    return section
+
+
+def trained_vs_random_section(evals: Sequence[EvaluationData], names: dict[int, str], figures: FigureWriter) -> Section:
+    """Figure 3: per checkpoint, method and mosaic set, the trained model against its full randomization."""
+    section = Section(
+        "randomization", "Trained vs random model",
+        "Focus of the trained model and of a fully randomized copy on the same mosaics (the paper's Figure 3): a "
+        "faithful method falls to about 0.5 on the random model.",
+    )
+    trained: dict[tuple, list[EvaluationData]] = defaultdict(list)
+    random: dict[tuple, list[EvaluationData]] = defaultdict(list)
+    for e in evals:
+        if not e.n:
+            continue
+        key = (e.checkpoint_id, e.method, e.mosaic_set_id)
+        if e.randomization == "none":
+            trained[key].append(e)
+        elif e.randomization == "full":
+            random[key].append(e)
+    pairs = sorted(set(trained) & set(random), key=lambda k: (k[0], method_key(k[1]), k[2]))
+    if not pairs:
+        section.missing = ("No full randomization evaluation is selected (with its trained counterpart on the same "
+                           "mosaics): run `focus randomize` to add one.")
+        return section
+    for cid, method, set_id in pairs:
+        t, r = latest(trained[(cid, method, set_id)]), latest(random[(cid, method, set_id)])
+        caption = (f"{method} on {names[cid]}, mosaic set {set_id}: trained evaluation {t.evaluation_id} "
+                   f"(median {fmt(t.summary['median'])}), random evaluation {r.evaluation_id} (median {fmt(r.summary['median'])}).")
+        figures.draw(section, f"fig3-{slug(names[cid], method, set_id)}", caption,
+                     f"Trained vs random: {method} on {names[cid]}", report.plot_trained_vs_random,
+                     t.focus, r.focus, method=method)
+    return section
+
+
+def cascading_section(evals: Sequence[EvaluationData], names: dict[int, str], figures: FigureWriter) -> Section:
+    """The cascading randomization curve per checkpoint and mosaic set, the trained model as first stage."""
+    section = Section(
+        "cascading", "Cascading randomization",
+        "Median Focus (band: interquartile range) as the layers are re-initialised from the top down (Adebayo et "
+        "al.): the first point is the trained model; Focus should fall to about 0.5 once the top layer is random.",
+    )
+    groups: dict[tuple[int, int], list[EvaluationData]] = defaultdict(list)
+    for e in evals:
+        if e.n and e.randomization in ("cascading", "none"):
+            groups[(e.checkpoint_id, e.mosaic_set_id)].append(e)
+    drawn = False
+    for (cid, set_id), members in sorted(groups.items()):
+        cascading = [e for e in members if e.randomization == "cascading" and e.stage is not None]
+        if not cascading:
+            continue
+        stages = sorted({e.stage for e in cascading})
+        layer_of = {e.stage: e.layer for e in cascading if e.layer}
+        labels = ["trained"] + [layer_of.get(s) or f"stage {s}" for s in stages]
+        methods = sorted({e.method for e in cascading}, key=method_key)
+        medians, q1s, q3s = {}, {}, {}
+        for method in methods:
+            series = []
+            for stage in [None] + stages:
+                hits = [e for e in members if e.method == method and (
+                    (stage is None and e.randomization == "none") or (e.randomization == "cascading" and e.stage == stage))]
+                series.append(latest(hits).summary if hits else None)
+            medians[method] = [math.nan if s is None else s["median"] for s in series]
+            q1s[method] = [math.nan if s is None else s["q1"] for s in series]
+            q3s[method] = [math.nan if s is None else s["q3"] for s in series]
+        caption = f"{names[cid]}, mosaic set {set_id}: {len(stages)} stage(s), methods {', '.join(methods)}."
+        drawn |= figures.draw(section, f"fig-cascading-{slug(names[cid], set_id)}", caption,
+                              f"Cascading randomization of {names[cid]}", report.plot_cascading_randomization,
+                              labels, medians, q1_by_method=q1s, q3_by_method=q3s)
+    if not drawn and not section.notes:
+        section.missing = "No cascading randomization stage is recorded for the selection: run `focus randomize` with kind cascading."
+    return section
+
+
+def layout_section(evals: Sequence[EvaluationData], names: dict[int, str], figures: FigureWriter) -> Section:
+    """Figure 2: Focus per fixed layout of the target tiles, per checkpoint and method."""
+    section = Section(
+        "layouts", "Position of the target tiles",
+        "Focus per fixed arrangement of the two target tiles (the paper's Figure 2), with the random arrangement for "
+        "reference: a method or model biased towards a region of the image scores differently per layout.",
+    )
+    groups: dict[tuple[int, str, str], dict[str, list[EvaluationData]]] = defaultdict(lambda: defaultdict(list))
+    for e in evals:
+        if e.randomization == "none" and e.n:
+            groups[(e.checkpoint_id, e.method, e.dataset_name)][e.layout].append(e)
+    fixed = {k: v for k, v in groups.items() if any(layout != "random" for layout in v)}
+    if not fixed:
+        section.missing = ("No fixed-layout mosaic set is evaluated in the selection: evaluate with a mosaic layout such "
+                           "as top, bottom or diagonal to see the positional test.")
+        return section
+    for (cid, method, dataset_name), by_layout in sorted(fixed.items(), key=lambda kv: (kv[0][0], method_key(kv[0][1]))):
+        order = [lay for lay in LAYOUT_ORDER if lay in by_layout] + sorted(set(by_layout) - set(LAYOUT_ORDER))
+        chosen = {lay: latest(by_layout[lay]) for lay in order}
+        caption = (f"{method} on {names[cid]} ({dataset_name}); evaluations "
+                   + ", ".join(f"{lay} {e.evaluation_id}" for lay, e in chosen.items()) + ".")
+        figures.draw(section, f"fig2-{slug(names[cid], method)}", caption, f"Focus per layout: {method} on {names[cid]}",
+                     report.plot_layout_boxplots, {lay: e.focus for lay, e in chosen.items()})
+    return section

@@ -1,0 +1,67 @@
+"""Names, order and picks of evaluations on the page.
+
+Methods are listed in the paper's order, randomization kinds from none to independent;
+checkpoints get a short unique name; figure files get a slug.
+
+Examples
+--------
+>>> sorted(["random", "my_method", "lrp", "gradcam"], key=method_key)
+['gradcam', 'lrp', 'random', 'my_method']
+>>> slug("digits CNN #3", "gradcam++")
+'digits-cnn-3-gradcam'
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from flows.report.queries import EvaluationData
+
+__all__ = ["RANDOMIZATION_ORDER", "method_key", "slug", "checkpoint_names", "latest", "final_checkpoints"]
+
+_METHOD_ORDER = ("gradcam", "lrp", "smoothgrad", "integrated_gradients", "gradcam++", "gradient",
+                 "input_x_gradient", "random")
+RANDOMIZATION_ORDER = {"none": 0, "full": 1, "cascading": 2, "independent": 3}
+
+
+def method_key(name: str) -> tuple[int, str]:
+    """Sort key of a method name: the paper's order, then other names alphabetically."""
+    return (_METHOD_ORDER.index(name) if name in _METHOD_ORDER else len(_METHOD_ORDER), name)
+
+
+def slug(*parts: Any) -> str:
+    """A file-name-safe, lower-case slug of the parts (at most 80 characters; ``x`` when empty)."""
+    text = "-".join(str(p) for p in parts if p is not None and str(p) != "")
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:80] or "x"
+
+
+def checkpoint_names(evals: Sequence[EvaluationData]) -> dict[int, str]:
+    """A short unique name per checkpoint: its label, else its architecture (and id when shared)."""
+    base = {}
+    for e in evals:
+        name = e.checkpoint_label or e.architecture
+        if e.epoch is not None and not e.checkpoint_label:
+            name += f" epoch {e.epoch}"
+        base[e.checkpoint_id] = name
+    counts = defaultdict(int)
+    for name in base.values():
+        counts[name] += 1
+    return {cid: (name if counts[name] == 1 else f"{name} #{cid}") for cid, name in base.items()}
+
+
+def latest(evals: Iterable[EvaluationData]) -> EvaluationData:
+    """The evaluation with the highest id."""
+    return max(evals, key=lambda e: e.evaluation_id)
+
+
+def final_checkpoints(evals: Sequence[EvaluationData]) -> set[int]:
+    """Checkpoints that are not an intermediate epoch of a training run (per-epoch ones are for Figure 5)."""
+    last_epoch: dict[int, int] = {}
+    for e in evals:
+        if e.training_run_id is not None and e.epoch is not None:
+            last_epoch[e.training_run_id] = max(last_epoch.get(e.training_run_id, e.epoch), e.epoch)
+    return {e.checkpoint_id for e in evals
+            if e.training_run_id is None or e.epoch is None or e.epoch == last_epoch[e.training_run_id]}

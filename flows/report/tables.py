@@ -1,0 +1,165 @@
+"""The report's tables: statistics per evaluation and the paired comparison of methods.
+
+Every row carries the exact values in ``data-*`` attributes (see :func:`flows.report.page.row`).
+The statistics come from :mod:`focus_core.stats`: :func:`~focus_core.stats.summarize` and
+:func:`~focus_core.stats.bootstrap_median_ci` (computed in :func:`flows.report.queries.load_evaluations`)
+and :func:`~focus_core.stats.paired_test` (Wilcoxon signed-rank on the mosaics both methods scored).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from flows.report.page import DASH, Section, fmt, fmt_p, row, table
+from flows.report.queries import BOOTSTRAP_RESAMPLES, CONFIDENCE, EvaluationData
+from flows.report.selection import RANDOMIZATION_ORDER, method_key
+from focus_core import stats
+
+__all__ = ["summary_section", "paired_section"]
+
+
+_SUMMARY_TITLES = {
+    "checkpoint": "label, else architecture and epoch; hover for the sha256 of the weights",
+    "mosaic set": "id, split and layout; hover for the dataset and mosaics per class",
+    "audit": "audit run id",
+    "n": "mosaics scored",
+    "undefined": "share of mosaics without positive relevance (Focus undefined)",
+    "median": "median Focus of the defined scores",
+    f"{int(CONFIDENCE * 100)}% CI of median": f"percentile bootstrap, {BOOTSTRAP_RESAMPLES} resamples, seed 0",
+    "q1": "first quartile",
+    "q3": "third quartile",
+    "mosaic acc.": "mosaic accuracy: share of mosaics whose predicted class is the target class",
+}
+
+
+_PAIRED_HEADERS = ["checkpoint", "mosaic set", "randomization", "method A #evaluation", "method B #evaluation",
+                   "pairs", "median A−B", "mean A−B", "W", "p-value", "at 0.05"]
+
+
+def summary_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> Section:
+    """The summary table: one row per evaluation with its statistics and mosaic accuracy."""
+    section = Section(
+        "summary", "Summary per evaluation",
+        "One row per evaluation (checkpoint x method x mosaic set x randomization). Statistics are over the defined "
+        "Focus scores; the confidence interval of the median is a percentile bootstrap. Hover a header or a "
+        "checkpoint for details.",
+    )
+    with_architecture = any(e.checkpoint_label for e in evals)
+    with_audit = any(e.audit_run_id is not None for e in evals)
+    headers = (["evaluation", "checkpoint"] + (["architecture"] if with_architecture else [])
+               + ["method", "mosaic set", "randomization"] + (["audit"] if with_audit else [])
+               + ["n", "undefined", "median", f"{int(CONFIDENCE * 100)}% CI of median", "mean", "q1", "q3",
+                  "mosaic acc."])
+    rows = []
+    for e in sorted(evals, key=lambda e: (e.checkpoint_id, e.mosaic_set_id, RANDOMIZATION_ORDER.get(e.randomization, 9),
+                                          e.stage or 0, str(e.layer), method_key(e.method), e.evaluation_id)):
+        s = e.summary
+        checkpoint, checkpoint_tip = _checkpoint_cell(e, names)
+        mosaic_set, mosaic_set_tip = _mosaic_set_cell(e)
+        cells = ([str(e.evaluation_id), checkpoint] + ([e.architecture] if with_architecture else [])
+                 + [e.method, mosaic_set, e.randomization_label]
+                 + ([DASH if e.audit_run_id is None else str(e.audit_run_id)] if with_audit else [])
+                 + [fmt(s["n"]), fmt(s["share_undefined"]), fmt(s["median"]), _ci_text(e.ci), fmt(s["mean"]),
+                    fmt(s["q1"]), fmt(s["q3"]), fmt(e.mosaic_accuracy)])
+        text_columns = {"checkpoint", "architecture", "method", "mosaic set", "randomization"}
+        tips = {"checkpoint": checkpoint_tip, "mosaic set": mosaic_set_tip}
+        rows.append(row(
+            {"evaluation_id": e.evaluation_id, "checkpoint_id": e.checkpoint_id, "method": e.method,
+             "mosaic_set_id": e.mosaic_set_id, "randomization": e.randomization, "stage": e.stage,
+             "audit_run_id": e.audit_run_id, "n": s["n"], "n_defined": s["n_defined"],
+             "share_undefined": s["share_undefined"], "median": s["median"], "ci_low": e.ci[0], "ci_high": e.ci[1],
+             "mean": s["mean"], "q1": s["q1"], "q3": s["q3"], "mosaic_accuracy": e.mosaic_accuracy},
+            cells,
+            numeric=[h not in text_columns for h in headers],
+            titles=[tips.get(h) for h in headers],
+        ))
+    section.blocks.append('<div class="table-wrap">' + table(headers, rows, table_id="summary-table",
+                                                             titles=[_SUMMARY_TITLES.get(h) for h in headers])
+                          + "</div>")
+    return section
+
+
+def paired_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> Section:
+    """The paired Wilcoxon table of methods on the same mosaics (randomized models folded away)."""
+    section = Section(
+        "paired", "Paired comparison of methods",
+        "Two methods on the same mosaics of the same model: Wilcoxon signed-rank test of the per-mosaic differences "
+        "A − B (mosaics where either Focus is undefined are dropped). A small p-value says the methods differ "
+        "systematically on these mosaics.",
+    )
+    trained, randomized = _paired_rows(evals, names)
+    if not trained and not randomized:
+        section.missing = "No two methods were evaluated on the same mosaics of the same model, so there is nothing to pair."
+        return section
+    if trained:
+        section.blocks.append('<div class="table-wrap">' + table(_PAIRED_HEADERS, trained, table_id="paired-table") + "</div>")
+    else:
+        section.missing = "No two methods were evaluated on the same mosaics of a trained model."
+    if randomized:
+        section.blocks.append(
+            f"<details><summary>Randomized models ({len(randomized)} comparison{'s' if len(randomized) != 1 else ''})</summary>"
+            '<div class="table-wrap">' + table(_PAIRED_HEADERS, randomized, table_id="paired-randomized-table")
+            + "</div></details>"
+        )
+    return section
+
+
+def _checkpoint_cell(e: EvaluationData, names: dict[int, str]) -> tuple[str, str]:
+    where = f", weights {e.weights_path}" if e.weights_path else ""
+    return names[e.checkpoint_id], f"{e.architecture}, sha256 {e.sha256[:16]}{where}"
+
+
+def _mosaic_set_cell(e: EvaluationData) -> tuple[str, str]:
+    return (f"#{e.mosaic_set_id} {e.split}, {e.layout}",
+            f"dataset {e.dataset_name}, {e.per_class} mosaics per class, seed {e.set_seed}")
+
+
+def _ci_text(ci: tuple[float, float]) -> str:
+    if any(math.isnan(v) for v in ci):
+        return DASH
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def _paired_rows(evals: Sequence[EvaluationData], names: dict[int, str]) -> tuple[list[str], list[str]]:
+    """Wilcoxon rows for every pair of methods on the same mosaics: (trained rows, randomized rows)."""
+    groups: dict[tuple, dict[str, EvaluationData]] = defaultdict(dict)
+    for e in sorted(evals, key=lambda e: e.evaluation_id):
+        if e.n:
+            groups[(e.checkpoint_id, e.mosaic_set_id, e.randomization, e.stage, e.layer, e.audit_run_id)][e.method] = e
+    trained, randomized = [], []
+    for key in sorted(groups, key=lambda k: (k[0], k[1], RANDOMIZATION_ORDER.get(k[2], 9), k[3] or 0, str(k[4]),
+                                             k[5] or 0)):
+        methods = sorted(groups[key].values(), key=lambda e: method_key(e.method))
+        for a, b in itertools.combinations(methods, 2):
+            common, ia, ib = np.intersect1d(a.mosaic_ids, b.mosaic_ids, return_indices=True)
+            if common.size == 0:
+                continue
+            result = stats.paired_test(a.focus[ia], b.focus[ib])
+            significant = not math.isnan(result["p_value"]) and result["p_value"] < 0.05
+            if result["n"] == 0:
+                verdict = "no defined pair"
+            elif not significant:
+                verdict = "not significant"
+            else:
+                a_higher = (result["median_difference"], result["mean_difference"]) > (0.0, 0.0)
+                verdict = f"{a.method if a_higher else b.method} higher"
+            target = trained if a.randomization == "none" else randomized
+            target.append(row(
+                {"evaluation_a": a.evaluation_id, "evaluation_b": b.evaluation_id, "method_a": a.method,
+                 "method_b": b.method, "n": result["n"], "median_difference": result["median_difference"],
+                 "mean_difference": result["mean_difference"], "statistic": result["statistic"],
+                 "p_value": result["p_value"]},
+                [_checkpoint_cell(a, names)[0], _mosaic_set_cell(a)[0], a.randomization_label,
+                 f"{a.method} #{a.evaluation_id}", f"{b.method} #{b.evaluation_id}",
+                 fmt(result["n"]), fmt(result["median_difference"]), fmt(result["mean_difference"]),
+                 fmt(result["statistic"]), fmt_p(result["p_value"]), verdict],
+                numeric=[False, False, False, False, False, True, True, True, True, True, False],
+                classes=[""] * 9 + (["sig"] if significant else [""]) + [""],
+                titles=[_checkpoint_cell(a, names)[1], _mosaic_set_cell(a)[1]],
+            ))
+    return trained, randomized

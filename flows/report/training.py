@@ -1,0 +1,145 @@
+"""Figures 5 and 6 of the report: training curves with Focus per epoch, Focus vs accuracy and loss.
+
+Focus per epoch comes from the per-epoch evaluations of the run's checkpoints on one fixed
+mosaic set (the set evaluated in the most epochs); without them, from the median Focus the
+training run recorded itself. Each run gets its figures, an epochs table and Pearson's r.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from flows.report.figures import FigureWriter
+from flows.report.page import Section, fmt, fmt_p, row, table
+from flows.report.queries import EvaluationData
+from flows.report.selection import latest, method_key, slug
+from focus_core import report, stats
+from focus_core.errors import FocusError
+
+__all__ = ["training_section"]
+
+
+def training_section(evals: Sequence[EvaluationData], runs: dict[int, dict[str, Any]], figures: FigureWriter) -> Section:
+    """Per training run: Figures 5 and 6, its epochs table and Pearson's r."""
+    section = Section(
+        "training", "Training curves and Focus",
+        "Loss and accuracy per epoch with the median Focus on the fixed validation mosaic set (the paper's Figure 5), "
+        "and Focus against validation accuracy and loss with Pearson's r (Figure 6).",
+    )
+    if not runs:
+        section.missing = "No training run recorded for the selection: train with `focus train` (or `focus demo`) to see Focus per epoch."
+        return section
+    for run_id, run in sorted(runs.items()):
+        info = run["run"]
+        name = info.get("name") or f"run {run_id}"
+        records, source = _epoch_records(run, evals)
+        section.blocks.append(f"<h3>{_esc(name)} ({_esc(info['architecture'])}, training run {run_id}, "
+                              f"{len(records)} epoch(s), {_esc(info['status'])})</h3>")
+        start = len(section.figures)
+        figures.draw(section, f"fig5-{slug(name, run_id)}", f"Training run {run_id}; Focus from {source}.",
+                     f"Training curves of {name}", report.plot_training_curves, records)
+        if any(k.startswith("focus_") for r in records for k in r):
+            figures.draw(section, f"fig6-{slug(name, run_id)}", f"Training run {run_id}: one point per epoch.",
+                         f"Focus vs accuracy and loss of {name}", report.plot_focus_vs_metrics, records)
+        else:
+            section.notes.append(f"Training run {run_id} recorded no Focus per epoch, so Focus vs accuracy is not drawn.")
+        # keep each run's figures next to its heading
+        section.blocks.append('<div class="figures">' + "\n".join(f.render() for f in section.figures[start:]) + "</div>")
+        del section.figures[start:]
+        section.blocks.append(_epochs_table(run_id, records))
+    return section
+
+
+def _epoch_records(run: dict[str, Any], evals: Sequence[EvaluationData]) -> tuple[list[dict[str, Any]], str]:
+    """Figure 5/6 records of a run: epoch metrics plus Focus per method (from per-epoch evaluations when recorded)."""
+    run_id = run["run"]["id"]
+    candidates = [e for e in evals
+                  if e.training_run_id == run_id and e.epoch is not None and e.randomization == "none" and e.n]
+    # Focus per epoch is measured on one fixed mosaic set: the set evaluated in the most epochs.
+    epochs_per_set: dict[int, set[int]] = defaultdict(set)
+    for e in candidates:
+        epochs_per_set[e.mosaic_set_id].add(e.epoch)
+    per_epoch: dict[tuple[int, str], list[EvaluationData]] = defaultdict(list)
+    if epochs_per_set:
+        fixed = max(epochs_per_set, key=lambda s: (len(epochs_per_set[s]), -s))
+        for e in candidates:
+            if e.mosaic_set_id == fixed:
+                per_epoch[(e.epoch, e.method)].append(e)
+    records, source = [], "per-epoch evaluations"
+    fallback = _recorded_focus_name(run["run"].get("config"))
+    for epoch in run["epochs"]:
+        record = {k: epoch.get(k) for k in ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy",
+                                             "val_mean_class_accuracy")}
+        methods = {m for (ep, m) in per_epoch if ep == epoch["epoch"]}
+        for method in methods:
+            s = latest(per_epoch[(epoch["epoch"], method)]).summary
+            record[f"focus_{method}"] = s["median"]
+            record[f"focus_{method}_q1"] = s["q1"]
+            record[f"focus_{method}_q3"] = s["q3"]
+        records.append(record)
+    if not per_epoch:
+        source = "the training run's recorded median Focus per epoch"
+        for record, epoch in zip(records, run["epochs"]):
+            if epoch.get("focus_median") is not None:
+                record[f"focus_{fallback}"] = epoch["focus_median"]
+    return records, source
+
+
+def _recorded_focus_name(config: Any) -> str:
+    try:
+        methods = (config or {}).get("focus_methods") or []
+        if len(methods) == 1:
+            return str(methods[0]["name"] if isinstance(methods[0], dict) else methods[0])
+    except (AttributeError, KeyError, TypeError):
+        pass
+    return "recorded"
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _epochs_table(run_id: int, records: list[dict[str, Any]]) -> str:
+    """The epochs table of a run and, per method, Pearson's r of Focus against val accuracy and loss."""
+    methods = sorted({k[len("focus_"):] for r in records for k in r
+                      if k.startswith("focus_") and not k.endswith(("_q1", "_q3"))}, key=method_key)
+    headers = ["epoch", "train loss", "val loss", "train accuracy", "val accuracy", "val mean class accuracy"]
+    headers += [f"Focus median ({m})" for m in methods]
+    rows = []
+    for r in records:
+        values = [r.get("train_loss"), r.get("val_loss"), r.get("train_accuracy"), r.get("val_accuracy"),
+                  r.get("val_mean_class_accuracy")] + [r.get(f"focus_{m}") for m in methods]
+        data = {"training_run_id": run_id, "epoch": r["epoch"], "val_accuracy": r.get("val_accuracy"),
+                "val_loss": r.get("val_loss")}
+        data.update({f"focus_{slug(m)}": r.get(f"focus_{m}") for m in methods})
+        rows.append(row(data, [str(r["epoch"])] + [fmt(v) for v in values], numeric=[True] * (1 + len(values))))
+    html_text = '<div class="table-wrap">' + table(headers, rows, table_id=f"epochs-{run_id}") + "</div>"
+    return html_text + _correlation_table(run_id, records, methods)
+
+
+def _correlation_table(run_id: int, records: list[dict[str, Any]], methods: list[str]) -> str:
+    """Pearson's r (:func:`focus_core.stats.pearson`) per method and metric; empty without methods."""
+    corr_rows = []
+    for m in methods:
+        for key, label in (("val_accuracy", "val accuracy"), ("val_loss", "val loss")):
+            x = [math.nan if r.get(key) is None else r[key] for r in records]
+            y = [math.nan if r.get(f"focus_{m}") is None else r[f"focus_{m}"] for r in records]
+            n = int(np.sum(~(np.isnan(np.asarray(x, float)) | np.isnan(np.asarray(y, float)))))
+            try:
+                rho, p = stats.pearson(x, y)
+            except FocusError:  # fewer than 3 epochs with both values
+                rho, p = math.nan, math.nan
+            corr_rows.append(row({"training_run_id": run_id, "method": m, "metric": key, "n": n, "r": rho, "p_value": p},
+                                 [m, label, fmt(n), fmt(rho), fmt_p(p)],
+                                 numeric=[False, False, True, True, True]))
+    if not corr_rows:
+        return ""
+    return ('<div class="table-wrap">' + table(["method", "against", "epochs", "Pearson r", "p-value"],
+                                               corr_rows, table_id=f"correlation-{run_id}")
+            + "</div><p class=\"caption\">Pearson r needs at least 3 epochs with both values (a dash otherwise).</p>")

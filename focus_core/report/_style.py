@@ -1,0 +1,107 @@
+"""The shared look of the report figures: resolution, method colours, the Focus axis, saving.
+
+Every figure is written at :data:`DPI` on a white background, draws Focus from 0 to 1 with a
+dashed line at 0.5 (the score of a random explanation) and gives each method the same colour.
+
+Examples
+--------
+>>> from focus_core.report._style import method_color
+>>> method_color("gradcam")
+'#1f77b4'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from focus_core.errors import FocusError
+
+__all__ = ["DPI", "method_color", "output_path", "save", "focus_axis"]
+
+DPI = 110
+_RANDOM_LINE = {"color": "0.45", "linestyle": "--", "linewidth": 1.0, "zorder": 0}
+_KNOWN_METHODS = (
+    "gradcam",
+    "lrp",
+    "smoothgrad",
+    "integrated_gradients",
+    "gradcam++",
+    "gradient",
+    "input_x_gradient",
+    "random",
+)
+_PALETTE = (
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
+
+
+def method_color(method: str) -> str:
+    """The colour a method has in every figure.
+
+    Known methods have fixed colours; other names get a stable colour from their spelling.
+
+    Parameters
+    ----------
+    method : str
+        Method name, in any case, with ``-``, ``_`` or spaces.
+
+    Returns
+    -------
+    str
+        A ``#rrggbb`` colour.
+
+    Examples
+    --------
+    >>> method_color("GradCAM") == method_color("gradcam")
+    True
+    """
+    key = method.lower().replace("-", "_").replace(" ", "_")
+    if key in _KNOWN_METHODS:
+        return _PALETTE[_KNOWN_METHODS.index(key)]
+    return _PALETTE[sum(key.encode()) % len(_PALETTE)]
+
+
+def output_path(path: str | Path) -> Path:
+    """The figure's output path, its parent folders created.
+
+    Raises
+    ------
+    FocusError
+        When the path does not end in ``.png``.
+
+    Examples
+    --------
+    >>> output_path("figure.pdf")
+    Traceback (most recent call last):
+    ...
+    focus_core.errors.FocusError: The output path 'figure.pdf' does not end in .png: give the figure a .png file name.
+    """
+    out = Path(path)
+    if out.suffix.lower() != ".png":
+        raise FocusError(f"The output path '{out}' does not end in .png: give the figure a .png file name.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save(fig: Figure, out: Path) -> Path:
+    """Write ``fig`` to ``out`` as a PNG at :data:`DPI`, release its artists and return ``out``."""
+    fig.savefig(out, dpi=DPI, format="png", facecolor="white")
+    fig.clear()  # a pyplot-free Figure holds no global state: clearing releases its artists
+    return out
+
+
+def focus_axis(ax: Any, axis: str = "y", label: str = "Focus") -> None:
+    """Make ``axis`` of ``ax`` a Focus axis: limits 0..1, a label, the 0.5 line and a grid."""
+    if axis == "y":
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel(label)
+        ax.axhline(0.5, **_RANDOM_LINE)
+    else:
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel(label)
+        ax.axvline(0.5, **_RANDOM_LINE)
+    ax.grid(True, axis=axis, alpha=0.3)

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from flows import cli_demo
 from flows import cli_params as opts
 from focus_core.errors import FocusError
 
@@ -278,19 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "demo",
         "A short end-to-end run on the bundled digits: train, evaluate, randomize, report.",
-        "Train the small digits CNN with Focus per epoch, evaluate several attribution methods, run the full and "
-        "cascading randomization tests, record everything and build the report. Runs on the CPU in a few minutes; "
-        "running it again reuses what is recorded.",
+        "Train the small digits CNN with Focus per epoch, evaluate GradCAM, LRP, SmoothGrad, Integrated Gradients and "
+        "the random control on test mosaics, run the full and cascading randomization tests, record everything in "
+        "the store (default: the SQLite file focus.db here) and build the HTML report. A few minutes on a CPU; "
+        "running it again reuses what is recorded and says so.",
     )
-    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, metavar="N", help="Training epochs.")
-    p.add_argument("--per-class", type=int, default=DEMO_PER_CLASS, metavar="N", help="Test mosaics per class.")
-    p.add_argument(
-        "--method", dest="methods", action="append", type=opts.parse_method, metavar="NAME[:KEY=VALUE,...]",
-        help=f"Attribution method, repeatable (default: {', '.join(DEMO_METHODS)}).",
-    )
-    p.add_argument("--device", default="cpu", metavar="DEV", help="cpu, cuda, cuda:N or mps.")
-    p.add_argument("--checkpoint-dir", default="checkpoints", metavar="DIR", help="Where the demo's checkpoints go.")
-    p.add_argument("--out", default="focus-report", metavar="DIR", help="Directory of the report.")
+    cli_demo.add_demo_options(p)
     opts.add_database_option(p)
     p.set_defaults(handler=cmd_demo)
     return parser
@@ -299,9 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
 # -- running flows ------------------------------------------------------------------------------
 
 RESULT_TABLES = ("evaluations", "compare", "epochs", "regressions", "checkpoints")
-DEMO_EPOCHS = 3
-DEMO_PER_CLASS = 4
-DEMO_METHODS = ("gradcam", "lrp", "smoothgrad", "integrated_gradients", "random")
 
 
 def _load_flow(module: str, name: str) -> Any:
@@ -344,16 +335,83 @@ def _check_inputs(params: Any) -> None:
         _require_dir(dataset.root, "ImageFolder directory")
 
 
-def run_flow(module: str, flow_name: str, params: Any) -> Any:
-    """Run ``flows.<module>.<flow_name>(params=params)`` here (ephemeral mode or PREFECT_API_URL)."""
+def _database_param(params: Any) -> str | None:
+    run = getattr(params, "run", None)
+    return getattr(run, "database_url", None) if run is not None else getattr(params, "database_url", None)
+
+
+def _check_model(params: Any) -> None:
+    """Build the checkpoint's model and find GradCAM's layer here, before Prefect starts.
+
+    A weights file for another architecture (or recorded as another one), a broken
+    ``module:factory`` path or a model whose GradCAM layer cannot be inferred then ends with one
+    line, in seconds, instead of a failed flow run. The model and data stay cached in this process
+    for the flow.
+    """
+    model_spec = getattr(params, "model", None)
+    dataset_spec = getattr(params, "dataset", None)
+    if model_spec is None or dataset_spec is None or not model_spec.weights:
+        return
+    from flows import record, resources, store
+    from focus_core.explainers.gradcam import resolve_layer
+
+    if hasattr(params, "run"):  # evaluating flows register the checkpoint: the record must agree
+        record.check_recorded_checkpoint(store.engine_for(_database_param(params)), model_spec, dataset_spec)
+    model = resources.build_model(model_spec, dataset_spec)
+    methods = list(getattr(params, "methods", None) or []) + list(getattr(params, "focus_methods", None) or [])
+    for method in methods:
+        if method.name.startswith("gradcam"):
+            explainer = resources.make_explainer(method, model_spec)
+            try:
+                resolve_layer(model, explainer.params.get("layer"))
+            except FocusError:
+                if explainer.params.get("layer") is None:
+                    raise UsageError(
+                        f"Cannot infer GradCAM's layer for {type(model).__name__} ({model_spec.architecture}): pass "
+                        "--gradcam-layer with the dotted name of its last convolutional block's output "
+                        f"(one of: {_conv_block_hint(model)})."
+                    ) from None
+                raise
+
+
+def _conv_block_hint(model: Any) -> str:
+    """The model's last few module names that can serve as GradCAM's layer, for the error message."""
+    from torch import nn
+
+    names = [name for name, module in model.named_modules()
+             if name and isinstance(module, (nn.Conv2d, nn.ReLU, nn.BatchNorm2d, nn.Sequential))]
+    return ", ".join(names[-4:]) or "see model.named_modules()"
+
+
+def prefect_target() -> str:
+    """Where flows run: the server of PREFECT_API_URL (env or settings), else Prefect's local mode."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        try:
+            from prefect.settings import PREFECT_API_URL
+
+            url = PREFECT_API_URL.value()
+        except Exception:  # noqa: BLE001 - settings unavailable: the local mode
+            url = None
+    return f"the Prefect API at {url}" if url else "Prefect's local mode (a temporary API in this process)"
+
+
+def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True) -> Any:
+    """Run ``flows.<module>.<flow_name>(params=params)`` here (ephemeral mode or PREFECT_API_URL).
+
+    Paths, the model, its weights and GradCAM's layer are checked first, so a user's mistake ends
+    in seconds with one line; ``announce`` prints where the flow runs and how long it took.
+    """
     _check_inputs(params)
+    _check_model(params)
     flow = _load_flow(module, flow_name)
     _quiet_user_error_tracebacks()
-    where = os.environ.get("PREFECT_API_URL") or "Prefect's local mode"
-    _info(f"running flow {flow_name!r} on {where}")
+    if announce:
+        _info(f"running flow {flow_name!r} on {prefect_target()}")
     started = time.monotonic()
     result = flow(params=params)
-    _info(f"flow {flow_name!r} finished in {time.monotonic() - started:.0f} s")
+    if announce:
+        _info(f"flow {flow_name!r} finished in {time.monotonic() - started:.0f} s")
     return result
 
 
@@ -569,7 +627,7 @@ def cmd_results(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> Path:
-    from flows.cli_report import build_report
+    from flows.report import build_report
 
     path = build_report(Path(args.out), database_url=opts.database_url(args), evaluations=args.evaluations)
     print(path)

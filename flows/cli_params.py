@@ -20,8 +20,8 @@ import argparse
 import json
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 
 from focus_core.errors import FocusError
 
@@ -141,6 +141,8 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
         "--data",
+        "--dataset",
+        dest="data",
         metavar="DIR",
         help="ImageFolder directory (one sub-folder per class; train/val/test sub-folders are used as splits). "
         "Default: the bundled digits.",

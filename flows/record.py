@@ -15,16 +15,31 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 import db
 import focus_core
 from flows import resources
-from flows.params import DatasetSpec, MethodSpec, ModelSpec, MosaicSetSpec, RandomizationSpec
+from flows.params import (
+    DatasetSpec,
+    MethodSpec,
+    ModelSpec,
+    MosaicSetSpec,
+    RandomizationSpec,
+)
 from focus_core import models, mosaics
+from focus_core.errors import FocusError
 
-__all__ = ["RegisteredMosaics", "RegisteredInputs", "register_mosaics", "register_checkpoint", "register_inputs",
-           "open_evaluation"]
+__all__ = [
+    "RegisteredInputs",
+    "RegisteredMosaics",
+    "check_recorded_checkpoint",
+    "open_evaluation",
+    "register_checkpoint",
+    "register_inputs",
+    "register_mosaics",
+]
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,54 @@ def register_mosaics(engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: Mos
     return RegisteredMosaics(registered.dataset_id, mosaic_set.mosaic_set_id, manifest.hash, list(mosaic_set.mosaic_ids))
 
 
+def _checkpoint_shape(model: ModelSpec, dataset_spec: DatasetSpec) -> tuple[int, int]:
+    """``(num_classes, in_channels)`` of the spec: its own values, else the dataset's."""
+    dataset = resources.load_dataset(dataset_spec)
+    return model.num_classes or len(dataset.classes), model.in_channels or int(dataset.tiles.shape[1])
+
+
+def check_recorded_checkpoint(
+    engine: Engine, model: ModelSpec, dataset_spec: DatasetSpec, sha256: str | None = None
+) -> bool:
+    """Check that the store's record of the spec's weights file agrees with the spec.
+
+    A weights file is recorded once, by its sha256, with its architecture and class count; asking
+    for the same file as another architecture (``--arch alexnet --weights digits.pt``) would
+    otherwise reuse the recorded evaluations of the other model.
+
+    Returns
+    -------
+    bool
+        Whether the file is recorded (``False``: not yet).
+
+    Raises
+    ------
+    FocusError
+        When the file is recorded with another architecture, class count or channel count.
+    """
+    sha = sha256 or models.weights_sha256(model.weights)
+    table = db.models.ModelCheckpoint
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(table.architecture, table.num_classes, table.in_channels).where(table.sha256 == sha)
+        ).first()
+    if row is None:
+        return False
+    num_classes, in_channels = _checkpoint_shape(model, dataset_spec)
+    recorded = (row.architecture, int(row.num_classes), row.in_channels)
+    if (recorded[0], recorded[1]) != (model.architecture, num_classes) or (
+        recorded[2] is not None and int(recorded[2]) != in_channels
+    ):
+        channels = "" if recorded[2] is None else f", {recorded[2]} input channel(s)"
+        raise FocusError(
+            f"The weights file {str(model.weights)!r} is recorded as a {recorded[0]} checkpoint with {recorded[1]} "
+            f"classes{channels}, not {model.architecture} with {num_classes} classes and {in_channels} input "
+            f"channel(s): pass --arch {recorded[0]} --num-classes {recorded[1]}, or a weights file saved for "
+            f"{model.architecture}."
+        )
+    return True
+
+
 def register_checkpoint(
     engine: Engine,
     model: ModelSpec,
@@ -86,16 +149,28 @@ def register_checkpoint(
     epoch: int | None = None,
     audit: bool = False,
 ) -> tuple[int, str]:
-    """Register the spec's weights file by its sha256; return ``(checkpoint_id, sha256)``."""
-    dataset = resources.load_dataset(dataset_spec)
+    """Register the spec's weights file by its sha256; return ``(checkpoint_id, sha256)``.
+
+    A file seen for the first time is loaded into the spec's architecture before it is recorded
+    (so the store never records weights under the wrong architecture); a file already recorded
+    must be asked for with the recorded architecture and class count.
+
+    Raises
+    ------
+    FocusError
+        When the weights do not fit the architecture, or the record disagrees with the spec.
+    """
     sha = models.weights_sha256(model.weights)
+    if not check_recorded_checkpoint(engine, model, dataset_spec, sha):
+        resources.build_model(model, dataset_spec)  # FocusError naming the mismatch when the weights do not fit
+    num_classes, in_channels = _checkpoint_shape(model, dataset_spec)
     checkpoint_id = db.register_checkpoint(
         engine,
         sha,
         model.architecture,
-        model.num_classes or len(dataset.classes),
+        num_classes,
         path=str(model.weights),
-        in_channels=model.in_channels or int(dataset.tiles.shape[1]),
+        in_channels=in_channels,
         training_run_id=training_run_id,
         epoch=epoch,
         audit=audit,

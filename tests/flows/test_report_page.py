@@ -347,11 +347,3 @@ def test_page_in_headless_chromium(sqlite_report: Built, tmp_path: Path) -> None
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
     if os.environ.get("FOCUS_REPORT_SCREENSHOT"):  # keep it for a human to look at
         shutil.copy(shot, os.environ["FOCUS_REPORT_SCREENSHOT"])
-
-
-def test_old_import_path_is_the_same_function() -> None:
-    """``flows.cli_report`` stays a shim until flows/cli.py and flows/cli_demo.py import flows.report."""
-    from flows.cli_report import build_report as old
-    from flows.report import build_report
-
-    assert old is build_report

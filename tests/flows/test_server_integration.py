@@ -15,7 +15,6 @@ Tiny work: the digits, one mosaic per class, cheap methods. Processes are stoppe
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys

@@ -55,6 +55,13 @@ class EvaluationRecord:
     rows_written: int = 0
     status: str = "pending"
     summary: dict[str, Any] = field(default_factory=dict)
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # chunk -> batch size it finished with
+
+    def batch_size_metadata(self, requested: int) -> dict[str, Any]:
+        """The batch sizes of the chunks run now, for the evaluation's metadata (below ``requested``: out of memory)."""
+        reduced = {str(chunk): size for chunk, size in sorted(self.batch_sizes.items()) if size < requested}
+        used = min(self.batch_sizes.values(), default=requested)
+        return {"requested": requested, "used": used, "reduced_chunks": reduced}
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -83,10 +90,11 @@ def run_evaluation(
     records: list[EvaluationRecord] = []
     requests: list[ChunkRequest] = []
     budget = params.run.max_chunks
+    metadata = {"request": params.model_dump(mode="json", exclude={"run": {"database_url"}})}
     for method in params.methods:
         evaluation_id, name, method_params = record.open_evaluation(
             engine, inputs, method, params.model, rnd, audit_run_id=audit_run_id, device=str(device),
-            metadata={"request": params.model_dump(mode="json", exclude={"run": {"database_url"}})},
+            metadata=metadata,
         )
         finished_ids = db.finished_mosaic_ids(engine, evaluation_id)
         finished_positions = [p for p, mid in enumerate(inputs.mosaic_ids) if mid in finished_ids]
@@ -111,6 +119,7 @@ def run_evaluation(
                     method=method,
                     device=params.run.device,
                     batch_size=params.run.batch_size,
+                    dtype=params.run.dtype,
                     database_url=params.run.database_url,
                 )
             )
@@ -137,6 +146,12 @@ def run_evaluation(
         else:
             entry.chunks_run.append(result.chunk)
             entry.rows_written += result.rows
+            entry.batch_sizes[result.chunk] = result.batch_size or request.batch_size
+            if entry.batch_sizes[result.chunk] < request.batch_size:
+                logger.warning(
+                    "Chunk %d of evaluation %d ran out of device memory at batch size %d and finished at %d",
+                    result.chunk, result.evaluation_id, request.batch_size, entry.batch_sizes[result.chunk],
+                )
         if progress_id is not None:
             update_progress_artifact(progress_id, progress=100.0 * done / len(futures))
 
@@ -144,14 +159,17 @@ def run_evaluation(
         entry.chunks_run.sort()
         entry.chunks_failed.sort()
         missing = len(inputs.mosaic_ids) - len(db.finished_mosaic_ids(engine, entry.evaluation_id))
+        # the request, and the batch sizes the chunks run now finished with (halved after running out of memory)
+        closing = {**metadata, "batch_size": entry.batch_size_metadata(params.run.batch_size)}
         if missing == 0:
             entry.status = "finished"
             entry.summary = db.finish_evaluation(
-                engine, entry.evaluation_id, status="finished", seconds=time.perf_counter() - started
+                engine, entry.evaluation_id, status="finished", seconds=time.perf_counter() - started,
+                metadata=closing,
             )
         elif entry.chunks_failed:
             entry.status = "failed"
-            db.finish_evaluation(engine, entry.evaluation_id, status="failed")
+            db.finish_evaluation(engine, entry.evaluation_id, status="failed", metadata=closing)
         else:
             entry.status = "running"  # stopped by max_chunks: the next identical request finishes it
 

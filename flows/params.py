@@ -202,6 +202,13 @@ Device = Annotated[
     ),
 ]
 BatchSize = Annotated[int, Field(ge=1, le=65_536, description="Mosaics per forward/backward pass.")]
+Precision = Annotated[
+    Literal["fp32", "bf16"],
+    Field(
+        description="fp32, or bf16: the model and the explainer run under torch.autocast(bfloat16) (faster on "
+        "recent GPUs; maps differ slightly from fp32); quadrant sums and Focus are always accumulated in fp32."
+    ),
+]
 DatabaseUrl = Annotated[
     str | None,
     Field(
@@ -216,6 +223,7 @@ class RunSpec(_Spec):
 
     device: Device = "cpu"
     batch_size: BatchSize = 64
+    dtype: Precision = "fp32"
     chunk_size: int = Field(512, ge=1, description="Mosaics per task (the unit of retry and of one transaction).")
     retries: int = Field(2, ge=0, le=10, description="Retries of a failed chunk (errors that cannot succeed are not retried).")
     retry_delay_seconds: float = Field(10.0, ge=0, description="First retry delay; later ones back off exponentially.")

@@ -33,11 +33,14 @@ __all__ = [
     "load_model",
     "model_lock",
     "make_explainer",
+    "fitting_batch_size",
+    "remember_fitting_batch_size",
     "clear_caches",
 ]
 
 _LOAD_LOCK = threading.RLock()
 _MODEL_LOCKS: dict[int, threading.Lock] = {}
+_FITTING_BATCH: dict[str, int] = {}
 
 
 def require_device(device: str) -> torch.device:
@@ -160,6 +163,11 @@ def _load_model(model_key: str, dataset_key: str, randomization_key: str, device
     elif rnd.kind == "independent":
         model = randomize.randomize_independent(model, rnd.layer, seed=rnd.seed)
     model = model.to(device).eval()
+    if torch.device(device).type == "cuda":
+        # cuDNN picks the fastest kernels for each input shape (a chunk repeats one shape), and channels-last
+        # weights let convolutions run without layout transposes; the CPU path stays as it is
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
@@ -174,7 +182,8 @@ def load_model(
     """The (optionally randomized) model in eval mode on ``device``, built once per process.
 
     Parameters are frozen (``requires_grad=False``): explainers take gradients with respect to
-    the input and the activations only.
+    the input and the activations only. On CUDA the weights are stored channels-last and
+    ``torch.backends.cudnn.benchmark`` is switched on for the process.
     """
     with _LOAD_LOCK:
         return _load_model(spec_key(spec), spec_key(dataset), spec_key(randomization or RandomizationSpec()), str(device))
@@ -189,17 +198,47 @@ def model_lock(model: nn.Module) -> Iterator[None]:
         yield
 
 
-def make_explainer(method: MethodSpec, model: ModelSpec) -> explainers.Explainer:
-    """The explainer of ``method``; GradCAM methods take the model spec's layer when they name none."""
+def make_explainer(
+    method: MethodSpec, model: ModelSpec, batch_size: int | None = None, requested_batch_size: int | None = None
+) -> explainers.Explainer:
+    """The explainer of ``method``; GradCAM methods take the model spec's layer when they name none.
+
+    ``batch_size`` (the hot path's batch) bounds the passes of methods with an ``internal_batch_size``
+    (SmoothGrad, integrated gradients): left unset, it becomes ``batch_size``, so each pass holds one
+    batch of noisy copies or steps instead of all ``B x n`` at once; set, it shrinks by the same factor as
+    ``batch_size`` below ``requested_batch_size`` (after running out of memory). It bounds memory and does
+    not change the maps, their parameters or their hash.
+    """
     params = dict(method.params)
     if method.name.startswith("gradcam") and model.gradcam_layer and params.get("layer") is None:
         params["layer"] = model.gradcam_layer
+    if batch_size is not None and "internal_batch_size" in getattr(
+        explainers.EXPLAINERS.get(method.name), "runtime_spec", {}
+    ):
+        chosen = params.get("internal_batch_size")
+        if chosen is None:
+            params["internal_batch_size"] = batch_size
+        elif requested_batch_size and batch_size < requested_batch_size:
+            params["internal_batch_size"] = max(1, chosen * batch_size // requested_batch_size)
     return explainers.get_explainer(method.name, **params)
 
 
+def fitting_batch_size(key: str, requested: int) -> int:
+    """``requested``, or less where this process already ran out of memory with ``key``'s work."""
+    with _LOAD_LOCK:
+        return min(requested, _FITTING_BATCH.get(key, requested))
+
+
+def remember_fitting_batch_size(key: str, batch_size: int) -> None:
+    """Remember that ``key``'s work (model, method, mosaic size, device, dtype) fits ``batch_size`` at most."""
+    with _LOAD_LOCK:
+        _FITTING_BATCH[key] = min(batch_size, _FITTING_BATCH.get(key, batch_size))
+
+
 def clear_caches() -> None:
-    """Forget every cached dataset, tile tensor, manifest and model (tests, memory pressure)."""
+    """Forget every cached dataset, tile tensor, manifest, model and fitting batch size (tests, memory pressure)."""
     with _LOAD_LOCK:
         for cached in (_load_dataset_cached, _device_tiles, _load_manifest, _load_model):
             cached.cache_clear()
         _MODEL_LOCKS.clear()
+        _FITTING_BATCH.clear()

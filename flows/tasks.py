@@ -12,9 +12,10 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 import torch
@@ -25,12 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import db
 from flows import resources, store
-from flows.params import DatasetSpec, MethodSpec, ModelSpec, MosaicSetSpec, RandomizationSpec
+from flows.params import DatasetSpec, MethodSpec, ModelSpec, MosaicSetSpec, Precision, RandomizationSpec, spec_key
 from focus_core import metric, mosaics
+from focus_core.errors import FocusError
+from focus_core.explainers.base import Explanation
 
 __all__ = [
     "ChunkRequest",
     "ChunkResult",
+    "ChunkScores",
     "plan_chunks",
     "explain_chunk",
     "evaluate_chunk",
@@ -55,6 +59,7 @@ class ChunkRequest(BaseModel):
     method: MethodSpec
     device: str
     batch_size: int
+    dtype: Precision = "fp32"
     database_url: str | None = None
 
 
@@ -65,6 +70,29 @@ class ChunkResult(BaseModel):
     chunk: int
     rows: int
     seconds: float
+    batch_size: int | None = Field(
+        None, description="The batch size the chunk finished with: below the request's after running out of memory."
+    )
+
+
+class _Scores(NamedTuple):
+    sums: np.ndarray
+    focus: np.ndarray
+    predicted: np.ndarray
+
+
+class ChunkScores(_Scores):
+    """What :func:`explain_chunk` returns: ``(sums (M, 4, 2), focus (M,), predicted (M,))``, unpacked as a triple.
+
+    ``batch_size`` (an attribute, not a fourth item) is the batch size the chunk finished with.
+    """
+
+    batch_size: int
+
+    def __new__(cls, sums: np.ndarray, focus: np.ndarray, predicted: np.ndarray, batch_size: int) -> Self:
+        scores = super().__new__(cls, sums, focus, predicted)
+        scores.batch_size = batch_size
+        return scores
 
 
 def plan_chunks(num_mosaics: int, chunk_size: int, finished: Iterable[int]) -> list[tuple[int, list[int]]]:
@@ -84,42 +112,124 @@ def plan_chunks(num_mosaics: int, chunk_size: int, finished: Iterable[int]) -> l
     return plan
 
 
-def explain_chunk(request: ChunkRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def explain_chunk(request: ChunkRequest) -> ChunkScores:
     """Compose, explain and score the chunk's mosaics in batches on the request's device.
+
+    Per batch: the mosaics are composed on the device from CPU indices (checked on the CPU), normalised,
+    explained (the explainer's own forward pass on the clean mosaics gives the predicted class where it has
+    one; otherwise one extra forward pass under ``no_grad``), and reduced to quadrant sums, all without
+    reading back to the host; Focus and the copy to the host happen once per chunk. ``request.dtype == "bf16"``
+    runs the model and the explainer under ``torch.autocast(bfloat16)``; sums and Focus stay fp32.
+
+    When the device runs out of memory, the cache is emptied and the batch is halved (down to 1) and the
+    same mosaics are tried again; the chunk continues at the smaller size, and later chunks of the same work
+    in this process start there.
 
     Returns
     -------
-    tuple of numpy arrays
-        ``(quadrant_sums (M, 4, 2), focus (M,) with NaN where undefined, predicted class (M,))``.
+    ChunkScores
+        ``(quadrant_sums (M, 4, 2), focus (M,) with NaN where undefined, predicted class (M,))`` as numpy
+        arrays, with ``batch_size``: the batch size the chunk finished with.
+
+    Raises
+    ------
+    FocusError
+        When even one mosaic does not fit in the device's memory.
     """
     device = resources.require_device(request.device)
     dataset = resources.load_dataset(request.dataset)
     tiles = resources.device_tiles(request.dataset, device)
     manifest = resources.load_manifest(request.dataset, request.mosaics)
     model = resources.load_model(request.model, request.dataset, device, request.randomization)
-    explainer = resources.make_explainer(request.method, request.model)
 
     chosen = [manifest.mosaics[p] for p in request.positions]
-    indices = torch.tensor([m.image_indices for m in chosen], dtype=torch.int64).reshape(-1, 4)
-    targets = torch.tensor([m.target_class for m in chosen], dtype=torch.int64)
-    masks = mosaics.target_mask(chosen)
-    sums, scores, predicted = [], [], []
-    for start in range(0, len(chosen), request.batch_size):
-        stop = start + request.batch_size
-        x = dataset.normalize(mosaics.compose_mosaics(tiles, indices[start:stop].to(device)))
-        y = targets[start:stop].to(device)
-        with resources.model_lock(model):
-            relevance = explainer(model, x, y)
-            with torch.no_grad():
-                predicted.append(model(x).argmax(dim=1).cpu())
-        batch_sums = metric.quadrant_sums(relevance.detach())
-        scores.append(metric.focus_from_sums(batch_sums, masks[start:stop].to(batch_sums.device)).cpu())
-        sums.append(batch_sums.cpu())
-    return (
-        torch.cat(sums).double().numpy(),
-        torch.cat(scores).double().numpy(),
-        torch.cat(predicted).numpy(),
+    indices = torch.tensor([m.image_indices for m in chosen], dtype=torch.int64).reshape(-1, 4)  # stays on the CPU
+    targets = torch.tensor([m.target_class for m in chosen], dtype=torch.int64)  # checked on the CPU per batch
+    masks = mosaics.target_mask(chosen).to(device, non_blocking=True)
+    work = _work_key(request)
+    size = resources.fitting_batch_size(work, request.batch_size)
+    explainer = resources.make_explainer(request.method, request.model, size, request.batch_size)
+    sums, predicted = [], []
+    start = 0
+    while start < len(chosen):
+        stop = start + size
+        try:
+            batch_sums, batch_predicted = _explain_batch(
+                explainer, model, dataset, tiles, indices[start:stop], targets[start:stop], request.dtype
+            )
+        except torch.OutOfMemoryError as error:  # torch.cuda.OutOfMemoryError is the same class
+            if size == 1:
+                raise FocusError(
+                    f"The device {request.device} ran out of memory explaining a single mosaic with "
+                    f"{request.method.name} ({(str(error) or 'out of memory').splitlines()[0]}): "
+                    "free the device, use smaller mosaics or a device with more memory."
+                ) from error
+            out_of_memory = True  # handled below, once the traceback (and the batch's tensors) is released
+        else:
+            out_of_memory = False
+        if out_of_memory:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            size //= 2
+            resources.remember_fitting_batch_size(work, size)
+            explainer = resources.make_explainer(request.method, request.model, size, request.batch_size)
+            continue
+        sums.append(batch_sums)
+        predicted.append(batch_predicted)
+        start = stop
+    if not chosen:
+        empty = torch.zeros(0, 4, 2, dtype=torch.float64)
+        return ChunkScores(empty.numpy(), np.zeros(0), np.zeros(0, dtype=np.int64), size)
+    all_sums = torch.cat(sums)
+    focus = metric.focus_from_sums(all_sums, masks)
+    return ChunkScores(
+        all_sums.cpu().double().numpy(),
+        focus.cpu().double().numpy(),
+        torch.cat(predicted).cpu().numpy(),
+        size,
     )
+
+
+def _explain_batch(
+    explainer: Any,
+    model: torch.nn.Module,
+    dataset: Any,
+    tiles: torch.Tensor,
+    indices: torch.Tensor,
+    targets: torch.Tensor,
+    dtype: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quadrant sums ``(B, 4, 2)`` (fp32) and predicted classes ``(B,)`` of one batch, left on the device."""
+    x = dataset.normalize(mosaics.compose_mosaics(tiles, indices))
+    with resources.model_lock(model), _precision(dtype, x.device):
+        explanation = _explain(explainer, model, x, targets)
+        logits = explanation.logits
+        if logits is None:  # the method never ran the model on the clean mosaics
+            with torch.no_grad():
+                logits = model(x)
+        predicted = logits.argmax(dim=1)
+    return metric.quadrant_sums(explanation.relevance.float()), predicted
+
+
+def _explain(explainer: Any, model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor) -> Explanation:
+    """``explainer.explain`` where it has one; a plain ``Explainer`` gives only the relevance."""
+    explain = getattr(explainer, "explain", None)
+    if explain is not None:
+        return explain(model, x, targets)
+    return Explanation(explainer(model, x, targets.to(x.device)), None)
+
+
+def _precision(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to bfloat16 for ``bf16``, nothing for ``fp32``."""
+    if dtype == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _work_key(request: ChunkRequest) -> str:
+    """What decides a batch's memory: device, precision, model, dataset (tile size), method and randomization."""
+    return "|".join([request.device, request.dtype, spec_key(request.model), spec_key(request.dataset),
+                     spec_key(request.method), spec_key(request.randomization)])
 
 
 def can_succeed_on_retry(task: Any, task_run: Any, state: Any) -> bool:
@@ -164,10 +274,12 @@ def _chunk_run_name() -> str:
 def evaluate_chunk(request: ChunkRequest) -> ChunkResult:
     """Explain one chunk of mosaics and write its rows (one per mosaic) in one transaction."""
     started = time.perf_counter()
-    sums, scores, predicted = explain_chunk(request)
+    scores = explain_chunk(request)
+    sums, focus, predicted = scores
     rows = db.write_mosaic_results(
-        store.engine_for(request.database_url), request.evaluation_id, request.mosaic_ids, sums, scores, predicted
+        store.engine_for(request.database_url), request.evaluation_id, request.mosaic_ids, sums, focus, predicted
     )
     return ChunkResult(
-        evaluation_id=request.evaluation_id, chunk=request.chunk, rows=rows, seconds=time.perf_counter() - started
+        evaluation_id=request.evaluation_id, chunk=request.chunk, rows=rows, seconds=time.perf_counter() - started,
+        batch_size=getattr(scores, "batch_size", request.batch_size),
     )

@@ -159,10 +159,23 @@ class TileDataset:
                 f"Expected uint8 images of shape (..., {len(self.mean)}, H, W) but got "
                 f"{x_uint8.dtype} {tuple(x_uint8.shape)}: normalise tiles or mosaics of this dataset."
             )
-        shape = (len(self.mean), 1, 1)
-        mean = torch.tensor(self.mean, dtype=dtype, device=x_uint8.device).view(shape)
-        std = torch.tensor(self.std, dtype=dtype, device=x_uint8.device).view(shape)
+        mean, std = self._channel_stats(dtype, x_uint8.device)
         return (x_uint8.to(dtype) / 255 - mean) / std
+
+    def _channel_stats(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean`` and ``std`` as ``(C, 1, 1)`` tensors, built once per dtype and device (no copy per batch)."""
+        key = (dtype, device)
+        stats = self._stats_cache.get(key)
+        if stats is None:
+            shape = (len(self.mean), 1, 1)
+            stats = (torch.tensor(self.mean, dtype=dtype).view(shape).to(device),
+                     torch.tensor(self.std, dtype=dtype).view(shape).to(device))
+            self._stats_cache[key] = stats  # a dict assignment: safe across threads, at worst built twice
+        return stats
+
+    @functools.cached_property
+    def _stats_cache(self) -> dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]]:
+        return {}
 
     @functools.cached_property
     def fingerprint(self) -> str:

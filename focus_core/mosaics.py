@@ -328,8 +328,9 @@ def compose_mosaics(
     b = image_indices.shape[0]
     flat = image_indices.reshape(-1)
     if flat.numel():
-        # Checked where the indices live (usually the CPU), before they travel to the tiles.
-        low, high = (int(v) for v in torch.aminmax(flat))
+        # Checked where the indices live (the CPU on the hot path: free; elsewhere one read back to the host),
+        # before they travel to the tiles.
+        low, high = torch.stack(torch.aminmax(flat)).tolist()
         if low < 0 or high >= n:
             raise FocusError(
                 f"image_indices must lie in [0, {n}) but range over [{low}, {high}]: "

@@ -1,9 +1,11 @@
 """The explainer protocol and the little every explainer shares: parameters, their hash, a safe call.
 
 An explainer is a small object with a ``name``, explicit ``params`` (defaults filled in, JSON-serialisable),
-a ``params_hash`` and a ``__call__(model, inputs, targets) -> (B, H, W)`` relevance map. The families live in
-their own modules (:mod:`.gradcam`, :mod:`.lrp`, :mod:`.gradients`, :mod:`.control`); this module only holds
-what they have in common.
+a ``params_hash`` and a ``__call__(model, inputs, targets) -> (B, H, W)`` relevance map. Explainers built on
+:class:`ExplainerBase` also offer ``explain(model, inputs, targets) -> Explanation``: the same map and, where the
+method ran the model on the clean inputs anyway, its logits (so a caller that needs the predicted class does not
+pay for a second forward pass). The families live in their own modules (:mod:`.gradcam`, :mod:`.lrp`,
+:mod:`.gradients`, :mod:`.control`); this module only holds what they have in common.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -19,7 +23,11 @@ from torch import nn
 
 from focus_core.errors import FocusError
 
-__all__ = ["Explainer", "ExplainerBase", "params_hash", "checked_forward"]
+__all__ = ["Explainer", "ExplainerBase", "Explanation", "CheckedForward", "params_hash", "checked_forward"]
+
+#: ``(targets on the device, largest target)`` while :meth:`ExplainerBase.explain` runs ``_attribute``: the targets
+#: were range-checked where they arrived (the CPU on the hot path), so :func:`checked_forward` needs no device read.
+_CHECKED_TARGETS: ContextVar[tuple[torch.Tensor, int] | None] = ContextVar("_CHECKED_TARGETS", default=None)
 
 
 @runtime_checkable
@@ -33,6 +41,25 @@ class Explainer(Protocol):
     def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Return the ``(B, H, W)`` relevance of ``inputs`` ``(B, C, H, W)`` for the classes ``targets`` ``(B,)``."""
         ...
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What :meth:`ExplainerBase.explain` returns.
+
+    Attributes
+    ----------
+    relevance : torch.Tensor
+        Float ``(B, H, W)`` relevance, detached, on the inputs' device (what ``__call__`` returns).
+    logits : torch.Tensor or None
+        ``(B, K)`` logits of the model on the clean inputs, detached, when the method computed them anyway
+        (GradCAM, GradCAM++, gradient, input x gradient, ``lrp_fast``, and zennit's ``lrp`` on models without a
+        merged BatchNorm); ``None`` for methods that never run the model on the clean inputs (SmoothGrad,
+        integrated gradients, the random control) or cannot return its exact logits.
+    """
+
+    relevance: torch.Tensor
+    logits: torch.Tensor | None = None
 
 
 def params_hash(name: str, params: Mapping[str, Any]) -> str:
@@ -86,10 +113,14 @@ class ExplainerBase:
 
     A subclass sets ``name``, ``spec`` (parameter -> ``(kind, default)``, part of the hash), optionally
     ``runtime_spec`` (execution knobs such as a memory budget that do not change the maps and so are not part of
-    ``params`` or its hash), may override ``_check`` to validate values, and implements ``_attribute``.
+    ``params`` or its hash), may override ``_check`` to validate values, and implements ``_attribute``, which
+    returns the ``(B, H, W)`` relevance, or an :class:`Explanation` that also carries the logits of its forward
+    pass on the clean inputs.
 
-    The call puts the model in eval mode (and leaves it there), enables gradients, detaches a copy of the inputs
-    that requires grad, checks the targets and returns a detached ``(B, H, W)`` map. Gradients are taken with
+    :meth:`explain` (and ``__call__``, which returns only the relevance) puts the model in eval mode (and leaves it
+    there), enables gradients, checks the targets where they are (on the CPU: no device read), moves them to the
+    inputs' device, detaches the inputs into a leaf that requires grad (a copy only for inference-mode tensors:
+    no explainer writes to its inputs) and returns detached tensors. Gradients are taken with
     :func:`torch.autograd.grad` with respect to inputs or activations only, so no ``.grad`` of a parameter changes.
     """
 
@@ -115,11 +146,13 @@ class ExplainerBase:
     def _check(self, values: dict[str, Any]) -> None:
         """Raise :class:`FocusError` for a value out of range (override where needed)."""
 
-    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _attribute(
+        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor | Explanation:
         raise NotImplementedError
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Explain ``model`` on ``inputs`` for ``targets``.
+        """Explain ``model`` on ``inputs`` for ``targets``: the relevance of :meth:`explain`.
 
         Parameters
         ----------
@@ -129,7 +162,7 @@ class ExplainerBase:
         inputs : torch.Tensor
             Float ``(B, C, H, W)`` normalised images (mosaics), on the model's device.
         targets : torch.Tensor
-            Integer ``(B,)`` class index to explain for each sample.
+            Integer ``(B,)`` class index to explain for each sample, on any device (the CPU saves a device read).
 
         Returns
         -------
@@ -141,6 +174,31 @@ class ExplainerBase:
         FocusError
             For inputs that are not a float 4-D batch, targets of the wrong shape or out of range.
         """
+        return self.explain(model, inputs, targets).relevance
+
+    def explain(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Explanation:
+        """Explain ``model`` on ``inputs`` for ``targets`` and return the logits of the clean forward pass too.
+
+        Takes the arguments of ``__call__`` and raises the same errors. Targets given on the CPU are checked
+        there and copied to the inputs' device without waiting for it; targets on an accelerator cost one read
+        back to the host for their range check.
+
+        Returns
+        -------
+        Explanation
+            ``relevance`` (what ``__call__`` returns) and ``logits`` (``(B, K)``, or ``None`` where the method
+            never runs the model on the clean inputs).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from focus_core.explainers import get_explainer
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+        ...                             torch.nn.Linear(2 * 6 * 6, 3))
+        >>> out = get_explainer("gradient").explain(model, torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))
+        >>> tuple(out.relevance.shape), tuple(out.logits.shape)
+        ((4, 8, 8), (4, 3))
+        """
         if not isinstance(inputs, torch.Tensor) or inputs.ndim != 4 or not inputs.is_floating_point():
             got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
             raise FocusError(f"Inputs must be a float tensor of shape (B, C, H, W), got {got}: pass a batch of images.")
@@ -150,46 +208,84 @@ class ExplainerBase:
                 f"Targets must be an integer tensor of shape ({inputs.shape[0]},), got {got}: "
                 "pass one class per sample."
             )
-        if targets.numel() and int(targets.min()) < 0:
-            raise FocusError(f"Target class {int(targets.min())} is negative: pass class indices from 0.")
+        smallest, largest = _target_range(targets)
+        if smallest < 0:
+            raise FocusError(f"Target class {smallest} is negative: pass class indices from 0.")
         model.eval()
-        with torch.inference_mode(False), torch.enable_grad():
-            x = inputs.detach().clone().requires_grad_(True)
-            relevance = self._attribute(model, x, targets.detach().to(device=inputs.device, dtype=torch.int64))
-        return relevance.detach()
+        targets = targets.detach().to(device=inputs.device, dtype=torch.int64, non_blocking=True)
+        token = _CHECKED_TARGETS.set((targets, largest))
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                x = inputs.detach()
+                if x.is_inference():  # inference tensors cannot be recorded by autograd
+                    x = x.clone()
+                out = self._attribute(model, x.requires_grad_(True), targets)
+        finally:
+            _CHECKED_TARGETS.reset(token)
+        if isinstance(out, Explanation):
+            logits = None if out.logits is None else out.logits.detach()
+            return Explanation(out.relevance.detach(), logits)
+        return Explanation(out.detach(), None)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{key}={value!r}" for key, value in self.params.items())
         return f"get_explainer({self.name!r}{', ' if args else ''}{args})"
 
 
-def checked_forward(model: nn.Module, targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Wrap ``model`` so that its first output tells whether the largest target is a valid class.
+def _target_range(targets: torch.Tensor) -> tuple[int, int]:
+    """``(smallest, largest)`` target, read in one go (free on the CPU, one device read elsewhere)."""
+    if not targets.numel():
+        return 0, -1
+    smallest, largest = torch.stack(torch.aminmax(targets.detach())).tolist()
+    return int(smallest), int(largest)
+
+
+class CheckedForward:
+    """``model`` as a function whose output is checked to be ``(N, K)`` logits with ``K`` above every target.
+
+    Made by :func:`checked_forward`. ``logits`` holds the (detached) output of the last call, so an explainer can
+    hand back the logits of its forward pass on the clean inputs.
+    """
+
+    def __init__(self, model: nn.Module | Any, largest: int) -> None:
+        self.model = model
+        self.largest = largest
+        self.logits: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise FocusError("The model must return logits of shape (B, num_classes): wrap it so that it does.")
+        if self.largest >= logits.shape[1]:
+            raise FocusError(
+                f"Target class {self.largest} is out of range for a model with {logits.shape[1]} outputs: "
+                f"pass targets in [0, {logits.shape[1] - 1}]."
+            )
+        self.logits = logits.detach()
+        return logits
+
+
+def checked_forward(model: nn.Module | Any, targets: torch.Tensor) -> CheckedForward:
+    """Wrap ``model`` so that its output tells whether the largest target is a valid class.
 
     Parameters
     ----------
-    model : torch.nn.Module
+    model : torch.nn.Module or callable
         The classifier.
     targets : torch.Tensor
-        The ``(B,)`` targets that will be selected from its logits.
+        The ``(B,)`` targets that will be selected from its logits. Inside :meth:`ExplainerBase.explain` the
+        targets it passes to ``_attribute`` are already range-checked, and their largest value is not read again
+        (no device-to-host copy); other targets are read once here.
 
     Returns
     -------
-    Callable[[torch.Tensor], torch.Tensor]
+    CheckedForward
         ``forward(x) -> logits``, raising :class:`FocusError` when logits are not ``(N, K)`` with ``K`` above
-        every target.
+        every target; ``forward.logits`` is the detached output of its last call.
     """
-    largest = int(targets.max()) if targets.numel() else -1
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        logits = model(x)
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-            raise FocusError("The model must return logits of shape (B, num_classes): wrap it so that it does.")
-        if largest >= logits.shape[1]:
-            raise FocusError(
-                f"Target class {largest} is out of range for a model with {logits.shape[1]} outputs: "
-                f"pass targets in [0, {logits.shape[1] - 1}]."
-            )
-        return logits
-
-    return forward
+    known = _CHECKED_TARGETS.get()
+    if known is not None and known[0] is targets:
+        largest = known[1]
+    else:
+        largest = _target_range(targets)[1]
+    return CheckedForward(model, largest)

@@ -45,7 +45,7 @@ from zennit.types import Activation, AvgPool, BatchNorm, MaxPool
 from zennit.types import Linear as AnyLinear
 
 from focus_core.errors import FocusError
-from focus_core.explainers.base import checked_forward
+from focus_core.explainers.base import Explanation, checked_forward
 from focus_core.explainers.lrp import LRP
 
 __all__ = ["FastLRP", "fast_lrp"]
@@ -67,9 +67,12 @@ class FastLRP(LRP):
 
     name = "lrp_fast"
 
-    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Explanation:
         low, high = self._bounds(inputs)
-        return fast_lrp(model, inputs, targets, low, high, self.params["epsilon"], self.params["canonizer"]).sum(1)
+        logits: list[torch.Tensor] = []
+        relevance = fast_lrp(model, inputs, targets, low, high, self.params["epsilon"], self.params["canonizer"],
+                             logits_out=logits)
+        return Explanation(relevance.sum(1), logits[0])  # the model's own logits (BatchNorm folded, not altered)
 
 
 def fast_lrp(
@@ -80,6 +83,7 @@ def fast_lrp(
     high: torch.Tensor | float,
     epsilon: float = 1e-6,
     canonizer: str = "auto",
+    logits_out: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Return the LRP relevance ``(B, C, H, W)`` of ``inputs`` for ``targets``, started from the target logits.
 
@@ -97,6 +101,8 @@ def fast_lrp(
         Stabiliser of the epsilon rule on linear layers.
     canonizer : str, optional
         ``"auto"``, ``"resnet"``, ``"sequential_merge_batchnorm"`` or ``"none"``, as in :mod:`.lrp`.
+    logits_out : list of torch.Tensor, optional
+        When given, the ``(B, K)`` logits of the forward pass are appended to it.
 
     Returns
     -------
@@ -113,6 +119,8 @@ def fast_lrp(
     with torch.no_grad():
         saved: dict[str, Any] = {}
         logits = checked_forward(lambda x: plan.forward(x, params, saved), targets)(inputs)
+        if logits_out is not None:
+            logits_out.append(logits)
         picked = targets[:, None]
         start = torch.zeros_like(logits).scatter_(1, picked, logits.gather(1, picked))
         bounds = (torch.as_tensor(low, dtype=inputs.dtype, device=inputs.device),

@@ -16,7 +16,7 @@ from captum.attr import LayerGradCam
 from torch import nn
 
 from focus_core.errors import FocusError
-from focus_core.explainers.base import ExplainerBase, checked_forward
+from focus_core.explainers.base import ExplainerBase, Explanation, checked_forward
 
 __all__ = ["GradCAM", "GradCAMPlusPlus", "resolve_layer", "gradcam_plus_plus_weights"]
 
@@ -80,12 +80,13 @@ class GradCAM(ExplainerBase):
     name = "gradcam"
     spec: ClassVar[dict[str, tuple[str, Any]]] = {"layer": ("optional_str", None)}
 
-    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Explanation:
         layer = resolve_layer(model, self.params["layer"])
-        cam = LayerGradCam(checked_forward(model, targets), layer).attribute(
+        forward = checked_forward(model, targets)
+        cam = LayerGradCam(forward, layer).attribute(
             inputs, target=targets, relu_attributions=True, attr_dim_summation=True
         )
-        return _upsample(cam, tuple(inputs.shape[-2:]))
+        return Explanation(_upsample(cam, tuple(inputs.shape[-2:])), forward.logits)  # captum's one forward pass
 
 
 def gradcam_plus_plus_weights(activations: torch.Tensor, gradients: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -129,7 +130,7 @@ class GradCAMPlusPlus(ExplainerBase):
     name = "gradcam++"
     spec: ClassVar[dict[str, tuple[str, Any]]] = {"layer": ("optional_str", None)}
 
-    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Explanation:
         layer = resolve_layer(model, self.params["layer"])
         caught: list[torch.Tensor] = []
 
@@ -152,4 +153,4 @@ class GradCAMPlusPlus(ExplainerBase):
         (gradients,) = torch.autograd.grad(score, activations)
         weights = gradcam_plus_plus_weights(activations.detach(), gradients)
         cam = (weights[:, :, None, None] * activations.detach()).sum(1, keepdim=True).clamp(min=0)
-        return _upsample(cam, tuple(inputs.shape[-2:]))
+        return Explanation(_upsample(cam, tuple(inputs.shape[-2:])), logits)

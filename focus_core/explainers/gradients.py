@@ -16,7 +16,7 @@ from captum.attr import Saliency
 from torch import nn
 
 from focus_core.errors import FocusError
-from focus_core.explainers.base import ExplainerBase, checked_forward
+from focus_core.explainers.base import ExplainerBase, Explanation, checked_forward
 from focus_core.explainers.noise import per_sample_normal
 
 __all__ = ["Gradient", "InputXGradient", "IntegratedGradients", "SmoothGrad"]
@@ -32,8 +32,10 @@ class Gradient(ExplainerBase):
 
     name = "gradient"
 
-    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return Saliency(checked_forward(model, targets)).attribute(inputs, target=targets, abs=False).sum(1)
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Explanation:
+        forward = checked_forward(model, targets)
+        gradient = Saliency(forward).attribute(inputs, target=targets, abs=False)
+        return Explanation(gradient.sum(1), forward.logits)  # captum's one forward pass, on the clean inputs
 
 
 class InputXGradient(ExplainerBase):
@@ -41,8 +43,10 @@ class InputXGradient(ExplainerBase):
 
     name = "input_x_gradient"
 
-    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return CaptumInputXGradient(checked_forward(model, targets)).attribute(inputs, target=targets).sum(1)
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Explanation:
+        forward = checked_forward(model, targets)
+        attribution = CaptumInputXGradient(forward).attribute(inputs, target=targets)
+        return Explanation(attribution.sum(1), forward.logits)  # captum's one forward pass, on the clean inputs
 
 
 class IntegratedGradients(ExplainerBase):

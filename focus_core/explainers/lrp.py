@@ -22,11 +22,11 @@ from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
 from zennit.composites import SpecialFirstLayerMapComposite, layer_map_base
 from zennit.rules import Epsilon, ZBox, ZPlus
 from zennit.torchvision import ResNetCanonizer
-from zennit.types import Convolution
+from zennit.types import BatchNorm, Convolution
 from zennit.types import Linear as AnyLinear
 
 from focus_core.errors import FocusError
-from focus_core.explainers.base import ExplainerBase, checked_forward
+from focus_core.explainers.base import ExplainerBase, Explanation, checked_forward
 
 __all__ = ["LRP", "CANONIZERS", "lrp_canonizers", "lrp_composite"]
 
@@ -112,11 +112,15 @@ class LRP(ExplainerBase):
             bounds.append(tensor)
         return bounds[0], bounds[1]
 
-    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Explanation:
         low, high = self._bounds(inputs)
-        composite = lrp_composite(low, high, self.params["epsilon"], lrp_canonizers(model, self.params["canonizer"]))
+        canonizers = lrp_canonizers(model, self.params["canonizer"])
+        composite = lrp_composite(low, high, self.params["epsilon"], canonizers)
         with composite.context(model) as modified:
             logits = checked_forward(modified, targets)(inputs)
             start = torch.zeros_like(logits).scatter_(1, targets[:, None], logits.gather(1, targets[:, None]))
             (relevance,) = torch.autograd.grad(logits, inputs, grad_outputs=start.detach())
-        return relevance.sum(1)
+        # zennit's rules leave the forward values alone, but its BatchNorm merge does not (each merged BatchNorm
+        # then divides by sqrt(1 + eps)): those logits are not the model's, so they are not handed out
+        exact = not canonizers or not any(isinstance(m, BatchNorm) for m in model.modules())
+        return Explanation(relevance.sum(1), logits.detach() if exact else None)

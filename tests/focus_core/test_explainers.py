@@ -278,3 +278,100 @@ def test_the_projects_digits_cnn_with_default_layer_keeps_its_state():
         relevance = get_explainer(name, **params)(model, x, t)
         assert relevance.shape == (2, 32, 32) and torch.isfinite(relevance).all(), name
         assert_untouched(model, before)
+
+
+# --- explain(): the relevance and the logits of the clean forward pass ------------------------------------------
+
+#: methods whose explain() hands back the model's logits on the clean inputs (their own forward pass)
+WITH_LOGITS = {"gradcam", "gradcam++", "gradient", "input_x_gradient", "lrp_fast"}
+
+
+class ForwardCounter:
+    """Counts the calls of a model's forward pass (a forward hook on the model itself)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.calls = 0
+        self.handle = model.register_forward_hook(self._count)
+
+    def _count(self, module: nn.Module, args: object, output: object) -> None:
+        self.calls += 1
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_explain_returns_the_calls_relevance_and_the_clean_logits(name):
+    model, x, t = tiny_model(2), torch.randn(3, 1, 12, 12), torch.tensor([1, 0, 3])
+    explanation = explainer(name).explain(model, x, t)
+    torch.testing.assert_close(explanation.relevance, explainer(name)(model, x, t), rtol=0, atol=0)
+    assert not explanation.relevance.requires_grad
+    if name in WITH_LOGITS:
+        with torch.no_grad():
+            expected = model(x)
+        assert explanation.logits is not None and not explanation.logits.requires_grad
+        torch.testing.assert_close(explanation.logits, expected, rtol=1e-5, atol=1e-6)
+    else:  # never ran the model on the clean inputs (or, zennit with merged BatchNorm: not its exact logits)
+        assert explanation.logits is None
+
+
+def test_zennit_lrp_hands_back_the_logits_of_a_model_without_batchnorm():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 5)).eval()
+    x, t = torch.randn(2, 1, 10, 10), torch.tensor([4, 0])
+    explanation = get_explainer("lrp").explain(model, x, t)
+    with torch.no_grad():
+        torch.testing.assert_close(explanation.logits, model(x))
+
+
+@pytest.mark.parametrize("name", sorted(WITH_LOGITS))
+def test_explain_runs_the_model_once_on_the_batch(name):
+    model = tiny_model()
+    counter = ForwardCounter(model)
+    try:
+        explainer(name).explain(model, torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    finally:
+        counter.remove()
+    assert counter.calls == (0 if name == "lrp_fast" else 1)  # lrp_fast runs its traced copy of the layers
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_explain_leaves_the_inputs_and_targets_as_they_were(name):
+    """No copy of the inputs is made (except for inference tensors), so no explainer may write to them."""
+    model, x, t = tiny_model(), torch.randn(3, 1, 10, 10), torch.tensor([2, 0, 1])
+    x_before, t_before = x.clone(), t.clone()
+    explainer(name).explain(model, x, t)
+    assert torch.equal(x, x_before) and torch.equal(t, t_before)
+    assert not x.requires_grad and x.grad is None
+
+
+def test_targets_of_another_integer_type_give_the_same_maps():
+    model = tiny_model()
+    x = torch.randn(2, 1, 8, 8)
+    expected = get_explainer("gradient")(model, x, torch.tensor([1, 3]))
+    torch.testing.assert_close(get_explainer("gradient")(model, x, torch.tensor([1, 3], dtype=torch.int32)), expected)
+
+
+def test_a_negative_target_is_a_clear_error_from_explain():
+    with pytest.raises(FocusError, match="Target class -1 is negative"):
+        get_explainer("gradient").explain(tiny_model(), torch.randn(2, 1, 8, 8), torch.tensor([0, -1]))
+
+
+def test_checked_forward_outside_explain_still_checks_the_largest_target():
+    from focus_core.explainers.base import checked_forward
+
+    forward = checked_forward(tiny_model().eval(), torch.tensor([0, 7]))
+    with pytest.raises(FocusError, match="Target class 7 is out of range for a model with 4 outputs"):
+        forward(torch.randn(2, 1, 8, 8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["gradcam", "gradient", "lrp_fast"])
+def test_cpu_targets_with_cuda_inputs_match_cuda_targets(name):
+    model = tiny_model().cuda()
+    x, t = torch.randn(3, 1, 12, 12, device="cuda"), torch.tensor([1, 0, 3])
+    on_cpu = explainer(name).explain(model, x, t)
+    on_gpu = explainer(name).explain(model, x, t.cuda())
+    torch.testing.assert_close(on_cpu.relevance, on_gpu.relevance)
+    torch.testing.assert_close(on_cpu.logits, on_gpu.logits)

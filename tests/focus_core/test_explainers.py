@@ -11,41 +11,18 @@ import torchvision
 from torch import nn
 
 from focus_core.errors import FocusError
-from focus_core.explainers import available_explainers, get_explainer, params_hash, resolve_layer
+from focus_core.explainers import (
+    available_explainers,
+    get_explainer,
+    params_hash,
+    resolve_layer,
+)
+from tests.focus_core.tiny_models import tiny_model
 
 torch.set_num_threads(1)
 
 ALL = ["gradcam", "gradcam++", "lrp", "lrp_fast", "smoothgrad", "integrated_gradients", "gradient", "input_x_gradient", "random"]
 FAST = {"integrated_gradients": {"n_steps": 8}, "smoothgrad": {"n_samples": 4}}
-
-
-class TinyDigitsCNN(nn.Module):
-    """conv-BN-ReLU x2, global average pooling, linear head; activations are nn.ReLU modules."""
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 4) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(16, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features(x)).flatten(1))
-
-
-def tiny_model(seed: int = 0, in_channels: int = 1) -> nn.Module:
-    torch.manual_seed(seed)
-    model = TinyDigitsCNN(in_channels)
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so a canonizer that forgot to restore them shows
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-    return model
 
 
 def explainer(name: str, layer: str = "features.5"):

@@ -12,32 +12,9 @@ from torch import nn
 
 from focus_core.explainers import get_explainer
 from focus_core.explainers.noise import per_sample_normal
+from tests.focus_core.tiny_models import tiny_model
 
 torch.set_num_threads(1)
-
-
-def tiny_model(seed: int = 0, in_channels: int = 1, num_classes: int = 4) -> nn.Module:
-    """conv-BN-ReLU x2, global average pooling, linear head, with non-trivial BatchNorm statistics.
-
-    (The same model as in ``test_explainers.py``; test files do not import each other.)
-    """
-    torch.manual_seed(seed)
-    model = nn.Sequential()
-    model.features = nn.Sequential(
-        nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
-    )
-    model.pool = nn.AdaptiveAvgPool2d(1)
-    model.flatten = nn.Flatten()
-    model.classifier = nn.Linear(16, num_classes)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-    return model
 
 
 def batch(seed: int = 3, n: int = 4, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

@@ -94,7 +94,7 @@ def run_evaluation(
     for method in params.methods:
         evaluation_id, name, method_params = record.open_evaluation(
             engine, inputs, method, params.model, rnd, audit_run_id=audit_run_id, device=str(device),
-            metadata=metadata,
+            metadata=metadata, precision=params.run.dtype,
         )
         finished_ids = db.finished_mosaic_ids(engine, evaluation_id)
         finished_positions = [p for p, mid in enumerate(inputs.mosaic_ids) if mid in finished_ids]

@@ -198,8 +198,13 @@ def open_evaluation(
     audit_run_id: int | None = None,
     device: str | None = None,
     metadata: dict[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> tuple[int, str, dict[str, Any]]:
     """Register the method (its explicit parameters) and get or create the evaluation.
+
+    Relevance computed under bf16 autocast is not the fp32 relevance (Focus differs by up to a
+    few hundredths), so a ``precision`` other than fp32 is part of the method's recorded
+    parameters: a bf16 run never resumes, or is mistaken for, an fp32 evaluation.
 
     Returns
     -------
@@ -207,7 +212,8 @@ def open_evaluation(
         ``(evaluation_id, method name, explicit method parameters)``.
     """
     explainer = resources.make_explainer(method, model)
-    method_id = db.register_method(engine, explainer.name, dict(explainer.params))
+    method_params = dict(explainer.params) if precision == "fp32" else {**explainer.params, "precision": precision}
+    method_id = db.register_method(engine, explainer.name, method_params)
     evaluation_id = db.get_or_create_evaluation(
         engine,
         inputs.checkpoint_id,
@@ -221,4 +227,4 @@ def open_evaluation(
         device=device,
         metadata=metadata,
     )
-    return evaluation_id, explainer.name, dict(explainer.params)
+    return evaluation_id, explainer.name, method_params

@@ -78,7 +78,8 @@ def sweep(params: SweepParams) -> dict[str, Any]:
     evaluation_ids = []
     for cell in cells:
         inputs = record.register_inputs(engine, cell.dataset, cell.mosaics, cell.model)
-        evaluation_id, _, _ = record.open_evaluation(engine, inputs, cell.methods[0], cell.model, cell.randomization)
+        evaluation_id, _, _ = record.open_evaluation(engine, inputs, cell.methods[0], cell.model, cell.randomization,
+                                                     precision=cell.run.dtype)
         evaluation_ids.append(evaluation_id)
     logger.info("Sweep of %d cell(s) (%d checkpoints x %d methods) %s", len(cells), len(params.checkpoints),
                 len(params.methods), f"on deployment {params.deployment}" if params.deployment else "in this process")

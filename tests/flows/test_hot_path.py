@@ -199,3 +199,20 @@ def test_bf16_runs_the_chunk_under_autocast_with_fp32_sums(digits_weights):
     assert bf16.sums.dtype == np.float64 and np.isfinite(bf16.sums).all()
     both = np.isfinite(fp32.focus) & np.isfinite(bf16.focus)
     assert both.sum() >= 15 and np.abs(fp32.focus - bf16.focus)[both].max() < 0.1
+
+
+def test_a_bf16_evaluation_is_recorded_apart_from_the_fp32_one(prefect_api, sqlite_url, digits_weights):
+    def run(dtype: str) -> dict[str, Any]:
+        params = EvaluateParams(
+            model={"architecture": "digits_cnn", "weights": digits_weights},
+            mosaics=MOSAICS.model_dump(),
+            methods=[{"name": "gradcam"}],
+            run={"device": "cpu", "batch_size": 8, "chunk_size": 20, "dtype": dtype, "database_url": sqlite_url},
+        )
+        (record,) = evaluate(params)["evaluations"]
+        return record
+
+    fp32, bf16 = run("fp32"), run("bf16")
+    assert fp32["evaluation_id"] != bf16["evaluation_id"]
+    assert bf16["chunks_run"] == [0], "the bf16 run computes its own rows instead of resuming the fp32 ones"
+    assert bf16["params"]["precision"] == "bf16" and "precision" not in fp32["params"]

@@ -9,9 +9,9 @@ Examples
 >>> import argparse
 >>> parser = argparse.ArgumentParser()
 >>> add_model_options(parser)
->>> namespace = parser.parse_args(["--arch", "resnet18", "--weights", "w.pt"])
+>>> namespace = parser.parse_args(["--arch", "resnet18", "--weights", "/models/r18.pt"])
 >>> model_fields(namespace)
-{'architecture': 'resnet18', 'weights': 'w.pt'}
+{'architecture': 'resnet18', 'weights': '/models/r18.pt'}
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ one that runs it.
 Examples
 --------
 >>> p = EvaluateParams(model={"architecture": "digits_cnn", "weights": "w.pt"}, methods=[{"name": "gradcam"}])
->>> p.mosaics.split, p.device
+>>> p.mosaics.split, p.run.device
 ('test', 'cpu')
 """
 

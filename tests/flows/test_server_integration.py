@@ -193,11 +193,18 @@ def test_evaluate_deployment_runs_on_a_worker_and_writes_postgres(
 
 
 def _submitted_by(server: PrefectServer) -> dict[str, list[str]]:
-    """flow run id -> names of the workers whose log says they submitted it."""
+    """flow run id -> names of the workers that ran it.
+
+    Both workers may try to submit the same scheduled run; the server lets one through and the
+    other logs "Aborted submission of flow run ...", which does not count.
+    """
     runs: dict[str, list[str]] = {}
     for name, _, log_path in server.workers:
-        for run_id in re.findall(r"submitting flow run '([0-9a-f-]{36})'", log_path.read_text(errors="replace")):
-            runs.setdefault(run_id, []).append(name)
+        log = log_path.read_text(errors="replace")
+        aborted = set(re.findall(r"Aborted submission of flow run '([0-9a-f-]{36})'", log))
+        for run_id in re.findall(r"submitting flow run '([0-9a-f-]{36})'", log):
+            if run_id not in aborted:
+                runs.setdefault(run_id, []).append(name)
     return runs
 
 

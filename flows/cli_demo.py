@@ -270,7 +270,6 @@ def run_demo(args: argparse.Namespace) -> DemoOutcome:
 
     import db
     from flows import cli, record, store
-    from flows.report import build_report
     from flows.params import (
         DatasetSpec,
         EvaluateParams,
@@ -279,6 +278,7 @@ def run_demo(args: argparse.Namespace) -> DemoOutcome:
         RandomizationParams,
         TrainParams,
     )
+    from flows.report import build_report
     from flows.train import checkpoint_path
     from focus_core import models, randomize
 

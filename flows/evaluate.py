@@ -26,7 +26,12 @@ from typing import Any
 
 import numpy as np
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -35,7 +40,13 @@ import focus_core
 from flows import record, resources, store
 from flows.params import EvaluateParams
 from flows.record import RegisteredInputs
-from flows.tasks import ChunkRequest, ChunkResult, evaluate_chunk, plan_chunks, retry_delays
+from flows.tasks import (
+    ChunkRequest,
+    ChunkResult,
+    evaluate_chunk,
+    plan_chunks,
+    retry_delays,
+)
 from focus_core import report
 
 __all__ = ["evaluate", "EvaluationRecord", "run_evaluation"]

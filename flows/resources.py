@@ -21,7 +21,14 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from flows.params import DatasetSpec, MethodSpec, ModelSpec, MosaicSetSpec, RandomizationSpec, spec_key
+from flows.params import (
+    DatasetSpec,
+    MethodSpec,
+    ModelSpec,
+    MosaicSetSpec,
+    RandomizationSpec,
+    spec_key,
+)
 from focus_core import data, explainers, models, mosaics, randomize
 from focus_core.errors import FocusError
 

@@ -26,7 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import db
 from flows import resources, store
-from flows.params import DatasetSpec, MethodSpec, ModelSpec, MosaicSetSpec, Precision, RandomizationSpec, spec_key
+from flows.params import (
+    DatasetSpec,
+    MethodSpec,
+    ModelSpec,
+    MosaicSetSpec,
+    Precision,
+    RandomizationSpec,
+    spec_key,
+)
 from focus_core import metric, mosaics
 from focus_core.errors import FocusError
 from focus_core.explainers.base import Explanation

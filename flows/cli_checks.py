@@ -1,0 +1,94 @@
+"""Pre-flight checks of a flow's parameters: paths, the model, its weights and GradCAM's layer.
+
+They run in this process before Prefect starts, so a user's mistake ends in seconds with one
+line (a :class:`~flows.cli_errors.UsageError`) instead of a failed flow run.
+
+Examples
+--------
+>>> from types import SimpleNamespace
+>>> check_inputs(SimpleNamespace(model=SimpleNamespace(weights="/no/such/weights.pt")))
+Traceback (most recent call last):
+...
+flows.cli_errors.UsageError: The weights file '/no/such/weights.pt' does not exist: pass --weights with a file that `focus train` wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flows.cli_errors import UsageError
+from focus_core.errors import FocusError
+
+__all__ = ["check_inputs", "check_model"]
+
+
+def _require_file(path: str | None, what: str, hint: str) -> None:
+    if path and not Path(path).is_file():
+        raise UsageError(f"The {what} {path!r} does not exist: {hint}.")
+
+
+def _require_dir(path: str | None, what: str) -> None:
+    if path and not Path(path).is_dir():
+        raise UsageError(f"The {what} {path!r} does not exist: pass an existing directory.")
+
+
+def check_inputs(params: Any) -> None:
+    """Fail before Prefect starts (seconds) for paths this machine does not have."""
+    model = getattr(params, "model", None)
+    if model is not None:
+        _require_file(model.weights, "weights file", "pass --weights with a file that `focus train` wrote")
+    for checkpoint in getattr(params, "checkpoints", None) or []:
+        weights = getattr(checkpoint, "weights", None)
+        _require_file(weights, "weights file", "pass --checkpoint with an existing weights file")
+    dataset = getattr(params, "dataset", None)
+    if dataset is not None and dataset.kind == "image_folder":
+        _require_dir(dataset.root, "ImageFolder directory")
+
+
+def _database_param(params: Any) -> str | None:
+    run = getattr(params, "run", None)
+    return getattr(run, "database_url", None) if run is not None else getattr(params, "database_url", None)
+
+
+def check_model(params: Any) -> None:
+    """Build the checkpoint's model and find GradCAM's layer here, before Prefect starts.
+
+    A weights file for another architecture (or recorded as another one), a broken
+    ``module:factory`` path or a model whose GradCAM layer cannot be inferred then ends with one
+    line, in seconds, instead of a failed flow run. The model and data stay cached in this process
+    for the flow.
+    """
+    model_spec = getattr(params, "model", None)
+    dataset_spec = getattr(params, "dataset", None)
+    if model_spec is None or dataset_spec is None or not model_spec.weights:
+        return
+    from flows import record, resources, store
+    from focus_core.explainers.gradcam import resolve_layer
+
+    if hasattr(params, "run"):  # evaluating flows register the checkpoint: the record must agree
+        record.check_recorded_checkpoint(store.engine_for(_database_param(params)), model_spec, dataset_spec)
+    model = resources.build_model(model_spec, dataset_spec)
+    methods = list(getattr(params, "methods", None) or []) + list(getattr(params, "focus_methods", None) or [])
+    for method in methods:
+        if method.name.startswith("gradcam"):
+            explainer = resources.make_explainer(method, model_spec)
+            try:
+                resolve_layer(model, explainer.params.get("layer"))
+            except FocusError:
+                if explainer.params.get("layer") is None:
+                    raise UsageError(
+                        f"Cannot infer GradCAM's layer for {type(model).__name__} ({model_spec.architecture}): pass "
+                        "--gradcam-layer with the dotted name of its last convolutional block's output "
+                        f"(one of: {_conv_block_hint(model)})."
+                    ) from None
+                raise
+
+
+def _conv_block_hint(model: Any) -> str:
+    """The model's last few module names that can serve as GradCAM's layer, for the error message."""
+    from torch import nn
+
+    names = [name for name, module in model.named_modules()
+             if name and isinstance(module, (nn.Conv2d, nn.ReLU, nn.BatchNorm2d, nn.Sequential))]
+    return ", ".join(names[-4:]) or "see model.named_modules()"

@@ -1,0 +1,230 @@
+"""The ``focus`` commands that run a flow: train, evaluate, randomize, sweep, audit and demo.
+
+Each command builds the flow's pydantic parameters (:mod:`flows.params`) from its options (over
+the ``--params`` file), checks them (:mod:`flows.cli_checks`) and runs the flow in this process
+with :func:`run_flow`.
+
+Examples
+--------
+>>> _checkpoint_spec("resnet18=/models/r18.pt", None)
+{'weights': '/models/r18.pt', 'architecture': 'resnet18'}
+>>> _nonempty(epochs=3, dataset={}, methods=[], name=None)
+{'epochs': 3}
+>>> _json_safe({"median": float("nan"), "values": [1.0, float("inf")]})
+{'median': None, 'values': [1.0, None]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from flows import cli_params as opts
+from flows.cli_checks import check_inputs, check_model
+from flows.cli_errors import UsageError, info, quiet_user_error_tracebacks
+
+__all__ = [
+    "cmd_audit",
+    "cmd_demo",
+    "cmd_evaluate",
+    "cmd_randomize",
+    "cmd_sweep",
+    "cmd_train",
+    "prefect_target",
+    "print_result",
+    "run_flow",
+]
+
+
+def _load_flow(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(f"flows.{module}"), name)
+
+
+def _build(model_name: str, fields: dict[str, Any], params_file: str | None = None) -> Any:
+    """Validate ``fields`` (over the ``--params`` file) into the flow's parameter model."""
+    from flows import params as flow_params
+
+    model = getattr(flow_params, model_name)
+    merged = opts.deep_merge(opts.load_params_file(params_file), fields)
+    return model.model_validate(merged)
+
+
+def _nonempty(**sections: dict[str, Any] | None) -> dict[str, Any]:
+    return {key: value for key, value in sections.items() if value not in (None, {}, [])}
+
+
+def prefect_target() -> str:
+    """Where flows run: the server of PREFECT_API_URL (env or settings), else Prefect's local mode."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        try:
+            from prefect.settings import PREFECT_API_URL
+
+            url = PREFECT_API_URL.value()
+        except Exception:  # noqa: BLE001 - settings unavailable: the local mode
+            url = None
+    return f"the Prefect API at {url}" if url else "Prefect's local mode (a temporary API in this process)"
+
+
+def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True) -> Any:
+    """Run ``flows.<module>.<flow_name>(params=params)`` here (ephemeral mode or PREFECT_API_URL).
+
+    Paths, the model, its weights and GradCAM's layer are checked first, so a user's mistake ends
+    in seconds with one line; ``announce`` prints where the flow runs and how long it took.
+    """
+    check_inputs(params)
+    check_model(params)
+    flow = _load_flow(module, flow_name)
+    quiet_user_error_tracebacks()
+    if announce:
+        info(f"running flow {flow_name!r} on {prefect_target()}")
+    started = time.monotonic()
+    result = flow(params=params)
+    if announce:
+        info(f"flow {flow_name!r} finished in {time.monotonic() - started:.0f} s")
+    return result
+
+
+def print_result(result: Any) -> None:
+    """Print what a flow returned: a table as text, anything else as JSON."""
+    if result is None:
+        return
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        pd = None
+    if pd is not None and isinstance(result, pd.DataFrame):
+        print(result.to_string(index=False))
+        return
+    if hasattr(result, "model_dump"):
+        result = result.model_dump(mode="json")
+    print(json.dumps(_json_safe(result), indent=2, default=str))
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as null, so the printed result is valid JSON."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def cmd_train(args: argparse.Namespace) -> Any:
+    focus_mosaics = {"split": "val", "per_class": args.focus_per_class} if args.focus_per_class is not None else {}
+    fields = _nonempty(
+        name=args.name,
+        model=opts.model_fields(args),
+        dataset=opts.dataset_fields(args),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        rotation=args.rotation,
+        crop_padding=args.crop_padding,
+        hflip=args.hflip,
+        seed=args.seed,
+        retries=args.retries,
+        figures_dir=str(Path(args.figures_dir).resolve()) if args.figures_dir else None,
+        focus_mosaics=focus_mosaics,
+        focus_methods=opts.method_specs(args, "focus_methods"),
+        checkpoint_dir=str(Path(args.checkpoint_dir).resolve()) if args.checkpoint_dir else None,
+        device=args.device,
+        audit=args.audit,
+    )
+    if args.database_url and not opts.has_password(args.database_url):
+        fields["database_url"] = args.database_url
+    params = _build("TrainParams", fields, args.params)
+    return run_flow("train", "train", params)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> Any:
+    randomization = {
+        k: v
+        for k, v in {
+            "kind": args.randomization, "stage": args.stage, "layer": args.layer, "seed": args.randomization_seed
+        }.items()
+        if v is not None
+    }
+    fields = _nonempty(
+        model=opts.model_fields(args),
+        dataset=opts.dataset_fields(args),
+        mosaics=opts.mosaic_fields(args),
+        methods=opts.method_specs(args),
+        randomization=randomization,
+        run=opts.run_fields(args),
+        figures_dir=str(Path(args.figures_dir).resolve()) if args.figures_dir else None,
+    )
+    params = _build("EvaluateParams", fields, args.params)
+    return run_flow("evaluate", "evaluate", params)
+
+
+def cmd_randomize(args: argparse.Namespace) -> Any:
+    fields = _nonempty(
+        model=opts.model_fields(args),
+        dataset=opts.dataset_fields(args),
+        mosaics=opts.mosaic_fields(args),
+        methods=opts.method_specs(args),
+        kinds=args.kinds,
+        max_stages=args.max_stages,
+        seed=args.seed,
+        run=opts.run_fields(args),
+    )
+    params = _build("RandomizationParams", fields, args.params)
+    return run_flow("randomization", "randomization", params)
+
+
+def _checkpoint_spec(text: str, default_arch: str | None) -> dict[str, Any]:
+    arch, sep, weights = text.rpartition("=")
+    spec: dict[str, Any] = {"weights": str(Path(weights).expanduser().resolve())}
+    if sep and arch:
+        spec["architecture"] = arch
+    elif default_arch:
+        spec["architecture"] = default_arch
+    return spec
+
+
+def cmd_sweep(args: argparse.Namespace) -> Any:
+    checkpoints = [_checkpoint_spec(c, args.arch) for c in args.checkpoints or []]
+    fields = _nonempty(
+        checkpoints=checkpoints,
+        dataset=opts.dataset_fields(args),
+        mosaics=opts.mosaic_fields(args),
+        methods=opts.method_specs(args),
+        run=opts.run_fields(args),
+        deployment=args.deployment,
+        timeout_seconds=args.timeout,
+    )
+    params = _build("SweepParams", fields, args.params)
+    if args.deployment and not os.environ.get("PREFECT_API_URL"):
+        raise UsageError(
+            "--deployment fans the cells out to a work pool, which needs a Prefect server: set PREFECT_API_URL "
+            "(e.g. http://127.0.0.1:4200/api) or leave --deployment out to run the cells here."
+        )
+    return run_flow("sweep", "sweep", params)
+
+
+def cmd_audit(args: argparse.Namespace) -> Any:
+    fields = _nonempty(
+        methods=opts.method_specs(args),
+        dataset=opts.dataset_fields(args),
+        mosaics=opts.mosaic_fields(args),
+        threshold=args.threshold,
+        alpha=args.alpha,
+        checkpoints=args.checkpoints,
+        name=args.name,
+        run=opts.run_fields(args),
+    )
+    params = _build("AuditParams", fields, args.params)
+    return run_flow("audit", "audit", params)
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from flows.cli_demo import run_demo
+
+    run_demo(args)

@@ -1,0 +1,96 @@
+"""The ``focus`` commands that read the store: results tables, the HTML report and the schema.
+
+Examples
+--------
+>>> RESULT_TABLES[0]
+'evaluations'
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from flows import cli_params as opts
+from flows.cli_errors import UsageError, info
+
+__all__ = ["RESULT_TABLES", "cmd_db_current", "cmd_db_upgrade", "cmd_report", "cmd_results"]
+
+RESULT_TABLES = ("evaluations", "compare", "epochs", "regressions", "checkpoints")
+
+
+def _results_table(args: argparse.Namespace) -> Any:
+    """The DataFrame of ``focus results <table>`` from the store's queries."""
+    import db
+    from flows import store
+
+    engine = store.engine_for(opts.database_url(args))  # StoreError (one sentence) for an old schema
+    if args.table == "evaluations":
+        return db.evaluation_summary(engine, args.evaluations, mosaic_set_id=args.mosaic_set)
+    if args.table == "compare":
+        if args.mosaic_set is None:
+            raise UsageError("`focus results compare` needs --mosaic-set ID (see `focus results evaluations`).")
+        return db.compare_methods(engine, args.mosaic_set, randomization=args.randomization or "none")
+    if args.table == "epochs":
+        if args.training_run is None:
+            raise UsageError("`focus results epochs` needs --training-run ID (the id `focus train` printed).")
+        return db.training_curve(engine, args.training_run)
+    if args.table == "regressions":
+        return db.focus_regressions(engine, threshold=args.threshold if args.threshold is not None else 0.05)
+    if args.table == "checkpoints":
+        return db.checkpoints_to_audit(engine)
+    raise UsageError(f"Unknown table {args.table!r}: use one of {', '.join(RESULT_TABLES)}.")  # pragma: no cover
+
+
+def cmd_results(args: argparse.Namespace) -> None:
+    frame = _results_table(args)
+    if args.limit is not None:
+        frame = frame.head(args.limit)
+    if args.format == "csv":
+        text = frame.to_csv(index=False)
+    elif args.format == "json":
+        text = frame.to_json(orient="records", date_format="iso", indent=2) + "\n"
+    else:
+        text = (frame.to_string(index=False) if len(frame) else f"(no {args.table} recorded yet)") + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        info(f"wrote {len(frame)} rows to {args.output}")
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_report(args: argparse.Namespace) -> Path:
+    from flows.report import build_report
+
+    path = build_report(Path(args.out), database_url=opts.database_url(args), evaluations=args.evaluations)
+    print(path)
+    return path
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> None:
+    import db
+
+    url = opts.database_url(args)
+    before = db.current(url)
+    after = db.upgrade(url)
+    if before == after:
+        print(f"The database is already at revision {after} (head).")
+    else:
+        print(f"Upgraded the database from revision {before or '(empty)'} to {after}.")
+
+
+def cmd_db_current(args: argparse.Namespace) -> None:
+    import db
+
+    url = opts.database_url(args)
+    revision = db.current(url)
+    head = db.head()
+    if revision is None:
+        print(f"(empty) - no focus-audit schema; run `focus db upgrade` to create revision {head}.")
+    elif revision == head:
+        print(f"{revision} (head)")
+    else:
+        print(f"{revision} - behind head {head}; run `focus db upgrade`.")
+

@@ -14,9 +14,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, Table, inspect
-from sqlalchemy.schema import DropTable
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.schema import DropTable
 
 from db.engine import connect_error, get_engine, mask_url
 from db.errors import StoreError

@@ -15,9 +15,9 @@ from typing import Any
 from focus_core.errors import FocusError
 from focus_core.explainers.base import Explainer, ExplainerBase
 from focus_core.explainers.control import RandomControl
+from focus_core.explainers.fast_lrp import FastLRP
 from focus_core.explainers.gradcam import GradCAM, GradCAMPlusPlus
 from focus_core.explainers.gradients import Gradient, InputXGradient, IntegratedGradients, SmoothGrad
-from focus_core.explainers.fast_lrp import FastLRP
 from focus_core.explainers.lrp import LRP
 
 __all__ = ["EXPLAINERS", "get_explainer", "available_explainers", "register_explainer"]

@@ -151,10 +151,10 @@ def test_server_validates_the_pools_and_lists_every_deployment(deployed: Prefect
 def test_evaluate_deployment_runs_on_a_worker_and_writes_postgres(
     deployed: PrefectServer, store_url: str, checkpoints: list[str]
 ):
-    import db
     from prefect.deployments import run_deployment
     from sqlalchemy import text
 
+    import db
     from focus_core import models
 
     deployed.start_worker("focus-gpu", "gpu-0", worker_env(deployed, store_url, gpu=""))
@@ -213,10 +213,11 @@ def test_two_workers_share_a_sweep_and_record_each_cell_once(
 ):
     import asyncio
 
-    import db
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
     from sqlalchemy import text
+
+    import db
 
     if not any(name == "gpu-0" for name, _, _ in deployed.workers):
         deployed.start_worker("focus-gpu", "gpu-0", worker_env(deployed, store_url, gpu=""))

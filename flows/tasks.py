@@ -208,7 +208,7 @@ def _explain_batch(
     dtype: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quadrant sums ``(B, 4, 2)`` (fp32) and predicted classes ``(B,)`` of one batch, left on the device."""
-    x = dataset.normalize(mosaics.compose_mosaics(tiles, indices))
+    x = mosaics.compose_normalized(tiles, indices, dataset)
     with resources.model_lock(model), _precision(dtype, x.device):
         explanation = _explain(explainer, model, x, targets)
         logits = explanation.logits

@@ -162,6 +162,31 @@ class TileDataset:
         mean, std = self._channel_stats(dtype, x_uint8.device)
         return (x_uint8.to(dtype) / 255 - mean) / std
 
+    def normalization(self, dtype: torch.dtype, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, shift)``, ``(C, 1, 1)`` each, with ``normalize(x) == x * scale + shift`` up to rounding.
+
+        ``scale = 1 / (255 std)`` and ``shift = -mean / std``, built once per dtype and device: what a fused
+        kernel (:func:`focus_core.mosaics.compose_normalized`) needs to normalise ``uint8`` pixels in one pass.
+
+        Examples
+        --------
+        >>> ds = load_digits(tile_size=8)
+        >>> scale, shift = ds.normalization(torch.float32, "cpu")
+        >>> x = torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)
+        >>> bool(torch.allclose(x * scale + shift, ds.normalize(x)))
+        True
+        """
+        device = torch.device(device)
+        key = ("affine", dtype, device)
+        coefficients = self._stats_cache.get(key)
+        if coefficients is None:
+            mean, std = (torch.tensor(values, dtype=torch.float64) for values in (self.mean, self.std))
+            shape = (len(self.mean), 1, 1)
+            coefficients = ((1 / (255 * std)).to(dtype).view(shape).to(device),
+                            (-mean / std).to(dtype).view(shape).to(device))
+            self._stats_cache[key] = coefficients
+        return coefficients
+
     def _channel_stats(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``mean`` and ``std`` as ``(C, 1, 1)`` tensors, built once per dtype and device (no copy per batch)."""
         key = (dtype, device)
@@ -174,7 +199,7 @@ class TileDataset:
         return stats
 
     @functools.cached_property
-    def _stats_cache(self) -> dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]]:
+    def _stats_cache(self) -> dict[tuple, tuple[torch.Tensor, torch.Tensor]]:
         return {}
 
     @functools.cached_property

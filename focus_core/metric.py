@@ -66,10 +66,17 @@ def _quadrant_totals(x: torch.Tensor, h2: int, w2: int) -> torch.Tensor:
 def _quadrant_sums(relevance: torch.Tensor) -> torch.Tensor:
     if relevance.dtype in (torch.float16, torch.bfloat16):
         relevance = relevance.float()
-    h2, w2 = relevance.shape[1] // 2, relevance.shape[2] // 2
-    positive = relevance.clamp(min=0)
-    positive_sums = _quadrant_totals(positive, h2, w2)
-    negative_sums = _quadrant_totals(relevance - positive, h2, w2)
+    b, h, w = relevance.shape
+    h2, w2 = h // 2, w // 2
+    if h % 2 or w % 2:  # unequal quadrants: sum the halves separately
+        positive = relevance.clamp(min=0)
+        positive_sums = _quadrant_totals(positive, h2, w2)
+        negative_sums = _quadrant_totals(relevance - positive, h2, w2)
+        return torch.stack([positive_sums, negative_sums], dim=2)
+    # equal quadrants: (B, row, h2, col, w2) views, one clamp and one reduction per sign
+    quadrants = relevance.view(b, 2, h2, 2, w2) if relevance.is_contiguous() else relevance.reshape(b, 2, h2, 2, w2)
+    positive_sums = quadrants.clamp(min=0).sum(dim=(2, 4)).view(b, 4)
+    negative_sums = quadrants.clamp(max=0).sum(dim=(2, 4)).view(b, 4)
     return torch.stack([positive_sums, negative_sums], dim=2)
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "MosaicManifest",
     "build_manifest",
     "compose_mosaics",
+    "compose_normalized",
     "target_mask",
 ]
 
@@ -314,6 +315,64 @@ def compose_mosaics(
     >>> compose_mosaics(tiles, torch.tensor([[3, 2, 1, 0]]))[0, 0].tolist()
     [[3, 2], [1, 0]]
     """
+    gathered = _gather(tiles, image_indices)
+    if device is not None:
+        gathered = gathered.to(device)
+    b, c, h, w = gathered.shape[0] // 4, *gathered.shape[1:]
+    # (B*4, C, h, w) -> (B, row, col, C, h, w) -> (B, C, row, h, col, w) -> (B, C, 2h, 2w)
+    return _grid(gathered).reshape(b, c, 2 * h, 2 * w)
+
+
+def compose_normalized(
+    tiles: torch.Tensor, image_indices: torch.Tensor, dataset: TileDataset, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Compose mosaics and normalise them in one pass: ``dataset.normalize(compose_mosaics(tiles, image_indices))``.
+
+    The gathered ``uint8`` tiles are converted, scaled and shifted by one elementwise kernel that writes straight
+    into the mosaic layout, instead of a copy into the layout and four passes over the float mosaics: about a
+    fifth of the memory traffic, which is what composing costs on a GPU. The result equals the two-step one up
+    to rounding (``x * scale + shift`` instead of ``(x / 255 - mean) / std``).
+
+    Parameters
+    ----------
+    tiles : torch.Tensor
+        ``uint8`` tiles ``(N, C, h, w)`` of ``dataset`` (its ``tiles`` or a copy on a device).
+    image_indices : torch.Tensor
+        Integer indices into ``tiles`` of shape ``(B, 4)``, in TL, TR, BL, BR order.
+    dataset : TileDataset
+        Gives the per-channel normalisation (:meth:`TileDataset.normalization`).
+    dtype : torch.dtype, optional
+        The floating point type of the result.
+
+    Returns
+    -------
+    torch.Tensor
+        Normalised mosaics ``(B, C, 2h, 2w)`` on the device of ``tiles``.
+
+    Examples
+    --------
+    >>> from focus_core.data import load_digits
+    >>> digits = load_digits(tile_size=8)
+    >>> rows = torch.tensor([[0, 1, 2, 3]])
+    >>> x = compose_normalized(digits.tiles, rows, digits)
+    >>> bool(torch.allclose(x, digits.normalize(compose_mosaics(digits.tiles, rows)), atol=1e-6))
+    True
+    """
+    if tiles.dtype != torch.uint8 or tiles.ndim != 4 or tiles.shape[1] != len(dataset.mean):
+        raise FocusError(
+            f"Expected uint8 tiles of shape (N, {len(dataset.mean)}, h, w) but got {tiles.dtype} "
+            f"{tuple(tiles.shape)}: compose from the tiles of the dataset that normalises them."
+        )
+    gathered = _gather(tiles, image_indices)
+    b, c, h, w = gathered.shape[0] // 4, *gathered.shape[1:]
+    scale, shift = (t.view(c, 1, 1, 1, 1) for t in dataset.normalization(dtype, tiles.device))
+    out = torch.empty((b, c, 2 * h, 2 * w), dtype=dtype, device=tiles.device)
+    torch.addcmul(shift, _grid(gathered), scale, out=out.view(b, c, 2, h, 2, w))
+    return out
+
+
+def _gather(tiles: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
+    """The ``(4 B, C, h, w)`` tiles of ``image_indices`` ``(B, 4)``, row by row, checked and gathered at once."""
     if tiles.ndim != 4:
         raise FocusError(f"Expected tiles of shape (N, C, h, w) but got {tuple(tiles.shape)}.")
     if image_indices.ndim != 2 or image_indices.shape[1] != 4:
@@ -324,8 +383,7 @@ def compose_mosaics(
     dtype = image_indices.dtype
     if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
         raise FocusError(f"Expected integer image_indices but got {image_indices.dtype}.")
-    n, c, h, w = tiles.shape
-    b = image_indices.shape[0]
+    n = tiles.shape[0]
     flat = image_indices.reshape(-1)
     if flat.numel():
         # Checked where the indices live (the CPU on the hot path: free; elsewhere one read back to the host),
@@ -337,11 +395,13 @@ def compose_mosaics(
                 f"compose with the tiles of the manifest's dataset."
             )
     flat = flat.to(device=tiles.device, dtype=torch.int64, non_blocking=True)
-    gathered = tiles.index_select(0, flat)
-    if device is not None:
-        gathered = gathered.to(device)
-    # (B*4, C, h, w) -> (B, row, col, C, h, w) -> (B, C, row, h, col, w) -> (B, C, 2h, 2w)
-    return gathered.view(b, 2, 2, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(b, c, 2 * h, 2 * w)
+    return tiles.index_select(0, flat)
+
+
+def _grid(gathered: torch.Tensor) -> torch.Tensor:
+    """``(4 B, C, h, w)`` tiles as a ``(B, C, row, h, col, w)`` view: the mosaic layout, not yet contiguous."""
+    b, c, h, w = gathered.shape[0] // 4, *gathered.shape[1:]
+    return gathered.view(b, 2, 2, c, h, w).permute(0, 3, 1, 4, 2, 5)
 
 
 def target_mask(

@@ -53,7 +53,7 @@ class Record:
 
 
 def _score(model: torch.nn.Module, dataset: data.TileDataset, manifest: mosaics.MosaicManifest, method: str):
-    x = dataset.normalize(mosaics.compose_mosaics(dataset.tiles, manifest.index_tensor()))
+    x = mosaics.compose_normalized(dataset.tiles, manifest.index_tensor(), dataset)  # as the flows compose
     y = manifest.targets()
     relevance = explainers.get_explainer(method)(model, x, y).detach()
     sums = metric.quadrant_sums(relevance)

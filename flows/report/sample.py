@@ -174,7 +174,7 @@ def _recompute_maps(engine: Engine, chosen: Sequence[EvaluationData], mosaic_id:
         raise FocusError(f"the dataset loaded now has no image {missing[0]}")
     indices = torch.tensor([[index[relpaths[i]] for i in image_ids]], dtype=torch.int64)
     composed = mosaics.compose_mosaics(dataset.tiles, indices)
-    x = dataset.normalize(composed)
+    x = mosaics.compose_normalized(dataset.tiles, indices, dataset)  # the evaluation's bits: the same noise draws
     mask = torch.tensor([[bool(mo.target_mask >> q & 1) for q in range(4)]])
     target = torch.tensor([int(mo.target_class)])
     model = models.build_model(first.architecture, num_classes=first.num_classes,

@@ -60,7 +60,7 @@ def _two_pass(request: tasks.ChunkRequest) -> tuple[np.ndarray, np.ndarray, np.n
     sums, scores, predicted = [], [], []
     for start in range(0, len(chosen), request.batch_size):
         stop = start + request.batch_size
-        x = dataset.normalize(mosaics.compose_mosaics(dataset.tiles, indices[start:stop]))
+        x = mosaics.compose_normalized(dataset.tiles, indices[start:stop], dataset)
         relevance = explainer(model, x, targets[start:stop])
         with torch.no_grad():
             predicted.append(model(x).argmax(dim=1))

@@ -68,6 +68,14 @@ def test_matches_per_pixel_reference(dtype: torch.dtype, height: int, width: int
     torch.testing.assert_close(focus_from_sums(sums, mask), scores, equal_nan=True)
 
 
+@pytest.mark.parametrize("height,width", [(8, 6), (7, 6)])
+def test_non_contiguous_maps_match_the_reference(height: int, width: int) -> None:
+    generator = torch.Generator().manual_seed(7)
+    relevance = torch.randn(3, width, height, generator=generator).transpose(1, 2)  # (3, height, width), strided
+    expected = torch.tensor(reference_quadrant_sums(relevance), dtype=torch.float64)
+    torch.testing.assert_close(quadrant_sums(relevance).double(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_hand_computed_example() -> None:
     # 5x5 map: split at row 2 and column 2, so TL is 2x2, TR 2x3, BL 3x2, BR 3x3.
     relevance = torch.zeros(1, 5, 5, dtype=torch.float64)

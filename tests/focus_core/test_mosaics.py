@@ -18,6 +18,7 @@ from focus_core.mosaics import (
     MosaicManifest,
     build_manifest,
     compose_mosaics,
+    compose_normalized,
     target_mask,
 )
 
@@ -65,6 +66,37 @@ def test_composition_rejects_bad_indices(digits: TileDataset) -> None:
         compose_mosaics(digits.tiles, torch.zeros(2, 3, dtype=torch.int64))
     with pytest.raises(FocusError, match="1797"):
         compose_mosaics(digits.tiles, torch.tensor([[0, 1, 2, 1797]]))
+
+
+def _rgb_dataset(tiles: torch.Tensor) -> TileDataset:
+    n = tiles.shape[0]
+    return TileDataset(name="rgb", tiles=tiles, labels=torch.zeros(n, dtype=torch.int64), splits=("test",) * n,
+                       relpaths=tuple(f"{i}" for i in range(n)), classes=("a",), mean=(0.485, 0.456, 0.406),
+                       std=(0.229, 0.224, 0.225))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_composition_equals_pasting_then_normalising(device: str) -> None:
+    generator = torch.Generator().manual_seed(1)
+    tiles = torch.randint(0, 256, (7, 3, 5, 6), generator=generator, dtype=torch.uint8)
+    dataset = _rgb_dataset(tiles)
+    rows = torch.randint(0, 7, (9, 4), generator=generator)
+    expected = dataset.normalize(paste_reference(tiles, rows.tolist()), dtype=torch.float64)
+    for dtype in (torch.float32, torch.float64):
+        x = compose_normalized(tiles.to(device), rows, dataset, dtype=dtype)
+        assert x.dtype == dtype and x.device.type == device and x.is_contiguous()
+        torch.testing.assert_close(x.cpu().double(), expected, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-12)
+    assert compose_normalized(tiles, rows[:0], dataset).shape == (0, 3, 10, 12)
+
+
+def test_fused_composition_rejects_tiles_the_dataset_cannot_normalise(digits: TileDataset) -> None:
+    rows = torch.tensor([[0, 1, 2, 3]])
+    with pytest.raises(FocusError, match="uint8 tiles of shape"):
+        compose_normalized(digits.tiles.float(), rows, digits)
+    with pytest.raises(FocusError, match=r"\(N, 1, h, w\)"):
+        compose_normalized(torch.zeros(4, 3, 2, 2, dtype=torch.uint8), rows, digits)
+    with pytest.raises(FocusError, match="1797"):
+        compose_normalized(digits.tiles, torch.tensor([[0, 1, 2, 1797]]), digits)
 
 
 @pytest.mark.parametrize("split", ["test", "val"])

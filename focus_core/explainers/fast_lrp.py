@@ -71,8 +71,8 @@ class FastLRP(LRP):
         low, high = self._bounds(inputs)
         logits: list[torch.Tensor] = []
         relevance = fast_lrp(model, inputs, targets, low, high, self.params["epsilon"], self.params["canonizer"],
-                             logits_out=logits)
-        return Explanation(relevance.sum(1), logits[0])  # the model's own logits (BatchNorm folded, not altered)
+                             logits_out=logits, channel_sum=True)
+        return Explanation(relevance, logits[0])  # the model's own logits (BatchNorm folded, not altered)
 
 
 def fast_lrp(
@@ -84,6 +84,7 @@ def fast_lrp(
     epsilon: float = 1e-6,
     canonizer: str = "auto",
     logits_out: list[torch.Tensor] | None = None,
+    channel_sum: bool = False,
 ) -> torch.Tensor:
     """Return the LRP relevance ``(B, C, H, W)`` of ``inputs`` for ``targets``, started from the target logits.
 
@@ -103,11 +104,15 @@ def fast_lrp(
         ``"auto"``, ``"resnet"``, ``"sequential_merge_batchnorm"`` or ``"none"``, as in :mod:`.lrp`.
     logits_out : list of torch.Tensor, optional
         When given, the ``(B, K)`` logits of the forward pass are appended to it.
+    channel_sum : bool, optional
+        Return the relevance summed over the input channels, ``(B, H, W)``. Where the input feeds only the first
+        layer, its z^B rule then sums inside its weights, which saves most of the last transposed convolution.
 
     Returns
     -------
     torch.Tensor
-        Relevance of every input element; its sum per sample approximates the target logit.
+        Relevance of every input element (``(B, H, W)`` with ``channel_sum``); its sum per sample approximates
+        the target logit.
 
     Raises
     ------
@@ -125,7 +130,7 @@ def fast_lrp(
         start = torch.zeros_like(logits).scatter_(1, picked, logits.gather(1, picked))
         bounds = (torch.as_tensor(low, dtype=inputs.dtype, device=inputs.device),
                   torch.as_tensor(high, dtype=inputs.dtype, device=inputs.device))
-        return plan.relevance(start, params, saved, bounds, epsilon, inputs)
+        return plan.relevance(start, params, saved, bounds, epsilon, inputs, channel_sum)
 
 
 # ---------------------------------------------------------------------------------------------------------- rules
@@ -146,7 +151,9 @@ class _Affine:
         z = self._apply(x, p["weight"], p["bias"])
         return z, ((x,) if self.rule.startswith("zplus") else (x, z))
 
-    def relevance(self, r: torch.Tensor, saved: tuple, p: dict[str, torch.Tensor], bounds, epsilon: float):
+    def relevance(self, r: torch.Tensor, saved: tuple, p: dict[str, torch.Tensor], bounds, epsilon: float,
+                  summed: bool = False):
+        """The relevance of this layer's input; ``summed`` (z^B only) sums it over the input channels."""
         x = saved[0]
         if self.rule == "zplus":  # inputs known to be >= 0 (after a ReLU): only the positive weights count
             z = self._apply(x, p["weight_pos"], p["bias_pos"]).add_(STABILIZER)
@@ -160,12 +167,34 @@ class _Affine:
         # zbox: z = W x - W+ low - W- high (the biases cancel), as zennit's ZBox
         low, high = (bound.reshape(bound.shape if bound.ndim == x.ndim else (1,) * x.ndim) for bound in bounds)
         batch = max(low.shape[0], high.shape[0])  # 1 for dataset bounds, B for per-sample bounds
-        low, high = (bound.expand(batch, *x.shape[1:]) for bound in (low, high))
-        lowhigh = torch.cat([low, high], 1)
-        z = _stabilize(saved[1] - self._apply(lowhigh, p["weight_pos_neg"], p["bias"]), STABILIZER)
+        full = [bound.expand(batch, *x.shape[1:]) for bound in (low, high)]
+        z = _stabilize(saved[1] - self._apply(torch.cat(full, 1), p["weight_pos_neg"], p["bias"]), STABILIZER)
+        if summed and (batch == 1 or max(low.shape[1], high.shape[1]) == 1):
+            return self._zbox_summed(r / z, x, p, low, high)
         g = self._transpose(r / z, p["weight_all"], (x.shape[0], 3 * x.shape[1]) + x.shape[2:])
         g_x, g_low, g_high = g.chunk(3, 1)
-        return g_x.mul_(x).sub_(g_low.mul_(low)).sub_(g_high.mul_(high))
+        relevance = g_x.mul_(x).sub_(g_low.mul_(full[0])).sub_(g_high.mul_(full[1]))
+        return relevance.sum(1) if summed else relevance
+
+    def _zbox_summed(self, s: torch.Tensor, x: torch.Tensor, p: dict[str, torch.Tensor], low: torch.Tensor,
+                     high: torch.Tensor) -> torch.Tensor:
+        """z^B relevance summed over input channels, with the bounds' terms summed inside the weights.
+
+        ``sum_c (x g_x - low g_low - high g_high)_c``: where the bounds are the same for every sample (or for every
+        channel), ``sum_c low_c (W+ s)_c`` is one transposed convolution with ``sum_c low_c W+_c`` (or ``low`` times
+        one with ``sum_c W+_c``), so the transposed convolution makes ``C + 1`` (or ``C + 2``) maps instead of ``3 C``.
+        """
+        channels = x.shape[1]
+        positive, negative = p["weight_pos_neg"].chunk(2, 1)
+        if low.shape[0] == 1 and high.shape[0] == 1:  # dataset bounds: fold them into one weight
+            bound_weight = (positive * low.reshape(1, -1, 1, 1) + negative * high.reshape(1, -1, 1, 1)).sum(1, True)
+            g = self._transpose(s, torch.cat([p["weight"], bound_weight], 1), (x.shape[0], channels + 1) + x.shape[2:])
+            return (g[:, :channels] * x).sum(1).sub_(g[:, channels])
+        weights = torch.cat([p["weight"], positive.sum(1, True), negative.sum(1, True)], 1)  # per-sample scalars
+        g = self._transpose(s, weights, (x.shape[0], channels + 2) + x.shape[2:])
+        relevance = (g[:, :channels] * x).sum(1)
+        relevance.addcmul_(low.reshape(-1, 1, 1), g[:, channels], value=-1)
+        return relevance.addcmul_(high.reshape(-1, 1, 1), g[:, channels + 1], value=-1)
 
     def _apply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if isinstance(self.module, nn.Linear):
@@ -359,8 +388,17 @@ class _Plan:
                     env.pop(name, None)
         return env[self.output_name]
 
-    def relevance(self, start, params, saved, bounds, epsilon, x) -> torch.Tensor:
-        """Propagate ``start`` from the logits back to the input, each step with its rule."""
+    def relevance(self, start, params, saved, bounds, epsilon, x, channel_sum: bool = False) -> torch.Tensor:
+        """Propagate ``start`` from the logits back to the input, each step with its rule.
+
+        With ``channel_sum`` the input's relevance comes back summed over channels: by the one step that reads
+        the input, when there is only one (it sums inside its rule), or at the end.
+        """
+        readers = [step for step in self.steps if self.input_name in step.inputs]
+        sole_reader = None
+        if channel_sum and len(readers) == 1 and readers[0].inputs == (self.input_name,):
+            op = readers[0].op
+            sole_reader = readers[0].name if isinstance(op, _Affine) and op.rule == "zbox" else None
         relevance: dict[str, torch.Tensor] = {self.output_name: start}
         for step in reversed(self.steps):
             r = relevance.pop(step.name, None)
@@ -368,12 +406,16 @@ class _Plan:
             if r is None or not step.inputs:
                 continue
             if isinstance(step.op, _Affine):
-                lower = (step.op.relevance(r, kept, params[step.name], bounds, epsilon),)
+                summed = step.name == sole_reader
+                lower = (step.op.relevance(r, kept, params[step.name], bounds, epsilon, summed),)
             else:
                 lower = step.op.relevance(r, kept)
             for name, r_in in zip(step.inputs, lower):
                 relevance[name] = r_in if name not in relevance else relevance[name] + r_in
-        return relevance.get(self.input_name, torch.zeros_like(x))
+        out = relevance.get(self.input_name, torch.zeros_like(x))
+        if channel_sum and sole_reader is None:
+            out = out.sum(1)
+        return out
 
 
 def _fold(affine: _Affine) -> dict[str, torch.Tensor]:

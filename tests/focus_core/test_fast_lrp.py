@@ -213,6 +213,25 @@ def test_functional_core_returns_channels():
     assert relevance.shape == inputs.shape
 
 
+@pytest.mark.parametrize("bounds", ["per_sample", "scalar", "per_channel", "per_sample_and_channel"])
+@pytest.mark.parametrize("arch", ["alexnet", "functional"])
+def test_channel_sums_are_the_sums_of_the_channels(models, arch, bounds):
+    """The z^B rule sums over channels inside its weights (alexnet); the functional model sums at the end."""
+    model, inputs, targets = models[arch]
+    if bounds == "per_sample":
+        low, high = inputs.amin((1, 2, 3), keepdim=True), inputs.amax((1, 2, 3), keepdim=True)
+    elif bounds == "scalar":
+        low, high = -2.5, 3.0
+    elif bounds == "per_channel":
+        low, high = torch.tensor([-2.1, -2.0, -1.8]).view(1, 3, 1, 1), torch.tensor([2.2, 2.4, 2.6]).view(1, 3, 1, 1)
+    else:
+        low, high = inputs.amin((2, 3), keepdim=True), inputs.amax((2, 3), keepdim=True)
+    channels = fast_lrp(model, inputs, targets, low, high)
+    summed = fast_lrp(model, inputs, targets, low, high, channel_sum=True)
+    assert summed.shape == (inputs.shape[0], *inputs.shape[2:])
+    torch.testing.assert_close(summed, channels.sum(1), rtol=1e-4, atol=1e-5 * float(channels.abs().max()))
+
+
 def test_target_out_of_range_is_a_focus_error(models):
     model, inputs, _ = models["digits_cnn"]
     with pytest.raises(FocusError, match="out of range"):

@@ -1,4 +1,4 @@
-"""Class activation maps: GradCAM (captum) and GradCAM++ (batched, here).
+"""Class activation maps: GradCAM and GradCAM++ (batched, here; captum's GradCAM is the reference).
 
 Both weight the feature maps of one layer (by default the output of the last convolutional block after its
 ReLU, :func:`focus_core.models.default_gradcam_layer`, as the paper's official code does), sum them over
@@ -12,13 +12,19 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerGradCam
 from torch import nn
 
 from focus_core.errors import FocusError
 from focus_core.explainers.base import ExplainerBase, Explanation, checked_forward
 
-__all__ = ["GradCAM", "GradCAMPlusPlus", "resolve_layer", "gradcam_plus_plus_weights"]
+__all__ = [
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "captum_gradcam",
+    "gradcam_plus_plus_weights",
+    "layer_activations_and_gradients",
+    "resolve_layer",
+]
 
 
 def resolve_layer(model: nn.Module, layer: str | None) -> nn.Module:
@@ -65,11 +71,51 @@ def _upsample(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
+def layer_activations_and_gradients(
+    model: nn.Module, layer: nn.Module, layer_name: str | None, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass and one backward pass to ``layer``: its output, the target logits' gradient there, the logits.
+
+    The layer's output is caught by a forward hook (removed before returning) and replaced by a clone for the rest
+    of the forward pass, so an in-place operation after the layer cannot change what is explained. The backward
+    pass stops at the layer: nothing below it, and no parameter gradient, is computed.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        ``activations`` ``(B, K, h, w)`` (detached), ``gradients`` ``(B, K, h, w)`` and ``logits`` ``(B, classes)``.
+    """
+    caught: list[torch.Tensor] = []
+
+    def catch(module: nn.Module, args: Any, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            raise FocusError(
+                f"The layer {layer_name or 'default_gradcam_layer'!r} does not return a (B, C, h, w) tensor: "
+                "pass a convolutional layer."
+            )
+        caught.append(output)
+        return output.clone()  # an in-place op after the layer must not change what we hold
+
+    handle = layer.register_forward_hook(catch)
+    try:
+        logits = checked_forward(model, targets)(inputs)
+    finally:
+        handle.remove()
+    activations = caught[-1]
+    score = logits.gather(1, targets[:, None]).sum()
+    (gradients,) = torch.autograd.grad(score, activations)
+    return activations.detach(), gradients, logits
+
+
 class GradCAM(ExplainerBase):
-    """GradCAM (Selvaraju et al.) with captum's :class:`~captum.attr.LayerGradCam`.
+    """GradCAM (Selvaraju et al.), batched: one forward pass and one backward pass to the layer per batch.
 
     Channel weights are the spatial mean of the target logit's gradient; the weighted sum over channels goes
-    through a ReLU (``relu_attributions=True``) and is upsampled bilinearly to the input size.
+    through a ReLU and is upsampled bilinearly to the input size: the maps of captum's
+    :class:`~captum.attr.LayerGradCam` (``relu_attributions=True``, :func:`captum_gradcam`), which the tests hold
+    this to. Written here to keep a batch to one forward pass, one backward pass to the layer and a few small
+    kernels, without captum's per-call bookkeeping (one gradient output per sample); ``benchmarks/throughput.py``
+    times captum's path beside it.
 
     Parameters
     ----------
@@ -82,11 +128,34 @@ class GradCAM(ExplainerBase):
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Explanation:
         layer = resolve_layer(model, self.params["layer"])
-        forward = checked_forward(model, targets)
-        cam = LayerGradCam(forward, layer).attribute(
-            inputs, target=targets, relu_attributions=True, attr_dim_summation=True
+        activations, gradients, logits = layer_activations_and_gradients(
+            model, layer, self.params["layer"], inputs, targets
         )
-        return Explanation(_upsample(cam, tuple(inputs.shape[-2:])), forward.logits)  # captum's one forward pass
+        weights = gradients.mean(dim=(2, 3), keepdim=True)
+        cam = (weights * activations).sum(1, keepdim=True).clamp_(min=0)
+        return Explanation(_upsample(cam, tuple(inputs.shape[-2:])), logits)
+
+
+def captum_gradcam(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layer: str | None = None
+                   ) -> torch.Tensor:
+    """GradCAM maps ``(B, H, W)`` computed by captum's :class:`~captum.attr.LayerGradCam`: the library reference.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+    ...                             torch.nn.Linear(2 * 6 * 6, 3)).eval()
+    >>> captum_gradcam(model, torch.randn(2, 1, 8, 8), torch.tensor([0, 2]), layer="1").shape
+    torch.Size([2, 8, 8])
+    """
+    from captum.attr import LayerGradCam  # imported here: only the reference needs captum
+
+    module = resolve_layer(model, layer)
+    with torch.enable_grad():
+        cam = LayerGradCam(model, module).attribute(
+            inputs.detach().requires_grad_(True), target=targets, relu_attributions=True, attr_dim_summation=True
+        )
+    return _upsample(cam, tuple(inputs.shape[-2:])).detach()
 
 
 def gradcam_plus_plus_weights(activations: torch.Tensor, gradients: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -132,25 +201,9 @@ class GradCAMPlusPlus(ExplainerBase):
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Explanation:
         layer = resolve_layer(model, self.params["layer"])
-        caught: list[torch.Tensor] = []
-
-        def catch(module: nn.Module, args: Any, output: Any) -> Any:
-            if not isinstance(output, torch.Tensor) or output.ndim != 4:
-                raise FocusError(
-                    f"The layer {self.params['layer'] or 'default_gradcam_layer'!r} does not return a (B, C, h, w) tensor: "
-                    "pass a convolutional layer."
-                )
-            caught.append(output)
-            return output.clone()  # an in-place op after the layer must not change what we hold
-
-        handle = layer.register_forward_hook(catch)
-        try:
-            logits = checked_forward(model, targets)(inputs)
-        finally:
-            handle.remove()
-        activations = caught[-1]
-        score = logits.gather(1, targets[:, None]).sum()
-        (gradients,) = torch.autograd.grad(score, activations)
-        weights = gradcam_plus_plus_weights(activations.detach(), gradients)
-        cam = (weights[:, :, None, None] * activations.detach()).sum(1, keepdim=True).clamp(min=0)
+        activations, gradients, logits = layer_activations_and_gradients(
+            model, layer, self.params["layer"], inputs, targets
+        )
+        weights = gradcam_plus_plus_weights(activations, gradients)
+        cam = (weights[:, :, None, None] * activations).sum(1, keepdim=True).clamp(min=0)
         return Explanation(_upsample(cam, tuple(inputs.shape[-2:])), logits)

@@ -105,6 +105,22 @@ def test_gradcam_matches_a_per_sample_reference():
     assert (relevance >= 0).all()
 
 
+@pytest.mark.parametrize("arch", ["alexnet", "resnet18", "digits_cnn"])
+def test_gradcam_matches_captum(arch):
+    """captum's LayerGradCam is the library reference of the batched GradCAM, on the default layers."""
+    from focus_core.explainers.gradcam import captum_gradcam
+    from focus_core.models import build_model, default_gradcam_layer
+
+    torch.manual_seed(0)
+    channels, size = (1, 32) if arch == "digits_cnn" else (3, 64)
+    model = build_model(arch, num_classes=5, in_channels=channels).eval()
+    x, t = torch.randn(3, channels, size, size), torch.tensor([0, 4, 2])
+    expected = captum_gradcam(model, x, t, default_gradcam_layer(model))
+    actual = get_explainer("gradcam")(model, x, t)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
+    assert expected.abs().max() > 0
+
+
 def test_gradcam_plus_plus_matches_a_per_sample_per_channel_reference():
     model = tiny_model(2).eval()
     x, t = batch()

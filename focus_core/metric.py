@@ -18,20 +18,23 @@ Examples
 
 from __future__ import annotations
 
+import functools
+
 import torch
+import torch.nn.functional as F
 
 from focus_core.errors import FocusError
 
-__all__ = ["focus_from_sums", "focus_score", "quadrant_sums"]
+__all__ = ["focus_from_sums", "focus_score", "quadrant_sums", "upsampled_quadrant_sums"]
 
 
-def _check_relevance(relevance: torch.Tensor) -> None:
+def _check_relevance(relevance: torch.Tensor, smallest: int = 2) -> None:
     if not isinstance(relevance, torch.Tensor) or relevance.ndim != 3:
         shape = tuple(relevance.shape) if isinstance(relevance, torch.Tensor) else type(relevance).__name__
         raise FocusError(
             f"Expected relevance of shape (B, H, W) but got {shape}: pass one map per mosaic."
         )
-    if relevance.shape[1] < 2 or relevance.shape[2] < 2:
+    if relevance.shape[1] < smallest or relevance.shape[2] < smallest:
         raise FocusError(
             f"Expected relevance maps of at least 2x2 pixels but got shape {tuple(relevance.shape)}: "
             f"pass maps at mosaic resolution."
@@ -111,6 +114,53 @@ def quadrant_sums(relevance: torch.Tensor) -> torch.Tensor:
     """
     _check_relevance(relevance)
     return _quadrant_sums(relevance)
+
+
+def upsampled_quadrant_sums(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """:func:`quadrant_sums` of non-negative maps upsampled bilinearly to ``size``, without making the large maps.
+
+    Bilinear upsampling (``align_corners=False``, GradCAM's) is linear and separable, so the sum of the upsampled
+    map over a quadrant is ``rows[q] @ map @ cols[q]``, with weight vectors made once per size from torch's own
+    interpolation of unit vectors. For GradCAM's maps (non-negative after its ReLU; bilinear weights are
+    non-negative) the positive sums are these totals and the negative sums are zero. Signed maps give wrong
+    positive and negative sums: use ``quadrant_sums(F.interpolate(...))`` for them.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        Non-negative floating point maps ``(B, h, w)``.
+    size : tuple of int
+        ``(H, W)`` the maps are upsampled to.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 4, 2)`` float32 sums, as :func:`quadrant_sums` of the upsampled maps (up to rounding).
+
+    Examples
+    --------
+    >>> maps = torch.rand(2, 7, 7)
+    >>> big = F.interpolate(maps[:, None], size=(224, 224), mode="bilinear", align_corners=False)[:, 0]
+    >>> bool(torch.allclose(upsampled_quadrant_sums(maps, (224, 224)), quadrant_sums(big), rtol=1e-5))
+    True
+    """
+    _check_relevance(maps, smallest=1)
+    if int(size[0]) < 2 or int(size[1]) < 2:
+        raise FocusError(f"Expected an upsampled size of at least 2x2 pixels but got {tuple(size)}: pass (H, W).")
+    b, h, w = maps.shape
+    rows = _half_weights(h, int(size[0]), maps.device)
+    cols = _half_weights(w, int(size[1]), maps.device)
+    totals = torch.einsum("rh,bhw,cw->brc", rows, maps.float(), cols).reshape(b, 4)
+    return torch.stack([totals, torch.zeros_like(totals)], dim=2)
+
+
+@functools.lru_cache(maxsize=64)
+def _half_weights(n: int, size: int, device: torch.device) -> torch.Tensor:
+    """``(2, n)``: how much of each of ``n`` samples lands in the first and the second half of ``size`` samples."""
+    unit = torch.eye(n, dtype=torch.float64)[:, None, :]  # n signals of length n, one unit each
+    spread = F.interpolate(unit, size=size, mode="linear", align_corners=False)[:, 0]  # (n, size)
+    halves = torch.stack([spread[:, : size // 2].sum(1), spread[:, size // 2:].sum(1)])
+    return halves.to(device=device, dtype=torch.float32)
 
 
 def focus_from_sums(sums: torch.Tensor, target_quadrants: torch.Tensor) -> torch.Tensor:

@@ -56,10 +56,15 @@ class Explanation:
         (GradCAM, GradCAM++, gradient, input x gradient, ``lrp_fast``, and zennit's ``lrp`` on models without a
         merged BatchNorm); ``None`` for methods that never run the model on the clean inputs (SmoothGrad,
         integrated gradients, the random control) or cannot return its exact logits.
+    quadrant_sums : torch.Tensor or None
+        ``(B, 4, 2)`` float32 :func:`focus_core.metric.quadrant_sums` of ``relevance``, where the method has a
+        cheaper way to them than reducing the map (GradCAM and GradCAM++: from the small map before upsampling,
+        :func:`focus_core.metric.upsampled_quadrant_sums`); ``None`` otherwise.
     """
 
     relevance: torch.Tensor
     logits: torch.Tensor | None = None
+    quadrant_sums: torch.Tensor | None = None
 
 
 def params_hash(name: str, params: Mapping[str, Any]) -> str:
@@ -224,7 +229,8 @@ class ExplainerBase:
             _CHECKED_TARGETS.reset(token)
         if isinstance(out, Explanation):
             logits = None if out.logits is None else out.logits.detach()
-            return Explanation(out.relevance.detach(), logits)
+            sums = None if out.quadrant_sums is None else out.quadrant_sums.detach()
+            return Explanation(out.relevance.detach(), logits, sums)
         return Explanation(out.detach(), None)
 
     def __repr__(self) -> str:

@@ -16,6 +16,7 @@ from torch import nn
 
 from focus_core.errors import FocusError
 from focus_core.explainers.base import ExplainerBase, Explanation, checked_forward
+from focus_core.metric import upsampled_quadrant_sums
 
 __all__ = [
     "GradCAM",
@@ -69,6 +70,11 @@ def resolve_layer(model: nn.Module, layer: str | None) -> nn.Module:
 def _upsample(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``(B, 1, h, w)`` -> ``(B, H, W)`` by bilinear interpolation."""
     return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def _explanation(cam: torch.Tensor, size: tuple[int, int], logits: torch.Tensor) -> Explanation:
+    """The upsampled map, the logits, and the map's quadrant sums taken from ``cam`` (non-negative) directly."""
+    return Explanation(_upsample(cam, size), logits, upsampled_quadrant_sums(cam[:, 0], size))
 
 
 def layer_activations_and_gradients(
@@ -133,7 +139,7 @@ class GradCAM(ExplainerBase):
         )
         weights = gradients.mean(dim=(2, 3), keepdim=True)
         cam = (weights * activations).sum(1, keepdim=True).clamp_(min=0)
-        return Explanation(_upsample(cam, tuple(inputs.shape[-2:])), logits)
+        return _explanation(cam, tuple(inputs.shape[-2:]), logits)
 
 
 def captum_gradcam(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layer: str | None = None
@@ -206,4 +212,4 @@ class GradCAMPlusPlus(ExplainerBase):
         )
         weights = gradcam_plus_plus_weights(activations, gradients)
         cam = (weights[:, :, None, None] * activations).sum(1, keepdim=True).clamp(min=0)
-        return Explanation(_upsample(cam, tuple(inputs.shape[-2:])), logits)
+        return _explanation(cam, tuple(inputs.shape[-2:]), logits)

@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 
 from focus_core.explainers import get_explainer
+from focus_core.metric import quadrant_sums
 from focus_core.explainers.noise import per_sample_normal
 from tests.focus_core.tiny_models import tiny_model
 
@@ -116,9 +117,11 @@ def test_gradcam_matches_captum(arch):
     model = build_model(arch, num_classes=5, in_channels=channels).eval()
     x, t = torch.randn(3, channels, size, size), torch.tensor([0, 4, 2])
     expected = captum_gradcam(model, x, t, default_gradcam_layer(model))
-    actual = get_explainer("gradcam")(model, x, t)
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
+    explanation = get_explainer("gradcam").explain(model, x, t)
+    torch.testing.assert_close(explanation.relevance, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
     assert expected.abs().max() > 0
+    sums = quadrant_sums(expected)  # the sums the hot path takes from the small map
+    torch.testing.assert_close(explanation.quadrant_sums, sums, rtol=1e-5, atol=1e-6 * float(sums.abs().max()))
 
 
 def test_gradcam_plus_plus_matches_a_per_sample_per_channel_reference():

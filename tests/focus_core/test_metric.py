@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from focus_core.errors import FocusError
-from focus_core.metric import focus_from_sums, focus_score, quadrant_sums
+from focus_core.metric import focus_from_sums, focus_score, quadrant_sums, upsampled_quadrant_sums
 
 DEVICES = ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -74,6 +75,21 @@ def test_non_contiguous_maps_match_the_reference(height: int, width: int) -> Non
     relevance = torch.randn(3, width, height, generator=generator).transpose(1, 2)  # (3, height, width), strided
     expected = torch.tensor(reference_quadrant_sums(relevance), dtype=torch.float64)
     torch.testing.assert_close(quadrant_sums(relevance).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("small", "size"), [((13, 13), (448, 448)), ((7, 5), (224, 161)), ((3, 4), (9, 8)),
+                                             ((1, 1), (6, 6)), ((14, 14), (13, 15))])
+def test_upsampled_quadrant_sums_are_those_of_the_upsampled_maps(small: tuple[int, int], size: tuple[int, int]) -> None:
+    generator = torch.Generator().manual_seed(small[0] * 31 + size[1])
+    maps = torch.rand(4, *small, generator=generator)
+    maps[1] = 0.0  # an all-zero map
+    maps[2, : small[0] // 2 + 1] = 0.0  # relevance on one half only
+    big = F.interpolate(maps[:, None].double(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    expected = torch.tensor(reference_quadrant_sums(big), dtype=torch.float64)
+    sums = upsampled_quadrant_sums(maps, size)
+    assert sums.shape == (4, 4, 2) and sums.dtype == torch.float32
+    torch.testing.assert_close(sums.double(), expected, rtol=1e-5, atol=1e-5)
+    assert (sums[..., 1] == 0).all() and (sums[1] == 0).all()
 
 
 def test_hand_computed_example() -> None:

@@ -473,6 +473,17 @@ def measure_method(
 
     result: dict[str, Any] = {"params": dict(explainer.params), "evaluation_id": evaluation_id}
     result["explainer"] = rate(timed(explainer_only, device, args.repeats), total)
+    if name == "gradcam":  # the library path it replaced, on the same batches and layer
+        from focus_core.explainers.gradcam import captum_gradcam
+
+        layer = explainer.params["layer"] or models.default_gradcam_layer(model)
+
+        def captum_only() -> None:
+            with precision(args.dtype, device):
+                for x, y in inputs["batches"]:
+                    captum_gradcam(model, x, y, layer)
+
+        result["explainer_captum"] = rate(timed(captum_only, device, args.repeats), total)
     result["pipeline"] = rate(timed(pipeline, device, args.repeats), total)
     result["pipeline_with_db"] = rate(timed(pipeline_with_db, device, args.repeats, setup=clear), total)
     sums, focus, predicted = outputs[-1]
@@ -640,8 +651,8 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
     ``<method>.db_cost_in_flow`` only finite: noise can make it slightly negative)."""
     flat = {f"{k}_mosaics_per_s": v["mosaics_per_s"] for k, v in results["limits"].items()}
     for name, m in results["methods"].items():
-        for part in ("explainer", "pipeline", "pipeline_with_db", "db_write", "db_rewrite", "flow", "flow_with_db",
-                     "pipeline_fp32"):
+        for part in ("explainer", "explainer_captum", "pipeline", "pipeline_with_db", "db_write", "db_rewrite",
+                     "flow", "flow_with_db", "pipeline_fp32"):
             if part in m:
                 flat[f"{name}.{part}_mosaics_per_s"] = m[part]["mosaics_per_s"]
         flat[f"{name}.pipeline_over_limit"] = results["ratios"]["pipeline_over_limit"][name]

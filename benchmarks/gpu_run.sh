@@ -8,6 +8,9 @@
 #
 #   OUT=/tmp/out bash benchmarks/gpu_run.sh                 # all three architectures
 #   OUT=/tmp/out ARCHS="alexnet" bash benchmarks/gpu_run.sh
+#   OUT=/tmp/out EXTRA="--batches 32 --chunk 512 --repeats 3 --methods gradcam,lrp_fast" bash benchmarks/gpu_run.sh
+#
+# The device tool brings back at most eight files: logs and profiles also go into $OUT/results.tgz.
 set -u
 OUT=${OUT:?set OUT to a results folder}
 ARCHS=${ARCHS:-"alexnet resnet18 vgg16"}
@@ -28,12 +31,12 @@ if [ -z "$URL" ]; then stamp "no PostgreSQL: SQLite store"; STORE=(); else STORE
 trap '"$PYTHON" benchmarks/throwaway_postgres.py stop --dir /tmp/pgbench >/dev/null 2>&1 || true' EXIT
 
 for arch in $ARCHS; do
-  case $arch in
+  if [ -n "${EXTRA:-}" ]; then read -r -a extra <<<"$EXTRA"; else case $arch in
     alexnet)  extra=(--batches 8 --repeats 3 --methods gradcam,gradient,smoothgrad:n_samples=8,lrp_fast,lrp) ;;
     resnet18) extra=(--batches 4 --repeats 3 --methods gradcam,gradient,smoothgrad:n_samples=8,lrp_fast) ;;
     vgg16)    extra=(--batches 4 --repeats 2 --methods gradcam,gradient,smoothgrad:n_samples=8,lrp_fast) ;;
     *)        extra=(--batches 4 --repeats 2) ;;
-  esac
+  esac; fi
   stamp "$arch"
   "$PYTHON" benchmarks/throughput.py --device cuda --arch "$arch" --size 448 --batch 64 --no-quantus \
       "${extra[@]}" "${STORE[@]}" --profile "$OUT/profiles" --out "$OUT/$arch.json" >"$OUT/$arch.log" 2>&1
@@ -41,3 +44,5 @@ for arch in $ARCHS; do
   tail -n 25 "$OUT/$arch.log"
 done
 stamp "finished"
+tar -czf "$OUT/results.tgz" -C "$OUT" --exclude results.tgz . 2>/dev/null
+find "$OUT" -mindepth 1 -not -name results.tgz -not -name run.log -not -name '*.json' -exec rm -rf {} + 2>/dev/null

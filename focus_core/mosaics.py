@@ -328,10 +328,12 @@ def compose_normalized(
 ) -> torch.Tensor:
     """Compose mosaics and normalise them in one pass: ``dataset.normalize(compose_mosaics(tiles, image_indices))``.
 
-    The gathered ``uint8`` tiles are converted, scaled and shifted by one elementwise kernel that writes straight
-    into the mosaic layout, instead of a copy into the layout and four passes over the float mosaics: about a
-    fifth of the memory traffic, which is what composing costs on a GPU. The result equals the two-step one up
-    to rounding (``x * scale + shift`` instead of ``(x / 255 - mean) / std``).
+    One gather of tile rows, already in the mosaics' row order, and one elementwise kernel that converts, scales
+    and shifts them into the float mosaics: instead of a copy into the layout and four passes over the float
+    mosaics, about a fifth of the memory traffic, which is what composing costs on a GPU. (Gathering rows keeps
+    the elementwise kernel's indexing two-dimensional; converting from a six-dimensional permuted view of the
+    tiles cost an H200 0.27 ms per batch of 64 at 448 px.) The result equals the two-step one up to rounding
+    (``x * scale + shift`` instead of ``(x / 255 - mean) / std``).
 
     Parameters
     ----------
@@ -363,16 +365,32 @@ def compose_normalized(
             f"Expected uint8 tiles of shape (N, {len(dataset.mean)}, h, w) but got {tiles.dtype} "
             f"{tuple(tiles.shape)}: compose from the tiles of the dataset that normalises them."
         )
-    gathered = _gather(tiles, image_indices)
-    b, c, h, w = gathered.shape[0] // 4, *gathered.shape[1:]
-    scale, shift = (t.view(c, 1, 1, 1, 1) for t in dataset.normalization(dtype, tiles.device))
+    flat = _device_indices(tiles, image_indices)
+    n, c, h, w = tiles.shape
+    b = flat.shape[0] // 4
+    # row (b, c, row, y, col) of the mosaics is row y of channel c of tile flat[4 b + 2 row + col]
+    rows = flat.view(b, 1, 2, 1, 2) * (c * h) + _channel_rows(c, h, tiles.device)
+    pixels = tiles.reshape(n * c * h, w).index_select(0, rows.reshape(-1)).view(b, c, 4 * h * w)
+    scale, shift = (t.view(1, c, 1) for t in dataset.normalization(dtype, tiles.device))
     out = torch.empty((b, c, 2 * h, 2 * w), dtype=dtype, device=tiles.device)
-    torch.addcmul(shift, _grid(gathered), scale, out=out.view(b, c, 2, h, 2, w))
+    torch.addcmul(shift, pixels, scale, out=out.view(b, c, 4 * h * w))
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_rows(channels: int, height: int, device: torch.device) -> torch.Tensor:
+    """``(1, C, 1, h, 1)``: the row of channel ``c``, line ``y`` within a tile's ``(C * h, w)`` rows."""
+    rows = torch.arange(channels * height, dtype=torch.int64).view(1, channels, 1, height, 1)
+    return rows.to(device)
 
 
 def _gather(tiles: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
     """The ``(4 B, C, h, w)`` tiles of ``image_indices`` ``(B, 4)``, row by row, checked and gathered at once."""
+    return tiles.index_select(0, _device_indices(tiles, image_indices))
+
+
+def _device_indices(tiles: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
+    """``image_indices`` ``(B, 4)`` checked against ``tiles`` and flattened to int64 on the tiles' device."""
     if tiles.ndim != 4:
         raise FocusError(f"Expected tiles of shape (N, C, h, w) but got {tuple(tiles.shape)}.")
     if image_indices.ndim != 2 or image_indices.shape[1] != 4:
@@ -394,8 +412,7 @@ def _gather(tiles: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
                 f"image_indices must lie in [0, {n}) but range over [{low}, {high}]: "
                 f"compose with the tiles of the manifest's dataset."
             )
-    flat = flat.to(device=tiles.device, dtype=torch.int64, non_blocking=True)
-    return tiles.index_select(0, flat)
+    return flat.to(device=tiles.device, dtype=torch.int64, non_blocking=True)
 
 
 def _grid(gathered: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -150,7 +151,10 @@ def upsampled_quadrant_sums(maps: torch.Tensor, size: tuple[int, int]) -> torch.
     b, h, w = maps.shape
     rows = _half_weights(h, int(size[0]), maps.device)
     cols = _half_weights(w, int(size[1]), maps.device)
-    totals = torch.einsum("rh,bhw,cw->brc", rows, maps.float(), cols).reshape(b, 4)
+    kind = maps.device.type
+    fp32 = torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind) else contextlib.nullcontext()
+    with fp32:  # under bf16 autocast einsum would run in bf16: sums stay float32, as quadrant_sums' do
+        totals = torch.einsum("rh,bhw,cw->brc", rows, maps.float(), cols).reshape(b, 4)
     return torch.stack([totals, torch.zeros_like(totals)], dim=2)
 
 

@@ -92,6 +92,14 @@ def test_upsampled_quadrant_sums_are_those_of_the_upsampled_maps(small: tuple[in
     assert (sums[..., 1] == 0).all() and (sums[1] == 0).all()
 
 
+def test_upsampled_quadrant_sums_stay_float32_under_autocast() -> None:
+    maps = torch.rand(2, 13, 13, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sums = upsampled_quadrant_sums(maps, (448, 448))
+    assert sums.dtype == torch.float32
+    torch.testing.assert_close(sums, upsampled_quadrant_sums(maps, (448, 448)))
+
+
 def test_hand_computed_example() -> None:
     # 5x5 map: split at row 2 and column 2, so TL is 2x2, TR 2x3, BL 3x2, BR 3x3.
     relevance = torch.zeros(1, 5, 5, dtype=torch.float64)

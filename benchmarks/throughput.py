@@ -433,20 +433,56 @@ def measure_method(
     Returns the figures, the pipeline's Focus scores (for the comparison with Quantus) and what
     :func:`profile_method` needs (the request of all mosaics and the explainer).
     """
-    device, total, model, ids = inputs["device"], inputs["total"], inputs["model"], inputs["mosaic_ids"]
+    device, total = inputs["device"], inputs["total"]
+    explainer, request = evaluation_request(name, params, inputs, args, url)
+    engine = store.engine_for(url)
+    result: dict[str, Any] = {"params": dict(explainer.params), "evaluation_id": request.evaluation_id}
+    result.update(explainer_figures(name, explainer, inputs, args))
+    outputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def clear() -> None:
+        clear_results(engine, request.evaluation_id)
+
+    result["pipeline"] = rate(timed(lambda: outputs.append(explain_chunk(request)), device, args.repeats), total)
+    result["pipeline_with_db"] = rate(timed(lambda: evaluate_chunk.fn(request), device, args.repeats, setup=clear),
+                                      total)
+    sums, focus, predicted = outputs[-1]
+    result["pipeline_batch_size"] = getattr(outputs[-1], "batch_size", args.batch)
+
+    def write() -> None:
+        db.write_mosaic_results(engine, request.evaluation_id, request.mosaic_ids, sums, focus, predicted)
+
+    result["db_write"] = rate(timed(write, device, args.repeats, setup=clear), total)  # first writes
+    result["db_rewrite"] = rate(timed(write, device, args.repeats), total)  # over the rows just written: upserts
+    result.update(flow_figures(request, clear, inputs, args))
+    result["rows_in_store"] = len(db.evaluation_results(engine, request.evaluation_id))
+    result["focus_defined"] = int(np.isfinite(focus).sum())
+    result["focus_median"] = float(np.nanmedian(focus)) if np.isfinite(focus).any() else None
+    kind, multiplier = LIMITS.get(name, ("forward_backward", None))
+    result["limit"] = kind
+    result["passes_per_mosaic"] = int(explainer.params.get(multiplier, 1)) if multiplier else 1
+    if args.dtype == "bf16":
+        result.update(bf16_figures(request, outputs[-1], result["pipeline"], inputs, args))
+    return result, focus, {"request": request, "explainer": explainer}
+
+
+def evaluation_request(
+    name: str, params: dict[str, Any], inputs: dict[str, Any], args: argparse.Namespace, url: str
+) -> tuple[Any, ChunkRequest]:
+    """The method's explainer and the request of all mosaics for its evaluation (registered in the store)."""
     method = method_spec(name, params, args.batch)
     explainer = resources.make_explainer(method, inputs["model_spec"])
     engine = store.engine_for(url)
     method_id = db.register_method(engine, explainer.name, dict(explainer.params))
     evaluation_id = db.get_or_create_evaluation(
-        engine, inputs["checkpoint_id"], method_id, inputs["mosaic_set_id"], device=str(device),
+        engine, inputs["checkpoint_id"], method_id, inputs["mosaic_set_id"], device=str(inputs["device"]),
         metadata={"benchmark": "benchmarks/throughput.py"},
     )
     request = ChunkRequest(
         evaluation_id=evaluation_id,
         chunk=0,
-        positions=list(range(total)),
-        mosaic_ids=ids,
+        positions=list(range(inputs["total"])),
+        mosaic_ids=inputs["mosaic_ids"],
         dataset=inputs["dataset"],
         mosaics=inputs["mosaic_spec"],
         model=inputs["model_spec"],
@@ -456,35 +492,20 @@ def measure_method(
         dtype=args.dtype,  # explain_chunk runs the explainer under autocast itself for bf16
         database_url=url,
     )
+    return explainer, request
+
+
+def explainer_figures(name: str, explainer: Any, inputs: dict[str, Any], args: argparse.Namespace
+                      ) -> dict[str, Any]:
+    """The explainer alone on the ready-made batches; for GradCAM also captum's ``LayerGradCam`` (the reference)."""
+    device, model, total = inputs["device"], inputs["model"], inputs["total"]
 
     def explainer_only() -> None:
         with precision(args.dtype, device):
             for (x, _), y in zip(inputs["batches"], inputs["cpu_targets"]):
                 explainer.explain(model, x, y)
 
-    outputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-
-    def pipeline() -> None:
-        outputs.append(explain_chunk(request))
-
-    def pipeline_with_db() -> None:
-        evaluate_chunk.fn(request)
-
-    def clear() -> None:
-        clear_results(engine, evaluation_id)
-
-    chunks = chunk_requests(request, args.chunk)
-
-    pool = chunk_pool()
-
-    def flow() -> None:
-        run_chunks(pool, explain_chunk, chunks)
-
-    def flow_with_db() -> None:
-        run_chunks(pool, evaluate_chunk.fn, chunks)
-
-    result: dict[str, Any] = {"params": dict(explainer.params), "evaluation_id": evaluation_id}
-    result["explainer"] = rate(timed(explainer_only, device, args.repeats), total)
+    figures = {"explainer": rate(timed(explainer_only, device, args.repeats), total)}
     if name == "gradcam":  # the library path it replaced, on the same batches and layer
         from focus_core.explainers.gradcam import captum_gradcam
 
@@ -495,46 +516,51 @@ def measure_method(
                 for x, y in inputs["batches"]:
                     captum_gradcam(model, x, y, layer)
 
-        result["explainer_captum"] = rate(timed(captum_only, device, args.repeats), total)
-    result["pipeline"] = rate(timed(pipeline, device, args.repeats), total)
-    result["pipeline_with_db"] = rate(timed(pipeline_with_db, device, args.repeats, setup=clear), total)
-    sums, focus, predicted = outputs[-1]
-    result["pipeline_batch_size"] = getattr(outputs[-1], "batch_size", args.batch)
+        figures["explainer_captum"] = rate(timed(captum_only, device, args.repeats), total)
+    return figures
 
-    def write() -> None:
-        db.write_mosaic_results(engine, evaluation_id, ids, sums, focus, predicted)
 
-    result["db_write"] = rate(timed(write, device, args.repeats, setup=clear), total)  # first writes
-    result["db_rewrite"] = rate(timed(write, device, args.repeats), total)  # over the rows just written: upserts
-    result["chunk"], result["chunks"], result["chunk_threads"] = args.chunk, len(chunks), CHUNK_THREADS
-    with pool:  # the warm-up run of each figure runs in these threads too
+def flow_figures(request: ChunkRequest, clear: Callable[[], None], inputs: dict[str, Any],
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """The chunks on the flow's threads, without and with the write; the first run in fresh threads apart."""
+    device, total = inputs["device"], inputs["total"]
+    chunks = chunk_requests(request, args.chunk)
+    figures: dict[str, Any] = {"chunk": args.chunk, "chunks": len(chunks), "chunk_threads": CHUNK_THREADS}
+    with chunk_pool() as pool:  # the warm-up run of each figure runs in these threads too
+
+        def flow() -> None:
+            run_chunks(pool, explain_chunk, chunks)
+
         synchronize(device)
         started = time.perf_counter()
         flow()  # the first run in fresh threads: what a flow run's first chunks pay
         synchronize(device)
-        result["flow_fresh_threads_s"] = time.perf_counter() - started
-        result["flow"] = rate(timed(flow, device, args.repeats), total)
-        result["flow_with_db"] = rate(timed(flow_with_db, device, args.repeats, setup=clear), total)
-    result["rows_in_store"] = len(db.evaluation_results(engine, evaluation_id))
-    result["focus_defined"] = int(np.isfinite(focus).sum())
-    result["focus_median"] = float(np.nanmedian(focus)) if np.isfinite(focus).any() else None
+        figures["flow_fresh_threads_s"] = time.perf_counter() - started
+        figures["flow"] = rate(timed(flow, device, args.repeats), total)
+        figures["flow_with_db"] = rate(
+            timed(lambda: run_chunks(pool, evaluate_chunk.fn, chunks), device, args.repeats, setup=clear), total
+        )
+    return figures
 
-    kind, multiplier = LIMITS.get(name, ("forward_backward", None))
-    result["limit"] = kind
-    result["passes_per_mosaic"] = int(explainer.params.get(multiplier, 1)) if multiplier else 1
-    if args.dtype == "bf16":
-        reference: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        fp32_request = request.model_copy(update={"dtype": "fp32"})
-        fp32 = timed(lambda: reference.append(explain_chunk(fp32_request)), device, args.repeats)
-        result["pipeline_fp32"] = rate(fp32, total)
-        diff = np.abs(focus - reference[-1][1])
-        result["bf16"] = {
-            "speedup_over_fp32": result["pipeline"]["mosaics_per_s"] / result["pipeline_fp32"]["mosaics_per_s"],
+
+def bf16_figures(request: ChunkRequest, scores: tuple[np.ndarray, np.ndarray, np.ndarray],
+                 pipeline: dict[str, Any], inputs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The fp32 pipeline on the same mosaics: bf16's speed-up and its largest Focus difference."""
+    _, focus, predicted = scores
+    reference: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    fp32_request = request.model_copy(update={"dtype": "fp32"})
+    fp32 = rate(timed(lambda: reference.append(explain_chunk(fp32_request)), inputs["device"], args.repeats),
+                inputs["total"])
+    diff = np.abs(focus - reference[-1][1])
+    return {
+        "pipeline_fp32": fp32,
+        "bf16": {
+            "speedup_over_fp32": pipeline["mosaics_per_s"] / fp32["mosaics_per_s"],
             "max_focus_diff_vs_fp32": float(np.nanmax(diff)) if np.isfinite(diff).any() else None,
             "nan_mismatches": int((np.isnan(focus) != np.isnan(reference[-1][1])).sum()),
             "predicted_mismatches": int((predicted != reference[-1][2]).sum()),
-        }
-    return result, focus, {"request": request, "explainer": explainer}
+        },
+    }
 
 
 def _sorted_table(events: Any, keys: tuple[str, ...], row_limit: int = 40) -> tuple[str, str]:

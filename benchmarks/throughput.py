@@ -6,9 +6,9 @@ In one process, on one random-weight model and one set of mosaics, it measures i
 - the **forward + backward limit**: the forward pass and the gradient of the target logits to the input
   (parameters frozen, as :func:`flows.resources.load_model` leaves them);
 - per method, the **explainer alone** on the same ready-made batches, the **pipeline**: the project's own
-  :func:`flows.tasks.explain_chunk` (tiles cached on the device -> ``compose_mosaics`` -> ``normalize`` ->
-  explainer -> ``quadrant_sums`` -> ``focus_from_sums`` -> predicted class), the **pipeline with the database**:
-  :func:`flows.tasks.evaluate_chunk` without Prefect (``.fn``: the above plus ``db.write_mosaic_results`` into
+  :func:`flows.tasks.explain_chunk` (tiles cached on the device -> ``compose_normalized`` -> explainer ->
+  quadrant sums (GradCAM's from its small map) -> ``focus_from_sums`` -> predicted class), the **pipeline with
+  the database**: :func:`flows.tasks.evaluate_chunk` without Prefect (``.fn``: the above plus ``db.write_mosaic_results`` into
   a freshly created store), the **database write alone** on the same rows, and the **rewrite** of those rows
   over themselves (the upsert path, for information);
 - per method, the **flow**: the mosaics split into chunks of ``--chunk`` mosaics, run as the evaluate flow runs

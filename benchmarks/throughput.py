@@ -8,9 +8,9 @@ In one process, on one random-weight model and one set of mosaics, it measures i
 - per method, the **explainer alone** on the same ready-made batches, the **pipeline**: the project's own
   :func:`flows.tasks.explain_chunk` (tiles cached on the device -> ``compose_normalized`` -> explainer ->
   quadrant sums (GradCAM's from its small map) -> ``focus_from_sums`` -> predicted class), the **pipeline with
-  the database**: :func:`flows.tasks.evaluate_chunk` without Prefect (``.fn``: the above plus ``db.write_mosaic_results`` into
-  a freshly created store), the **database write alone** on the same rows, and the **rewrite** of those rows
-  over themselves (the upsert path, for information);
+  the database**: :func:`flows.tasks.evaluate_chunk` without Prefect (``.fn``: the above plus
+  ``db.write_mosaic_results`` into a freshly created store), the **database write alone** on the same rows,
+  and the **rewrite** of those rows over themselves (the upsert path, for information);
 - per method, the **flow**: the mosaics split into chunks of ``--chunk`` mosaics, run as the evaluate flow runs
   them, by ``flows.evaluate.CHUNK_THREADS`` threads (a ``ThreadPoolExecutor`` standing in for Prefect's
   ``ThreadPoolTaskRunner``; the model is held per batch by ``resources.model_lock``), ``explain_chunk`` per
@@ -777,7 +777,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = resources.require_device(args.device)
     register_lrp_fast([name for name, _ in args.method_list])
     results: dict[str, Any] = {"errors": {}}
-    with tempfile.TemporaryDirectory(prefix="focus-bench-") as tmp, fresh_store(args.db, Path(tmp), args.keep_db) as url:
+    with tempfile.TemporaryDirectory(prefix="focus-bench-") as tmp, \
+            fresh_store(args.db, Path(tmp), args.keep_db) as url:
         resources.clear_caches()
         inputs = build_inputs(args, Path(tmp), url)
         results["config"] = {
@@ -814,7 +815,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["limits_before_after"] = {k: [before[k]["mosaics_per_s"], after[k]["mosaics_per_s"]] for k in before}
         if not args.no_quantus:
             try:
-                results["quantus"] = measure_quantus(inputs, args, focus.get("gradcam") if args.dtype == "fp32" else None)
+                reference = focus.get("gradcam") if args.dtype == "fp32" else None
+                results["quantus"] = measure_quantus(inputs, args, reference)
             except Exception as error:  # noqa: BLE001
                 results["quantus"] = {"error": f"{type(error).__name__}: {error}"}
                 results["errors"]["quantus"] = results["quantus"]["error"]

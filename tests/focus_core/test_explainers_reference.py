@@ -11,8 +11,8 @@ import torchvision
 from torch import nn
 
 from focus_core.explainers import get_explainer
-from focus_core.metric import quadrant_sums
 from focus_core.explainers.noise import per_sample_normal
+from focus_core.metric import quadrant_sums
 from tests.focus_core.tiny_models import tiny_model
 
 torch.set_num_threads(1)

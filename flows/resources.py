@@ -17,6 +17,7 @@ import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -37,6 +38,8 @@ __all__ = [
     "load_dataset",
     "device_tiles",
     "load_manifest",
+    "ManifestTensors",
+    "manifest_tensors",
     "load_model",
     "model_lock",
     "make_explainer",
@@ -145,6 +148,26 @@ def load_manifest(dataset: DatasetSpec, spec: MosaicSetSpec) -> mosaics.MosaicMa
         return _load_manifest(spec_key(dataset), spec_key(spec))
 
 
+class ManifestTensors(NamedTuple):
+    """A manifest as CPU tensors, row ``p`` for manifest position ``p``: what a chunk slices."""
+
+    indices: torch.Tensor  # int64 (M, 4) tile indices, TL, TR, BL, BR
+    targets: torch.Tensor  # int64 (M,) target classes
+    masks: torch.Tensor  # bool (M, 4) target quadrants
+
+
+def manifest_tensors(dataset: DatasetSpec, spec: MosaicSetSpec) -> ManifestTensors:
+    """The manifest of ``spec`` as tensors, built once per process, so a chunk takes its rows without a loop."""
+    with _LOAD_LOCK:
+        return _manifest_tensors(spec_key(dataset), spec_key(spec))
+
+
+@functools.lru_cache(maxsize=16)
+def _manifest_tensors(dataset_key: str, mosaics_key: str) -> ManifestTensors:
+    manifest = _load_manifest(dataset_key, mosaics_key)
+    return ManifestTensors(manifest.index_tensor(), manifest.targets(), mosaics.target_mask(manifest))
+
+
 def build_model(spec: ModelSpec, dataset: DatasetSpec) -> nn.Module:
     """A fresh model of ``spec`` sized for ``dataset``, with the spec's weights when it has some."""
     ds = load_dataset(dataset)
@@ -245,7 +268,7 @@ def remember_fitting_batch_size(key: str, batch_size: int) -> None:
 def clear_caches() -> None:
     """Forget every cached dataset, tile tensor, manifest, model and fitting batch size (tests, memory pressure)."""
     with _LOAD_LOCK:
-        for cached in (_load_dataset_cached, _device_tiles, _load_manifest, _load_model):
+        for cached in (_load_dataset_cached, _device_tiles, _load_manifest, _manifest_tensors, _load_model):
             cached.cache_clear()
         _MODEL_LOCKS.clear()
         _FITTING_BATCH.clear()

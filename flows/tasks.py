@@ -147,19 +147,20 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     device = resources.require_device(request.device)
     dataset = resources.load_dataset(request.dataset)
     tiles = resources.device_tiles(request.dataset, device)
-    manifest = resources.load_manifest(request.dataset, request.mosaics)
+    table = resources.manifest_tensors(request.dataset, request.mosaics)
     model = resources.load_model(request.model, request.dataset, device, request.randomization)
 
-    chosen = [manifest.mosaics[p] for p in request.positions]
-    indices = torch.tensor([m.image_indices for m in chosen], dtype=torch.int64).reshape(-1, 4)  # stays on the CPU
-    targets = torch.tensor([m.target_class for m in chosen], dtype=torch.int64)  # checked on the CPU per batch
-    masks = mosaics.target_mask(chosen).to(device, non_blocking=True)
+    positions = _positions(request, len(table.targets))
+    indices = table.indices.index_select(0, positions)  # stays on the CPU
+    targets = table.targets.index_select(0, positions)  # checked on the CPU per batch
+    masks = table.masks.index_select(0, positions).to(device, non_blocking=True)
+    count = len(positions)
     work = _work_key(request)
     size = resources.fitting_batch_size(work, request.batch_size)
     explainer = resources.make_explainer(request.method, request.model, size, request.batch_size)
     sums, predicted = [], []
     start = 0
-    while start < len(chosen):
+    while start < count:
         stop = start + size
         try:
             batch_sums, batch_predicted = _explain_batch(
@@ -185,7 +186,7 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
         sums.append(batch_sums)
         predicted.append(batch_predicted)
         start = stop
-    if not chosen:
+    if not count:
         empty = torch.zeros(0, 4, 2, dtype=torch.float64)
         return ChunkScores(empty.numpy(), np.zeros(0), np.zeros(0, dtype=np.int64), size)
     all_sums = torch.cat(sums)
@@ -196,6 +197,17 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
         torch.cat(predicted).cpu().numpy(),
         size,
     )
+
+
+def _positions(request: ChunkRequest, size: int) -> torch.Tensor:
+    """The request's manifest positions as an int64 tensor, checked against the mosaic set's size."""
+    positions = torch.as_tensor(request.positions, dtype=torch.int64)
+    if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= size):
+        raise FocusError(
+            f"Chunk {request.chunk} asks for manifest positions {int(positions.min())}..{int(positions.max())} "
+            f"but the mosaic set has {size} mosaics: plan chunks from the same mosaic set."
+        )
+    return positions
 
 
 def _explain_batch(

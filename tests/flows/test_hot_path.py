@@ -85,6 +85,16 @@ def test_results_are_those_of_the_two_pass_path(digits_weights, method, params):
     assert sums.shape == (20, 4, 2) and focus.shape == (20,) and predicted.dtype == np.int64
 
 
+def test_a_chunk_takes_any_positions_and_refuses_ones_outside_the_set(digits_weights):
+    full = tasks.explain_chunk(_request(digits_weights, "gradient"))
+    some = tasks.explain_chunk(_request(digits_weights, "gradient").model_copy(update={"positions": [7, 2, 19]}))
+    np.testing.assert_allclose(some.sums, full.sums[[7, 2, 19]], rtol=1e-5, atol=1e-6 * np.abs(full.sums).max())
+    np.testing.assert_array_equal(some.predicted, full.predicted[[7, 2, 19]])
+    for positions in ([3, 20], [-1]):
+        with pytest.raises(FocusError, match="mosaic set has 20 mosaics"):
+            tasks.explain_chunk(_request(digits_weights, "gradient").model_copy(update={"positions": positions}))
+
+
 @pytest.mark.parametrize(("method", "runs_per_mosaic"), [("gradcam", 1), ("gradient", 1), ("random", 1),
                                                          ("smoothgrad", 3 + 1)])
 def test_the_model_runs_once_per_batch_where_the_explainer_already_ran_it(digits_weights, method, runs_per_mosaic):

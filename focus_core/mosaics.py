@@ -320,7 +320,7 @@ def compose_mosaics(
         gathered = gathered.to(device)
     b, c, h, w = gathered.shape[0] // 4, *gathered.shape[1:]
     # (B*4, C, h, w) -> (B, row, col, C, h, w) -> (B, C, row, h, col, w) -> (B, C, 2h, 2w)
-    return _grid(gathered).reshape(b, c, 2 * h, 2 * w)
+    return gathered.view(b, 2, 2, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(b, c, 2 * h, 2 * w)
 
 
 def compose_normalized(
@@ -413,12 +413,6 @@ def _device_indices(tiles: torch.Tensor, image_indices: torch.Tensor) -> torch.T
                 f"compose with the tiles of the manifest's dataset."
             )
     return flat.to(device=tiles.device, dtype=torch.int64, non_blocking=True)
-
-
-def _grid(gathered: torch.Tensor) -> torch.Tensor:
-    """``(4 B, C, h, w)`` tiles as a ``(B, C, row, h, col, w)`` view: the mosaic layout, not yet contiguous."""
-    b, c, h, w = gathered.shape[0] // 4, *gathered.shape[1:]
-    return gathered.view(b, 2, 2, c, h, w).permute(0, 3, 1, 4, 2, 5)
 
 
 def target_mask(

@@ -13,9 +13,9 @@ In one process, on one random-weight model and one set of mosaics, it measures i
   and the **rewrite** of those rows over themselves (the upsert path, for information);
 - per method, the **flow**: the mosaics split into chunks of ``--chunk`` mosaics, run as the evaluate flow runs
   them, by ``flows.evaluate.CHUNK_THREADS`` threads (a ``ThreadPoolExecutor`` standing in for Prefect's
-  ``ThreadPoolTaskRunner``; the model is held per batch by ``resources.model_lock``), ``explain_chunk`` per
-  chunk, and the **flow with the database**: ``evaluate_chunk.fn`` per chunk, so one chunk's write overlaps the
-  next chunk's compute as in a flow run.
+  ``ThreadPoolTaskRunner``; the model is held per chunk by ``resources.model_lock``, so the threads take turns),
+  ``explain_chunk`` per chunk, and the **flow with the database**: ``evaluate_chunk.fn`` per chunk, so one chunk's
+  write overlaps the next chunk's compute as in a flow run.
 
 Every write that is timed is a first write, as an evaluation's own: the evaluation's rows are deleted (untimed,
 and on PostgreSQL the table vacuumed) before the warm-up and before each timed run, so a chunk goes in by binary

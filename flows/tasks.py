@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Self
 
 import numpy as np
@@ -129,6 +129,11 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     reading back to the host; Focus and the copy to the host happen once per chunk. ``request.dtype == "bf16"``
     runs the model and the explainer under ``torch.autocast(bfloat16)``; sums and Focus stay fp32.
 
+    The device work runs on the process's one thread for the device (:func:`flows.resources.device_worker`),
+    a whole chunk at a time: the chunks of the flow's threads take turns instead of interleaving batch by
+    batch, so one chunk's database write runs while the next chunk computes. On CUDA the host copy is queued
+    before the turn ends and waited for in the calling thread, so the device never drains between chunks.
+
     When the device runs out of memory, the cache is emptied and the batch is halved (down to 1) and the
     same mosaics are tried again; the chunk continues at the smaller size, and later chunks of the same work
     in this process start there.
@@ -153,14 +158,38 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     positions = _positions(request, len(table.targets))
     indices = table.indices.index_select(0, positions)  # stays on the CPU
     targets = table.targets.index_select(0, positions)  # checked on the CPU per batch
-    masks = table.masks.index_select(0, positions).to(device, non_blocking=True)
-    count = len(positions)
     work = _work_key(request)
+    if not len(positions):
+        size = resources.fitting_batch_size(work, request.batch_size)
+        return ChunkScores(np.zeros((0, 4, 2)), np.zeros(0), np.zeros(0, dtype=np.int64), size)
+    masks = table.masks.index_select(0, positions)
+
+    def turn() -> tuple[Callable[[], list[np.ndarray]], int]:
+        with resources.model_lock(model):
+            sums, predicted, size = _explain_batches(request, model, dataset, tiles, indices, targets, work)
+            focus = metric.focus_from_sums(sums, masks.to(device, non_blocking=True))
+            return _copy_to_host(sums, focus, predicted), size
+
+    copied, size = resources.device_worker(device).submit(turn).result()
+    sums, focus, predicted = copied()
+    return ChunkScores(sums.astype(np.float64), focus.astype(np.float64), predicted, size)
+
+
+def _explain_batches(
+    request: ChunkRequest,
+    model: torch.nn.Module,
+    dataset: Any,
+    tiles: torch.Tensor,
+    indices: torch.Tensor,
+    targets: torch.Tensor,
+    work: str,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Quadrant sums ``(M, 4, 2)`` and predicted classes ``(M,)`` on the device, and the batch size that fitted."""
     size = resources.fitting_batch_size(work, request.batch_size)
     explainer = resources.make_explainer(request.method, request.model, size, request.batch_size)
     sums, predicted = [], []
     start = 0
-    while start < count:
+    while start < len(indices):
         stop = start + size
         try:
             batch_sums, batch_predicted = _explain_batch(
@@ -177,7 +206,7 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
         else:
             out_of_memory = False
         if out_of_memory:
-            if device.type == "cuda":
+            if tiles.device.type == "cuda":
                 torch.cuda.empty_cache()
             size //= 2
             resources.remember_fitting_batch_size(work, size)
@@ -186,17 +215,28 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
         sums.append(batch_sums)
         predicted.append(batch_predicted)
         start = stop
-    if not count:
-        empty = torch.zeros(0, 4, 2, dtype=torch.float64)
-        return ChunkScores(empty.numpy(), np.zeros(0), np.zeros(0, dtype=np.int64), size)
-    all_sums = torch.cat(sums)
-    focus = metric.focus_from_sums(all_sums, masks)
-    return ChunkScores(
-        all_sums.cpu().double().numpy(),
-        focus.cpu().double().numpy(),
-        torch.cat(predicted).cpu().numpy(),
-        size,
-    )
+    return torch.cat(sums), torch.cat(predicted), size
+
+
+def _copy_to_host(*tensors: torch.Tensor) -> Callable[[], list[np.ndarray]]:
+    """Start copying ``tensors`` to the host; the returned function waits for the copies and gives numpy arrays.
+
+    On CUDA the copies go to pinned memory behind the work already queued on the device's stream, and the
+    wait is for them alone (an event), not for whatever other threads queue meanwhile; elsewhere they are
+    plain synchronous copies.
+    """
+    if not tensors[0].is_cuda:
+        host = [t.cpu().numpy() for t in tensors]
+        return lambda: host
+    pending = [t.to("cpu", non_blocking=True) for t in tensors]
+    done = torch.cuda.Event()
+    done.record()
+
+    def wait() -> list[np.ndarray]:
+        done.synchronize()
+        return [t.numpy() for t in pending]
+
+    return wait
 
 
 def _positions(request: ChunkRequest, size: int) -> torch.Tensor:
@@ -221,7 +261,7 @@ def _explain_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quadrant sums ``(B, 4, 2)`` (fp32) and predicted classes ``(B,)`` of one batch, left on the device."""
     x = mosaics.compose_normalized(tiles, indices, dataset)
-    with resources.model_lock(model), _precision(dtype, x.device):
+    with _precision(dtype, x.device):
         explanation = _explain(explainer, model, x, targets)
         logits = explanation.logits
         if logits is None:  # the method never ran the model on the clean mosaics

@@ -6,6 +6,9 @@ under ``no_grad`` for the predicted class, with Focus and the host copy per batc
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
@@ -124,6 +127,57 @@ def test_smoothgrad_passes_hold_one_batch_by_default(digits_weights):
     finally:
         handle.remove()
     assert max(calls) == 4  # not 4 x 5 noisy copies at once
+
+
+
+def test_chunks_from_two_threads_take_turns_on_the_one_device_thread(digits_weights):
+    """Chunks run whole, one after the other, on the process's long-lived thread for the device: not interleaved
+    batch by batch (one chunk's database write then overlaps the next chunk's compute), and not in the callers'
+    threads (per-thread device state such as cuDNN's plans is built once per process)."""
+    # 12 mosaics in batches of 4 and 9 in batches of 3: the batch sizes tell the chunks apart
+    requests = [_request(digits_weights, "gradient", batch_size=4).model_copy(update={"positions": list(range(12))}),
+                _request(digits_weights, "gradient", batch_size=3).model_copy(
+                    update={"chunk": 1, "positions": list(range(11, 20))})]
+    model = resources.load_model(requests[0].model, requests[0].dataset, "cpu")
+    calls: list[tuple[int, int]] = []
+
+    def record(module, args, output):
+        calls.append((threading.get_ident(), args[0].shape[0]))
+        time.sleep(0.005)  # room for the other chunk to cut in between two batches, were it allowed to
+
+    handle = model.register_forward_hook(record)
+    alone = [tasks.explain_chunk(request) for request in requests]
+    callers, start = set(), threading.Barrier(2)
+
+    def run(request: tasks.ChunkRequest) -> tasks.ChunkScores:
+        callers.add(threading.get_ident())
+        start.wait()
+        return tasks.explain_chunk(request)
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            together = list(pool.map(run, requests))
+    finally:
+        handle.remove()
+    threads, sizes = zip(*calls)
+    assert len(set(threads)) == 1 and threads[0] not in callers | {threading.get_ident()}
+    assert sizes[6:] in ((4, 4, 4, 3, 3, 3), (3, 3, 3, 4, 4, 4)), f"the chunks interleaved: batches {sizes[6:]}"
+    for ours, theirs in zip(together, alone):
+        for a, b in zip(ours, theirs):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_host_copy_queued_inside_the_turn_gives_the_cpu_results(digits_weights):
+    """The copy to the host is queued before the model is released and waited for after: what arrives is the
+    chunk's own results, while the other thread's batches may already be queued behind it."""
+    requests = [_request(digits_weights, "gradcam").model_copy(update={"chunk": c, "device": "cuda"}) for c in (0, 1)]
+    with ThreadPoolExecutor(2) as pool:
+        on_cuda = list(pool.map(tasks.explain_chunk, requests))
+    on_cpu = tasks.explain_chunk(_request(digits_weights, "gradcam"))
+    for scores in on_cuda:
+        np.testing.assert_allclose(scores.sums, on_cpu.sums, rtol=1e-4, atol=1e-5 * np.abs(on_cpu.sums).max())
+        np.testing.assert_allclose(scores.focus, on_cpu.focus, rtol=1e-4, atol=1e-5, equal_nan=True)
 
 
 # --- out of memory: halve the batch and continue --------------------------------------------------------------

@@ -10,6 +10,9 @@
 #   OUT=/tmp/out ARCHS="alexnet" bash benchmarks/gpu_run.sh
 #   OUT=/tmp/out EXTRA="--batches 32 --chunk 512 --repeats 3 --methods gradcam,lrp_fast" bash benchmarks/gpu_run.sh
 #
+# The copy of the tree on the device has no .git: pass FOCUS_BENCH_COMMIT=$(git rev-parse --short HEAD) so the
+# JSON records which commit was measured.
+#
 # The device tool brings back at most eight files: logs and profiles also go into $OUT/results.tgz.
 set -u
 OUT=${OUT:?set OUT to a results folder}

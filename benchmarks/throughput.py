@@ -54,6 +54,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -418,8 +419,9 @@ def run_chunks(
 def chunk_pool() -> concurrent.futures.ThreadPoolExecutor:
     """``CHUNK_THREADS`` threads kept for all runs of a method, as one flow run keeps its task runner's threads.
 
-    New threads per run would time thread start-up instead (per-thread state such as cuDNN's cached execution
-    plans); the first run in the fresh threads is reported apart, as ``flow_fresh_threads_s``.
+    The first run in the fresh threads is reported apart, as ``flow_fresh_threads_s``: it cost 0.8-3.8 s on an
+    H200 while chunks computed in the task threads (cuDNN caches its benchmarked plans per thread); since they
+    hand their chunks to ``resources.device_worker``, fresh task threads should cost nothing on the device.
     """
     return concurrent.futures.ThreadPoolExecutor(max_workers=CHUNK_THREADS, thread_name_prefix="bench-chunk")
 
@@ -711,6 +713,19 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+def source_commit() -> str | None:
+    """The checkout's commit (``+dirty`` with uncommitted changes), else ``$FOCUS_BENCH_COMMIT`` (a copy of the
+    tree without ``.git``, as on a lent device), else ``None``."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("FOCUS_BENCH_COMMIT")
+    return commit + ("+dirty" if dirty else "")
+
+
 def machine(device: torch.device) -> dict[str, Any]:
     info = {
         "platform": platform.platform(),
@@ -720,6 +735,7 @@ def machine(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": str(device),
+        "commit": source_commit(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -265,7 +265,8 @@ def _evaluate_run_name() -> str:
     return f"{params.model.label or params.model.architecture}-{methods}{tail}"
 
 
-#: Two chunk threads: one explains on the device (explainers hold the model) while the other writes its rows.
+#: Two chunk threads: while one thread's chunk runs on the device's own thread (``resources.device_worker``), the
+#: other writes its finished chunk's rows and queues its next chunk behind it.
 CHUNK_THREADS = 2
 
 

@@ -256,7 +256,10 @@ def device_worker(device: torch.device | str) -> ThreadPoolExecutor:
     with _LOAD_LOCK:
         worker = _DEVICE_WORKERS.get(key)
         if worker is None:
-            worker = _DEVICE_WORKERS[key] = ThreadPoolExecutor(1, thread_name_prefix=f"focus-{key}")
+            # the current CUDA device is per thread: the worker makes its own device current (streams, cache)
+            own_device = functools.partial(torch.cuda.set_device, device) if device.type == "cuda" else None
+            worker = ThreadPoolExecutor(1, thread_name_prefix=f"focus-{key}", initializer=own_device)
+            _DEVICE_WORKERS[key] = worker
         return worker
 
 

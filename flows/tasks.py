@@ -230,7 +230,7 @@ def _copy_to_host(*tensors: torch.Tensor) -> Callable[[], list[np.ndarray]]:
         return lambda: host
     pending = [t.to("cpu", non_blocking=True) for t in tensors]
     done = torch.cuda.Event()
-    done.record()
+    done.record(torch.cuda.current_stream(tensors[0].device))
 
     def wait() -> list[np.ndarray]:
         done.synchronize()

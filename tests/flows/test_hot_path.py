@@ -175,6 +175,9 @@ def test_on_cuda_the_host_copy_queued_inside_the_turn_gives_the_cpu_results(digi
     with ThreadPoolExecutor(2) as pool:
         on_cuda = list(pool.map(tasks.explain_chunk, requests))
     on_cpu = tasks.explain_chunk(_request(digits_weights, "gradcam"))
+    current = torch.cuda.current_device()
+    assert resources.device_worker("cuda") is resources.device_worker(f"cuda:{current}")
+    assert resources.device_worker("cuda").submit(torch.cuda.current_device).result() == current
     for scores in on_cuda:
         np.testing.assert_allclose(scores.sums, on_cpu.sums, rtol=1e-4, atol=1e-5 * np.abs(on_cpu.sums).max())
         np.testing.assert_allclose(scores.focus, on_cpu.focus, rtol=1e-4, atol=1e-5, equal_nan=True)

@@ -10,12 +10,12 @@ pay for a second forward pass). The families live in their own modules (:mod:`.g
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -43,14 +43,15 @@ class Explainer(Protocol):
         ...
 
 
-@dataclass(frozen=True)
 class Explanation:
     """What :meth:`ExplainerBase.explain` returns.
 
     Attributes
     ----------
     relevance : torch.Tensor
-        Float ``(B, H, W)`` relevance, detached, on the inputs' device (what ``__call__`` returns).
+        Float ``(B, H, W)`` relevance, detached, on the inputs' device (what ``__call__`` returns). A method may
+        give a function instead, called on first access: GradCAM upsamples its map only when someone reads it,
+        since the hot path takes ``quadrant_sums`` and never does.
     logits : torch.Tensor or None
         ``(B, K)`` logits of the model on the clean inputs, detached, when the method computed them anyway
         (GradCAM, GradCAM++, gradient, input x gradient, ``lrp_fast``, and zennit's ``lrp`` on models without a
@@ -60,11 +61,53 @@ class Explanation:
         ``(B, 4, 2)`` float32 :func:`focus_core.metric.quadrant_sums` of ``relevance``, where the method has a
         cheaper way to them than reducing the map (GradCAM and GradCAM++: from the small map before upsampling,
         :func:`focus_core.metric.upsampled_quadrant_sums`); ``None`` otherwise.
+
+    Examples
+    --------
+    >>> out = Explanation(lambda: torch.ones(1, 2, 2), quadrant_sums=torch.ones(1, 4, 2))
+    >>> tuple(out.relevance.shape)  # computed here, once
+    (1, 2, 2)
     """
 
-    relevance: torch.Tensor
-    logits: torch.Tensor | None = None
-    quadrant_sums: torch.Tensor | None = None
+    __slots__ = ("_relevance", "logits", "quadrant_sums")
+
+    def __init__(
+        self,
+        relevance: torch.Tensor | Callable[[], torch.Tensor],
+        logits: torch.Tensor | None = None,
+        quadrant_sums: torch.Tensor | None = None,
+    ) -> None:
+        self._relevance = relevance
+        self.logits = logits
+        self.quadrant_sums = quadrant_sums
+
+    @property
+    def relevance(self) -> torch.Tensor:
+        if not isinstance(self._relevance, torch.Tensor):
+            self._relevance = self._relevance()
+        return self._relevance
+
+    def detached(self) -> Explanation:
+        """The same explanation with its tensors detached; a relevance not yet computed is detached when it is."""
+        relevance = self._relevance
+        if isinstance(relevance, torch.Tensor):
+            relevance = relevance.detach()
+        else:
+            relevance = functools.partial(_detached, relevance)
+        return Explanation(
+            relevance,
+            None if self.logits is None else self.logits.detach(),
+            None if self.quadrant_sums is None else self.quadrant_sums.detach(),
+        )
+
+    def __repr__(self) -> str:
+        state = "computed" if isinstance(self._relevance, torch.Tensor) else "not computed yet"
+        has = f"logits={self.logits is not None}, sums={self.quadrant_sums is not None}"
+        return f"Explanation(relevance {state}, {has})"
+
+
+def _detached(compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    return compute().detach()
 
 
 def params_hash(name: str, params: Mapping[str, Any]) -> str:
@@ -228,9 +271,7 @@ class ExplainerBase:
         finally:
             _CHECKED_TARGETS.reset(token)
         if isinstance(out, Explanation):
-            logits = None if out.logits is None else out.logits.detach()
-            sums = None if out.quadrant_sums is None else out.quadrant_sums.detach()
-            return Explanation(out.relevance.detach(), logits, sums)
+            return out.detached()
         return Explanation(out.detach(), None)
 
     def __repr__(self) -> str:

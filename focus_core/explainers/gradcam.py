@@ -8,6 +8,7 @@ ratio and does not need it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import torch
@@ -73,8 +74,10 @@ def _upsample(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _explanation(cam: torch.Tensor, size: tuple[int, int], logits: torch.Tensor) -> Explanation:
-    """The upsampled map, the logits, and the map's quadrant sums taken from ``cam`` (non-negative) directly."""
-    return Explanation(_upsample(cam, size), logits, upsampled_quadrant_sums(cam[:, 0], size))
+    """The logits, the map's quadrant sums taken from ``cam`` (non-negative) directly, and the upsampled map,
+    computed only if read: the hot path needs the sums alone (the upsampling took 1.5 % of AlexNet's GradCAM
+    time on an H200)."""
+    return Explanation(functools.partial(_upsample, cam, size), logits, upsampled_quadrant_sums(cam[:, 0], size))
 
 
 def layer_activations_and_gradients(

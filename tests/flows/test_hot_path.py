@@ -88,6 +88,18 @@ def test_results_are_those_of_the_two_pass_path(digits_weights, method, params):
     assert sums.shape == (20, 4, 2) and focus.shape == (20,) and predicted.dtype == np.int64
 
 
+def test_the_hot_path_never_upsamples_gradcam_maps(digits_weights, monkeypatch):
+    """Its sums come from the small map; the (B, H, W) relevance is never read, so never computed."""
+    from focus_core.explainers import gradcam
+
+    def refuse(cam, size):
+        raise AssertionError("the hot path read GradCAM's upsampled map")
+
+    monkeypatch.setattr(gradcam, "_upsample", refuse)
+    sums, focus, _ = tasks.explain_chunk(_request(digits_weights, "gradcam"))
+    assert np.isfinite(sums).all() and np.isfinite(focus).sum() > 0
+
+
 def test_a_chunk_takes_any_positions_and_refuses_ones_outside_the_set(digits_weights):
     full = tasks.explain_chunk(_request(digits_weights, "gradient"))
     some = tasks.explain_chunk(_request(digits_weights, "gradient").model_copy(update={"positions": [7, 2, 19]}))

@@ -124,6 +124,23 @@ def test_gradcam_matches_captum(arch):
     torch.testing.assert_close(explanation.quadrant_sums, sums, rtol=1e-5, atol=1e-6 * float(sums.abs().max()))
 
 
+@pytest.mark.parametrize("name", ["gradcam", "gradcam++"])
+def test_gradcam_upsamples_its_map_only_when_the_relevance_is_read(name, monkeypatch):
+    """The hot path takes the quadrant sums from the small map; only a reader of the relevance pays the upsampling."""
+    from focus_core.explainers import gradcam
+
+    calls, upsample = [], gradcam._upsample
+    monkeypatch.setattr(gradcam, "_upsample", lambda cam, size: calls.append(size) or upsample(cam, size))
+    model = tiny_model().eval()
+    x, t = batch()
+    explanation = get_explainer(name, layer="features.5").explain(model, x, t)
+    assert calls == [] and explanation.quadrant_sums is not None and "not computed" in repr(explanation)
+    relevance = explanation.relevance
+    assert calls == [(16, 16)] and explanation.relevance is relevance and not relevance.requires_grad
+    torch.testing.assert_close(explanation.quadrant_sums, quadrant_sums(relevance), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(relevance, get_explainer(name, layer="features.5")(model, x, t))
+
+
 def test_gradcam_plus_plus_matches_a_per_sample_per_channel_reference():
     model = tiny_model(2).eval()
     x, t = batch()

@@ -265,8 +265,8 @@ def _evaluate_run_name() -> str:
     return f"{params.model.label or params.model.architecture}-{methods}{tail}"
 
 
-#: Two chunk threads: while one thread's chunk runs on the device's own thread (``resources.device_worker``), the
-#: other writes its finished chunk's rows and queues its next chunk behind it.
+#: Two chunk threads: while one thread's chunk takes its turn on the device (``resources.device_turn``), the other
+#: writes its finished chunk's rows and waits for the next turn.
 CHUNK_THREADS = 2
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ __all__ = [
     "manifest_tensors",
     "load_model",
     "model_lock",
+    "device_turn",
     "device_worker",
     "make_explainer",
     "fitting_batch_size",
@@ -54,6 +55,8 @@ _LOAD_LOCK = threading.RLock()
 _MODEL_LOCKS: dict[int, threading.Lock] = {}
 _FITTING_BATCH: dict[str, int] = {}
 _DEVICE_WORKERS: dict[str, ThreadPoolExecutor] = {}
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+T = TypeVar("T")
 
 
 def require_device(device: str) -> torch.device:
@@ -226,7 +229,7 @@ def load_model(
 def model_lock(model: nn.Module) -> Iterator[None]:
     """Hold the model while explaining: explainers register hooks, so two threads must not share it.
 
-    The hot path holds it for a whole chunk (:func:`flows.tasks.explain_chunk`), so threads take turns by chunk.
+    The hot path holds it for a whole chunk, inside its turn on the device (:func:`device_turn`).
     """
     with _LOAD_LOCK:
         lock = _MODEL_LOCKS.setdefault(id(model), threading.Lock())
@@ -234,24 +237,41 @@ def model_lock(model: nn.Module) -> Iterator[None]:
         yield
 
 
-def device_worker(device: torch.device | str) -> ThreadPoolExecutor:
-    """The one thread of this process that runs every chunk's work on ``device``, for the life of the process.
+def device_turn(device: torch.device | str, work: Callable[[], T]) -> T:
+    """Run ``work`` as one turn on ``device`` and return its result; turns on one device never overlap.
 
-    The flow's task threads hand their chunks to it and wait (the GIL is released meanwhile), so chunks take
-    turns on the device and a finished chunk's database write runs while the next one computes. One thread
-    also keeps per-thread device state warm across chunks and flow runs: cuDNN keeps its benchmarked
-    convolution plans per thread, and new task threads paid 0.8-3.8 s on an H200 to find them again.
+    The hot path takes one turn per chunk, so the chunks of the flow's threads run whole, one after the other,
+    and a finished chunk's database write runs while the next chunk computes (taken per batch, the chunks
+    interleaved, ended together and wrote together while the device idled). On CUDA every turn runs in the
+    process's one thread for the device, kept for the life of the process: cuDNN keeps its benchmarked
+    convolution plans per thread, and new task threads paid 0.8-3.8 s on an H200 to find them again. Elsewhere
+    the turn runs in the calling thread under the device's lock: on the CPU, torch in one more thread makes
+    libgomp stop spinning between parallel regions in every thread, which cost small batches about 1.4x here.
 
     Examples
     --------
-    >>> device_worker("cpu").submit(lambda: 2 + 2).result()
+    >>> device_turn("cpu", lambda: 2 + 2)
     4
-    >>> device_worker("cpu") is device_worker(torch.device("cpu"))
-    True
     """
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" are one device, one thread
         device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cuda":
+        return device_worker(device).submit(work).result()
+    with _LOAD_LOCK:
+        lock = _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
+    with lock:
+        return work()
+
+
+def device_worker(device: torch.device) -> ThreadPoolExecutor:
+    """The one thread of this process that runs :func:`device_turn`'s turns on the CUDA device ``device``.
+
+    Examples
+    --------
+    >>> device_worker(torch.device("cpu")).submit(lambda: 2 + 2).result()  # any device; the hot path: CUDA only
+    4
+    """
     key = str(device)
     with _LOAD_LOCK:
         worker = _DEVICE_WORKERS.get(key)

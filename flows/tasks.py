@@ -129,10 +129,10 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     reading back to the host; Focus and the copy to the host happen once per chunk. ``request.dtype == "bf16"``
     runs the model and the explainer under ``torch.autocast(bfloat16)``; sums and Focus stay fp32.
 
-    The device work runs on the process's one thread for the device (:func:`flows.resources.device_worker`),
-    a whole chunk at a time: the chunks of the flow's threads take turns instead of interleaving batch by
+    The device work is one turn on the device (:func:`flows.resources.device_turn`; on CUDA in the process's
+    one thread for the device): the chunks of the flow's threads take turns instead of interleaving batch by
     batch, so one chunk's database write runs while the next chunk computes. On CUDA the host copy is queued
-    before the turn ends and waited for in the calling thread, so the device never drains between chunks.
+    before the turn ends and waited for after it, so the device never drains between chunks.
 
     When the device runs out of memory, the cache is emptied and the batch is halved (down to 1) and the
     same mosaics are tried again; the chunk continues at the smaller size, and later chunks of the same work
@@ -170,7 +170,7 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
             focus = metric.focus_from_sums(sums, masks.to(device, non_blocking=True))
             return _copy_to_host(sums, focus, predicted), size
 
-    copied, size = resources.device_worker(device).submit(turn).result()
+    copied, size = resources.device_turn(device, turn)
     sums, focus, predicted = copied()
     return ChunkScores(sums.astype(np.float64), focus.astype(np.float64), predicted, size)
 

@@ -142,23 +142,24 @@ def test_smoothgrad_passes_hold_one_batch_by_default(digits_weights):
 
 
 
-def test_chunks_from_two_threads_take_turns_on_the_one_device_thread(digits_weights):
-    """Chunks run whole, one after the other, on the process's long-lived thread for the device: not interleaved
-    batch by batch (one chunk's database write then overlaps the next chunk's compute), and not in the callers'
-    threads (per-thread device state such as cuDNN's plans is built once per process)."""
-    # 12 mosaics in batches of 4 and 9 in batches of 3: the batch sizes tell the chunks apart
-    requests = [_request(digits_weights, "gradient", batch_size=4).model_copy(update={"positions": list(range(12))}),
-                _request(digits_weights, "gradient", batch_size=3).model_copy(
-                    update={"chunk": 1, "positions": list(range(11, 20))})]
-    model = resources.load_model(requests[0].model, requests[0].dataset, "cpu")
+def _two_chunks(digits_weights: str, device: str = "cpu") -> list[tasks.ChunkRequest]:
+    """12 mosaics in batches of 4 and 9 in batches of 3: the batch sizes tell the chunks apart."""
+    first = _request(digits_weights, "gradient", batch_size=4).model_copy(
+        update={"positions": list(range(12)), "device": device})
+    second = _request(digits_weights, "gradient", batch_size=3).model_copy(
+        update={"chunk": 1, "positions": list(range(11, 20)), "device": device})
+    return [first, second]
+
+
+def _run_together(requests: list[tasks.ChunkRequest]) -> tuple[list[tasks.ChunkScores], list, set[int]]:
+    """The chunks from two threads started at once; the (thread, batch size) of every forward pass; the callers."""
+    model = resources.load_model(requests[0].model, requests[0].dataset, requests[0].device)
     calls: list[tuple[int, int]] = []
 
     def record(module, args, output):
         calls.append((threading.get_ident(), args[0].shape[0]))
         time.sleep(0.005)  # room for the other chunk to cut in between two batches, were it allowed to
 
-    handle = model.register_forward_hook(record)
-    alone = [tasks.explain_chunk(request) for request in requests]
     callers, start = set(), threading.Barrier(2)
 
     def run(request: tasks.ChunkRequest) -> tasks.ChunkScores:
@@ -166,31 +167,42 @@ def test_chunks_from_two_threads_take_turns_on_the_one_device_thread(digits_weig
         start.wait()
         return tasks.explain_chunk(request)
 
+    handle = model.register_forward_hook(record)
     try:
         with ThreadPoolExecutor(2) as pool:
             together = list(pool.map(run, requests))
     finally:
         handle.remove()
+    return together, calls, callers
+
+
+def test_chunks_from_two_threads_take_turns_on_the_device(digits_weights):
+    """Each chunk runs whole, one after the other, not interleaved batch by batch: one chunk's database write then
+    overlaps the next chunk's compute, instead of both chunks ending (and writing) together."""
+    requests = _two_chunks(digits_weights)
+    alone = [tasks.explain_chunk(request) for request in requests]
+    together, calls, callers = _run_together(requests)
     threads, sizes = zip(*calls)
-    assert len(set(threads)) == 1 and threads[0] not in callers | {threading.get_ident()}
-    assert sizes[6:] in ((4, 4, 4, 3, 3, 3), (3, 3, 3, 4, 4, 4)), f"the chunks interleaved: batches {sizes[6:]}"
+    assert sizes in ((4, 4, 4, 3, 3, 3), (3, 3, 3, 4, 4, 4)), f"the chunks interleaved: batches {sizes}"
+    assert set(threads) == callers, "on the CPU each chunk computes in its caller's thread"
     for ours, theirs in zip(together, alone):
         for a, b in zip(ours, theirs):
             np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_on_cuda_the_host_copy_queued_inside_the_turn_gives_the_cpu_results(digits_weights):
-    """The copy to the host is queued before the model is released and waited for after: what arrives is the
-    chunk's own results, while the other thread's batches may already be queued behind it."""
-    requests = [_request(digits_weights, "gradcam").model_copy(update={"chunk": c, "device": "cuda"}) for c in (0, 1)]
-    with ThreadPoolExecutor(2) as pool:
-        on_cuda = list(pool.map(tasks.explain_chunk, requests))
-    on_cpu = tasks.explain_chunk(_request(digits_weights, "gradcam"))
+def test_on_cuda_turns_run_in_one_device_thread_and_the_queued_host_copy_gives_the_cpu_results(digits_weights):
+    """On CUDA every turn runs in the process's one thread for the device (cuDNN's plans are per thread); the copy
+    to the host is queued before the turn ends and waited for after: what arrives is the chunk's own results."""
+    requests = _two_chunks(digits_weights, "cuda")
+    together, calls, callers = _run_together(requests)
+    threads, sizes = zip(*calls)
+    assert len(set(threads)) == 1 and threads[0] not in callers
+    assert sizes in ((4, 4, 4, 3, 3, 3), (3, 3, 3, 4, 4, 4)), f"the chunks interleaved: batches {sizes}"
     current = torch.cuda.current_device()
-    assert resources.device_worker("cuda") is resources.device_worker(f"cuda:{current}")
-    assert resources.device_worker("cuda").submit(torch.cuda.current_device).result() == current
-    for scores in on_cuda:
+    assert resources.device_worker(torch.device("cuda", current)).submit(torch.cuda.current_device).result() == current
+    for scores, request in zip(together, requests):
+        on_cpu = tasks.explain_chunk(request.model_copy(update={"device": "cpu"}))
         np.testing.assert_allclose(scores.sums, on_cpu.sums, rtol=1e-4, atol=1e-5 * np.abs(on_cpu.sums).max())
         np.testing.assert_allclose(scores.focus, on_cpu.focus, rtol=1e-4, atol=1e-5, equal_nan=True)
 

@@ -13,7 +13,7 @@ In one process, on one random-weight model and one set of mosaics, it measures i
   and the **rewrite** of those rows over themselves (the upsert path, for information);
 - per method, the **flow**: the mosaics split into chunks of ``--chunk`` mosaics, run as the evaluate flow runs
   them, by ``flows.evaluate.CHUNK_THREADS`` threads (a ``ThreadPoolExecutor`` standing in for Prefect's
-  ``ThreadPoolTaskRunner``; the model is held per chunk by ``resources.model_lock``, so the threads take turns),
+  ``ThreadPoolTaskRunner``; each chunk is one turn on the device, ``resources.device_turn``, so chunks alternate),
   ``explain_chunk`` per chunk, and the **flow with the database**: ``evaluate_chunk.fn`` per chunk, so one chunk's
   write overlaps the next chunk's compute as in a flow run.
 
@@ -420,8 +420,9 @@ def chunk_pool() -> concurrent.futures.ThreadPoolExecutor:
     """``CHUNK_THREADS`` threads kept for all runs of a method, as one flow run keeps its task runner's threads.
 
     The first run in the fresh threads is reported apart, as ``flow_fresh_threads_s``: it cost 0.8-3.8 s on an
-    H200 while chunks computed in the task threads (cuDNN caches its benchmarked plans per thread); since they
-    hand their chunks to ``resources.device_worker``, fresh task threads should cost nothing on the device.
+    H200 while chunks computed in the task threads (cuDNN caches its benchmarked plans per thread); since their
+    turns run in the device's own thread on CUDA (``resources.device_turn``), fresh task threads should cost
+    nothing there.
     """
     return concurrent.futures.ThreadPoolExecutor(max_workers=CHUNK_THREADS, thread_name_prefix="bench-chunk")
 

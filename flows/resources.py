@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import NamedTuple, TypeVar
 
 import torch
@@ -42,7 +41,6 @@ __all__ = [
     "ManifestTensors",
     "manifest_tensors",
     "load_model",
-    "model_lock",
     "device_turn",
     "device_worker",
     "make_explainer",
@@ -52,7 +50,6 @@ __all__ = [
 ]
 
 _LOAD_LOCK = threading.RLock()
-_MODEL_LOCKS: dict[int, threading.Lock] = {}
 _FITTING_BATCH: dict[str, int] = {}
 _DEVICE_WORKERS: dict[str, ThreadPoolExecutor] = {}
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
@@ -225,20 +222,11 @@ def load_model(
         return _load_model(spec_key(spec), spec_key(dataset), spec_key(randomization or RandomizationSpec()), str(device))
 
 
-@contextmanager
-def model_lock(model: nn.Module) -> Iterator[None]:
-    """Hold the model while explaining: explainers register hooks, so two threads must not share it.
-
-    The hot path holds it for a whole chunk, inside its turn on the device (:func:`device_turn`).
-    """
-    with _LOAD_LOCK:
-        lock = _MODEL_LOCKS.setdefault(id(model), threading.Lock())
-    with lock:
-        yield
-
-
 def device_turn(device: torch.device | str, work: Callable[[], T]) -> T:
     """Run ``work`` as one turn on ``device`` and return its result; turns on one device never overlap.
+
+    A model lives on one device, so a turn also holds the model: explainers register hooks on it, and two
+    threads must not explain with it at once.
 
     The hot path takes one turn per chunk, so the chunks of the flow's threads run whole, one after the other,
     and a finished chunk's database write runs while the next chunk computes (taken per batch, the chunks
@@ -325,5 +313,4 @@ def clear_caches() -> None:
     with _LOAD_LOCK:
         for cached in (_load_dataset_cached, _device_tiles, _load_manifest, _manifest_tensors, _load_model):
             cached.cache_clear()
-        _MODEL_LOCKS.clear()
         _FITTING_BATCH.clear()

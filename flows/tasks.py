@@ -164,11 +164,10 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
         return ChunkScores(np.zeros((0, 4, 2)), np.zeros(0), np.zeros(0, dtype=np.int64), size)
     masks = table.masks.index_select(0, positions)
 
-    def turn() -> tuple[Callable[[], list[np.ndarray]], int]:
-        with resources.model_lock(model):
-            sums, predicted, size = _explain_batches(request, model, dataset, tiles, indices, targets, work)
-            focus = metric.focus_from_sums(sums, masks.to(device, non_blocking=True))
-            return _copy_to_host(sums, focus, predicted), size
+    def turn() -> tuple[Callable[[], list[np.ndarray]], int]:  # holds the model too (explainers hook into it)
+        sums, predicted, size = _explain_batches(request, model, dataset, tiles, indices, targets, work)
+        focus = metric.focus_from_sums(sums, masks.to(device, non_blocking=True))
+        return _copy_to_host(sums, focus, predicted), size
 
     copied, size = resources.device_turn(device, turn)
     sums, focus, predicted = copied()

@@ -85,9 +85,11 @@ def layer_activations_and_gradients(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward pass and one backward pass to ``layer``: its output, the target logits' gradient there, the logits.
 
-    The layer's output is caught by a forward hook (removed before returning) and replaced by a clone for the rest
-    of the forward pass, so an in-place operation after the layer cannot change what is explained. The backward
-    pass stops at the layer: nothing below it, and no parameter gradient, is computed.
+    The forward pass runs under ``torch.no_grad`` up to the layer: its output, caught by a forward hook (removed
+    before returning), becomes a leaf that requires grad, the hook switches gradient recording on, and a clone of
+    the leaf goes on through the rest of the forward pass, so an in-place operation after the layer cannot change
+    what is explained. Nothing below the layer is recorded (no saved activations, no pooling indices: on the CPU
+    max pooling then takes its fast path), and the backward pass stops at the layer, with no parameter gradient.
 
     Returns
     -------
@@ -102,14 +104,22 @@ def layer_activations_and_gradients(
                 f"The layer {layer_name or 'default_gradcam_layer'!r} does not return a (B, C, h, w) tensor: "
                 "pass a convolutional layer."
             )
-        caught.append(output)
-        return output.clone()  # an in-place op after the layer must not change what we hold
+        leaf = output.detach().requires_grad_(True)
+        caught.append(leaf)
+        torch.set_grad_enabled(True)  # record from here on; the no_grad block below restores the mode on exit
+        return leaf.clone()  # an in-place op after the layer must not change what we hold
 
     handle = layer.register_forward_hook(catch)
     try:
-        logits = checked_forward(model, targets)(inputs)
+        with torch.no_grad():
+            logits = checked_forward(model, targets)(inputs.detach())
     finally:
         handle.remove()
+    if not caught:
+        raise FocusError(
+            f"The layer {layer_name or 'default_gradcam_layer'!r} was not called in the model's forward pass: "
+            "pass a layer the forward pass uses."
+        )
     activations = caught[-1]
     score = logits.gather(1, targets[:, None]).sum()
     (gradients,) = torch.autograd.grad(score, activations)

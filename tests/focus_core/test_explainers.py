@@ -202,6 +202,45 @@ def test_bad_layer_name_is_a_clear_error(layer):
     assert_untouched(model, snapshot(model))
 
 
+@pytest.mark.parametrize("name", ["gradcam", "gradcam++"])
+@pytest.mark.parametrize("frozen", [True, False])
+def test_gradcam_records_nothing_below_its_layer(name, frozen):
+    """Below the explained layer nothing is kept for autograd (saved activations, pooling indices), frozen or not."""
+    model = tiny_model()
+    for parameter in model.parameters():
+        parameter.requires_grad_(not frozen)
+    recorded = {}
+
+    def watch(module_name):
+        def hook(module, args, output):
+            recorded[module_name] = output.requires_grad
+        return hook
+
+    handles = [module.register_forward_hook(watch(n)) for n, module in model.named_modules() if n]
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([0, 1, 3])
+    try:
+        with torch.no_grad():
+            relevance = explainer(name)(model, x, t)
+            assert not torch.is_grad_enabled()  # the mode the hook switched on is gone with the forward pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    below = {f"features.{i}": False for i in range(6)}  # features.5 is the layer: its own output is not recorded
+    assert recorded == {**below, "features": True, "pool": True, "classifier": True}
+    assert torch.is_grad_enabled()
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    torch.testing.assert_close(relevance, explainer(name)(model, x, t), rtol=0, atol=0)
+
+
+def test_a_gradcam_layer_the_forward_pass_never_calls_is_a_clear_error():
+    model = tiny_model()
+    model.unused = nn.Conv2d(16, 16, 1)
+    with pytest.raises(FocusError, match="'unused' was not called in the model's forward pass: pass a layer"):
+        get_explainer("gradcam", layer="unused")(model, torch.randn(1, 1, 8, 8), torch.tensor([0]))
+    assert_untouched(model, snapshot(model))
+
+
 def test_resolve_layer_finds_dotted_names():
     model = torchvision.models.resnet18(weights=None, num_classes=3)
     assert resolve_layer(model, "layer4.1") is model.layer4[1]

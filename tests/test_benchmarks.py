@@ -37,7 +37,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
         "--chunk", "4", "--repeats", "1", "--device", "cpu", "--methods", "gradcam,gradient,smoothgrad:n_samples=2,lrp",
         "--db", str(tmp / "bench.db"), "--profile", str(profiles), "--out", str(out),
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # keeps a Quantus found there
+    env = {**os.environ, "PYTHONPATH": path, "MPLBACKEND": "Agg"}
     completed = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return json.loads(out.read_text()), profiles
@@ -66,7 +67,7 @@ def test_every_figure_is_positive_and_finite(result: dict) -> None:
             "db_write_mosaics_per_s", "db_rewrite_mosaics_per_s", "flow_mosaics_per_s", "flow_with_db_mosaics_per_s",
             "pipeline_over_limit", "db_write_share", "db_cost_in_flow")}
     if HAS_QUANTUS:
-        expected |= {"quantus_focus_mosaics_per_s", "pipeline_over_quantus"}
+        expected |= {"quantus_focus_mosaics_per_s", "pipeline_over_quantus", "quantus_ceiling"}
     figures = result["figures"]
     assert expected <= set(figures), sorted(expected - set(figures))
     # the write's cost in a flow run is a difference of two timings: noise may make it slightly negative
@@ -140,3 +141,17 @@ def test_default_chunk_is_a_quarter_in_whole_batches(module) -> None:
     assert module.default_chunk(4, 4) == 4  # never below one batch
     assert module.default_chunk(512, 64) == 128
     assert module.default_chunk(20, 8) == 8  # 5 of 20 rounds up to a batch: 3 chunks
+
+
+def test_quantus_ratios_give_the_ceiling_any_gradcam_could_reach(module) -> None:
+    timing = {"mosaics_per_s": 50.0, "median_s": 1.0}
+    method = {"limit": "forward", "passes_per_mosaic": 1, "pipeline": timing, "explainer": timing,
+              "db_write": timing, "flow": timing, "flow_with_db": timing,
+              "pipeline_with_db": {"mosaics_per_s": 40.0, "median_s": 1.0}}
+    results = {"limits": {"forward": {"mosaics_per_s": 100.0}, "forward_backward": {"mosaics_per_s": 45.0}},
+               "methods": {"gradcam": method}, "quantus": {"mosaics_per_s": 20.0}}
+    ratios = module.ratios(results)
+    assert ratios["pipeline_over_quantus"] == 2.0  # with the write
+    assert ratios["quantus_ceiling"] == 5.0  # forward limit / Quantus
+    del results["quantus"]
+    assert "quantus_ceiling" not in module.ratios(results)

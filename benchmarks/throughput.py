@@ -7,7 +7,8 @@ In one process, on one random-weight model and one set of mosaics, it measures i
   (parameters frozen, as :func:`flows.resources.load_model` leaves them);
 - per method, the **explainer alone** on the same ready-made batches, the **pipeline**: the project's own
   :func:`flows.tasks.explain_chunk` (tiles cached on the device -> ``compose_normalized`` -> explainer ->
-  quadrant sums (GradCAM's from its small map) -> ``focus_from_sums`` -> predicted class), the **pipeline with
+  quadrant sums (GradCAM's from its small map) -> ``focus_from_sums`` -> predicted class), the pipeline and its
+  limit **in turns** (timed alternately, so drift of the machine's speed moves both alike), the **pipeline with
   the database**: :func:`flows.tasks.evaluate_chunk` without Prefect (``.fn``: the above plus
   ``db.write_mosaic_results`` into a freshly created store), the **database write alone** on the same rows,
   and the **rewrite** of those rows over themselves (the upsert path, for information);
@@ -227,6 +228,28 @@ def timed(
     return seconds
 
 
+def paired(
+    limit: Callable[[], object], pipeline: Callable[[], object], device: torch.device, repeats: int
+) -> dict[str, list[float]]:
+    """Seconds of ``limit`` and of ``pipeline`` timed in turns, ``repeats`` runs each after a warm-up of both.
+
+    The order alternates from one round to the next, so a machine that speeds up or slows down during the run (a
+    shared CPU, a GPU's clocks) moves both alike: their ratio is steadier than that of figures timed minutes apart.
+    """
+    limit()
+    pipeline()
+    seconds: dict[str, list[float]] = {"limit_s": [], "pipeline_s": []}
+    for round_ in range(repeats):
+        turns = [("limit_s", limit), ("pipeline_s", pipeline)]
+        for key, fn in turns if round_ % 2 == 0 else turns[::-1]:
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            seconds[key].append(time.perf_counter() - start)
+    return seconds
+
+
 def rate(seconds: list[float], items: int) -> dict[str, Any]:
     """Mosaics per second from the median run, with every run's seconds."""
     median = statistics.median(seconds)
@@ -359,8 +382,9 @@ def build_inputs(args: argparse.Namespace, workdir: Path, url: str) -> dict[str,
 # --------------------------------------------------------------------------- measurements
 
 
-def measure_limits(inputs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    model, device, batches, total = inputs["model"], inputs["device"], inputs["batches"], inputs["total"]
+def limit_runs(inputs: dict[str, Any], args: argparse.Namespace) -> dict[str, Callable[[], None]]:
+    """One run of each limit over all the ready batches: ``forward`` and ``forward_backward``."""
+    model, device, batches = inputs["model"], inputs["device"], inputs["batches"]
 
     def forward() -> None:
         with torch.no_grad(), precision(args.dtype, device):
@@ -374,10 +398,12 @@ def measure_limits(inputs: dict[str, Any], args: argparse.Namespace) -> dict[str
                 score = model(x).gather(1, y[:, None]).sum()
                 torch.autograd.grad(score, x)
 
-    return {
-        "forward": rate(timed(forward, device, args.repeats), total),
-        "forward_backward": rate(timed(forward_backward, device, args.repeats), total),
-    }
+    return {"forward": forward, "forward_backward": forward_backward}
+
+
+def measure_limits(inputs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    runs = limit_runs(inputs, args)
+    return {kind: rate(timed(run, inputs["device"], args.repeats), inputs["total"]) for kind, run in runs.items()}
 
 
 def method_spec(name: str, params: dict[str, Any], batch: int) -> MethodSpec:
@@ -447,6 +473,8 @@ def measure_method(
         clear_results(engine, request.evaluation_id)
 
     result["pipeline"] = rate(timed(lambda: outputs.append(explain_chunk(request)), device, args.repeats), total)
+    kind, multiplier = LIMITS.get(name, ("forward_backward", None))
+    result["paired"] = paired(limit_runs(inputs, args)[kind], lambda: explain_chunk(request), device, args.repeats)
     result["pipeline_with_db"] = rate(timed(lambda: evaluate_chunk.fn(request), device, args.repeats, setup=clear),
                                       total)
     sums, focus, predicted = outputs[-1]
@@ -461,7 +489,6 @@ def measure_method(
     result["rows_in_store"] = len(db.evaluation_results(engine, request.evaluation_id))
     result["focus_defined"] = int(np.isfinite(focus).sum())
     result["focus_median"] = float(np.nanmedian(focus)) if np.isfinite(focus).any() else None
-    kind, multiplier = LIMITS.get(name, ("forward_backward", None))
     result["limit"] = kind
     result["passes_per_mosaic"] = int(explainer.params.get(multiplier, 1)) if multiplier else 1
     if args.dtype == "bf16":
@@ -660,11 +687,15 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     """The issue's ratios (figures above 1 mean faster than the reference)."""
     limits = results["limits"]
     out: dict[str, Any] = {"pipeline_over_limit": {}, "db_write_share": {}, "db_cost_in_flow": {},
-                           "explainer_over_limit": {}}
+                           "explainer_over_limit": {}, "pipeline_over_limit_paired": {}}
     for name, m in results["methods"].items():
         limit = limits[m["limit"]]["mosaics_per_s"] / m["passes_per_mosaic"]
         out["pipeline_over_limit"][name] = m["pipeline"]["mosaics_per_s"] / limit
         out["explainer_over_limit"][name] = m["explainer"]["mosaics_per_s"] / limit
+        if "paired" in m:  # the same ratio from runs timed in turns (passes x limit time / pipeline time)
+            turns = m["paired"]
+            out["pipeline_over_limit_paired"][name] = m["passes_per_mosaic"] * statistics.median(
+                turns["limit_s"]) / statistics.median(turns["pipeline_s"])
         # the first write on its own, after the pipeline on its own
         write, pipe = m["db_write"]["median_s"], m["pipeline"]["median_s"]
         out["db_write_share"][name] = write / (pipe + write)
@@ -707,6 +738,8 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
             if part in m:
                 flat[f"{name}.{part}_mosaics_per_s"] = m[part]["mosaics_per_s"]
         flat[f"{name}.pipeline_over_limit"] = results["ratios"]["pipeline_over_limit"][name]
+        if name in results["ratios"]["pipeline_over_limit_paired"]:
+            flat[f"{name}.pipeline_over_limit_paired"] = results["ratios"]["pipeline_over_limit_paired"][name]
         flat[f"{name}.db_write_share"] = results["ratios"]["db_write_share"][name]
         flat[f"{name}.db_cost_in_flow"] = results["ratios"]["db_cost_in_flow"][name]
         if "bf16" in m:
@@ -758,7 +791,7 @@ def print_table(results: dict[str, Any]) -> None:
     for kind, v in results["limits"].items():
         print(f"{kind + ' limit':<34}{v['mosaics_per_s']:>12.1f}")
     header = f"{'method':<22}{'explainer':>11}{'pipeline':>11}{'+ db':>11}{'flow':>11}{'flow+db':>11}" \
-             f"{'limit':>22}{'pipe/limit':>12}{'db share':>10}{'db in flow':>12}"
+             f"{'limit':>22}{'pipe/limit':>12}{'in turns':>10}{'db share':>10}{'db in flow':>12}"
     print("\n" + header)
     r = results["ratios"]
     for name, m in results["methods"].items():
@@ -766,6 +799,7 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"{name:<22}{m['explainer']['mosaics_per_s']:>11.1f}{m['pipeline']['mosaics_per_s']:>11.1f}"
               f"{m['pipeline_with_db']['mosaics_per_s']:>11.1f}{m['flow']['mosaics_per_s']:>11.1f}"
               f"{m['flow_with_db']['mosaics_per_s']:>11.1f}{limit:>22}{r['pipeline_over_limit'][name]:>12.3f}"
+              f"{r['pipeline_over_limit_paired'].get(name, float('nan')):>10.3f}"
               f"{r['db_write_share'][name]:>10.3f}{r['db_cost_in_flow'][name]:>12.3f}")
         if "bf16" in m:
             b = m["bf16"]
@@ -774,6 +808,7 @@ def print_table(results: dict[str, Any]) -> None:
     if results["methods"]:
         m = next(iter(results["methods"].values()))
         print(f"\nflow: {m['chunks']} chunks of {m['chunk']} mosaics on {m['chunk_threads']} threads. "
+              "in turns: pipe/limit from the limit and the pipeline timed alternately.\n"
               "db share: first write alone / (pipeline + write); db in flow: (flow+db - flow) / flow+db")
         print(f"{'database write, rows/s':<34}{'first write':>12}{'rewrite':>12}")
         for name, m in results["methods"].items():

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "throughput.py"
@@ -65,7 +66,7 @@ def test_every_figure_is_positive_and_finite(result: dict) -> None:
         expected |= {f"{method}.{part}" for part in (
             "explainer_mosaics_per_s", "pipeline_mosaics_per_s", "pipeline_with_db_mosaics_per_s",
             "db_write_mosaics_per_s", "db_rewrite_mosaics_per_s", "flow_mosaics_per_s", "flow_with_db_mosaics_per_s",
-            "pipeline_over_limit", "db_write_share", "db_cost_in_flow")}
+            "pipeline_over_limit", "pipeline_over_limit_paired", "db_write_share", "db_cost_in_flow")}
     if HAS_QUANTUS:
         expected |= {"quantus_focus_mosaics_per_s", "pipeline_over_quantus", "quantus_ceiling"}
     figures = result["figures"]
@@ -106,6 +107,8 @@ def test_methods_are_held_to_their_limits(result: dict) -> None:
         "gradcam": "forward", "gradient": "forward_backward", "smoothgrad": "forward_backward",
         "lrp": "forward_backward"}
     assert methods["smoothgrad"]["passes_per_mosaic"] == 2
+    for name in METHODS:  # the limit and the pipeline in turns, one run each per repeat after the warm-up
+        assert {key: len(value) for key, value in methods[name]["paired"].items()} == {"limit_s": 1, "pipeline_s": 1}
     assert methods["smoothgrad"]["params"]["n_samples"] == 2
     for name in METHODS:
         assert methods[name]["rows_in_store"] == result["config"]["mosaics"] == 8
@@ -152,6 +155,22 @@ def test_quantus_ratios_give_the_ceiling_any_gradcam_could_reach(module) -> None
                "methods": {"gradcam": method}, "quantus": {"mosaics_per_s": 20.0}}
     ratios = module.ratios(results)
     assert ratios["pipeline_over_quantus"] == 2.0  # with the write
+    assert ratios["pipeline_over_limit"]["gradcam"] == 0.5
+    assert "gradcam" not in ratios["pipeline_over_limit_paired"]  # no runs in turns, no ratio
     assert ratios["quantus_ceiling"] == 5.0  # forward limit / Quantus
     del results["quantus"]
     assert "quantus_ceiling" not in module.ratios(results)
+
+
+def test_runs_in_turns_alternate_and_give_the_ratio_of_medians(module) -> None:
+    calls = []
+    turns = module.paired(lambda: calls.append("limit"), lambda: calls.append("pipeline"), torch.device("cpu"), 3)
+    assert calls == ["limit", "pipeline", "limit", "pipeline", "pipeline", "limit", "limit", "pipeline"]
+    assert {key: len(value) for key, value in turns.items()} == {"limit_s": 3, "pipeline_s": 3}
+    timing = {"mosaics_per_s": 1.0, "median_s": 1.0}
+    method = {"limit": "forward_backward", "passes_per_mosaic": 4, "pipeline": timing, "explainer": timing,
+              "db_write": timing, "flow": timing, "flow_with_db": timing, "pipeline_with_db": timing,
+              "paired": {"limit_s": [1.0, 2.0, 9.0], "pipeline_s": [10.0, 16.0, 12.0]}}
+    results = {"limits": {"forward_backward": {"mosaics_per_s": 1.0}}, "methods": {"smoothgrad": method}}
+    # 4 passes per mosaic x median limit time 2 s / median pipeline time 12 s
+    assert module.ratios(results)["pipeline_over_limit_paired"]["smoothgrad"] == 4 * 2.0 / 12.0

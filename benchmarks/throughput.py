@@ -229,19 +229,25 @@ def timed(
 
 
 def paired(
-    limit: Callable[[], object], pipeline: Callable[[], object], device: torch.device, repeats: int
+    first: Callable[[], object], second: Callable[[], object], device: torch.device, repeats: int,
+    names: tuple[str, str] = ("limit_s", "pipeline_s"), setup: Callable[[], object] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds of ``limit`` and of ``pipeline`` timed in turns, ``repeats`` runs each after a warm-up of both.
+    """Seconds of ``first`` and of ``second`` timed in turns, ``repeats`` runs each after a warm-up of both.
 
     The order alternates from one round to the next, so a machine that speeds up or slows down during the run (a
     shared CPU, a GPU's clocks) moves both alike: their ratio is steadier than that of figures timed minutes apart.
+    ``setup``, when given, runs before every run of either, untimed. Returns ``{names[0]: [...], names[1]: [...]}``.
     """
-    limit()
-    pipeline()
-    seconds: dict[str, list[float]] = {"limit_s": [], "pipeline_s": []}
+    for fn in (first, second):
+        if setup is not None:
+            setup()
+        fn()
+    seconds: dict[str, list[float]] = {names[0]: [], names[1]: []}
     for round_ in range(repeats):
-        turns = [("limit_s", limit), ("pipeline_s", pipeline)]
+        turns = [(names[0], first), (names[1], second)]
         for key, fn in turns if round_ % 2 == 0 else turns[::-1]:
+            if setup is not None:
+                setup()
             synchronize(device)
             start = time.perf_counter()
             fn()
@@ -570,6 +576,8 @@ def flow_figures(request: ChunkRequest, clear: Callable[[], None], inputs: dict[
         figures["flow_with_db"] = rate(
             timed(lambda: run_chunks(pool, evaluate_chunk.fn, chunks), device, args.repeats, setup=clear), total
         )
+        figures["flow_paired"] = paired(flow, lambda: run_chunks(pool, evaluate_chunk.fn, chunks), device,
+                                        args.repeats, names=("flow_s", "flow_with_db_s"), setup=clear)
     return figures
 
 
@@ -687,7 +695,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     """The issue's ratios (figures above 1 mean faster than the reference)."""
     limits = results["limits"]
     out: dict[str, Any] = {"pipeline_over_limit": {}, "db_write_share": {}, "db_cost_in_flow": {},
-                           "explainer_over_limit": {}, "pipeline_over_limit_paired": {}}
+                           "explainer_over_limit": {}, "pipeline_over_limit_paired": {}, "db_cost_in_flow_paired": {}}
     for name, m in results["methods"].items():
         limit = limits[m["limit"]]["mosaics_per_s"] / m["passes_per_mosaic"]
         out["pipeline_over_limit"][name] = m["pipeline"]["mosaics_per_s"] / limit
@@ -702,6 +710,9 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         # what the write costs a flow run, where it overlaps the next chunk's compute (noise may make it < 0)
         flow, flow_with_db = m["flow"]["median_s"], m["flow_with_db"]["median_s"]
         out["db_cost_in_flow"][name] = (flow_with_db - flow) / flow_with_db
+        if "flow_paired" in m:  # the same from the two flow runs timed in turns
+            flow, flow_with_db = (statistics.median(m["flow_paired"][k]) for k in ("flow_s", "flow_with_db_s"))
+            out["db_cost_in_flow_paired"][name] = (flow_with_db - flow) / flow_with_db
     quantus = results.get("quantus", {})
     if "mosaics_per_s" in quantus and "gradcam" in results["methods"]:
         # with the write: the slower of our two paths, so the ratio is a lower bound
@@ -738,8 +749,9 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
             if part in m:
                 flat[f"{name}.{part}_mosaics_per_s"] = m[part]["mosaics_per_s"]
         flat[f"{name}.pipeline_over_limit"] = results["ratios"]["pipeline_over_limit"][name]
-        if name in results["ratios"]["pipeline_over_limit_paired"]:
-            flat[f"{name}.pipeline_over_limit_paired"] = results["ratios"]["pipeline_over_limit_paired"][name]
+        for ratio in ("pipeline_over_limit_paired", "db_cost_in_flow_paired"):
+            if name in results["ratios"][ratio]:
+                flat[f"{name}.{ratio}"] = results["ratios"][ratio][name]
         flat[f"{name}.db_write_share"] = results["ratios"]["db_write_share"][name]
         flat[f"{name}.db_cost_in_flow"] = results["ratios"]["db_cost_in_flow"][name]
         if "bf16" in m:
@@ -791,7 +803,7 @@ def print_table(results: dict[str, Any]) -> None:
     for kind, v in results["limits"].items():
         print(f"{kind + ' limit':<34}{v['mosaics_per_s']:>12.1f}")
     header = f"{'method':<22}{'explainer':>11}{'pipeline':>11}{'+ db':>11}{'flow':>11}{'flow+db':>11}" \
-             f"{'limit':>22}{'pipe/limit':>12}{'in turns':>10}{'db share':>10}{'db in flow':>12}"
+             f"{'limit':>22}{'pipe/limit':>12}{'in turns':>10}{'db share':>10}{'db in flow':>12}{'in turns':>10}"
     print("\n" + header)
     r = results["ratios"]
     for name, m in results["methods"].items():
@@ -800,7 +812,8 @@ def print_table(results: dict[str, Any]) -> None:
               f"{m['pipeline_with_db']['mosaics_per_s']:>11.1f}{m['flow']['mosaics_per_s']:>11.1f}"
               f"{m['flow_with_db']['mosaics_per_s']:>11.1f}{limit:>22}{r['pipeline_over_limit'][name]:>12.3f}"
               f"{r['pipeline_over_limit_paired'].get(name, float('nan')):>10.3f}"
-              f"{r['db_write_share'][name]:>10.3f}{r['db_cost_in_flow'][name]:>12.3f}")
+              f"{r['db_write_share'][name]:>10.3f}{r['db_cost_in_flow'][name]:>12.3f}"
+              f"{r['db_cost_in_flow_paired'].get(name, float('nan')):>10.3f}")
         if "bf16" in m:
             b = m["bf16"]
             diff = "n/a" if b["max_focus_diff_vs_fp32"] is None else f"{b['max_focus_diff_vs_fp32']:.2e}"
@@ -808,7 +821,7 @@ def print_table(results: dict[str, Any]) -> None:
     if results["methods"]:
         m = next(iter(results["methods"].values()))
         print(f"\nflow: {m['chunks']} chunks of {m['chunk']} mosaics on {m['chunk_threads']} threads. "
-              "in turns: pipe/limit from the limit and the pipeline timed alternately.\n"
+              "in turns: the same ratio from the two runs it compares timed alternately.\n"
               "db share: first write alone / (pipeline + write); db in flow: (flow+db - flow) / flow+db")
         print(f"{'database write, rows/s':<34}{'first write':>12}{'rewrite':>12}")
         for name, m in results["methods"].items():

@@ -66,14 +66,16 @@ def test_every_figure_is_positive_and_finite(result: dict) -> None:
         expected |= {f"{method}.{part}" for part in (
             "explainer_mosaics_per_s", "pipeline_mosaics_per_s", "pipeline_with_db_mosaics_per_s",
             "db_write_mosaics_per_s", "db_rewrite_mosaics_per_s", "flow_mosaics_per_s", "flow_with_db_mosaics_per_s",
-            "pipeline_over_limit", "pipeline_over_limit_paired", "db_write_share", "db_cost_in_flow")}
+            "pipeline_over_limit", "pipeline_over_limit_paired", "db_write_share", "db_cost_in_flow",
+            "db_cost_in_flow_paired")}
     if HAS_QUANTUS:
         expected |= {"quantus_focus_mosaics_per_s", "pipeline_over_quantus", "quantus_ceiling"}
     figures = result["figures"]
     assert expected <= set(figures), sorted(expected - set(figures))
     # the write's cost in a flow run is a difference of two timings: noise may make it slightly negative
     bad = {name: value for name, value in figures.items()
-           if not (_positive(value) or name.endswith(".db_cost_in_flow") and math.isfinite(value) and value < 1)}
+           if not (_positive(value) or name.endswith((".db_cost_in_flow", ".db_cost_in_flow_paired"))
+                   and math.isfinite(value) and value < 1)}
     assert not bad, bad
     assert all(0 < share < 1 for share in result["ratios"]["db_write_share"].values())
     for method in METHODS:
@@ -88,6 +90,7 @@ def test_flow_runs_the_chunks_and_every_write_ends_in_the_store(result: dict) ->
         assert (m["chunk"], m["chunks"], m["chunk_threads"]) == (4, 2, 2)
         for part in ("pipeline_with_db", "db_write", "db_rewrite", "flow", "flow_with_db"):
             assert m[part]["mosaics"] == 8 and len(m[part]["seconds"]) == 1
+        assert {key: len(value) for key, value in m["flow_paired"].items()} == {"flow_s": 1, "flow_with_db_s": 1}
 
 
 def test_profile_writes_one_file_per_method(run: tuple[dict, Path]) -> None:
@@ -166,6 +169,10 @@ def test_runs_in_turns_alternate_and_give_the_ratio_of_medians(module) -> None:
     calls = []
     turns = module.paired(lambda: calls.append("limit"), lambda: calls.append("pipeline"), torch.device("cpu"), 3)
     assert calls == ["limit", "pipeline", "limit", "pipeline", "pipeline", "limit", "limit", "pipeline"]
+    calls.clear()
+    module.paired(lambda: calls.append("flow"), lambda: calls.append("flow+db"), torch.device("cpu"), 2,
+                  names=("flow_s", "flow_with_db_s"), setup=lambda: calls.append("clear"))
+    assert calls == ["clear", "flow", "clear", "flow+db"] * 2 + ["clear", "flow+db", "clear", "flow"]
     assert {key: len(value) for key, value in turns.items()} == {"limit_s": 3, "pipeline_s": 3}
     timing = {"mosaics_per_s": 1.0, "median_s": 1.0}
     method = {"limit": "forward_backward", "passes_per_mosaic": 4, "pipeline": timing, "explainer": timing,

@@ -216,16 +216,18 @@ def timed(
     if setup is not None:
         setup()
     fn()
-    seconds = []
-    for _ in range(repeats):
-        if setup is not None:
-            setup()
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+    return [one_run(fn, device, setup) for _ in range(repeats)]
+
+
+def one_run(fn: Callable[[], object], device: torch.device, setup: Callable[[], object] | None = None) -> float:
+    """Seconds of one run of ``fn``, synchronised on CUDA; ``setup`` first, untimed."""
+    if setup is not None:
+        setup()
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def paired(
@@ -246,13 +248,7 @@ def paired(
     for round_ in range(repeats):
         turns = [(names[0], first), (names[1], second)]
         for key, fn in turns if round_ % 2 == 0 else turns[::-1]:
-            if setup is not None:
-                setup()
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            seconds[key].append(time.perf_counter() - start)
+            seconds[key].append(one_run(fn, device, setup))
     return seconds
 
 

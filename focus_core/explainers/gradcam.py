@@ -88,8 +88,8 @@ def layer_activations_and_gradients(
     The forward pass runs under ``torch.no_grad`` up to the layer: its output, caught by a forward hook (removed
     before returning), becomes a leaf that requires grad, the hook switches gradient recording on, and a clone of
     the leaf goes on through the rest of the forward pass, so an in-place operation after the layer cannot change
-    what is explained. Nothing below the layer is recorded (no saved activations, no pooling indices: on the CPU
-    max pooling then takes its fast path), and the backward pass stops at the layer, with no parameter gradient.
+    what is explained. Nothing below the layer is recorded (no autograd nodes, no activations kept for a backward
+    pass that never goes there), and the backward pass stops at the layer, with no parameter gradient.
 
     Returns
     -------

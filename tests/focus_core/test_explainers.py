@@ -205,7 +205,7 @@ def test_bad_layer_name_is_a_clear_error(layer):
 @pytest.mark.parametrize("name", ["gradcam", "gradcam++"])
 @pytest.mark.parametrize("frozen", [True, False])
 def test_gradcam_records_nothing_below_its_layer(name, frozen):
-    """Below the explained layer nothing is kept for autograd (saved activations, pooling indices), frozen or not."""
+    """Below the explained layer nothing is recorded for autograd (no nodes, no saved activations), frozen or not."""
     model = tiny_model()
     for parameter in model.parameters():
         parameter.requires_grad_(not frozen)

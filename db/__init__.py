@@ -6,14 +6,14 @@ Examples
 --------
 >>> import db
 >>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
-'0001'
+'0002'
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
 from db import errors, evaluations, keys, models, mosaic_sets, queries, registry, results, runs, types
 from db.engine import DEFAULT_URL, ENV_VAR, database_url, get_engine, mask_url, open_store
 from db.errors import StoreError
-from db.evaluations import finish_evaluation, get_or_create_evaluation, start_evaluation
+from db.evaluations import evaluation_state, finish_evaluation, get_or_create_evaluation, start_evaluation
 from db.keys import evaluation_key, params_hash
 from db.migrate import VERSION_TABLE, check_schema, current, downgrade, head, schema_diff, upgrade
 from db.mosaic_sets import RegisteredMosaicSet, register_mosaic_set
@@ -78,6 +78,7 @@ __all__ = [
     "get_or_create_evaluation",
     "start_evaluation",
     "finish_evaluation",
+    "evaluation_state",
     "write_mosaic_results",
     "finished_mosaic_ids",
     # queries

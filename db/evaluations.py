@@ -18,7 +18,7 @@ from db.models import EVALUATION_STATUSES, RANDOMIZATIONS, Evaluation
 from db.transactions import Store, error_reason, idempotent, transaction
 from db.types import optional_float, utcnow
 
-__all__ = ["get_or_create_evaluation", "start_evaluation", "finish_evaluation"]
+__all__ = ["get_or_create_evaluation", "start_evaluation", "finish_evaluation", "evaluation_state"]
 
 
 def _missing(evaluation_id: int) -> StoreError:
@@ -34,6 +34,7 @@ def get_or_create_evaluation(
     randomization: str = "none",
     stage: int | None = None,
     layer: str | None = None,
+    seed: int | None = None,
     audit_run_id: int | None = None,
     code_version: str | None = None,
     device: str | None = None,
@@ -41,15 +42,15 @@ def get_or_create_evaluation(
 ) -> int:
     """Return the id of the evaluation with this natural key, creating it (status ``pending``) if new.
 
-    The natural key is checkpoint x method x mosaic set x randomization (kind, stage, layer) x
+    The natural key is checkpoint x method x mosaic set x randomization (kind, stage, layer, seed) x
     audit run; see ``db.keys.evaluation_key``.
     """
     if randomization not in RANDOMIZATIONS:
         raise StoreError(f"Expected randomization to be one of {RANDOMIZATIONS} but got {randomization!r}.")
-    key = evaluation_key(checkpoint_id, method_id, mosaic_set_id, randomization, stage, layer, audit_run_id)
+    key = evaluation_key(checkpoint_id, method_id, mosaic_set_id, randomization, stage, layer, audit_run_id, seed)
     values = {
         "natural_key": key, "checkpoint_id": checkpoint_id, "method_id": method_id, "mosaic_set_id": mosaic_set_id,
-        "randomization": randomization, "stage": stage, "layer": layer, "audit_run_id": audit_run_id,
+        "randomization": randomization, "stage": stage, "layer": layer, "seed": seed, "audit_run_id": audit_run_id,
         "code_version": code_version, "device": device, "metadata_": metadata,
     }  # fmt: skip
 
@@ -140,3 +141,16 @@ def finish_evaluation(
         if result.rowcount != 1:
             raise _missing(evaluation_id)
     return summary
+
+
+def evaluation_state(store: Store, evaluation_id: int) -> dict[str, Any]:
+    """The stored status and summary of an evaluation: ``{"status", "summary": {n, n_defined, median, mean}}``."""
+    with transaction(store) as connection:
+        row = connection.execute(
+            select(Evaluation.status, Evaluation.n, Evaluation.n_defined, Evaluation.focus_median,
+                   Evaluation.focus_mean).where(Evaluation.id == evaluation_id)
+        ).one_or_none()
+    if row is None:
+        raise _missing(evaluation_id)
+    return {"status": row.status,
+            "summary": {"n": row.n, "n_defined": row.n_defined, "median": row.focus_median, "mean": row.focus_mean}}

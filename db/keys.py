@@ -45,14 +45,25 @@ def evaluation_key(
     stage: int | None = None,
     layer: str | None = None,
     audit_run_id: int | None = None,
+    seed: int | None = None,
 ) -> str:
-    """The natural key of an evaluation: sha256 of its identifying components.
+    """The natural key of an evaluation: sha256 of every input that changes its numbers.
+
+    Those are the checkpoint, the method (its explicit parameters, precision included), the mosaic set (which
+    fixes the dataset, its tile size and normalisation), the randomization (kind, stage, layer and seed) and the
+    audit run. The seed of a randomization is part of the key; an unrandomized model has none (``seed`` must be
+    ``None`` when ``randomization == "none"``). Batch size, device and worker are not: the maps do not depend
+    on them beyond float tolerance.
 
     Examples
     --------
     >>> evaluation_key(1, 2, 3) == evaluation_key(1, 2, 3, "none")
     True
+    >>> evaluation_key(1, 2, 3, "full", seed=0) == evaluation_key(1, 2, 3, "full", seed=1)
+    False
     """
+    if randomization == "none" and seed is not None:
+        raise StoreError(f"An evaluation without randomization has no randomization seed but got {seed!r}.")
     return canonical_hash(
         {
             "checkpoint": int(checkpoint_id),
@@ -62,5 +73,6 @@ def evaluation_key(
             "stage": None if stage is None else int(stage),
             "layer": layer,
             "audit_run": None if audit_run_id is None else int(audit_run_id),
+            "seed": None if seed is None else int(seed),
         }
     )

@@ -58,7 +58,7 @@ def head() -> str:
     Examples
     --------
     >>> head()
-    '0001'
+    '0002'
     """
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:  # pragma: no cover - guarded by a test
@@ -139,7 +139,7 @@ def upgrade(url: str | URL | Engine | None = None, revision: str = "head") -> st
     Examples
     --------
     >>> upgrade("sqlite://")
-    '0001'
+    '0002'
     """
     engine, owned = _engine(url)
     try:

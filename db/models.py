@@ -43,6 +43,7 @@ __all__ = [
     "AuditRun",
     "Evaluation",
     "MosaicResult",
+    "ChunkLease",
     "SPLITS",
     "RANDOMIZATIONS",
     "EVALUATION_STATUSES",
@@ -59,7 +60,7 @@ NAMING_CONVENTION = {
 
 SPLITS = ("train", "val", "test")
 RANDOMIZATIONS = ("none", "full", "cascading", "independent")
-EVALUATION_STATUSES = ("pending", "running", "finished", "failed")
+EVALUATION_STATUSES = ("pending", "running", "finished", "failed", "crashed")
 RUN_STATUSES = ("running", "finished", "failed")
 QUADRANTS = ("tl", "tr", "bl", "br")
 
@@ -231,7 +232,10 @@ class Evaluation(Base):
     """A checkpoint x method x mosaic set x randomization (x audit) evaluation.
 
     ``natural_key`` is the sha256 of those components (see ``db.keys.evaluation_key``), so that
-    ``stage``, ``layer`` and ``audit_run_id`` may be NULL and the key stays unique on both databases.
+    ``stage``, ``layer``, ``seed`` and ``audit_run_id`` may be NULL and the key stays unique on both databases.
+    ``seed`` is the randomization's seed (NULL when the model is not randomized). A ``running`` evaluation
+    names the run working on it (``run_owner``) and when that run last said it is alive (``heartbeat_at``);
+    ``crashed`` means that run died before closing it (see ``db.leases``).
     """
 
     __tablename__ = "evaluation"
@@ -248,8 +252,11 @@ class Evaluation(Base):
     randomization: Mapped[str] = mapped_column(String(16), default="none")
     stage: Mapped[int | None]
     layer: Mapped[str | None] = mapped_column(String(300))
+    seed: Mapped[int | None] = mapped_column(BigInteger)
     audit_run_id: Mapped[int | None] = mapped_column(ForeignKey("audit_run.id"))
     status: Mapped[str] = mapped_column(String(16), default="pending")
+    run_owner: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
@@ -289,3 +296,18 @@ class MosaicResult(Base):
     neg_br: Mapped[float] = mapped_column(Double)
     focus: Mapped[float | None] = mapped_column(Double)
     predicted_class: Mapped[int]
+
+
+class ChunkLease(Base):
+    """A chunk of an evaluation being computed by one run (``owner``) until ``expires_at``.
+
+    Concurrent runs of the same request claim chunks here, so each chunk is computed once; the row is
+    removed when the chunk's results are written, and an expired one is taken over (see ``db.leases``).
+    """
+
+    __tablename__ = "chunk_lease"
+
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluation.id", ondelete="CASCADE"), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[dt.datetime]

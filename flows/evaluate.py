@@ -172,7 +172,11 @@ def run_evaluation(
         missing = len(inputs.mosaic_ids) - len(db.finished_mosaic_ids(engine, entry.evaluation_id))
         # the request, and the batch sizes the chunks run now finished with (halved after running out of memory)
         closing = {**metadata, "batch_size": entry.batch_size_metadata(params.run.batch_size)}
-        if missing == 0:
+        stored = db.evaluation_state(engine, entry.evaluation_id) if missing == 0 and not entry.chunks_run else None
+        if stored is not None and stored["status"] == "finished":
+            entry.status = "finished"  # nothing done now: the record stays as the run that finished it wrote it
+            entry.summary = stored["summary"]
+        elif missing == 0:
             entry.status = "finished"
             entry.summary = db.finish_evaluation(
                 engine, entry.evaluation_id, status="finished", seconds=time.perf_counter() - started,

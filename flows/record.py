@@ -222,6 +222,7 @@ def open_evaluation(
         randomization=randomization.kind,
         stage=randomization.stage,
         layer=randomization.layer,
+        seed=None if randomization.kind == "none" else randomization.seed,
         audit_run_id=audit_run_id,
         code_version=focus_core.__version__,
         device=device,

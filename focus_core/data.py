@@ -63,6 +63,8 @@ class TileDataset:
         Class names.
     mean, std : tuple of float
         Per-channel normalisation constants on the ``[0, 1]`` scale.
+    resize : int or None
+        The shorter side images were resized to before the centre crop (``None``: tiles made otherwise).
 
     Examples
     --------
@@ -80,6 +82,7 @@ class TileDataset:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    resize: int | None = None
 
     def __post_init__(self) -> None:
         if self.tiles.dtype != torch.uint8 or self.tiles.ndim != 4:
@@ -204,13 +207,22 @@ class TileDataset:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """sha256 over name, classes, relpaths, labels and splits; the same in every process."""
+        """sha256 over name, classes, relpaths, labels, splits and how the tiles were made; the same in every process.
+
+        The tile size, the resize before the crop and the normalisation are part of it: the same images at
+        another size are other pixels for the model, so their mosaic sets and evaluations are other ones.
+        """
         payload = {
             "name": self.name,
             "classes": list(self.classes),
             "relpaths": list(self.relpaths),
             "labels": self.labels.tolist(),
             "splits": list(self.splits),
+            "tile_size": self.tile_size,
+            "resize": self.resize,
+            # 9 significant digits: a training split's mean differs in its last bits between thread counts
+            "mean": [f"{m:.9g}" for m in self.mean],
+            "std": [f"{v:.9g}" for v in self.std],
         }
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
@@ -527,4 +539,5 @@ def load_image_folder(
         classes=tuple(classes),
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
+        resize=resize,
     )

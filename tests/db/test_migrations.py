@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
@@ -14,7 +16,7 @@ VIEWS = {"evaluation_summary", "training_epoch_focus", "audit_history"}
 def test_history_has_one_head():
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [db.head()]
-    assert db.head() == "0001"
+    assert db.head() == "0002"
 
 
 def test_upgrade_to_head_and_downgrade_to_base(empty_url, tmp_path, monkeypatch):
@@ -74,3 +76,45 @@ def test_json_is_jsonb_on_postgresql(pg_url):
         engine.dispose()
     assert kind == "jsonb"
     assert stamp == "timestamp with time zone"
+
+
+def test_0002_puts_the_requested_seed_into_every_key(empty_url):
+    """Rows written before the seed was part of the key keep their identity, with the seed they were asked for."""
+    from sqlalchemy import text
+
+    from tests.db.conftest import make_world
+
+    assert db.upgrade(empty_url, "0001") == "0001"
+    engine = db.get_engine(empty_url, check=False)
+    try:
+        world = make_world(engine)
+        request = {"request": {"randomization": {"kind": "full", "stage": None, "layer": None, "seed": 3}}}
+        rows = [("a" * 64, "none", None), ("b" * 64, "full", request), ("c" * 64, "cascading", {"request": {}})]
+        insert = text(
+            "INSERT INTO evaluation (natural_key, checkpoint_id, method_id, mosaic_set_id, randomization, stage, "
+            "layer, status, created_at, metadata) VALUES (:key, :checkpoint, :method, :mosaic_set, :kind, :stage, "
+            ":layer, 'finished', :created, :metadata)"
+        )
+        with engine.begin() as connection:
+            for key, kind, metadata in rows:
+                cascading = kind == "cascading"
+                connection.execute(insert, {
+                    "key": key, "checkpoint": world.checkpoint_id, "method": world.method_ids["lrp"],
+                    "mosaic_set": world.mosaic_set_id, "kind": kind, "stage": 0 if cascading else None,
+                    "layer": "fc" if cascading else None, "created": db.types.utcnow(),
+                    "metadata": None if metadata is None else json.dumps(metadata),
+                })
+        assert db.upgrade(empty_url) == db.head()
+        with engine.connect() as connection:
+            stored = {r.randomization: r for r in connection.execute(
+                text("SELECT randomization, stage, layer, seed, natural_key FROM evaluation")
+            )}
+    finally:
+        engine.dispose()
+    expected_seeds = {"none": None, "full": 3, "cascading": 0}
+    for kind, seed in expected_seeds.items():
+        row = stored[kind]
+        assert row.seed == seed
+        assert row.natural_key == db.evaluation_key(
+            world.checkpoint_id, world.method_ids["lrp"], world.mosaic_set_id, kind, row.stage, row.layer, None, seed
+        )

@@ -140,3 +140,52 @@ def test_a_local_sweep_records_each_cell_exactly_once(prefect_api, sqlite_url, d
             "SELECT COUNT(*), COUNT(DISTINCT evaluation_id || '-' || mosaic_id) FROM mosaic_result"
         )).one()
     assert tuple(counts) == (40, 40)
+
+
+def _focus(url: str, evaluation_id: int) -> list[float | None]:
+    with store.engine_for(url).connect() as connection:
+        return [r[0] for r in connection.execute(
+            text("SELECT focus FROM mosaic_result WHERE evaluation_id = :e ORDER BY mosaic_id"), {"e": evaluation_id}
+        )]
+
+
+def test_each_randomization_seed_is_its_own_evaluation(prefect_api, sqlite_url, digits_weights, monkeypatch):
+    """Seeds 0, 1, 2 of one request: three evaluations with different Focus; a re-run of each reuses its own."""
+    def params(seed: int) -> EvaluateParams:
+        request = _params(digits_weights, sqlite_url).model_dump()
+        return EvaluateParams.model_validate({**request, "randomization": {"kind": "full", "seed": seed}})
+
+    first = {seed: evaluate(params(seed))["evaluations"][0] for seed in (0, 1, 2)}
+    ids = {seed: record["evaluation_id"] for seed, record in first.items()}
+    assert len(set(ids.values())) == 3
+    assert all(record["chunks_run"] == [0, 1, 2] for record in first.values())
+    focus = {seed: _focus(sqlite_url, ids[seed]) for seed in ids}
+    assert focus[0] != focus[1] and focus[1] != focus[2] and focus[0] != focus[2]
+    with store.engine_for(sqlite_url).connect() as connection:
+        seeds = dict(connection.execute(text("SELECT id, seed FROM evaluation")).all())
+    assert seeds == {ids[0]: 0, ids[1]: 1, ids[2]: 2}
+
+    spy = ChunkSpy()
+    monkeypatch.setattr(tasks, "explain_chunk", spy)
+    for seed in (2, 0, 1):
+        (again,) = evaluate(params(seed))["evaluations"]
+        assert again["evaluation_id"] == ids[seed] and again["chunks_skipped"] == 3
+        assert again["summary"] == first[seed]["summary"]
+    assert spy.attempts == []
+
+
+def test_reusing_a_finished_evaluation_leaves_its_record_alone(prefect_api, sqlite_url, digits_weights):
+    columns = "status, seconds, started_at, finished_at, metadata, n, focus_median"
+
+    def record(evaluation_id: int) -> tuple:
+        with store.engine_for(sqlite_url).connect() as connection:
+            return tuple(connection.execute(
+                text(f"SELECT {columns} FROM evaluation WHERE id = :e"), {"e": evaluation_id}
+            ).one())
+
+    (first,) = evaluate(_params(digits_weights, sqlite_url))["evaluations"]
+    before = record(first["evaluation_id"])
+    (again,) = evaluate(_params(digits_weights, sqlite_url, batch_size=4))["evaluations"]
+    assert again["evaluation_id"] == first["evaluation_id"] and again["chunks_run"] == []
+    assert again["status"] == "finished" and again["summary"] == first["summary"]
+    assert record(first["evaluation_id"]) == before

@@ -200,3 +200,11 @@ def test_clear_errors(tmp_path: Path) -> None:
     write_images(tmp_path / "half" / "train", {"cat": 2, "dog": 2})
     with pytest.raises(FocusError, match="no val/, valid/ or test/"):
         load_image_folder(tmp_path / "half")
+
+
+def test_the_fingerprint_tells_tile_sizes_apart() -> None:
+    """The same images at another tile size are other pixels: their mosaic sets must not be reused."""
+    small, large = load_digits(seed=0, tile_size=32), load_digits(seed=0, tile_size=48)
+    assert small.relpaths == large.relpaths and small.splits == large.splits
+    assert small.fingerprint != large.fingerprint
+    assert load_digits(seed=0, tile_size=32).fingerprint == small.fingerprint

@@ -10,7 +10,7 @@ Examples
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
-from db import errors, evaluations, keys, models, mosaic_sets, queries, registry, results, runs, types
+from db import errors, evaluations, keys, leases, models, mosaic_sets, queries, registry, results, runs, types
 from db.engine import DEFAULT_URL, ENV_VAR, database_url, get_engine, mask_url, open_store
 from db.errors import StoreError
 from db.evaluations import evaluation_state, finish_evaluation, get_or_create_evaluation, start_evaluation
@@ -43,6 +43,7 @@ __all__ = [
     "registry",
     "mosaic_sets",
     "evaluations",
+    "leases",
     "results",
     "runs",
     # engine and migrations

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import func, insert, select, text, update
@@ -69,14 +70,27 @@ def get_or_create_evaluation(
 
 
 def start_evaluation(
-    store: Store, evaluation_id: int, *, code_version: str | None = None, device: str | None = None
+    store: Store,
+    evaluation_id: int,
+    *,
+    code_version: str | None = None,
+    device: str | None = None,
+    owner: str | None = None,
+    lease_seconds: float | None = None,
 ) -> None:
-    """Mark an evaluation as running (its first start time is kept across retries)."""
+    """Mark an evaluation as running (its first start time is kept across retries).
+
+    With ``owner``, that run holds the evaluation for ``lease_seconds`` (renewed with ``db.leases.renew``);
+    past that, the evaluation shows as ``crashed`` and the next run of the request takes it over.
+    """
     values: dict[str, Any] = {"status": "running"}
     if code_version is not None:
         values["code_version"] = code_version
     if device is not None:
         values["device"] = device
+    if owner is not None:
+        values["run_owner"] = owner
+        values["run_expires_at"] = utcnow() + dt.timedelta(seconds=float(lease_seconds or 0))
     with transaction(store) as connection:
         result = connection.execute(
             update(Evaluation)
@@ -128,6 +142,8 @@ def finish_evaluation(
         values: dict[str, Any] = {
             "status": status,
             "finished_at": utcnow(),
+            "run_owner": None,
+            "run_expires_at": None,
             "n": None if summary.get("n") is None else int(summary["n"]),
             "n_defined": None if summary.get("n_defined") is None else int(summary["n_defined"]),
             "focus_median": optional_float(summary.get("median")),

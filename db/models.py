@@ -234,8 +234,9 @@ class Evaluation(Base):
     ``natural_key`` is the sha256 of those components (see ``db.keys.evaluation_key``), so that
     ``stage``, ``layer``, ``seed`` and ``audit_run_id`` may be NULL and the key stays unique on both databases.
     ``seed`` is the randomization's seed (NULL when the model is not randomized). A ``running`` evaluation
-    names the run working on it (``run_owner``) and when that run last said it is alive (``heartbeat_at``);
-    ``crashed`` means that run died before closing it (see ``db.leases``).
+    names the run working on it (``run_owner``) and until when that run has said it is alive
+    (``run_expires_at``, renewed while it works); ``crashed`` means that run died before closing it (see
+    ``db.leases``).
     """
 
     __tablename__ = "evaluation"
@@ -256,7 +257,7 @@ class Evaluation(Base):
     audit_run_id: Mapped[int | None] = mapped_column(ForeignKey("audit_run.id"))
     status: Mapped[str] = mapped_column(String(16), default="pending")
     run_owner: Mapped[str | None] = mapped_column(String(64))
-    heartbeat_at: Mapped[dt.datetime | None]
+    run_expires_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]

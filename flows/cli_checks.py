@@ -64,11 +64,15 @@ def check_model(params: Any) -> None:
     if model_spec is None or dataset_spec is None or not model_spec.weights:
         return
     from flows import record, resources, store
+    from focus_core import randomize
     from focus_core.explainers.gradcam import resolve_layer
 
     if hasattr(params, "run"):  # evaluating flows register the checkpoint: the record must agree
         record.check_recorded_checkpoint(store.engine_for(_database_param(params)), model_spec, dataset_spec)
     model = resources.build_model(model_spec, dataset_spec)
+    rnd = getattr(params, "randomization", None)
+    if rnd is not None:
+        randomize.check_randomization(model, rnd.kind, rnd.stage, rnd.layer)  # FocusError: one line, rc 2
     methods = list(getattr(params, "methods", None) or []) + list(getattr(params, "focus_methods", None) or [])
     for method in methods:
         if method.name.startswith("gradcam"):

@@ -37,7 +37,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 import db
 import focus_core
-from flows import record, resources, store
+from flows import leases, preflight, record, resources, store
 from flows.params import EvaluateParams
 from flows.record import RegisteredInputs
 from flows.tasks import (
@@ -85,8 +85,15 @@ def run_evaluation(
     inputs: RegisteredInputs | None = None,
     artifacts: bool = True,
 ) -> dict[str, Any]:
-    """The body of :func:`evaluate` (call it inside a flow): plan, run the missing chunks, close, report."""
+    """The body of :func:`evaluate` (call it inside a flow): check, plan, run the missing chunks, close, report.
+
+    The request is checked before anything is written (:func:`flows.preflight.check_request`). The run owns
+    the evaluations it starts and the chunks it computes (:mod:`flows.leases`): an identical request running
+    at the same time computes the other chunks, and this run waits for those (or takes them over when their
+    run dies) before it closes the evaluations.
+    """
     logger = get_run_logger()
+    preflight.check_request(params)
     device = resources.require_device(params.run.device)
     engine = store.engine_for(params.run.database_url)
     started = time.perf_counter()
@@ -97,75 +104,20 @@ def run_evaluation(
         inputs.checkpoint_sha256[:12], params.model.architecture, inputs.manifest_hash[:12],
         len(inputs.mosaic_ids), device, store.describe(params.run.database_url),
     )
-
-    records: list[EvaluationRecord] = []
-    requests: list[ChunkRequest] = []
-    budget = params.run.max_chunks
-    metadata = {"request": params.model_dump(mode="json", exclude={"run": {"database_url"}})}
-    for method in params.methods:
-        evaluation_id, name, method_params = record.open_evaluation(
-            engine, inputs, method, params.model, rnd, audit_run_id=audit_run_id, device=str(device),
-            metadata=metadata, precision=params.run.dtype,
-        )
-        finished_ids = db.finished_mosaic_ids(engine, evaluation_id)
-        finished_positions = [p for p, mid in enumerate(inputs.mosaic_ids) if mid in finished_ids]
-        plan = plan_chunks(len(inputs.mosaic_ids), params.run.chunk_size, finished_positions)
-        total = -(-len(inputs.mosaic_ids) // params.run.chunk_size)
-        records.append(EvaluationRecord(evaluation_id, name, method_params, total, chunks_skipped=total - len(plan)))
-        if plan:
-            db.start_evaluation(engine, evaluation_id, code_version=focus_core.__version__, device=str(device))
-        for chunk, positions in plan:
-            if budget is not None and len(requests) >= budget:
-                break
-            requests.append(
-                ChunkRequest(
-                    evaluation_id=evaluation_id,
-                    chunk=chunk,
-                    positions=positions,
-                    mosaic_ids=[inputs.mosaic_ids[p] for p in positions],
-                    dataset=params.dataset,
-                    mosaics=params.mosaics,
-                    model=params.model,
-                    randomization=rnd,
-                    method=method,
-                    device=params.run.device,
-                    batch_size=params.run.batch_size,
-                    dtype=params.run.dtype,
-                    database_url=params.run.database_url,
-                )
-            )
+    owner, lease = leases.run_owner(), params.run.lease_seconds
+    records, requests = _plan(params, inputs, engine, owner, audit_run_id=audit_run_id, device=str(device))
     logger.info(
         "%d chunk(s) to run, %d already finished", len(requests), sum(r.chunks_skipped for r in records)
     )
+    try:
+        with leases.LeaseKeeper(engine, owner, [r.evaluation_id for r in records], lease):
+            first_error = _run_chunks(params, engine, records, requests, artifacts)
+    except BaseException as error:
+        # the rows written are kept; the flow's state hooks mark a crash the same way
+        leases.release_run(params.run.database_url, owner, "failed" if isinstance(error, Exception) else "crashed")
+        raise
 
-    by_id = {r.evaluation_id: r for r in records}
-    progress_id = create_progress_artifact(0.0, description="Chunks of mosaics explained") if artifacts and requests else None
-    task = evaluate_chunk.with_options(
-        retries=params.run.retries, retry_delay_seconds=retry_delays(params.run.retry_delay_seconds)
-    )
-    futures = {task.submit(request): request for request in requests}
-    first_error: BaseException | None = None
-    for done, future in enumerate(as_completed(list(futures)), start=1):
-        request = futures[future]
-        entry = by_id[request.evaluation_id]
-        try:
-            result: ChunkResult = future.result()
-        except Exception as error:  # noqa: BLE001 - recorded, reported after the other chunks finish
-            entry.chunks_failed.append(request.chunk)
-            first_error = first_error or error
-            logger.error("Chunk %d of evaluation %d failed: %s", request.chunk, request.evaluation_id, error)
-        else:
-            entry.chunks_run.append(result.chunk)
-            entry.rows_written += result.rows
-            entry.batch_sizes[result.chunk] = result.batch_size or request.batch_size
-            if entry.batch_sizes[result.chunk] < request.batch_size:
-                logger.warning(
-                    "Chunk %d of evaluation %d ran out of device memory at batch size %d and finished at %d",
-                    result.chunk, result.evaluation_id, request.batch_size, entry.batch_sizes[result.chunk],
-                )
-        if progress_id is not None:
-            update_progress_artifact(progress_id, progress=100.0 * done / len(futures))
-
+    metadata = _request_metadata(params)
     for entry in records:
         entry.chunks_run.sort()
         entry.chunks_failed.sort()
@@ -173,6 +125,8 @@ def run_evaluation(
         # the request, and the batch sizes the chunks run now finished with (halved after running out of memory)
         closing = {**metadata, "batch_size": entry.batch_size_metadata(params.run.batch_size)}
         stored = db.evaluation_state(engine, entry.evaluation_id) if missing == 0 and not entry.chunks_run else None
+        if missing == 0:  # chunks another run of the request computed meanwhile count as skipped too
+            entry.chunks_skipped = entry.chunks_total - len(entry.chunks_run)
         if stored is not None and stored["status"] == "finished":
             entry.status = "finished"  # nothing done now: the record stays as the run that finished it wrote it
             entry.summary = stored["summary"]
@@ -187,6 +141,7 @@ def run_evaluation(
             db.finish_evaluation(engine, entry.evaluation_id, status="failed", metadata=closing)
         else:
             entry.status = "running"  # stopped by max_chunks: the next identical request finishes it
+    leases.release_run(params.run.database_url, owner, "running")  # what is left open is resumable
 
     outcome = {
         "checkpoint_id": inputs.checkpoint_id,
@@ -206,6 +161,127 @@ def run_evaluation(
             "are kept: fix the cause and run the same request again to finish the rest."
         ) from first_error
     return outcome
+
+
+def _request_metadata(params: EvaluateParams) -> dict[str, Any]:
+    return {"request": params.model_dump(mode="json", exclude={"run": {"database_url"}})}
+
+
+def _plan(
+    params: EvaluateParams, inputs: RegisteredInputs, engine: Any, owner: str, *, audit_run_id: int | None,
+    device: str,
+) -> tuple[list[EvaluationRecord], list[ChunkRequest]]:
+    """Open every method's evaluation, take over those a dead run left, and list the chunks still to compute."""
+    logger = get_run_logger()
+    records: list[EvaluationRecord] = []
+    requests: list[ChunkRequest] = []
+    budget = params.run.max_chunks
+    for method in params.methods:
+        evaluation_id, name, method_params = record.open_evaluation(
+            engine, inputs, method, params.model, params.randomization, audit_run_id=audit_run_id, device=device,
+            metadata=_request_metadata(params), precision=params.run.dtype,
+        )
+        for stale in db.leases.expire_stale_runs(engine, [evaluation_id]):
+            logger.warning("Evaluation %d was left running by a run that stopped; marked crashed, taking it over", stale)
+        finished_ids = db.finished_mosaic_ids(engine, evaluation_id)
+        finished_positions = [p for p, mid in enumerate(inputs.mosaic_ids) if mid in finished_ids]
+        plan = plan_chunks(len(inputs.mosaic_ids), params.run.chunk_size, finished_positions)
+        total = -(-len(inputs.mosaic_ids) // params.run.chunk_size)
+        records.append(EvaluationRecord(evaluation_id, name, method_params, total, chunks_skipped=total - len(plan)))
+        if plan:
+            db.start_evaluation(engine, evaluation_id, code_version=focus_core.__version__, device=device,
+                                owner=owner, lease_seconds=params.run.lease_seconds)
+        for chunk, positions in plan:
+            if budget is not None and len(requests) >= budget:
+                break
+            requests.append(
+                ChunkRequest(
+                    evaluation_id=evaluation_id,
+                    chunk=chunk,
+                    positions=positions,
+                    mosaic_ids=[inputs.mosaic_ids[p] for p in positions],
+                    dataset=params.dataset,
+                    mosaics=params.mosaics,
+                    model=params.model,
+                    randomization=params.randomization,
+                    method=method,
+                    device=params.run.device,
+                    batch_size=params.run.batch_size,
+                    dtype=params.run.dtype,
+                    database_url=params.run.database_url,
+                    lease_owner=owner,
+                    lease_seconds=params.run.lease_seconds,
+                )
+            )
+    return records, requests
+
+
+def _run_chunks(
+    params: EvaluateParams, engine: Any, records: list[EvaluationRecord], requests: list[ChunkRequest],
+    artifacts: bool,
+) -> BaseException | None:
+    """Run the chunk tasks; wait for chunks another run holds, and take them over if its lease expires.
+
+    Returns the first error of a failed chunk (the others still run and are recorded).
+    """
+    logger = get_run_logger()
+    by_id = {r.evaluation_id: r for r in records}
+    progress_id = create_progress_artifact(0.0, description="Chunks of mosaics explained") if artifacts and requests else None
+    task = evaluate_chunk.with_options(
+        retries=params.run.retries, retry_delay_seconds=retry_delays(params.run.retry_delay_seconds)
+    )
+    first_error: BaseException | None = None
+    done, pending = 0, list(requests)
+    while pending:
+        futures = {task.submit(request): request for request in pending}
+        held_elsewhere: list[ChunkRequest] = []
+        for future in as_completed(list(futures)):
+            request = futures[future]
+            entry = by_id[request.evaluation_id]
+            try:
+                result: ChunkResult = future.result()
+            except Exception as error:  # noqa: BLE001 - recorded, reported after the other chunks finish
+                entry.chunks_failed.append(request.chunk)
+                first_error = first_error or error
+                logger.error("Chunk %d of evaluation %d failed: %s", request.chunk, request.evaluation_id, error)
+            else:
+                if result.held_elsewhere:
+                    held_elsewhere.append(request)
+                    continue
+                if result.computed:
+                    entry.chunks_run.append(result.chunk)
+                    entry.rows_written += result.rows
+                    entry.batch_sizes[result.chunk] = result.batch_size or request.batch_size
+                if entry.batch_sizes.get(result.chunk, request.batch_size) < request.batch_size:
+                    logger.warning(
+                        "Chunk %d of evaluation %d ran out of device memory at batch size %d and finished at %d",
+                        result.chunk, result.evaluation_id, request.batch_size, entry.batch_sizes[result.chunk],
+                    )
+            done += 1
+            if progress_id is not None:
+                update_progress_artifact(progress_id, progress=100.0 * done / len(requests))
+        pending = _wait_for_others(engine, held_elsewhere, params.run.lease_seconds)
+    return first_error
+
+
+def _wait_for_others(engine: Any, held: list[ChunkRequest], lease_seconds: float) -> list[ChunkRequest]:
+    """Wait until each chunk another run holds is finished there or its lease expires; return the latter."""
+    if not held:
+        return []
+    get_run_logger().info("%d chunk(s) are being computed by another run of this request; waiting", len(held))
+    while True:
+        time.sleep(min(2.0, lease_seconds / 4))
+        waiting, free = [], []
+        for request in held:
+            finished = db.finished_mosaic_ids(engine, request.evaluation_id)
+            if all(mosaic_id in finished for mosaic_id in request.mosaic_ids):
+                continue
+            (waiting if db.leases.chunk_lease_live(engine, request.evaluation_id, request.chunk) else free).append(
+                request
+            )
+        if free or not waiting:
+            return free + waiting  # the waiting ones are claimed again: each attempt either waits or computes
+        held = waiting
 
 
 def _report(params: EvaluateParams, inputs: RegisteredInputs, records: list[EvaluationRecord], engine: Any) -> None:
@@ -275,7 +351,7 @@ CHUNK_THREADS = 2
 
 
 @flow(name="evaluate", flow_run_name=_evaluate_run_name, validate_parameters=True, persist_result=False,
-      task_runner=ThreadPoolTaskRunner(max_workers=CHUNK_THREADS))
+      task_runner=ThreadPoolTaskRunner(max_workers=CHUNK_THREADS), **leases.STATE_HOOKS)
 def evaluate(params: EvaluateParams, audit_run_id: int | None = None) -> dict[str, Any]:
     """Evaluate attribution methods with Focus on one checkpoint and one seeded mosaic set.
 

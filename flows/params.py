@@ -230,6 +230,11 @@ class RunSpec(_Spec):
     max_chunks: int | None = Field(
         None, ge=1, description="Run at most this many chunks now; the next identical request runs the rest."
     )
+    lease_seconds: float = Field(
+        300.0, ge=1, le=86_400,
+        description="How long a run's claim on its evaluations and chunks lasts unless renewed (every third of it): "
+        "a run that dies is shown as crashed, and its work taken over, this long after it stopped.",
+    )
     database_url: DatabaseUrl = None
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows import record, resources, store
+from flows import preflight, record, resources, store
 from flows.evaluate import evaluate
 from flows.params import EvaluateParams, RandomizationParams, RandomizationSpec
 from focus_core import randomize, report
@@ -58,7 +58,7 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
     Returns a dict with one entry per stage: its kind, stage, layer, evaluation ids and the
     median Focus per method (expected: high for the trained model, about 0.5 once randomized).
     """
-    resources.require_device(params.run.device)
+    preflight.check_request(params)  # its stages come from the model itself: nothing else to check
     logger = get_run_logger()
     engine = store.engine_for(params.run.database_url)
     inputs = record.register_inputs(engine, params.dataset, params.mosaics, params.model)

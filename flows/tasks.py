@@ -69,6 +69,10 @@ class ChunkRequest(BaseModel):
     batch_size: int
     dtype: Precision = "fp32"
     database_url: str | None = None
+    lease_owner: str | None = Field(
+        None, description="The run that claims the chunk in the store before computing it; empty: no claim."
+    )
+    lease_seconds: float = Field(300.0, gt=0, description="How long a claim lasts unless renewed.")
 
 
 class ChunkResult(BaseModel):
@@ -81,6 +85,8 @@ class ChunkResult(BaseModel):
     batch_size: int | None = Field(
         None, description="The batch size the chunk finished with: below the request's after running out of memory."
     )
+    computed: bool = Field(True, description="False when another run had written every mosaic of it already.")
+    held_elsewhere: bool = Field(False, description="Another live run holds the chunk: nothing was computed here.")
 
 
 class _Scores(NamedTuple):
@@ -334,14 +340,41 @@ def _chunk_run_name() -> str:
     retry_condition_fn=can_succeed_on_retry,
 )
 def evaluate_chunk(request: ChunkRequest) -> ChunkResult:
-    """Explain one chunk of mosaics and write its rows (one per mosaic) in one transaction."""
+    """Explain one chunk of mosaics and write its rows (one per mosaic) in one transaction.
+
+    With ``request.lease_owner`` the chunk is claimed in the store first (``db.leases.claim_chunk``): a chunk
+    that another live run holds is left to it (``held_elsewhere``), and mosaics another run wrote meanwhile
+    are not computed again. The claim is released once the rows are written.
+    """
     started = time.perf_counter()
-    scores = explain_chunk(request)
-    sums, focus, predicted = scores
-    rows = db.write_mosaic_results(
-        store.engine_for(request.database_url), request.evaluation_id, request.mosaic_ids, sums, focus, predicted
-    )
+    engine = store.engine_for(request.database_url)
+    owner = request.lease_owner
+    if owner is not None:
+        if not db.leases.claim_chunk(engine, request.evaluation_id, request.chunk, owner, request.lease_seconds):
+            return ChunkResult(evaluation_id=request.evaluation_id, chunk=request.chunk, rows=0, seconds=0.0,
+                               computed=False, held_elsewhere=True)
+        request = _still_missing(engine, request)
+    try:
+        if not request.positions:
+            return ChunkResult(evaluation_id=request.evaluation_id, chunk=request.chunk, rows=0,
+                               seconds=time.perf_counter() - started, computed=False)
+        scores = explain_chunk(request)
+        sums, focus, predicted = scores
+        rows = db.write_mosaic_results(engine, request.evaluation_id, request.mosaic_ids, sums, focus, predicted)
+    finally:
+        if owner is not None:
+            db.leases.release_chunk(engine, request.evaluation_id, request.chunk, owner)
     return ChunkResult(
         evaluation_id=request.evaluation_id, chunk=request.chunk, rows=rows, seconds=time.perf_counter() - started,
         batch_size=getattr(scores, "batch_size", request.batch_size),
     )
+
+
+def _still_missing(engine: Any, request: ChunkRequest) -> ChunkRequest:
+    """The request without the mosaics that already have a row (another run may have written them)."""
+    finished = db.finished_mosaic_ids(engine, request.evaluation_id)
+    keep = [i for i, mosaic_id in enumerate(request.mosaic_ids) if mosaic_id not in finished]
+    if len(keep) == len(request.mosaic_ids):
+        return request
+    return request.model_copy(update={"positions": [request.positions[i] for i in keep],
+                                      "mosaic_ids": [request.mosaic_ids[i] for i in keep]})

@@ -42,6 +42,7 @@ from torch import nn
 from focus_core.errors import FocusError
 
 __all__ = [
+    "check_randomization",
     "cascading_stage_layers",
     "cascading_stages",
     "parametrised_layers",
@@ -167,12 +168,40 @@ def randomize_independent(model: nn.Module, layer: str, seed: int = 0) -> nn.Mod
     >>> bool((other.features[0].weight == model.features[0].weight).all())
     True
     """
+    return _reinitialised_copy(model, _independent_layers(model, layer), seed)
+
+
+def check_randomization(model: nn.Module, kind: str, stage: int | str | None = None, layer: str | None = None) -> None:
+    """Check that ``model`` has what a randomization asks for, without copying or re-initialising anything.
+
+    Raises
+    ------
+    FocusError
+        For a cascading stage or an independent layer the model does not have (the same sentences as
+        :func:`randomize_cascading` and :func:`randomize_independent`).
+
+    Examples
+    --------
+    >>> from focus_core.models import DigitsCNN
+    >>> check_randomization(DigitsCNN(), "cascading", stage=99)
+    Traceback (most recent call last):
+    ...
+    focus_core.errors.FocusError: Cascading stage 99 is out of range: pass an index from 0 (top layer) to 4.
+    """
+    if kind == "cascading":
+        _stage_index(cascading_stage_layers(model), stage)
+    elif kind == "independent":
+        _independent_layers(model, layer)
+
+
+def _independent_layers(model: nn.Module, layer: str | None) -> list[str]:
+    """The layers that ``randomize_independent(model, layer)`` re-initialises."""
     for members in cascading_stage_layers(model):
         if members[0] == layer:
-            return _reinitialised_copy(model, list(members), seed)
+            return list(members)
     names = parametrised_layers(model)
     if layer in names:
-        return _reinitialised_copy(model, [layer], seed)
+        return [layer]
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     raise FocusError(f"The model has no parametrised layer {layer!r}: pass one of {shown}.")
 

@@ -7,13 +7,15 @@ Create Date: 2026-12-02
 - ``evaluation.seed``: the seed of the randomization (NULL for an unrandomized model). It is part
   of ``natural_key`` now; every existing key is recomputed with the seed the evaluation was
   requested with (``metadata.request.randomization.seed``, else 0, the only default there was).
-- ``evaluation.run_owner`` and ``evaluation.heartbeat_at``: the run working on a running
-  evaluation and when it last said it is alive; a running evaluation whose heartbeat is older than
-  its lease is shown, and taken over, as crashed.
+- ``evaluation.run_owner`` and ``evaluation.run_expires_at``: the run working on a running
+  evaluation and until when it has said it is alive (it renews that while it works); a running
+  evaluation past that time is shown as ``crashed`` by ``evaluation_summary`` and taken over by the
+  next run of the same request.
 - status ``crashed``: the run died (killed, cancelled, lost its worker) before closing it.
 - ``chunk_lease``: one row per chunk being computed, so that concurrent runs of one request split
   the chunks; an expired lease is taken over.
-- ``evaluation_summary`` gains ``seed`` (after ``layer``); ``audit_history`` is recreated on it.
+- ``evaluation_summary`` gains ``seed`` (after ``layer``) and shows a running evaluation whose run
+  has expired as ``crashed``; ``audit_history`` is recreated on it.
 """
 
 from __future__ import annotations
@@ -46,11 +48,20 @@ def _initial_views() -> tuple[tuple[str, str], ...]:
     return ScriptDirectory.from_config(context.config).get_revision("0001").module.VIEWS
 
 
+# CURRENT_TIMESTAMP is UTC on both databases; SQLite stores UTC as 'YYYY-MM-DD HH:MM:SS.ffffff', which
+# compares as text in time order with SQLite's 'YYYY-MM-DD HH:MM:SS'
+_SUMMARY_COLUMNS = (
+    "e.layer, e.seed, e.audit_run_id, "
+    "CASE WHEN e.status = 'running' AND e.run_expires_at < CURRENT_TIMESTAMP THEN 'crashed' ELSE e.status END "
+    "AS status,"
+)
+
+
 def _views(with_seed: bool) -> list[tuple[str, str]]:
     views = []
     for name, sql in _initial_views():
         if with_seed and name == "evaluation_summary":
-            sql = sql.replace("e.layer, e.audit_run_id", "e.layer, e.seed, e.audit_run_id")
+            sql = sql.replace("e.layer, e.audit_run_id, e.status,", _SUMMARY_COLUMNS)
         views.append((name, sql))
     return views
 
@@ -106,7 +117,7 @@ def upgrade() -> None:
     with op.batch_alter_table("evaluation") as batch:
         batch.add_column(sa.Column("seed", sa.BigInteger(), nullable=True))
         batch.add_column(sa.Column("run_owner", sa.String(length=64), nullable=True))
-        batch.add_column(sa.Column("heartbeat_at", db.types.UTCDateTime(), nullable=True))
+        batch.add_column(sa.Column("run_expires_at", db.types.UTCDateTime(), nullable=True))
         batch.drop_constraint(op.f("ck_evaluation_status"), type_="check")
         batch.create_check_constraint(op.f("ck_evaluation_status"), _status_check(_NEW_STATUSES))
     connection = op.get_bind()
@@ -154,7 +165,7 @@ def downgrade() -> None:
     with op.batch_alter_table("evaluation") as batch:
         batch.drop_constraint(op.f("ck_evaluation_status"), type_="check")
         batch.create_check_constraint(op.f("ck_evaluation_status"), _status_check(_OLD_STATUSES))
-        batch.drop_column("heartbeat_at")
+        batch.drop_column("run_expires_at")
         batch.drop_column("run_owner")
         batch.drop_column("seed")
     _create_views(with_seed=False)

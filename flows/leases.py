@@ -1,0 +1,87 @@
+"""Who works on an evaluation: the run's owner id, the thread that keeps its leases alive, the state hooks.
+
+A run of the evaluating flows owns the evaluations it starts and the chunks it claims (:mod:`db.leases`)
+under its Prefect flow-run id. While it works, :class:`LeaseKeeper` renews its leases; when the run ends
+badly, the flows' state hooks (:data:`STATE_HOOKS`) mark its evaluations ``crashed`` or ``failed`` at once.
+A run that dies without running them (``kill -9``, a lost worker) stops renewing: its evaluations show as
+``crashed`` once their lease expires, and the next run of the request takes the work over.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import db
+from flows import store
+
+__all__ = ["run_owner", "LeaseKeeper", "release_run", "STATE_HOOKS"]
+
+
+def run_owner() -> str:
+    """The current Prefect flow run's id, or a new random id outside a flow run."""
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or uuid.uuid4())
+
+
+class LeaseKeeper:
+    """A daemon thread that renews ``owner``'s leases every third of ``seconds`` until it is stopped.
+
+    Examples
+    --------
+    >>> with LeaseKeeper(engine, "owner-id", [1, 2], seconds=300):  # doctest: +SKIP
+    ...     ...  # compute the chunks
+    """
+
+    def __init__(self, engine: Any, owner: str, evaluation_ids: Sequence[int], seconds: float) -> None:
+        self.engine, self.owner, self.evaluation_ids, self.seconds = engine, owner, list(evaluation_ids), seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"focus-leases-{owner[:8]}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                db.leases.renew(self.engine, self.owner, self.evaluation_ids, self.seconds)
+            except Exception:  # noqa: BLE001 - a lost connection now and then: the next beat tries again
+                continue
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def release_run(database_url: str | None, owner: str, status: str) -> list[int]:
+    """Mark ``owner``'s running evaluations ``status`` and drop its chunk leases (see ``db.leases.release_run``)."""
+    return db.leases.release_run(store.engine_for(database_url), owner, status)
+
+
+def _database_url(parameters: dict[str, Any]) -> str | None:
+    params = parameters.get("params")
+    run = params.get("run") if isinstance(params, dict) else getattr(params, "run", None)
+    if isinstance(run, dict):
+        return run.get("database_url")
+    return getattr(run, "database_url", None)
+
+
+def _hook(status: str) -> Any:
+    def mark(flow: Any, flow_run: Any, state: Any) -> None:
+        release_run(_database_url(flow_run.parameters or {}), str(flow_run.id), status)
+
+    mark.__name__ = f"mark_evaluations_{status}"
+    return mark
+
+
+#: ``on_crashed``, ``on_cancellation`` and ``on_failure`` hooks for the evaluating flows: a crash or a
+#: cancellation marks the run's open evaluations ``crashed``, a failure ``failed`` (their rows are kept).
+STATE_HOOKS: dict[str, list[Any]] = {
+    "on_crashed": [_hook("crashed")],
+    "on_cancellation": [_hook("crashed")],
+    "on_failure": [_hook("failed")],
+}

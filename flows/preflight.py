@@ -1,0 +1,34 @@
+"""What a worker checks of an evaluating request before it writes anything to the store.
+
+The command line checks what it can before Prefect starts (:mod:`flows.cli_checks`); a deployment's
+run reaches the worker unchecked, and some things only the worker can see (its device, its files).
+Every check here raises a one-sentence ``FocusError`` (a ``ValueError``: not retried), so a bad request
+leaves no dataset, mosaic set, checkpoint or evaluation behind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows import resources
+from flows.params import RandomizationSpec
+from focus_core import randomize
+from focus_core.explainers.gradcam import resolve_layer
+
+__all__ = ["check_request"]
+
+
+def check_request(params: Any, randomization: RandomizationSpec | None = None) -> None:
+    """Check the device, the weights file (it fits the architecture), the randomization and the methods' layers.
+
+    ``params`` is an ``EvaluateParams`` or a ``RandomizationParams``; ``randomization`` overrides
+    ``params.randomization`` (the randomization flow checks its stages itself).
+    """
+    resources.require_device(params.run.device)
+    model = resources.build_model(params.model, params.dataset)
+    rnd = randomization or getattr(params, "randomization", None) or RandomizationSpec()
+    randomize.check_randomization(model, rnd.kind, rnd.stage, rnd.layer)
+    for method in params.methods:
+        explainer = resources.make_explainer(method, params.model)
+        if method.name.startswith("gradcam"):
+            resolve_layer(model, explainer.params.get("layer"))

@@ -33,7 +33,7 @@ __all__ = [
 
 _SUMMARY_COLUMNS = (
     "s.evaluation_id, s.checkpoint_id, c.architecture, c.label AS checkpoint_label, "
-    "s.method_id, m.name AS method, s.mosaic_set_id, s.randomization, s.stage, s.layer, s.audit_run_id, "
+    "s.method_id, m.name AS method, s.mosaic_set_id, s.randomization, s.stage, s.layer, s.seed, s.audit_run_id, "
     "s.status, s.n, s.n_defined, s.mean_focus, s.median_focus, s.q1_focus, s.q3_focus, "
     "s.min_focus, s.max_focus, s.mosaic_accuracy"
 )

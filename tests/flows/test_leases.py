@@ -154,3 +154,53 @@ def test_a_run_that_crashes_marks_its_evaluation_crashed(prefect_api, sqlite_url
     monkeypatch.setattr(tasks, "explain_chunk", ChunkSpy())
     (record,) = evaluate(_params(digits_weights, sqlite_url))["evaluations"]
     assert record["status"] == "finished" and _rows(sqlite_url, evaluation_id) == (20, 20)
+
+
+@pytest.mark.slow
+def test_a_killed_command_shows_as_crashed_and_the_same_command_finishes_it(prefect_api, tmp_path, digits_weights):
+    """`kill -9` of a real `focus evaluate`: no hook runs, the lease runs out, `focus results` says crashed."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL
+
+    url = f"sqlite:///{tmp_path / 'focus.db'}"
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"run": {"lease_seconds": 3, "chunk_size": 2, "batch_size": 2}}))
+    focus = str(Path(sys.executable).with_name("focus"))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "FOCUS_DATABASE_URL": url}
+    command = [focus, "evaluate", "--params", str(params), "--weights", digits_weights, "--per-class", "20",
+               "--method", "smoothgrad:n_samples=8"]
+    subprocess.run([focus, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=120)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+            if _count(url, "mosaic_result") > 0:
+                break
+        assert process.poll() is None, "the evaluation finished before it could be killed: make it longer"
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    (evaluation_id,) = [int(i) for i in _ids(url)]
+    assert _status(url, evaluation_id)[0] == "running"  # nothing could mark it: the process died at once
+    time.sleep(3.5)
+    shown = subprocess.run([focus, "results", "--format", "json"], env=env, capture_output=True, text=True,
+                           timeout=120, check=True)
+    assert [row["status"] for row in json.loads(shown.stdout)] == ["crashed"]
+
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert _status(url, evaluation_id) == ("finished", "finished")
+    assert _rows(url, evaluation_id) == (200, 200)
+
+
+def _ids(url: str) -> list[int]:
+    with store.engine_for(url).connect() as connection:
+        return list(connection.execute(text("SELECT id FROM evaluation")).scalars())

@@ -66,15 +66,17 @@ class SlowChunks(ChunkSpy):
     def __init__(self, seconds: float) -> None:
         super().__init__()
         self.seconds = seconds
+        self.computing = threading.Event()
 
     def __call__(self, request: tasks.ChunkRequest):
+        self.computing.set()
         time.sleep(self.seconds)
         return super().__call__(request)
 
 
 @pytest.mark.slow
 def test_two_identical_runs_at_once_split_the_chunks(prefect_api, pg_url, digits_weights, monkeypatch):
-    spy = SlowChunks(0.4)
+    spy = SlowChunks(1.0)  # one run alone takes about 5 s (two chunk threads)
     monkeypatch.setattr(tasks, "explain_chunk", spy)
     request = _params(digits_weights, pg_url, chunk_size=2)  # 10 chunks of 2 mosaics
     outcomes: list[dict] = []
@@ -87,8 +89,9 @@ def test_two_identical_runs_at_once_split_the_chunks(prefect_api, pg_url, digits
             errors.append(error)
 
     threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
+    threads[0].start()
+    assert spy.computing.wait(timeout=120)  # the second run starts once the first computes, as a late worker would
+    threads[1].start()
     for thread in threads:
         thread.join(timeout=300)
     assert errors == [] and len(outcomes) == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,9 +71,21 @@ def _database_url(parameters: dict[str, Any]) -> str | None:
     return getattr(run, "database_url", None)
 
 
+def _opened_store(url: str | None) -> bool:
+    """Whether the store exists already: a hook must not create a SQLite file that a refused run never made."""
+    parsed = db.database_url(url)
+    return parsed.get_backend_name() != "sqlite" or not parsed.database or Path(parsed.database).is_file()
+
+
 def _hook(status: str) -> Any:
     def mark(flow: Any, flow_run: Any, state: Any) -> None:
-        release_run(_database_url(flow_run.parameters or {}), str(flow_run.id), status)
+        url = _database_url(flow_run.parameters or {})
+        if not _opened_store(url):
+            return
+        try:
+            release_run(url, str(flow_run.id), status)
+        except db.StoreError:  # a store without the schema (the run was refused before it wrote anything)
+            return
 
     mark.__name__ = f"mark_evaluations_{status}"
     return mark

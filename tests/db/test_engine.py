@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, inspect, select
+from sqlalchemy.engine import make_url
 
 import db
 import db.migrate
@@ -61,9 +62,56 @@ def test_unreachable_server_masks_the_password():
         assert "\n" not in str(info.value)
 
 
+SECRET_URLS = {
+    "user-info": "postgresql+psycopg://me:SEKRET1@127.0.0.1:1/focus",
+    "query password": "postgresql+psycopg://me@127.0.0.1:1/focus?password=SEKRET1&sslmode=prefer",
+    "query sslpassword": "postgresql+psycopg://me@127.0.0.1:1/focus?sslpassword=SEKRET1",
+    "repeated": "postgresql+psycopg://me@127.0.0.1:1/focus?password=SEKRET1&password=SEKRET2",
+    "upper-case key": "postgresql://me@127.0.0.1:1/focus?PASSWORD=SEKRET1",
+    "every place": "postgresql+psycopg://me:SEKRET1@127.0.0.1:1/focus?password=SEKRET2&sslpassword=SEKRET3",
+}
+
+
+@pytest.mark.parametrize("url", SECRET_URLS.values(), ids=SECRET_URLS.keys())
+def test_every_secret_of_a_url_is_masked_and_detected(url):
+    shown = db.mask_url(url)
+    assert "SEKRET" not in shown and "***" in shown
+    assert shown.startswith(("postgresql+psycopg://me", "postgresql://me")) and "127.0.0.1:1/focus" in shown
+    assert db.engine.has_secret(url)
+    assert "sslmode=prefer" in db.mask_url(SECRET_URLS["query password"])  # what is not a secret stays
+
+
+def test_urls_without_a_secret_are_shown_as_they_are():
+    for url in ("postgresql+psycopg://me@db/focus?sslmode=require&passfile=/home/me/.pgpass", "sqlite:///focus.db"):
+        assert not db.engine.has_secret(url)
+        assert db.mask_url(url) == make_url(url).render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize("url", SECRET_URLS.values(), ids=SECRET_URLS.keys())
+def test_unreachable_server_hides_every_secret(url):
+    for call in (db.open_store, db.upgrade, db.current):
+        with pytest.raises(db.StoreError, match=r"^Cannot open the database at .*server is running\.$") as info:
+            call(url)
+        assert "SEKRET" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_driver_message_that_repeats_a_secret_is_scrubbed():
+    url = db.database_url(SECRET_URLS["every place"])
+    error = db.engine.connect_error(url, ValueError("invalid value 'SEKRET3' for 'SEKRET2' (SEKRET1)"))
+    assert "SEKRET" not in str(error) and "invalid value '***' for '***' (***)" in str(error)
+
+
+def test_malformed_url_with_a_query_password_is_not_shown():
+    with pytest.raises(db.StoreError, match="not shown") as info:
+        db.get_engine("postgresql+psycopg://me@host:notaport/db?password=SEKRET1")
+    assert "SEKRET" not in str(info.value)
+
+
 def test_sqlite_in_a_missing_folder(tmp_path):
-    with pytest.raises(db.StoreError, match="Cannot open the database"):
+    with pytest.raises(db.StoreError, match="Cannot open the database") as info:
         db.upgrade(f"sqlite:///{tmp_path / 'missing' / 'focus.db'}")
+    assert "server" not in str(info.value)  # there is none: the folder is what to check
+    assert "folder must exist" in str(info.value)
 
 
 def test_sqlite_runs_with_foreign_keys_wal_and_busy_timeout(sqlite_url):

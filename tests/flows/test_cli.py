@@ -126,14 +126,39 @@ def test_params_file_and_options(tmp_path: Path, weights_file: str):
     }
 
 
-def test_database_url_with_password_is_not_a_parameter(monkeypatch: pytest.MonkeyPatch):
+SECRET_URLS = [
+    "postgresql+psycopg://u:secret@db/focus",
+    "postgresql+psycopg://u@db/focus?password=secret",
+    "postgresql+psycopg://u@db/focus?sslmode=require&sslpassword=secret",
+]
+
+
+@pytest.mark.parametrize("url", SECRET_URLS)
+def test_database_url_with_a_secret_is_not_a_parameter(monkeypatch: pytest.MonkeyPatch, url: str):
+    from flows.cli_demo import plan_demo
     from flows.cli_params import run_fields
 
     monkeypatch.delenv("FOCUS_DATABASE_URL", raising=False)
-    args = cli.build_parser().parse_args(["evaluate", "--database-url", "postgresql+psycopg://u:secret@db/focus"])
-    assert "database_url" not in run_fields(args)
+    for command in ("evaluate", "randomize", "audit", "sweep"):
+        args = cli.build_parser().parse_args([command, "--database-url", url])
+        assert "database_url" not in run_fields(args), command
+    assert plan_demo(cli.build_parser().parse_args(["demo", "--database-url", url])).database_param is None
     args = cli.build_parser().parse_args(["evaluate", "--database-url", "postgresql+psycopg://u@db/focus"])
     assert run_fields(args)["database_url"] == "postgresql+psycopg://u@db/focus"
+
+
+@pytest.mark.parametrize("url", SECRET_URLS)
+def test_a_params_file_with_a_secret_database_url_is_refused(
+    capsys: pytest.CaptureFixture, tmp_path: Path, weights_file: str, url: str
+):
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"model": {"weights": weights_file}, "run": {"database_url": url}}))
+    code, out, err = run(capsys, "evaluate", "--params", str(params))
+    assert code == 2 and out == ""
+    assert "run.database_url" in err and "FOCUS_DATABASE_URL" in err and "secret" not in err
+    params.write_text(json.dumps({"database_url": url, "epochs": 1}))
+    code, _, err = run(capsys, "train", "--params", str(params))
+    assert code == 2 and "database_url" in err and "secret" not in err
 
 
 def test_db_upgrade_and_current_on_a_sqlite_file(

@@ -280,7 +280,7 @@ def has_secret(url: str) -> bool:
 
     Examples
     --------
-    >>> has_secret("postgresql+psycopg://focus:secret@db/focus"), has_secret("postgresql+psycopg://focus@db/f?password=s")
+    >>> has_secret("postgresql+psycopg://focus:secret@db/focus"), has_secret("postgresql://focus@db/f?password=s")
     (True, True)
     >>> has_secret("sqlite:///focus.db")
     False

@@ -165,14 +165,14 @@ def connect_error(url: URL, exc: BaseException) -> StoreError:
     >>> print(connect_error(make_url("sqlite:////no/dir/f.db"), OSError("unable to open database file")))
     ... # doctest: +NORMALIZE_WHITESPACE
     Cannot open the database at sqlite:////no/dir/f.db (unable to open database file); check FOCUS_DATABASE_URL:
-    the file's folder must exist and this user must be able to write there.
+    it must name a SQLite file (or a new one in a folder that exists) this user may write.
     """
     reason = str(getattr(exc, "orig", exc) or exc).strip().splitlines()
     first = reason[0].rstrip(".") if reason else type(exc).__name__
     for secret in sorted(_secret_values(url), key=len, reverse=True):
         first = first.replace(secret, _MASK)
     if url.get_backend_name() == "sqlite":
-        advice = f"{ENV_VAR}: the file's folder must exist and this user must be able to write there"
+        advice = f"{ENV_VAR}: it must name a SQLite file (or a new one in a folder that exists) this user may write"
     else:
         advice = f"{ENV_VAR} and that the server is running"
     return StoreError(f"Cannot open the database at {mask_url(url)} ({first}); check {advice}.")

@@ -105,6 +105,38 @@ def test_user_mistake_is_one_line_and_exit_2(
     assert "Traceback" not in err and out == ""
 
 
+MODEL_MISTAKES = {  # what reaches the model check (a migrated store), and what the line must say
+    "text file as weights": (["--weights", "{text}"], "cannot be read safely (KeyError)"),
+    "directory as weights": (["--weights", "{dir}"], "is a directory, not a file"),
+    "factory that raises": (
+        ["--weights", "{text}", "--arch", "boom_factory:make"],
+        "The model factory boom_factory:make(num_classes=10, in_channels=1) failed (RuntimeError: factory boom)",
+    ),
+}
+
+
+@pytest.mark.parametrize(("argv", "says"), MODEL_MISTAKES.values(), ids=MODEL_MISTAKES.keys())
+def test_a_mistake_in_the_model_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: str,
+    argv: list[str], says: str,
+):
+    """Before: rc 1 with the library's words ("failed: KeyError: 101"), or "does not exist" for a folder."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("FOCUS_DEBUG", raising=False)
+    factory = "def make(num_classes, in_channels):\n    raise RuntimeError('factory boom')\n"
+    (tmp_path / "boom_factory.py").write_text(factory)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = tmp_path / "weights.txt"
+    text.write_text("hello world, these are notes and no weights\n")
+    (tmp_path / "checkpoints").mkdir()
+    values = {"{text}": str(text), "{dir}": str(tmp_path / "checkpoints")}
+    code, out, err = run(capsys, "evaluate", *[values.get(a, a) for a in argv], "--database-url", sqlite_url)
+    sys.modules.pop("boom_factory", None)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and out == "", err
+    assert says in err and "does not exist" not in err and "failed:" not in err
+
+
 def test_validation_error_names_the_field(capsys: pytest.CaptureFixture, weights_file: str):
     code, _, err = run(capsys, "evaluate", "--weights", weights_file, "--per-class", "0")
     assert code == 2

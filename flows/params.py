@@ -237,6 +237,8 @@ DatabaseUrl = Annotated[
 class RunSpec(_Spec):
     """How the work runs: device, batch and chunk sizes, retries, store (shared by the evaluating flows)."""
 
+    model_config = ConfigDict(hide_input_in_errors=True)  # a refused database_url may hold a password
+
     device: Device = "cpu"
     batch_size: BatchSize = 64
     dtype: Precision = "fp32"
@@ -250,7 +252,8 @@ class RunSpec(_Spec):
 
 
 class _FlowParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # errors name the field and what is wrong, never the value: a refused database_url may hold a password
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class EvaluateParams(_FlowParams):

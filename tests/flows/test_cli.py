@@ -181,7 +181,7 @@ def test_database_url_with_a_secret_is_not_a_parameter(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize("url", SECRET_URLS)
 def test_a_params_file_with_a_secret_database_url_is_refused(
-    capsys: pytest.CaptureFixture, tmp_path: Path, weights_file: str, url: str
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, weights_file: str, url: str
 ):
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"model": {"weights": weights_file}, "run": {"database_url": url}}))
@@ -191,6 +191,11 @@ def test_a_params_file_with_a_secret_database_url_is_refused(
     params.write_text(json.dumps({"database_url": url, "epochs": 1}))
     code, _, err = run(capsys, "train", "--params", str(params))
     assert code == 2 and "database_url" in err and "secret" not in err
+    # --debug shows the error itself: its text names the field, never the value
+    monkeypatch.setenv("FOCUS_DEBUG", "")  # so that it is restored (unset) after the test: --debug sets it
+    with pytest.raises(ValueError, match="database_url") as info:
+        cli.main(["train", "--params", str(params), "--debug"])
+    assert "secret" not in str(info.value) and "secret" not in repr(info.value)
 
 
 def test_db_upgrade_and_current_on_a_sqlite_file(

@@ -12,7 +12,17 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from db.errors import StoreError
 
-__all__ = ["DEFAULT_URL", "ENV_VAR", "database_url", "mask_url", "get_engine", "open_store", "connect_error"]
+__all__ = [
+    "DEFAULT_URL",
+    "ENV_VAR",
+    "SECRET_QUERY_KEYS",
+    "database_url",
+    "has_secret",
+    "mask_url",
+    "get_engine",
+    "open_store",
+    "connect_error",
+]
 
 ENV_VAR = "FOCUS_DATABASE_URL"
 DEFAULT_URL = "sqlite:///focus.db"
@@ -21,20 +31,78 @@ CONNECT_TIMEOUT_S = 10
 
 _DIALECTS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 
+#: Query-string keys whose values are secrets: libpq (and so psycopg) reads a password from
+#: ``?password=`` as well as from the user-info part, and the SSL key's passphrase from
+#: ``?sslpassword=``. ``passfile`` and ``sslkey`` name files, whose contents are never read here.
+SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
+_MASK = "***"
+
+
+def _parse(url: str | URL) -> URL | None:
+    try:
+        return url if isinstance(url, URL) else make_url(str(url).strip())
+    except (ArgumentError, ValueError):
+        return None
+
+
+def _secret_keys(parsed: URL) -> list[str]:
+    return [key for key in parsed.query if key.lower() in SECRET_QUERY_KEYS]
+
+
+def has_secret(url: str | URL) -> bool:
+    """Whether a database URL carries a secret: a user-info password or a secret query value.
+
+    Such a URL must never become a flow parameter (the Prefect UI shows parameters); it travels
+    in ``FOCUS_DATABASE_URL`` only. A URL that does not parse counts as secret when it holds an
+    ``@`` or names a secret key, since nothing safe can be said about it.
+
+    Examples
+    --------
+    >>> has_secret("postgresql+psycopg://focus:pw@db/focus"), has_secret("postgresql+psycopg://focus@db/f?password=pw")
+    (True, True)
+    >>> has_secret("postgresql+psycopg://focus@db/focus?sslmode=require"), has_secret("sqlite:///focus.db")
+    (False, False)
+    """
+    parsed = _parse(url)
+    if parsed is None:
+        text = str(url).lower()
+        return "@" in text or any(key in text for key in SECRET_QUERY_KEYS)
+    return parsed.password is not None or bool(_secret_keys(parsed))
+
+
+def _secret_values(parsed: URL) -> list[str]:
+    """Every secret the URL carries, as text (to scrub from a driver's message)."""
+    values = [str(parsed.password)] if parsed.password else []
+    for key in _secret_keys(parsed):
+        value = parsed.query[key]
+        values += [value] if isinstance(value, str) else list(value)
+    return [value for value in values if value]
+
 
 def mask_url(url: str | URL) -> str:
-    """Render a database URL with its password hidden.
+    """Render a database URL with every secret hidden (the one function for logs, artifacts and errors).
+
+    The user-info password and the values of :data:`SECRET_QUERY_KEYS` become ``***``; a URL
+    that does not parse is not shown at all.
 
     Examples
     --------
     >>> mask_url("postgresql+psycopg://me:secret@db:5432/focus")
     'postgresql+psycopg://me:***@db:5432/focus'
+    >>> mask_url("postgresql+psycopg://me@db/focus?password=secret&sslmode=require")
+    'postgresql+psycopg://me@db/focus?password=***&sslmode=require'
     """
-    try:
-        parsed = url if isinstance(url, URL) else make_url(url)
-    except (ArgumentError, ValueError):
+    parsed = _parse(url)
+    if parsed is None:
         return "<a malformed URL>"
-    return parsed.render_as_string(hide_password=True)
+    masked = {}
+    for key in _secret_keys(parsed):
+        value = parsed.query[key]
+        masked[key] = _MASK if isinstance(value, str) else tuple(_MASK for _ in value)
+    rendered = parsed.update_query_dict(masked).render_as_string(hide_password=True) if masked else (
+        parsed.render_as_string(hide_password=True)
+    )
+    return rendered.replace("%2A%2A%2A", _MASK)
 
 
 def database_url(url: str | URL | None = None) -> URL:
@@ -53,10 +121,9 @@ def database_url(url: str | URL | None = None) -> URL:
     'postgresql+psycopg'
     """
     raw = url if url is not None else (os.environ.get(ENV_VAR) or DEFAULT_URL)
-    try:
-        parsed = raw if isinstance(raw, URL) else make_url(str(raw).strip())
-    except (ArgumentError, ValueError):
-        shown = repr(str(raw)) if "@" not in str(raw) else "(not shown: it may hold a password)"
+    parsed = _parse(raw)
+    if parsed is None:
+        shown = "(not shown: it may hold a password)" if has_secret(raw) else repr(str(raw))
         raise StoreError(
             f"The database URL {shown} is malformed; "
             f"set {ENV_VAR} to a URL like postgresql+psycopg://user@host:5432/focus or sqlite:///focus.db."
@@ -88,12 +155,27 @@ def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
 
 
 def connect_error(url: URL, exc: BaseException) -> StoreError:
-    """Turn a driver's connection failure into one clear sentence (password masked)."""
+    """Turn a driver's connection failure into one clear sentence, every secret of the URL hidden.
+
+    The driver's first line is kept with the URL's secrets scrubbed from it too; the advice
+    fits the backend (a server that runs for PostgreSQL, a file's folder for SQLite).
+
+    Examples
+    --------
+    >>> print(connect_error(make_url("sqlite:////no/dir/f.db"), OSError("unable to open database file")))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    Cannot open the database at sqlite:////no/dir/f.db (unable to open database file); check FOCUS_DATABASE_URL:
+    it must name a SQLite file (or a new one in a folder that exists) this user may write.
+    """
     reason = str(getattr(exc, "orig", exc) or exc).strip().splitlines()
     first = reason[0].rstrip(".") if reason else type(exc).__name__
-    return StoreError(
-        f"Cannot open the database at {mask_url(url)} ({first}); check {ENV_VAR} and that the server is running."
-    )
+    for secret in sorted(_secret_values(url), key=len, reverse=True):
+        first = first.replace(secret, _MASK)
+    if url.get_backend_name() == "sqlite":
+        advice = f"{ENV_VAR}: it must name a SQLite file (or a new one in a folder that exists) this user may write"
+    else:
+        advice = f"{ENV_VAR} and that the server is running"
+    return StoreError(f"Cannot open the database at {mask_url(url)} ({first}); check {advice}.")
 
 
 def get_engine(url: str | URL | None = None, *, check: bool = True) -> Engine:

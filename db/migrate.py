@@ -90,12 +90,15 @@ def _classify(connection: Connection, url: URL) -> str | None:
     if revision is None:
         tables = set(inspect(connection).get_table_names()) - {VERSION_TABLE}
         tables = {t for t in tables if not t.startswith("sqlite_")}
-        if tables:
-            shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        foreign = sorted(tables - _OUR_TABLES)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise StoreError(
                 f"The database at {mask_url(url)} holds tables that focus-audit did not create ({shown}); "
                 f"point FOCUS_DATABASE_URL at an empty database or one made by `focus db upgrade`."
             )
+        if tables:
+            raise _lost_version_table(connection, url)
         return None
     if not _known(revision):
         raise StoreError(
@@ -103,6 +106,28 @@ def _classify(connection: Connection, url: URL) -> str | None:
             f"install the focus-audit version that created it or use another database."
         )
     return revision
+
+
+def _lost_version_table(connection: Connection, url: URL) -> StoreError:
+    """focus-audit's own tables without their version table (dropped): say how to record the revision again.
+
+    Stamping is only advised when the tables are exactly this version's schema (Alembic's
+    autogenerate comparison finds no difference); otherwise the revision cannot be told.
+    """
+    from alembic.autogenerate import compare_metadata
+
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE, "compare_type": True})
+    where = f"The database at {mask_url(url)} holds focus-audit's tables but not their version table {VERSION_TABLE}"
+    if compare_metadata(context, Base.metadata):
+        return StoreError(
+            f"{where}, and they differ from this version's schema, so their revision cannot be told; restore "
+            f"{VERSION_TABLE} from a backup, or start again with `focus db upgrade` on an empty database."
+        )
+    ini = MIGRATIONS_DIR.parent / "alembic.ini"
+    return StoreError(
+        f"{where}; they match this version's schema, so record its revision with "
+        f"`alembic -c {ini} stamp {head()}` (with FOCUS_DATABASE_URL set to this database), then run the command again."
+    )
 
 
 def _engine(url: str | URL | Engine | None) -> tuple[Engine, bool]:

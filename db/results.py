@@ -36,6 +36,9 @@ from db.transactions import Store, error_reason, transaction
 __all__ = ["write_mosaic_results", "finished_mosaic_ids"]
 
 _QUADRANTS = ("tl", "tr", "bl", "br")
+#: How far a value may stray outside its domain through float rounding (then it is clipped):
+#: Focus in [0, 1], positive sums >= 0, negative sums <= 0.
+TOLERANCE = 1e-6
 _VALUES = tuple(f"pos_{q}" for q in _QUADRANTS) + tuple(f"neg_{q}" for q in _QUADRANTS) + ("focus", "predicted_class")
 _STAGE = "_focus_result_chunk"
 _STAGE_COLUMNS = (
@@ -99,17 +102,41 @@ def _result_chunk(
         raise StoreError(f"Expected quadrant_sums of shape ({m}, 4, 2) but got {sums.shape}.")
     if not np.isfinite(sums).all():
         raise StoreError("Expected finite quadrant_sums but some are NaN or infinite; check the explainer's output.")
+    sums = _in_domain(sums, "positive relevance sums (quadrant_sums[..., 0]) >= 0", 0.0, np.inf, lambda s: s[..., 0])
+    sums = _in_domain(sums, "negative relevance sums (quadrant_sums[..., 1]) <= 0", -np.inf, 0.0, lambda s: s[..., 1])
     scores = np.asarray(focus, dtype=np.float64).reshape(-1)
     if scores.shape != (m,):
         raise StoreError(f"Expected focus of shape ({m},) but got {scores.shape}.")
     if np.isinf(scores).any():
         raise StoreError("Expected Focus scores in [0, 1] or NaN but some are infinite.")
+    scores = _in_domain(scores, "Focus scores in [0, 1] or NaN", 0.0, 1.0, lambda s: s)
     preds = np.asarray(predicted).reshape(-1)
     if preds.shape != (m,):
         raise StoreError(f"Expected predicted of shape ({m},) but got {preds.shape}.")
+    if preds.size and not np.issubdtype(preds.dtype, np.integer):
+        raise StoreError(f"Expected integer predicted classes but got dtype {preds.dtype}.")
+    if preds.size and preds.min() < 0:
+        raise StoreError(f"Expected predicted classes >= 0 but got {int(preds.min())}; check the model's output.")
     if len(np.unique(ids)) != m:
         raise StoreError("Expected each mosaic id once per chunk but some repeat.")
     return _Chunk(ids.astype(np.int64), sums, scores, preds.astype(np.int64))
+
+
+def _in_domain(values: np.ndarray, expected: str, low: float, high: float, part) -> np.ndarray:
+    """``values`` with ``part(values)`` clipped to [low, high], refused beyond :data:`TOLERANCE` (NaN passes).
+
+    Returns a copy when something is clipped; the caller's array is never changed.
+    """
+    view = part(values)
+    below, above = view < low - TOLERANCE, view > high + TOLERANCE
+    if below.any() or above.any():
+        worst = float(view[below].min()) if below.any() else float(view[above].max())
+        raise StoreError(f"Expected {expected} but got {worst:g}; check the explainer's output (nothing was written).")
+    if (view < low).any() or (view > high).any():
+        values = values.copy()
+        clipped = part(values)
+        np.clip(clipped, low, high, out=clipped)
+    return values
 
 
 def _plan(connection: Connection, evaluation_id: int, chunk: _Chunk) -> tuple[int, bool]:
@@ -193,12 +220,12 @@ def write_mosaic_results(
     mosaic_ids
         ``(M,)`` mosaic ids of the evaluation's mosaic set, each once.
     quadrant_sums
-        ``(M, 4, 2)`` float: ``[..., 0]`` positive and ``[..., 1]`` negative relevance per quadrant
-        (TL, TR, BL, BR), as from ``focus_core.metric.quadrant_sums``.
+        ``(M, 4, 2)`` finite float: ``[..., 0]`` positive (>= 0) and ``[..., 1]`` negative (<= 0)
+        relevance per quadrant (TL, TR, BL, BR), as from ``focus_core.metric.quadrant_sums``.
     focus
-        ``(M,)`` Focus scores; NaN (no positive relevance) is stored as NULL.
+        ``(M,)`` Focus scores in [0, 1]; NaN (no positive relevance) is stored as NULL.
     predicted
-        ``(M,)`` the model's predicted class per mosaic.
+        ``(M,)`` the model's predicted class per mosaic, an integer >= 0.
 
     Returns
     -------

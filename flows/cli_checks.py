@@ -24,11 +24,15 @@ __all__ = ["check_inputs", "check_model"]
 
 
 def _require_file(path: str | None, what: str, hint: str) -> None:
+    if path and Path(path).is_dir():
+        raise UsageError(f"The {what} {path!r} is a directory, not a file: {hint}.")
     if path and not Path(path).is_file():
         raise UsageError(f"The {what} {path!r} does not exist: {hint}.")
 
 
 def _require_dir(path: str | None, what: str) -> None:
+    if path and Path(path).is_file():
+        raise UsageError(f"The {what} {path!r} is a file, not a directory: pass an existing directory.")
     if path and not Path(path).is_dir():
         raise UsageError(f"The {what} {path!r} does not exist: pass an existing directory.")
 

@@ -138,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> Any:
         device=args.device,
         audit=args.audit,
     )
-    if args.database_url and not opts.has_password(args.database_url):
+    if args.database_url and not opts.has_secret(args.database_url):
         fields["database_url"] = args.database_url
     params = _build("TrainParams", fields, args.params)
     return run_flow("train", "train", params)

@@ -115,13 +115,13 @@ class DemoPlan:
     checkpoint_dir: Path
     out: Path
     database_url: str          # the store (absolute for the default SQLite file)
-    database_param: str | None  # the URL as a flow parameter (None when it carries a password)
+    database_param: str | None  # the URL as a flow parameter (None when it carries a secret)
     verbose: bool = False
 
 
 def plan_demo(args: argparse.Namespace) -> DemoPlan:
     """Resolve the options of ``focus demo`` (explicit values over ``--quick`` over the defaults)."""
-    from flows.cli_params import database_url, has_password
+    from flows.cli_params import database_url, has_secret
     from focus_core.errors import FocusError
 
     quick = bool(getattr(args, "quick", False))
@@ -144,7 +144,7 @@ def plan_demo(args: argparse.Namespace) -> DemoPlan:
         checkpoint_dir=Path(args.checkpoint_dir).expanduser().resolve(),
         out=Path(args.out).expanduser().resolve(),
         database_url=url,
-        database_param=None if has_password(url) else url,
+        database_param=None if has_secret(url) else url,
         verbose=bool(getattr(args, "verbose", False)),
     )
 

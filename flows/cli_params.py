@@ -21,7 +21,6 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from focus_core.errors import FocusError
 
@@ -33,6 +32,7 @@ __all__ = [
     "add_run_options",
     "dataset_fields",
     "deep_merge",
+    "has_secret",
     "load_params_file",
     "method_specs",
     "model_fields",
@@ -266,24 +266,28 @@ def run_fields(namespace: argparse.Namespace) -> dict[str, Any]:
         },
     )
     url = getattr(namespace, "database_url", None)
-    if url is not None and not has_password(url):
-        # Parameters are visible in the UI: a URL with a password travels in FOCUS_DATABASE_URL only.
+    if url is not None and not has_secret(url):
+        # Parameters are visible in the UI: a URL with a secret travels in FOCUS_DATABASE_URL only.
         fields["database_url"] = url
     return fields
 
 
-def has_password(url: str) -> bool:
-    """Whether a database URL carries a password (then it must not become a flow parameter).
+def has_secret(url: str) -> bool:
+    """Whether a database URL carries a secret (then it must not become a flow parameter).
+
+    :func:`db.engine.has_secret`, imported when called so that ``focus --help`` stays quick: a
+    user-info password, or a ``password`` / ``sslpassword`` in the query string.
 
     Examples
     --------
-    >>> has_password("postgresql+psycopg://focus:secret@db/focus"), has_password("sqlite:///focus.db")
-    (True, False)
+    >>> has_secret("postgresql+psycopg://focus:secret@db/focus"), has_secret("postgresql://focus@db/f?password=s")
+    (True, True)
+    >>> has_secret("sqlite:///focus.db")
+    False
     """
-    try:
-        return urlsplit(url).password is not None
-    except ValueError:
-        return True
+    from db.engine import has_secret as url_has_secret
+
+    return url_has_secret(url)
 
 
 def add_database_option(parser: argparse.ArgumentParser) -> None:

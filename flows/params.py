@@ -27,7 +27,7 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "DEVICE_PATTERN",
@@ -209,17 +209,35 @@ Precision = Annotated[
         "recent GPUs; maps differ slightly from fp32); quadrant sums and Focus are always accumulated in fp32."
     ),
 ]
+
+
+def _no_secret(url: str | None) -> str | None:
+    """Refuse a store URL that carries a secret: flow parameters are stored and shown by Prefect."""
+    from db.engine import has_secret
+
+    if url and has_secret(url):
+        raise ValueError(
+            "the store's URL carries a password, and flow parameters are visible in the Prefect UI: "
+            "leave database_url empty and set FOCUS_DATABASE_URL where the flow runs"
+        )
+    return url
+
+
 DatabaseUrl = Annotated[
     str | None,
+    AfterValidator(_no_secret),
     Field(
         description="SQLAlchemy URL of focus-audit's store (never Prefect's database); empty: the worker's "
-        "FOCUS_DATABASE_URL, else sqlite:///focus.db. Keep passwords in FOCUS_DATABASE_URL: parameters are visible in the UI.",
+        "FOCUS_DATABASE_URL, else sqlite:///focus.db. A URL with a password (user-info, ?password= or "
+        "?sslpassword=) is refused: parameters are visible in the UI, so it belongs in FOCUS_DATABASE_URL.",
     ),
 ]
 
 
 class RunSpec(_Spec):
     """How the work runs: device, batch and chunk sizes, retries, store (shared by the evaluating flows)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # a refused database_url may hold a password
 
     device: Device = "cpu"
     batch_size: BatchSize = 64
@@ -239,7 +257,8 @@ class RunSpec(_Spec):
 
 
 class _FlowParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # errors name the field and what is wrong, never the value: a refused database_url may hold a password
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class EvaluateParams(_FlowParams):

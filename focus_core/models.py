@@ -21,7 +21,6 @@ import hashlib
 import importlib
 import inspect
 import os
-import pickle
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -122,7 +121,8 @@ def build_model(
     Raises
     ------
     FocusError
-        For an unknown architecture, a broken import path or failed weight download.
+        For an unknown architecture, a broken import path, a module or factory that raises (the
+        message names the factory and its error) or a failed weight download.
 
     Examples
     --------
@@ -137,7 +137,7 @@ def build_model(
             raise FocusError("digits_cnn has no pretrained weights: pass pretrained=False.")
         return DigitsCNN(num_classes=num_classes, in_channels=in_channels)
     if ":" in arch:
-        model = _call_factory(_import_factory(arch), num_classes, in_channels)
+        model = _call_factory(arch, _import_factory(arch), num_classes, in_channels)
     elif arch in torchvision.models.list_models(module=torchvision.models):
         model = _torchvision_model(arch, pretrained)
     else:
@@ -174,19 +174,26 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> str:
     return weights_sha256(path)
 
 
+def _require_weights_file(path: Path) -> None:
+    """A missing path and a directory are told apart: both are mistakes, with different fixes."""
+    if path.is_dir():
+        raise FocusError(
+            f"The weights file {str(path)!r} is a directory, not a file: pass the path of a saved state_dict in it."
+        )
+    if not path.is_file():
+        raise FocusError(f"The weights file {str(path)!r} does not exist: pass the path of a saved state_dict.")
+
+
 def weights_sha256(path: str | os.PathLike) -> str:
     """Return the hex sha256 of a weights file.
 
     Raises
     ------
     FocusError
-        When the file does not exist.
+        When the file does not exist or is a directory.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FocusError(
-            f"The weights file {str(path)!r} does not exist: pass the path of a saved state_dict."
-        )
+    _require_weights_file(path)
     digest = hashlib.sha256()
     with path.open("rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
@@ -203,7 +210,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     Raises
     ------
     FocusError
-        When the file is missing, is not a state_dict, or was saved for another
+        When the file is missing, is a directory, is not a state_dict (any file that
+        ``torch.load(..., weights_only=True)`` refuses, a text file too), or was saved for another
         architecture, class count or channel count (the message names the mismatch).
 
     Examples
@@ -218,13 +226,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """
     path = Path(path)
     name = str(path)
-    if not path.is_file():
-        raise FocusError(
-            f"The weights file {name!r} does not exist: pass the path of a saved state_dict."
-        )
+    _require_weights_file(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+    # torch.load raises a different error for each kind of wrong file: UnpicklingError, RuntimeError,
+    # EOFError, KeyError (a text file: "KeyError: 101"), ...; each means the same to the user.
+    except Exception as error:  # noqa: BLE001
         raise FocusError(
             f"The weights file {name!r} cannot be read safely ({type(error).__name__}): "
             "save it with torch.save(model.state_dict(), path)."
@@ -296,6 +303,11 @@ def _import_factory(path: str) -> Callable[..., nn.Module]:
             f"Cannot import {module_name!r} from {path!r} ({error}): put the module on "
             "PYTHONPATH or fix the 'package.module:factory' path."
         ) from None
+    except Exception as error:  # noqa: BLE001 - the user's module failed while it was imported
+        raise FocusError(
+            f"Importing {module_name!r} for {path!r} failed ({type(error).__name__}: {_first_line(error)}): "
+            "fix the module so that it imports."
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise FocusError(
@@ -305,7 +317,12 @@ def _import_factory(path: str) -> Callable[..., nn.Module]:
     return factory
 
 
-def _call_factory(factory: Callable[..., nn.Module], num_classes: int, in_channels: int) -> nn.Module:
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _call_factory(path: str, factory: Callable[..., nn.Module], num_classes: int, in_channels: int) -> nn.Module:
     wanted = {"num_classes": num_classes, "in_channels": in_channels}
     try:
         parameters = inspect.signature(factory).parameters
@@ -313,7 +330,14 @@ def _call_factory(factory: Callable[..., nn.Module], num_classes: int, in_channe
         parameters = {}
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     kwargs = {k: v for k, v in wanted.items() if takes_any or k in parameters}
-    model = factory(**kwargs)
+    call = f"{path}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+    try:
+        model = factory(**kwargs)
+    except Exception as error:  # noqa: BLE001 - the user's code: name it and its error in one line
+        raise FocusError(
+            f"The model factory {call} failed ({type(error).__name__}: {_first_line(error)}): "
+            "fix the factory or pass another --arch."
+        ) from None
     if not isinstance(model, nn.Module):
         raise FocusError(
             f"The factory {getattr(factory, '__name__', factory)!r} returned "

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, inspect, select
+from sqlalchemy.engine import make_url
 
 import db
 import db.migrate
@@ -61,9 +62,61 @@ def test_unreachable_server_masks_the_password():
         assert "\n" not in str(info.value)
 
 
-def test_sqlite_in_a_missing_folder(tmp_path):
-    with pytest.raises(db.StoreError, match="Cannot open the database"):
-        db.upgrade(f"sqlite:///{tmp_path / 'missing' / 'focus.db'}")
+SECRET_URLS = {
+    "user-info": "postgresql+psycopg://me:SEKRET1@127.0.0.1:1/focus",
+    "query password": "postgresql+psycopg://me@127.0.0.1:1/focus?password=SEKRET1&sslmode=prefer",
+    "query sslpassword": "postgresql+psycopg://me@127.0.0.1:1/focus?sslpassword=SEKRET1",
+    "repeated": "postgresql+psycopg://me@127.0.0.1:1/focus?password=SEKRET1&password=SEKRET2",
+    "upper-case key": "postgresql://me@127.0.0.1:1/focus?PASSWORD=SEKRET1",
+    "every place": "postgresql+psycopg://me:SEKRET1@127.0.0.1:1/focus?password=SEKRET2&sslpassword=SEKRET3",
+}
+
+
+@pytest.mark.parametrize("url", SECRET_URLS.values(), ids=SECRET_URLS.keys())
+def test_every_secret_of_a_url_is_masked_and_detected(url):
+    shown = db.mask_url(url)
+    assert "SEKRET" not in shown and "***" in shown
+    assert shown.startswith(("postgresql+psycopg://me", "postgresql://me")) and "127.0.0.1:1/focus" in shown
+    assert db.engine.has_secret(url)
+    assert "sslmode=prefer" in db.mask_url(SECRET_URLS["query password"])  # what is not a secret stays
+
+
+def test_urls_without_a_secret_are_shown_as_they_are():
+    for url in ("postgresql+psycopg://me@db/focus?sslmode=require&passfile=/home/me/.pgpass", "sqlite:///focus.db"):
+        assert not db.engine.has_secret(url)
+        assert db.mask_url(url) == make_url(url).render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize("url", SECRET_URLS.values(), ids=SECRET_URLS.keys())
+def test_unreachable_server_hides_every_secret(url):
+    for call in (db.open_store, db.upgrade, db.current):
+        with pytest.raises(db.StoreError, match=r"^Cannot open the database at .*server is running\.$") as info:
+            call(url)
+        assert "SEKRET" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_driver_message_that_repeats_a_secret_is_scrubbed():
+    url = db.database_url(SECRET_URLS["every place"])
+    error = db.engine.connect_error(url, ValueError("invalid value 'SEKRET3' for 'SEKRET2' (SEKRET1)"))
+    assert "SEKRET" not in str(error) and "invalid value '***' for '***' (***)" in str(error)
+
+
+def test_malformed_url_with_a_query_password_is_not_shown():
+    with pytest.raises(db.StoreError, match="not shown") as info:
+        db.get_engine("postgresql+psycopg://me@host:notaport/db?password=SEKRET1")
+    assert "SEKRET" not in str(info.value)
+
+
+def test_sqlite_in_a_missing_folder_or_not_a_database(tmp_path):
+    """SQLite has no server to check: the message points at the file and its folder."""
+    not_a_database = tmp_path / "notes.db"
+    not_a_database.write_text("these are my notes, not a database\n" * 100)
+    for path, reason in ((tmp_path / "missing" / "focus.db", "unable to open"), (not_a_database, "not a database")):
+        for call in (db.upgrade, db.open_store, db.current):
+            with pytest.raises(db.StoreError, match=f"^Cannot open the database at .*{reason}") as info:
+                call(f"sqlite:///{path}")
+            assert "server" not in str(info.value)
+            assert "SQLite file (or a new one in a folder that exists)" in str(info.value)
 
 
 def test_sqlite_runs_with_foreign_keys_wal_and_busy_timeout(sqlite_url):
@@ -123,6 +176,45 @@ def test_foreign_database_is_refused_and_left_intact(empty_url):
         assert set(inspect(engine).get_table_names()) == {"flow_run", "alembic_version"}
         with engine.connect() as connection:
             assert connection.execute(select(flow_run.c.id).order_by(flow_run.c.id)).scalars().all() == [1, 2]
+    finally:
+        engine.dispose()
+
+
+def test_a_dropped_version_table_is_recognised_and_the_stamp_it_advises_works(empty_url, monkeypatch):
+    """focus-audit's own tables are not foreign: the message says how to record the revision again."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    db.upgrade(empty_url)
+    engine = db.get_engine(empty_url, check=False)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP TABLE {db.VERSION_TABLE}")
+        for call in (db.open_store, db.upgrade, db.current):
+            with pytest.raises(db.StoreError, match=f"holds focus-audit's tables but not their version table") as info:
+                call(empty_url)
+            assert "did not create" not in str(info.value) and "\n" not in str(info.value)
+        command = re.search(r"`(alembic -c \S+ stamp \w+)`", str(info.value)).group(1).split()
+        alembic = str(Path(sys.executable).with_name("alembic"))
+        monkeypatch.setenv("FOCUS_DATABASE_URL", empty_url)
+        done = subprocess.run([alembic, *command[1:]], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert db.current(empty_url) == db.head()
+        db.open_store(empty_url).dispose()
+        # tables that differ from this version's schema: no stamp is advised
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP TABLE {db.VERSION_TABLE}")
+            connection.exec_driver_sql("ALTER TABLE dataset ADD COLUMN surprise INTEGER")
+        with pytest.raises(db.StoreError, match="differ from this version's schema") as info:
+            db.open_store(empty_url)
+        assert "stamp" not in str(info.value)
+        # one foreign table among ours: only it is named as foreign
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE mine (id INTEGER PRIMARY KEY)")
+        with pytest.raises(db.StoreError, match=r"did not create \(mine\);"):
+            db.open_store(empty_url)
     finally:
         engine.dispose()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from sqlalchemy import text
@@ -79,3 +81,40 @@ def test_a_missing_evaluation_writes_nothing(engine, world, build_sums):
         db.write_mosaic_results(engine, 999, world.mosaic_ids[:1], build_sums(focus, world.masks[:1]), focus, [0])
     with engine.connect() as connection:
         assert connection.execute(text("SELECT COUNT(*) FROM mosaic_result")).scalar_one() == 0
+
+
+OUT_OF_DOMAIN = {  # (focus, predicted, change to the sums) -> what the message names
+    "focus above 1": ([7.0, 0.5], [0, 1], None, "Focus scores in [0, 1]"),
+    "focus below 0": ([-0.2, 0.5], [0, 1], None, "Focus scores in [0, 1]"),
+    "negative class": ([0.5, 0.5], [0, -1], None, "predicted classes >= 0"),
+    "fractional class": ([0.5, 0.5], [0.0, 1.5], None, "integer predicted classes"),
+    "negative positive sum": ([0.5, 0.5], [0, 1], (1, 2, 0, -0.01), "positive relevance sums"),
+    "positive negative sum": ([0.5, 0.5], [0, 1], (0, 3, 1, 0.01), "negative relevance sums"),
+}
+
+
+@pytest.mark.parametrize(("focus", "predicted", "change", "message"), OUT_OF_DOMAIN.values(), ids=OUT_OF_DOMAIN.keys())
+def test_values_outside_their_domain_are_refused(engine, world, evaluation, build_sums, focus, predicted, change,
+                                                 message):
+    """Before: a Focus of 7.0 and a class of -1 were stored although the message says [0, 1]."""
+    focus = np.array(focus)
+    sums = build_sums(np.array([0.5, 0.5]), world.masks[:2])
+    if change is not None:
+        *where, value = change
+        sums[tuple(where)] = value
+    with pytest.raises(db.StoreError, match=re.escape(message)) as info:
+        db.write_mosaic_results(engine, evaluation, world.mosaic_ids[:2], sums, focus, predicted)
+    assert "\n" not in str(info.value)
+    assert _stored(engine, evaluation) == []
+
+
+def test_rounding_just_outside_the_domain_is_clipped(engine, world, evaluation, build_sums):
+    focus = np.array([1 + 1e-9, -1e-9, np.nan, 0.5])
+    sums = build_sums(np.array([1.0, 0.0, np.nan, 0.5]), world.masks)
+    sums[1, 0, 0], sums[3, 1, 1] = -1e-9, 1e-9
+    given = sums.copy()
+    assert db.write_mosaic_results(engine, evaluation, world.mosaic_ids, sums, focus, [0, 1, 2, 3]) == 4
+    stored = _stored(engine, evaluation)
+    assert [row[3] for row in stored] == [1.0, 0.0, None, 0.5]
+    assert stored[1][1] == 0.0 and stored[3][2] == 0.0  # pos_tl of mosaic 1, neg_tr of mosaic 3
+    assert np.array_equal(sums, given)  # the caller's arrays are not changed

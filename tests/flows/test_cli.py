@@ -105,6 +105,38 @@ def test_user_mistake_is_one_line_and_exit_2(
     assert "Traceback" not in err and out == ""
 
 
+MODEL_MISTAKES = {  # what reaches the model check (a migrated store), and what the line must say
+    "text file as weights": (["--weights", "{text}"], "cannot be read safely (KeyError)"),
+    "directory as weights": (["--weights", "{dir}"], "is a directory, not a file"),
+    "factory that raises": (
+        ["--weights", "{text}", "--arch", "boom_factory:make"],
+        "The model factory boom_factory:make(num_classes=10, in_channels=1) failed (RuntimeError: factory boom)",
+    ),
+}
+
+
+@pytest.mark.parametrize(("argv", "says"), MODEL_MISTAKES.values(), ids=MODEL_MISTAKES.keys())
+def test_a_mistake_in_the_model_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: str,
+    argv: list[str], says: str,
+):
+    """Before: rc 1 with the library's words ("failed: KeyError: 101"), or "does not exist" for a folder."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("FOCUS_DEBUG", raising=False)
+    factory = "def make(num_classes, in_channels):\n    raise RuntimeError('factory boom')\n"
+    (tmp_path / "boom_factory.py").write_text(factory)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = tmp_path / "weights.txt"
+    text.write_text("hello world, these are notes and no weights\n")
+    (tmp_path / "checkpoints").mkdir()
+    values = {"{text}": str(text), "{dir}": str(tmp_path / "checkpoints")}
+    code, out, err = run(capsys, "evaluate", *[values.get(a, a) for a in argv], "--database-url", sqlite_url)
+    sys.modules.pop("boom_factory", None)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and out == "", err
+    assert says in err and "does not exist" not in err and "failed:" not in err
+
+
 def test_validation_error_names_the_field(capsys: pytest.CaptureFixture, weights_file: str):
     code, _, err = run(capsys, "evaluate", "--weights", weights_file, "--per-class", "0")
     assert code == 2
@@ -126,14 +158,44 @@ def test_params_file_and_options(tmp_path: Path, weights_file: str):
     }
 
 
-def test_database_url_with_password_is_not_a_parameter(monkeypatch: pytest.MonkeyPatch):
+SECRET_URLS = [
+    "postgresql+psycopg://u:secret@db/focus",
+    "postgresql+psycopg://u@db/focus?password=secret",
+    "postgresql+psycopg://u@db/focus?sslmode=require&sslpassword=secret",
+]
+
+
+@pytest.mark.parametrize("url", SECRET_URLS)
+def test_database_url_with_a_secret_is_not_a_parameter(monkeypatch: pytest.MonkeyPatch, url: str):
+    from flows.cli_demo import plan_demo
     from flows.cli_params import run_fields
 
     monkeypatch.delenv("FOCUS_DATABASE_URL", raising=False)
-    args = cli.build_parser().parse_args(["evaluate", "--database-url", "postgresql+psycopg://u:secret@db/focus"])
-    assert "database_url" not in run_fields(args)
+    for command in ("evaluate", "randomize", "audit", "sweep"):
+        args = cli.build_parser().parse_args([command, "--database-url", url])
+        assert "database_url" not in run_fields(args), command
+    assert plan_demo(cli.build_parser().parse_args(["demo", "--database-url", url])).database_param is None
     args = cli.build_parser().parse_args(["evaluate", "--database-url", "postgresql+psycopg://u@db/focus"])
     assert run_fields(args)["database_url"] == "postgresql+psycopg://u@db/focus"
+
+
+@pytest.mark.parametrize("url", SECRET_URLS)
+def test_a_params_file_with_a_secret_database_url_is_refused(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, weights_file: str, url: str
+):
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"model": {"weights": weights_file}, "run": {"database_url": url}}))
+    code, out, err = run(capsys, "evaluate", "--params", str(params))
+    assert code == 2 and out == ""
+    assert "run.database_url" in err and "FOCUS_DATABASE_URL" in err and "secret" not in err
+    params.write_text(json.dumps({"database_url": url, "epochs": 1}))
+    code, _, err = run(capsys, "train", "--params", str(params))
+    assert code == 2 and "database_url" in err and "secret" not in err
+    # --debug shows the error itself: its text names the field, never the value
+    monkeypatch.setenv("FOCUS_DEBUG", "")  # so that it is restored (unset) after the test: --debug sets it
+    with pytest.raises(ValueError, match="database_url") as info:
+        cli.main(["train", "--params", str(params), "--debug"])
+    assert "secret" not in str(info.value) and "secret" not in repr(info.value)
 
 
 def test_db_upgrade_and_current_on_a_sqlite_file(

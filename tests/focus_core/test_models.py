@@ -96,12 +96,17 @@ def user_module(tmp_path, monkeypatch):
 
             def not_a_model(num_classes):
                 return 42
+
+            def boom(num_classes):
+                raise RuntimeError("factory boom")
             """
         )
     )
+    (tmp_path / "broken_at_import.py").write_text("raise RuntimeError('import boom')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "my_nets"
     sys.modules.pop("my_nets", None)
+    sys.modules.pop("broken_at_import", None)
 
 
 def test_user_factory_gets_class_and_channel_counts(user_module):
@@ -120,11 +125,14 @@ def test_user_factory_without_arguments_is_adapted(user_module):
         ("no_such_module_xyz:f", "Cannot import 'no_such_module_xyz'"),
         ("my_nets:missing", "has no callable 'missing'"),
         ("my_nets:not_a_model", "returned int, not an nn.Module"),
+        ("my_nets:boom", r"^The model factory my_nets:boom\(num_classes=2\) failed \(RuntimeError: factory boom\)"),
+        ("broken_at_import:f", r"^Importing 'broken_at_import' for '\S+' failed \(RuntimeError: import boom\)"),
     ],
 )
 def test_broken_import_paths(user_module, path, message):
-    with pytest.raises(FocusError, match=message):
+    with pytest.raises(FocusError, match=message) as info:
         build_model(path, num_classes=2)
+    assert "\n" not in str(info.value)
 
 
 def test_digits_cnn_is_fully_convolutional_with_relu_modules():
@@ -187,6 +195,13 @@ def test_missing_file(tmp_path):
         weights_sha256(tmp_path / "nope.pt")
 
 
+def test_a_directory_is_not_said_to_be_missing(tmp_path):
+    for call in (lambda: load_weights(DigitsCNN(), tmp_path), lambda: weights_sha256(tmp_path)):
+        with pytest.raises(FocusError, match="is a directory, not a file") as info:
+            call()
+        assert "does not exist" not in str(info.value)
+
+
 def test_not_a_state_dict(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(FocusError, match="does not hold a state_dict"):
@@ -194,6 +209,9 @@ def test_not_a_state_dict(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(FocusError, match="cannot be read safely"):
         load_weights(DigitsCNN(), tmp_path / "junk.pt")
+    (tmp_path / "notes.txt").write_text("hello world, these are notes\n")  # torch.load: "KeyError: 101"
+    with pytest.raises(FocusError, match=r"notes.txt' cannot be read safely \(KeyError\)"):
+        load_weights(DigitsCNN(), tmp_path / "notes.txt")
 
 
 def test_pickled_module_is_refused(tmp_path):

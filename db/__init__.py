@@ -23,10 +23,8 @@ from db.queries import (
     compare_methods,
     evaluation_results,
     evaluation_summary,
-    focus_accuracy_correlation,
     focus_regressions,
     paired_focus,
-    paired_test,
     training_curve,
 )
 from db.registry import RegisteredDataset, register_checkpoint, register_dataset, register_method, set_checkpoint_audit
@@ -87,10 +85,8 @@ __all__ = [
     "evaluation_results",
     "compare_methods",
     "training_curve",
-    "focus_accuracy_correlation",
     "checkpoint_history",
     "paired_focus",
-    "paired_test",
     "focus_regressions",
     "checkpoints_to_audit",
 ]

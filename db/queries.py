@@ -3,16 +3,15 @@
 Each function reads the views created by the migrations (``evaluation_summary``,
 ``training_epoch_focus``, ``audit_history``) or the tables, with bound parameters only, and
 returns the same columns on PostgreSQL and SQLite (timestamps as UTC ``datetime64``).
+Statistics over these values (correlations, paired tests) are computed by ``focus_core.stats``
+in ``flows.analysis``: this module only reads.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
@@ -23,10 +22,8 @@ __all__ = [
     "evaluation_results",
     "compare_methods",
     "training_curve",
-    "focus_accuracy_correlation",
     "checkpoint_history",
     "paired_focus",
-    "paired_test",
     "focus_regressions",
     "checkpoints_to_audit",
 ]
@@ -119,44 +116,6 @@ def training_curve(engine: Engine, training_run_id: int) -> pd.DataFrame:
     )
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan, math.nan
-    if len(x) == 2:
-        return float(np.sign((x[1] - x[0]) * (y[1] - y[0]))), 1.0
-    result = stats.pearsonr(x, y)
-    return float(result.statistic), float(result.pvalue)
-
-
-def focus_accuracy_correlation(
-    engine: Engine, training_run_id: int, focus: str = "focus_median", metric: str = "val_accuracy"
-) -> dict[str, float]:
-    """Pearson correlation of Focus and a training metric over the epochs of a run.
-
-    Parameters
-    ----------
-    focus
-        ``"focus_median"`` or ``"focus_mean"``.
-    metric
-        One of ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``val_mean_class_accuracy``.
-
-    Returns
-    -------
-    dict
-        ``n`` (epochs where both are recorded), ``r`` and ``p_value`` (NaN with fewer than two
-        epochs or a constant series).
-    """
-    allowed_focus = ("focus_median", "focus_mean")
-    allowed_metric = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy")
-    if focus not in allowed_focus:
-        raise StoreError(f"Expected focus to be one of {allowed_focus} but got {focus!r}.")
-    if metric not in allowed_metric:
-        raise StoreError(f"Expected metric to be one of {allowed_metric} but got {metric!r}.")
-    curve = training_curve(engine, training_run_id)[[focus, metric]].dropna()
-    r, p = _pearson(curve[focus].to_numpy(float), curve[metric].to_numpy(float))
-    return {"n": int(len(curve)), "r": r, "p_value": p}
-
-
 def checkpoint_history(engine: Engine, checkpoint_id: int, method: str | None = None) -> pd.DataFrame:
     """A checkpoint's Focus across audits, oldest first, with the change since the previous audit."""
     sql = "SELECT * FROM audit_history WHERE checkpoint_id = :checkpoint_id"
@@ -180,36 +139,16 @@ def paired_focus(engine: Engine, evaluation_a: int, evaluation_b: int) -> pd.Dat
     )
 
 
-def paired_test(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-    """Wilcoxon signed-rank test of ``a - b`` on paired scores.
-
-    Returns ``n``, ``median_difference``, ``statistic``, ``p_value`` and ``test`` ("wilcoxon");
-    identical samples give ``p_value`` 1 and no pairs give NaN.
-    """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    n = int(len(a))
-    if n == 0:
-        return {"n": 0, "median_difference": math.nan, "statistic": math.nan, "p_value": math.nan, "test": "wilcoxon"}
-    diff = a - b
-    if np.all(diff == 0):
-        statistic, p_value = 0.0, 1.0
-    else:
-        result = stats.wilcoxon(a, b)
-        statistic, p_value = float(result.statistic), float(result.pvalue)
-    return {"n": n, "median_difference": float(np.median(diff)), "statistic": statistic, "p_value": p_value,
-            "test": "wilcoxon"}
-
-
 def focus_regressions(engine: Engine, threshold: float = 0.05, audit_run_id: int | None = None) -> pd.DataFrame:
     """Audits whose median Focus fell by more than ``threshold`` since the previous audit.
 
-    Compares each evaluation of an audit with the same checkpoint x method x mosaic set in the
-    previous audit, and adds a paired Wilcoxon signed-rank test on the mosaics both scored
-    (``n_paired``, ``median_difference`` = current - previous, ``statistic``, ``p_value``).
+    The rows of ``audit_history`` (each evaluation of an audit next to the same checkpoint x
+    method x mosaic set in the previous audit) with ``median_change < -threshold``, oldest first.
+    :func:`flows.analysis.focus_regressions` adds the paired test on the mosaics both scored.
 
     Examples
     --------
-    >>> focus_regressions(engine, threshold=0.1)[["checkpoint_id", "method_name", "median_change", "p_value"]]
+    >>> focus_regressions(engine, threshold=0.1)[["checkpoint_id", "method_name", "median_change"]]
     ... # doctest: +SKIP
     """
     if not threshold >= 0:
@@ -223,16 +162,7 @@ def focus_regressions(engine: Engine, threshold: float = 0.05, audit_run_id: int
         sql += " AND audit_run_id = :audit_run_id"
         params["audit_run_id"] = int(audit_run_id)
     sql += " ORDER BY audit_started_at, audit_run_id, checkpoint_id, method_name"
-    frame = _read(engine, sql, params, timestamps=("audit_started_at",))
-    tests = []
-    for row in frame.itertuples():
-        pairs = paired_focus(engine, int(row.evaluation_id), int(row.previous_evaluation_id))
-        result = paired_test(pairs["focus_a"].to_numpy(), pairs["focus_b"].to_numpy())
-        tests.append({"n_paired": result["n"], "median_difference": result["median_difference"],
-                      "statistic": result["statistic"], "p_value": result["p_value"]})
-    columns = ["n_paired", "median_difference", "statistic", "p_value"]
-    extra = pd.DataFrame(tests, columns=columns, index=frame.index)
-    return pd.concat([frame, extra], axis=1)
+    return _read(engine, sql, params, timestamps=("audit_started_at",))
 
 
 def checkpoints_to_audit(engine: Engine) -> pd.DataFrame:

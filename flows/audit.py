@@ -24,7 +24,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 
 import db
-from flows import resources, store
+from flows import analysis, resources, store
 from flows.evaluate import evaluate
 from flows.params import AuditParams, EvaluateParams, ModelSpec
 from focus_core import models
@@ -145,8 +145,7 @@ def _compare(engine: Any, row: dict[str, Any], name: str, entry: dict[str, Any],
     has_previous = previous is not None and not (isinstance(previous, float) and math.isnan(previous))
     test: dict[str, Any] = {"n": 0, "median_difference": None, "p_value": None}
     if has_previous:
-        pairs = db.paired_focus(engine, int(entry["evaluation_id"]), int(previous))
-        test = db.paired_test(pairs["focus_a"].to_numpy(), pairs["focus_b"].to_numpy())
+        test = analysis.paired_comparison(engine, int(entry["evaluation_id"]), int(previous))
     change = _float(entry.get("median_change")) if has_previous else None
     return {
         "checkpoint": name,

@@ -38,7 +38,9 @@ def _results_table(args: argparse.Namespace) -> Any:
             raise UsageError("`focus results epochs` needs --training-run ID (the id `focus train` printed).")
         return db.training_curve(engine, args.training_run)
     if args.table == "regressions":
-        return db.focus_regressions(engine, threshold=args.threshold if args.threshold is not None else 0.05)
+        from flows import analysis  # db returns the rows, focus_core.stats tests them
+
+        return analysis.focus_regressions(engine, threshold=args.threshold if args.threshold is not None else 0.05)
     if args.table == "checkpoints":
         return db.checkpoints_to_audit(engine)
     raise UsageError(f"Unknown table {args.table!r}: use one of {', '.join(RESULT_TABLES)}.")  # pragma: no cover

@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 import db
-from flows import record, resources, store
+from flows import analysis, record, resources, store
 from flows.params import RandomizationSpec, TrainParams
 from flows.record import RegisteredInputs, RegisteredMosaics
 from flows.tasks import ChunkRequest, can_succeed_on_retry, explain_chunk, retry_delays
@@ -201,7 +201,7 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
 
     curve = db.training_curve(engine, training_run_id)
     curve = curve[curve["epoch"] <= params.epochs]
-    correlation = db.focus_accuracy_correlation(engine, training_run_id)
+    correlation = analysis.focus_accuracy_correlation(engine, training_run_id)
     final_weights = weights_path(run_dir, params.epochs)
     final_checkpoint, final_sha = record.register_checkpoint(
         engine, params.model.model_copy(update={"weights": str(final_weights)}), params.dataset,

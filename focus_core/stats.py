@@ -138,10 +138,11 @@ def bootstrap_median_ci(
 ) -> tuple[float, float]:
     """Percentile-bootstrap confidence interval of the median of the defined scores.
 
-    Draws ``n_resamples`` resamples with replacement (vectorised, in chunks that bound memory)
-    and returns the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of their
-    medians. The same ``seed`` gives the same interval. With no defined score it returns
-    ``(nan, nan)``.
+    :func:`scipy.stats.bootstrap` (``method="percentile"``) with a numpy generator seeded by
+    ``seed``: ``n_resamples`` resamples with replacement, in batches that bound memory, and the
+    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles (linear) of their medians.
+    The same ``seed`` gives the same interval. With no defined score it returns ``(nan, nan)``;
+    with one, that score twice.
 
     Parameters
     ----------
@@ -152,7 +153,7 @@ def bootstrap_median_ci(
     n_resamples : int
         Number of bootstrap resamples, at least 1.
     seed : int
-        Seed of the numpy generator.
+        Seed of the :func:`numpy.random.default_rng` generator passed to scipy as ``rng``.
 
     Returns
     -------
@@ -178,21 +179,24 @@ def bootstrap_median_ci(
     defined = array[~np.isnan(array)]
     if defined.size == 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    n = defined.size
-    rows_per_chunk = max(1, _BOOTSTRAP_CHUNK // n)
-    medians = np.empty(int(n_resamples), dtype=np.float64)
-    for start in range(0, int(n_resamples), rows_per_chunk):
-        stop = min(int(n_resamples), start + rows_per_chunk)
-        indices = rng.integers(0, n, size=(stop - start, n))
-        medians[start:stop] = np.median(defined[indices], axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(medians, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    if defined.size == 1:  # every resample is that value; scipy refuses a single observation
+        return float(defined[0]), float(defined[0])
+    result = _st.bootstrap(
+        (defined,),
+        np.median,
+        n_resamples=int(n_resamples),
+        batch=max(1, _BOOTSTRAP_CHUNK // defined.size),
+        vectorized=True,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def _paired(a: Any, b: Any, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    x, y = _non_empty(a, names[0]), _non_empty(b, names[1])
+def _paired(a: Any, b: Any, names: tuple[str, str], *, empty_ok: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    read = as_scores if empty_ok else _non_empty
+    x, y = read(a, names[0]), read(b, names[1])
     if x.size != y.size:
         raise FocusError(
             f"The {names[0]} ({x.size}) and {names[1]} ({y.size}) differ in length: "
@@ -205,8 +209,10 @@ def _paired(a: Any, b: Any, names: tuple[str, str]) -> tuple[np.ndarray, np.ndar
 def pearson(x: Any, y: Any) -> tuple[float, float]:
     """Pearson correlation between two paired sequences (e.g. Focus median vs accuracy).
 
-    Pairs where either value is NaN are dropped. A constant sequence has no correlation:
-    the result is ``(nan, nan)`` (no warning is emitted).
+    Pairs where either value is NaN are dropped. At least 3 pairs must remain: two points always
+    lie on a line, so r would be +-1 whatever the data (scipy returns that with p = 1); callers
+    that show a table catch the :class:`FocusError` and show the correlation as undefined. A
+    constant sequence has no correlation: the result is ``(nan, nan)`` (no warning is emitted).
 
     Parameters
     ----------
@@ -244,7 +250,8 @@ def paired_test(a: Any, b: Any) -> dict[str, float | int | str]:
     """Wilcoxon signed-rank test between two evaluations on the same mosaics.
 
     ``a[i]`` and ``b[i]`` must be the scores of the same mosaic. Pairs where either score is
-    undefined (NaN) are dropped; with no pair left every number is NaN and ``n`` is 0.
+    undefined (NaN) are dropped; with no pair left (or none given) every number is NaN and ``n``
+    is 0, so two evaluations without a common defined mosaic compare as "no evidence", not an error.
     Zero differences are dropped by the test (scipy's ``zero_method="wilcox"``); when all
     differences are zero the p-value is 1.
 
@@ -263,15 +270,17 @@ def paired_test(a: Any, b: Any) -> dict[str, float | int | str]:
     Raises
     ------
     FocusError
-        When either input is empty or the lengths differ.
+        When the lengths differ or an input is not a 1-D numeric sequence.
 
     Examples
     --------
+    >>> paired_test([], [])["n"]
+    0
     >>> result = paired_test([0.9, 0.8, 0.95, 0.7, 0.85], [0.5, 0.6, 0.4, 0.55, 0.5])
     >>> result["n"], round(result["median_difference"], 2), result["p_value"]
     (5, 0.35, 0.0625)
     """
-    xs, ys = _paired(a, b, ("first scores", "second scores"))
+    xs, ys = _paired(a, b, ("first scores", "second scores"), empty_ok=True)
     result: dict[str, float | int | str] = {
         "n": int(xs.size),
         "median_difference": math.nan,

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import stats
 from sqlalchemy import text
 
 import db
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _evaluate(engine, world, build_sums, method_id, focus, predicted, *, checkpoint_id=None, audit_run_id=None,
@@ -93,7 +98,7 @@ def test_compare_methods_and_architectures(engine, world, build_sums):
     assert len(db.compare_methods(engine, world.mosaic_set_id, randomization="full")) == 1
 
 
-def test_training_curve_and_correlation(engine):
+def test_training_curve(engine):
     run = db.register_training_run(engine, "t" * 64, "digits_cnn", {"epochs": 4}, name="toy")
     focus = [0.5, 0.6, 0.8, None]
     accuracy = [0.3, 0.6, 0.7, 0.9]
@@ -103,18 +108,10 @@ def test_training_curve_and_correlation(engine):
     assert curve["epoch"].tolist() == [0, 1, 2, 3]
     assert curve["training_run_name"].tolist() == ["toy"] * 4
     assert curve["val_accuracy"].tolist() == pytest.approx(accuracy)
-    result = db.focus_accuracy_correlation(engine, run)
-    # by hand over the three epochs with Focus: x = .5 .6 .8, y = .3 .6 .7
-    x, y = np.array([0.5, 0.6, 0.8]), np.array([0.3, 0.6, 0.7])
-    dx, dy = x - x.mean(), y - y.mean()
-    r = (dx * dy).sum() / np.sqrt((dx**2).sum() * (dy**2).sum())
-    assert result["n"] == 3
-    assert result["r"] == pytest.approx(r)
-    assert result["p_value"] == pytest.approx(stats.pearsonr(x, y).pvalue)
-    loss = db.focus_accuracy_correlation(engine, run, metric="train_loss")
-    assert loss["r"] == pytest.approx(-np.corrcoef(x, [0, 1, 2])[0, 1])  # loss falls 0.5 per epoch
-    with pytest.raises(db.StoreError, match="metric"):
-        db.focus_accuracy_correlation(engine, run, metric="DROP TABLE")
+    assert curve["focus_median"].tolist()[:3] == pytest.approx([0.5, 0.6, 0.8])
+    assert np.isnan(curve["focus_median"].iloc[3])
+    assert curve["train_loss"].tolist() == pytest.approx([2.0, 1.5, 1.0, 0.5])
+    # the correlation of these epochs: tests/flows/test_analysis.py (flows.analysis + focus_core.stats)
     with engine.connect() as connection:
         epochs = connection.execute(
             text("SELECT epoch, focus_median FROM training_epoch_focus WHERE training_run_id = :r ORDER BY epoch"),
@@ -152,13 +149,12 @@ def test_audit_history_and_regressions(engine, world, build_sums):
     assert (row["audit_run_id"], row["previous_audit_run_id"], row["method_name"]) == (audits[2], audits[1], "gradcam")
     assert (row["evaluation_id"], row["previous_evaluation_id"]) == (evaluations[2], evaluations[1])
     assert row["median_change"] == pytest.approx(-0.3)
-    # paired on the mosaics both audits scored: 0, 2, 3 (mosaic 1 is undefined in the last audit)
-    now, before = np.array([0.5, 0.4, 0.5]), np.array([0.8, 0.8, 0.7])
-    reference = stats.wilcoxon(now, before)
-    assert row["n_paired"] == 3
-    assert row["median_difference"] == pytest.approx(-0.3)
-    assert row["statistic"] == pytest.approx(reference.statistic)
-    assert row["p_value"] == pytest.approx(reference.pvalue)
+    # db returns the rows; the paired test is flows.analysis.focus_regressions (tests/flows/test_analysis.py)
+    assert not {"n_paired", "statistic", "p_value"} & set(regressions.columns)
+    pairs = db.paired_focus(engine, evaluations[2], evaluations[1])  # mosaic 1 is undefined in the last audit
+    assert pairs["mosaic_id"].tolist() == [world.mosaic_ids[i] for i in (0, 2, 3)]
+    assert pairs["focus_a"].tolist() == pytest.approx([0.5, 0.4, 0.5])
+    assert pairs["focus_b"].tolist() == pytest.approx([0.8, 0.8, 0.7])
     assert db.focus_regressions(engine, threshold=0.5).empty
     assert db.focus_regressions(engine, threshold=0.1, audit_run_id=audits[1]).empty
     assert db.checkpoints_to_audit(engine)["checkpoint_id"].tolist() == [world.checkpoint_id]
@@ -170,7 +166,11 @@ def test_audit_history_and_regressions(engine, world, build_sums):
     assert [(r[0], round(r[1], 9)) for r in rows] == [("nightly-2", -0.3)]
 
 
-def test_paired_test_edge_cases():
-    same = db.paired_test(np.array([0.5, 0.6]), np.array([0.5, 0.6]))
-    assert (same["n"], same["median_difference"], same["p_value"]) == (2, 0.0, 1.0)
-    assert np.isnan(db.paired_test(np.array([]), np.array([]))["p_value"])
+def test_db_imports_no_statistics_library():
+    """Statistics live in focus_core.stats; db stores and returns values (it used to import scipy)."""
+    code = "import sys, db; print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'focus_core')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+    assert not {"paired_test", "focus_accuracy_correlation"} & set(db.__all__)

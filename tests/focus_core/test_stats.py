@@ -182,6 +182,12 @@ def test_pearson_constant_input_is_nan_without_warning() -> None:
     assert math.isnan(r) and math.isnan(p)
 
 
+def test_pearson_three_pairs_is_the_smallest_sample() -> None:
+    r, p = pearson([0.5, 0.6, 0.8], [0.3, 0.6, 0.7])
+    reference = st.pearsonr([0.5, 0.6, 0.8], [0.3, 0.6, 0.7])
+    assert r == pytest.approx(reference.statistic) and p == pytest.approx(reference.pvalue)
+
+
 @pytest.mark.parametrize(
     ("x", "y", "match"),
     [([1, 2], [1, 2], "at least 3"), ([1, 2, 3, float("nan")], [1, 2, float("nan"), 4], "at least 3"),
@@ -229,7 +235,22 @@ def test_paired_test_identical_inputs() -> None:
     assert result["median_difference"] == 0.0 and result["p_value"] == 1.0
 
 
-@pytest.mark.parametrize(("a", "b"), [([0.5, 0.6], [0.5]), ([], [])])
+def test_paired_test_two_identical_pairs() -> None:
+    """Moved from tests/db (db.paired_test): all differences zero with n = 2 gives p = 1, not an error."""
+    same = paired_test(np.array([0.5, 0.6]), np.array([0.5, 0.6]))
+    assert (same["n"], same["median_difference"], same["p_value"]) == (2, 0.0, 1.0)
+
+
+def test_paired_test_no_pair_given_gives_nan() -> None:
+    """Two evaluations without a common defined mosaic (an empty paired query) compare as no evidence.
+
+    This was ``db.paired_test``'s rule (tests/db); ``focus_core.stats.paired_test`` raised FocusError.
+    """
+    result = paired_test(np.array([]), np.array([]))
+    assert result["n"] == 0 and math.isnan(result["p_value"]) and math.isnan(result["median_difference"])
+
+
+@pytest.mark.parametrize(("a", "b"), [([0.5, 0.6], [0.5]), ([], [0.5]), ([[0.5]], [[0.5]])])
 def test_paired_test_bad_input(a: list, b: list) -> None:
     with pytest.raises(FocusError):
         paired_test(a, b)

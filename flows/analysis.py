@@ -1,0 +1,126 @@
+"""Statistics over stored results: ``db`` returns the values, :mod:`focus_core.stats` computes.
+
+The one place where a flow or a ``focus`` command combines a query with a statistic, so that the
+audit, ``focus results regressions`` and the training flow apply the same rules as the report
+(which calls :mod:`focus_core.stats` on the rows it loads): a paired Wilcoxon test of two
+evaluations on the mosaics both scored, the audit regressions with that test, and the Pearson
+correlation of Focus with a training metric. Nothing here writes to the store.
+
+Examples
+--------
+>>> from flows import analysis
+>>> analysis.paired_comparison(engine, 12, 7)["p_value"]  # doctest: +SKIP
+0.0009765625
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+import db
+from focus_core import stats
+from focus_core.errors import FocusError
+
+__all__ = ["FOCUS_COLUMNS", "METRIC_COLUMNS", "REGRESSION_TEST_COLUMNS", "paired_comparison", "focus_regressions",
+           "focus_accuracy_correlation"]
+
+FOCUS_COLUMNS = ("focus_median", "focus_mean")
+METRIC_COLUMNS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy")
+REGRESSION_TEST_COLUMNS = ("n_paired", "median_difference", "statistic", "p_value")
+
+
+def paired_comparison(engine: Any, evaluation_a: int, evaluation_b: int) -> dict[str, Any]:
+    """:func:`focus_core.stats.paired_test` of ``a - b`` on the mosaics both evaluations scored (both defined).
+
+    Parameters
+    ----------
+    engine
+        The results store's engine (:func:`flows.store.engine_for`).
+    evaluation_a, evaluation_b
+        Evaluation ids; the differences are ``a - b`` (e.g. this audit minus the previous one).
+
+    Returns
+    -------
+    dict
+        :func:`focus_core.stats.paired_test`'s result; ``n`` is 0 and the numbers NaN when the
+        two evaluations share no mosaic with a defined Focus in both.
+    """
+    pairs = db.paired_focus(engine, evaluation_a, evaluation_b)
+    return stats.paired_test(pairs["focus_a"].to_numpy(float), pairs["focus_b"].to_numpy(float))
+
+
+def focus_regressions(engine: Any, threshold: float = 0.05, audit_run_id: int | None = None) -> pd.DataFrame:
+    """:func:`db.focus_regressions` with a paired Wilcoxon test per row, as ``focus results regressions`` shows it.
+
+    Parameters
+    ----------
+    engine
+        The results store's engine (:func:`flows.store.engine_for`).
+    threshold
+        A row is a regression when median Focus fell by more than this since the previous audit.
+    audit_run_id
+        Only the regressions of this audit run (all audits with ``None``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The ``audit_history`` columns of :func:`db.focus_regressions`, then ``n_paired``,
+        ``median_difference`` (current - previous, on the paired mosaics), ``statistic`` and
+        ``p_value`` of :func:`paired_comparison`.
+
+    Raises
+    ------
+    db.StoreError
+        When ``threshold`` is negative.
+    """
+    frame = db.focus_regressions(engine, threshold=threshold, audit_run_id=audit_run_id)
+    tests = []
+    for row in frame.itertuples():
+        result = paired_comparison(engine, int(row.evaluation_id), int(row.previous_evaluation_id))
+        tests.append({"n_paired": result["n"], "median_difference": result["median_difference"],
+                      "statistic": result["statistic"], "p_value": result["p_value"]})
+    extra = pd.DataFrame(tests, columns=list(REGRESSION_TEST_COLUMNS), index=frame.index)
+    return pd.concat([frame, extra], axis=1)
+
+
+def focus_accuracy_correlation(
+    engine: Any, training_run_id: int, focus: str = "focus_median", metric: str = "val_accuracy"
+) -> dict[str, float]:
+    """:func:`focus_core.stats.pearson` of Focus and a training metric over the epochs of a run.
+
+    Parameters
+    ----------
+    engine
+        The results store's engine (:func:`flows.store.engine_for`).
+    training_run_id
+        The training run whose epochs :func:`db.training_curve` returns.
+    focus
+        ``"focus_median"`` or ``"focus_mean"``.
+    metric
+        One of ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``val_mean_class_accuracy``.
+
+    Returns
+    -------
+    dict
+        ``n`` (epochs where both are recorded), ``r`` and ``p_value``: NaN where
+        :func:`focus_core.stats.pearson` has no correlation (a constant series) or refuses one
+        (fewer than 3 such epochs), as the report shows it.
+
+    Raises
+    ------
+    db.StoreError
+        When ``focus`` or ``metric`` names no column of the training curve.
+    """
+    if focus not in FOCUS_COLUMNS:
+        raise db.StoreError(f"Expected focus to be one of {FOCUS_COLUMNS} but got {focus!r}.")
+    if metric not in METRIC_COLUMNS:
+        raise db.StoreError(f"Expected metric to be one of {METRIC_COLUMNS} but got {metric!r}.")
+    curve = db.training_curve(engine, training_run_id)[[focus, metric]].dropna()
+    try:
+        r, p = stats.pearson(curve[focus].to_numpy(float), curve[metric].to_numpy(float))
+    except FocusError:  # fewer than 3 epochs with both values: no correlation to report
+        r, p = math.nan, math.nan
+    return {"n": int(len(curve)), "r": r, "p_value": p}

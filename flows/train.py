@@ -29,13 +29,15 @@ from pydantic import BaseModel, ConfigDict
 
 import db
 from flows import record, resources, store
+from flows.artifacts import artifact_key
 from flows.params import RandomizationSpec, TrainParams
 from flows.record import RegisteredInputs, RegisteredMosaics
 from flows.tasks import ChunkRequest, can_succeed_on_retry, explain_chunk, retry_delays
 from focus_core import models, report
 from focus_core import train as recipe
+from focus_core.errors import FocusError
 
-__all__ = ["train", "train_epoch", "EpochRequest", "completed_epochs", "checkpoint_path"]
+__all__ = ["train", "train_epoch", "EpochRequest", "completed_epochs", "checkpoint_path", "run_folder"]
 
 
 class EpochRequest(BaseModel):
@@ -67,6 +69,36 @@ def _save_atomically(payload: dict[str, Any], path: Path) -> None:
     partial = path.with_suffix(path.suffix + ".partial")
     torch.save(payload, partial)
     os.replace(partial, path)
+
+
+def run_folder(checkpoint_dir: str | Path, name: str, config_hash: str) -> Path:
+    """The folder of a training run's checkpoints: ``<checkpoint_dir>/<name>-<config hash[:12]>``.
+
+    Raises
+    ------
+    FocusError
+        When that folder would not lie inside ``checkpoint_dir`` (a name with ``..`` or ``/``, or a
+        symbolic link that points elsewhere): the name rule of :data:`flows.params.NAME_PATTERN`
+        refuses such a name up front; this check holds for any name.
+
+    Examples
+    --------
+    >>> run_folder("/data/checkpoints", "digits", "0f1819c26eca" * 5).as_posix()
+    '/data/checkpoints/digits-0f1819c26eca'
+    >>> run_folder("/data/checkpoints", "../../tmp/x", "0f1819c26eca" * 5)
+    Traceback (most recent call last):
+    ...
+    focus_core.errors.FocusError: The training run's folder /tmp/x-0f1819c26eca lies outside the checkpoint \
+folder /data/checkpoints: name the run with letters, digits, '.', '_' and '-' only.
+    """
+    root = Path(checkpoint_dir).resolve()
+    folder = (root / f"{name}-{config_hash[:12]}").resolve()
+    if folder.parent != root:
+        raise FocusError(
+            f"The training run's folder {folder} lies outside the checkpoint folder {root}: "
+            "name the run with letters, digits, '.', '_' and '-' only."
+        )
+    return folder
 
 
 @task(name="train-epoch", task_run_name="epoch-{request.epoch}", cache_policy=NO_CACHE, persist_result=False,
@@ -182,7 +214,7 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
         name=params.name,
         dataset_id=mosaic_set.dataset_id,
     )
-    run_dir = Path(params.checkpoint_dir) / f"{params.name}-{config_hash[:12]}"
+    run_dir = run_folder(params.checkpoint_dir, params.name, config_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
     done = completed_epochs(engine, training_run_id, run_dir)
     if done:
@@ -215,7 +247,7 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
     create_table_artifact(
         [{k: row[k] for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "val_mean_class_accuracy",
                               "focus_median", "focus_mean")} for row in epochs],
-        key=f"training-{params.name}-{config_hash[:12]}".lower().replace("_", "-"),
+        key=artifact_key("training", params.name, config_hash[:12]),
         description=f"Training run {params.name}: Pearson r(Focus, val accuracy) = {correlation['r']:.3f}",
     )
     if params.figures_dir and epochs:

@@ -15,7 +15,7 @@ Examples
 
 from __future__ import annotations
 
-import os
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -63,12 +63,6 @@ def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
 def weights_path(run_dir: str | Path, epoch: int) -> Path:
     """The plain weights file (a state_dict) of an epoch: what evaluations load and the store registers."""
     return Path(run_dir) / f"epoch-{epoch:04d}.weights.pt"
-
-
-def _save_atomically(payload: dict[str, Any], path: Path) -> None:
-    partial = path.with_suffix(path.suffix + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
 
 
 def run_folder(checkpoint_dir: str | Path, name: str, config_hash: str) -> Path:
@@ -124,7 +118,7 @@ def train_epoch(request: EpochRequest) -> dict[str, Any]:
     )
     weights = weights_path(request.run_dir, request.epoch)
     models.save_weights(model, weights)
-    _save_atomically(
+    models.save_atomically(
         {"model": {k: v.cpu() for k, v in model.state_dict().items()},
          "optimizer": optimizer.state_dict(), "epoch": request.epoch},
         checkpoint_path(request.run_dir, request.epoch),
@@ -200,7 +194,6 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
     Focus, the final checkpoint and the Pearson correlation of Focus and validation accuracy.
     """
     resources.require_device(params.device)
-    logger = get_run_logger()
     engine = store.engine_for(params.database_url)
     mosaic_set: RegisteredMosaics = record.register_mosaics(engine, params.dataset, params.focus_mosaics)
     config_hash = params.config_hash()
@@ -214,6 +207,19 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
         name=params.name,
         dataset_id=mosaic_set.dataset_id,
     )
+    try:
+        return _train_epochs(params, engine, mosaic_set, config_hash, training_run_id)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the store may be what failed: the original error is the one to see
+            db.finish_training_run(engine, training_run_id, status="failed")
+        raise
+
+
+def _train_epochs(
+    params: TrainParams, engine: Any, mosaic_set: RegisteredMosaics, config_hash: str, training_run_id: int
+) -> dict[str, Any]:
+    """The body of :func:`train` once the run is registered: the missing epochs, then the summary."""
+    logger = get_run_logger()
     run_dir = run_folder(params.checkpoint_dir, params.name, config_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
     done = completed_epochs(engine, training_run_id, run_dir)

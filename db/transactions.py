@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from db.engine import mask_url
 from db.errors import StoreError
@@ -42,7 +42,7 @@ def transaction(store: Store) -> Iterator[Connection]:
         else:
             with store.begin():
                 yield store
-    except OperationalError as exc:
+    except DBAPIError as exc:  # disk full: OperationalError; PostgreSQL's read-only transaction: InternalError
         problem = storage_error(store, exc)
         if problem is None:
             raise
@@ -67,6 +67,7 @@ def storage_error(store: Store, exc: BaseException) -> StoreError | None:
     --------
     >>> import sqlite3
     >>> from sqlalchemy import create_engine
+    >>> from sqlalchemy.exc import OperationalError
     >>> error = OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
     >>> print(storage_error(create_engine("sqlite:////data/focus.db"), error))
     The database file /data/focus.db cannot be written (database or disk is full): free space on its disk \

@@ -41,7 +41,7 @@ def small_tmpfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[
         point = tmp_path_factory.mktemp("tmpfs")
         reason = disk.mount_tmpfs(point, size)
         if reason is not None:
-            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            if postgres.in_ci():
                 pytest.fail(f"cannot mount a tmpfs in CI ({reason}): run the tests as root")
             pytest.skip(f"cannot mount a tmpfs ({reason}): run as root to test a full disk")
         mounted.append(point)

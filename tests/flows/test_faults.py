@@ -67,17 +67,6 @@ def test_a_checkpoint_that_does_not_fit_leaves_nothing_behind(small_tmpfs):
     assert str(folder / "w.pt") in line and f"free space on {folder}" in line
 
 
-def test_a_read_only_sqlite_store_is_one_store_error(tmp_path: Path):
-    path = tmp_path / "focus.db"
-    db.upgrade(f"sqlite:///{path}")
-    engine = db.get_engine(f"sqlite:///file:{path}?mode=ro&uri=true", check=False)
-    try:
-        with pytest.raises(db.StoreError, match="cannot be written .*readonly database.*writable"):
-            db.start_audit_run(engine, name="nightly")
-    finally:
-        engine.dispose()
-
-
 def test_train_on_a_full_disk_fails_at_once_with_one_line(small_tmpfs, tmp_path: Path):
     """The weights fit, the checkpoint (weights and AMSGrad state) does not: one try, one line, run 'failed'."""
     checkpoints = small_tmpfs("512k")

@@ -65,7 +65,7 @@ def describe(error: OSError) -> str:
     if error.errno in _READ_ONLY:
         return f"Cannot write {where} ({reason}): choose another folder, or mount {_mount_point(path)} read-write."
     if error.errno in _FORBIDDEN:
-        return f"Cannot write {where} ({reason}): make {_folder(path)} writable for this user or choose another folder."
+        return f"Cannot use {where} ({reason}): give this user access to {_folder(path)} or choose another folder."
     return f"Cannot write {where} ({reason}): free space on {_mount_point(path)} or choose another folder."
 
 

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-__all__ = ["fill_up", "mount_tmpfs", "unmount"]
+__all__ = ["fill_up", "mount_tmpfs", "remount_read_only", "unmount"]
 
 
 def mount_tmpfs(point: Path, size: str) -> str | None:
@@ -15,6 +15,12 @@ def mount_tmpfs(point: Path, size: str) -> str | None:
         return "no mount command"
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
                           capture_output=True, text=True, check=False)
+    return None if done.returncode == 0 else (done.stderr.strip() or f"mount exited with {done.returncode}")
+
+
+def remount_read_only(point: Path) -> str | None:
+    """Make the tmpfs at ``point`` read-only; ``None``, or why it cannot."""
+    done = subprocess.run(["mount", "-o", "remount,ro", str(point)], capture_output=True, text=True, check=False)
     return None if done.returncode == 0 else (done.stderr.strip() or f"mount exited with {done.returncode}")
 
 

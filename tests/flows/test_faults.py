@@ -67,6 +67,19 @@ def test_a_checkpoint_that_does_not_fit_leaves_nothing_behind(small_tmpfs):
     assert str(folder / "w.pt") in line and f"free space on {folder}" in line
 
 
+def test_a_read_only_folder_is_named_and_not_retried(small_tmpfs):
+    folder = small_tmpfs("64k")
+    if disk.remount_read_only(folder) is not None:
+        pytest.skip("cannot remount the tmpfs read-only")
+    with pytest.raises(OSError) as caught:
+        models.save_weights(models.build_model("digits_cnn", num_classes=10, in_channels=1), folder / "w.pt")
+    assert caught.value.errno == errno.EROFS and caught.value.filename == str(folder / "w.pt")
+    assert not can_succeed_on_retry(None, None, Failed(data=caught.value))
+    assert one_line(caught.value) == (
+        f"Cannot write '{folder / 'w.pt'}' (Read-only file system): choose another folder, or mount {folder} read-write."
+    )
+
+
 def test_train_on_a_full_disk_fails_at_once_with_one_line(small_tmpfs, tmp_path: Path):
     """The weights fit, the checkpoint (weights and AMSGrad state) does not: one try, one line, run 'failed'."""
     checkpoints = small_tmpfs("512k")

@@ -15,9 +15,10 @@ flow              module                      parameters
 
 Supporting modules: :mod:`flows.tasks` (the chunk task and the retry rule), :mod:`flows.resources`
 (what a worker loads once: device, data, manifests, models), :mod:`flows.record` (registering
-inputs in the store), :mod:`flows.store` (one engine per database URL). Import the module that
-holds a thing, e.g. ``from flows.evaluate import evaluate``; this package imports nothing eagerly,
-so ``import flows.params`` stays light.
+inputs in the store), :mod:`flows.store` (one engine per database URL), :mod:`flows.faults` (a full,
+read-only or forbidden disk: not retried, one line), :mod:`flows.artifacts` (artifact keys from names).
+Import the module that holds a thing, e.g. ``from flows.evaluate import evaluate``; this package imports
+nothing eagerly, so ``import flows.params`` stays light.
 """
 
 __all__ = ["params", "evaluate", "randomization", "train", "audit", "sweep", "tasks", "resources", "record", "store"]

@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 
+from flows import faults
 from focus_core.errors import FocusError
 
 __all__ = [
@@ -45,7 +46,11 @@ class UsageError(FocusError):
 
 
 def user_cause(error: BaseException) -> BaseException | None:
-    """The user's mistake behind a failure (a flow re-raises a chunk's FocusError as its cause), if any."""
+    """The user's mistake behind a failure, if any.
+
+    A flow re-raises a chunk's FocusError or StoreError as its cause; a full, read-only or forbidden
+    filesystem (:func:`flows.faults.storage_fault`) counts wherever it is in the chain.
+    """
     from db.errors import StoreError
 
     seen = 0
@@ -54,12 +59,15 @@ def user_cause(error: BaseException) -> BaseException | None:
         if isinstance(cause, (FocusError, StoreError)):
             return cause
         cause, seen = cause.__cause__, seen + 1
-    return None
+    return faults.storage_fault(error)
 
 
 def is_user_error(error: BaseException | None) -> bool:
+    """Whether ``error`` itself is a mistake the user can fix (a bad value, a missing file, a full disk, ...)."""
     if error is None:
         return False
+    if isinstance(error, OSError) and faults.is_storage_fault(error):
+        return True
     user_errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError]
     try:
         from prefect.exceptions import ParameterTypeError, SignatureMismatchError
@@ -84,15 +92,17 @@ def one_line(error: BaseException) -> str:
             problems.append(f"{where}: {message}")
         shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
         return f"invalid parameters: {shown}"
+    if isinstance(error, OSError) and faults.is_storage_fault(error):
+        return faults.describe(error)
     text = " ".join(str(error).split()) or type(error).__name__
     return text
 
 
 class _NoUserErrorTraceback(logging.Filter):
-    """Drop the traceback Prefect logs for a failed run when the error is the user's (one line stays)."""
+    """Drop the traceback Prefect logs for a failed run when the error, or its cause, is the user's (one line stays)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and is_user_error(record.exc_info[1]):
+        if record.exc_info and (is_user_error(record.exc_info[1]) or user_cause(record.exc_info[1]) is not None):
             record.exc_info = None
             record.exc_text = None
         return True

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         "epoch (an interrupted run resumes) and measuring Focus on a fixed validation mosaic set after each epoch.",
     )
     opts.add_params_file_option(p)
-    p.add_argument("--name", help="Name of the training run (default digits).")
+    p.add_argument("--name", help="Name of the training run and of its checkpoint folder (default digits): letters, "
+                   "digits, '.', '_' and '-', starting with a letter or digit.")
     opts.add_model_options(p, weights_help="Weights to start from (default: a fresh initialisation).")
     opts.add_dataset_options(p)
     p.add_argument("--epochs", type=int, metavar="N", help="Number of epochs (default 10).")
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SHA256",
         help="Audit only this checkpoint (sha256 of its weights), repeatable (default: every one marked for auditing).",
     )
-    p.add_argument("--name", help="Name of the audit run, e.g. nightly.")
+    p.add_argument("--name", help="Name of the audit run, e.g. nightly (letters, digits, '.', '_' and '-').")
     opts.add_run_options(p)
     opts.add_database_option(p)
     p.set_defaults(handler=cmd_audit)

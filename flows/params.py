@@ -31,6 +31,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 __all__ = [
     "DEVICE_PATTERN",
+    "NAME_MAX_LENGTH",
+    "NAME_PATTERN",
+    "RunName",
+    "check_name",
     "STANDARD_METHODS",
     "DatasetSpec",
     "ModelSpec",
@@ -48,6 +52,12 @@ __all__ = [
 
 #: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 DEVICE_PATTERN = r"^(cpu|cuda(:[0-9]+)?|mps)$"
+#: A name that becomes part of a file path or a key (a training run's checkpoint folder, an artifact key): letters,
+#: digits, '.', '_' and '-', starting with a letter or a digit (so never '..', a hidden file or an option), at most
+#: :data:`NAME_MAX_LENGTH` characters. The Prefect UI form and ``focus`` refuse any other name before any work.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NAME_MAX_LENGTH = 100
+_NAME = re.compile(NAME_PATTERN)  # used with fullmatch: a trailing newline does not pass
 #: The paper's three methods plus the random control: what the audit evaluates by default.
 STANDARD_METHODS: tuple[str, ...] = ("gradcam", "lrp", "smoothgrad")
 _FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -223,6 +233,37 @@ def _no_secret(url: str | None) -> str | None:
     return url
 
 
+def check_name(value: str) -> str:
+    """Refuse a name that breaks :data:`NAME_PATTERN` with a sentence that says what a name may hold.
+
+    Examples
+    --------
+    >>> check_name("nightly-2024.06")
+    'nightly-2024.06'
+    >>> check_name("../../tmp/x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: The name '../../tmp/x' may hold only letters, digits, '.', '_' and '-' and must start with a ...
+    """
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f"The name {value!r} may hold only letters, digits, '.', '_' and '-' and must start with a letter or digit."
+        )
+    return value
+
+
+#: A name that becomes a path or a key; the schema carries the pattern (the UI form refuses a bad name), the
+#: validator the sentence.
+RunName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        json_schema_extra={"pattern": NAME_PATTERN},
+        description="Letters, digits, '.', '_' and '-', starting with a letter or digit (it names folders and keys).",
+    ),
+    AfterValidator(check_name),
+]
 DatabaseUrl = Annotated[
     str | None,
     AfterValidator(_no_secret),
@@ -313,7 +354,8 @@ class RandomizationParams(_FlowParams):
 class TrainParams(_FlowParams):
     """Train a classifier with the paper's recipe, recording Focus every epoch."""
 
-    name: str = Field("digits", min_length=1, max_length=200, description="Name of the training run.")
+    name: RunName = Field("digits", description="Name of the training run: letters, digits, '.', '_' and '-', "
+                          "starting with a letter or digit (it names the run's checkpoint folder).")
     model: ModelSpec = Field(default_factory=ModelSpec, description="Architecture (weights: optional start).")
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     epochs: int = Field(10, ge=1, le=10_000)
@@ -387,7 +429,8 @@ class AuditParams(_FlowParams):
     checkpoints: list[str] | None = Field(
         None, description="sha256 of the checkpoints to audit; empty: every checkpoint marked for auditing."
     )
-    name: str | None = Field(None, max_length=200, description="Name of the audit run (e.g. 'nightly').")
+    name: RunName | None = Field(None, description="Name of the audit run (e.g. 'nightly'): letters, digits, '.', "
+                                 "'_' and '-', starting with a letter or digit.")
     run: RunSpec = Field(default_factory=RunSpec)
 
 

@@ -25,7 +25,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field
 
 import db
-from flows import resources, store
+from flows import faults, resources, store
 from flows.params import (
     DatasetSpec,
     MethodSpec,
@@ -305,15 +305,16 @@ def can_succeed_on_retry(task: Any, task_run: Any, state: Any) -> bool:
 
     A ``ValueError`` (``FocusError``, ``StoreError``, a pydantic validation error: a bad
     parameter, a missing file, a wrong schema) or a ``TypeError``, ``LookupError`` or ``AttributeError`` (a bug) fails
-    the same way on every try; a lost database connection, a CUDA error or an out-of-memory
-    error may not.
+    the same way on every try, and so does a full, read-only or forbidden filesystem
+    (:func:`flows.faults.is_storage_fault`: ENOSPC, EDQUOT, EROFS, EACCES, ...); a lost database
+    connection, a CUDA error or an out-of-memory error may not.
     """
     try:
         state.result()
     except (ValueError, TypeError, LookupError, AttributeError, NotImplementedError):
         return False
-    except Exception:  # noqa: BLE001 - anything else is worth another try
-        return True
+    except Exception as error:  # noqa: BLE001 - anything else is worth another try
+        return not faults.is_storage_fault(error)
     return True
 
 

@@ -15,7 +15,7 @@ Examples
 
 from __future__ import annotations
 
-import os
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,15 @@ from pydantic import BaseModel, ConfigDict
 
 import db
 from flows import analysis, record, resources, store
+from flows.artifacts import artifact_key
 from flows.params import RandomizationSpec, TrainParams
 from flows.record import RegisteredInputs, RegisteredMosaics
 from flows.tasks import ChunkRequest, can_succeed_on_retry, explain_chunk, retry_delays
 from focus_core import models, report
 from focus_core import train as recipe
+from focus_core.errors import FocusError
 
-__all__ = ["train", "train_epoch", "EpochRequest", "completed_epochs", "checkpoint_path"]
+__all__ = ["train", "train_epoch", "EpochRequest", "completed_epochs", "checkpoint_path", "run_folder"]
 
 
 class EpochRequest(BaseModel):
@@ -63,10 +65,34 @@ def weights_path(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / f"epoch-{epoch:04d}.weights.pt"
 
 
-def _save_atomically(payload: dict[str, Any], path: Path) -> None:
-    partial = path.with_suffix(path.suffix + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+def run_folder(checkpoint_dir: str | Path, name: str, config_hash: str) -> Path:
+    """The folder of a training run's checkpoints: ``<checkpoint_dir>/<name>-<config hash[:12]>``.
+
+    Raises
+    ------
+    FocusError
+        When that folder would not lie inside ``checkpoint_dir`` (a name with ``..`` or ``/``, or a
+        symbolic link that points elsewhere): the name rule of :data:`flows.params.NAME_PATTERN`
+        refuses such a name up front; this check holds for any name.
+
+    Examples
+    --------
+    >>> run_folder("/data/checkpoints", "digits", "0f1819c26eca" * 5).as_posix()
+    '/data/checkpoints/digits-0f1819c26eca'
+    >>> run_folder("/data/checkpoints", "../../tmp/x", "0f1819c26eca" * 5)
+    Traceback (most recent call last):
+    ...
+    focus_core.errors.FocusError: The training run's folder /tmp/x-0f1819c26eca lies outside the checkpoint \
+folder /data/checkpoints: name the run with letters, digits, '.', '_' and '-' only.
+    """
+    root = Path(checkpoint_dir).resolve()
+    folder = (root / f"{name}-{config_hash[:12]}").resolve()
+    if folder.parent != root:
+        raise FocusError(
+            f"The training run's folder {folder} lies outside the checkpoint folder {root}: "
+            "name the run with letters, digits, '.', '_' and '-' only."
+        )
+    return folder
 
 
 @task(name="train-epoch", task_run_name="epoch-{request.epoch}", cache_policy=NO_CACHE, persist_result=False,
@@ -92,7 +118,7 @@ def train_epoch(request: EpochRequest) -> dict[str, Any]:
     )
     weights = weights_path(request.run_dir, request.epoch)
     models.save_weights(model, weights)
-    _save_atomically(
+    models.save_atomically(
         {"model": {k: v.cpu() for k, v in model.state_dict().items()},
          "optimizer": optimizer.state_dict(), "epoch": request.epoch},
         checkpoint_path(request.run_dir, request.epoch),
@@ -168,7 +194,6 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
     Focus, the final checkpoint and the Pearson correlation of Focus and validation accuracy.
     """
     resources.require_device(params.device)
-    logger = get_run_logger()
     engine = store.engine_for(params.database_url)
     mosaic_set: RegisteredMosaics = record.register_mosaics(engine, params.dataset, params.focus_mosaics)
     config_hash = params.config_hash()
@@ -182,7 +207,20 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
         name=params.name,
         dataset_id=mosaic_set.dataset_id,
     )
-    run_dir = Path(params.checkpoint_dir) / f"{params.name}-{config_hash[:12]}"
+    try:
+        return _train_epochs(params, engine, mosaic_set, config_hash, training_run_id)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the store may be what failed: the original error is the one to see
+            db.finish_training_run(engine, training_run_id, status="failed")
+        raise
+
+
+def _train_epochs(
+    params: TrainParams, engine: Any, mosaic_set: RegisteredMosaics, config_hash: str, training_run_id: int
+) -> dict[str, Any]:
+    """The body of :func:`train` once the run is registered: the missing epochs, then the summary."""
+    logger = get_run_logger()
+    run_dir = run_folder(params.checkpoint_dir, params.name, config_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
     done = completed_epochs(engine, training_run_id, run_dir)
     if done:
@@ -215,7 +253,7 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
     create_table_artifact(
         [{k: row[k] for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "val_mean_class_accuracy",
                               "focus_median", "focus_mean")} for row in epochs],
-        key=f"training-{params.name}-{config_hash[:12]}".lower().replace("_", "-"),
+        key=artifact_key("training", params.name, config_hash[:12]),
         description=f"Training run {params.name}: Pearson r(Focus, val accuracy) = {correlation['r']:.3f}",
     )
     if params.figures_dir and epochs:

@@ -37,6 +37,7 @@ __all__ = [
     "build_model",
     "default_gradcam_layer",
     "load_weights",
+    "save_atomically",
     "save_weights",
     "weights_sha256",
 ]
@@ -153,6 +154,11 @@ def build_model(
 def save_weights(model: nn.Module, path: str | os.PathLike) -> str:
     """Write the model's ``state_dict`` (on the CPU) to ``path`` atomically; return its sha256.
 
+    Raises
+    ------
+    OSError
+        As :func:`save_atomically`: nothing is left at ``path`` or beside it.
+
     Examples
     --------
     >>> import tempfile, pathlib
@@ -160,18 +166,60 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> str:
     >>> save_weights(DigitsCNN(), path) == weights_sha256(path)
     True
     """
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    save_atomically(state, path)
+    return weights_sha256(path)
+
+
+def save_atomically(payload: object, path: str | os.PathLike) -> Path:
+    """``torch.save`` ``payload`` to ``path`` through a hidden ``.partial`` file beside it, then rename it.
+
+    A reader never sees half a file, and a failed write (a full disk, a crash of ``torch.save``) leaves
+    neither ``path`` nor the ``.partial`` file behind. ``path``'s folder is created if needed.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be written, with the ``errno`` of the failure (``ENOSPC`` on a full disk,
+        ``EACCES``, ``EROFS``, ...) and ``filename`` set to ``path`` (``torch.save`` itself reports a
+        write error as a ``RuntimeError``; its ``OSError`` is raised instead, from it).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> save_atomically({"epoch": 1}, folder / "c.pt").name, [p.name for p in folder.iterdir()]
+    ('c.pt', ['c.pt'])
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    except OSError as error:  # a read-only or forbidden folder: name the file that was to be written
+        raise OSError(error.errno, error.strerror, str(path)) from error
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+            torch.save(payload, file)
+        os.replace(partial, path)
+    except BaseException as error:
+        Path(partial).unlink(missing_ok=True)
+        cause = _os_error(error)
+        if cause is not None and (cause is not error or cause.filename is None):
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from error
         raise
-    return weights_sha256(path)
+    return path
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The ``OSError`` that ``error`` is or that it was raised from or while handling (a few links deep)."""
+    seen: BaseException | None = error
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _require_weights_file(path: Path) -> None:

@@ -81,6 +81,9 @@ MISTAKES = {
     "bad device": ["evaluate", "--weights", "{weights}", "--device", "tpu"],
     "training split for mosaics": ["evaluate", "--weights", "{weights}", "--split", "train"],
     "zero epochs": ["train", "--epochs", "0"],
+    "training run name with a path": ["train", "--name", "../../../../tmp/x", "--checkpoint-dir", "{tmp}"],
+    "training run name with a space": ["train", "--name", "x y", "--checkpoint-dir", "{tmp}"],
+    "audit run name with a slash": ["audit", "--name", "nightly/2024"],
     "sweep without checkpoints": ["sweep", "--method", "gradcam"],
     "sweep fan-out without a server": ["sweep", "--checkpoint", "{weights}", "--deployment", "evaluate/evaluate"],
     "missing ImageFolder": ["evaluate", "--weights", "{weights}", "--data", "/nonexistent/images"],
@@ -97,12 +100,14 @@ def test_user_mistake_is_one_line_and_exit_2(
 ):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.delenv("FOCUS_DEBUG", raising=False)
-    code, out, err = run(capsys, *[a.replace("{weights}", weights_file) for a in argv])
+    tmp = str(Path(weights_file).parent)
+    code, out, err = run(capsys, *[a.replace("{weights}", weights_file).replace("{tmp}", tmp) for a in argv])
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
     assert lines[0].startswith("focus"), lines[0]
     assert "Traceback" not in err and out == ""
+    assert [p.name for p in Path(tmp).iterdir()] == ["w.pt"]  # nothing written: refused before any work
 
 
 MODEL_MISTAKES = {  # what reaches the model check (a migrated store), and what the line must say

@@ -12,7 +12,7 @@ from prefect.utilities.schema_tools import ValidationError, validate
 from flows import record
 from flows.audit import audit
 from flows.evaluate import evaluate
-from flows.params import EvaluateParams, TrainParams
+from flows.params import AuditParams, EvaluateParams, TrainParams
 from flows.randomization import randomization
 from flows.sweep import sweep
 from flows.train import train
@@ -98,3 +98,27 @@ def test_cuda_on_a_worker_without_a_gpu_fails_at_once(prefect_api, tmp_path, flo
     assert time.monotonic() - started < 15
     assert "run on a GPU worker or pass device 'cpu'" in str(raised.value)
     assert not (tmp_path / "never.db").exists()
+
+
+BAD_NAMES = ["../../../../tmp/x", "x y", "a/b", ".hidden", "-x", "nightly\n", "Zürich", "n" * 101, ""]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+def test_a_name_that_becomes_a_path_or_a_key_follows_one_rule(name):
+    """The form (the server's schema check) and the models refuse the same names, before any work."""
+    with pytest.raises(ValueError, match="name"):
+        TrainParams(name=name)
+    with pytest.raises(ValueError, match="name"):
+        AuditParams(name=name)
+    for flow, params in ((train, {"name": name}), (audit, {"name": name})):
+        if name != "nightly\n":  # JSON schema's '$' lets one trailing newline through; the model refuses it
+            with pytest.raises(ValidationError):
+                _server_validates(flow, {"params": params})
+
+
+def test_good_names_pass_the_form_and_the_models():
+    for name in ("digits", "resnet18_v2.1", "2024-06-nightly"):
+        assert TrainParams(name=name).name == name and AuditParams(name=name).name == name
+        _server_validates(train, {"params": {"name": name}})
+        _server_validates(audit, {"params": {"name": name}})
+    assert AuditParams().name is None

@@ -69,3 +69,27 @@ def test_training_records_every_epoch_with_focus_and_resumes_after_a_crash(
     assert [(e, bool(a)) for e, a in checkpoints] == [(1, False), (2, True)]
     assert [tuple(r) for r in per_epoch_rows] == [(1, 20), (2, 20)]  # Focus on the fixed validation set
     assert (tmp_path / "checkpoints").exists()
+
+
+def test_a_run_folder_stays_inside_the_checkpoint_folder(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    config_hash = "0f1819c26eca" * 5
+    assert train_module.run_folder(checkpoints, "digits", config_hash) == checkpoints.resolve() / "digits-0f1819c26eca"
+    for name in ("../../../../tmp/x", "a/../../b", "/etc/x"):
+        with pytest.raises(FocusError, match="outside the checkpoint folder"):
+            train_module.run_folder(checkpoints, name, config_hash)
+    (tmp_path / "elsewhere").mkdir()
+    (checkpoints / "linked-0f1819c26eca").symlink_to(tmp_path / "elsewhere")  # a valid name, a folder elsewhere
+    with pytest.raises(FocusError, match="outside the checkpoint folder"):
+        train_module.run_folder(checkpoints, "linked", config_hash)
+
+
+def test_the_train_flow_refuses_a_name_that_leaves_the_checkpoint_folder(prefect_api, sqlite_url, tmp_path):
+    """Even a name that bypassed validation (``model_copy(update=...)``) cannot write outside ``checkpoint_dir``."""
+    params = _params(tmp_path, sqlite_url, epochs=1).model_copy(update={"name": "../escaped"})
+    with pytest.raises(FocusError, match="outside the checkpoint folder"):
+        train_module.train(params)
+    assert not list(tmp_path.glob("escaped-*"))
+    with store.engine_for(sqlite_url).connect() as connection:
+        assert connection.execute(text("SELECT status FROM training_run")).scalars().all() == ["failed"]

@@ -13,14 +13,16 @@ flow              module                      parameters
 ``sweep``         :mod:`flows.sweep`          :class:`flows.params.SweepParams`
 ================  ==========================  ==========================================
 
-Supporting modules: :mod:`flows.tasks` (the chunk task and the retry rule), :mod:`flows.resources`
-(what a worker loads once: device, data, manifests, models), :mod:`flows.record` (registering
-inputs in the store), :mod:`flows.store` (one engine per database URL). Import the module that
-holds a thing, e.g. ``from flows.evaluate import evaluate``; this package imports nothing eagerly,
-so ``import flows.params`` stays light.
+Supporting modules: :mod:`flows.tasks` (the chunk task and the retry rule), :mod:`flows.caches`
+(what a worker loads once: data, tiles, manifests, models), :mod:`flows.devices` (the device check
+and the turns on a device), :mod:`flows.record` (registering inputs in the store), :mod:`flows.store`
+(one engine per database URL). Import the module that holds a thing, e.g. ``from flows.evaluate
+import evaluate``; this package imports nothing eagerly, so ``import flows.params`` stays light.
 """
 
-__all__ = ["params", "evaluate", "randomization", "train", "audit", "sweep", "tasks", "resources", "record", "store"]
+__all__ = [
+    "params", "evaluate", "randomization", "train", "audit", "sweep", "tasks", "caches", "devices", "record", "store",
+]
 
 
 def __getattr__(name: str):  # lazy submodules: ``flows.evaluate`` without importing every flow up front

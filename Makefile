@@ -1,10 +1,13 @@
-# One command runs the demo, one runs the tests; both do all the set-up first.
+# One command runs the demo, one runs the tests; both do all the set-up first. `make test-fast` is the
+# edit-test loop: every test but those that start servers or a browser, train, run the demo or a benchmark.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+FAST   := not (server or training or demo or slow)
+
+.PHONY: demo test test-fast install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +25,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) scripts/test_setup.py
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) scripts/test_setup.py --no-browser
+	$(PY) -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) focus.db focus-report .focus-cache

@@ -4,7 +4,7 @@ In one process, on one random-weight model and one set of mosaics, it measures i
 
 - the **forward limit**: ``model(x)`` under ``no_grad`` on the composed, normalised mosaics;
 - the **forward + backward limit**: the forward pass and the gradient of the target logits to the input
-  (parameters frozen, as :func:`flows.resources.load_model` leaves them);
+  (parameters frozen, as :func:`flows.caches.load_model` leaves them);
 - per method, the **explainer alone** on the same ready-made batches, the **pipeline**: the project's own
   :func:`flows.tasks.explain_chunk` (tiles cached on the device -> ``compose_normalized`` -> explainer ->
   quadrant sums (GradCAM's from its small map) -> ``focus_from_sums`` -> predicted class), the pipeline and its
@@ -14,7 +14,7 @@ In one process, on one random-weight model and one set of mosaics, it measures i
   and the **rewrite** of those rows over themselves (the upsert path, for information);
 - per method, the **flow**: the mosaics split into chunks of ``--chunk`` mosaics, run as the evaluate flow runs
   them, by ``flows.evaluate.CHUNK_THREADS`` threads (a ``ThreadPoolExecutor`` standing in for Prefect's
-  ``ThreadPoolTaskRunner``; each chunk is one turn on the device, ``resources.device_turn``, so chunks alternate),
+  ``ThreadPoolTaskRunner``; each chunk is one turn on the device, ``devices.device_turn``, so chunks alternate),
   ``explain_chunk`` per chunk, and the **flow with the database**: ``evaluate_chunk.fn`` per chunk, so one chunk's
   write overlaps the next chunk's compute as in a flow run.
 
@@ -76,7 +76,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 import db  # noqa: E402
-from flows import resources, store  # noqa: E402
+from flows import caches, devices, store  # noqa: E402
 from flows.evaluate import CHUNK_THREADS  # noqa: E402
 from flows.params import DatasetSpec, MethodSpec, ModelSpec, MosaicSetSpec  # noqa: E402
 from flows.tasks import ChunkRequest, evaluate_chunk, explain_chunk  # noqa: E402
@@ -333,7 +333,7 @@ def build_inputs(args: argparse.Namespace, workdir: Path, url: str) -> dict[str,
         root = synthetic_image_folder(workdir / "images", tile, args.seed)
         dataset = DatasetSpec(kind="image_folder", root=str(root), tile_size=tile, resize=tile, seed=args.seed,
                               cache_dir=str(workdir / "tile-cache"))
-    ds = resources.load_dataset(dataset)
+    ds = caches.load_dataset(dataset)
     torch.manual_seed(args.seed)
     model = models.build_model(args.arch, num_classes=len(ds.classes), in_channels=int(ds.tiles.shape[1]))
     weights = workdir / f"{args.arch}.pt"
@@ -341,7 +341,7 @@ def build_inputs(args: argparse.Namespace, workdir: Path, url: str) -> dict[str,
     model_spec = ModelSpec(architecture=args.arch, weights=str(weights))
     total = args.batch * args.batches
     mosaic_spec = MosaicSetSpec(per_class=-(-total // len(ds.classes)), seed=args.seed)
-    manifest = resources.load_manifest(dataset, mosaic_spec)
+    manifest = caches.load_manifest(dataset, mosaic_spec)
     chosen = list(manifest.mosaics[:total])
 
     engine = store.engine_for(url)
@@ -354,10 +354,10 @@ def build_inputs(args: argparse.Namespace, workdir: Path, url: str) -> dict[str,
     checkpoint_id = db.register_checkpoint(engine, sha, args.arch, len(ds.classes), path=str(weights),
                                            in_channels=int(ds.tiles.shape[1]), label="benchmark, random weights")
 
-    device = resources.require_device(args.device)
-    model = resources.load_model(model_spec, dataset, device)  # the very model explain_chunk uses
+    device = devices.require_device(args.device)
+    model = caches.load_model(model_spec, dataset, device)  # the very model explain_chunk uses
     indices = torch.tensor([m.image_indices for m in chosen], dtype=torch.int64)
-    tiles = resources.device_tiles(dataset, device)
+    tiles = caches.device_tiles(dataset, device)
     batches, cpu_targets = [], []
     for start in range(0, total, args.batch):
         x = ds.normalize(mosaics.compose_mosaics(tiles, indices[start:start + args.batch]))
@@ -449,7 +449,7 @@ def chunk_pool() -> concurrent.futures.ThreadPoolExecutor:
 
     The first run in the fresh threads is reported apart, as ``flow_fresh_threads_s``: it cost 0.8-3.8 s on an
     H200 while chunks computed in the task threads (cuDNN caches its benchmarked plans per thread); since their
-    turns run in the device's own thread on CUDA (``resources.device_turn``), fresh task threads should cost
+    turns run in the device's own thread on CUDA (``devices.device_turn``), fresh task threads should cost
     nothing there.
     """
     return concurrent.futures.ThreadPoolExecutor(max_workers=CHUNK_THREADS, thread_name_prefix="bench-chunk")
@@ -503,7 +503,7 @@ def evaluation_request(
 ) -> tuple[Any, ChunkRequest]:
     """The method's explainer and the request of all mosaics for its evaluation (registered in the store)."""
     method = method_spec(name, params, args.batch)
-    explainer = resources.make_explainer(method, inputs["model_spec"])
+    explainer = caches.make_explainer(method, inputs["model_spec"])
     engine = store.engine_for(url)
     method_id = db.register_method(engine, explainer.name, dict(explainer.params))
     evaluation_id = db.get_or_create_evaluation(
@@ -841,12 +841,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resources.require_device(args.device)
+    device = devices.require_device(args.device)
     register_lrp_fast([name for name, _ in args.method_list])
     results: dict[str, Any] = {"errors": {}}
     with tempfile.TemporaryDirectory(prefix="focus-bench-") as tmp, \
             fresh_store(args.db, Path(tmp), args.keep_db) as url:
-        resources.clear_caches()
+        caches.clear_caches()
         inputs = build_inputs(args, Path(tmp), url)
         results["config"] = {
             "arch": args.arch, "size": args.size, "tile": args.size // 2, "batch": args.batch,
@@ -887,7 +887,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             except Exception as error:  # noqa: BLE001
                 results["quantus"] = {"error": f"{type(error).__name__}: {error}"}
                 results["errors"]["quantus"] = results["quantus"]["error"]
-        resources.clear_caches()
+        caches.clear_caches()
     results["ratios"] = ratios(results)
     results["targets"] = targets(results)
     results["figures"] = figures(results)

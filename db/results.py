@@ -12,11 +12,9 @@ its rows (an upsert). Two paths, chosen by one indexed query per chunk:
 A writer that loses a race for the same chunk (its COPY meets the other's rows) falls back to
 the retry path, so concurrent retries of one chunk still leave one row per mosaic.
 
-The foreign key ``mosaic_result.evaluation_id -> evaluation`` stays, although PostgreSQL (15)
-checks it row by row: that check is about 45 % of a first write's server time, yet the plain
-COPY keeps the first write well above 50,000 rows/s on a loaded 2-core machine
-(``benchmarks/db_write.py``), and the key keeps ``ON DELETE CASCADE`` and integrity in the
-database rather than in this module.
+The foreign key ``mosaic_result.evaluation_id -> evaluation`` stays, although PostgreSQL checks
+it row by row (its cost: benchmarks/README.md, section "The results table's foreign key"): the
+key keeps ``ON DELETE CASCADE`` and integrity in the database rather than in this module.
 """
 
 from __future__ import annotations

@@ -13,15 +13,19 @@ flow              module                      parameters
 ``sweep``         :mod:`flows.sweep`          :class:`flows.params.SweepParams`
 ================  ==========================  ==========================================
 
-Supporting modules: :mod:`flows.tasks` (the chunk task and the retry rule), :mod:`flows.resources`
-(what a worker loads once: device, data, manifests, models), :mod:`flows.record` (registering
-inputs in the store), :mod:`flows.store` (one engine per database URL), :mod:`flows.faults` (a full,
-read-only or forbidden disk: not retried, one line), :mod:`flows.artifacts` (artifact keys from names).
-Import the module that holds a thing, e.g. ``from flows.evaluate import evaluate``; this package imports
-nothing eagerly, so ``import flows.params`` stays light.
+Supporting modules: :mod:`flows.tasks` (the chunk task and the retry rule), :mod:`flows.caches`
+(what a worker loads once: data, tiles, manifests, models), :mod:`flows.devices` (the device check
+and the turns on a device), :mod:`flows.record` (registering inputs in the store), :mod:`flows.store`
+(one engine per database URL), :mod:`flows.leases` (who works on an evaluation), :mod:`flows.preflight`
+(what a worker checks before it writes), :mod:`flows.faults` (a full, read-only or forbidden disk: not
+retried, one line), :mod:`flows.artifacts` (artifact keys from names), :mod:`flows.analysis` (statistics
+over stored results). Import the module that holds a thing, e.g. ``from flows.evaluate import evaluate``;
+this package imports nothing eagerly, so ``import flows.params`` stays light.
 """
 
-__all__ = ["params", "evaluate", "randomization", "train", "audit", "sweep", "tasks", "resources", "record", "store"]
+__all__ = [
+    "params", "evaluate", "randomization", "train", "audit", "sweep", "tasks", "caches", "devices", "record", "store",
+]
 
 
 def __getattr__(name: str):  # lazy submodules: ``flows.evaluate`` without importing every flow up front

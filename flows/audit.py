@@ -24,7 +24,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 
 import db
-from flows import analysis, resources, store
+from flows import analysis, devices, store
 from flows.evaluate import evaluate
 from flows.params import AuditParams, EvaluateParams, ModelSpec
 from focus_core import models
@@ -70,7 +70,7 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
     Returns a dict with the audit run id and, per checkpoint and method, the median Focus, the
     change since the previous audit, the paired test and whether it regressed.
     """
-    resources.require_device(params.run.device)
+    devices.require_device(params.run.device)
     logger = get_run_logger()
     engine = store.engine_for(params.run.database_url)
     checkpoints = _audited(engine, params)

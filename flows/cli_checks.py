@@ -67,20 +67,20 @@ def check_model(params: Any) -> None:
     dataset_spec = getattr(params, "dataset", None)
     if model_spec is None or dataset_spec is None or not model_spec.weights:
         return
-    from flows import record, resources, store
+    from flows import caches, record, store
     from focus_core import randomize
     from focus_core.explainers.gradcam import resolve_layer
 
     if hasattr(params, "run"):  # evaluating flows register the checkpoint: the record must agree
         record.check_recorded_checkpoint(store.engine_for(_database_param(params)), model_spec, dataset_spec)
-    model = resources.build_model(model_spec, dataset_spec)
+    model = caches.build_model(model_spec, dataset_spec)
     rnd = getattr(params, "randomization", None)
     if rnd is not None:
         randomize.check_randomization(model, rnd.kind, rnd.stage, rnd.layer)  # FocusError: one line, rc 2
     methods = list(getattr(params, "methods", None) or []) + list(getattr(params, "focus_methods", None) or [])
     for method in methods:
         if method.name.startswith("gradcam"):
-            explainer = resources.make_explainer(method, model_spec)
+            explainer = caches.make_explainer(method, model_spec)
             try:
                 resolve_layer(model, explainer.params.get("layer"))
             except FocusError:

@@ -17,7 +17,8 @@ CPU and the bundled digits. A second run finds the epochs and mosaic results rec
 nothing and says ``reused: ...``; an interrupted run finishes where it stopped.
 
 LRP runs as ``lrp_fast``: the paper's rules (z^B, epsilon, z+, folded BatchNorm) in plain torch,
-equal to the zennit reference ``lrp`` to about 1e-5 and about three times faster on a CPU.
+equal to the zennit reference ``lrp`` to about 1e-5 and faster (benchmarks/README.md, section
+"lrp_fast against zennit's LRP").
 
 Examples
 --------

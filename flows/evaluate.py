@@ -37,7 +37,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 import db
 import focus_core
-from flows import leases, preflight, record, resources, store
+from flows import devices, leases, preflight, record, store
 from flows.params import EvaluateParams
 from flows.record import RegisteredInputs
 from flows.tasks import (
@@ -94,7 +94,7 @@ def run_evaluation(
     """
     logger = get_run_logger()
     preflight.check_request(params)
-    device = resources.require_device(params.run.device)
+    device = devices.require_device(params.run.device)
     engine = store.engine_for(params.run.database_url)
     started = time.perf_counter()
     inputs = inputs or record.register_inputs(engine, params.dataset, params.mosaics, params.model)
@@ -345,7 +345,7 @@ def _evaluate_run_name() -> str:
     return f"{params.model.label or params.model.architecture}-{methods}{tail}"
 
 
-#: Two chunk threads: while one thread's chunk takes its turn on the device (``resources.device_turn``), the other
+#: Two chunk threads: while one thread's chunk takes its turn on the device (``devices.device_turn``), the other
 #: writes its finished chunk's rows and waits for the next turn.
 CHUNK_THREADS = 2
 
@@ -363,5 +363,5 @@ def evaluate(params: EvaluateParams, audit_run_id: int | None = None) -> dict[st
     Returns a dict with the checkpoint, the mosaic set and, per method, the evaluation id, the
     chunks run now / skipped / failed and the summary (n, n_defined, median, mean).
     """
-    resources.require_device(params.run.device)
+    devices.require_device(params.run.device)
     return run_evaluation(params, audit_run_id=audit_run_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows import resources
+from flows import caches, devices
 from flows.params import RandomizationSpec
 from focus_core import randomize
 from focus_core.explainers.gradcam import resolve_layer
@@ -24,11 +24,11 @@ def check_request(params: Any, randomization: RandomizationSpec | None = None) -
     ``params`` is an ``EvaluateParams`` or a ``RandomizationParams``; ``randomization`` overrides
     ``params.randomization`` (the randomization flow checks its stages itself).
     """
-    resources.require_device(params.run.device)
-    model = resources.build_model(params.model, params.dataset)
+    devices.require_device(params.run.device)
+    model = caches.build_model(params.model, params.dataset)
     rnd = randomization or getattr(params, "randomization", None) or RandomizationSpec()
     randomize.check_randomization(model, rnd.kind, rnd.stage, rnd.layer)
     for method in params.methods:
-        explainer = resources.make_explainer(method, params.model)
+        explainer = caches.make_explainer(method, params.model)
         if method.name.startswith("gradcam"):
             resolve_layer(model, explainer.params.get("layer"))

@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows import preflight, record, resources, store
+from flows import caches, preflight, record, store
 from flows.evaluate import evaluate
 from flows.params import EvaluateParams, RandomizationParams, RandomizationSpec
 from focus_core import randomize, report
@@ -30,7 +30,7 @@ __all__ = ["randomization", "randomization_stages"]
 
 def randomization_stages(params: RandomizationParams) -> list[tuple[str, RandomizationSpec]]:
     """``(label, spec)`` of every stage: trained, then full, cascading (top first), independent."""
-    model = resources.build_model(params.model, params.dataset)
+    model = caches.build_model(params.model, params.dataset)
     layers = randomize.cascading_stages(model)
     if params.max_stages is not None:
         layers = layers[: params.max_stages]

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 import db
 import focus_core
-from flows import resources
+from flows import caches
 from flows.params import (
     DatasetSpec,
     MethodSpec,
@@ -62,7 +62,7 @@ class RegisteredInputs(RegisteredMosaics):
 
 def register_mosaics(engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: MosaicSetSpec) -> RegisteredMosaics:
     """Register the dataset with its images and the seeded mosaic set built from it."""
-    dataset = resources.load_dataset(dataset_spec)
+    dataset = caches.load_dataset(dataset_spec)
     registered = db.register_dataset(
         engine,
         dataset.name,
@@ -74,7 +74,7 @@ def register_mosaics(engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: Mos
         tile_size=int(dataset.tiles.shape[-1]),
         channels=int(dataset.tiles.shape[1]),
     )
-    manifest = resources.load_manifest(dataset_spec, mosaic_spec)
+    manifest = caches.load_manifest(dataset_spec, mosaic_spec)
     image_ids = np.asarray(registered.image_ids, dtype=np.int64)[manifest.index_tensor().numpy()]
     mosaic_set = db.register_mosaic_set(
         engine,
@@ -94,7 +94,7 @@ def register_mosaics(engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: Mos
 
 def _checkpoint_shape(model: ModelSpec, dataset_spec: DatasetSpec) -> tuple[int, int]:
     """``(num_classes, in_channels)`` of the spec: its own values, else the dataset's."""
-    dataset = resources.load_dataset(dataset_spec)
+    dataset = caches.load_dataset(dataset_spec)
     return model.num_classes or len(dataset.classes), model.in_channels or int(dataset.tiles.shape[1])
 
 
@@ -162,7 +162,7 @@ def register_checkpoint(
     """
     sha = models.weights_sha256(model.weights)
     if not check_recorded_checkpoint(engine, model, dataset_spec, sha):
-        resources.build_model(model, dataset_spec)  # FocusError naming the mismatch when the weights do not fit
+        caches.build_model(model, dataset_spec)  # FocusError naming the mismatch when the weights do not fit
     num_classes, in_channels = _checkpoint_shape(model, dataset_spec)
     checkpoint_id = db.register_checkpoint(
         engine,
@@ -211,7 +211,7 @@ def open_evaluation(
     tuple
         ``(evaluation_id, method name, explicit method parameters)``.
     """
-    explainer = resources.make_explainer(method, model)
+    explainer = caches.make_explainer(method, model)
     method_params = dict(explainer.params) if precision == "fp32" else {**explainer.params, "precision": precision}
     method_id = db.register_method(engine, explainer.name, method_params)
     evaluation_id = db.get_or_create_evaluation(

@@ -24,7 +24,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
 import db
-from flows import record, resources, store
+from flows import devices, record, store
 from flows.evaluate import evaluate
 from flows.params import EvaluateParams, SweepParams
 
@@ -72,7 +72,7 @@ def sweep(params: SweepParams) -> dict[str, Any]:
     """
     logger = get_run_logger()
     if params.deployment is None:
-        resources.require_device(params.run.device)  # cells run here; with a deployment, the workers check
+        devices.require_device(params.run.device)  # cells run here; with a deployment, the workers check
     engine = store.engine_for(params.run.database_url)
     cells = sweep_cells(params)
     evaluation_ids = []

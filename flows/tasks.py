@@ -1,6 +1,6 @@
 """The units of retry: explaining and recording one chunk of mosaics.
 
-A task takes ids and specs (never tensors), loads what it needs through :mod:`flows.resources`
+A task takes ids and specs (never tensors), loads what it needs through :mod:`flows.caches`
 (once per process), and writes its rows in one transaction, so running it twice leaves the same
 rows. Tasks make no artifact or event calls: those stay in the flows.
 
@@ -25,7 +25,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field
 
 import db
-from flows import faults, resources, store
+from flows import caches, devices, faults, store
 from flows.params import (
     DatasetSpec,
     MethodSpec,
@@ -135,7 +135,7 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     reading back to the host; Focus and the copy to the host happen once per chunk. ``request.dtype == "bf16"``
     runs the model and the explainer under ``torch.autocast(bfloat16)``; sums and Focus stay fp32.
 
-    The device work is one turn on the device (:func:`flows.resources.device_turn`; on CUDA in the process's
+    The device work is one turn on the device (:func:`flows.devices.device_turn`; on CUDA in the process's
     one thread for the device): the chunks of the flow's threads take turns instead of interleaving batch by
     batch, so one chunk's database write runs while the next chunk computes. On CUDA the host copy is queued
     before the turn ends and waited for after it, so the device never drains between chunks.
@@ -155,18 +155,18 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     FocusError
         When even one mosaic does not fit in the device's memory.
     """
-    device = resources.require_device(request.device)
-    dataset = resources.load_dataset(request.dataset)
-    tiles = resources.device_tiles(request.dataset, device)
-    table = resources.manifest_tensors(request.dataset, request.mosaics)
-    model = resources.load_model(request.model, request.dataset, device, request.randomization)
+    device = devices.require_device(request.device)
+    dataset = caches.load_dataset(request.dataset)
+    tiles = caches.device_tiles(request.dataset, device)
+    table = caches.manifest_tensors(request.dataset, request.mosaics)
+    model = caches.load_model(request.model, request.dataset, device, request.randomization)
 
     positions = _positions(request, len(table.targets))
     indices = table.indices.index_select(0, positions)  # stays on the CPU
     targets = table.targets.index_select(0, positions)  # checked on the CPU per batch
     work = _work_key(request)
     if not len(positions):
-        size = resources.fitting_batch_size(work, request.batch_size)
+        size = caches.fitting_batch_size(work, request.batch_size)
         return ChunkScores(np.zeros((0, 4, 2)), np.zeros(0), np.zeros(0, dtype=np.int64), size)
     masks = table.masks.index_select(0, positions)
 
@@ -175,7 +175,7 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
         focus = metric.focus_from_sums(sums, masks.to(device, non_blocking=True))
         return _copy_to_host(sums, focus, predicted), size
 
-    copied, size = resources.device_turn(device, turn)
+    copied, size = devices.device_turn(device, turn)
     sums, focus, predicted = copied()
     return ChunkScores(sums.astype(np.float64), focus.astype(np.float64), predicted, size)
 
@@ -190,8 +190,8 @@ def _explain_batches(
     work: str,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Quadrant sums ``(M, 4, 2)`` and predicted classes ``(M,)`` on the device, and the batch size that fitted."""
-    size = resources.fitting_batch_size(work, request.batch_size)
-    explainer = resources.make_explainer(request.method, request.model, size, request.batch_size)
+    size = caches.fitting_batch_size(work, request.batch_size)
+    explainer = caches.make_explainer(request.method, request.model, size, request.batch_size)
     sums, predicted = [], []
     start = 0
     while start < len(indices):
@@ -214,8 +214,8 @@ def _explain_batches(
             if tiles.device.type == "cuda":
                 torch.cuda.empty_cache()
             size //= 2
-            resources.remember_fitting_batch_size(work, size)
-            explainer = resources.make_explainer(request.method, request.model, size, request.batch_size)
+            caches.remember_fitting_batch_size(work, size)
+            explainer = caches.make_explainer(request.method, request.model, size, request.batch_size)
             continue
         sums.append(batch_sums)
         predicted.append(batch_predicted)

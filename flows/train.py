@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 import db
-from flows import analysis, record, resources, store
+from flows import analysis, caches, devices, record, store
 from flows.artifacts import artifact_key
 from flows.params import RandomizationSpec, TrainParams
 from flows.record import RegisteredInputs, RegisteredMosaics
@@ -100,12 +100,12 @@ folder /data/checkpoints: name the run with letters, digits, '.', '_' and '-' on
 def train_epoch(request: EpochRequest) -> dict[str, Any]:
     """Train one epoch from the previous checkpoint, checkpoint it, measure Focus and record the epoch."""
     params = request.params
-    device = resources.require_device(params.device)
+    device = devices.require_device(params.device)
     engine = store.engine_for(params.database_url)
-    dataset = resources.load_dataset(params.dataset)
+    dataset = caches.load_dataset(params.dataset)
 
     torch.manual_seed(params.seed)
-    model = resources.build_model(params.model, params.dataset)
+    model = caches.build_model(params.model, params.dataset)
     optimizer_state = None
     if request.epoch > 1:
         state = torch.load(checkpoint_path(request.run_dir, request.epoch - 1), map_location="cpu", weights_only=True)
@@ -193,7 +193,7 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
     Returns a dict with the training run id, the epochs run now, every epoch's metrics and
     Focus, the final checkpoint and the Pearson correlation of Focus and validation accuracy.
     """
-    resources.require_device(params.device)
+    devices.require_device(params.device)
     engine = store.engine_for(params.database_url)
     mosaic_set: RegisteredMosaics = record.register_mosaics(engine, params.dataset, params.focus_mosaics)
     config_hash = params.config_hash()

@@ -331,9 +331,9 @@ def compose_normalized(
     One gather of tile rows, already in the mosaics' row order, and one elementwise kernel that converts, scales
     and shifts them into the float mosaics: instead of a copy into the layout and four passes over the float
     mosaics, about a fifth of the memory traffic, which is what composing costs on a GPU. (Gathering rows keeps
-    the elementwise kernel's indexing two-dimensional; converting from a six-dimensional permuted view of the
-    tiles cost an H200 0.27 ms per batch of 64 at 448 px.) The result equals the two-step one up to rounding
-    (``x * scale + shift`` instead of ``(x / 255 - mean) / std``).
+    the elementwise kernel's indexing low-dimensional instead of converting from a six-dimensional permuted view
+    of the tiles; see benchmarks/README.md, section "Composing mosaics".) The result equals the two-step one up to
+    rounding (``x * scale + shift`` instead of ``(x / 255 - mean) / std``).
 
     Parameters
     ----------

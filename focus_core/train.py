@@ -48,8 +48,9 @@ class TrainConfig:
     """Hyper-parameters of one training run; the defaults are the paper's recipe.
 
     For the bundled digits use :meth:`TrainConfig.digits`: no flips (a mirrored digit is another
-    digit), rotation 15, crop padding 2, 8 epochs at lr 3e-3 with cosine decay (measured: >= 97 %
-    validation accuracy and Focus medians >= 0.93 with ``DigitsCNN`` in about 10 s on the CPU).
+    digit), rotation 15, crop padding 2, 8 epochs at lr 3e-3 with cosine decay (``DigitsCNN`` reaches >= 97 %
+    validation accuracy with it, held by ``tests/focus_core/test_science.py``; the measured figures:
+    benchmarks/README.md, section "The digits training recipe").
 
     Parameters
     ----------

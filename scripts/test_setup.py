@@ -56,7 +56,8 @@ def _ensure_chromium() -> None:
     )
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """``--no-browser`` (``make test-fast``): PostgreSQL only, since the fast tier opens no browser."""
     if not _postgres_answers():
         print("test setup: PostgreSQL is not answering on 127.0.0.1:5432, starting it", flush=True)
         _start_postgres()
@@ -67,6 +68,8 @@ def main() -> int:
         return 1
     else:
         print("test setup: no PostgreSQL; its tests will be skipped outside CI", file=sys.stderr)
+    if "--no-browser" in argv:
+        return 0
     _ensure_chromium()
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI") == "true":
@@ -77,4 +80,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -59,6 +59,7 @@ def module():
     return loaded
 
 
+@pytest.mark.slow  # runs the script
 def test_every_figure_is_positive_and_finite(result: dict) -> None:
     assert result["errors"] == {}
     expected = {"forward_mosaics_per_s", "forward_backward_mosaics_per_s"}
@@ -83,6 +84,7 @@ def test_every_figure_is_positive_and_finite(result: dict) -> None:
             assert f"{method}_{ratio}<0.05" in result["targets"]
 
 
+@pytest.mark.slow  # runs the script
 def test_flow_runs_the_chunks_and_every_write_ends_in_the_store(result: dict) -> None:
     assert (result["config"]["chunk"], result["config"]["chunks"]) == (4, 2)
     for name in METHODS:
@@ -93,6 +95,7 @@ def test_flow_runs_the_chunks_and_every_write_ends_in_the_store(result: dict) ->
         assert {key: len(value) for key, value in m["flow_paired"].items()} == {"flow_s": 1, "flow_with_db_s": 1}
 
 
+@pytest.mark.slow  # runs the script
 def test_profile_writes_one_file_per_method(run: tuple[dict, Path]) -> None:
     result, profiles = run
     assert not any(key.startswith("profile:") for key in result["errors"])
@@ -104,6 +107,7 @@ def test_profile_writes_one_file_per_method(run: tuple[dict, Path]) -> None:
         assert text.count("Self CPU %") == 2, text[:2000]
 
 
+@pytest.mark.slow  # runs the script
 def test_methods_are_held_to_their_limits(result: dict) -> None:
     methods = result["methods"]
     assert {name: methods[name]["limit"] for name in METHODS} == {
@@ -119,6 +123,7 @@ def test_methods_are_held_to_their_limits(result: dict) -> None:
         assert len(methods[name]["pipeline"]["seconds"]) == 1
 
 
+@pytest.mark.slow  # runs the script
 def test_config_and_machine_are_recorded(result: dict) -> None:
     config = result["config"]
     assert (config["arch"], config["size"], config["tile"], config["batch"]) == ("digits_cnn", 64, 32, 4)

@@ -111,13 +111,13 @@ def _sample_choice(evals: Sequence[EvaluationData]) -> tuple[list[EvaluationData
 
 def _load_dataset_for(sample: EvaluationData) -> Any:
     """The dataset the evaluation used: from its recorded request, else the bundled digits by name."""
-    from flows import resources
+    from flows import caches
     from flows.params import DatasetSpec
     from focus_core import data
 
     request = (sample.metadata or {}).get("request") or {}
     if request.get("dataset"):
-        return resources.load_dataset(DatasetSpec.model_validate(request["dataset"]))
+        return caches.load_dataset(DatasetSpec.model_validate(request["dataset"]))
     if sample.dataset_name == "digits":
         return data.load_digits(tile_size=sample.dataset_tile_size or 32)
     raise FocusError(

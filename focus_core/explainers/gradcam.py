@@ -75,8 +75,8 @@ def _upsample(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _explanation(cam: torch.Tensor, size: tuple[int, int], logits: torch.Tensor) -> Explanation:
     """The logits, the map's quadrant sums taken from ``cam`` (non-negative) directly, and the upsampled map,
-    computed only if read: the hot path needs the sums alone (the upsampling took 1.5 % of AlexNet's GradCAM
-    time on an H200)."""
+    computed only if read: the hot path needs the sums alone (see benchmarks/README.md, section "GradCAM's
+    upsampled map")."""
     return Explanation(functools.partial(_upsample, cam, size), logits, upsampled_quadrant_sums(cam[:, 0], size))
 
 

@@ -50,6 +50,7 @@ def demo_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     store.dispose_engines()
 
 
+@pytest.mark.demo
 def test_quick_demo_records_everything_and_reuses_it(prefect_api, demo_dir: Path, capsys: pytest.CaptureFixture):
     import db
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from sqlalchemy import text
 
-from flows import resources, store, tasks
+from flows import caches, devices, store, tasks
 from flows.evaluate import evaluate
 from flows.params import (
     DatasetSpec,
@@ -37,9 +37,9 @@ DATASET = DatasetSpec()
 @pytest.fixture(autouse=True)
 def fresh_resources():
     """Every test loads its own model (forward hooks, the fitting batch sizes of out-of-memory tests)."""
-    resources.clear_caches()
+    caches.clear_caches()
     yield
-    resources.clear_caches()
+    caches.clear_caches()
 
 
 def _request(weights: str, method: str, batch_size: int = 8, **params: Any) -> tasks.ChunkRequest:
@@ -52,10 +52,10 @@ def _request(weights: str, method: str, batch_size: int = 8, **params: Any) -> t
 
 def _two_pass(request: tasks.ChunkRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The hot path as it was: explainer, then a second forward pass, Focus and the host copy per batch."""
-    dataset = resources.load_dataset(request.dataset)
-    manifest = resources.load_manifest(request.dataset, request.mosaics)
-    model = resources.load_model(request.model, request.dataset, "cpu")
-    explainer = resources.make_explainer(request.method, request.model)
+    dataset = caches.load_dataset(request.dataset)
+    manifest = caches.load_manifest(request.dataset, request.mosaics)
+    model = caches.load_model(request.model, request.dataset, "cpu")
+    explainer = caches.make_explainer(request.method, request.model)
     chosen = [manifest.mosaics[p] for p in request.positions]
     indices = torch.tensor([m.image_indices for m in chosen])
     targets = torch.tensor([m.target_class for m in chosen])
@@ -117,7 +117,7 @@ def test_the_model_runs_once_per_batch_where_the_explainer_already_ran_it(digits
     (3 noisy copies per mosaic, in passes of at most one batch) never runs the clean mosaics, and the random control
     runs nothing, so the predicted class costs them one more pass per batch."""
     request = _request(digits_weights, method, **({"n_samples": 3} if method == "smoothgrad" else {}))
-    model = resources.load_model(request.model, request.dataset, "cpu")
+    model = caches.load_model(request.model, request.dataset, "cpu")
     calls: list[int] = []
     handle = model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     try:
@@ -131,7 +131,7 @@ def test_the_model_runs_once_per_batch_where_the_explainer_already_ran_it(digits
 
 def test_smoothgrad_passes_hold_one_batch_by_default(digits_weights):
     request = _request(digits_weights, "smoothgrad", batch_size=4, n_samples=5)
-    model = resources.load_model(request.model, request.dataset, "cpu")
+    model = caches.load_model(request.model, request.dataset, "cpu")
     calls: list[int] = []
     handle = model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     try:
@@ -153,7 +153,7 @@ def _two_chunks(digits_weights: str, device: str = "cpu") -> list[tasks.ChunkReq
 
 def _run_together(requests: list[tasks.ChunkRequest]) -> tuple[list[tasks.ChunkScores], list, set[int]]:
     """The chunks from two threads started at once; the (thread, batch size) of every forward pass; the callers."""
-    model = resources.load_model(requests[0].model, requests[0].dataset, requests[0].device)
+    model = caches.load_model(requests[0].model, requests[0].dataset, requests[0].device)
     calls: list[tuple[int, int]] = []
 
     def record(module, args, output):
@@ -200,7 +200,7 @@ def test_on_cuda_turns_run_in_one_device_thread_and_the_queued_host_copy_gives_t
     assert len(set(threads)) == 1 and threads[0] not in callers
     assert sizes in ((4, 4, 4, 3, 3, 3), (3, 3, 3, 4, 4, 4)), f"the chunks interleaved: batches {sizes}"
     current = torch.cuda.current_device()
-    assert resources.device_worker(torch.device("cuda", current)).submit(torch.cuda.current_device).result() == current
+    assert devices.device_worker(torch.device("cuda", current)).submit(torch.cuda.current_device).result() == current
     for scores, request in zip(together, requests):
         on_cpu = tasks.explain_chunk(request.model_copy(update={"device": "cpu"}))
         np.testing.assert_allclose(scores.sums, on_cpu.sums, rtol=1e-4, atol=1e-5 * np.abs(on_cpu.sums).max())

@@ -322,6 +322,7 @@ def _run_chromium(chromium: str, profile: Path, *args: str) -> subprocess.Comple
     return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
 
 
+@pytest.mark.server  # starts a browser
 def test_page_in_headless_chromium(sqlite_report: Built, tmp_path: Path) -> None:
     chromium = _chromium()
     index = sqlite_report.index

@@ -28,7 +28,7 @@ try:  # the fixtures live next to this file; import them explicitly
 except ImportError:  # pragma: no cover - tests/ imported as a package
     from tests.flows.server import PROJECT_ROOT, PrefectServer, postgres_url, prefect_server  # noqa: F401
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.server, pytest.mark.timeout(480)]
 
 FOCUS = str(Path(sys.executable).with_name("focus"))
 POOLS = {  # name -> (type, template file)

@@ -29,6 +29,7 @@ def _params(tmp_path, url: str, epochs: int) -> TrainParams:
     )
 
 
+@pytest.mark.training
 def test_training_records_every_epoch_with_focus_and_resumes_after_a_crash(
     prefect_api, sqlite_url, tmp_path, monkeypatch
 ):

@@ -23,7 +23,7 @@ from focus_core.mosaics import build_manifest, compose_mosaics, target_mask
 from focus_core.randomize import cascading_stages, randomize_cascading, randomize_full
 from focus_core.train import TrainConfig, train_model
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.training
 
 SEEDS = (0, 1, 2)
 METHODS = ("gradcam", "lrp")

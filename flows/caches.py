@@ -1,23 +1,23 @@
-"""What a worker process loads once and reuses: the device, datasets, tiles, manifests, models.
+"""What a worker process caches: datasets, tiles on a device, manifests, models, fitting batch sizes.
 
 Tasks receive specs (small pydantic models), never tensors; they call these functions, which
 cache by the spec's canonical JSON, so a process loads a dataset, moves its tiles to the device
-and builds a model once however many chunks it runs. Everything here is thread-safe: Prefect's
-default task runner runs tasks in threads.
+and builds a model once however many chunks it runs. :func:`build_model` and :func:`make_explainer`
+turn a spec into a fresh model or explainer (uncached). Everything here is thread-safe: Prefect's
+default task runner runs tasks in threads. Where the work runs: :mod:`flows.devices`.
 
 Examples
 --------
->>> require_device("cpu")
-device(type='cpu')
+>>> remember_fitting_batch_size("doctest: a work key", 16)  # this process ran out of memory above 16
+>>> fitting_batch_size("doctest: a work key", 64), fitting_batch_size("doctest: a work key", 8)
+(16, 8)
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -31,18 +31,15 @@ from flows.params import (
     spec_key,
 )
 from focus_core import data, explainers, models, mosaics, randomize
-from focus_core.errors import FocusError
 
 __all__ = [
-    "require_device",
     "load_dataset",
     "device_tiles",
     "load_manifest",
     "ManifestTensors",
     "manifest_tensors",
+    "build_model",
     "load_model",
-    "device_turn",
-    "device_worker",
     "make_explainer",
     "fitting_batch_size",
     "remember_fitting_batch_size",
@@ -51,49 +48,6 @@ __all__ = [
 
 _LOAD_LOCK = threading.RLock()
 _FITTING_BATCH: dict[str, int] = {}
-_DEVICE_WORKERS: dict[str, ThreadPoolExecutor] = {}
-_DEVICE_LOCKS: dict[str, threading.Lock] = {}
-T = TypeVar("T")
-
-
-def require_device(device: str) -> torch.device:
-    """Return ``torch.device(device)`` if this machine has it, else fail with one clear sentence.
-
-    Called on the first line of every flow, so that a worker without a GPU given ``cuda`` fails
-    at once instead of running on the CPU unnoticed.
-
-    Raises
-    ------
-    FocusError
-        For a malformed device or one this machine lacks.
-
-    Examples
-    --------
-    >>> require_device("cuda:99") if not torch.cuda.is_available() else None  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    focus_core.errors.FocusError: The device 'cuda:99' was requested but this worker has no CUDA GPU ...
-    """
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise FocusError(f"The device {device!r} is not a torch device: pass 'cpu', 'cuda' or 'cuda:N'.") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FocusError(
-                f"The device {device!r} was requested but this worker has no CUDA GPU "
-                "(torch.cuda.is_available() is False): run on a GPU worker or pass device 'cpu'."
-            )
-        count = torch.cuda.device_count()
-        if parsed.index is not None and parsed.index >= count:
-            raise FocusError(
-                f"The device {device!r} was requested but this worker has {count} GPU(s): pass cuda:0 to cuda:{count - 1}."
-            )
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise FocusError(f"The device {device!r} was requested but this worker has no MPS device: pass device 'cpu'.")
-    elif parsed.type not in ("cpu", "cuda", "mps"):
-        raise FocusError(f"The device {device!r} is not supported: pass 'cpu', 'cuda' or 'cuda:N'.")
-    return parsed
 
 
 def load_dataset(spec: DatasetSpec) -> data.TileDataset:
@@ -219,56 +173,8 @@ def load_model(
     ``torch.backends.cudnn.benchmark`` is switched on for the process.
     """
     with _LOAD_LOCK:
-        return _load_model(spec_key(spec), spec_key(dataset), spec_key(randomization or RandomizationSpec()), str(device))
-
-
-def device_turn(device: torch.device | str, work: Callable[[], T]) -> T:
-    """Run ``work`` as one turn on ``device`` and return its result; turns on one device never overlap.
-
-    A model lives on one device, so a turn also holds the model: explainers register hooks on it, and two
-    threads must not explain with it at once.
-
-    The hot path takes one turn per chunk, so the chunks of the flow's threads run whole, one after the other,
-    and a finished chunk's database write runs while the next chunk computes (taken per batch, the chunks
-    interleaved, ended together and wrote together while the device idled). On CUDA every turn runs in the
-    process's one thread for the device, kept for the life of the process: cuDNN keeps its benchmarked
-    convolution plans per thread, and new task threads paid 0.8-3.8 s on an H200 to find them again. Elsewhere
-    the turn runs in the calling thread under the device's lock: on the CPU, torch in one more thread makes
-    libgomp stop spinning between parallel regions in every thread, which cost small batches about 1.4x here.
-
-    Examples
-    --------
-    >>> device_turn("cpu", lambda: 2 + 2)
-    4
-    """
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" are one device, one thread
-        device = torch.device("cuda", torch.cuda.current_device())
-    if device.type == "cuda":
-        return device_worker(device).submit(work).result()
-    with _LOAD_LOCK:
-        lock = _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
-    with lock:
-        return work()
-
-
-def device_worker(device: torch.device) -> ThreadPoolExecutor:
-    """The one thread of this process that runs :func:`device_turn`'s turns on the CUDA device ``device``.
-
-    Examples
-    --------
-    >>> device_worker(torch.device("cpu")).submit(lambda: 2 + 2).result()  # any device; the hot path: CUDA only
-    4
-    """
-    key = str(device)
-    with _LOAD_LOCK:
-        worker = _DEVICE_WORKERS.get(key)
-        if worker is None:
-            # the current CUDA device is per thread: the worker makes its own device current (streams, cache)
-            own_device = functools.partial(torch.cuda.set_device, device) if device.type == "cuda" else None
-            worker = ThreadPoolExecutor(1, thread_name_prefix=f"focus-{key}", initializer=own_device)
-            _DEVICE_WORKERS[key] = worker
-        return worker
+        rnd = randomization or RandomizationSpec()
+        return _load_model(spec_key(spec), spec_key(dataset), spec_key(rnd), str(device))
 
 
 def make_explainer(

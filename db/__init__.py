@@ -1,6 +1,8 @@
 """db: the record of everything focus-audit measures (SQLAlchemy 2.x + Alembic, PostgreSQL or SQLite).
 
 The boundary is plain Python and numpy types; this package imports neither torch nor focus_core.
+All SQL of focus-audit lives here: callers pass an ``Engine`` (``db.Engine``, from :func:`open_store`)
+and never import sqlalchemy themselves.
 
 Examples
 --------
@@ -10,13 +12,26 @@ Examples
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
-from db import errors, evaluations, keys, leases, models, mosaic_sets, queries, registry, results, runs, types
-from db.engine import DEFAULT_URL, ENV_VAR, database_url, get_engine, mask_url, open_store
+from db import (
+    errors,
+    evaluations,
+    keys,
+    leases,
+    models,
+    mosaic_sets,
+    queries,
+    registry,
+    report_reads,
+    results,
+    runs,
+    types,
+)
+from db.engine import DEFAULT_URL, ENV_VAR, Engine, database_url, get_engine, mask_url, open_store
 from db.errors import StoreError
 from db.evaluations import evaluation_state, finish_evaluation, get_or_create_evaluation, start_evaluation
 from db.keys import evaluation_key, params_hash
 from db.migrate import VERSION_TABLE, check_schema, current, downgrade, head, schema_diff, upgrade
-from db.mosaic_sets import RegisteredMosaicSet, register_mosaic_set
+from db.mosaic_sets import MosaicTiles, RegisteredMosaicSet, mosaic_tiles, register_mosaic_set
 from db.queries import (
     checkpoint_history,
     checkpoints_to_audit,
@@ -27,15 +42,25 @@ from db.queries import (
     paired_focus,
     training_curve,
 )
-from db.registry import RegisteredDataset, register_checkpoint, register_dataset, register_method, set_checkpoint_audit
+from db.registry import (
+    RecordedCheckpoint,
+    RegisteredDataset,
+    recorded_checkpoint,
+    register_checkpoint,
+    register_dataset,
+    register_method,
+    set_checkpoint_audit,
+)
 from db.results import finished_mosaic_ids, write_mosaic_results
 from db.runs import finish_audit_run, finish_training_run, record_epoch, register_training_run, start_audit_run
+from db.transactions import Store
 
 __all__ = [
     # modules
     "errors",
     "models",
     "queries",
+    "report_reads",
     "types",
     "keys",
     "registry",
@@ -45,6 +70,8 @@ __all__ = [
     "results",
     "runs",
     # engine and migrations
+    "Engine",
+    "Store",
     "DEFAULT_URL",
     "ENV_VAR",
     "VERSION_TABLE",
@@ -89,4 +116,8 @@ __all__ = [
     "paired_focus",
     "focus_regressions",
     "checkpoints_to_audit",
+    "RecordedCheckpoint",
+    "recorded_checkpoint",
+    "MosaicTiles",
+    "mosaic_tiles",
 ]

@@ -13,6 +13,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from db.errors import StoreError
 
 __all__ = [
+    "Engine",  # sqlalchemy's, re-exported: callers of db type their engines without importing sqlalchemy
     "DEFAULT_URL",
     "ENV_VAR",
     "SECRET_QUERY_KEYS",

@@ -3,7 +3,8 @@
 A mosaic is four image ids in TL, TR, BL, BR order, a target class and a target-quadrant
 bitmask (bit ``q`` for quadrant ``q``). Every tile must be an image of the set's dataset and
 split (mosaics use images the model never trained on); that is checked before anything is
-written. On PostgreSQL the mosaics go in with one binary COPY.
+written. On PostgreSQL the mosaics go in with one binary COPY. :func:`mosaic_tiles` reads one
+mosaic back with its tiles' relpaths.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import insert, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from db.errors import StoreError
@@ -22,7 +23,7 @@ from db.pg_copy import copy_into
 from db.registry import check_split
 from db.transactions import Store, error_reason, idempotent
 
-__all__ = ["RegisteredMosaicSet", "register_mosaic_set"]
+__all__ = ["MosaicTiles", "RegisteredMosaicSet", "mosaic_tiles", "register_mosaic_set"]
 
 _TWO_BIT_MASKS = frozenset({3, 5, 6, 9, 10, 12})
 _CORNERS = ("image_tl", "image_tr", "image_bl", "image_br")
@@ -33,6 +34,15 @@ class RegisteredMosaicSet(NamedTuple):
 
     mosaic_set_id: int
     mosaic_ids: list[int]
+
+
+class MosaicTiles(NamedTuple):
+    """One stored mosaic: its target class, target-quadrant bitmask and its tiles' relpaths in TL, TR, BL, BR order."""
+
+    mosaic_id: int
+    target_class: int
+    target_mask: int  # bit q set for a target tile in quadrant q
+    relpaths: list[str]
 
 
 class _Mosaics(NamedTuple):
@@ -148,3 +158,26 @@ def register_mosaic_set(
     except IntegrityError as exc:
         raise StoreError(f"Cannot register mosaic set {manifest_hash[:12]} ({error_reason(exc)}); "
                          f"register its dataset and images first.") from None
+
+
+def mosaic_tiles(engine: Engine, mosaic_id: int) -> MosaicTiles:
+    """The target and the four tile images (relpaths in their dataset, TL, TR, BL, BR) of one stored mosaic.
+
+    Examples
+    --------
+    >>> mosaic_tiles(engine, 7).relpaths  # doctest: +SKIP
+    ['3/0041.png', '5/0007.png', '3/0102.png', '8/0013.png']
+
+    Raises
+    ------
+    StoreError
+        When no mosaic has that id.
+    """
+    with engine.connect() as connection:
+        mosaic = connection.execute(select(Mosaic).where(Mosaic.id == int(mosaic_id))).first()
+        if mosaic is None:
+            raise StoreError(f"No mosaic with id {mosaic_id} in the store; pick one from its evaluation's results.")
+        image_ids = [getattr(mosaic, corner) for corner in _CORNERS]
+        relpaths = dict(connection.execute(select(Image.id, Image.relpath).where(Image.id.in_(image_ids))).all())
+    return MosaicTiles(int(mosaic.id), int(mosaic.target_class), int(mosaic.target_mask),
+                       [relpaths[i] for i in image_ids])

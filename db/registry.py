@@ -1,6 +1,7 @@
 """Idempotent registrations: datasets and their images, checkpoints and attribution methods.
 
-Registering the same thing twice (same natural key) returns the row already there.
+Registering the same thing twice (same natural key) returns the row already there;
+:func:`recorded_checkpoint` reads what is recorded about a weights file before it is registered.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from db.errors import StoreError
 from db.keys import params_hash
@@ -18,8 +19,10 @@ from db.models import SPLITS, Dataset, Image, ModelCheckpoint, XaiMethod
 from db.transactions import Store, idempotent, transaction
 
 __all__ = [
+    "RecordedCheckpoint",
     "RegisteredDataset",
     "check_split",
+    "recorded_checkpoint",
     "register_dataset",
     "register_checkpoint",
     "set_checkpoint_audit",
@@ -32,6 +35,15 @@ class RegisteredDataset(NamedTuple):
 
     dataset_id: int
     image_ids: list[int]
+
+
+class RecordedCheckpoint(NamedTuple):
+    """What the store records about a weights file: its id, architecture, class count and input channels."""
+
+    checkpoint_id: int
+    architecture: str
+    num_classes: int
+    in_channels: int | None  # None where it was not recorded
 
 
 def check_split(split: str) -> None:
@@ -163,6 +175,25 @@ def register_checkpoint(
         return connection.scalar(insert(ModelCheckpoint).values(values).returning(ModelCheckpoint.id))
 
     return idempotent(store, work)
+
+
+def recorded_checkpoint(engine: Engine, sha256: str) -> RecordedCheckpoint | None:
+    """The store's record of the weights file with this sha256, or ``None`` when it is not recorded.
+
+    Examples
+    --------
+    >>> recorded_checkpoint(engine, "ab" * 32)  # doctest: +SKIP
+    RecordedCheckpoint(checkpoint_id=1, architecture='digits_cnn', num_classes=10, in_channels=1)
+    """
+    c = ModelCheckpoint
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(c.id, c.architecture, c.num_classes, c.in_channels).where(c.sha256 == sha256)
+        ).first()
+    if row is None:
+        return None
+    return RecordedCheckpoint(int(row.id), row.architecture, int(row.num_classes),
+                              None if row.in_channels is None else int(row.in_channels))
 
 
 def set_checkpoint_audit(store: Store, checkpoint_id: int, audit: bool = True, label: str | None = None) -> None:

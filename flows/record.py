@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
 
 import db
 import focus_core
+from db import Engine
 from flows import caches
 from flows.params import (
     DatasetSpec,
@@ -118,15 +117,11 @@ def check_recorded_checkpoint(
         When the file is recorded with another architecture, class count or channel count.
     """
     sha = sha256 or models.weights_sha256(model.weights)
-    table = db.models.ModelCheckpoint
-    with engine.connect() as connection:
-        row = connection.execute(
-            select(table.architecture, table.num_classes, table.in_channels).where(table.sha256 == sha)
-        ).first()
+    row = db.recorded_checkpoint(engine, sha)
     if row is None:
         return False
     num_classes, in_channels = _checkpoint_shape(model, dataset_spec)
-    recorded = (row.architecture, int(row.num_classes), row.in_channels)
+    recorded = (row.architecture, row.num_classes, row.in_channels)
     if (recorded[0], recorded[1]) != (model.architecture, num_classes) or (
         recorded[2] is not None and int(recorded[2]) != in_channels
     ):

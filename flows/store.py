@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from sqlalchemy.engine import Engine
-
-from db.engine import database_url, get_engine, mask_url
+from db.engine import Engine, database_url, get_engine, mask_url
 
 __all__ = ["engine_for", "describe", "dispose_engines"]
 

@@ -1,9 +1,9 @@
 """Reading the store: the selected finished evaluations with their per-mosaic scores, and training runs.
 
 :func:`load_evaluations` reads each evaluation with what it measured (checkpoint, method,
-mosaic set, dataset), its per-mosaic results and their statistics (:func:`focus_core.stats.summarize`
-and the bootstrap CI of the median). Id lists are sent in chunks of :data:`_ID_CHUNK` so a large
-selection stays within the database's parameter limits.
+mosaic set, dataset) and its per-mosaic results through :mod:`db.report_reads` (which sends id
+lists in chunks, so a large selection stays within the database's parameter limits), and adds
+their statistics (:func:`focus_core.stats.summarize` and the bootstrap CI of the median).
 
 Examples
 --------
@@ -21,20 +21,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
 
-from db.models import (
-    Dataset,
-    Evaluation,
-    ModelCheckpoint,
-    Mosaic,
-    MosaicResult,
-    MosaicSet,
-    TrainingEpoch,
-    TrainingRun,
-    XaiMethod,
-)
+import db
+from db import Engine
 from focus_core import stats
 from focus_core.errors import FocusError
 
@@ -42,7 +31,6 @@ __all__ = ["CONFIDENCE", "BOOTSTRAP_RESAMPLES", "EvaluationData", "load_evaluati
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
-_ID_CHUNK = 500  # evaluation ids per IN (...) list
 
 
 @dataclass
@@ -104,56 +92,6 @@ class EvaluationData:
         return self.randomization
 
 
-def _chunks(ids: Sequence[int], size: int = _ID_CHUNK) -> Iterable[list[int]]:
-    for start in range(0, len(ids), size):
-        yield list(ids[start:start + size])
-
-
-def _evaluation_rows(engine: Engine, ids: Sequence[int] | None) -> list[dict[str, Any]]:
-    e, c, m, s, d = Evaluation, ModelCheckpoint, XaiMethod, MosaicSet, Dataset
-    base = (
-        select(
-            e.id.label("evaluation_id"), e.status, e.randomization, e.stage, e.layer, e.audit_run_id,
-            e.finished_at, e.metadata_.label("metadata"),
-            c.id.label("checkpoint_id"), c.architecture, c.label.label("checkpoint_label"), c.sha256,
-            c.path.label("weights_path"), c.num_classes, c.in_channels, c.training_run_id, c.epoch,
-            m.name.label("method"), m.params.label("method_params"),
-            s.id.label("mosaic_set_id"), s.layout, s.split, s.seed.label("set_seed"), s.per_class,
-            d.id.label("dataset_id"), d.name.label("dataset_name"), d.fingerprint.label("dataset_fingerprint"),
-            d.tile_size.label("dataset_tile_size"),
-        )
-        .join(c, c.id == e.checkpoint_id)
-        .join(m, m.id == e.method_id)
-        .join(s, s.id == e.mosaic_set_id)
-        .join(d, d.id == s.dataset_id)
-        .order_by(e.id)
-    )
-    with engine.connect() as connection:
-        if ids is None:
-            return [dict(r._mapping) for r in connection.execute(base)]
-        rows = []
-        for chunk in _chunks(sorted(set(ids))):
-            rows += [dict(r._mapping) for r in connection.execute(base.where(e.id.in_(chunk)))]
-        return rows
-
-
-def _results(engine: Engine, ids: Sequence[int]) -> pd.DataFrame:
-    r, mo = MosaicResult, Mosaic
-    frames = []
-    with engine.connect() as connection:
-        for chunk in _chunks(list(ids)):
-            stmt = (
-                select(r.evaluation_id, r.mosaic_id, mo.position, r.focus, r.predicted_class, mo.target_class)
-                .join(mo, mo.id == r.mosaic_id)
-                .where(r.evaluation_id.in_(chunk))
-                .order_by(r.evaluation_id, mo.position)
-            )
-            frames.append(pd.DataFrame(connection.execute(stmt).all(),
-                                       columns=["evaluation_id", "mosaic_id", "position", "focus",
-                                                "predicted_class", "target_class"]))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 def load_evaluations(engine: Engine, evaluations: Sequence[int] | None = None,
                      url_text: str = "the store") -> tuple[list[EvaluationData], list[str]]:
     """The finished evaluations of the selection with their per-mosaic scores and statistics.
@@ -168,7 +106,7 @@ def load_evaluations(engine: Engine, evaluations: Sequence[int] | None = None,
     FocusError
         When a selected id is not in the store, or nothing finished is left.
     """
-    rows = _evaluation_rows(engine, evaluations)
+    rows = db.report_reads.evaluation_records(engine, evaluations)
     notes: list[str] = []
     if evaluations is not None:
         unknown = sorted(set(int(i) for i in evaluations) - {int(r["evaluation_id"]) for r in rows})
@@ -192,7 +130,7 @@ def load_evaluations(engine: Engine, evaluations: Sequence[int] | None = None,
             "or select finished ones."
         )
     data = [EvaluationData(**{k: v for k, v in r.items()}) for r in rows]
-    results = _results(engine, [d.evaluation_id for d in data])
+    results = db.report_reads.mosaic_scores(engine, [d.evaluation_id for d in data])
     grouped = dict(tuple(results.groupby("evaluation_id"))) if len(results) else {}
     for item in data:
         frame = grouped.get(item.evaluation_id)
@@ -212,22 +150,6 @@ def load_evaluations(engine: Engine, evaluations: Sequence[int] | None = None,
 
 
 def training_runs(engine: Engine, run_ids: Iterable[int] | None) -> dict[int, dict[str, Any]]:
-    """``{run_id: {"run": row, "epochs": [row, ...]}}`` for the given runs (all runs with ``None``)."""
-    t, te = TrainingRun, TrainingEpoch
-    stmt = select(t.id, t.name, t.architecture, t.config, t.status, t.started_at).order_by(t.id)
-    if run_ids is not None:
-        ids = sorted(set(run_ids))
-        if not ids:
-            return {}
-        stmt = stmt.where(t.id.in_(ids))
-    runs: dict[int, dict[str, Any]] = {}
-    with engine.connect() as connection:
-        for r in connection.execute(stmt):
-            runs[int(r.id)] = {"run": dict(r._mapping), "epochs": []}
-        if runs:
-            epochs = connection.execute(
-                select(te).where(te.training_run_id.in_(list(runs))).order_by(te.training_run_id, te.epoch)
-            ).all()
-            for r in epochs:
-                runs[int(r.training_run_id)]["epochs"].append(dict(r._mapping))
+    """``{run_id: {"run": row, "epochs": [row, ...]}}`` for the given runs (all runs with ``None``) with epochs."""
+    runs = db.report_reads.training_runs(engine, run_ids)
     return {k: v for k, v in runs.items() if v["epochs"]}

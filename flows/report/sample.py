@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
 
-from db.models import Image, Mosaic
+import db
+from db import Engine
 from flows.report.figures import FigureWriter
 from flows.report.page import Section, fmt, row, table
 from flows.report.queries import EvaluationData
@@ -163,16 +162,13 @@ def _recompute_maps(engine: Engine, chosen: Sequence[EvaluationData], mosaic_id:
         raise FocusError(f"the weights file {path or '(not recorded)'} is gone")
     if models.weights_sha256(path) != first.sha256:
         raise FocusError(f"the weights file {path} changed since it was recorded (its sha256 differs)")
-    with engine.connect() as connection:
-        mo = connection.execute(select(Mosaic).where(Mosaic.id == mosaic_id)).one()
-        image_ids = [mo.image_tl, mo.image_tr, mo.image_bl, mo.image_br]
-        relpaths = dict(connection.execute(select(Image.id, Image.relpath).where(Image.id.in_(image_ids))).all())
+    mo = db.mosaic_tiles(engine, mosaic_id)
     dataset = _load_dataset_for(first)
     index = {r: i for i, r in enumerate(dataset.relpaths)}
-    missing = [relpaths[i] for i in image_ids if relpaths[i] not in index]
+    missing = [r for r in mo.relpaths if r not in index]
     if missing:
         raise FocusError(f"the dataset loaded now has no image {missing[0]}")
-    indices = torch.tensor([[index[relpaths[i]] for i in image_ids]], dtype=torch.int64)
+    indices = torch.tensor([[index[r] for r in mo.relpaths]], dtype=torch.int64)
     composed = mosaics.compose_mosaics(dataset.tiles, indices)
     x = mosaics.compose_normalized(dataset.tiles, indices, dataset)  # the evaluation's bits: the same noise draws
     mask = torch.tensor([[bool(mo.target_mask >> q & 1) for q in range(4)]])

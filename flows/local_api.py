@@ -42,7 +42,9 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["LocalApiError", "current_url", "ensure_started"]
+__all__ = ["LOCK_FILE", "LocalApiError", "current_url", "ensure_started"]
+
+LOCK_FILE = "focus-local-api.lock"  # in PREFECT_HOME: held while a command's temporary API starts
 
 # The child: a thread that shuts the server down when the pipe from the command ends (the command has exited,
 # however it exited), then uvicorn's command line on the arguments after -c.
@@ -109,7 +111,7 @@ def ensure_started() -> str | None:
         "PREFECT__SERVER_FINAL": "1",
         **settings.to_environment_variables(exclude_unset=True),
     }
-    with _exclusive(home / "focus-local-api.lock"):
+    with _exclusive(home / LOCK_FILE):
         process, url, log = _start(child_env, timeout)
     stack = contextlib.ExitStack()
     _SERVER = _Server(process, url, log, stack)

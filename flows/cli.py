@@ -1,9 +1,10 @@
 """The ``focus`` command line: every flow, the results, the report and the store's schema.
 
 Each command builds the flow's pydantic parameters (:mod:`flows.params`) from its options and
-runs the flow in this process. Without ``PREFECT_API_URL`` Prefect runs in its local ephemeral
-mode; with it, the run is recorded on that server (and shows in its UI). To run on a work pool's
-workers instead, trigger the deployment (``prefect deployment run`` or the UI).
+runs the flow in this process. Without ``PREFECT_API_URL`` the command starts a temporary Prefect
+API for its flows and stops it when it ends (:mod:`flows.local_api`); with it, the run is recorded
+on that server (and shows in its UI). To run on a work pool's workers instead, trigger the
+deployment (``prefect deployment run`` or the UI).
 
 A mistake the user can fix (a bad option, a missing file, a database at an old schema version)
 ends with one line on stderr and exit status 2; ``--debug`` shows the traceback instead.
@@ -37,6 +38,7 @@ from flows.cli_errors import (
     user_cause,
 )
 from flows.cli_parser import build_parser
+from flows.local_api import LocalApiError
 
 __all__ = ["main", "build_parser", "UsageError", "prefect_target", "run_flow"]
 
@@ -48,10 +50,10 @@ def _use_database(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``focus`` command and return its exit status: 0, 1 (failed) or 2 (a user mistake)."""
+    """Run the ``focus`` command and return its exit status: 0, 1 (failed), 2 (a user mistake) or 130 (Ctrl-C)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Prefect's local mode starts a temporary server; on a busy laptop it needs more than the 20 s default.
+    # the local mode's temporary server (flows.local_api): on a busy laptop it needs more than Prefect's 20 s default
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -65,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = handler(args)
         if args.command in {"train", "evaluate", "randomize", "sweep", "audit"}:
             print_result(result)
+    except LocalApiError as error:  # the command was right; the same command may succeed on a calmer machine
+        print(f"{prog}: failed: {one_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; rows already written are kept, run the same command to finish.", file=sys.stderr)
         return 130

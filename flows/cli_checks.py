@@ -20,7 +20,7 @@ from typing import Any
 from flows.cli_errors import UsageError
 from focus_core.errors import FocusError
 
-__all__ = ["check_inputs", "check_model"]
+__all__ = ["check_device", "check_inputs", "check_model"]
 
 
 def _require_file(path: str | None, what: str, hint: str) -> None:
@@ -35,6 +35,22 @@ def _require_dir(path: str | None, what: str) -> None:
         raise UsageError(f"The {what} {path!r} is a file, not a directory: pass an existing directory.")
     if path and not Path(path).is_dir():
         raise UsageError(f"The {what} {path!r} does not exist: pass an existing directory.")
+
+
+def check_device(params: Any) -> None:
+    """Fail here, before Prefect starts, when this machine lacks the flow's device (``--device``).
+
+    The flow checks again where it runs; a sweep with a deployment runs its cells on the work pool's
+    workers, so its device is theirs to check.
+    """
+    if getattr(params, "deployment", None):
+        return
+    run = getattr(params, "run", None)
+    device = getattr(run, "device", None) if run is not None else getattr(params, "device", None)
+    if device:
+        from flows.resources import require_device
+
+        require_device(device)
 
 
 def check_inputs(params: Any) -> None:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from flows import cli_params as opts
-from flows.cli_checks import check_inputs, check_model
+from flows import local_api
+from flows.cli_checks import check_device, check_inputs, check_model
 from flows.cli_errors import UsageError, info, quiet_user_error_tracebacks
 
 __all__ = [
@@ -60,6 +61,9 @@ def _nonempty(**sections: dict[str, Any] | None) -> dict[str, Any]:
 
 def prefect_target() -> str:
     """Where flows run: the server of PREFECT_API_URL (env or settings), else Prefect's local mode."""
+    local = local_api.current_url()
+    if local:
+        return f"Prefect's local mode (a temporary API at {local}, stopped when this command ends)"
     url = os.environ.get("PREFECT_API_URL")
     if not url:
         try:
@@ -68,17 +72,21 @@ def prefect_target() -> str:
             url = PREFECT_API_URL.value()
         except Exception:  # noqa: BLE001 - settings unavailable: the local mode
             url = None
-    return f"the Prefect API at {url}" if url else "Prefect's local mode (a temporary API in this process)"
+    return f"the Prefect API at {url}" if url else "Prefect's local mode (a temporary API that this command starts)"
 
 
 def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True) -> Any:
     """Run ``flows.<module>.<flow_name>(params=params)`` here (ephemeral mode or PREFECT_API_URL).
 
-    Paths, the model, its weights and GradCAM's layer are checked first, so a user's mistake ends
-    in seconds with one line; ``announce`` prints where the flow runs and how long it took.
+    The device, paths, the model, its weights and GradCAM's layer are checked first, so a user's
+    mistake ends in seconds with one line; then, without PREFECT_API_URL, the temporary Prefect API
+    starts (:mod:`flows.local_api`, once per process); ``announce`` prints where the flow runs and
+    how long it took.
     """
+    check_device(params)
     check_inputs(params)
     check_model(params)
+    local_api.ensure_started()
     flow = _load_flow(module, flow_name)
     quiet_user_error_tracebacks()
     if announce:

@@ -48,7 +48,7 @@ def check_device(params: Any) -> None:
     run = getattr(params, "run", None)
     device = getattr(run, "device", None) if run is not None else getattr(params, "device", None)
     if device:
-        from flows.resources import require_device
+        from flows.devices import require_device
 
         require_device(device)
 

@@ -268,7 +268,7 @@ def run_demo(args: argparse.Namespace) -> DemoOutcome:
     """Run ``focus demo`` with its parsed options; print the tables and paths; return the outcome."""
     plan = plan_demo(args)
     started = time.monotonic()
-    from flows.resources import require_device
+    from flows.devices import require_device
 
     require_device(plan.device)  # before the store and Prefect: a machine without it fails in seconds
 

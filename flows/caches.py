@@ -2,8 +2,8 @@
 
 Tasks receive specs (small pydantic models), never tensors; they call these functions, which
 cache by the spec's canonical JSON, so a process loads a dataset, moves its tiles to the device
-and builds a model once however many chunks it runs. :func:`build_model` and :func:`make_explainer`
-turn a spec into a fresh model or explainer (uncached). Everything here is thread-safe: Prefect's
+and reads a weights file once however many chunks and checks it runs. :func:`build_model` and
+:func:`make_explainer` turn a spec into a fresh model or explainer (uncached). Everything here is thread-safe: Prefect's
 default task runner runs tasks in threads. Where the work runs: :mod:`flows.devices`.
 
 Examples
@@ -15,7 +15,9 @@ Examples
 
 from __future__ import annotations
 
+import copy
 import functools
+import os
 import threading
 from typing import NamedTuple
 
@@ -39,6 +41,8 @@ __all__ = [
     "ManifestTensors",
     "manifest_tensors",
     "build_model",
+    "checked_model",
+    "weights_sha256",
     "load_model",
     "make_explainer",
     "fitting_batch_size",
@@ -126,7 +130,7 @@ def _manifest_tensors(dataset_key: str, mosaics_key: str) -> ManifestTensors:
 
 
 def build_model(spec: ModelSpec, dataset: DatasetSpec) -> nn.Module:
-    """A fresh model of ``spec`` sized for ``dataset``, with the spec's weights when it has some."""
+    """A fresh model of ``spec`` sized for ``dataset``, with the spec's weights when it has some (yours to change)."""
     ds = load_dataset(dataset)
     model = models.build_model(
         spec.architecture,
@@ -138,11 +142,55 @@ def build_model(spec: ModelSpec, dataset: DatasetSpec) -> nn.Module:
     return model
 
 
+def _file_identity(path: str | None) -> tuple[int, int] | None:
+    """``(size, mtime_ns)`` of a file, so a cache entry of a weights file rewritten in place is not reused."""
+    if not path:
+        return None
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None  # loading says what is wrong with it
+    return status.st_size, status.st_mtime_ns
+
+
+def checked_model(spec: ModelSpec, dataset: DatasetSpec) -> nn.Module:
+    """The model of ``spec`` with its weights, on the CPU, built and loaded once per process: shared, never modify it.
+
+    The checks before any work (the weights fit the architecture, the randomization's layers exist, GradCAM's
+    layer is found) and the chunks' device copies (:func:`load_model`) all start from this one model, so an
+    evaluation reads its weights file once. A weights file rewritten in place is loaded again.
+
+    Raises
+    ------
+    FocusError
+        When the weights are missing or do not fit the architecture.
+    """
+    with _LOAD_LOCK:
+        return _checked_model(spec_key(spec), spec_key(dataset), _file_identity(spec.weights))
+
+
+@functools.lru_cache(maxsize=2)  # an evaluation needs one; a training run registers one per epoch
+def _checked_model(model_key: str, dataset_key: str, weights: tuple[int, int] | None) -> nn.Module:
+    return build_model(ModelSpec.model_validate_json(model_key), DatasetSpec.model_validate_json(dataset_key))
+
+
+def weights_sha256(path: str) -> str:
+    """The sha256 of a weights file, read once per process (again when the file is rewritten)."""
+    with _LOAD_LOCK:
+        return _weights_sha256(str(path), _file_identity(path))
+
+
+@functools.lru_cache(maxsize=32)
+def _weights_sha256(path: str, identity: tuple[int, int] | None) -> str:
+    return models.weights_sha256(path)
+
+
 @functools.lru_cache(maxsize=8)
 def _load_model(model_key: str, dataset_key: str, randomization_key: str, device: str) -> nn.Module:
     spec = ModelSpec.model_validate_json(model_key)
     rnd = RandomizationSpec.model_validate_json(randomization_key)
-    model = build_model(spec, DatasetSpec.model_validate_json(dataset_key))
+    shared = checked_model(spec, DatasetSpec.model_validate_json(dataset_key))
+    model = copy.deepcopy(shared) if rnd.kind == "none" else shared  # randomizing copies the model itself
     if rnd.kind == "full":
         model = randomize.randomize_full(model, seed=rnd.seed)
     elif rnd.kind == "cascading":
@@ -217,6 +265,7 @@ def remember_fitting_batch_size(key: str, batch_size: int) -> None:
 def clear_caches() -> None:
     """Forget every cached dataset, tile tensor, manifest, model and fitting batch size (tests, memory pressure)."""
     with _LOAD_LOCK:
-        for cached in (_load_dataset_cached, _device_tiles, _load_manifest, _manifest_tensors, _load_model):
+        for cached in (_load_dataset_cached, _device_tiles, _load_manifest, _manifest_tensors, _checked_model,
+                       _weights_sha256, _load_model):
             cached.cache_clear()
         _FITTING_BATCH.clear()

@@ -89,7 +89,7 @@ def check_model(params: Any) -> None:
 
     if hasattr(params, "run"):  # evaluating flows register the checkpoint: the record must agree
         record.check_recorded_checkpoint(store.engine_for(_database_param(params)), model_spec, dataset_spec)
-    model = caches.build_model(model_spec, dataset_spec)
+    model = caches.checked_model(model_spec, dataset_spec)
     rnd = getattr(params, "randomization", None)
     if rnd is not None:
         randomize.check_randomization(model, rnd.kind, rnd.stage, rnd.layer)  # FocusError: one line, rc 2

@@ -37,7 +37,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 import db
 import focus_core
-from flows import devices, leases, preflight, record, store
+from flows import leases, preflight, record, store
 from flows.params import EvaluateParams
 from flows.record import RegisteredInputs
 from flows.tasks import (
@@ -93,8 +93,7 @@ def run_evaluation(
     run dies) before it closes the evaluations.
     """
     logger = get_run_logger()
-    preflight.check_request(params)
-    device = devices.require_device(params.run.device)
+    device = preflight.check_request(params)
     engine = store.engine_for(params.run.database_url)
     started = time.perf_counter()
     inputs = inputs or record.register_inputs(engine, params.dataset, params.mosaics, params.model)
@@ -363,5 +362,4 @@ def evaluate(params: EvaluateParams, audit_run_id: int | None = None) -> dict[st
     Returns a dict with the checkpoint, the mosaic set and, per method, the evaluation id, the
     chunks run now / skipped / failed and the summary (n, n_defined, median, mean).
     """
-    devices.require_device(params.run.device)
-    return run_evaluation(params, audit_run_id=audit_run_id)
+    return run_evaluation(params, audit_run_id=audit_run_id)  # its first step checks the device

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from flows import caches, devices
 from flows.params import RandomizationSpec
 from focus_core import randomize
@@ -18,17 +20,18 @@ from focus_core.explainers.gradcam import resolve_layer
 __all__ = ["check_request"]
 
 
-def check_request(params: Any, randomization: RandomizationSpec | None = None) -> None:
+def check_request(params: Any, randomization: RandomizationSpec | None = None) -> torch.device:
     """Check the device, the weights file (it fits the architecture), the randomization and the methods' layers.
 
     ``params`` is an ``EvaluateParams`` or a ``RandomizationParams``; ``randomization`` overrides
-    ``params.randomization`` (the randomization flow checks its stages itself).
+    ``params.randomization`` (the randomization flow checks its stages itself). Returns the device.
     """
-    devices.require_device(params.run.device)
-    model = caches.build_model(params.model, params.dataset)
+    device = devices.require_device(params.run.device)
+    model = caches.checked_model(params.model, params.dataset)
     rnd = randomization or getattr(params, "randomization", None) or RandomizationSpec()
     randomize.check_randomization(model, rnd.kind, rnd.stage, rnd.layer)
     for method in params.methods:
         explainer = caches.make_explainer(method, params.model)
         if method.name.startswith("gradcam"):
             resolve_layer(model, explainer.params.get("layer"))
+    return device

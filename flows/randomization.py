@@ -30,7 +30,7 @@ __all__ = ["randomization", "randomization_stages"]
 
 def randomization_stages(params: RandomizationParams) -> list[tuple[str, RandomizationSpec]]:
     """``(label, spec)`` of every stage: trained, then full, cascading (top first), independent."""
-    model = caches.build_model(params.model, params.dataset)
+    model = caches.checked_model(params.model, params.dataset)
     layers = randomize.cascading_stages(model)
     if params.max_stages is not None:
         layers = layers[: params.max_stages]

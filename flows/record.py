@@ -27,7 +27,6 @@ from flows.params import (
     MosaicSetSpec,
     RandomizationSpec,
 )
-from focus_core import models, mosaics
 from focus_core.errors import FocusError
 
 __all__ = [
@@ -74,7 +73,8 @@ def register_mosaics(engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: Mos
         channels=int(dataset.tiles.shape[1]),
     )
     manifest = caches.load_manifest(dataset_spec, mosaic_spec)
-    image_ids = np.asarray(registered.image_ids, dtype=np.int64)[manifest.index_tensor().numpy()]
+    table = caches.manifest_tensors(dataset_spec, mosaic_spec)  # the chunks' own tensors: converted once
+    image_ids = np.asarray(registered.image_ids, dtype=np.int64)[table.indices.numpy()]
     mosaic_set = db.register_mosaic_set(
         engine,
         manifest.hash,
@@ -84,8 +84,8 @@ def register_mosaics(engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: Mos
         manifest.per_class,
         manifest.layout,
         image_ids.reshape(-1, 4),
-        manifest.targets().numpy(),
-        mosaics.target_mask(manifest).numpy(),
+        table.targets.numpy(),
+        table.masks.numpy(),
         tile_size=int(dataset.tiles.shape[-1]),
     )
     return RegisteredMosaics(registered.dataset_id, mosaic_set.mosaic_set_id, manifest.hash, list(mosaic_set.mosaic_ids))
@@ -95,6 +95,10 @@ def _checkpoint_shape(model: ModelSpec, dataset_spec: DatasetSpec) -> tuple[int,
     """``(num_classes, in_channels)`` of the spec: its own values, else the dataset's."""
     dataset = caches.load_dataset(dataset_spec)
     return model.num_classes or len(dataset.classes), model.in_channels or int(dataset.tiles.shape[1])
+
+
+#: (store, sha256, architecture, classes, channels) of the records this process found in agreement.
+_AGREED: set[tuple[str, str, str, int, int]] = set()
 
 
 def check_recorded_checkpoint(
@@ -116,11 +120,14 @@ def check_recorded_checkpoint(
     FocusError
         When the file is recorded with another architecture, class count or channel count.
     """
-    sha = sha256 or models.weights_sha256(model.weights)
+    sha = sha256 or caches.weights_sha256(model.weights)
+    num_classes, in_channels = _checkpoint_shape(model, dataset_spec)
+    agreed = (str(engine.url), sha, model.architecture, num_classes, in_channels)
+    if agreed in _AGREED:  # a record never changes its architecture: checked once per process
+        return True
     row = db.recorded_checkpoint(engine, sha)
     if row is None:
         return False
-    num_classes, in_channels = _checkpoint_shape(model, dataset_spec)
     recorded = (row.architecture, row.num_classes, row.in_channels)
     if (recorded[0], recorded[1]) != (model.architecture, num_classes) or (
         recorded[2] is not None and int(recorded[2]) != in_channels
@@ -132,7 +139,9 @@ def check_recorded_checkpoint(
             f"channel(s): pass --arch {recorded[0]} --num-classes {recorded[1]}, or a weights file saved for "
             f"{model.architecture}."
         )
+    _AGREED.add(agreed)
     return True
+
 
 
 def register_checkpoint(
@@ -155,9 +164,9 @@ def register_checkpoint(
     FocusError
         When the weights do not fit the architecture, or the record disagrees with the spec.
     """
-    sha = models.weights_sha256(model.weights)
+    sha = caches.weights_sha256(model.weights)
     if not check_recorded_checkpoint(engine, model, dataset_spec, sha):
-        caches.build_model(model, dataset_spec)  # FocusError naming the mismatch when the weights do not fit
+        caches.checked_model(model, dataset_spec)  # FocusError naming the mismatch when the weights do not fit
     num_classes, in_channels = _checkpoint_shape(model, dataset_spec)
     checkpoint_id = db.register_checkpoint(
         engine,

@@ -132,9 +132,10 @@ def test_a_stale_running_evaluation_shows_as_crashed_and_the_next_run_takes_it_o
     engine = store.engine_for(sqlite_url)
     evaluation_id = first["evaluation_id"]
     assert _status(sqlite_url, evaluation_id) == ("running", "running")  # stopped on purpose: resumable
-    db.start_evaluation(engine, evaluation_id, owner="killed-worker", lease_seconds=1)  # then killed with -9
+    started = time.monotonic()
+    db.start_evaluation(engine, evaluation_id, owner="killed-worker", lease_seconds=4)  # then killed with -9
     assert _status(sqlite_url, evaluation_id) == ("running", "running")
-    time.sleep(1.5)
+    time.sleep(max(0.0, started + 4.5 - time.monotonic()))
     assert _status(sqlite_url, evaluation_id) == ("running", "crashed")
 
     spy = ChunkSpy()

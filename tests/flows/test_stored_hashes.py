@@ -2,11 +2,13 @@
 
 The expected values below were computed with the code before the hashes shared one implementation
 (``focus_core.hashing``); a change that alters any of them orphans every row already recorded under the
-old key (a dataset, a mosaic set, a method, an evaluation, a training run, a tile cache).
+old key (a dataset, a mosaic set, a method, an evaluation, a training run, a tile cache). The record layer
+keeps its own copy of the formula (``db`` imports nothing from ``focus_core``); the two are checked to agree.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -18,7 +20,9 @@ from db.models import XaiMethod
 from flows import record, store
 from flows.params import DatasetSpec, MethodSpec, ModelSpec, MosaicSetSpec, RandomizationSpec, TrainParams, spec_key
 from focus_core import data, mosaics
+from focus_core.errors import FocusError
 from focus_core.explainers import get_explainer
+from focus_core.hashing import canonical_hash
 
 DIGITS_12 = "1b52e948f81f2985972780bba96c25f1279189e26eeec09fc7f496dd216f3894"
 DIGITS_32 = "1ea38d5a29f9cbd935510081356b4b02297e70d35c816ef2eb8e6c3ae977a6b8"
@@ -31,6 +35,23 @@ METHODS = {
     "random": "739d387ef08a26003f432174c195c9f4dadfe109b967d91e80180cd6ec2abb04",
 }
 LRP_BF16 = "242c32ff104069e862f6dd437c04df34dab36d3bdc6da93249b18dc12f8eabbe"
+JSON_VALUES = [
+    None, 0, -7, 2**70, 0.1, -1.5e-300, 1e16, True, "", "é ü 漢 \u2028 \"quoted\"", [], {},
+    {"b": {"z": [1, None, 2.5], "a": "x"}, "a": [{"d": 1, "c": 2}]},
+    {"name": "lrp", "params": {"epsilon": 1e-06, "low": None, "high": None, "canonizer": "auto"}},
+]
+
+
+@pytest.mark.parametrize("value", JSON_VALUES)
+def test_focus_core_and_the_store_hash_with_one_formula(value: object) -> None:
+    assert canonical_hash(value) == db.keys.canonical_hash(value)
+
+
+def test_neither_hashes_a_nan() -> None:
+    with pytest.raises(FocusError):
+        canonical_hash({"x": math.nan})
+    with pytest.raises(db.StoreError):
+        db.keys.canonical_hash({"x": math.nan})
 
 
 def test_dataset_fingerprints_are_pinned() -> None:

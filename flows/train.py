@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 import db
 from flows import analysis, record, resources, store
+from flows.jsonsafe import number
 from flows.params import RandomizationSpec, TrainParams
 from flows.record import RegisteredInputs, RegisteredMosaics
 from flows.tasks import ChunkRequest, can_succeed_on_retry, explain_chunk, retry_delays
@@ -247,6 +248,6 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, (np.integer,)):
             value = int(value)
         elif isinstance(value, (float, np.floating)):
-            value = None if np.isnan(value) else float(value)
+            value = number(value)
         out[key] = value
     return out

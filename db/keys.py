@@ -12,7 +12,10 @@ __all__ = ["canonical_hash", "params_hash", "evaluation_key"]
 
 
 def canonical_hash(value: Any) -> str:
-    """sha256 of the canonical JSON of ``value`` (sorted keys, no spaces, no NaN).
+    """sha256 of the canonical JSON of ``value`` (sorted keys, no spaces, ASCII escapes, no NaN), UTF-8 encoded.
+
+    The same formula as ``focus_core.hashing.canonical_hash``, written again here because the record layer
+    imports nothing from ``focus_core`` (tests/flows/test_stored_hashes.py checks that the two agree).
 
     Examples
     --------

@@ -14,7 +14,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from db.errors import StoreError
-from db.keys import params_hash
+from db import keys
 from db.models import SPLITS, Dataset, Image, ModelCheckpoint, XaiMethod
 from db.transactions import Store, idempotent, transaction
 
@@ -207,13 +207,35 @@ def set_checkpoint_audit(store: Store, checkpoint_id: int, audit: bool = True, l
             raise StoreError(f"No checkpoint with id {checkpoint_id}; register it first.")
 
 
-def register_method(store: Store, name: str, params: dict[str, Any]) -> int:
+def register_method(store: Store, name: str, params: dict[str, Any], params_hash: str | None = None) -> int:
     """Register an attribution method with explicit parameters and return its id.
 
-    The natural key is ``params_hash(name, params)``; the same name and parameters, in any key
-    order, return the same id.
+    The natural key is :func:`db.keys.params_hash` of ``(name, params)``; the same name and parameters, in
+    any key order, return the same id.
+
+    Parameters
+    ----------
+    store : Engine or Connection
+        The store.
+    name : str
+        The method's registry name.
+    params : dict
+        Its explicit parameters (JSON values).
+    params_hash : str, optional
+        The hash the caller computed (the explainer's ``params_hash``). It is checked against the store's own
+        computation, so the hash stored is the explainer's; they differ only through a bug.
+
+    Raises
+    ------
+    StoreError
+        When ``params_hash`` is given and is not the hash of ``(name, params)``.
     """
-    key = params_hash(name, params)
+    key = keys.params_hash(name, params)
+    if params_hash is not None and params_hash != key:
+        raise StoreError(
+            f"The hash {params_hash[:12]} given for method '{name}' is not that of its parameters ({key[:12]}): "
+            f"this is a bug in focus-audit, please report it with the method's parameters."
+        )
 
     def work(connection: Connection) -> int:
         existing = connection.scalar(select(XaiMethod.id).where(XaiMethod.params_hash == key))

@@ -16,7 +16,6 @@ Examples
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -26,6 +25,7 @@ from prefect.events import emit_event
 import db
 from flows import analysis, devices, store
 from flows.evaluate import evaluate
+from flows.jsonsafe import number
 from flows.params import AuditParams, EvaluateParams, ModelSpec
 from focus_core import models
 from focus_core.errors import FocusError
@@ -142,34 +142,27 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
 def _compare(engine: Any, row: dict[str, Any], name: str, entry: dict[str, Any], params: AuditParams) -> dict[str, Any]:
     """This audit's evaluation against the previous audit's, on the same mosaics."""
     previous = entry.get("previous_evaluation_id")
-    has_previous = previous is not None and not (isinstance(previous, float) and math.isnan(previous))
+    has_previous = number(previous) is not None
     test: dict[str, Any] = {"n": 0, "median_difference": None, "p_value": None}
     if has_previous:
         test = analysis.paired_comparison(engine, int(entry["evaluation_id"]), int(previous))
-    change = _float(entry.get("median_change")) if has_previous else None
+    change = number(entry.get("median_change")) if has_previous else None
     return {
         "checkpoint": name,
         "sha256": row["sha256"],
         "method": entry["method_name"],
         "evaluation_id": int(entry["evaluation_id"]),
         "previous_evaluation_id": int(previous) if has_previous else None,
-        "median_focus": _float(entry.get("median_focus")),
-        "previous_median_focus": _float(entry.get("previous_median_focus")) if has_previous else None,
+        "median_focus": number(entry.get("median_focus")),
+        "previous_median_focus": number(entry.get("previous_median_focus")) if has_previous else None,
         "median_change": change,
         "n_paired": int(test["n"]),
-        "median_paired_difference": _float(test["median_difference"]),
-        "p_value": _float(test["p_value"]),
-        "significant": _float(test["p_value"]) is not None and float(test["p_value"]) < params.alpha,
+        "median_paired_difference": number(test["median_difference"]),
+        "p_value": number(test["p_value"]),
+        "significant": number(test["p_value"]) is not None and float(test["p_value"]) < params.alpha,
         "threshold": params.threshold,
         "regressed": change is not None and change < -params.threshold,
     }
-
-
-def _float(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value
 
 
 def _round(value: Any) -> Any:

@@ -116,13 +116,9 @@ def print_result(result: Any) -> None:
 
 def _json_safe(value: Any) -> Any:
     """NaN and infinities as null, so the printed result is valid JSON."""
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
+    from flows.jsonsafe import json_safe
+
+    return json_safe(value)
 
 
 def cmd_train(args: argparse.Namespace) -> Any:

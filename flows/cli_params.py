@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from focus_core.errors import FocusError
+from focus_core.layouts import LAYOUTS
 
 __all__ = [
     "add_dataset_options",
@@ -40,8 +41,6 @@ __all__ = [
     "parse_method",
     "run_fields",
 ]
-
-LAYOUTS = ("random", "top", "bottom", "left", "right", "diagonal", "antidiagonal")
 
 
 def _given(namespace: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:

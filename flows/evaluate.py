@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -325,11 +324,9 @@ def _report(params: EvaluateParams, inputs: RegisteredInputs, records: list[Eval
 
 
 def _rounded(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if np.isnan(value) else round(value, 4)
+    from flows.jsonsafe import number
+
+    return number(value, digits=4)
 
 
 def _evaluate_run_name() -> str:

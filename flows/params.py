@@ -22,12 +22,13 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from focus_core.hashing import canonical_hash, canonical_json
+from focus_core.layouts import LAYOUTS
 
 __all__ = [
     "DEVICE_PATTERN",
@@ -62,7 +63,8 @@ _NAME = re.compile(NAME_PATTERN)  # used with fullmatch: a trailing newline does
 STANDARD_METHODS: tuple[str, ...] = ("gradcam", "lrp", "smoothgrad")
 _FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
-Layout = Literal["random", "top", "bottom", "left", "right", "diagonal", "antidiagonal"]
+#: A mosaic layout: one of :data:`focus_core.layouts.LAYOUTS` (a JSON-schema enum in the Prefect form).
+Layout = Literal[tuple(LAYOUTS)]  # type: ignore[valid-type]
 
 
 def spec_key(spec: BaseModel) -> str:
@@ -73,7 +75,7 @@ def spec_key(spec: BaseModel) -> str:
     >>> spec_key(MosaicSetSpec()) == spec_key(MosaicSetSpec(seed=0))
     True
     """
-    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return canonical_json(spec.model_dump(mode="json"))
 
 
 class _Spec(BaseModel):
@@ -406,12 +408,13 @@ class TrainParams(_FlowParams):
     def config_hash(self) -> str:
         """sha256 of everything that determines the weights of each epoch (the training run's natural key).
 
-        ``epochs`` is left out: asking for more epochs of the same run continues it.
+        ``epochs`` is left out: asking for more epochs of the same run continues it. The JSON keeps
+        ``json.dumps``' default separators (``compact=False``), as the first training runs were keyed.
         """
         recipe = {k: v for k, v in self.recipe().items() if k != "epochs"}
         config = {"name": self.name, "model": self.model.model_dump(mode="json"),
                   "dataset": self.dataset.model_dump(mode="json"), **recipe}
-        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+        return canonical_hash(config, compact=False)
 
 
 class AuditParams(_FlowParams):

@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import caches, preflight, record, store
 from flows.evaluate import evaluate
+from flows.jsonsafe import number
 from flows.params import EvaluateParams, RandomizationParams, RandomizationSpec
 from focus_core import randomize, report
 
@@ -75,7 +76,8 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
 
     methods = list(stages[0]["medians"])
     create_table_artifact(
-        [{"stage": s["label"], "kind": s["kind"], **{m: _round(s["medians"].get(m)) for m in methods}} for s in stages],
+        [{"stage": s["label"], "kind": s["kind"], **{m: number(s["medians"].get(m), digits=4) for m in methods}}
+         for s in stages],
         key=f"randomization-{inputs.checkpoint_sha256[:12]}-{inputs.manifest_hash[:12]}",
         description="Median Focus per randomization stage: it should fall to about 0.5 once the model is random.",
     )
@@ -94,7 +96,3 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
 
 def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) else round(float(value), 4)

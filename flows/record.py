@@ -27,6 +27,7 @@ from flows.params import (
     MosaicSetSpec,
     RandomizationSpec,
 )
+from focus_core import explainers
 from focus_core.errors import FocusError
 
 __all__ = [
@@ -210,14 +211,23 @@ def open_evaluation(
     few hundredths), so a ``precision`` other than fp32 is part of the method's recorded
     parameters: a bf16 run never resumes, or is mistaken for, an fp32 evaluation.
 
+    The method hash stored is the explainer's ``params_hash`` (the store checks it against its own
+    computation). Under bf16 the recorded parameters are the explainer's plus ``precision``, which the
+    explainer knows nothing of, so the hash is :func:`focus_core.explainers.params_hash` of those
+    parameters: the same function the explainer's hash comes from, over what is recorded.
+
     Returns
     -------
     tuple
         ``(evaluation_id, method name, explicit method parameters)``.
     """
     explainer = caches.make_explainer(method, model)
-    method_params = dict(explainer.params) if precision == "fp32" else {**explainer.params, "precision": precision}
-    method_id = db.register_method(engine, explainer.name, method_params)
+    if precision == "fp32":
+        method_params, method_hash = dict(explainer.params), explainer.params_hash
+    else:
+        method_params = {**explainer.params, "precision": precision}
+        method_hash = explainers.params_hash(explainer.name, method_params)
+    method_id = db.register_method(engine, explainer.name, method_params, params_hash=method_hash)
     evaluation_id = db.get_or_create_evaluation(
         engine,
         inputs.checkpoint_id,

@@ -26,6 +26,7 @@ from prefect.deployments import run_deployment
 import db
 from flows import devices, record, store
 from flows.evaluate import evaluate
+from flows.jsonsafe import number
 from flows.params import EvaluateParams, SweepParams
 
 __all__ = ["sweep", "sweep_cells"]
@@ -117,8 +118,8 @@ def sweep(params: SweepParams) -> dict[str, Any]:
             "state": state,
             "status": found.get("status"),
             "n": int(found.get("n") or 0),
-            "median_focus": _float(found.get("median_focus")),
-            "mean_focus": _float(found.get("mean_focus")),
+            "median_focus": number(found.get("median_focus"), digits=4),
+            "mean_focus": number(found.get("mean_focus"), digits=4),
         })
     create_table_artifact(rows, key="focus-sweep", description=f"Sweep of {len(cells)} cell(s): median Focus per cell")
     failed = [r for r in rows if r["state"] != "COMPLETED"]
@@ -128,11 +129,3 @@ def sweep(params: SweepParams) -> dict[str, Any]:
             "run the same sweep again to finish them (finished cells are skipped)."
         )
     return {"cells": rows}
-
-
-def _float(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if value != value else round(value, 4)

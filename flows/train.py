@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 import db
 from flows import analysis, caches, devices, record, store
 from flows.artifacts import artifact_key
+from flows.jsonsafe import number
 from flows.params import RandomizationSpec, TrainParams
 from flows.record import RegisteredInputs, RegisteredMosaics
 from flows.tasks import ChunkRequest, can_succeed_on_retry, explain_chunk, retry_delays
@@ -285,6 +286,6 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, (np.integer,)):
             value = int(value)
         elif isinstance(value, (float, np.floating)):
-            value = None if np.isnan(value) else float(value)
+            value = number(value)
         out[key] = value
     return out

@@ -18,8 +18,6 @@ Examples
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 
 from focus_core.errors import FocusError
+from focus_core.hashing import canonical_hash
 
 __all__ = ["SPLITS", "TileDataset", "load_digits", "load_image_folder"]
 
@@ -224,8 +223,7 @@ class TileDataset:
             "mean": [f"{m:.9g}" for m in self.mean],
             "std": [f"{v:.9g}" for v in self.std],
         }
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return canonical_hash(payload)
 
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -411,7 +409,7 @@ def _cache_key(root: Path, paths: list[Path], tile_size: int, resize: int) -> st
         stat = path.stat()
         listing.append([path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns])
     payload = {"format": _CACHE_FORMAT, "files": listing, "tile_size": tile_size, "resize": resize}
-    return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
+    return canonical_hash(payload, sort_keys=False)  # insertion order: the key that caches were first written under
 
 
 def _load_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:

@@ -22,16 +22,18 @@ torch.Size([20, 1, 32, 32])
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from focus_core.data import SPLITS, TileDataset
 from focus_core.errors import FocusError
+from focus_core.hashing import canonical_hash, canonical_json
+from focus_core.layouts import LAYOUTS  # re-exported: mosaics.LAYOUTS
 
 __all__ = [
     "LAYOUTS",
@@ -42,17 +44,6 @@ __all__ = [
     "compose_normalized",
     "target_mask",
 ]
-
-LAYOUTS: dict[str, tuple[int, int] | None] = {
-    "random": None,
-    "top": (0, 1),
-    "bottom": (2, 3),
-    "left": (0, 2),
-    "right": (1, 3),
-    "diagonal": (0, 3),
-    "antidiagonal": (1, 2),
-}
-"""Layout policies: ``"random"`` positions per mosaic, or the fixed quadrants of the two targets."""
 
 _FORMAT = 1
 
@@ -96,8 +87,12 @@ class MosaicManifest:
         return len(self.mosaics)
 
     def to_json(self) -> str:
-        """Return the canonical JSON text (sorted keys, no whitespace) of this manifest."""
-        payload = {
+        """Return the canonical JSON text (:func:`focus_core.hashing.canonical_json`) of this manifest."""
+        return canonical_json(self._payload())
+
+    def _payload(self) -> dict[str, Any]:
+        """The manifest as a JSON value: what :meth:`to_json` writes and :attr:`hash` hashes."""
+        return {
             "format": _FORMAT,
             "dataset_fingerprint": self.dataset_fingerprint,
             "split": self.split,
@@ -113,7 +108,6 @@ class MosaicManifest:
                 for m in self.mosaics
             ],
         }
-        return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> MosaicManifest:
@@ -136,8 +130,8 @@ class MosaicManifest:
 
     @functools.cached_property
     def hash(self) -> str:
-        """sha256 of the canonical JSON: same inputs, same hash, in any process."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        """sha256 of :meth:`to_json`'s text (:func:`focus_core.hashing.canonical_hash`): the same in every process."""
+        return canonical_hash(self._payload())
 
     def index_tensor(self) -> torch.Tensor:
         """Return the dataset indices as ``int64`` of shape ``(M, 4)`` in TL, TR, BL, BR order."""

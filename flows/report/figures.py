@@ -20,6 +20,7 @@ from flows.report.queries import EvaluationData
 from flows.report.selection import final_checkpoints, latest, method_key, slug
 from focus_core import report
 from focus_core.errors import FocusError
+from focus_core.layouts import LAYOUTS
 
 __all__ = [
     "FIGURES_DIR",
@@ -32,8 +33,8 @@ __all__ = [
 ]
 
 FIGURES_DIR = "figures"
-#: Fixed layouts in the paper's order; "random" (per-mosaic positions) is drawn last for reference.
-LAYOUT_ORDER = ("top", "bottom", "left", "right", "diagonal", "antidiagonal", "random")
+#: Fixed layouts in the order of ``LAYOUTS`` (the paper's); "random" (per-mosaic positions) drawn last, for reference.
+LAYOUT_ORDER = tuple(layout for layout in LAYOUTS if layout != "random") + ("random",)
 
 
 class FigureWriter:

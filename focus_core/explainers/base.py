@@ -11,8 +11,6 @@ pay for a second forward pass). The families live in their own modules (:mod:`.g
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -22,6 +20,7 @@ import torch
 from torch import nn
 
 from focus_core.errors import FocusError
+from focus_core.hashing import canonical_hash
 
 __all__ = ["Explainer", "ExplainerBase", "Explanation", "CheckedForward", "params_hash", "checked_forward"]
 
@@ -111,7 +110,7 @@ def _detached(compute: Callable[[], torch.Tensor]) -> torch.Tensor:
 
 
 def params_hash(name: str, params: Mapping[str, Any]) -> str:
-    """Return the sha256 (hex) of the canonical JSON of ``{"name": name, "params": params}``.
+    """Return :func:`focus_core.hashing.canonical_hash` of ``{"name": name, "params": params}``.
 
     Parameters
     ----------
@@ -130,8 +129,7 @@ def params_hash(name: str, params: Mapping[str, Any]) -> str:
     >>> params_hash("gradient", {}) == params_hash("gradient", {})
     True
     """
-    text = json.dumps({"name": name, "params": dict(params)}, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return canonical_hash({"name": name, "params": dict(params)})
 
 
 def _canonical(explainer: str, key: str, kind: str, value: Any) -> Any:

@@ -37,6 +37,17 @@ def test_registration_is_idempotent(engine, build_world):
     assert db.params_hash("lrp", {"a": 1, "b": 2}) == db.params_hash("lrp", {"b": 2, "a": 1})
 
 
+def test_a_method_hash_given_by_the_caller_is_checked_then_stored(engine):
+    params = {"seed": 3}
+    right = db.params_hash("random", params)
+    with pytest.raises(db.StoreError, match=r"is not that of its parameters .*: this is a bug"):
+        db.register_method(engine, "random", params, params_hash="0" * 64)
+    assert _count(engine, "SELECT COUNT(*) FROM xai_method") == 0
+    method_id = db.register_method(engine, "random", params, params_hash=right)
+    assert db.register_method(engine, "random", params) == method_id
+    assert _count(engine, "SELECT COUNT(*) FROM xai_method WHERE params_hash = :h", h=right) == 1
+
+
 def test_dataset_ids_follow_the_given_order(engine, build_world):
     world = build_world(engine)
     with engine.connect() as connection:

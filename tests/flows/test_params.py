@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -82,6 +84,24 @@ def test_a_bad_parameter_fails_the_run_before_any_work(prefect_api, tmp_path, mo
 def test_training_focus_on_the_test_split_is_refused():
     with pytest.raises(ValueError, match="'val' split"):
         TrainParams(focus_mosaics={"split": "test"})
+
+
+def test_every_list_of_layouts_is_focus_core_layouts():
+    """A layout added to ``focus_core.layouts.LAYOUTS`` is at once a flow parameter, a CLI choice and a report one."""
+    code = (
+        "from focus_core import layouts\n"
+        "layouts.LAYOUTS['corners'] = (0, 3)\n"
+        "from flows.cli_parser import build_parser\n"
+        "from flows.params import EvaluateParams, MosaicSetSpec\n"
+        "from flows.report.figures import LAYOUT_ORDER\n"
+        "enum = EvaluateParams.model_json_schema()['$defs']['MosaicSetSpec']['properties']['layout']['enum']\n"
+        "print(MosaicSetSpec(layout='corners').layout, build_parser().parse_args(['evaluate', '--layout', 'corners'])"
+        ".layout, enum == list(layouts.LAYOUTS), LAYOUT_ORDER)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    order = "('top', 'bottom', 'left', 'right', 'diagonal', 'antidiagonal', 'corners', 'random')"
+    assert result.stdout.split(maxsplit=3) == ["corners", "corners", "True", order + "\n"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

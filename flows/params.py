@@ -1,6 +1,7 @@
 """The parameters of every flow, as pydantic models: the Prefect UI renders them as a validated form.
 
-Each flow takes one argument, ``params``, typed with one of the ``*Params`` models below. The
+Each flow takes one argument, ``params``, typed with one of the ``*Params`` models below, made of
+the specs in :mod:`flows.specs` (re-exported here, so ``from flows.params import ModelSpec`` works). The
 constraints live in two places, and both reject a bad value before any work starts:
 
 - JSON-schema constraints (``Literal`` enums, ``ge``/``le`` bounds, ``pattern``): a deployment
@@ -22,13 +23,30 @@ Examples
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from focus_core.hashing import canonical_hash, canonical_json
-from focus_core.layouts import LAYOUTS
+from flows.specs import (
+    DEVICE_PATTERN,
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
+    STANDARD_METHODS,
+    BatchSize,
+    DatabaseUrl,
+    DatasetSpec,
+    Device,
+    MethodSpec,
+    ModelSpec,
+    MosaicSetSpec,
+    Precision,
+    RandomizationSpec,
+    RunName,
+    RunSpec,
+    check_name,
+    spec_key,
+)
+from focus_core.hashing import canonical_hash
 
 __all__ = [
     "DEVICE_PATTERN",
@@ -43,6 +61,7 @@ __all__ = [
     "MethodSpec",
     "RandomizationSpec",
     "RunSpec",
+    "Precision",
     "EvaluateParams",
     "RandomizationParams",
     "TrainParams",
@@ -50,254 +69,6 @@ __all__ = [
     "SweepParams",
     "spec_key",
 ]
-
-#: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-DEVICE_PATTERN = r"^(cpu|cuda(:[0-9]+)?|mps)$"
-#: A name that becomes part of a file path or a key (a training run's checkpoint folder, an artifact key): letters,
-#: digits, '.', '_' and '-', starting with a letter or a digit (so never '..', a hidden file or an option), at most
-#: :data:`NAME_MAX_LENGTH` characters. The Prefect UI form and ``focus`` refuse any other name before any work.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-NAME_MAX_LENGTH = 100
-_NAME = re.compile(NAME_PATTERN)  # used with fullmatch: a trailing newline does not pass
-#: The paper's three methods plus the random control: what the audit evaluates by default.
-STANDARD_METHODS: tuple[str, ...] = ("gradcam", "lrp", "smoothgrad")
-_FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-#: A mosaic layout: one of :data:`focus_core.layouts.LAYOUTS` (a JSON-schema enum in the Prefect form).
-Layout = Literal[tuple(LAYOUTS)]  # type: ignore[valid-type]
-
-
-def spec_key(spec: BaseModel) -> str:
-    """A stable string key of a spec (canonical JSON), for caches and hashes.
-
-    Examples
-    --------
-    >>> spec_key(MosaicSetSpec()) == spec_key(MosaicSetSpec(seed=0))
-    True
-    """
-    return canonical_json(spec.model_dump(mode="json"))
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DatasetSpec(_Spec):
-    """Which images to build mosaics from: the bundled digits or an ImageFolder directory."""
-
-    kind: Literal["digits", "image_folder"] = Field(
-        "digits", description="'digits' (bundled, 1 channel) or 'image_folder' (one sub-folder per class)."
-    )
-    root: str | None = Field(
-        None, description="The ImageFolder directory on the worker (only for kind 'image_folder')."
-    )
-    tile_size: int | None = Field(
-        None, ge=4, le=1024, description="Tile side in pixels; empty: 32 for digits, 224 for an ImageFolder."
-    )
-    resize: int | None = Field(
-        None, ge=4, le=2048, description="ImageFolder only: shorter side before the centre crop (default 256)."
-    )
-    seed: int = Field(0, ge=0, description="Seed of the stratified train/val/test split.")
-    cache_dir: str | None = Field(
-        None, description="ImageFolder only: where decoded tiles are cached (empty: no cache)."
-    )
-
-    @model_validator(mode="after")
-    def _check_kind(self) -> DatasetSpec:
-        if self.kind == "image_folder" and not self.root:
-            raise ValueError("An 'image_folder' dataset needs root: the path of the ImageFolder directory.")
-        if self.kind == "digits" and (self.root or self.resize or self.cache_dir):
-            raise ValueError("The bundled digits take no root, resize or cache_dir; set kind to 'image_folder'.")
-        if self.resize is not None and self.tile_size is not None and self.resize < self.tile_size:
-            raise ValueError(f"resize ({self.resize}) must be at least tile_size ({self.tile_size}).")
-        return self
-
-
-class ModelSpec(_Spec):
-    """Which classifier: an architecture (or a user's ``module:factory``) and a weights file."""
-
-    architecture: str = Field(
-        "digits_cnn",
-        min_length=1,
-        description="digits_cnn, alexnet, vgg16, resnet18, another torchvision name, or 'package.module:factory'.",
-    )
-    weights: str | None = Field(
-        None, description="Path of the weights file (a state_dict) on the worker; empty: freshly initialised."
-    )
-    num_classes: int | None = Field(None, ge=2, description="Number of classes; empty: the dataset's.")
-    in_channels: int | None = Field(None, ge=1, description="Input channels; empty: the dataset's.")
-    gradcam_layer: str | None = Field(
-        None, description="Dotted module name for GradCAM when it cannot be inferred (e.g. 'features.11')."
-    )
-    label: str | None = Field(None, max_length=200, description="A human name for this checkpoint.")
-
-    @field_validator("architecture")
-    @classmethod
-    def _check_architecture(cls, value: str) -> str:
-        if ":" in value and not _FACTORY_PATTERN.match(value):
-            raise ValueError(f"architecture {value!r} is not an import path like 'package.module:factory'.")
-        if ":" not in value and not re.match(r"^[A-Za-z_]\w*$", value):
-            raise ValueError(f"architecture {value!r} is not a model name such as 'resnet18'.")
-        return value
-
-
-class MosaicSetSpec(_Spec):
-    """Which mosaics: a seeded manifest over one held-out split."""
-
-    split: Literal["val", "test"] = Field(
-        "test", description="Held-out split the tiles come from (never 'train': the model saw those)."
-    )
-    per_class: int = Field(20, ge=1, le=100_000, description="Mosaics per target class.")
-    seed: int = Field(0, ge=0, description="Seed of the manifest: same seed, same mosaics.")
-    layout: Layout = Field(
-        "random", description="Where the two target tiles go: 'random' per mosaic or one fixed arrangement."
-    )
-    classes: list[int] | None = Field(None, description="Target classes; empty: every class.")
-
-
-class MethodSpec(_Spec):
-    """An attribution method from the explainer registry and its parameters."""
-
-    name: str = Field(
-        "gradcam",
-        description="A registered method: gradcam, gradcam++, lrp, smoothgrad, integrated_gradients, "
-        "gradient, input_x_gradient, random.",
-        json_schema_extra=lambda schema: _method_enum(schema),
-    )
-    params: dict[str, Any] = Field(
-        default_factory=dict, description="Method parameters, e.g. {'n_samples': 10} for smoothgrad."
-    )
-
-    @model_validator(mode="after")
-    def _check_registry(self) -> MethodSpec:
-        from focus_core import explainers
-
-        available = explainers.available_explainers()
-        if self.name not in available:
-            raise ValueError(f"Unknown method {self.name!r}: use one of {', '.join(available)}.")
-        explainers.get_explainer(self.name, **self.params)  # FocusError (a ValueError) on a bad parameter
-        return self
-
-
-def _method_enum(schema: dict[str, Any]) -> None:
-    """Add the registry's names as an enum (a dropdown in the UI) when the registry is importable."""
-    try:
-        from focus_core import explainers
-
-        schema["enum"] = list(explainers.available_explainers())
-    except ImportError:  # pragma: no cover - the registry is part of the package
-        pass
-
-
-class RandomizationSpec(_Spec):
-    """How the evaluated model is altered: not at all, fully, or layers from the top (Adebayo et al.)."""
-
-    kind: Literal["none", "full", "cascading", "independent"] = "none"
-    stage: int | None = Field(None, ge=0, description="Cascading: layers [0, stage] of cascading_stages() re-initialised.")
-    layer: str | None = Field(None, description="Independent: the one re-initialised layer; cascading: the deepest.")
-    seed: int = Field(0, ge=0, description="Seed of the re-initialisation.")
-
-    @model_validator(mode="after")
-    def _check(self) -> RandomizationSpec:
-        if self.kind == "cascading" and self.stage is None:
-            raise ValueError("A cascading randomization needs its stage.")
-        if self.kind == "independent" and not self.layer:
-            raise ValueError("An independent randomization needs its layer.")
-        return self
-
-
-Device = Annotated[
-    str,
-    Field(
-        pattern=DEVICE_PATTERN,
-        description="'cpu', 'cuda', 'cuda:N' or 'mps'. A worker without that device fails at once.",
-    ),
-]
-BatchSize = Annotated[int, Field(ge=1, le=65_536, description="Mosaics per forward/backward pass.")]
-Precision = Annotated[
-    Literal["fp32", "bf16"],
-    Field(
-        description="fp32, or bf16: the model and the explainer run under torch.autocast(bfloat16) (faster on "
-        "recent GPUs; maps differ slightly from fp32); quadrant sums and Focus are always accumulated in fp32."
-    ),
-]
-
-
-def _no_secret(url: str | None) -> str | None:
-    """Refuse a store URL that carries a secret: flow parameters are stored and shown by Prefect."""
-    from db.engine import has_secret
-
-    if url and has_secret(url):
-        raise ValueError(
-            "the store's URL carries a password, and flow parameters are visible in the Prefect UI: "
-            "leave database_url empty and set FOCUS_DATABASE_URL where the flow runs"
-        )
-    return url
-
-
-def check_name(value: str) -> str:
-    """Refuse a name that breaks :data:`NAME_PATTERN` with a sentence that says what a name may hold.
-
-    Examples
-    --------
-    >>> check_name("nightly-2024.06")
-    'nightly-2024.06'
-    >>> check_name("../../tmp/x")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: The name '../../tmp/x' may hold only letters, digits, '.', '_' and '-' and must start with a ...
-    """
-    if not _NAME.fullmatch(value):
-        raise ValueError(
-            f"The name {value!r} may hold only letters, digits, '.', '_' and '-' and must start with a letter or digit."
-        )
-    return value
-
-
-#: A name that becomes a path or a key; the schema carries the pattern (the UI form refuses a bad name), the
-#: validator the sentence.
-RunName = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=NAME_MAX_LENGTH,
-        json_schema_extra={"pattern": NAME_PATTERN},
-        description="Letters, digits, '.', '_' and '-', starting with a letter or digit (it names folders and keys).",
-    ),
-    AfterValidator(check_name),
-]
-DatabaseUrl = Annotated[
-    str | None,
-    AfterValidator(_no_secret),
-    Field(
-        description="SQLAlchemy URL of focus-audit's store (never Prefect's database); empty: the worker's "
-        "FOCUS_DATABASE_URL, else sqlite:///focus.db. A URL with a password (user-info, ?password= or "
-        "?sslpassword=) is refused: parameters are visible in the UI, so it belongs in FOCUS_DATABASE_URL.",
-    ),
-]
-
-
-class RunSpec(_Spec):
-    """How the work runs: device, batch and chunk sizes, retries, store (shared by the evaluating flows)."""
-
-    model_config = ConfigDict(hide_input_in_errors=True)  # a refused database_url may hold a password
-
-    device: Device = "cpu"
-    batch_size: BatchSize = 64
-    dtype: Precision = "fp32"
-    chunk_size: int = Field(512, ge=1, description="Mosaics per task (the unit of retry and of one transaction).")
-    retries: int = Field(2, ge=0, le=10, description="Retries of a failed chunk (errors that cannot succeed are not retried).")
-    retry_delay_seconds: float = Field(10.0, ge=0, description="First retry delay; later ones back off exponentially.")
-    max_chunks: int | None = Field(
-        None, ge=1, description="Run at most this many chunks now; the next identical request runs the rest."
-    )
-    lease_seconds: float = Field(
-        300.0, ge=1, le=86_400,
-        description="How long a run's claim on its evaluations and chunks lasts unless renewed (every third of it): "
-        "a run that dies is shown as crashed, and its work taken over, this long after it stopped.",
-    )
-    database_url: DatabaseUrl = None
-
 
 class _FlowParams(BaseModel):
     # errors name the field and what is wrong, never the value: a refused database_url may hold a password

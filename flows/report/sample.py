@@ -29,7 +29,7 @@ __all__ = ["sample_section"]
 
 
 def sample_section(engine: Engine, evals: Sequence[EvaluationData], names: dict[int, str],
-                           figures: FigureWriter) -> Section:
+                   figures: FigureWriter) -> Section:
     """Figure 1 and the recorded (and recomputed) Focus of the sample mosaic."""
     section = Section(
         "sample", "Sample mosaic and heat maps",

@@ -35,10 +35,15 @@ def _count_label(name: str, defined: np.ndarray, undefined: int) -> str:
     return label + (f" ({undefined} undef.)" if undefined else "")
 
 
+def _no_defined_scores(ax: Any, position: float) -> None:
+    """The placeholder a violin or a box leaves at ``position`` when its group has no defined score."""
+    ax.text(position, 0.5, "no defined\nscores", ha="center", va="center", fontsize=7, color="0.4")
+
+
 def _violin(ax: Any, position: float, data: np.ndarray, color: str, width: float) -> None:
     """A violin with median and quartile marks; a single dot when the data cannot make a KDE."""
     if data.size == 0:
-        ax.text(position, 0.5, "no defined\nscores", ha="center", va="center", fontsize=7, color="0.4")
+        _no_defined_scores(ax, position)
         return
     if data.size >= 2 and np.ptp(data) > 0:
         parts = ax.violinplot([data], positions=[position], widths=width, showextrema=False)
@@ -215,7 +220,7 @@ def plot_layout_boxplots(scores_by_layout: Mapping[str, Sequence[float]], path: 
             flierprops={"markersize": 3, "alpha": 0.5},
         )
     for i in set(positions) - set(drawable):
-        ax.text(i, 0.5, "no defined\nscores", ha="center", va="center", fontsize=7, color="0.4")
+        _no_defined_scores(ax, i)
     ax.set_xticks(positions, labels, fontsize=8)
     ax.set_xlim(-0.6, len(positions) - 0.4)
     ax.set_xlabel("position of the two target tiles")

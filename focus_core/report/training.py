@@ -62,6 +62,21 @@ def _focus_methods(rows: list[dict[str, Any]]) -> list[str]:
     return [k[len("focus_"):] for k in keys if not k.endswith(("_q1", "_q3"))]
 
 
+def _plot_train_and_val(
+    ax: Any, rows: list[dict[str, Any]], epoch: np.ndarray, metric: str, fraction: bool = False
+) -> None:
+    """``train_<metric>`` solid and ``val_<metric>`` dashed, each skipped when no epoch records it.
+
+    With ``fraction`` the values must lie in [0, 1] (:class:`~focus_core.errors.FocusError` otherwise).
+    """
+    for key, style in ((f"train_{metric}", "-"), (f"val_{metric}", "--")):
+        values = _column(rows, key)
+        if not np.isnan(values).all():
+            if fraction:
+                check_fraction(values, key)
+            ax.plot(epoch, values, style, marker="^", color="#e377c2", label=key.replace("_", " "))
+
+
 def plot_training_curves(epochs: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Loss, accuracy and median Focus per epoch (the paper's Figure 5).
 
@@ -100,19 +115,12 @@ def plot_training_curves(epochs: Sequence[Mapping[str, Any]], path: str | Path) 
     epoch = _column(rows, "epoch")
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     loss_ax, score_ax = fig.subplots(1, 2)
-    for key, style in (("train_loss", "-"), ("val_loss", "--")):
-        values = _column(rows, key)
-        if not np.isnan(values).all():
-            loss_ax.plot(epoch, values, style, marker="^", color="#e377c2", label=key.replace("_", " "))
+    _plot_train_and_val(loss_ax, rows, epoch, "loss")
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
     loss_ax.set_title("Loss")
     loss_ax.grid(True, alpha=0.3)
-    for key, style in (("train_accuracy", "-"), ("val_accuracy", "--")):
-        values = _column(rows, key)
-        if not np.isnan(values).all():
-            check_fraction(values, key)
-            score_ax.plot(epoch, values, style, marker="^", color="#e377c2", label=key.replace("_", " "))
+    _plot_train_and_val(score_ax, rows, epoch, "accuracy", fraction=True)
     for method in _focus_methods(rows):
         median = _column(rows, f"focus_{method}")
         check_fraction(median, f"focus_{method}")

@@ -231,3 +231,28 @@ def test_console_script_exit_status(tmp_path: Path):
     )
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1 and "missing.pt" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [(["--randomization", "cascading", "--stage", "99"], "Cascading stage 99 is out of range"),
+     (["--randomization", "independent", "--layer", "nope"], "no parametrised layer 'nope'")],
+    ids=["stage", "layer"],
+)
+def test_a_randomization_the_model_lacks_is_one_line_before_anything_is_written(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, sqlite_url: str, digits_weights: str,
+    argv: list[str], says: str,
+):
+    """Before: a mosaic set and a 'failed' evaluation were written, then the flow failed."""
+    import db
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    code, out, err = run(capsys, "evaluate", "--weights", digits_weights, *argv, "--database-url", sqlite_url)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and says in err and out == "", err
+    engine = db.open_store(sqlite_url)
+    try:
+        assert db.evaluation_summary(engine).empty
+        assert db.checkpoints_to_audit(engine).empty
+    finally:
+        engine.dispose()

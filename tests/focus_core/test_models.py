@@ -242,3 +242,14 @@ def test_default_gradcam_layer_follows_the_official_code(arch, layer):
 def test_default_gradcam_layer_unknown_model_asks_for_the_flag():
     with pytest.raises(FocusError, match="pass --gradcam-layer"):
         default_gradcam_layer(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()))
+
+
+def test_models_gathers_the_architectures_and_the_weight_files():
+    from focus_core import architectures, models, weights
+
+    exported = {"default_gradcam_layer"}
+    for module in (architectures, weights):
+        for name in set(module.__all__) - {"last_linear"}:  # last_linear is there for weights only
+            assert getattr(models, name) is getattr(module, name)
+            exported.add(name)
+    assert exported == set(models.__all__)

@@ -1,4 +1,4 @@
-"""LRP with the paper's rules in plain, batched torch: the maps of :mod:`.lrp` (zennit), about twice as fast.
+"""LRP with the paper's rules in plain, batched torch: the maps of :mod:`.lrp` (zennit), faster (benchmarks/README.md).
 
 zennit computes LRP with a hook on every module, and each hook reruns its layer under autograd during the
 backward pass. Here the model is traced once (:func:`torch.fx.symbolic_trace`) into a list of steps; one

@@ -5,6 +5,10 @@ demo and the tests) and any ImageFolder directory (:func:`load_image_folder`). B
 :class:`TileDataset`: every tile decoded and resized once, kept as ``uint8`` so that mosaics are
 composed by indexing and normalised to float only on the device, after composition.
 
+This module holds the dataset type, the seeded stratified split and the digits. Reading an ImageFolder
+(listing, decoding, the tile cache) lives in :mod:`focus_core.image_folder`; :func:`load_image_folder` is
+re-exported here, so every loader is imported from one place: ``from focus_core.data import load_image_folder``.
+
 Examples
 --------
 >>> from focus_core.data import load_digits
@@ -18,28 +22,20 @@ Examples
 from __future__ import annotations
 
 import functools
-import os
-import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from focus_core.errors import FocusError
 from focus_core.hashing import canonical_hash
+from focus_core.image_folder import load_image_folder  # re-exported: data.load_image_folder
 
 __all__ = ["SPLITS", "TileDataset", "load_digits", "load_image_folder"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """The split names, in the order the seeded split assigns them."""
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_CACHE_FORMAT = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -320,222 +316,4 @@ def load_digits(
         classes=tuple(str(c) for c in range(10)),
         mean=(float(train.mean()),),
         std=(float(train.std()),),
-    )
-
-
-def _images_under(folder: Path) -> list[Path]:
-    """All image files below ``folder`` (recursively, hidden entries skipped), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(
-            Path(dirpath, f)
-            for f in filenames
-            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-        )
-    return sorted(found)
-
-
-def _class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _list_image_folder(root: Path) -> tuple[list[Path], list[str], list[str], list[str | None]]:
-    """Return (paths, class name per image, class names, split per image or None)."""
-    names = {p.name for p in _class_folders(root)}
-    held_out = [s for s in ("val", "valid", "test") if s in names]
-    if "val" in names and "valid" in names:
-        raise FocusError(f"The folder '{root}' has both val/ and valid/: keep only one of them.")
-    if "train" in names and not held_out:
-        raise FocusError(
-            f"The folder '{root}' has a train/ folder but no val/, valid/ or test/ folder: add one, "
-            f"or point root at '{root / 'train'}' for a seeded split."
-        )
-    if "train" in names:
-        groups = [("train", root / "train")] + [
-            ("val" if s == "valid" else s, root / s) for s in held_out
-        ]
-    else:
-        groups = [(None, root)]
-    per_class: dict[str, int] = {}
-    records: list[tuple[Path, str, str | None]] = []
-    for split, folder in groups:
-        for class_dir in _class_folders(folder):
-            images = _images_under(class_dir)
-            per_class[class_dir.name] = per_class.get(class_dir.name, 0) + len(images)
-            records.extend((path, class_dir.name, split) for path in images)
-    if not records:
-        raise FocusError(
-            f"The folder '{root}' contains no images in class sub-folders: put the images of each "
-            f"class in a folder of its own (e.g. '{root / 'cat'}/001.jpg')."
-        )
-    classes = sorted(per_class)
-    if len(classes) < 2:
-        raise FocusError(
-            f"The folder '{root}' has a single class ({classes[0]!r}): Focus needs images of at "
-            f"least two classes, so add another class folder."
-        )
-    for name in classes:
-        if per_class[name] < 2:
-            raise FocusError(
-                f"The class {name!r} in '{root}' has {per_class[name]} image(s): add at least two "
-                f"images to it or remove the folder."
-            )
-    paths, labels, splits = zip(*records)
-    return list(paths), list(labels), classes, list(splits)
-
-
-def _decode(path: Path, tile_size: int, resize: int) -> np.ndarray:
-    """Decode one image as RGB, resize its shorter side to ``resize`` and centre-crop ``tile_size``."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.v2 import functional as F
-
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise FocusError(
-            f"The file '{path}' cannot be read as an image ({error.__class__.__name__}): "
-            f"replace or remove it."
-        ) from None
-    tensor = F.pil_to_tensor(rgb)
-    tensor = F.resize(tensor, [resize], antialias=True)
-    return F.center_crop(tensor, [tile_size, tile_size]).numpy()
-
-
-def _cache_key(root: Path, paths: list[Path], tile_size: int, resize: int) -> str:
-    listing = []
-    for path in paths:
-        stat = path.stat()
-        listing.append([path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns])
-    payload = {"format": _CACHE_FORMAT, "files": listing, "tile_size": tile_size, "resize": resize}
-    return canonical_hash(payload, sort_keys=False)  # insertion order: the key that caches were first written under
-
-
-def _load_cached(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
-    """Memory-map a cached tile array; ``None`` if it is missing or does not match ``shape``."""
-    if not path.is_file():
-        return None
-    try:
-        # Copy-on-write mapping: pages are read lazily like mmap_mode="r", but a write to the
-        # tensor stays private instead of crashing on a read-only page or changing the file.
-        array = np.load(path, mmap_mode="c")
-    except (ValueError, OSError):
-        return None
-    if array.dtype != np.uint8 or array.shape != shape:
-        return None
-    return torch.from_numpy(array)
-
-
-def _save_cached(path: Path, tiles: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as handle:
-        np.save(handle, tiles)
-    os.replace(partial, path)
-
-
-def _decode_all(paths: list[Path], tile_size: int, resize: int) -> np.ndarray:
-    from tqdm.auto import tqdm
-
-    tiles = np.empty((len(paths), 3, tile_size, tile_size), dtype=np.uint8)
-    workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        decoded = pool.map(lambda p: _decode(p, tile_size, resize), paths)
-        progress = tqdm(
-            decoded,
-            total=len(paths),
-            desc="decoding tiles",
-            unit="img",
-            disable=len(paths) < 256 or not sys.stderr.isatty(),
-        )
-        for i, tile in enumerate(progress):
-            tiles[i] = tile
-    return tiles
-
-
-def load_image_folder(
-    root: str | os.PathLike[str],
-    seed: int = 0,
-    tile_size: int = 224,
-    resize: int = 256,
-    fractions: Sequence[float] = (0.7, 0.15, 0.15),
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> TileDataset:
-    """Load an ImageFolder directory (one sub-folder per class) as three-channel uint8 tiles.
-
-    Every image is converted to RGB, its shorter side resized to ``resize`` and the centre
-    ``tile_size`` square cropped (the paper: 256 then 224, 448x448 mosaics). A root with
-    ``train/`` and ``val/`` (or ``valid/``) and/or ``test/`` sub-folders, each holding class
-    folders, uses those as the splits; otherwise the split is stratified per class and seeded.
-
-    Parameters
-    ----------
-    root : path
-        The dataset folder; its name becomes the dataset's name.
-    seed : int
-        Seed of the stratified split (unused with predefined split folders).
-    tile_size : int
-        Side of the centre crop in pixels.
-    resize : int
-        The shorter side after resizing, before cropping (``>= tile_size``).
-    fractions : sequence of float
-        Shares of the train, val and test splits.
-    cache_dir : path, optional
-        Where decoded tiles are kept as a ``uint8`` ``.npy`` file keyed by the folder listing
-        (names, sizes, modification times), ``tile_size`` and ``resize``; a later call with the
-        same key memory-maps it instead of decoding again.
-
-    Returns
-    -------
-    TileDataset
-        Tiles ``(N, 3, tile_size, tile_size)``, ImageNet mean and std, relpaths relative to ``root``.
-
-    Raises
-    ------
-    FocusError
-        For a missing or empty folder, a single class, a class with fewer than two images,
-        an unreadable image or bad fractions.
-
-    Examples
-    --------
-    >>> ds = load_image_folder("data/dogs_vs_cats", cache_dir="cache")  # doctest: +SKIP
-    >>> ds.tiles.shape[1:]  # doctest: +SKIP
-    torch.Size([3, 224, 224])
-    """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FocusError(f"The folder '{root}' does not exist: pass an ImageFolder directory.")
-    _check_tile_size(tile_size, resize)
-    fractions = _check_fractions(fractions)
-    paths, label_names, classes, given_splits = _list_image_folder(root)
-    label_of = {name: i for i, name in enumerate(classes)}
-    labels = np.asarray([label_of[name] for name in label_names], dtype=np.int64)
-    if given_splits[0] is None:
-        splits = _stratified_splits(labels, fractions, seed)
-    else:
-        splits = tuple(str(s) for s in given_splits)
-
-    shape = (len(paths), 3, tile_size, tile_size)
-    tiles = None
-    cache_file = None
-    if cache_dir is not None:
-        key = _cache_key(root, paths, tile_size, resize)
-        cache_file = Path(cache_dir).expanduser() / f"tiles-{key}.npy"
-        tiles = _load_cached(cache_file, shape)
-    if tiles is None:
-        array = _decode_all(paths, tile_size, resize)
-        if cache_file is not None:
-            _save_cached(cache_file, array)
-        tiles = torch.from_numpy(array)
-    return TileDataset(
-        name=root.resolve().name,
-        tiles=tiles,
-        labels=torch.from_numpy(labels),
-        splits=splits,
-        relpaths=tuple(p.relative_to(root).as_posix() for p in paths),
-        classes=tuple(classes),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        resize=resize,
     )

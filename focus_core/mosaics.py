@@ -6,6 +6,11 @@ trained on. A :class:`MosaicManifest` lists the mosaics of one set by dataset in
 deterministic (same dataset, seed and arguments, same manifest and :attr:`MosaicManifest.hash`
 in every process). :func:`compose_mosaics` turns index rows into images with one gather.
 
+This module holds the mosaic, the manifest, its seeded sampling and the target mask. Composition
+(:func:`compose_mosaics`, :func:`compose_normalized`) lives in :mod:`focus_core.composition` and is
+re-exported here, like :data:`LAYOUTS` from :mod:`focus_core.layouts`, so a mosaic set is used from one
+import: ``from focus_core.mosaics import build_manifest, compose_normalized``.
+
 Examples
 --------
 >>> from focus_core.data import load_digits
@@ -30,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from focus_core.composition import compose_mosaics, compose_normalized  # re-exported: mosaics.compose_*
 from focus_core.data import SPLITS, TileDataset
 from focus_core.errors import FocusError
 from focus_core.hashing import canonical_hash, canonical_json
@@ -280,133 +286,6 @@ def build_manifest(
         layout=layout,
         mosaics=mosaics,
     )
-
-
-def compose_mosaics(
-    tiles: torch.Tensor, image_indices: torch.Tensor, device: torch.device | str | None = None
-) -> torch.Tensor:
-    """Compose 2x2 mosaics from tiles with one gather and a reshape (no loop over mosaics).
-
-    Parameters
-    ----------
-    tiles : torch.Tensor
-        Tiles of shape ``(N, C, h, w)``, usually ``uint8``, on any device (a memory-mapped
-        CPU tensor is fine).
-    image_indices : torch.Tensor
-        Integer indices into ``tiles`` of shape ``(B, 4)``, in TL, TR, BL, BR order.
-    device : torch.device or str, optional
-        Where the mosaics should live; the ``4 B`` gathered tiles are moved there before the
-        reshape (by default the device of ``tiles``).
-
-    Returns
-    -------
-    torch.Tensor
-        Mosaics of shape ``(B, C, 2h, 2w)`` with the dtype of ``tiles``.
-
-    Examples
-    --------
-    >>> tiles = torch.arange(4, dtype=torch.uint8).view(4, 1, 1, 1)
-    >>> compose_mosaics(tiles, torch.tensor([[3, 2, 1, 0]]))[0, 0].tolist()
-    [[3, 2], [1, 0]]
-    """
-    gathered = _gather(tiles, image_indices)
-    if device is not None:
-        gathered = gathered.to(device)
-    b, c, h, w = gathered.shape[0] // 4, *gathered.shape[1:]
-    # (B*4, C, h, w) -> (B, row, col, C, h, w) -> (B, C, row, h, col, w) -> (B, C, 2h, 2w)
-    return gathered.view(b, 2, 2, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(b, c, 2 * h, 2 * w)
-
-
-def compose_normalized(
-    tiles: torch.Tensor, image_indices: torch.Tensor, dataset: TileDataset, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """Compose mosaics and normalise them in one pass: ``dataset.normalize(compose_mosaics(tiles, image_indices))``.
-
-    One gather of tile rows, already in the mosaics' row order, and one elementwise kernel that converts, scales
-    and shifts them into the float mosaics: instead of a copy into the layout and four passes over the float
-    mosaics, about a fifth of the memory traffic, which is what composing costs on a GPU. (Gathering rows keeps
-    the elementwise kernel's indexing low-dimensional instead of converting from a six-dimensional permuted view
-    of the tiles; see benchmarks/README.md, section "Composing mosaics".) The result equals the two-step one up to
-    rounding (``x * scale + shift`` instead of ``(x / 255 - mean) / std``).
-
-    Parameters
-    ----------
-    tiles : torch.Tensor
-        ``uint8`` tiles ``(N, C, h, w)`` of ``dataset`` (its ``tiles`` or a copy on a device).
-    image_indices : torch.Tensor
-        Integer indices into ``tiles`` of shape ``(B, 4)``, in TL, TR, BL, BR order.
-    dataset : TileDataset
-        Gives the per-channel normalisation (:meth:`TileDataset.normalization`).
-    dtype : torch.dtype, optional
-        The floating point type of the result.
-
-    Returns
-    -------
-    torch.Tensor
-        Normalised mosaics ``(B, C, 2h, 2w)`` on the device of ``tiles``.
-
-    Examples
-    --------
-    >>> from focus_core.data import load_digits
-    >>> digits = load_digits(tile_size=8)
-    >>> rows = torch.tensor([[0, 1, 2, 3]])
-    >>> x = compose_normalized(digits.tiles, rows, digits)
-    >>> bool(torch.allclose(x, digits.normalize(compose_mosaics(digits.tiles, rows)), atol=1e-6))
-    True
-    """
-    if tiles.dtype != torch.uint8 or tiles.ndim != 4 or tiles.shape[1] != len(dataset.mean):
-        raise FocusError(
-            f"Expected uint8 tiles of shape (N, {len(dataset.mean)}, h, w) but got {tiles.dtype} "
-            f"{tuple(tiles.shape)}: compose from the tiles of the dataset that normalises them."
-        )
-    flat = _device_indices(tiles, image_indices)
-    n, c, h, w = tiles.shape
-    b = flat.shape[0] // 4
-    # row (b, c, row, y, col) of the mosaics is row y of channel c of tile flat[4 b + 2 row + col]
-    rows = flat.view(b, 1, 2, 1, 2) * (c * h) + _channel_rows(c, h, tiles.device)
-    pixels = tiles.reshape(n * c * h, w).index_select(0, rows.reshape(-1)).view(b, c, 4 * h * w)
-    scale, shift = (t.view(1, c, 1) for t in dataset.normalization(dtype, tiles.device))
-    out = torch.empty((b, c, 2 * h, 2 * w), dtype=dtype, device=tiles.device)
-    torch.addcmul(shift, pixels, scale, out=out.view(b, c, 4 * h * w))
-    return out
-
-
-@functools.lru_cache(maxsize=16)
-def _channel_rows(channels: int, height: int, device: torch.device) -> torch.Tensor:
-    """``(1, C, 1, h, 1)``: the row of channel ``c``, line ``y`` within a tile's ``(C * h, w)`` rows."""
-    rows = torch.arange(channels * height, dtype=torch.int64).view(1, channels, 1, height, 1)
-    return rows.to(device)
-
-
-def _gather(tiles: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
-    """The ``(4 B, C, h, w)`` tiles of ``image_indices`` ``(B, 4)``, row by row, checked and gathered at once."""
-    return tiles.index_select(0, _device_indices(tiles, image_indices))
-
-
-def _device_indices(tiles: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
-    """``image_indices`` ``(B, 4)`` checked against ``tiles`` and flattened to int64 on the tiles' device."""
-    if tiles.ndim != 4:
-        raise FocusError(f"Expected tiles of shape (N, C, h, w) but got {tuple(tiles.shape)}.")
-    if image_indices.ndim != 2 or image_indices.shape[1] != 4:
-        raise FocusError(
-            f"Expected image_indices of shape (B, 4) but got {tuple(image_indices.shape)}: "
-            f"pass one row of four tile indices per mosaic."
-        )
-    dtype = image_indices.dtype
-    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
-        raise FocusError(f"Expected integer image_indices but got {image_indices.dtype}.")
-    n = tiles.shape[0]
-    flat = image_indices.reshape(-1)
-    if flat.numel():
-        # Checked where the indices live (the CPU on the hot path: free; elsewhere one read back to the host),
-        # before they travel to the tiles.
-        low, high = torch.stack(torch.aminmax(flat)).tolist()
-        if low < 0 or high >= n:
-            raise FocusError(
-                f"image_indices must lie in [0, {n}) but range over [{low}, {high}]: "
-                f"compose with the tiles of the manifest's dataset."
-            )
-    return flat.to(device=tiles.device, dtype=torch.int64, non_blocking=True)
 
 
 def target_mask(

@@ -19,7 +19,7 @@ import db
 from db.models import XaiMethod
 from flows import record, store
 from flows.params import DatasetSpec, MethodSpec, ModelSpec, MosaicSetSpec, RandomizationSpec, TrainParams, spec_key
-from focus_core import data, mosaics
+from focus_core import data, image_folder, mosaics
 from focus_core.errors import FocusError
 from focus_core.explainers import get_explainer
 from focus_core.hashing import canonical_hash
@@ -116,7 +116,7 @@ def test_the_tile_cache_key_is_pinned(tmp_path: Path) -> None:
         path.write_bytes(b"x" * (10 + i))
         os.utime(path, ns=(1_700_000_000_000_000_000 + i,) * 2)
         paths.append(path)
-    assert data._cache_key(tmp_path, paths, 224, 256) == (
+    assert image_folder._cache_key(tmp_path, paths, 224, 256) == (
         "c6ce0c84d525a49b8d1516628a1c83771b0d521556ec9698d9112ad54cbe68df"
     )
 

@@ -32,7 +32,7 @@ from flows.params import (
     RandomizationSpec,
     spec_key,
 )
-from focus_core import data, explainers, models, mosaics, randomize
+from focus_core import data, explainers, image_folder, models, mosaics, randomize
 
 __all__ = [
     "load_dataset",
@@ -64,7 +64,7 @@ def _load_dataset_cached(key: str) -> data.TileDataset:
     spec = DatasetSpec.model_validate_json(key)
     if spec.kind == "digits":
         return data.load_digits(seed=spec.seed, tile_size=spec.tile_size or 32)
-    return data.load_image_folder(
+    return image_folder.load_image_folder(
         spec.root,
         seed=spec.seed,
         tile_size=spec.tile_size or 224,

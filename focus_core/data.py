@@ -1,13 +1,12 @@
 """Datasets as uint8 tile tensors with labels, class names, relpaths and a seeded split per image.
 
 Two sources: scikit-learn's bundled handwritten digits (:func:`load_digits`, the default for the
-demo and the tests) and any ImageFolder directory (:func:`load_image_folder`). Both return a
+demo and the tests) and any ImageFolder directory (:func:`focus_core.image_folder.load_image_folder`). Both return a
 :class:`TileDataset`: every tile decoded and resized once, kept as ``uint8`` so that mosaics are
 composed by indexing and normalised to float only on the device, after composition.
 
 This module holds the dataset type, the seeded stratified split and the digits. Reading an ImageFolder
-(listing, decoding, the tile cache) lives in :mod:`focus_core.image_folder`; :func:`load_image_folder` is
-re-exported here, so every loader is imported from one place: ``from focus_core.data import load_image_folder``.
+(listing, decoding, the tile cache) lives in :mod:`focus_core.image_folder`, which builds on this one.
 
 Examples
 --------
@@ -30,9 +29,8 @@ import torch
 
 from focus_core.errors import FocusError
 from focus_core.hashing import canonical_hash
-from focus_core.image_folder import load_image_folder  # re-exported: data.load_image_folder
 
-__all__ = ["SPLITS", "TileDataset", "load_digits", "load_image_folder"]
+__all__ = ["SPLITS", "TileDataset", "load_digits"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """The split names, in the order the seeded split assigns them."""
@@ -222,7 +220,7 @@ class TileDataset:
         return canonical_hash(payload)
 
 
-def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     values = tuple(float(f) for f in fractions)
     if (
         len(values) != 3
@@ -237,7 +235,7 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def _check_tile_size(tile_size: int, resize: int | None = None) -> None:
+def check_tile_size(tile_size: int, resize: int | None = None) -> None:
     if not isinstance(tile_size, int) or tile_size < 2:
         raise FocusError(f"Expected tile_size to be an integer >= 2 but got {tile_size!r}: pass e.g. 224.")
     if resize is not None and (not isinstance(resize, int) or resize < tile_size):
@@ -247,7 +245,7 @@ def _check_tile_size(tile_size: int, resize: int | None = None) -> None:
         )
 
 
-def _stratified_splits(
+def stratified_splits(
     labels: np.ndarray, fractions: tuple[float, float, float], seed: int
 ) -> tuple[str, ...]:
     """Assign every image a split: per class, a seeded permutation cut at the cumulative fractions."""
@@ -295,8 +293,8 @@ def load_digits(
     """
     from sklearn.datasets import load_digits as sklearn_digits
 
-    _check_tile_size(tile_size)
-    fractions = _check_fractions(fractions)
+    check_tile_size(tile_size)
+    fractions = check_fractions(fractions)
     bunch = sklearn_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32) * (255.0 / 16.0)).unsqueeze(1)
     if tile_size != images.shape[-1]:
@@ -305,7 +303,7 @@ def load_digits(
         )
     tiles = images.round().clamp_(0, 255).to(torch.uint8).contiguous()
     labels = np.asarray(bunch.target, dtype=np.int64)
-    splits = _stratified_splits(labels, fractions, seed)
+    splits = stratified_splits(labels, fractions, seed)
     train = tiles[torch.from_numpy(np.asarray(splits) == "train")].double() / 255
     return TileDataset(
         name="digits",

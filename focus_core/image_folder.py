@@ -6,7 +6,7 @@ returns a :class:`focus_core.data.TileDataset`. With a ``cache_dir`` the decoded
 ``.npy`` file keyed by the folder listing and memory-mapped by later calls.
 
 :mod:`focus_core.data` re-exports :func:`load_image_folder`: import it from there, with the other loaders
-(``from focus_core.data import load_image_folder``).
+(``from focus_core.image_folder import load_image_folder``).
 
 Examples
 --------
@@ -32,16 +32,14 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from focus_core.data import TileDataset, check_fractions, check_tile_size, stratified_splits
 from focus_core.errors import FocusError
 from focus_core.hashing import canonical_hash
 
-if TYPE_CHECKING:
-    from focus_core.data import TileDataset
 
 __all__ = ["load_image_folder"]
 
@@ -232,18 +230,17 @@ def load_image_folder(
     torch.Size([3, 224, 224])
     """
     # focus_core.data re-exports this function, so it is imported here, on first use, not at the top
-    from focus_core.data import TileDataset, _check_fractions, _check_tile_size, _stratified_splits
 
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FocusError(f"The folder '{root}' does not exist: pass an ImageFolder directory.")
-    _check_tile_size(tile_size, resize)
-    fractions = _check_fractions(fractions)
+    check_tile_size(tile_size, resize)
+    fractions = check_fractions(fractions)
     paths, label_names, classes, given_splits = _list_image_folder(root)
     label_of = {name: i for i, name in enumerate(classes)}
     labels = np.asarray([label_of[name] for name in label_names], dtype=np.int64)
     if given_splits[0] is None:
-        splits = _stratified_splits(labels, fractions, seed)
+        splits = stratified_splits(labels, fractions, seed)
     else:
         splits = tuple(str(s) for s in given_splits)
 

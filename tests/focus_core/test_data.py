@@ -12,7 +12,8 @@ import sklearn.datasets
 import torch
 from PIL import Image
 
-from focus_core.data import SPLITS, TileDataset, load_digits, load_image_folder
+from focus_core.data import SPLITS, TileDataset, load_digits
+from focus_core.image_folder import load_image_folder
 from focus_core.errors import FocusError
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)

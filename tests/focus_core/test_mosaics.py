@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from focus_core.data import TileDataset, load_digits, load_image_folder
+from focus_core.data import TileDataset, load_digits
+from focus_core.image_folder import load_image_folder
 from focus_core.errors import FocusError
 from focus_core.mosaics import (
     LAYOUTS,

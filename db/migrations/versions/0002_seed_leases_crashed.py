@@ -48,20 +48,26 @@ def _initial_views() -> tuple[tuple[str, str], ...]:
     return ScriptDirectory.from_config(context.config).get_revision("0001").module.VIEWS
 
 
-# CURRENT_TIMESTAMP is UTC on both databases; SQLite stores UTC as 'YYYY-MM-DD HH:MM:SS.ffffff', which
-# compares as text in time order with SQLite's 'YYYY-MM-DD HH:MM:SS'
-_SUMMARY_COLUMNS = (
-    "e.layer, e.seed, e.audit_run_id, "
-    "CASE WHEN e.status = 'running' AND e.run_expires_at < CURRENT_TIMESTAMP THEN 'crashed' ELSE e.status END "
-    "AS status,"
-)
+def _summary_columns(dialect: str) -> str:
+    """The seed, and the status with a running evaluation past its run's lease shown as crashed.
+
+    The time is UTC on both databases. SQLite stores UTC as 'YYYY-MM-DD HH:MM:SS.ffffff' text, and its
+    CURRENT_TIMESTAMP has whole seconds only (up to a second late), so there the comparison is with
+    strftime's milliseconds, which compare as text in time order.
+    """
+    now = "strftime('%Y-%m-%d %H:%M:%f', 'now')" if dialect == "sqlite" else "CURRENT_TIMESTAMP"
+    return (
+        "e.layer, e.seed, e.audit_run_id, "
+        f"CASE WHEN e.status = 'running' AND e.run_expires_at < {now} THEN 'crashed' ELSE e.status END "
+        "AS status,"
+    )
 
 
 def _views(with_seed: bool) -> list[tuple[str, str]]:
     views = []
     for name, sql in _initial_views():
         if with_seed and name == "evaluation_summary":
-            sql = sql.replace("e.layer, e.audit_run_id, e.status,", _SUMMARY_COLUMNS)
+            sql = sql.replace("e.layer, e.audit_run_id, e.status,", _summary_columns(op.get_bind().dialect.name))
         views.append((name, sql))
     return views
 

@@ -1,7 +1,7 @@
-"""The ``focus`` commands that run a flow: train, evaluate, randomize, sweep, audit and demo.
+"""The ``focus`` commands that run a flow: train, evaluate, randomize, sweep and audit.
 
 Each command builds the flow's pydantic parameters (:mod:`flows.params`) from its options (over
-the ``--params`` file), checks them (:mod:`flows.cli_checks`) and runs the flow in this process
+the ``--params`` file), checks them (:mod:`flows.cli.checks`) and runs the flow in this process
 with :func:`run_flow`.
 
 Examples
@@ -24,14 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flows import cli_params as opts
+from flows.cli import params as opts
 from flows import local_api
-from flows.cli_checks import check_device, check_inputs, check_model
-from flows.cli_errors import UsageError, info, quiet_user_error_tracebacks
+from flows.cli.checks import check_device, check_inputs, check_model
+from flows.cli.errors import UsageError, info, quiet_user_error_tracebacks
 
 __all__ = [
     "cmd_audit",
-    "cmd_demo",
     "cmd_evaluate",
     "cmd_randomize",
     "cmd_sweep",
@@ -231,8 +230,3 @@ def cmd_audit(args: argparse.Namespace) -> Any:
     )
     params = _build("AuditParams", fields, args.params)
     return run_flow("audit", "audit", params)
-
-def cmd_demo(args: argparse.Namespace) -> None:
-    from flows.cli_demo import run_demo
-
-    run_demo(args)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.cli_params import parse_method
+from flows.cli.params import parse_method
 
 __all__ = [
     "CASCADING_METHODS",
@@ -122,7 +122,7 @@ class DemoPlan:
 
 def plan_demo(args: argparse.Namespace) -> DemoPlan:
     """Resolve the options of ``focus demo`` (explicit values over ``--quick`` over the defaults)."""
-    from flows.cli_params import database_url, has_secret
+    from flows.cli.params import database_url, has_secret
     from focus_core.errors import FocusError
 
     quick = bool(getattr(args, "quick", False))
@@ -273,7 +273,8 @@ def run_demo(args: argparse.Namespace) -> DemoOutcome:
     require_device(plan.device)  # before the store and Prefect: a machine without it fails in seconds
 
     import db
-    from flows import cli, record, store
+    from flows import record, store
+    from flows.cli.run import prefect_target, run_flow
     from flows.params import (
         DatasetSpec,
         EvaluateParams,
@@ -289,7 +290,7 @@ def run_demo(args: argparse.Namespace) -> DemoOutcome:
     revision = db.upgrade(plan.database_url)
     engine = store.engine_for(plan.database_url)
     _say(f"store {store.describe(plan.database_url)} (schema {revision}); checkpoints in {plan.checkpoint_dir}")
-    _say(f"flows run on {cli.prefect_target()}; {'showing' if plan.verbose else 'hiding (--verbose shows)'} Prefect's log lines")
+    _say(f"flows run on {prefect_target()}; {'showing' if plan.verbose else 'hiding (--verbose shows)'} Prefect's log lines")
 
     methods = [MethodSpec.model_validate(m) for m in plan.methods]
     cascading_methods = [MethodSpec.model_validate(m) for m in plan.cascading_methods]
@@ -316,7 +317,7 @@ def run_demo(args: argparse.Namespace) -> DemoOutcome:
         run_dir = plan.checkpoint_dir / f"{DEMO_NAME}-{train_params.config_hash()[:12]}"
         with _progress("epochs", plan.epochs, "epoch",
                        lambda: sum(checkpoint_path(run_dir, e).exists() for e in range(1, plan.epochs + 1))):
-            trained = cli.run_flow("train", "train", train_params, announce=False)
+            trained = run_flow("train", "train", train_params, announce=False)
         final = trained["epochs"][-1] if trained["epochs"] else {}
         scores = (f"val accuracy {final.get('val_accuracy', float('nan')):.3f}, "
                   f"median Focus {final.get('focus_median') or float('nan'):.3f}")
@@ -334,17 +335,17 @@ def run_demo(args: argparse.Namespace) -> DemoOutcome:
         # 2. evaluate, 3. full randomization, 4. cascading randomization
         work = [
             (f"evaluate {', '.join(method_names_in_order(methods))} on {n_mosaics} test mosaics",
-             "mosaics", lambda: cli.run_flow("evaluate", "evaluate", EvaluateParams(
+             "mosaics", lambda: run_flow("evaluate", "evaluate", EvaluateParams(
                  model=model, dataset=dataset, mosaics=test_mosaics, methods=methods, run=run), announce=False),
              method_names, {"none"}, len(methods)),
             ("full randomization: the same methods on a fully re-initialised copy of the model",
-             "mosaics", lambda: cli.run_flow("randomization", "randomization", RandomizationParams(
+             "mosaics", lambda: run_flow("randomization", "randomization", RandomizationParams(
                  model=model, dataset=dataset, mosaics=test_mosaics, methods=methods, kinds=["full"], run=run),
                  announce=False),
              method_names, {"full"}, len(methods)),
             (f"cascading randomization: {', '.join(method_names_in_order(cascading_methods))} as the {stages} "
              + "layers are re-initialised from the top down",
-             "mosaics", lambda: cli.run_flow("randomization", "randomization", RandomizationParams(
+             "mosaics", lambda: run_flow("randomization", "randomization", RandomizationParams(
                  model=model, dataset=dataset, mosaics=test_mosaics, methods=cascading_methods, kinds=["cascading"],
                  run=run), announce=False),
              cascading_names, {"cascading"}, len(cascading_methods) * stages),

@@ -15,18 +15,17 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
-from flows import cli_demo
-from flows import cli_params as opts
-from flows.cli_commands import (
+from flows.cli import demo
+from flows.cli import params as opts
+from flows.cli.run import (
     cmd_audit,
-    cmd_demo,
     cmd_evaluate,
     cmd_randomize,
     cmd_sweep,
     cmd_train,
 )
-from flows.cli_errors import EXIT_USAGE, PROG
-from flows.cli_results import (
+from flows.cli.errors import EXIT_USAGE, PROG
+from flows.cli.results import (
     RESULT_TABLES,
     cmd_db_current,
     cmd_db_upgrade,
@@ -273,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the store (default: the SQLite file focus.db here) and build the HTML report. A few minutes on a CPU; "
         "running it again reuses what is recorded and says so.",
     )
-    cli_demo.add_demo_options(p)
+    demo.add_demo_options(p)
     opts.add_database_option(p)
-    p.set_defaults(handler=cmd_demo)
+    p.set_defaults(handler=demo.run_demo)
     return parser

@@ -1,17 +1,19 @@
 """Command-line options of the ``focus`` command, and how they become a flow's parameters.
 
-Options map one to one onto fields of the pydantic models in :mod:`flows.params`. Only the
-options a user gives are set; everything else keeps the model's default, or the value in a
-``--params`` file (the JSON the Prefect UI shows for a flow run), which options override.
+Every option that sets a parameter names its field once, where it is declared (:func:`option`):
+a dotted path into the flow's pydantic model (:mod:`flows.params`), e.g. ``--device`` sets
+``run.device``. :func:`given` collects the fields of the options a user gave; everything else keeps
+the model's default, or the value in a ``--params`` file (the JSON the Prefect UI shows for a flow
+run), which options override.
 
 Examples
 --------
 >>> import argparse
 >>> parser = argparse.ArgumentParser()
 >>> add_model_options(parser)
->>> namespace = parser.parse_args(["--arch", "resnet18", "--weights", "/models/r18.pt"])
->>> model_fields(namespace)
-{'architecture': 'resnet18', 'weights': '/models/r18.pt'}
+>>> add_run_options(parser)
+>>> given(parser.parse_args(["--arch", "resnet18", "--weights", "/models/r18.pt", "--device", "cuda"]))
+{'model': {'architecture': 'resnet18', 'weights': '/models/r18.pt'}, 'run': {'device': 'cuda'}}
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +33,54 @@ __all__ = [
     "add_model_options",
     "add_mosaic_options",
     "add_run_options",
-    "dataset_fields",
     "deep_merge",
+    "given",
     "has_secret",
     "load_params_file",
     "method_specs",
-    "model_fields",
-    "mosaic_fields",
+    "option",
     "parse_method",
     "run_fields",
 ]
 
 LAYOUTS = ("random", "top", "bottom", "left", "right", "diagonal", "antidiagonal")
+#: The namespace attribute that maps each option's dest to its field and converter (set by :func:`option`).
+FIELDS = "_param_fields"
 
 
-def _given(namespace: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
-    """``{field: value}`` for every option in ``mapping`` (field -> dest) that the user gave."""
-    values = {field: getattr(namespace, dest, None) for field, dest in mapping.items()}
-    return {field: value for field, value in values.items() if value is not None}
+def option(parser: Any, *flags: str, field: str | None = None, convert: Callable[[Any], Any] | None = None,
+           **kwargs: Any) -> argparse.Action:
+    """``parser.add_argument(*flags, **kwargs)`` for the option that sets the parameter ``field`` (dotted).
+
+    ``convert`` turns the given value into the field's (an absolute path, ...); a dict it returns is
+    merged into ``field``, ``None`` leaves the field out. ``parser`` may be an argument group.
+    """
+    action = parser.add_argument(*flags, **kwargs)
+    if field is not None:
+        parser.set_defaults(**{FIELDS: {**(parser.get_default(FIELDS) or {}), action.dest: (field, convert)}})
+    return action
+
+
+def given(namespace: argparse.Namespace) -> dict[str, Any]:
+    """The nested parameter fields of every option the user gave (``None``: not given)."""
+    fields: dict[str, Any] = {}
+    for dest, (field, convert) in (getattr(namespace, FIELDS, None) or {}).items():
+        value = getattr(namespace, dest, None)
+        if value is not None and convert is not None:
+            value = convert(value)
+        if value is None:
+            continue
+        *parents, name = field.split(".")
+        node = fields
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[name] = deep_merge(node.get(name, {}), value) if isinstance(value, dict) else value
+    return fields
+
+
+def absolute(path: str) -> str:
+    """The path, with ``~`` expanded, made absolute (flows may run in another working directory)."""
+    return str(Path(path).expanduser().resolve())
 
 
 def _int_list(text: str) -> list[int]:
@@ -139,99 +172,55 @@ def add_params_file_option(parser: argparse.ArgumentParser) -> None:
 
 def add_dataset_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument(
-        "--data",
-        "--dataset",
-        dest="data",
-        metavar="DIR",
-        help="ImageFolder directory (one sub-folder per class; train/val/test sub-folders are used as splits). "
-        "Default: the bundled digits.",
-    )
-    group.add_argument("--tile-size", type=int, metavar="PX", help="Tile side in pixels (default: 32 digits, 224 ImageFolder).")
-    group.add_argument("--resize", type=int, metavar="PX", help="ImageFolder: shorter side before the centre crop (default 256).")
-    group.add_argument("--data-seed", type=int, metavar="N", help="Seed of the stratified train/val/test split (default 0).")
-    group.add_argument("--cache-dir", metavar="DIR", help="ImageFolder: cache decoded tiles here (default: no cache).")
-
-
-def dataset_fields(namespace: argparse.Namespace) -> dict[str, Any]:
-    fields = _given(
-        namespace,
-        {"root": "data", "tile_size": "tile_size", "resize": "resize", "seed": "data_seed", "cache_dir": "cache_dir"},
-    )
-    if "root" in fields:
-        fields["kind"] = "image_folder"
-        fields["root"] = str(Path(fields["root"]).expanduser().resolve())
-    return fields
+    option(group, "--data", "--dataset", dest="data", metavar="DIR", field="dataset",
+           convert=lambda root: {"kind": "image_folder", "root": absolute(root)},
+           help="ImageFolder directory (one sub-folder per class; train/val/test sub-folders are used as splits). "
+           "Default: the bundled digits.")
+    option(group, "--tile-size", type=int, metavar="PX", field="dataset.tile_size",
+           help="Tile side in pixels (default: 32 digits, 224 ImageFolder).")
+    option(group, "--resize", type=int, metavar="PX", field="dataset.resize",
+           help="ImageFolder: shorter side before the centre crop (default 256).")
+    option(group, "--data-seed", type=int, metavar="N", field="dataset.seed",
+           help="Seed of the stratified train/val/test split (default 0).")
+    option(group, "--cache-dir", metavar="DIR", field="dataset.cache_dir",
+           help="ImageFolder: cache decoded tiles here (default: no cache).")
 
 
 def add_model_options(parser: argparse.ArgumentParser, weights_help: str | None = None) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument(
-        "--arch",
-        metavar="NAME",
-        help="Architecture: digits_cnn, alexnet, vgg16, resnet18, another torchvision name, "
-        "or your own 'package.module:factory' (default digits_cnn).",
-    )
-    group.add_argument("--weights", metavar="FILE", help=weights_help or "Weights file (a state_dict) of the checkpoint.")
-    group.add_argument("--num-classes", type=int, metavar="N", help="Number of classes (default: the dataset's).")
-    group.add_argument("--in-channels", type=int, metavar="N", help="Input channels (default: the dataset's).")
-    group.add_argument(
-        "--gradcam-layer", metavar="MODULE", help="Dotted module name for GradCAM when it cannot be inferred (e.g. features.11)."
-    )
-    group.add_argument("--label", metavar="TEXT", help="A human name for this checkpoint.")
-
-
-def model_fields(namespace: argparse.Namespace) -> dict[str, Any]:
-    fields = _given(
-        namespace,
-        {
-            "architecture": "arch",
-            "weights": "weights",
-            "num_classes": "num_classes",
-            "in_channels": "in_channels",
-            "gradcam_layer": "gradcam_layer",
-            "label": "label",
-        },
-    )
-    if "weights" in fields:
-        fields["weights"] = str(Path(fields["weights"]).expanduser().resolve())
-    return fields
+    option(group, "--arch", metavar="NAME", field="model.architecture",
+           help="Architecture: digits_cnn, alexnet, vgg16, resnet18, another torchvision name, "
+           "or your own 'package.module:factory' (default digits_cnn).")
+    option(group, "--weights", metavar="FILE", field="model.weights", convert=absolute,
+           help=weights_help or "Weights file (a state_dict) of the checkpoint.")
+    option(group, "--num-classes", type=int, metavar="N", field="model.num_classes",
+           help="Number of classes (default: the dataset's).")
+    option(group, "--in-channels", type=int, metavar="N", field="model.in_channels",
+           help="Input channels (default: the dataset's).")
+    option(group, "--gradcam-layer", metavar="MODULE", field="model.gradcam_layer",
+           help="Dotted module name for GradCAM when it cannot be inferred (e.g. features.11).")
+    option(group, "--label", metavar="TEXT", field="model.label", help="A human name for this checkpoint.")
 
 
 def add_mosaic_options(parser: argparse.ArgumentParser, default_split: str = "test", default_per_class: int = 20) -> None:
     group = parser.add_argument_group("mosaics")
-    group.add_argument(
-        "--split",
-        choices=("val", "test"),
-        help=f"Held-out split the tiles come from (default {default_split}; never train: the model saw it).",
-    )
-    group.add_argument("--per-class", type=int, metavar="N", help=f"Mosaics per target class (default {default_per_class}).")
-    group.add_argument("--mosaic-seed", type=int, metavar="N", help="Seed of the mosaic set: same seed, same mosaics (default 0).")
-    group.add_argument(
-        "--layout",
-        choices=LAYOUTS,
-        help="Where the two target tiles go: random per mosaic (default) or one fixed arrangement (positional test).",
-    )
-    group.add_argument("--classes", type=_int_list, metavar="I,J,...", help="Target classes only (default: every class).")
-
-
-def mosaic_fields(namespace: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
-    return _given(
-        namespace,
-        {"split": "split", "per_class": "per_class", "seed": "mosaic_seed", "layout": "layout", "classes": "classes"},
-    )
+    option(group, "--split", choices=("val", "test"), field="mosaics.split",
+           help=f"Held-out split the tiles come from (default {default_split}; never train: the model saw it).")
+    option(group, "--per-class", type=int, metavar="N", field="mosaics.per_class",
+           help=f"Mosaics per target class (default {default_per_class}).")
+    option(group, "--mosaic-seed", type=int, metavar="N", field="mosaics.seed",
+           help="Seed of the mosaic set: same seed, same mosaics (default 0).")
+    option(group, "--layout", choices=LAYOUTS, field="mosaics.layout",
+           help="Where the two target tiles go: random per mosaic (default) or one fixed arrangement (positional test).")
+    option(group, "--classes", type=_int_list, metavar="I,J,...", field="mosaics.classes",
+           help="Target classes only (default: every class).")
 
 
 def add_method_options(parser: argparse.ArgumentParser, default: str = "gradcam", dest: str = "methods") -> None:
-    parser.add_argument(
-        "--method",
-        dest=dest,
-        action="append",
-        type=parse_method,
-        metavar="NAME[:KEY=VALUE,...]",
-        help=f"Attribution method, repeatable: gradcam, gradcam++, lrp, smoothgrad, integrated_gradients, gradient, "
-        f"input_x_gradient, random; parameters after a colon, e.g. smoothgrad:n_samples=10 (default {default}).",
-    )
+    option(parser, "--method", dest=dest, action="append", type=parse_method, metavar="NAME[:KEY=VALUE,...]",
+           field=dest,
+           help=f"Attribution method, repeatable: gradcam, gradcam++, lrp, smoothgrad, integrated_gradients, gradient, "
+           f"input_x_gradient, random; parameters after a colon, e.g. smoothgrad:n_samples=10 (default {default}).")
 
 
 def method_specs(namespace: argparse.Namespace, dest: str = "methods") -> list[dict[str, Any]] | None:
@@ -240,36 +229,26 @@ def method_specs(namespace: argparse.Namespace, dest: str = "methods") -> list[d
 
 def add_run_options(parser: argparse.ArgumentParser, chunks: bool = True) -> None:
     group = parser.add_argument_group("execution")
-    group.add_argument(
-        "--device", metavar="DEV", help="cpu, cuda, cuda:N or mps (default cpu); a machine without it fails at once."
-    )
-    group.add_argument("--batch-size", type=int, metavar="N", help="Mosaics per forward/backward pass (default 64).")
+    option(group, "--device", metavar="DEV", field="run.device",
+           help="cpu, cuda, cuda:N or mps (default cpu); a machine without it fails at once.")
+    option(group, "--batch-size", type=int, metavar="N", field="run.batch_size",
+           help="Mosaics per forward/backward pass (default 64).")
     if chunks:
-        group.add_argument(
-            "--chunk-size", type=int, metavar="N", help="Mosaics per task: the unit of retry and of one transaction (default 512)."
-        )
-        group.add_argument("--retries", type=int, metavar="N", help="Retries of a failed chunk (default 2).")
-        group.add_argument(
-            "--max-chunks", type=int, metavar="N", help="Run at most N chunks now; the same command later runs the rest."
-        )
+        option(group, "--chunk-size", type=int, metavar="N", field="run.chunk_size",
+               help="Mosaics per task: the unit of retry and of one transaction (default 512).")
+        option(group, "--retries", type=int, metavar="N", field="run.retries", help="Retries of a failed chunk (default 2).")
+        option(group, "--max-chunks", type=int, metavar="N", field="run.max_chunks",
+               help="Run at most N chunks now; the same command later runs the rest.")
 
 
 def run_fields(namespace: argparse.Namespace) -> dict[str, Any]:
-    fields = _given(
-        namespace,
-        {
-            "device": "device",
-            "batch_size": "batch_size",
-            "chunk_size": "chunk_size",
-            "retries": "retries",
-            "max_chunks": "max_chunks",
-        },
-    )
-    url = getattr(namespace, "database_url", None)
-    if url is not None and not has_secret(url):
-        # Parameters are visible in the UI: a URL with a secret travels in FOCUS_DATABASE_URL only.
-        fields["database_url"] = url
-    return fields
+    """The ``run`` fields of the options given (``--database-url`` only when its URL carries no secret)."""
+    return given(namespace).get("run", {})
+
+
+def _public_url(url: str) -> str | None:
+    """The URL when it may be a flow parameter (parameters are visible in the UI), else ``None``."""
+    return None if has_secret(url) else url
 
 
 def has_secret(url: str) -> bool:
@@ -290,13 +269,14 @@ def has_secret(url: str) -> bool:
     return url_has_secret(url)
 
 
-def add_database_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database-url",
-        metavar="URL",
-        help="SQLAlchemy URL of focus-audit's store, e.g. postgresql+psycopg://user@host/focus "
-        "(default: $FOCUS_DATABASE_URL, else sqlite:///focus.db).",
-    )
+def add_database_option(parser: argparse.ArgumentParser, field: str | None = None) -> None:
+    """``--database-url``; ``field`` makes it the flow's parameter too, unless the URL carries a secret.
+
+    A URL with a secret travels in ``FOCUS_DATABASE_URL`` only (:func:`flows.cli.main` sets it).
+    """
+    option(parser, "--database-url", metavar="URL", field=field, convert=_public_url,
+           help="SQLAlchemy URL of focus-audit's store, e.g. postgresql+psycopg://user@host/focus "
+           "(default: $FOCUS_DATABASE_URL, else sqlite:///focus.db).")
 
 
 def database_url(namespace: argparse.Namespace) -> str | None:

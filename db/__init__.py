@@ -26,11 +26,21 @@ from db import (
     runs,
     types,
 )
-from db.engine import DEFAULT_URL, ENV_VAR, Engine, database_url, get_engine, mask_url, open_store
+from db.engine import DEFAULT_URL, ENV_VAR, Engine, database_url, mask_url
 from db.errors import StoreError
 from db.evaluations import evaluation_state, finish_evaluation, get_or_create_evaluation, start_evaluation
 from db.keys import evaluation_key, params_hash
-from db.migrate import VERSION_TABLE, check_schema, current, downgrade, head, schema_diff, upgrade
+from db.migrate import (
+    VERSION_TABLE,
+    check_schema,
+    current,
+    downgrade,
+    get_engine,
+    head,
+    open_store,
+    schema_diff,
+    upgrade,
+)
 from db.mosaic_sets import MosaicTiles, RegisteredMosaicSet, mosaic_tiles, register_mosaic_set
 from db.queries import (
     checkpoint_history,

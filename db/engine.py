@@ -1,4 +1,4 @@
-"""Engines for the results store: URL resolution, SQLite pragmas and the schema check."""
+"""Engines for the results store: URL resolution and SQLite pragmas (the schema check is in :mod:`db.migrate`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from db.errors import StoreError
 
@@ -20,8 +20,7 @@ __all__ = [
     "database_url",
     "has_secret",
     "mask_url",
-    "get_engine",
-    "open_store",
+    "build_engine",
     "connect_error",
 ]
 
@@ -179,16 +178,16 @@ def connect_error(url: URL, exc: BaseException) -> StoreError:
     return StoreError(f"Cannot open the database at {mask_url(url)} ({first}); check {advice}.")
 
 
-def get_engine(url: str | URL | None = None, *, check: bool = True) -> Engine:
-    """Create an engine for the results store.
+def build_engine(url: str | URL | None = None) -> Engine:
+    """Create an engine for the results store without touching the database (no schema check).
+
+    :func:`db.migrate.get_engine` (``db.get_engine``) also checks the schema; the check lives there, with the
+    migrations, so that this module needs nothing from them.
 
     Parameters
     ----------
     url
         A SQLAlchemy URL; ``None`` reads ``FOCUS_DATABASE_URL`` and falls back to ``sqlite:///focus.db``.
-    check
-        Connect and verify that the schema is at this focus-audit's head revision
-        (see ``db.migrate.check_schema``). ``False`` only builds the engine.
 
     Returns
     -------
@@ -198,12 +197,11 @@ def get_engine(url: str | URL | None = None, *, check: bool = True) -> Engine:
     Raises
     ------
     StoreError
-        For a malformed or unreachable URL, an empty or foreign database, or one behind head
-        (the message says to run ``focus db upgrade``).
+        For a malformed URL or a database this project does not support.
 
     Examples
     --------
-    >>> engine = get_engine("sqlite://", check=False)
+    >>> engine = build_engine("sqlite://")
     >>> engine.dialect.name
     'sqlite'
     """
@@ -220,32 +218,4 @@ def get_engine(url: str | URL | None = None, *, check: bool = True) -> Engine:
         raise StoreError(f"Cannot use the database URL {mask_url(parsed)} ({exc}); check {ENV_VAR}.") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    if check:
-        _check(engine, parsed)
     return engine
-
-
-def _check(engine: Engine, url: URL) -> None:
-    """Verify the schema (``db.migrate.check_schema``); dispose of the engine when that fails."""
-    from db.migrate import check_schema
-
-    try:
-        check_schema(engine)
-    except StoreError:
-        engine.dispose()
-        raise
-    except SQLAlchemyError as exc:  # unreachable server, refused login, ...
-        engine.dispose()
-        raise connect_error(url, exc) from None
-
-
-def open_store(url: str | URL | None = None) -> Engine:
-    """Open the results store for the application: ``get_engine(url, check=True)``.
-
-    Examples
-    --------
-    >>> open_store("sqlite://")  # doctest: +IGNORE_EXCEPTION_DETAIL
-    Traceback (most recent call last):
-    db.errors.StoreError: The database at sqlite:// has no focus-audit schema; run `focus db upgrade` to create it.
-    """
-    return get_engine(url, check=True)

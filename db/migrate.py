@@ -2,7 +2,8 @@
 
 The version table is called ``focus_alembic_version`` so that it never clashes with another
 Alembic user (Prefect's server uses ``alembic_version``). Nothing here prints; errors are
-``StoreError`` with one sentence.
+``StoreError`` with one sentence. :func:`get_engine` and :func:`open_store` open the store with the schema
+check (an engine at head, or one sentence that says to run ``focus db upgrade``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import DropTable
 
-from db.engine import connect_error, get_engine, mask_url
+from db.engine import build_engine, connect_error, mask_url
 from db.errors import StoreError
 from db.models import Base
 
@@ -32,6 +33,8 @@ __all__ = [
     "downgrade",
     "check_schema",
     "schema_diff",
+    "get_engine",
+    "open_store",
 ]
 
 VERSION_TABLE = "focus_alembic_version"
@@ -133,7 +136,7 @@ def _lost_version_table(connection: Connection, url: URL) -> StoreError:
 def _engine(url: str | URL | Engine | None) -> tuple[Engine, bool]:
     if isinstance(url, Engine):
         return url, False
-    return get_engine(url, check=False), True
+    return build_engine(url), True
 
 
 def current(url: str | URL | Engine | None = None) -> str | None:
@@ -241,3 +244,56 @@ def schema_diff(url: str | URL | Engine | None = None) -> list:
     finally:
         if owned:
             engine.dispose()
+
+
+def get_engine(url: str | URL | None = None, *, check: bool = True) -> Engine:
+    """Create an engine for the results store (:func:`db.engine.build_engine`) and check its schema.
+
+    Parameters
+    ----------
+    url
+        A SQLAlchemy URL; ``None`` reads ``FOCUS_DATABASE_URL`` and falls back to ``sqlite:///focus.db``.
+    check
+        Connect and verify that the schema is at this focus-audit's head revision
+        (:func:`check_schema`). ``False`` only builds the engine.
+
+    Returns
+    -------
+    Engine
+        SQLite engines run with foreign keys on, WAL and a busy timeout.
+
+    Raises
+    ------
+    StoreError
+        For a malformed or unreachable URL, an empty or foreign database, or one behind head
+        (the message says to run ``focus db upgrade``).
+
+    Examples
+    --------
+    >>> engine = get_engine("sqlite://", check=False)
+    >>> engine.dialect.name
+    'sqlite'
+    """
+    engine = build_engine(url)
+    if check:
+        try:
+            check_schema(engine)
+        except StoreError:
+            engine.dispose()
+            raise
+        except SQLAlchemyError as exc:  # unreachable server, refused login, ...
+            engine.dispose()
+            raise connect_error(engine.url, exc) from None
+    return engine
+
+
+def open_store(url: str | URL | None = None) -> Engine:
+    """Open the results store for the application: ``get_engine(url, check=True)``.
+
+    Examples
+    --------
+    >>> open_store("sqlite://")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    db.errors.StoreError: The database at sqlite:// has no focus-audit schema; run `focus db upgrade` to create it.
+    """
+    return get_engine(url, check=True)

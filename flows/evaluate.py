@@ -48,7 +48,12 @@ from flows.tasks import (
 )
 from focus_core import report
 
-__all__ = ["evaluate", "EvaluationRecord", "run_evaluation"]
+__all__ = ["evaluate", "EvaluationRecord", "LOG_CHUNK_DONE", "LOG_PLANNED", "run_evaluation"]
+
+#: The flow's log line once the chunks are planned (to run, already finished), and after each chunk (done, of):
+#: ``focus demo`` moves its progress bar on them.
+LOG_PLANNED = "%d chunk(s) to run, %d already finished"
+LOG_CHUNK_DONE = "%d of %d chunk(s) done"
 
 
 @dataclass
@@ -104,9 +109,7 @@ def run_evaluation(
     )
     owner, lease = leases.run_owner(), params.run.lease_seconds
     records, requests = _plan(params, inputs, engine, owner, audit_run_id=audit_run_id, device=str(device))
-    logger.info(
-        "%d chunk(s) to run, %d already finished", len(requests), sum(r.chunks_skipped for r in records)
-    )
+    logger.info(LOG_PLANNED, len(requests), sum(r.chunks_skipped for r in records))
     try:
         with leases.LeaseKeeper(engine, owner, [r.evaluation_id for r in records], lease):
             first_error = _run_chunks(params, engine, records, requests, artifacts)
@@ -256,6 +259,7 @@ def _run_chunks(
                         result.chunk, result.evaluation_id, request.batch_size, entry.batch_sizes[result.chunk],
                     )
             done += 1
+            logger.info(LOG_CHUNK_DONE, done, len(requests))
             if progress_id is not None:
                 update_progress_artifact(progress_id, progress=100.0 * done / len(requests))
         pending = _wait_for_others(engine, held_elsewhere, params.run.lease_seconds)

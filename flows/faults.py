@@ -3,7 +3,7 @@
 A checkpoint, a figure or a tile cache that cannot be written fails with an ``OSError`` whose ``errno`` says why
 (``torch.save`` wraps it in a ``RuntimeError``; :func:`storage_fault` finds it there too). Such a failure is not
 retried (:func:`flows.tasks.can_succeed_on_retry`), and the ``focus`` command shows it as the one line of
-:func:`describe` (:mod:`flows.cli_errors`). The store's own disk-full and read-only errors are
+:func:`describe` (:mod:`flows.cli.errors`). The store's own disk-full and read-only errors are
 :class:`~db.errors.StoreError` already (``db.transactions``).
 
 Examples

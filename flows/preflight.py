@@ -1,6 +1,6 @@
 """What a worker checks of an evaluating request before it writes anything to the store.
 
-The command line checks what it can before Prefect starts (:mod:`flows.cli_checks`); a deployment's
+The command line checks what it can before Prefect starts (:mod:`flows.cli.checks`); a deployment's
 run reaches the worker unchecked, and some things only the worker can see (its device, its files).
 Every check here raises a one-sentence ``FocusError`` (a ``ValueError``: not retried), so a bad request
 leaves no dataset, mosaic set, checkpoint or evaluation behind.

@@ -56,8 +56,8 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
         params: The trained checkpoint, mosaic set, methods, randomization kinds, how to run and
             where the figure goes.
 
-    Returns a dict with one entry per stage: its kind, stage, layer, evaluation ids and the
-    median Focus per method (expected: high for the trained model, about 0.5 once randomized).
+    Returns a dict with one entry per stage: its kind, stage, layer, evaluation ids, the rows this run
+    wrote and the median Focus per method (expected: high for the trained model, about 0.5 once randomized).
     """
     preflight.check_request(params)  # its stages come from the model itself: nothing else to check
     logger = get_run_logger()
@@ -71,7 +71,8 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
         )
         medians = {e["method"]: e["summary"].get("median") for e in outcome["evaluations"]}
         stages.append({"label": label, **spec.model_dump(), "medians": medians,
-                       "evaluation_ids": {e["method"]: e["evaluation_id"] for e in outcome["evaluations"]}})
+                       "evaluation_ids": {e["method"]: e["evaluation_id"] for e in outcome["evaluations"]},
+                       "rows_written": sum(e["rows_written"] for e in outcome["evaluations"])})
         logger.info("Stage %s: median Focus %s", label, medians)
 
     methods = list(stages[0]["medians"])

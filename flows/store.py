@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 
-from db.engine import Engine, database_url, get_engine, mask_url
+from db.engine import Engine, database_url, mask_url
+from db.migrate import get_engine
 
 __all__ = ["engine_for", "describe", "dispose_engines"]
 

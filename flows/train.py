@@ -38,7 +38,13 @@ from focus_core import models, report
 from focus_core import train as recipe
 from focus_core.errors import FocusError
 
-__all__ = ["train", "train_epoch", "EpochRequest", "completed_epochs", "checkpoint_path", "run_folder"]
+__all__ = ["train", "train_epoch", "EpochRequest", "LOG_EPOCH", "LOG_RESUMED", "completed_epochs", "checkpoint_path",
+           "run_folder"]
+
+#: The flow's log lines when it resumes a run (run id, epochs done, checkpoint) and after each epoch:
+#: ``focus demo`` moves its progress bar on them.
+LOG_RESUMED = "Training run %d resumes after epoch %d (checkpoint %s)"
+LOG_EPOCH = "Epoch %d: val accuracy %.3f, median Focus %s"
 
 
 class EpochRequest(BaseModel):
@@ -225,7 +231,7 @@ def _train_epochs(
     run_dir.mkdir(parents=True, exist_ok=True)
     done = completed_epochs(engine, training_run_id, run_dir)
     if done:
-        logger.info("Training run %d resumes after epoch %d (checkpoint %s)", training_run_id, done, checkpoint_path(run_dir, done))
+        logger.info(LOG_RESUMED, training_run_id, done, checkpoint_path(run_dir, done))
     epoch_task = train_epoch.with_options(retries=params.retries, retry_delay_seconds=retry_delays(5.0))
     epochs_run = []
     for epoch in range(done + 1, params.epochs + 1):
@@ -235,7 +241,7 @@ def _train_epochs(
             mosaic_ids=mosaic_set.mosaic_ids, dataset_id=mosaic_set.dataset_id,
         ))
         epochs_run.append(epoch)
-        logger.info("Epoch %d: val accuracy %.3f, median Focus %s", epoch, result["metrics"]["val_accuracy"],
+        logger.info(LOG_EPOCH, epoch, result["metrics"]["val_accuracy"],
                     {m: f["median"] for m, f in result["focus"].items()})
 
     curve = db.training_curve(engine, training_run_id)

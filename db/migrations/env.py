@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from db.engine import get_engine
+from db.engine import build_engine
 from db.models import Base
 
 config = context.config
@@ -46,7 +46,7 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = get_engine(config.get_main_option("sqlalchemy.url") or None, check=False)
+    engine = build_engine(config.get_main_option("sqlalchemy.url") or None)
     try:
         with engine.begin() as connection:
             _configure(connection)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from flows import cli
-from flows.cli_params import deep_merge, parse_method
+from flows.cli.params import deep_merge, parse_method
 
 FOCUS = shutil.which("focus", path=str(Path(sys.executable).parent)) or "focus"
 
@@ -152,7 +152,7 @@ def test_params_file_and_options(tmp_path: Path, weights_file: str):
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"params": {"model": {"weights": weights_file}, "run": {"batch_size": 8, "device": "cpu"}}}))
     args = cli.build_parser().parse_args(["evaluate", "--params", str(params), "--batch-size", "16", "--method", "lrp"])
-    from flows.cli_params import load_params_file, method_specs, run_fields
+    from flows.cli.params import load_params_file, method_specs, run_fields
 
     merged = deep_merge(load_params_file(args.params), {"run": run_fields(args), "methods": method_specs(args)})
     assert merged["run"] == {"batch_size": 16, "device": "cpu"}
@@ -172,8 +172,8 @@ SECRET_URLS = [
 
 @pytest.mark.parametrize("url", SECRET_URLS)
 def test_database_url_with_a_secret_is_not_a_parameter(monkeypatch: pytest.MonkeyPatch, url: str):
-    from flows.cli_demo import plan_demo
-    from flows.cli_params import run_fields
+    from flows.cli.demo import plan_demo
+    from flows.cli.params import run_fields
 
     monkeypatch.delenv("FOCUS_DATABASE_URL", raising=False)
     for command in ("evaluate", "randomize", "audit", "sweep"):

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from flows import cli, cli_demo, store
+from flows import cli, store
+from flows.cli import demo as cli_demo
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -119,3 +120,31 @@ def test_demo_options(demo_dir: Path):
     assert (quick.epochs, quick.per_class) == (2, cli_demo.QUICK_PER_CLASS)
     own = cli_demo.plan_demo(parser.parse_args(["demo", "--method", "gradcam", "--method", "random"]))
     assert [m["name"] for m in own.cascading_methods] == ["gradcam"]
+
+
+@pytest.mark.filterwarnings("ignore:Logger 'prefect.flow_runs' attempted to send logs to the API")  # no flow run here
+def test_the_bars_move_on_the_flows_log_lines():
+    """The demo's progress comes from what the train and evaluate flows log, not from reading the store.
+
+    Before: a thread polled the store (or the checkpoint folder) every second.
+    """
+    import io
+    import logging
+
+    from flows.cli.console import progress
+    from flows.evaluate import LOG_CHUNK_DONE, LOG_PLANNED
+    from flows.train import LOG_EPOCH, LOG_RESUMED
+
+    logger = logging.getLogger("prefect.flow_runs")
+    with progress("chunks", "chunk", None, cli_demo._chunk_moves(), file=io.StringIO(), disable=False) as bar:
+        logger.info(LOG_PLANNED, 0, 5)  # a randomization's trained stage: every chunk recorded
+        logger.info(LOG_PLANNED, 2, 0)  # the next stage: two chunks to run
+        logger.info(LOG_CHUNK_DONE, 1, 2)
+        logger.info("Stage %s: median Focus %s", "full", {})  # another line of the flow: no move
+        assert (bar.n, bar.total) == (6, 7)
+    logger.info(LOG_CHUNK_DONE, 2, 2)  # after the step: the bar is gone, nothing listens
+    assert bar.n == 6
+    with progress("epochs", "epoch", 5, cli_demo._epoch_moves(), file=io.StringIO(), disable=False) as bar:
+        logger.info(LOG_RESUMED, 1, 3, "epoch-0003.pt")
+        logger.info(LOG_EPOCH, 4, 0.9, {"gradcam": 0.8})
+        assert (bar.n, bar.total) == (4, 5)

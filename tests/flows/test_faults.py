@@ -19,7 +19,7 @@ from prefect.states import Failed
 
 import db
 from flows import faults
-from flows.cli_errors import is_user_error, one_line, user_cause
+from flows.cli.errors import is_user_error, one_line, user_cause
 from flows.tasks import can_succeed_on_retry
 from focus_core import models
 from tests import disk

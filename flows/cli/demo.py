@@ -14,7 +14,9 @@ what they record):
 The defaults are the embedded ones: a SQLite file ``focus.db`` in the working directory (or
 ``--database-url`` / ``FOCUS_DATABASE_URL``), Prefect's local mode (or ``PREFECT_API_URL``), the
 CPU and the bundled digits. A second run finds the epochs and mosaic results recorded, redoes
-nothing and says ``reused: ...``; an interrupted run finishes where it stopped.
+nothing and says ``reused: ...``; an interrupted run finishes where it stopped. What each step
+computed and reused comes from what its flow returns; its progress bar (on a terminal) moves on the
+flow's own log lines (:mod:`flows.cli.console`), so the demo reads the store only for the final tables.
 
 LRP runs as ``lrp_fast``: the paper's rules (z^B, epsilon, z+, folded BatchNorm) in plain torch,
 equal to the zennit reference ``lrp`` to about 1e-5 and faster (benchmarks/README.md, section
@@ -31,18 +33,15 @@ Examples
 from __future__ import annotations
 
 import argparse
-import logging
-import math
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.cli_params import parse_method
+from flows.cli.console import Steps, duration, progress, quiet_prefect_console, table_text
+from flows.cli.params import parse_method
 
 __all__ = [
     "CASCADING_METHODS",
@@ -122,7 +121,7 @@ class DemoPlan:
 
 def plan_demo(args: argparse.Namespace) -> DemoPlan:
     """Resolve the options of ``focus demo`` (explicit values over ``--quick`` over the defaults)."""
-    from flows.cli_params import database_url, has_secret
+    from flows.cli.params import database_url, has_secret
     from focus_core.errors import FocusError
 
     quick = bool(getattr(args, "quick", False))
@@ -153,72 +152,23 @@ def plan_demo(args: argparse.Namespace) -> DemoPlan:
 # -- progress -----------------------------------------------------------------------------------
 
 
-@contextmanager
-def _progress(desc: str, total: int, unit: str, count: Callable[[], int], interval: float = 1.0) -> Iterator[None]:
-    """A tqdm bar on stderr fed by polling ``count()`` (what is recorded) while the flow runs.
+def _chunk_moves() -> dict[str, Callable[[Any, tuple], None]]:
+    """The evaluate flow's planning line grows the total (the chunks already finished count as done) and every
+    chunk line moves the bar by one; a randomization's evaluate runs add theirs as they start."""
+    from flows.evaluate import LOG_CHUNK_DONE, LOG_PLANNED
 
-    The bar shows only on a terminal; the step lines with their timings show everywhere.
-    """
-    from tqdm import tqdm
+    def planned(bar: Any, args: tuple) -> None:
+        bar.total = (bar.total or 0) + args[0] + args[1]
+        bar.update(args[1])
 
-    def safe_count() -> int | None:
-        try:
-            return min(int(count()), total)
-        except Exception:  # noqa: BLE001 - a poll that fails (a locked file) just skips one update
-            return None
-
-    bar = tqdm(total=total, initial=safe_count() or 0, desc=f"  {desc}", unit=unit, file=sys.stderr,
-               disable=None, dynamic_ncols=True, leave=False)
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.wait(interval):
-            done = safe_count()
-            if done is not None and done > bar.n:
-                bar.update(done - bar.n)
-
-    thread = threading.Thread(target=poll, name="focus-demo-progress", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        done = safe_count()
-        if done is not None and done > bar.n:
-            bar.update(done - bar.n)
-        bar.close()
+    return {LOG_PLANNED: planned, LOG_CHUNK_DONE: lambda bar, args: bar.update(1)}
 
 
-@contextmanager
-def _quiet_prefect_console(verbose: bool) -> Iterator[None]:
-    """Raise the console handlers to WARNING so the step lines and bars stay readable.
+def _epoch_moves() -> dict[str, Callable[[Any, tuple], None]]:
+    """The train flow's resume line sets the epochs already done; every epoch line moves the bar by one."""
+    from flows.train import LOG_EPOCH, LOG_RESUMED
 
-    Only stream handlers change: the logs still reach the Prefect API (and its UI) when there is one.
-    """
-    if verbose:
-        yield
-        return
-    changed: list[tuple[logging.Handler, int]] = []
-    loggers = [logging.getLogger()] + [
-        logger for name, logger in list(logging.Logger.manager.loggerDict.items())
-        if isinstance(logger, logging.Logger) and name.split(".")[0] in {"prefect", "uvicorn", "fastapi", "httpx"}
-    ]
-    for logger in loggers:
-        for handler in logger.handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                changed.append((handler, handler.level))
-                handler.setLevel(max(handler.level, logging.WARNING))
-    try:
-        yield
-    finally:
-        for handler, level in changed:
-            handler.setLevel(level)
-
-
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
+    return {LOG_RESUMED: lambda bar, args: bar.update(args[1] - bar.n), LOG_EPOCH: lambda bar, args: bar.update(1)}
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -238,34 +188,26 @@ class DemoOutcome:
     seconds: float = 0.0
 
 
-@dataclass
-class _Step:
-    number: int
-    total: int
-    title: str
-    started: float = field(default_factory=time.monotonic)
-
-    def begin(self) -> _Step:
-        _say(f"[{self.number}/{self.total}] {self.title}")
-        self.started = time.monotonic()
-        return self
-
-    def end(self, message: str) -> None:
-        _say(f"      {message} ({_duration(time.monotonic() - self.started)})")
-
-
-def _recorded(engine: Any, checkpoint_id: int, mosaic_set_id: int, methods: set[str],
-              randomization: set[str]) -> Any:
-    """The ``db.evaluation_summary`` rows of this checkpoint, mosaic set, methods and randomization kinds."""
-    import db
-
-    frame = db.evaluation_summary(engine, mosaic_set_id=mosaic_set_id)
-    return frame[(frame["checkpoint_id"] == checkpoint_id) & frame["method"].isin(methods)
-                 & frame["randomization"].isin(randomization)]
+def _mosaic_step(steps: Steps, title: str, evaluations: int, n_mosaics: int, run: Callable[[], int]) -> int:
+    """Run one evaluating step (``run`` returns the rows it wrote), say what it computed; return the rows reused."""
+    steps.begin(title)
+    total = evaluations * n_mosaics
+    with progress("chunks", "chunk", None, _chunk_moves()):
+        computed = run()
+    if computed == 0:
+        steps.end(f"reused: all {total} mosaic results ({evaluations} evaluations) were recorded; nothing recomputed")
+    else:
+        note = f"reused: {total - computed} of {total} mosaic results were recorded; " if computed < total else ""
+        steps.end(f"{note}computed {computed} mosaic results of {evaluations} evaluations")
+    return total - computed
 
 
 def run_demo(args: argparse.Namespace) -> DemoOutcome:
-    """Run ``focus demo`` with its parsed options; print the tables and paths; return the outcome."""
+    """Run ``focus demo`` with its parsed options; print the tables and paths; return the outcome.
+
+    The five steps are the project's flows, run one after the other with :func:`flows.cli.run.run_flow`;
+    what each computed and reused comes from what the flow returns.
+    """
     plan = plan_demo(args)
     started = time.monotonic()
     from flows.devices import require_device
@@ -273,107 +215,76 @@ def run_demo(args: argparse.Namespace) -> DemoOutcome:
     require_device(plan.device)  # before the store and Prefect: a machine without it fails in seconds
 
     import db
-    from flows import cli, record, store
-    from flows.params import (
-        DatasetSpec,
-        EvaluateParams,
-        MethodSpec,
-        MosaicSetSpec,
-        RandomizationParams,
-        TrainParams,
-    )
+    from flows import store
+    from flows.cli.run import prefect_target, run_flow
+    from flows.params import EvaluateParams, MethodSpec, MosaicSetSpec, RandomizationParams, TrainParams
     from flows.report import build_report
-    from flows.train import checkpoint_path
     from focus_core import models, randomize
 
     revision = db.upgrade(plan.database_url)
-    engine = store.engine_for(plan.database_url)
     _say(f"store {store.describe(plan.database_url)} (schema {revision}); checkpoints in {plan.checkpoint_dir}")
-    _say(f"flows run on {cli.prefect_target()}; {'showing' if plan.verbose else 'hiding (--verbose shows)'} Prefect's log lines")
+    _say(f"flows run on {prefect_target()}; {'showing' if plan.verbose else 'hiding (--verbose shows)'} Prefect's log lines")
 
     methods = [MethodSpec.model_validate(m) for m in plan.methods]
     cascading_methods = [MethodSpec.model_validate(m) for m in plan.cascading_methods]
-    method_names = {m.name for m in methods}
-    cascading_names = {m.name for m in cascading_methods}
     stages = len(randomize.cascading_stages(models.build_model("digits_cnn", num_classes=10, in_channels=1)))
     run = {"device": plan.device, "chunk_size": CHUNK_SIZE, "retry_delay_seconds": 1.0,
            "database_url": plan.database_param}
-    dataset = DatasetSpec()
     test_mosaics = MosaicSetSpec(split="test", per_class=plan.per_class, seed=0)
-    reused_epochs = reused_results = total_results = 0
-    steps = 5
+    n_mosaics = plan.per_class * 10
+    steps = Steps(5, _say)
 
-    with _quiet_prefect_console(plan.verbose):
-        # 1. train
-        train_params = TrainParams(
-            name=DEMO_NAME, epochs=plan.epochs, device=plan.device, checkpoint_dir=str(plan.checkpoint_dir),
-            focus_mosaics=MosaicSetSpec(split="val", per_class=FOCUS_PER_CLASS), focus_methods=[MethodSpec(name="gradcam")],
-            audit=True, database_url=plan.database_param,
-        )
-        step = _Step(1, steps, f"train the digits CNN for {plan.epochs} epoch(s) with the paper's recipe, "
-                               f"Focus (gradcam) on {FOCUS_PER_CLASS * 10} validation mosaics after each epoch").begin()
-        # The train flow keeps each run's epochs in <checkpoint_dir>/<name>-<config hash>/ (flows.train).
-        run_dir = plan.checkpoint_dir / f"{DEMO_NAME}-{train_params.config_hash()[:12]}"
-        with _progress("epochs", plan.epochs, "epoch",
-                       lambda: sum(checkpoint_path(run_dir, e).exists() for e in range(1, plan.epochs + 1))):
-            trained = cli.run_flow("train", "train", train_params, announce=False)
+    def randomization(kind: str, chosen: list[MethodSpec]) -> int:
+        outcome = run_flow("randomization", "randomization", RandomizationParams(
+            model=model, mosaics=test_mosaics, methods=chosen, kinds=[kind], run=run), announce=False)
+        return sum(stage["rows_written"] for stage in outcome["stages"] if stage["kind"] == kind)
+
+    with quiet_prefect_console(plan.verbose):
+        steps.begin(f"train the digits CNN for {plan.epochs} epoch(s) with the paper's recipe, "
+                    f"Focus (gradcam) on {FOCUS_PER_CLASS * 10} validation mosaics after each epoch")
+        with progress("epochs", "epoch", plan.epochs, _epoch_moves()):
+            trained = run_flow("train", "train", TrainParams(
+                name=DEMO_NAME, epochs=plan.epochs, device=plan.device, checkpoint_dir=str(plan.checkpoint_dir),
+                focus_mosaics=MosaicSetSpec(split="val", per_class=FOCUS_PER_CLASS),
+                focus_methods=[MethodSpec(name="gradcam")], audit=True, database_url=plan.database_param,
+            ), announce=False)
         final = trained["epochs"][-1] if trained["epochs"] else {}
         scores = (f"val accuracy {final.get('val_accuracy', float('nan')):.3f}, "
                   f"median Focus {final.get('focus_median') or float('nan'):.3f}")
         reused_epochs = plan.epochs - len(trained["epochs_run"])
         if not trained["epochs_run"]:
-            step.end(f"reused: all {plan.epochs} epoch(s) and their checkpoints were recorded; nothing retrained; {scores}")
+            steps.end(f"reused: all {plan.epochs} epoch(s) and their checkpoints were recorded; nothing retrained; "
+                      f"{scores}")
         else:
             note = f"reused: epochs 1-{reused_epochs} were recorded; " if reused_epochs else ""
-            step.end(f"{note}trained epoch(s) {trained['epochs_run'][0]}-{trained['epochs_run'][-1]}: {scores}")
+            steps.end(f"{note}trained epoch(s) {trained['epochs_run'][0]}-{trained['epochs_run'][-1]}: {scores}")
         model = {"architecture": "digits_cnn", "weights": trained["final_weights"], "label": f"{DEMO_NAME} final"}
-        checkpoint_id = int(trained["final_checkpoint_id"])
-        mosaic_set_id = record.register_mosaics(engine, dataset, test_mosaics).mosaic_set_id
-        n_mosaics = plan.per_class * 10
 
-        # 2. evaluate, 3. full randomization, 4. cascading randomization
-        work = [
-            (f"evaluate {', '.join(method_names_in_order(methods))} on {n_mosaics} test mosaics",
-             "mosaics", lambda: cli.run_flow("evaluate", "evaluate", EvaluateParams(
-                 model=model, dataset=dataset, mosaics=test_mosaics, methods=methods, run=run), announce=False),
-             method_names, {"none"}, len(methods)),
-            ("full randomization: the same methods on a fully re-initialised copy of the model",
-             "mosaics", lambda: cli.run_flow("randomization", "randomization", RandomizationParams(
-                 model=model, dataset=dataset, mosaics=test_mosaics, methods=methods, kinds=["full"], run=run),
-                 announce=False),
-             method_names, {"full"}, len(methods)),
-            (f"cascading randomization: {', '.join(method_names_in_order(cascading_methods))} as the {stages} "
-             + "layers are re-initialised from the top down",
-             "mosaics", lambda: cli.run_flow("randomization", "randomization", RandomizationParams(
-                 model=model, dataset=dataset, mosaics=test_mosaics, methods=cascading_methods, kinds=["cascading"],
-                 run=run), announce=False),
-             cascading_names, {"cascading"}, len(cascading_methods) * stages),
-        ]
-        for number, (title, unit, run_step, names, kinds, evaluations) in enumerate(work, start=2):
-            step = _Step(number, steps, title).begin()
-            total = evaluations * n_mosaics
-            recorded = _recorded(engine, checkpoint_id, mosaic_set_id, names, kinds)
-            before = int(recorded["n"].sum())
-            finished = int(((recorded["status"] == "finished") & (recorded["n"] == n_mosaics)).sum())
-            reused_results += before
-            total_results += total
-            if finished >= evaluations:  # every evaluation finished with a row per mosaic: nothing to redo
-                step.end(f"reused: all {total} mosaic results ({evaluations} evaluations) were recorded; nothing recomputed")
-                continue
-            with _progress("explained", total, unit,
-                           lambda names=names, kinds=kinds: _recorded(engine, checkpoint_id, mosaic_set_id, names,
-                                                                      kinds)["n"].sum()):
-                run_step()
-            after = int(_recorded(engine, checkpoint_id, mosaic_set_id, names, kinds)["n"].sum())
-            note = f"reused: {before} of {total} mosaic results were recorded; " if before else ""
-            step.end(f"{note}computed {after - before} mosaic results of {evaluations} evaluations")
+        evaluated: dict[str, Any] = {}
 
-        # 5. report
-        step = _Step(5, steps, "build the report (figures, tables, paired tests) from the store").begin()
+        def evaluate() -> int:
+            evaluated.update(run_flow("evaluate", "evaluate", EvaluateParams(
+                model=model, mosaics=test_mosaics, methods=methods, run=run), announce=False))
+            return sum(e["rows_written"] for e in evaluated["evaluations"])
+
+        reused_results = _mosaic_step(
+            steps, f"evaluate {', '.join(method_names_in_order(methods))} on {n_mosaics} test mosaics",
+            len(methods), n_mosaics, evaluate)
+        reused_results += _mosaic_step(
+            steps, "full randomization: the same methods on a fully re-initialised copy of the model",
+            len(methods), n_mosaics, lambda: randomization("full", methods))
+        reused_results += _mosaic_step(
+            steps, f"cascading randomization: {', '.join(method_names_in_order(cascading_methods))} as the {stages} "
+            "layers are re-initialised from the top down",
+            len(cascading_methods) * stages, n_mosaics, lambda: randomization("cascading", cascading_methods))
+        total_results = (2 * len(methods) + len(cascading_methods) * stages) * n_mosaics
+
+        steps.begin("build the report (figures, tables, paired tests) from the store")
         report = build_report(plan.out, database_url=plan.database_url)
-        step.end(f"wrote {report}")
+        steps.end(f"wrote {report}")
 
-    summary = db.evaluation_summary(engine, mosaic_set_id=mosaic_set_id)
+    checkpoint_id, mosaic_set_id = int(evaluated["checkpoint_id"]), int(evaluated["mosaic_set_id"])
+    summary = db.evaluation_summary(store.engine_for(plan.database_url), mosaic_set_id=mosaic_set_id)
     summary = summary[summary["checkpoint_id"] == checkpoint_id]
     table, cascade = median_tables(summary, [m.name for m in methods], [m.name for m in cascading_methods])
     elapsed = time.monotonic() - started
@@ -424,31 +335,17 @@ def median_tables(summary: Any, methods: Sequence[str], cascading_methods: Seque
     return trained, cascade.set_index("method") if len(cascade) else cascade
 
 
-def _fmt(value: float) -> str:
-    return "  n/a" if math.isnan(value) else f"{value:.3f}"
-
-
-def _table_text(frame: Any) -> str:
-    columns = list(frame.columns)
-    width = max([len("method")] + [len(str(i)) for i in frame.index]) + 2
-    widths = [max(len(str(c)), 5) + 2 for c in columns]
-    lines = ["method".ljust(width) + "".join(str(c).rjust(w) for c, w in zip(columns, widths))]
-    for method, row in frame.iterrows():
-        lines.append(str(method).ljust(width) + "".join(_fmt(row[c]).rjust(w) for c, w in zip(columns, widths)))
-    return "\n".join(lines)
-
-
 def _print_outcome(plan: DemoPlan, table: Any, cascade: Any, report: Path, database: str, reused: list[str],
                    elapsed: float, n_mosaics: int, final_epoch: dict[str, Any]) -> None:
     accuracy = final_epoch.get("val_accuracy")
     model = f"digits_cnn after {plan.epochs} epoch(s)" + (f", val accuracy {accuracy:.3f}" if accuracy is not None else "")
     print(f"\nMedian Focus on {n_mosaics} test mosaics ({model}); about 0.5 is chance, 1 is perfect:")
-    print(_table_text(table))
+    print(table_text(table))
     if "lrp_fast" in table.index:
         print("(lrp_fast: the paper's LRP rules in plain torch; equal to the zennit reference `lrp` to ~1e-5, ~3x faster)")
     if len(cascade) and len(cascade.columns) > 1:
         print("\nCascading randomization: median Focus as layers are re-initialised from the top (column: deepest one):")
-        print(_table_text(cascade))
+        print(table_text(cascade))
     print(f"\nReport:   {report}")
     sqlite_prefix = "sqlite:///"
     if plan.database_url.startswith(sqlite_prefix):
@@ -457,4 +354,4 @@ def _print_outcome(plan: DemoPlan, table: Any, cascade: Any, report: Path, datab
         print(f"Database: {database}  (`focus results`)")
     if reused:
         print("Reused (recorded by an earlier run, not redone): " + ", ".join(reused) + ".")
-    print(f"Done in {_duration(elapsed)}.")
+    print(f"Done in {duration(elapsed)}.")

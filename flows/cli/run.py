@@ -1,15 +1,13 @@
-"""The ``focus`` commands that run a flow: train, evaluate, randomize, sweep, audit and demo.
+"""The ``focus`` commands that run a flow: train, evaluate, randomize, sweep and audit.
 
 Each command builds the flow's pydantic parameters (:mod:`flows.params`) from its options (over
-the ``--params`` file), checks them (:mod:`flows.cli_checks`) and runs the flow in this process
+the ``--params`` file), checks them (:mod:`flows.cli.checks`) and runs the flow in this process
 with :func:`run_flow`.
 
 Examples
 --------
 >>> _checkpoint_spec("resnet18=/models/r18.pt", None)
 {'weights': '/models/r18.pt', 'architecture': 'resnet18'}
->>> _nonempty(epochs=3, dataset={}, methods=[], name=None)
-{'epochs': 3}
 >>> _json_safe({"median": float("nan"), "values": [1.0, float("inf")]})
 {'median': None, 'values': [1.0, None]}
 """
@@ -21,17 +19,15 @@ import importlib
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
-from flows import cli_params as opts
 from flows import local_api
-from flows.cli_checks import check_device, check_inputs, check_model
-from flows.cli_errors import UsageError, info, quiet_user_error_tracebacks
+from flows.cli import params as opts
+from flows.cli.checks import check_device, check_inputs, check_model
+from flows.cli.errors import UsageError, info, quiet_user_error_tracebacks
 
 __all__ = [
     "cmd_audit",
-    "cmd_demo",
     "cmd_evaluate",
     "cmd_randomize",
     "cmd_sweep",
@@ -53,10 +49,6 @@ def _build(model_name: str, fields: dict[str, Any], params_file: str | None = No
     model = getattr(flow_params, model_name)
     merged = opts.deep_merge(opts.load_params_file(params_file), fields)
     return model.model_validate(merged)
-
-
-def _nonempty(**sections: dict[str, Any] | None) -> dict[str, Any]:
-    return {key: value for key, value in sections.items() if value not in (None, {}, [])}
 
 
 def prefect_target() -> str:
@@ -121,72 +113,26 @@ def _json_safe(value: Any) -> Any:
     return json_safe(value)
 
 
+def _parameters(args: argparse.Namespace, model_name: str, **fields: Any) -> Any:
+    """The flow's parameters: the options given (:func:`flows.cli.params.given`) and ``fields``, over ``--params``."""
+    return _build(model_name, {**opts.given(args), **fields}, args.params)
+
+
 def cmd_train(args: argparse.Namespace) -> Any:
-    focus_mosaics = {"split": "val", "per_class": args.focus_per_class} if args.focus_per_class is not None else {}
-    fields = _nonempty(
-        name=args.name,
-        model=opts.model_fields(args),
-        dataset=opts.dataset_fields(args),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        rotation=args.rotation,
-        crop_padding=args.crop_padding,
-        hflip=args.hflip,
-        seed=args.seed,
-        retries=args.retries,
-        figures_dir=str(Path(args.figures_dir).resolve()) if args.figures_dir else None,
-        focus_mosaics=focus_mosaics,
-        focus_methods=opts.method_specs(args, "focus_methods"),
-        checkpoint_dir=str(Path(args.checkpoint_dir).resolve()) if args.checkpoint_dir else None,
-        device=args.device,
-        audit=args.audit,
-    )
-    if args.database_url and not opts.has_secret(args.database_url):
-        fields["database_url"] = args.database_url
-    params = _build("TrainParams", fields, args.params)
-    return run_flow("train", "train", params)
+    return run_flow("train", "train", _parameters(args, "TrainParams"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> Any:
-    randomization = {
-        k: v
-        for k, v in {
-            "kind": args.randomization, "stage": args.stage, "layer": args.layer, "seed": args.randomization_seed
-        }.items()
-        if v is not None
-    }
-    fields = _nonempty(
-        model=opts.model_fields(args),
-        dataset=opts.dataset_fields(args),
-        mosaics=opts.mosaic_fields(args),
-        methods=opts.method_specs(args),
-        randomization=randomization,
-        run=opts.run_fields(args),
-        figures_dir=str(Path(args.figures_dir).resolve()) if args.figures_dir else None,
-    )
-    params = _build("EvaluateParams", fields, args.params)
-    return run_flow("evaluate", "evaluate", params)
+    return run_flow("evaluate", "evaluate", _parameters(args, "EvaluateParams"))
 
 
 def cmd_randomize(args: argparse.Namespace) -> Any:
-    fields = _nonempty(
-        model=opts.model_fields(args),
-        dataset=opts.dataset_fields(args),
-        mosaics=opts.mosaic_fields(args),
-        methods=opts.method_specs(args),
-        kinds=args.kinds,
-        max_stages=args.max_stages,
-        seed=args.seed,
-        run=opts.run_fields(args),
-    )
-    params = _build("RandomizationParams", fields, args.params)
-    return run_flow("randomization", "randomization", params)
+    return run_flow("randomization", "randomization", _parameters(args, "RandomizationParams"))
 
 
 def _checkpoint_spec(text: str, default_arch: str | None) -> dict[str, Any]:
     arch, sep, weights = text.rpartition("=")
-    spec: dict[str, Any] = {"weights": str(Path(weights).expanduser().resolve())}
+    spec: dict[str, Any] = {"weights": opts.absolute(weights)}
     if sep and arch:
         spec["architecture"] = arch
     elif default_arch:
@@ -196,16 +142,7 @@ def _checkpoint_spec(text: str, default_arch: str | None) -> dict[str, Any]:
 
 def cmd_sweep(args: argparse.Namespace) -> Any:
     checkpoints = [_checkpoint_spec(c, args.arch) for c in args.checkpoints or []]
-    fields = _nonempty(
-        checkpoints=checkpoints,
-        dataset=opts.dataset_fields(args),
-        mosaics=opts.mosaic_fields(args),
-        methods=opts.method_specs(args),
-        run=opts.run_fields(args),
-        deployment=args.deployment,
-        timeout_seconds=args.timeout,
-    )
-    params = _build("SweepParams", fields, args.params)
+    params = _parameters(args, "SweepParams", **({"checkpoints": checkpoints} if checkpoints else {}))
     if args.deployment and not os.environ.get("PREFECT_API_URL"):
         raise UsageError(
             "--deployment fans the cells out to a work pool, which needs a Prefect server: set PREFECT_API_URL "
@@ -215,20 +152,4 @@ def cmd_sweep(args: argparse.Namespace) -> Any:
 
 
 def cmd_audit(args: argparse.Namespace) -> Any:
-    fields = _nonempty(
-        methods=opts.method_specs(args),
-        dataset=opts.dataset_fields(args),
-        mosaics=opts.mosaic_fields(args),
-        threshold=args.threshold,
-        alpha=args.alpha,
-        checkpoints=args.checkpoints,
-        name=args.name,
-        run=opts.run_fields(args),
-    )
-    params = _build("AuditParams", fields, args.params)
-    return run_flow("audit", "audit", params)
-
-def cmd_demo(args: argparse.Namespace) -> None:
-    from flows.cli_demo import run_demo
-
-    run_demo(args)
+    return run_flow("audit", "audit", _parameters(args, "AuditParams"))

@@ -1,7 +1,7 @@
 """Pre-flight checks of a flow's parameters: paths, the model, its weights and GradCAM's layer.
 
 They run in this process before Prefect starts, so a user's mistake ends in seconds with one
-line (a :class:`~flows.cli_errors.UsageError`) instead of a failed flow run.
+line (a :class:`~flows.cli.errors.UsageError`) instead of a failed flow run.
 
 Examples
 --------
@@ -9,7 +9,7 @@ Examples
 >>> check_inputs(SimpleNamespace(model=SimpleNamespace(weights="/no/such/weights.pt")))
 Traceback (most recent call last):
 ...
-flows.cli_errors.UsageError: The weights file '/no/such/weights.pt' does not exist: pass --weights with a file that `focus train` wrote.
+flows.cli.errors.UsageError: The weights file '/no/such/weights.pt' does not exist: pass --weights with a file that `focus train` wrote.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flows.cli_errors import UsageError
+from flows.cli.errors import UsageError
 from focus_core.errors import FocusError
 
 __all__ = ["check_device", "check_inputs", "check_model"]

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows import cli_params as opts
-from flows.cli_errors import UsageError, info
+from flows.cli import params as opts
+from flows.cli.errors import UsageError, info
 
 __all__ = ["RESULT_TABLES", "cmd_db_current", "cmd_db_upgrade", "cmd_report", "cmd_results"]
 

@@ -27,8 +27,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flows.cli_commands import prefect_target, print_result, run_flow
-from flows.cli_errors import (
+from flows.cli.run import prefect_target, print_result, run_flow
+from flows.cli.errors import (
     EXIT_FAILED,
     EXIT_USAGE,
     PROG,
@@ -37,7 +37,7 @@ from flows.cli_errors import (
     one_line,
     user_cause,
 )
-from flows.cli_parser import build_parser
+from flows.cli.parser import build_parser
 from flows.local_api import LocalApiError
 
 __all__ = ["main", "build_parser", "UsageError", "prefect_target", "run_flow"]

@@ -15,18 +15,17 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
-from flows import cli_demo
-from flows import cli_params as opts
-from flows.cli_commands import (
+from flows.cli import demo
+from flows.cli import params as opts
+from flows.cli.run import (
     cmd_audit,
-    cmd_demo,
     cmd_evaluate,
     cmd_randomize,
     cmd_sweep,
     cmd_train,
 )
-from flows.cli_errors import EXIT_USAGE, PROG
-from flows.cli_results import (
+from flows.cli.errors import EXIT_USAGE, PROG
+from flows.cli.results import (
     RESULT_TABLES,
     cmd_db_current,
     cmd_db_upgrade,
@@ -76,26 +75,39 @@ def build_parser() -> argparse.ArgumentParser:
         "epoch (an interrupted run resumes) and measuring Focus on a fixed validation mosaic set after each epoch.",
     )
     opts.add_params_file_option(p)
-    p.add_argument("--name", help="Name of the training run and of its checkpoint folder (default digits): letters, "
-                   "digits, '.', '_' and '-', starting with a letter or digit.")
+    opts.option(p, "--name", field="name",
+                help="Name of the training run and of its checkpoint folder (default digits): letters, "
+                "digits, '.', '_' and '-', starting with a letter or digit.")
     opts.add_model_options(p, weights_help="Weights to start from (default: a fresh initialisation).")
     opts.add_dataset_options(p)
-    p.add_argument("--epochs", type=int, metavar="N", help="Number of epochs (default 10).")
-    p.add_argument("--batch-size", type=int, metavar="N", help="Images per optimisation step (default 64).")
-    p.add_argument("--lr", type=float, metavar="RATE", help="AMSGrad learning rate (default 0.003 for digits, 0.001 else).")
-    p.add_argument("--rotation", type=float, metavar="DEG", help="Maximum random rotation (default 15 for digits, the paper's 30 else).")
-    p.add_argument("--crop-padding", type=int, metavar="PX", help="Random-crop padding (default 2 for digits, 1/8 of the tile else).")
-    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
-                   help="Random horizontal flips (default off for digits, on else).")
-    p.add_argument("--retries", type=int, metavar="N", help="Retries of a failed epoch, from the last checkpoint (default 1).")
-    p.add_argument("--figures-dir", metavar="DIR", help="Write the training-curve figures here (default: none).")
-    p.add_argument("--seed", type=int, metavar="N", help="Seed of initialisation, augmentation and batch order (default 0).")
-    p.add_argument("--focus-per-class", type=int, metavar="N", help="Validation mosaics per class for Focus per epoch (default 10).")
+    opts.option(p, "--epochs", field="epochs", type=int, metavar="N", help="Number of epochs (default 10).")
+    opts.option(p, "--batch-size", field="batch_size", type=int, metavar="N",
+                help="Images per optimisation step (default 64).")
+    opts.option(p, "--lr", field="lr", type=float, metavar="RATE",
+                help="AMSGrad learning rate (default 0.003 for digits, 0.001 else).")
+    opts.option(p, "--rotation", field="rotation", type=float, metavar="DEG",
+                help="Maximum random rotation (default 15 for digits, the paper's 30 else).")
+    opts.option(p, "--crop-padding", field="crop_padding", type=int, metavar="PX",
+                help="Random-crop padding (default 2 for digits, 1/8 of the tile else).")
+    opts.option(p, "--hflip", field="hflip", action=argparse.BooleanOptionalAction, default=None,
+                help="Random horizontal flips (default off for digits, on else).")
+    opts.option(p, "--retries", field="retries", type=int, metavar="N",
+                help="Retries of a failed epoch, from the last checkpoint (default 1).")
+    opts.option(p, "--figures-dir", field="figures_dir", convert=opts.absolute, metavar="DIR",
+                help="Write the training-curve figures here (default: none).")
+    opts.option(p, "--seed", field="seed", type=int, metavar="N",
+                help="Seed of initialisation, augmentation and batch order (default 0).")
+    opts.option(p, "--focus-per-class", field="focus_mosaics",
+                convert=lambda n: {"split": "val", "per_class": n}, type=int, metavar="N",
+                help="Validation mosaics per class for Focus per epoch (default 10).")
     opts.add_method_options(p, default="gradcam", dest="focus_methods")
-    p.add_argument("--checkpoint-dir", metavar="DIR", help="Where per-epoch checkpoints go (default checkpoints).")
-    p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N or mps (default cpu); a machine without it fails at once.")
-    p.add_argument("--audit", action="store_true", default=None, help="Mark the final checkpoint for the nightly audit.")
-    opts.add_database_option(p)
+    opts.option(p, "--checkpoint-dir", field="checkpoint_dir", convert=opts.absolute, metavar="DIR",
+                help="Where per-epoch checkpoints go (default checkpoints).")
+    opts.option(p, "--device", field="device", metavar="DEV",
+                help="cpu, cuda, cuda:N or mps (default cpu); a machine without it fails at once.")
+    opts.option(p, "--audit", field="audit", action="store_true", default=None,
+                help="Mark the final checkpoint for the nightly audit.")
+    opts.add_database_option(p, field="database_url")
     p.set_defaults(handler=cmd_train)
 
     # evaluate
@@ -112,17 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_mosaic_options(p)
     opts.add_method_options(p)
     group = p.add_argument_group("randomization")
-    group.add_argument(
-        "--randomization",
-        choices=("none", "full", "cascading", "independent"),
-        help="Evaluate a randomized copy of the checkpoint instead (default none).",
-    )
-    group.add_argument("--stage", type=int, metavar="N", help="Cascading: re-initialise layers 0..N from the top.")
-    group.add_argument("--layer", metavar="MODULE", help="Independent: the one layer to re-initialise.")
-    group.add_argument("--randomization-seed", type=int, metavar="N", help="Seed of the re-initialisation (default 0).")
+    opts.option(group, "--randomization", field="randomization.kind",
+                choices=("none", "full", "cascading", "independent"),
+                help="Evaluate a randomized copy of the checkpoint instead (default none).")
+    opts.option(group, "--stage", field="randomization.stage", type=int, metavar="N",
+                help="Cascading: re-initialise layers 0..N from the top.")
+    opts.option(group, "--layer", field="randomization.layer", metavar="MODULE",
+                help="Independent: the one layer to re-initialise.")
+    opts.option(group, "--randomization-seed", field="randomization.seed", type=int, metavar="N",
+                help="Seed of the re-initialisation (default 0).")
     opts.add_run_options(p)
-    p.add_argument("--figures-dir", metavar="DIR", help="Write the summary figures here (default: none).")
-    opts.add_database_option(p)
+    opts.option(p, "--figures-dir", field="figures_dir", convert=opts.absolute, metavar="DIR",
+                help="Write the summary figures here (default: none).")
+    opts.add_database_option(p, field="run.database_url")
     p.set_defaults(handler=cmd_evaluate)
 
     # randomize
@@ -138,17 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_dataset_options(p)
     opts.add_mosaic_options(p)
     opts.add_method_options(p)
-    p.add_argument(
-        "--kind",
-        dest="kinds",
-        action="append",
-        choices=("full", "cascading", "independent"),
-        help="Randomization to run, repeatable (default: full and cascading).",
-    )
-    p.add_argument("--max-stages", type=int, metavar="N", help="Cascading/independent: only the top N layers (default all).")
-    p.add_argument("--seed", type=int, metavar="N", help="Seed of the re-initialisations (default 0).")
+    opts.option(p, "--kind", field="kinds", dest="kinds", action="append", choices=("full", "cascading", "independent"),
+                help="Randomization to run, repeatable (default: full and cascading).")
+    opts.option(p, "--max-stages", field="max_stages", type=int, metavar="N",
+                help="Cascading/independent: only the top N layers (default all).")
+    opts.option(p, "--seed", field="seed", type=int, metavar="N", help="Seed of the re-initialisations (default 0).")
     opts.add_run_options(p)
-    opts.add_database_option(p)
+    opts.add_database_option(p, field="run.database_url")
     p.set_defaults(handler=cmd_randomize)
 
     # sweep
@@ -174,11 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_mosaic_options(p)
     opts.add_method_options(p)
     opts.add_run_options(p)
-    p.add_argument(
-        "--deployment", metavar="FLOW/NAME", help="The evaluate deployment to fan out to, e.g. evaluate/evaluate (default: run here)."
-    )
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="Give up waiting for a cell after this long (default: wait).")
-    opts.add_database_option(p)
+    opts.option(p, "--deployment", field="deployment", metavar="FLOW/NAME",
+                help="The evaluate deployment to fan out to, e.g. evaluate/evaluate (default: run here).")
+    opts.option(p, "--timeout", field="timeout_seconds", type=float, metavar="SECONDS",
+                help="Give up waiting for a cell after this long (default: wait).")
+    opts.add_database_option(p, field="run.database_url")
     p.set_defaults(handler=cmd_sweep)
 
     # audit
@@ -194,18 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_method_options(p, default="gradcam, lrp and smoothgrad")
     opts.add_dataset_options(p)
     opts.add_mosaic_options(p)
-    p.add_argument("--threshold", type=float, metavar="DROP", help="Regression: median Focus falls by more than this (default 0.05).")
-    p.add_argument("--alpha", type=float, metavar="P", help="Significance level of the paired test (default 0.05).")
-    p.add_argument(
+    opts.option(p, "--threshold", field="threshold", type=float, metavar="DROP",
+                help="Regression: median Focus falls by more than this (default 0.05).")
+    opts.option(p, "--alpha", field="alpha", type=float, metavar="P",
+                help="Significance level of the paired test (default 0.05).")
+    opts.option(
+        p,
         "--checkpoint",
+        field="checkpoints",
         dest="checkpoints",
         action="append",
         metavar="SHA256",
         help="Audit only this checkpoint (sha256 of its weights), repeatable (default: every one marked for auditing).",
     )
-    p.add_argument("--name", help="Name of the audit run, e.g. nightly (letters, digits, '.', '_' and '-').")
+    opts.option(p, "--name", field="name",
+                help="Name of the audit run, e.g. nightly (letters, digits, '.', '_' and '-').")
     opts.add_run_options(p)
-    opts.add_database_option(p)
+    opts.add_database_option(p, field="run.database_url")
     p.set_defaults(handler=cmd_audit)
 
     # results
@@ -273,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the store (default: the SQLite file focus.db here) and build the HTML report. A few minutes on a CPU; "
         "running it again reuses what is recorded and says so.",
     )
-    cli_demo.add_demo_options(p)
+    demo.add_demo_options(p)
     opts.add_database_option(p)
-    p.set_defaults(handler=cmd_demo)
+    p.set_defaults(handler=demo.run_demo)
     return parser

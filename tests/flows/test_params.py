@@ -91,7 +91,7 @@ def test_every_list_of_layouts_is_focus_core_layouts():
     code = (
         "from focus_core import layouts\n"
         "layouts.LAYOUTS['corners'] = (0, 3)\n"
-        "from flows.cli_parser import build_parser\n"
+        "from flows.cli.parser import build_parser\n"
         "from flows.params import EvaluateParams, MosaicSetSpec\n"
         "from flows.report.figures import LAYOUT_ORDER\n"
         "enum = EvaluateParams.model_json_schema()['$defs']['MosaicSetSpec']['properties']['layout']['enum']\n"

@@ -80,6 +80,7 @@ def test_a_read_only_folder_is_named_and_not_retried(small_tmpfs):
     )
 
 
+@pytest.mark.slow  # a real `focus` process in local mode
 def test_train_on_a_full_disk_fails_at_once_with_one_line(small_tmpfs, tmp_path: Path):
     """The weights fit, the checkpoint (weights and AMSGrad state) does not: one try, one line, run 'failed'."""
     checkpoints = small_tmpfs("512k")
@@ -98,6 +99,7 @@ def test_train_on_a_full_disk_fails_at_once_with_one_line(small_tmpfs, tmp_path:
         assert connection.execute("SELECT status FROM training_run").fetchall() == [("failed",)]
 
 
+@pytest.mark.slow  # a real `focus` process in local mode
 def test_evaluate_on_a_full_sqlite_disk_fails_at_once_with_one_line(small_tmpfs, digits_weights: str):
     """The store's disk fills up after the first chunk: no retries, one line, the evaluation closed as 'failed'."""
     folder = small_tmpfs("2m")

@@ -274,9 +274,9 @@ def _wait_for_others(engine: Any, held: list[ChunkRequest], lease_seconds: float
     while True:
         time.sleep(min(2.0, lease_seconds / 4))
         waiting, free = [], []
+        finished = {e: db.finished_mosaic_ids(engine, e) for e in {r.evaluation_id for r in held}}  # once a poll
         for request in held:
-            finished = db.finished_mosaic_ids(engine, request.evaluation_id)
-            if all(mosaic_id in finished for mosaic_id in request.mosaic_ids):
+            if all(mosaic_id in finished[request.evaluation_id] for mosaic_id in request.mosaic_ids):
                 continue
             (waiting if db.leases.chunk_lease_live(engine, request.evaluation_id, request.chunk) else free).append(
                 request

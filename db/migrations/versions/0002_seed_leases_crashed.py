@@ -63,13 +63,22 @@ def _summary_columns(dialect: str) -> str:
     )
 
 
-def _views(with_seed: bool) -> list[tuple[str, str]]:
-    views = []
+def views(dialect: str) -> list[tuple[str, str]]:
+    """Every view as of this revision, in creation order, for ``dialect`` ('postgresql' or 'sqlite').
+
+    A later revision that changes a view starts from this list (through ``ScriptDirectory``) and
+    replaces whole definitions, so that each view has one definition per revision.
+    """
+    result = []
     for name, sql in _initial_views():
-        if with_seed and name == "evaluation_summary":
-            sql = sql.replace("e.layer, e.audit_run_id, e.status,", _summary_columns(op.get_bind().dialect.name))
-        views.append((name, sql))
-    return views
+        if name == "evaluation_summary":
+            sql = sql.replace("e.layer, e.audit_run_id, e.status,", _summary_columns(dialect))
+        result.append((name, sql))
+    return result
+
+
+def _views(with_seed: bool) -> list[tuple[str, str]]:
+    return views(op.get_bind().dialect.name) if with_seed else list(_initial_views())
 
 
 def _key(row: Any, seed: int | None, with_seed: bool) -> str:

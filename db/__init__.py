@@ -56,6 +56,7 @@ from db.registry import (
     RecordedCheckpoint,
     RegisteredDataset,
     recorded_checkpoint,
+    recorded_sha256_at,
     register_checkpoint,
     register_dataset,
     register_method,
@@ -128,6 +129,7 @@ __all__ = [
     "checkpoints_to_audit",
     "RecordedCheckpoint",
     "recorded_checkpoint",
+    "recorded_sha256_at",
     "MosaicTiles",
     "mosaic_tiles",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "RegisteredDataset",
     "check_split",
     "recorded_checkpoint",
+    "recorded_sha256_at",
     "register_dataset",
     "register_checkpoint",
     "set_checkpoint_audit",
@@ -194,6 +195,19 @@ def recorded_checkpoint(engine: Engine, sha256: str) -> RecordedCheckpoint | Non
         return None
     return RecordedCheckpoint(int(row.id), row.architecture, int(row.num_classes),
                               None if row.in_channels is None else int(row.in_channels))
+
+
+def recorded_sha256_at(engine: Engine, path: str) -> str | None:
+    """The sha256 recorded for the checkpoint at ``path`` (a URL or a path; the newest such record), else ``None``.
+
+    Examples
+    --------
+    >>> recorded_sha256_at(engine, "s3://models/r18.pt")  # doctest: +SKIP
+    'abab...'
+    """
+    c = ModelCheckpoint
+    with engine.connect() as connection:
+        return connection.scalar(select(c.sha256).where(c.path == str(path)).order_by(c.id.desc()).limit(1))
 
 
 def set_checkpoint_audit(store: Store, checkpoint_id: int, audit: bool = True, label: str | None = None) -> None:

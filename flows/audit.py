@@ -23,11 +23,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 
 import db
-from flows import analysis, devices, store
+from flows import analysis, devices, store, weight_store
 from flows.evaluate import evaluate
 from flows.jsonsafe import number
 from flows.params import AuditParams, EvaluateParams, ModelSpec
-from focus_core import models
 from focus_core.errors import FocusError
 
 __all__ = ["audit", "REGRESSED_EVENT", "COMPLETED_EVENT", "checkpoint_resource"]
@@ -86,11 +85,11 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
     for row in checkpoints:
         name = row["label"] or f"{row['architecture']}-{row['sha256'][:12]}"
         try:
-            if not row["path"] or models.weights_sha256(row["path"]) != row["sha256"]:
+            if not row["path"]:
                 raise FocusError(
-                    f"The weights file {row['path']!r} of checkpoint {row['sha256'][:12]} is missing or changed: "
-                    "restore it or unmark the checkpoint."
+                    f"Checkpoint {row['sha256'][:12]} has no recorded weights location: register it again or unmark it."
                 )
+            weight_store.local_copy(row["path"], expected_sha256=row["sha256"])  # FocusError: missing or changed
             spec = ModelSpec(architecture=row["architecture"], weights=row["path"], num_classes=int(row["num_classes"]),
                              in_channels=None if row["in_channels"] is None else int(row["in_channels"]),
                              label=row["label"])

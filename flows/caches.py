@@ -19,11 +19,12 @@ import copy
 import functools
 import os
 import threading
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from flows import weight_store
 from flows.params import (
     DatasetSpec,
     MethodSpec,
@@ -129,8 +130,12 @@ def _manifest_tensors(dataset_key: str, mosaics_key: str) -> ManifestTensors:
     return ManifestTensors(manifest.index_tensor(), manifest.targets(), mosaics.target_mask(manifest))
 
 
-def build_model(spec: ModelSpec, dataset: DatasetSpec) -> nn.Module:
-    """A fresh model of ``spec`` sized for ``dataset``, with the spec's weights when it has some (yours to change)."""
+def build_model(spec: ModelSpec, dataset: DatasetSpec, weights_file: str | None = None) -> nn.Module:
+    """A fresh model of ``spec`` sized for ``dataset``, with the spec's weights when it has some (yours to change).
+
+    The weights are read from ``weights_file`` when given (a local copy of ``spec.weights``), else from
+    ``spec.weights``: a local path, or a URL read through :func:`flows.weight_store.local_copy`.
+    """
     ds = load_dataset(dataset)
     model = models.build_model(
         spec.architecture,
@@ -138,8 +143,17 @@ def build_model(spec: ModelSpec, dataset: DatasetSpec) -> nn.Module:
         in_channels=spec.in_channels or int(ds.tiles.shape[1]),
     )
     if spec.weights:
-        model = models.load_weights(model, spec.weights)
+        local = weights_file or weight_store.local_copy(spec.weights)
+        model = models.load_weights(model, local, name=weight_store.redact(spec.weights))
     return model
+
+
+def _weights_file(location: str | None) -> tuple[str | None, tuple[Any, ...] | None]:
+    """``(local file, identity)`` of a weights location: a URL's verified cached copy, named by its sha256."""
+    if location and weight_store.is_url(location):
+        local = str(weight_store.local_copy(location))
+        return local, ("sha256", local)
+    return location, _file_identity(location)
 
 
 def _file_identity(path: str | None) -> tuple[int, int] | None:
@@ -158,7 +172,9 @@ def checked_model(spec: ModelSpec, dataset: DatasetSpec) -> nn.Module:
 
     The checks before any work (the weights fit the architecture, the randomization's layers exist, GradCAM's
     layer is found) and the chunks' device copies (:func:`load_model`) all start from this one model, so an
-    evaluation reads its weights file once. A weights file rewritten in place is loaded again.
+    evaluation reads its weights file once. A weights file rewritten in place is loaded again. ``spec.weights``
+    may be a URL: it is read through the worker's cache (:func:`flows.weight_store.local_copy`), one metadata
+    request per call, a download only when the object changed.
 
     Raises
     ------
@@ -166,16 +182,25 @@ def checked_model(spec: ModelSpec, dataset: DatasetSpec) -> nn.Module:
         When the weights are missing or do not fit the architecture.
     """
     with _LOAD_LOCK:
-        return _checked_model(spec_key(spec), spec_key(dataset), _file_identity(spec.weights))
+        local, identity = _weights_file(spec.weights)
+        return _checked_model(spec_key(spec), spec_key(dataset), identity, local)
 
 
 @functools.lru_cache(maxsize=2)  # an evaluation needs one; a training run registers one per epoch
-def _checked_model(model_key: str, dataset_key: str, weights: tuple[int, int] | None) -> nn.Module:
-    return build_model(ModelSpec.model_validate_json(model_key), DatasetSpec.model_validate_json(dataset_key))
+def _checked_model(
+    model_key: str, dataset_key: str, weights: tuple[Any, ...] | None, local: str | None
+) -> nn.Module:
+    return build_model(ModelSpec.model_validate_json(model_key), DatasetSpec.model_validate_json(dataset_key), local)
 
 
 def weights_sha256(path: str) -> str:
-    """The sha256 of a weights file, read once per process (again when the file is rewritten)."""
+    """The sha256 of the weights at a local path (read once per process, again when rewritten) or a URL.
+
+    A URL's hash comes from the worker's cache (:func:`flows.weight_store.sha256_of`): a metadata request,
+    and a download only when the object changed.
+    """
+    if weight_store.is_url(path):
+        return weight_store.sha256_of(path)
     with _LOAD_LOCK:
         return _weights_sha256(str(path), _file_identity(path))
 

@@ -33,6 +33,7 @@ from flows.specs import (
     NAME_PATTERN,
     STANDARD_METHODS,
     BatchSize,
+    CheckpointFolder,
     DatabaseUrl,
     DatasetSpec,
     Device,
@@ -149,7 +150,10 @@ class TrainParams(_FlowParams):
         description="The fixed validation mosaic set Focus is measured on after every epoch.",
     )
     focus_methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name="gradcam")], min_length=1)
-    checkpoint_dir: str = Field("checkpoints", description="Where per-epoch checkpoints (model + optimizer) go.")
+    checkpoint_dir: CheckpointFolder = Field(
+        "checkpoints", description="Where per-epoch checkpoints (weights, model + optimizer) go: a folder on the "
+        "worker or a URL (s3://bucket/prefix, gs://, az://, file://) written with the worker's own credentials."
+    )
     device: Device = "cpu"
     database_url: DatabaseUrl = None
     audit: bool = Field(False, description="Mark the final checkpoint for the nightly audit.")

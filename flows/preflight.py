@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from flows import caches, devices
+from flows import caches, devices, record, store
 from flows.params import RandomizationSpec
 from focus_core import randomize
 from focus_core.explainers.gradcam import resolve_layer
@@ -21,13 +21,14 @@ __all__ = ["check_request"]
 
 
 def check_request(params: Any, randomization: RandomizationSpec | None = None) -> torch.device:
-    """Check the device, the weights file (it fits the architecture), the randomization and the methods' layers.
+    """Check the device, the weights (they fit the architecture and the store's record), the randomization, the layers.
 
     ``params`` is an ``EvaluateParams`` or a ``RandomizationParams``; ``randomization`` overrides
     ``params.randomization`` (the randomization flow checks its stages itself). Returns the device.
     """
     device = devices.require_device(params.run.device)
     model = caches.checked_model(params.model, params.dataset)
+    record.check_recorded_checkpoint(store.engine_for(params.run.database_url), params.model, params.dataset)
     rnd = randomization or getattr(params, "randomization", None) or RandomizationSpec()
     randomize.check_randomization(model, rnd.kind, rnd.stage, rnd.layer)
     for method in params.methods:

@@ -19,7 +19,7 @@ import numpy as np
 import db
 import focus_core
 from db import Engine
-from flows import caches
+from flows import caches, weight_store
 from flows.params import (
     DatasetSpec,
     MethodSpec,
@@ -109,7 +109,9 @@ def check_recorded_checkpoint(
 
     A weights file is recorded once, by its sha256, with its architecture and class count; asking
     for the same file as another architecture (``--arch alexnet --weights digits.pt``) would
-    otherwise reuse the recorded evaluations of the other model.
+    otherwise reuse the recorded evaluations of the other model. A URL names the bytes recorded with
+    it: weights read from a recorded URL must have the recorded sha256 (an object overwritten with
+    other bytes is refused, on whichever worker reads it).
 
     Returns
     -------
@@ -119,9 +121,14 @@ def check_recorded_checkpoint(
     Raises
     ------
     FocusError
-        When the file is recorded with another architecture, class count or channel count.
+        When the file is recorded with another architecture, class count or channel count, or the
+        URL is recorded with other bytes.
     """
     sha = sha256 or caches.weights_sha256(model.weights)
+    if weight_store.is_url(model.weights):
+        recorded_sha = db.recorded_sha256_at(engine, weight_store.canonical(model.weights))
+        if recorded_sha is not None and recorded_sha != sha:
+            raise weight_store.mismatch_error(model.weights, sha, recorded_sha)
     num_classes, in_channels = _checkpoint_shape(model, dataset_spec)
     agreed = (str(engine.url), sha, model.architecture, num_classes, in_channels)
     if agreed in _AGREED:  # a record never changes its architecture: checked once per process
@@ -135,8 +142,8 @@ def check_recorded_checkpoint(
     ):
         channels = "" if recorded[2] is None else f", {recorded[2]} input channel(s)"
         raise FocusError(
-            f"The weights file {str(model.weights)!r} is recorded as a {recorded[0]} checkpoint with {recorded[1]} "
-            f"classes{channels}, not {model.architecture} with {num_classes} classes and {in_channels} input "
+            f"The weights file {weight_store.redact(model.weights)!r} is recorded as a {recorded[0]} checkpoint with "
+            f"{recorded[1]} classes{channels}, not {model.architecture} with {num_classes} classes and {in_channels} input "
             f"channel(s): pass --arch {recorded[0]} --num-classes {recorded[1]}, or a weights file saved for "
             f"{model.architecture}."
         )
@@ -154,11 +161,12 @@ def register_checkpoint(
     epoch: int | None = None,
     audit: bool = False,
 ) -> tuple[int, str]:
-    """Register the spec's weights file by its sha256; return ``(checkpoint_id, sha256)``.
+    """Register the spec's weights by their sha256; return ``(checkpoint_id, sha256)``.
 
-    A file seen for the first time is loaded into the spec's architecture before it is recorded
-    (so the store never records weights under the wrong architecture); a file already recorded
-    must be asked for with the recorded architecture and class count.
+    The record's ``path`` is where the weights live: the URL, or the local path made absolute (a relative
+    path means nothing on another worker). A file seen for the first time is loaded into the spec's
+    architecture before it is recorded (so the store never records weights under the wrong
+    architecture); a file already recorded must be asked for with the recorded architecture and class count.
 
     Raises
     ------
@@ -174,7 +182,7 @@ def register_checkpoint(
         sha,
         model.architecture,
         num_classes,
-        path=str(model.weights),
+        path=weight_store.canonical(model.weights),
         in_channels=in_channels,
         training_run_id=training_run_id,
         epoch=epoch,

@@ -31,6 +31,8 @@ __all__ = [
     "BatchSize",
     "Precision",
     "DatabaseUrl",
+    "WeightsLocation",
+    "CheckpointFolder",
     "RunName",
     "check_name",
     "spec_key",
@@ -105,15 +107,18 @@ class DatasetSpec(_Spec):
 
 
 class ModelSpec(_Spec):
-    """Which classifier: an architecture (or a user's ``module:factory``) and a weights file."""
+    """Which classifier: an architecture (or a user's ``module:factory``) and its weights (a path or a URL)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)  # a refused URL may hold a key
 
     architecture: str = Field(
         "digits_cnn",
         min_length=1,
         description="digits_cnn, alexnet, vgg16, resnet18, another torchvision name, or 'package.module:factory'.",
     )
-    weights: str | None = Field(
-        None, description="Path of the weights file (a state_dict) on the worker; empty: freshly initialised."
+    weights: WeightsLocation = Field(
+        None, description="The weights (a state_dict): a path on the worker or a URL (s3://, gs://, az://, file://) "
+        "read with the worker's own credentials; empty: freshly initialised."
     )
     num_classes: int | None = Field(None, ge=2, description="Number of classes; empty: the dataset's.")
     in_channels: int | None = Field(None, ge=1, description="Input channels; empty: the dataset's.")
@@ -130,6 +135,18 @@ class ModelSpec(_Spec):
         if ":" not in value and not re.match(r"^[A-Za-z_]\w*$", value):
             raise ValueError(f"architecture {value!r} is not a model name such as 'resnet18'.")
         return value
+
+
+def _no_credentials(location: str | None) -> str | None:
+    from flows.weight_store import check_no_secret
+
+    return check_no_secret(location)
+
+
+#: A weights file or folder: a local path or an fsspec URL without credentials in it (they are the worker's).
+WeightsLocation = Annotated[str | None, AfterValidator(_no_credentials)]
+#: A folder for weights: a local path or an fsspec URL prefix, likewise without credentials.
+CheckpointFolder = Annotated[str, AfterValidator(_no_credentials)]
 
 
 class MosaicSetSpec(_Spec):

@@ -7,6 +7,11 @@ on the fixed validation mosaic set and records the epoch. A re-run of the same r
 asking for more epochs) resumes after the last epoch that is both recorded and checkpointed. At
 the end: the Pearson correlation of Focus and accuracy over the epochs.
 
+The checkpoint folder may be a URL (``s3://bucket/prefix``, ``gs://``, ``az://``, ``file://``): each epoch's
+files are then written to a local staging folder and uploaded (weights first, then the resume checkpoint,
+so a checkpoint found means its weights are there), the store records their URLs, and a resumed run on
+any worker downloads the last checkpoint (:mod:`flows.weight_store`).
+
 Examples
 --------
 >>> from flows.params import TrainParams
@@ -16,7 +21,10 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import re
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +36,10 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 import db
-from flows import analysis, caches, devices, record, store
+from flows import analysis, caches, devices, record, store, weight_store
 from flows.artifacts import artifact_key
 from flows.jsonsafe import number
-from flows.params import RandomizationSpec, TrainParams
+from flows.params import NAME_PATTERN, RandomizationSpec, TrainParams
 from flows.record import RegisteredInputs, RegisteredMosaics
 from flows.tasks import ChunkRequest, can_succeed_on_retry, explain_chunk, retry_delays
 from focus_core import models, report
@@ -62,18 +70,24 @@ class EpochRequest(BaseModel):
     dataset_id: int
 
 
-def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
-    """The resumable checkpoint (model + optimizer) of an epoch."""
-    return Path(run_dir) / f"epoch-{epoch:04d}.pt"
+def _in_folder(run_dir: str | Path, name: str) -> Path | str:
+    return weight_store.join(run_dir, name) if weight_store.is_url(run_dir) else Path(run_dir) / name
 
 
-def weights_path(run_dir: str | Path, epoch: int) -> Path:
+def checkpoint_path(run_dir: str | Path, epoch: int) -> Path | str:
+    """The resumable checkpoint (model + optimizer) of an epoch (a URL in a URL's folder)."""
+    return _in_folder(run_dir, f"epoch-{epoch:04d}.pt")
+
+
+def weights_path(run_dir: str | Path, epoch: int) -> Path | str:
     """The plain weights file (a state_dict) of an epoch: what evaluations load and the store registers."""
-    return Path(run_dir) / f"epoch-{epoch:04d}.weights.pt"
+    return _in_folder(run_dir, f"epoch-{epoch:04d}.weights.pt")
 
 
-def run_folder(checkpoint_dir: str | Path, name: str, config_hash: str) -> Path:
+def run_folder(checkpoint_dir: str | Path, name: str, config_hash: str) -> Path | str:
     """The folder of a training run's checkpoints: ``<checkpoint_dir>/<name>-<config hash[:12]>``.
+
+    A local folder is returned as an absolute :class:`~pathlib.Path`; a URL folder as the URL (a string).
 
     Raises
     ------
@@ -86,12 +100,23 @@ def run_folder(checkpoint_dir: str | Path, name: str, config_hash: str) -> Path:
     --------
     >>> run_folder("/data/checkpoints", "digits", "0f1819c26eca" * 5).as_posix()
     '/data/checkpoints/digits-0f1819c26eca'
+    >>> run_folder("s3://models/runs/", "digits", "0f1819c26eca" * 5)
+    's3://models/runs/digits-0f1819c26eca'
     >>> run_folder("/data/checkpoints", "../../tmp/x", "0f1819c26eca" * 5)
     Traceback (most recent call last):
     ...
     focus_core.errors.FocusError: The training run's folder /tmp/x-0f1819c26eca lies outside the checkpoint \
 folder /data/checkpoints: name the run with letters, digits, '.', '_' and '-' only.
     """
+    if weight_store.is_url(checkpoint_dir):
+        folder = f"{name}-{config_hash[:12]}"
+        if not re.fullmatch(NAME_PATTERN, folder):  # a URL has no resolve(): the name rule is the whole check
+            raise FocusError(
+                f"The training run's folder {weight_store.join(weight_store.redact(checkpoint_dir), folder)} lies "
+                f"outside the checkpoint folder {weight_store.redact(checkpoint_dir)}: name the run with letters, "
+                "digits, '.', '_' and '-' only."
+            )
+        return weight_store.join(checkpoint_dir, folder)
     root = Path(checkpoint_dir).resolve()
     folder = (root / f"{name}-{config_hash[:12]}").resolve()
     if folder.parent != root:
@@ -100,6 +125,16 @@ folder /data/checkpoints: name the run with letters, digits, '.', '_' and '-' on
             "name the run with letters, digits, '.', '_' and '-' only."
         )
     return folder
+
+
+@contextlib.contextmanager
+def _staging(run_dir: str) -> Iterator[Path]:
+    """Where an epoch writes its files: the run's folder itself, or a local folder uploaded from (URL folders)."""
+    if not weight_store.is_url(run_dir):
+        yield Path(run_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="focus-staging-") as folder:
+        yield Path(folder)
 
 
 @task(name="train-epoch", task_run_name="epoch-{request.epoch}", cache_policy=NO_CACHE, persist_result=False,
@@ -115,7 +150,8 @@ def train_epoch(request: EpochRequest) -> dict[str, Any]:
     model = caches.build_model(params.model, params.dataset)
     optimizer_state = None
     if request.epoch > 1:
-        state = torch.load(checkpoint_path(request.run_dir, request.epoch - 1), map_location="cpu", weights_only=True)
+        previous = weight_store.local_copy(checkpoint_path(request.run_dir, request.epoch - 1))  # URL: downloaded
+        state = torch.load(previous, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer_state = state["optimizer"]
     config = recipe.TrainConfig(**{**params.recipe(), "epochs": request.epoch}, device=str(device))
@@ -124,12 +160,16 @@ def train_epoch(request: EpochRequest) -> dict[str, Any]:
         model, dataset, config, start_epoch=request.epoch - 1, optimizer_state=optimizer_state, optimizer=optimizer
     )
     weights = weights_path(request.run_dir, request.epoch)
-    models.save_weights(model, weights)
-    models.save_atomically(
-        {"model": {k: v.cpu() for k, v in model.state_dict().items()},
-         "optimizer": optimizer.state_dict(), "epoch": request.epoch},
-        checkpoint_path(request.run_dir, request.epoch),
-    )
+    with _staging(request.run_dir) as folder:
+        models.save_weights(model, weights_path(folder, request.epoch))
+        models.save_atomically(
+            {"model": {k: v.cpu() for k, v in model.state_dict().items()},
+             "optimizer": optimizer.state_dict(), "epoch": request.epoch},
+            checkpoint_path(folder, request.epoch),
+        )
+        if weight_store.is_url(request.run_dir):  # the weights first: a checkpoint found means its weights are there
+            weight_store.upload(weights_path(folder, request.epoch), weights)
+            weight_store.upload(checkpoint_path(folder, request.epoch), checkpoint_path(request.run_dir, request.epoch))
 
     spec = params.model.model_copy(update={"weights": str(weights), "label": f"{params.name} epoch {request.epoch}"})
     checkpoint_id, sha = record.register_checkpoint(
@@ -171,12 +211,12 @@ def train_epoch(request: EpochRequest) -> dict[str, Any]:
 
 
 def completed_epochs(engine: Any, training_run_id: int, run_dir: str | Path) -> int:
-    """The last epoch ``k`` such that epochs ``1..k`` are all recorded and ``k`` has its checkpoint file."""
+    """The last epoch ``k`` such that epochs ``1..k`` are all recorded and ``k`` has its checkpoint (file or URL)."""
     recorded = set(db.training_curve(engine, training_run_id)["epoch"].astype(int))
     done = 0
     while done + 1 in recorded:
         done += 1
-    while done > 0 and not checkpoint_path(run_dir, done).exists():
+    while done > 0 and not weight_store.exists(checkpoint_path(run_dir, done)):
         done -= 1
     return done
 
@@ -228,10 +268,11 @@ def _train_epochs(
     """The body of :func:`train` once the run is registered: the missing epochs, then the summary."""
     logger = get_run_logger()
     run_dir = run_folder(params.checkpoint_dir, params.name, config_hash)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(run_dir, Path):
+        run_dir.mkdir(parents=True, exist_ok=True)
     done = completed_epochs(engine, training_run_id, run_dir)
     if done:
-        logger.info(LOG_RESUMED, training_run_id, done, checkpoint_path(run_dir, done))
+        logger.info(LOG_RESUMED, training_run_id, done, weight_store.redact(checkpoint_path(run_dir, done)))
     epoch_task = train_epoch.with_options(retries=params.retries, retry_delay_seconds=retry_delays(5.0))
     epochs_run = []
     for epoch in range(done + 1, params.epochs + 1):

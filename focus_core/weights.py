@@ -104,14 +104,15 @@ def _os_error(error: BaseException) -> OSError | None:
     return None
 
 
-def _require_weights_file(path: Path) -> None:
+def _require_weights_file(path: Path, name: str | None = None) -> None:
     """A missing path and a directory are told apart: both are mistakes, with different fixes."""
+    name = str(path) if name is None else name
     if path.is_dir():
         raise FocusError(
-            f"The weights file {str(path)!r} is a directory, not a file: pass the path of a saved state_dict in it."
+            f"The weights file {name!r} is a directory, not a file: pass the path of a saved state_dict in it."
         )
     if not path.is_file():
-        raise FocusError(f"The weights file {str(path)!r} does not exist: pass the path of a saved state_dict.")
+        raise FocusError(f"The weights file {name!r} does not exist: pass the path of a saved state_dict.")
 
 
 def weights_sha256(path: str | os.PathLike) -> str:
@@ -131,11 +132,12 @@ def weights_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def load_weights(model: nn.Module, path: str | os.PathLike, name: str | None = None) -> nn.Module:
     """Load a ``state_dict`` file into ``model`` safely (``weights_only=True``) and return it.
 
     A file holding ``{"state_dict": ...}`` or ``{"model_state_dict": ...}`` is accepted too.
-    Nothing is loaded unless every key and shape matches.
+    Nothing is loaded unless every key and shape matches. ``name`` is how messages call the file
+    (default: ``path``; e.g. the URL a cached copy came from).
 
     Raises
     ------
@@ -156,8 +158,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     focus_core.errors.FocusError: The weights file ... has 2 classes in 'classifier.weight' but the model has 10: pass the matching --num-classes or architecture.
     """
     path = Path(path)
-    name = str(path)
-    _require_weights_file(path)
+    name = str(path) if name is None else name
+    _require_weights_file(path, name)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     # torch.load raises a different error for each kind of wrong file: UnpicklingError, RuntimeError,

@@ -24,6 +24,10 @@ __all__ = ["check_device", "check_inputs", "check_model"]
 
 
 def _require_file(path: str | None, what: str, hint: str) -> None:
+    from flows.weight_store import is_url
+
+    if is_url(path):  # read (and checked) through the worker's cache by check_model and the flow
+        return
     if path and Path(path).is_dir():
         raise UsageError(f"The {what} {path!r} is a directory, not a file: {hint}.")
     if path and not Path(path).is_file():

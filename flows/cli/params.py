@@ -79,8 +79,16 @@ def given(namespace: argparse.Namespace) -> dict[str, Any]:
 
 
 def absolute(path: str) -> str:
-    """The path, with ``~`` expanded, made absolute (flows may run in another working directory)."""
-    return str(Path(path).expanduser().resolve())
+    """The path, with ``~`` expanded, made absolute (flows may run in another working directory); a URL as it is.
+
+    Examples
+    --------
+    >>> absolute("s3://models/r18.pt"), absolute("/models/../models/r18.pt")
+    ('s3://models/r18.pt', '/models/r18.pt')
+    """
+    from flows.weight_store import canonical
+
+    return canonical(path)
 
 
 def _int_list(text: str) -> list[int]:
@@ -191,7 +199,7 @@ def add_model_options(parser: argparse.ArgumentParser, weights_help: str | None 
     option(group, "--arch", metavar="NAME", field="model.architecture",
            help="Architecture: digits_cnn, alexnet, vgg16, resnet18, another torchvision name, "
            "or your own 'package.module:factory' (default digits_cnn).")
-    option(group, "--weights", metavar="FILE", field="model.weights", convert=absolute,
+    option(group, "--weights", metavar="PATH_OR_URL", field="model.weights", convert=absolute,
            help=weights_help or "Weights file (a state_dict) of the checkpoint.")
     option(group, "--num-classes", type=int, metavar="N", field="model.num_classes",
            help="Number of classes (default: the dataset's).")

@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                 convert=lambda n: {"split": "val", "per_class": n}, type=int, metavar="N",
                 help="Validation mosaics per class for Focus per epoch (default 10).")
     opts.add_method_options(p, default="gradcam", dest="focus_methods")
-    opts.option(p, "--checkpoint-dir", field="checkpoint_dir", convert=opts.absolute, metavar="DIR",
-                help="Where per-epoch checkpoints go (default checkpoints).")
+    opts.option(p, "--checkpoint-dir", field="checkpoint_dir", convert=opts.absolute, metavar="DIR_OR_URL",
+                help="Where per-epoch checkpoints go: a folder or a URL such as s3://bucket/prefix, written with the "
+                "worker's own credentials (default checkpoints).")
     opts.option(p, "--device", field="device", metavar="DEV",
                 help="cpu, cuda, cuda:N or mps (default cpu); a machine without it fails at once.")
     opts.option(p, "--audit", field="audit", action="store_true", default=None,
@@ -119,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         "in batches and record one row per mosaic. Running the same command again finishes missing chunks only.",
     )
     opts.add_params_file_option(p)
-    opts.add_model_options(p, weights_help="Weights file (a state_dict) of the checkpoint to explain (required).")
+    opts.add_model_options(p, weights_help="Weights (a state_dict) of the checkpoint to explain, a path or a URL such as s3://bucket/w.pt "
+                           "read with the worker's credentials (required).")
     opts.add_dataset_options(p)
     opts.add_mosaic_options(p)
     opts.add_method_options(p)
@@ -176,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="checkpoints",
         action="append",
         metavar="[ARCH=]WEIGHTS",
-        help="A checkpoint of the grid, repeatable: a weights file, optionally prefixed by its architecture "
-        "(e.g. resnet18=/models/r18.pt; default architecture: --arch).",
+        help="A checkpoint of the grid, repeatable: a weights file or URL, optionally prefixed by its architecture "
+        "(e.g. resnet18=/models/r18.pt or resnet18=s3://models/r18.pt; default architecture: --arch).",
     )
     p.add_argument("--arch", metavar="NAME", help="Architecture of checkpoints given without one (default digits_cnn).")
     opts.add_dataset_options(p)

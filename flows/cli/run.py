@@ -131,7 +131,9 @@ def cmd_randomize(args: argparse.Namespace) -> Any:
 
 
 def _checkpoint_spec(text: str, default_arch: str | None) -> dict[str, Any]:
-    arch, sep, weights = text.rpartition("=")
+    arch, sep, weights = text.partition("=")
+    if not sep or "/" in arch or "://" in arch:  # no architecture prefix: the '=' belongs to a path or URL
+        arch, sep, weights = "", "", text
     spec: dict[str, Any] = {"weights": opts.absolute(weights)}
     if sep and arch:
         spec["architecture"] = arch

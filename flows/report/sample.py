@@ -18,6 +18,7 @@ import numpy as np
 
 import db
 from db import Engine
+from flows import weight_store
 from flows.report.figures import FigureWriter
 from flows.report.page import Section, fmt, row, table
 from flows.report.queries import EvaluationData
@@ -158,10 +159,9 @@ def _recompute_maps(engine: Engine, chosen: Sequence[EvaluationData], mosaic_id:
 
     first = chosen[0]
     path = first.weights_path
-    if not path or not Path(path).is_file():
+    if not path or not (weight_store.is_url(path) or Path(path).is_file()):
         raise FocusError(f"the weights file {path or '(not recorded)'} is gone")
-    if models.weights_sha256(path) != first.sha256:
-        raise FocusError(f"the weights file {path} changed since it was recorded (its sha256 differs)")
+    path = weight_store.local_copy(path, expected_sha256=first.sha256)  # a URL: through the cache, verified
     mo = db.mosaic_tiles(engine, mosaic_id)
     dataset = _load_dataset_for(first)
     index = {r: i for i, r in enumerate(dataset.relpaths)}

@@ -1,0 +1,389 @@
+"""Where weights live: a local path or an fsspec URL, read through a local cache keyed by sha256.
+
+A weights file (or a training run's resume checkpoint) is named by a *location*: a local path or a URL
+such as ``s3://bucket/models/r18.pt``, ``gs://...``, ``az://...`` or ``file:///models/r18.pt``. A worker
+never loads a URL in place: :func:`local_copy` downloads it once into the cache folder
+(``$FOCUS_WEIGHTS_CACHE``, default ``~/.cache/focus-audit/weights``) as ``sha256/<hex>.pt`` (written
+through a hidden partial file and renamed), and checks the cached file's hash before it hands it out.
+A small index (``urls/<sha256 of the URL>.json``) remembers which bytes a URL held and the object's
+size and ETag (or modification time) then: a later run whose metadata request (HEAD) finds the object
+unchanged reads the cache without downloading it again; a changed object is downloaded and hashed anew.
+
+Credentials come only from the worker's environment, as each filesystem reads them (s3fs/botocore:
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL`` for an
+S3-compatible server, ``AWS_PROFILE``...; gcsfs: ``GOOGLE_APPLICATION_CREDENTIALS``; adlfs:
+``AZURE_STORAGE_*``), never from a flow parameter: a location that carries a secret is refused
+(:func:`check_no_secret`), and every message names a URL through :func:`redact`. ``s3://`` needs the
+``s3`` extra (``pip install 'focus-audit[s3]'``); fsspec itself is a dependency.
+
+Examples
+--------
+>>> is_url("s3://models/r18.pt"), is_url("file:///models/r18.pt"), is_url("/models/r18.pt")
+(True, True, False)
+>>> redact("s3://key:secret@models/r18.pt?versionId=3&X-Amz-Signature=abc")
+'s3://models/r18.pt?versionId=3&X-Amz-Signature=***'
+>>> join("s3://models/runs/", "digits-0f1819c26eca", "epoch-0001.pt")
+'s3://models/runs/digits-0f1819c26eca/epoch-0001.pt'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from focus_core.errors import FocusError
+
+__all__ = [
+    "CACHE_ENV_VAR",
+    "cache_dir",
+    "canonical",
+    "check_no_secret",
+    "exists",
+    "has_secret",
+    "is_url",
+    "join",
+    "local_copy",
+    "mismatch_error",
+    "redact",
+    "sha256_of",
+    "upload",
+]
+
+#: The environment variable naming the cache folder (default ``~/.cache/focus-audit/weights``).
+CACHE_ENV_VAR = "FOCUS_WEIGHTS_CACHE"
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")  # two letters at least: never a Windows drive
+#: Query keys whose values may be shown (an object's version); every other value is masked in messages.
+_PLAIN_QUERY_KEYS = frozenset({"versionid", "generation", "version_id"})
+#: Query keys that carry a credential (pre-signed URLs, SAS tokens): such a location is refused as a parameter.
+_SECRET_QUERY = re.compile(r"signature|credential|token|password|secret|sig$|^sv$|key", re.IGNORECASE)
+_MASK = "***"
+_CHUNK = 1 << 20
+_LOCK = threading.Lock()
+_VERIFIED: dict[str, tuple[int, int]] = {}  # cached file -> (size, mtime_ns) whose hash this process checked
+
+
+def is_url(location: str | os.PathLike | None) -> bool:
+    """Whether ``location`` is a URL (``scheme://...``, ``file://`` included) rather than a local path."""
+    return location is not None and bool(_URL.match(str(location)))
+
+
+def redact(location: str | os.PathLike) -> str:
+    """``location`` fit for a message: a URL without user-info and with its query values masked (but versions)."""
+    text = str(location)
+    if not is_url(text):
+        return text
+    parts = urlsplit(text)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{key}={value if key.lower() in _PLAIN_QUERY_KEYS else _MASK}"
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def has_secret(location: str | None) -> bool:
+    """Whether a location carries a credential: user-info (``user:password@``) or a signature/token query value.
+
+    Examples
+    --------
+    >>> has_secret("s3://AKIA:pw@bucket/w.pt"), has_secret("https://h/w.pt?X-Amz-Signature=abc")
+    (True, True)
+    >>> has_secret("s3://bucket/w.pt?versionId=3"), has_secret("/models/w.pt")
+    (False, False)
+    """
+    if not is_url(location):
+        return False
+    parts = urlsplit(str(location))
+    return "@" in parts.netloc or any(_SECRET_QUERY.search(key) for key, _ in parse_qsl(parts.query))
+
+
+def check_no_secret(location: str | None) -> str | None:
+    """``location`` itself; ``ValueError`` when it carries a credential (for the parameter models' validators)."""
+    if location and has_secret(location):
+        raise ValueError(
+            "a weights location must not carry credentials (parameters are visible in the Prefect UI): "
+            "give the worker its object-store credentials in its environment (e.g. AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY) and pass the plain URL"
+        )
+    return location
+
+
+def canonical(location: str | os.PathLike) -> str:
+    """What the store records: a URL as it is, a local path absolute (``~`` expanded, links resolved)."""
+    text = str(location)
+    return text if is_url(text) else str(Path(text).expanduser().resolve())
+
+
+def join(base: str | os.PathLike, *names: str) -> str:
+    """``base`` with ``names`` appended: ``/`` separated for a URL, :class:`~pathlib.Path` joined for a path."""
+    if is_url(base):
+        return "/".join([str(base).rstrip("/"), *names])
+    return str(Path(base, *names))
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$FOCUS_WEIGHTS_CACHE``, else ``~/.cache/focus-audit/weights``."""
+    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "focus-audit" / "weights").expanduser()
+
+
+def mismatch_error(location: str, found: str, expected: str) -> FocusError:
+    """The one sentence for weights whose bytes are not the ones recorded (both hashes' prefixes)."""
+    return FocusError(
+        f"The weights at {redact(location)} have sha256 {found[:12]} but {expected[:12]} was recorded for them: "
+        "they changed since, so restore the recorded file or give changed weights a new URL."
+    )
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    """``(fsspec filesystem, path inside it)`` of a URL; FocusError when its filesystem is not installed."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as error:  # fsspec's message names the package to install ("Install s3fs to access S3")
+        raise FocusError(
+            f"Reading {redact(url)} needs a filesystem package this worker lacks ({error}): install it there, "
+            "e.g. pip install 'focus-audit[s3]' for s3://."
+        ) from None
+    except ValueError:
+        raise FocusError(
+            f"{redact(url)} has a protocol fsspec does not know: use a local path or an s3://, gs://, az:// "
+            "or file:// URL."
+        ) from None
+
+
+def _io_error(url: str, error: BaseException, action: str = "read") -> Exception:
+    """A filesystem error as one sentence without the library's text (which may quote a signed URL)."""
+    if isinstance(error, FileNotFoundError):
+        return FocusError(f"The weights at {redact(url)} do not exist: pass the URL of an uploaded state_dict.")
+    if isinstance(error, (PermissionError, IsADirectoryError, NotADirectoryError)) or (
+        type(error).__name__ in {"NoCredentialsError", "PartialCredentialsError", "ClientError"}
+    ):
+        return FocusError(
+            f"Cannot {action} {redact(url)} ({type(error).__name__}): give the worker credentials with access to it "
+            "in its environment (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)."
+        )
+    return OSError(f"Cannot {action} {redact(url)} ({type(error).__name__}); the object store may be unreachable")
+
+
+def _fingerprint(fs: Any, path: str) -> list[Any] | None:
+    """The object's size and ETag (or modification time) from one metadata request; ``None``: nothing to trust."""
+    fs.invalidate_cache(path)
+    info = fs.info(path)
+    if info.get("type") == "directory":
+        raise IsADirectoryError(path)
+    tag = info.get("ETag") or info.get("etag") or info.get("generation") or info.get("md5Hash")
+    when = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("updated")
+    if tag is None and when is None:
+        return None
+    return [info.get("size"), None if tag is None else str(tag), None if when is None else str(when)]
+
+
+def _index_file(url: str) -> Path:
+    return cache_dir() / "urls" / f"{hashlib.sha256(redact(url).encode()).hexdigest()}.json"
+
+
+def _cached_file(sha256: str) -> Path:
+    return cache_dir() / "sha256" / f"{sha256}.pt"
+
+
+def _write_atomically(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+
+
+def _copy_of(source: Path) -> Any:
+    """A writer for :func:`_write_atomically` that copies ``source`` in chunks."""
+
+    def write(file: Any) -> None:
+        with source.open("rb") as handle:
+            shutil.copyfileobj(handle, file, _CHUNK)
+
+    return write
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verified(sha256: str) -> Path | None:
+    """The cached file of ``sha256`` when it is there and holds those bytes (checked once per process per file)."""
+    path = _cached_file(sha256)
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    identity = (status.st_size, status.st_mtime_ns)
+    with _LOCK:
+        if _VERIFIED.get(str(path)) == identity:
+            return path
+    if _file_sha256(path) != sha256:
+        path.unlink(missing_ok=True)  # a damaged cache entry: fetched again
+        return None
+    with _LOCK:
+        _VERIFIED[str(path)] = identity
+    return path
+
+
+def _remember(url: str, fingerprint: list[Any] | None, sha256: str) -> None:
+    if fingerprint is None:
+        return
+    entry = json.dumps({"url": redact(url), "fingerprint": fingerprint, "sha256": sha256}).encode()
+    _write_atomically(_index_file(url), lambda file: file.write(entry))
+
+
+def _remembered(url: str, fingerprint: list[Any] | None) -> str | None:
+    """The sha256 the index holds for ``url`` when the object's fingerprint is still the one recorded."""
+    if fingerprint is None:
+        return None
+    try:
+        entry = json.loads(_index_file(url).read_text())
+    except (OSError, ValueError):
+        return None
+    return entry.get("sha256") if entry.get("fingerprint") == fingerprint else None
+
+
+def _download(fs: Any, path: str) -> str:
+    """Copy the object into the cache while hashing it (through a hidden partial file); return its sha256."""
+    digest = hashlib.sha256()
+    folder = cache_dir() / "sha256"
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=folder, prefix=".download-", suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as file, fs.open(path, "rb", block_size=8 * _CHUNK) as source:
+            for chunk in iter(lambda: source.read(8 * _CHUNK), b""):
+                digest.update(chunk)
+                file.write(chunk)
+        sha256 = digest.hexdigest()
+        target = _cached_file(sha256)
+        os.replace(partial, target)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    status = target.stat()
+    with _LOCK:
+        _VERIFIED[str(target)] = (status.st_size, status.st_mtime_ns)
+    return sha256
+
+
+def _fetch(url: str) -> tuple[str, Path]:
+    """``(sha256, cached file)`` of the bytes at ``url`` now: from the cache when the object is unchanged."""
+    fs, path = _filesystem(url)
+    try:
+        fingerprint = _fingerprint(fs, path)
+        known = _remembered(url, fingerprint)
+        cached = _verified(known) if known else None
+        if cached is not None:
+            return known, cached  # type: ignore[return-value]
+        sha256 = _download(fs, path)
+    except FocusError:
+        raise
+    except Exception as error:  # noqa: BLE001 - every filesystem raises its own kinds
+        raise _io_error(url, error) from None
+    _remember(url, fingerprint, sha256)
+    return sha256, _cached_file(sha256)
+
+
+def local_copy(location: str | os.PathLike, expected_sha256: str | None = None) -> Path:
+    """A local file holding the weights at ``location``: the path itself, or the URL's verified cached copy.
+
+    Parameters
+    ----------
+    location
+        A local path or an fsspec URL.
+    expected_sha256
+        The sha256 the bytes must have (what the store recorded); ``None``: whatever the location holds.
+
+    Raises
+    ------
+    FocusError
+        When the bytes' sha256 is not ``expected_sha256`` (one sentence naming the location and both
+        hashes' prefixes: never a silent load), when the object does not exist, when the worker's
+        credentials do not give access, or when the URL's filesystem package is not installed.
+    OSError
+        When the object store cannot be reached (worth a retry).
+    """
+    text = str(location)
+    if not is_url(text):
+        if expected_sha256 is not None:
+            from focus_core.models import weights_sha256
+
+            found = weights_sha256(text)  # FocusError when it is missing
+            if found != expected_sha256:
+                raise mismatch_error(text, found, expected_sha256)
+        return Path(text)
+    sha256, path = _fetch(text)
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise mismatch_error(text, sha256, expected_sha256)
+    return path
+
+
+def sha256_of(location: str | os.PathLike) -> str:
+    """The sha256 of the bytes at ``location`` (a URL is downloaded into the cache only when it changed)."""
+    text = str(location)
+    if not is_url(text):
+        from focus_core.models import weights_sha256
+
+        return weights_sha256(text)
+    return _fetch(text)[0]
+
+
+def exists(location: str | os.PathLike) -> bool:
+    """Whether a file is at ``location`` (a metadata request for a URL)."""
+    text = str(location)
+    if not is_url(text):
+        return Path(text).is_file()
+    fs, path = _filesystem(text)
+    try:
+        fs.invalidate_cache(path)
+        return bool(fs.isfile(path))
+    except Exception as error:  # noqa: BLE001
+        raise _io_error(text, error) from None
+
+
+def upload(local_file: str | os.PathLike, location: str | os.PathLike) -> str:
+    """Put ``local_file`` at ``location`` whole (a reader never sees half a file); return its sha256.
+
+    A local destination is written through a hidden partial file and renamed; an object store's upload
+    appears whole by itself. The uploaded bytes also go into the cache, so reading them back on this
+    worker downloads nothing.
+    """
+    source, target = Path(local_file), str(location)
+    sha256 = _file_sha256(source)
+    if not is_url(target):
+        _write_atomically(Path(target), _copy_of(source))
+        return sha256
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = _filesystem(target)
+    try:
+        if isinstance(fs, LocalFileSystem):
+            _write_atomically(Path(path), _copy_of(source))
+        else:
+            fs.put_file(str(source), path)
+        fingerprint = _fingerprint(fs, path)
+    except Exception as error:  # noqa: BLE001
+        raise _io_error(target, error, action="write") from None
+    if _verified(sha256) is None:
+        _write_atomically(_cached_file(sha256), _copy_of(source))
+    _remember(target, fingerprint, sha256)
+    return sha256

@@ -143,8 +143,8 @@ def check_recorded_checkpoint(
         channels = "" if recorded[2] is None else f", {recorded[2]} input channel(s)"
         raise FocusError(
             f"The weights file {weight_store.redact(model.weights)!r} is recorded as a {recorded[0]} checkpoint with "
-            f"{recorded[1]} classes{channels}, not {model.architecture} with {num_classes} classes and {in_channels} input "
-            f"channel(s): pass --arch {recorded[0]} --num-classes {recorded[1]}, or a weights file saved for "
+            f"{recorded[1]} classes{channels}, not {model.architecture} with {num_classes} classes and {in_channels} "
+            f"input channel(s): pass --arch {recorded[0]} --num-classes {recorded[1]}, or a weights file saved for "
             f"{model.architecture}."
         )
     _AGREED.add(agreed)

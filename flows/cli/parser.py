@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         "in batches and record one row per mosaic. Running the same command again finishes missing chunks only.",
     )
     opts.add_params_file_option(p)
-    opts.add_model_options(p, weights_help="Weights (a state_dict) of the checkpoint to explain, a path or a URL such as s3://bucket/w.pt "
-                           "read with the worker's credentials (required).")
+    opts.add_model_options(p, weights_help="Weights (a state_dict) of the checkpoint to explain: a path or a URL "
+                           "such as s3://bucket/w.pt, read with the worker's credentials (required).")
     opts.add_dataset_options(p)
     opts.add_mosaic_options(p)
     opts.add_method_options(p)

@@ -10,6 +10,7 @@ No credential appears in any output or in the store.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -84,8 +85,6 @@ def test_focus_evaluate_reads_s3_weights_once_through_the_cache_and_refuses_chan
     refused = _focus(env, tmp_path, *args)
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
-    import hashlib
-
     assert url in lines[0] and sha[:12] in lines[0] and hashlib.sha256(other).hexdigest()[:12] in lines[0]
 
     for run in (first, second, refused):
@@ -145,8 +144,7 @@ def test_train_to_s3_records_urls_and_resumes_from_s3_on_an_empty_cache(
         (1, f"s3://models-train/{run_prefix}/epoch-0001.weights.pt"),
         (2, f"s3://models-train/{run_prefix}/epoch-0002.weights.pt"),
     ]
-    import hashlib
-
     for epoch, sha, _ in rows:
-        assert hashlib.sha256(s3_env.get("models-train", f"{run_prefix}/epoch-{epoch:04d}.weights.pt")).hexdigest() == sha
+        uploaded = s3_env.get("models-train", f"{run_prefix}/epoch-{epoch:04d}.weights.pt")
+        assert hashlib.sha256(uploaded).hexdigest() == sha
     assert SECRET_KEY not in caplog.text and ACCESS_KEY not in caplog.text

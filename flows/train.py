@@ -21,6 +21,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import tempfile
 import time
@@ -140,36 +141,18 @@ def _staging(run_dir: str) -> Iterator[Path]:
 @task(name="train-epoch", task_run_name="epoch-{request.epoch}", cache_policy=NO_CACHE, persist_result=False,
       retry_condition_fn=can_succeed_on_retry)
 def train_epoch(request: EpochRequest) -> dict[str, Any]:
-    """Train one epoch from the previous checkpoint, checkpoint it, measure Focus and record the epoch."""
+    """Train one epoch from the previous checkpoint, checkpoint it, measure Focus and record the epoch.
+
+    An epoch an earlier try trained and checkpointed (it failed while measuring Focus or recording) is not
+    trained again: its stored weights and metrics are used.
+    """
     params = request.params
     device = devices.require_device(params.device)
     engine = store.engine_for(params.database_url)
     dataset = caches.load_dataset(params.dataset)
 
-    torch.manual_seed(params.seed)
-    model = caches.build_model(params.model, params.dataset)
-    optimizer_state = None
-    if request.epoch > 1:
-        previous = weight_store.local_copy(checkpoint_path(request.run_dir, request.epoch - 1))  # URL: downloaded
-        state = torch.load(previous, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer_state = state["optimizer"]
-    config = recipe.TrainConfig(**{**params.recipe(), "epochs": request.epoch}, device=str(device))
-    optimizer = recipe.make_optimizer(model, config)
-    (metrics,) = recipe.train_model(
-        model, dataset, config, start_epoch=request.epoch - 1, optimizer_state=optimizer_state, optimizer=optimizer
-    )
     weights = weights_path(request.run_dir, request.epoch)
-    with _staging(request.run_dir) as folder:
-        models.save_weights(model, weights_path(folder, request.epoch))
-        models.save_atomically(
-            {"model": {k: v.cpu() for k, v in model.state_dict().items()},
-             "optimizer": optimizer.state_dict(), "epoch": request.epoch},
-            checkpoint_path(folder, request.epoch),
-        )
-        if weight_store.is_url(request.run_dir):  # the weights first: a checkpoint found means its weights are there
-            weight_store.upload(weights_path(folder, request.epoch), weights)
-            weight_store.upload(checkpoint_path(folder, request.epoch), checkpoint_path(request.run_dir, request.epoch))
+    metrics = _trained_before(request) or _train_and_checkpoint(request, device, dataset)
 
     spec = params.model.model_copy(update={"weights": str(weights), "label": f"{params.name} epoch {request.epoch}"})
     checkpoint_id, sha = record.register_checkpoint(
@@ -208,6 +191,49 @@ def train_epoch(request: EpochRequest) -> dict[str, Any]:
     )
     return {"epoch": request.epoch, "metrics": metrics.__dict__, "focus": focus, "checkpoint_id": checkpoint_id,
             "weights": str(weights)}
+
+
+def _trained_before(request: EpochRequest) -> recipe.EpochMetrics | None:
+    """The epoch's metrics when an earlier try already trained and stored it (its Focus or its record failed after).
+
+    Reusing those files instead of training again keeps the weights recorded at the epoch's URL the ones stored
+    there (a device that is not bit-for-bit deterministic would give other bytes, which the store refuses).
+    """
+    location = checkpoint_path(request.run_dir, request.epoch)
+    if not weight_store.exists(location):
+        return None
+    state = torch.load(weight_store.local_copy(location), map_location="cpu", weights_only=True)
+    saved = state.get("metrics") if isinstance(state, dict) else None
+    return recipe.EpochMetrics(**saved) if isinstance(saved, dict) else None  # older checkpoints: train again
+
+
+def _train_and_checkpoint(request: EpochRequest, device: torch.device, dataset: Any) -> recipe.EpochMetrics:
+    """Train the epoch from the previous checkpoint; write (or upload) its weights, then its resume checkpoint."""
+    params = request.params
+    torch.manual_seed(params.seed)
+    model = caches.build_model(params.model, params.dataset)
+    optimizer_state = None
+    if request.epoch > 1:
+        previous = weight_store.local_copy(checkpoint_path(request.run_dir, request.epoch - 1))  # URL: downloaded
+        state = torch.load(previous, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer_state = state["optimizer"]
+    config = recipe.TrainConfig(**{**params.recipe(), "epochs": request.epoch}, device=str(device))
+    optimizer = recipe.make_optimizer(model, config)
+    (metrics,) = recipe.train_model(
+        model, dataset, config, start_epoch=request.epoch - 1, optimizer_state=optimizer_state, optimizer=optimizer
+    )
+    with _staging(request.run_dir) as folder:
+        models.save_weights(model, weights_path(folder, request.epoch))
+        models.save_atomically(
+            {"model": {k: v.cpu() for k, v in model.state_dict().items()},
+             "optimizer": optimizer.state_dict(), "epoch": request.epoch, "metrics": dataclasses.asdict(metrics)},
+            checkpoint_path(folder, request.epoch),
+        )
+        if weight_store.is_url(request.run_dir):  # the weights first: a checkpoint found means its weights are there
+            weight_store.upload(weights_path(folder, request.epoch), weights_path(request.run_dir, request.epoch))
+            weight_store.upload(checkpoint_path(folder, request.epoch), checkpoint_path(request.run_dir, request.epoch))
+    return metrics
 
 
 def completed_epochs(engine: Any, training_run_id: int, run_dir: str | Path) -> int:

@@ -4,7 +4,8 @@
 credentials and endpoint only in its environment): the first run downloads the object once, the second reads
 the worker's cache (the server logs no second GET), and an object overwritten with other bytes is refused in
 one line naming the URL and both hashes. ``train`` with an ``s3://`` checkpoint folder uploads every epoch,
-records the URLs, and a crashed run resumes on a worker with an empty cache by downloading the last checkpoint.
+records the URLs, and a crashed run resumes on a worker with an empty cache by downloading the last checkpoint
+(an epoch already uploaded is not trained again).
 No credential appears in any output or in the store.
 """
 
@@ -147,4 +148,21 @@ def test_train_to_s3_records_urls_and_resumes_from_s3_on_an_empty_cache(
     for epoch, sha, _ in rows:
         uploaded = s3_env.get("models-train", f"{run_prefix}/epoch-{epoch:04d}.weights.pt")
         assert hashlib.sha256(uploaded).hexdigest() == sha
+
+    # a crash after epoch 3 is uploaded (while measuring its Focus): the retry trains nothing again and the
+    # weights recorded at the epoch's URL are the ones uploaded there
+    real_explain = train_module.explain_chunk
+    failures = iter([True])
+
+    def crash_once_in_focus(chunk):
+        if next(failures, False):
+            raise RuntimeError("Injected crash while measuring Focus.")
+        return real_explain(chunk)
+
+    monkeypatch.setattr(train_module, "explain_chunk", crash_once_in_focus)
+    with pytest.raises(RuntimeError, match="Injected crash while measuring"):
+        train_module.train(_train_params("s3://models-train/runs", sqlite_url, epochs=3))
+    uploaded = hashlib.sha256(s3_env.get("models-train", f"{run_prefix}/epoch-0003.weights.pt")).hexdigest()
+    outcome = train_module.train(_train_params("s3://models-train/runs", sqlite_url, epochs=3))
+    assert trained == [1, 2, 2, 3] and outcome["epochs_run"] == [3] and outcome["final_sha256"] == uploaded
     assert SECRET_KEY not in caplog.text and ACCESS_KEY not in caplog.text

@@ -24,10 +24,10 @@ package's ridge regression, ``alpha``) on the target logit, weighted by captum's
 distance between the perturbed and the original mosaic (``kernel_width``).
 
 captum's ``Lime`` fits one surrogate per input and draws its on/off patterns from torch's global generator. So each
-mosaic is explained on its own, its perturbed copies batched through the model ``perturbations_per_eval`` at a
-time, with torch's CPU generator seeded from ``seed`` and the mosaic's content (:func:`.noise.sample_seeds`) inside
-:func:`torch.random.fork_rng`: a batch gives the maps of its mosaics one by one, the same seed the same maps, and
-the caller's random state is left as it was.
+mosaic is explained on its own, its perturbed copies batched through the model ``internal_batch_size`` at a time
+(captum's ``perturbations_per_eval``), with torch's CPU generator seeded from ``seed`` and the mosaic's content
+(:func:`.noise.sample_seeds`) inside :func:`torch.random.fork_rng`: a batch gives the maps of its mosaics one by
+one, the same seed the same maps, and the caller's random state is left as it was.
 """
 
 from __future__ import annotations
@@ -170,9 +170,10 @@ class Lime(ExplainerBase):
         Ridge penalty of the surrogate (default 1.0, the ``lime`` package's).
     seed : int, optional
         Seed of the on/off patterns (default 0); mixed with each mosaic's content.
-    perturbations_per_eval : int or None, optional
-        Perturbed copies per forward pass (default 64; ``None``: all ``n_samples`` at once). It bounds memory,
-        changes the maps only within float tolerance and is not part of ``params`` or its hash.
+    internal_batch_size : int or None, optional
+        Perturbed copies per forward pass, captum's ``perturbations_per_eval`` (default 64; ``None``: all
+        ``n_samples`` at once; the flows set it to their batch size). It bounds memory, changes the maps only
+        within float tolerance and is not part of ``params`` or its hash.
 
     Examples
     --------
@@ -191,10 +192,10 @@ class Lime(ExplainerBase):
         "alpha": ("float", 1.0),
         "seed": ("int", 0),
     }
-    runtime_spec: ClassVar[dict[str, tuple[str, Any]]] = {"perturbations_per_eval": ("optional_int", 64)}
+    runtime_spec: ClassVar[dict[str, tuple[str, Any]]] = {"internal_batch_size": ("optional_int", 64)}
 
     def _check(self, values: dict[str, Any]) -> None:
-        for key in ("n_samples", "segments", "perturbations_per_eval"):
+        for key in ("n_samples", "segments", "internal_batch_size"):
             if values[key] is not None and values[key] < 1:
                 raise FocusError(f"Parameter '{key}' of explainer 'lime' got {values[key]}: pass an integer >= 1.")
         for key in ("kernel_width", "alpha"):
@@ -227,7 +228,7 @@ class Lime(ExplainerBase):
             interpretable_model=SkLearnRidge(alpha=p["alpha"]),
             similarity_func=get_exp_kernel_similarity_function("cosine", p["kernel_width"]),
         )
-        per_eval = self.runtime["perturbations_per_eval"] or p["n_samples"]
+        per_eval = self.runtime["internal_batch_size"] or p["n_samples"]
         maps = []
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             for i, sample_seed in enumerate(sample_seeds(x, p["seed"])):

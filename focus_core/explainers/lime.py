@@ -9,9 +9,9 @@ feature's weight, so the positive relevance of a tile is the positive weight of 
 Two kinds of mask:
 
 - ``"grid"`` (the default): each tile cut into a ``k x k`` grid of equal cells (``segments = k * k``). Every tile
-  has the same number of features of the same size, so a tile's summed relevance is its features' summed
-  coefficients times one cell area (the quantity a linear surrogate says about removing the tile), no tile gains
-  from being cut finer, and the mask depends on nothing but the mosaic's shape.
+  has the same number of features of the same size (equal where ``k`` divides the tile's side), so a tile's summed
+  relevance is its features' summed coefficients times one cell area (the quantity a linear surrogate says about
+  removing the tile), no tile gains from being cut finer, and the mask depends on nothing but the mosaic's shape.
 - ``"slic"``: scikit-image's SLIC superpixels computed on each tile separately (``segments`` is SLIC's target
   count per tile, ``compactness`` its colour/space trade-off on the tile rescaled to [0, 1]). Features follow the
   image's edges, as the LIME paper's superpixels do; their number and size vary with the tile's content, and a
@@ -22,6 +22,9 @@ edges, a black fill and a binary top-5 mask); here the map is the signed surroga
 the normalised input (the dataset's mean colour), the surrogate is captum's ``SkLearnRidge`` (the ``lime``
 package's ridge regression, ``alpha``) on the target logit, weighted by captum's exponential kernel on the cosine
 distance between the perturbed and the original mosaic (``kernel_width``).
+
+LIME, not captum's ``KernelShap``: the extended Focus paper rates LIME, and KernelShap (the same machinery with the
+Shapley kernel and an unpenalised fit) estimates Shapley values, another method with another name.
 
 captum's ``Lime`` fits one surrogate per input and draws its on/off patterns from torch's global generator. So each
 mosaic is explained on its own, its perturbed copies batched through the model ``internal_batch_size`` at a time

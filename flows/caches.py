@@ -256,7 +256,7 @@ def make_explainer(
     """The explainer of ``method``; GradCAM methods take the model spec's layer when they name none.
 
     ``batch_size`` (the hot path's batch) bounds the passes of methods with an ``internal_batch_size``
-    (SmoothGrad, integrated gradients): left unset, it becomes ``batch_size``, so each pass holds one
+    (SmoothGrad, integrated gradients, LIME): left unset, it becomes ``batch_size``, so each pass holds one
     batch of noisy copies or steps instead of all ``B x n`` at once; set, it shrinks by the same factor as
     ``batch_size`` below ``requested_batch_size`` (after running out of memory). It bounds memory and does
     not change the maps, their parameters or their hash.

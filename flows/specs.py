@@ -168,8 +168,8 @@ class MethodSpec(_Spec):
 
     name: str = Field(
         "gradcam",
-        description="A registered method: gradcam, gradcam++, lrp, smoothgrad, integrated_gradients, "
-        "gradient, input_x_gradient, random.",
+        description="A registered method: gradcam, gradcam++, lrp, lrp_fast, smoothgrad, integrated_gradients, "
+        "gradient, input_x_gradient, lime, random.",
         json_schema_extra=lambda schema: _method_enum(schema),
     )
     params: dict[str, Any] = Field(

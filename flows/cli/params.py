@@ -227,8 +227,9 @@ def add_mosaic_options(parser: argparse.ArgumentParser, default_split: str = "te
 def add_method_options(parser: argparse.ArgumentParser, default: str = "gradcam", dest: str = "methods") -> None:
     option(parser, "--method", dest=dest, action="append", type=parse_method, metavar="NAME[:KEY=VALUE,...]",
            field=dest,
-           help=f"Attribution method, repeatable: gradcam, gradcam++, lrp, smoothgrad, integrated_gradients, gradient, "
-           f"input_x_gradient, random; parameters after a colon, e.g. smoothgrad:n_samples=10 (default {default}).")
+           help=f"Attribution method, repeatable: gradcam, gradcam++, lrp, lrp_fast, smoothgrad, integrated_gradients, "
+           f"gradient, input_x_gradient, lime, random; parameters after a colon, e.g. smoothgrad:n_samples=10 or "
+           f"lime:n_samples=500,mask=slic (default {default}).")
 
 
 def method_specs(namespace: argparse.Namespace, dest: str = "methods") -> list[dict[str, Any]] | None:

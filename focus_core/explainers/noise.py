@@ -1,6 +1,6 @@
 """Seeded noise per sample that does not depend on the batch a sample arrives in.
 
-SmoothGrad and the random control need random numbers, yet a batch must give the same maps as its samples
+SmoothGrad, LIME and the random control need random numbers, yet a batch must give the same maps as its samples
 one by one. So every sample gets its own :class:`torch.Generator`, seeded from the explainer's ``seed`` and a
 fingerprint of the sample's content: the same sample with the same seed draws the same noise in any batch,
 in any process, on the same kind of device (CPU and CUDA generators draw different numbers).
@@ -12,7 +12,7 @@ import hashlib
 
 import torch
 
-__all__ = ["sample_fingerprints", "sample_generators", "per_sample_normal", "per_sample_uniform"]
+__all__ = ["sample_fingerprints", "sample_seeds", "sample_generators", "per_sample_normal", "per_sample_uniform"]
 
 _MIX = 2654435761  # Knuth's multiplicative hash constant
 _MOD = 2039  # small prime: position weights < 2**11 keep the integer sums exact for inputs below 2**20 values
@@ -42,8 +42,33 @@ def sample_fingerprints(inputs: torch.Tensor) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in sums]
 
 
+def sample_seeds(inputs: torch.Tensor, seed: int) -> list[int]:
+    """Return one 63-bit seed per sample, derived from ``seed``, the sample's fingerprint and its shape.
+
+    For methods whose library draws from torch's global generator (LIME through captum): seed that generator
+    with the sample's seed and the draws do not depend on the batch the sample arrives in.
+
+    Parameters
+    ----------
+    inputs : torch.Tensor
+        ``(B, ...)`` float tensor.
+    seed : int
+        The explainer's seed.
+
+    Returns
+    -------
+    list[int]
+        ``B`` non-negative integers below ``2**63``.
+    """
+    seeds = []
+    for plain, weighted in sample_fingerprints(inputs):
+        key = f"{seed}:{plain}:{weighted}:{tuple(inputs.shape[1:])}".encode()
+        seeds.append(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1)
+    return seeds
+
+
 def sample_generators(inputs: torch.Tensor, seed: int) -> list[torch.Generator]:
-    """Return one generator per sample, seeded from ``seed`` and the sample's fingerprint.
+    """Return one generator per sample, seeded with :func:`sample_seeds`.
 
     Parameters
     ----------
@@ -58,10 +83,9 @@ def sample_generators(inputs: torch.Tensor, seed: int) -> list[torch.Generator]:
         ``B`` generators.
     """
     generators = []
-    for plain, weighted in sample_fingerprints(inputs):
-        key = f"{seed}:{plain}:{weighted}:{tuple(inputs.shape[1:])}".encode()
+    for sample_seed in sample_seeds(inputs, seed):
         generator = torch.Generator(device=inputs.device)
-        generator.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1)
+        generator.manual_seed(sample_seed)
         generators.append(generator)
     return generators
 

@@ -18,13 +18,17 @@ from focus_core.explainers.control import RandomControl
 from focus_core.explainers.fast_lrp import FastLRP
 from focus_core.explainers.gradcam import GradCAM, GradCAMPlusPlus
 from focus_core.explainers.gradients import Gradient, InputXGradient, IntegratedGradients, SmoothGrad
+from focus_core.explainers.lime import Lime
 from focus_core.explainers.lrp import LRP
 
 __all__ = ["EXPLAINERS", "get_explainer", "available_explainers", "register_explainer"]
 
 EXPLAINERS: dict[str, type[ExplainerBase]] = {
     cls.name: cls
-    for cls in (GradCAM, GradCAMPlusPlus, LRP, FastLRP, SmoothGrad, IntegratedGradients, Gradient, InputXGradient, RandomControl)
+    for cls in (
+        GradCAM, GradCAMPlusPlus, LRP, FastLRP, SmoothGrad, IntegratedGradients, Gradient, InputXGradient, Lime,
+        RandomControl,
+    )
 }
 """Registry name -> explainer class."""
 

@@ -21,8 +21,9 @@ from tests.focus_core.tiny_models import tiny_model
 
 torch.set_num_threads(1)
 
-ALL = ["gradcam", "gradcam++", "lrp", "lrp_fast", "smoothgrad", "integrated_gradients", "gradient", "input_x_gradient", "random"]
-FAST = {"integrated_gradients": {"n_steps": 8}, "smoothgrad": {"n_samples": 4}}
+ALL = ["gradcam", "gradcam++", "lrp", "lrp_fast", "smoothgrad", "integrated_gradients", "gradient", "input_x_gradient",
+       "lime", "random"]
+FAST = {"integrated_gradients": {"n_steps": 8}, "smoothgrad": {"n_samples": 4}, "lime": {"n_samples": 16}}
 
 
 def explainer(name: str, layer: str = "features.5"):

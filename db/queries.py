@@ -26,6 +26,7 @@ __all__ = [
     "paired_focus",
     "focus_regressions",
     "checkpoints_to_audit",
+    "randomization_medians",
 ]
 
 _SUMMARY_COLUMNS = (
@@ -174,3 +175,23 @@ def checkpoints_to_audit(engine: Engine) -> pd.DataFrame:
         {"flag": True},
     )
     return frame
+
+
+def randomization_medians(engine: Engine, checkpoint_id: int, mosaic_set_id: int,
+                          randomization: str = "full") -> pd.DataFrame:
+    """Median Focus of every finished randomized evaluation of a checkpoint on a mosaic set, one row per seed.
+
+    Columns: ``evaluation_id``, ``method_id``, ``method``, ``randomization``, ``stage``, ``layer``, ``seed``,
+    ``n``, ``n_defined``, ``median_focus``, ``mean_focus``; ordered by method, stage, seed. Audit
+    evaluations are left out. :func:`flows.analysis.random_seed_spread` summarises them over seeds.
+    """
+    return _read(
+        engine,
+        "SELECT s.evaluation_id, s.method_id, m.name AS method, s.randomization, s.stage, s.layer, s.seed, "
+        "s.n, s.n_defined, s.median_focus, s.mean_focus FROM evaluation_summary s "
+        "JOIN xai_method m ON m.id = s.method_id "
+        "WHERE s.checkpoint_id = :checkpoint_id AND s.mosaic_set_id = :mosaic_set_id "
+        "AND s.randomization = :randomization AND s.status = 'finished' AND s.audit_run_id IS NULL "
+        "ORDER BY m.name, s.method_id, s.stage, s.layer, s.seed, s.evaluation_id",
+        {"checkpoint_id": int(checkpoint_id), "mosaic_set_id": int(mosaic_set_id), "randomization": randomization},
+    )

@@ -24,12 +24,13 @@ import db
 from focus_core import stats
 from focus_core.errors import FocusError
 
-__all__ = ["FOCUS_COLUMNS", "METRIC_COLUMNS", "REGRESSION_TEST_COLUMNS", "paired_comparison", "focus_regressions",
-           "focus_accuracy_correlation"]
+__all__ = ["FOCUS_COLUMNS", "METRIC_COLUMNS", "REGRESSION_TEST_COLUMNS", "SEED_SPREAD_COLUMNS", "paired_comparison",
+           "focus_regressions", "focus_accuracy_correlation", "random_seed_spread", "seed_spread_of_stages"]
 
 FOCUS_COLUMNS = ("focus_median", "focus_mean")
 METRIC_COLUMNS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy")
 REGRESSION_TEST_COLUMNS = ("n_paired", "median_difference", "statistic", "p_value")
+SEED_SPREAD_COLUMNS = ("method", "stage", "layer", "seeds", "n_seeds", "mean", "std", "min", "max", "about_chance")
 
 
 def paired_comparison(engine: Any, evaluation_a: int, evaluation_b: int) -> dict[str, Any]:
@@ -124,3 +125,48 @@ def focus_accuracy_correlation(
     except FocusError:  # fewer than 3 epochs with both values: no correlation to report
         r, p = math.nan, math.nan
     return {"n": int(len(curve)), "r": r, "p_value": p}
+
+
+def random_seed_spread(engine: Any, checkpoint_id: int, mosaic_set_id: int, randomization: str = "full",
+                       chance: float = 0.5, tolerance: float = 0.1) -> pd.DataFrame:
+    """Mean and spread over seeds of the randomized models' median Focus (:func:`focus_core.stats.seed_summary`).
+
+    "A random model scores about ``chance``" is judged on the mean over seeds (``about_chance``), since
+    one random model's median over a few classes is a handful of coin flips.
+
+    Parameters
+    ----------
+    engine
+        The results store's engine (:func:`flows.store.engine_for`).
+    checkpoint_id, mosaic_set_id
+        The trained checkpoint whose randomized copies were evaluated, and the mosaic set.
+    randomization
+        ``"full"`` (default), ``"cascading"`` or ``"independent"``: one row per method and stage/layer.
+    chance, tolerance
+        What a random explanation scores (``k / N**2``: 0.5 on 2x2 mosaics) and the accepted distance.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`SEED_SPREAD_COLUMNS`: ``seeds`` lists the seeds, ``mean``/``std``/``min``/``max`` are over their
+        medians (``std`` NaN with one seed).
+    """
+    frame = db.randomization_medians(engine, checkpoint_id, mosaic_set_id, randomization)
+    rows = []
+    for (method, stage, layer), group in frame.groupby(["method", "stage", "layer"], dropna=False, sort=False):
+        summary = stats.seed_summary(group["median_focus"].to_numpy(float), chance, tolerance)
+        rows.append({"method": method, "stage": None if pd.isna(stage) else int(stage),
+                     "layer": None if pd.isna(layer) else layer, "seeds": [int(s) for s in group["seed"]],
+                     **{k: summary[k] for k in SEED_SPREAD_COLUMNS[4:]}})
+    return pd.DataFrame(rows, columns=list(SEED_SPREAD_COLUMNS))
+
+
+def seed_spread_of_stages(stages: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Per method, :func:`focus_core.stats.seed_summary` of the fully random stages' medians (the flow's result)."""
+    spread = {}
+    for method in methods:
+        medians = [s["medians"].get(method) for s in stages if s["kind"] == "full"]
+        if medians:
+            summary = stats.seed_summary([math.nan if m is None else m for m in medians])
+            spread[method] = {**summary, "seeds": [s["seed"] for s in stages if s["kind"] == "full"]}
+    return spread

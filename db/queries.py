@@ -108,13 +108,20 @@ def compare_methods(engine: Engine, mosaic_set_id: int, randomization: str = "no
     )
 
 
-def training_curve(engine: Engine, training_run_id: int) -> pd.DataFrame:
-    """Loss, accuracy, mean per-class accuracy and Focus of every epoch of a training run."""
-    return _read(
-        engine,
-        "SELECT * FROM training_epoch_focus WHERE training_run_id = :run ORDER BY epoch",
-        {"run": int(training_run_id)},
-    )
+def training_curve(engine: Engine, training_run_id: int, method: str | None = None) -> pd.DataFrame:
+    """Loss, accuracy, mean per-class accuracy and Focus of every epoch of a training run, one row per epoch and method.
+
+    The rows of ``training_epoch_focus`` from epoch 0 (the model before its first optimisation step) on, ordered
+    by epoch and method: ``method_name``, ``evaluation_id``, ``focus_n``, ``focus_n_defined``, ``focus_median``,
+    ``focus_mean``, ``focus_q1``, ``focus_q3`` per method; an epoch recorded without evaluations has one row
+    with no method. ``method`` keeps only that method's rows.
+    """
+    sql = "SELECT * FROM training_epoch_focus WHERE training_run_id = :run"
+    params: dict[str, Any] = {"run": int(training_run_id)}
+    if method is not None:
+        sql += " AND method_name = :method"
+        params["method"] = method
+    return _read(engine, sql + " ORDER BY epoch, method_name, evaluation_id", params)
 
 
 def checkpoint_history(engine: Engine, checkpoint_id: int, method: str | None = None) -> pd.DataFrame:

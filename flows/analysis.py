@@ -25,7 +25,8 @@ from focus_core import stats
 from focus_core.errors import FocusError
 
 __all__ = ["FOCUS_COLUMNS", "METRIC_COLUMNS", "REGRESSION_TEST_COLUMNS", "SEED_SPREAD_COLUMNS", "paired_comparison",
-           "focus_regressions", "focus_accuracy_correlation", "random_seed_spread", "seed_spread_of_stages"]
+           "focus_regressions", "focus_accuracy_correlation", "focus_accuracy_correlations", "random_seed_spread",
+           "seed_spread_of_stages"]
 
 FOCUS_COLUMNS = ("focus_median", "focus_mean")
 METRIC_COLUMNS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy")
@@ -88,9 +89,13 @@ def focus_regressions(engine: Any, threshold: float = 0.05, audit_run_id: int | 
 
 
 def focus_accuracy_correlation(
-    engine: Any, training_run_id: int, focus: str = "focus_median", metric: str = "val_accuracy"
-) -> dict[str, float]:
-    """:func:`focus_core.stats.pearson` of Focus and a training metric over the epochs of a run.
+    engine: Any, training_run_id: int, focus: str = "focus_median", metric: str = "val_accuracy",
+    method: str | None = None,
+) -> dict[str, Any]:
+    """:func:`focus_core.stats.pearson` of one method's Focus and a training metric over the epochs of a run.
+
+    Epoch 0 (the untrained model) is one of the points, and often the one that makes r high: the
+    correlation is also given without it.
 
     Parameters
     ----------
@@ -102,13 +107,17 @@ def focus_accuracy_correlation(
         ``"focus_median"`` or ``"focus_mean"``.
     metric
         One of ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``val_mean_class_accuracy``.
+    method
+        The method's name; ``None``: the first the run measured (the lowest evaluation id), or the
+        run's own recorded Focus for epochs recorded without evaluations.
 
     Returns
     -------
     dict
-        ``n`` (epochs where both are recorded), ``r`` and ``p_value``: NaN where
-        :func:`focus_core.stats.pearson` has no correlation (a constant series) or refuses one
-        (fewer than 3 such epochs), as the report shows it.
+        ``method``, ``n`` (epochs where both are recorded), ``r`` and ``p_value``, and the same without epoch 0
+        (``n_without_epoch_0``, ``r_without_epoch_0``, ``p_value_without_epoch_0``): NaN where
+        :func:`focus_core.stats.pearson` has no correlation (a constant series) or refuses one (fewer than 3
+        such epochs), as the report shows it.
 
     Raises
     ------
@@ -119,12 +128,35 @@ def focus_accuracy_correlation(
         raise db.StoreError(f"Expected focus to be one of {FOCUS_COLUMNS} but got {focus!r}.")
     if metric not in METRIC_COLUMNS:
         raise db.StoreError(f"Expected metric to be one of {METRIC_COLUMNS} but got {metric!r}.")
-    curve = db.training_curve(engine, training_run_id)[[focus, metric]].dropna()
-    try:
-        r, p = stats.pearson(curve[focus].to_numpy(float), curve[metric].to_numpy(float))
-    except FocusError:  # fewer than 3 epochs with both values: no correlation to report
-        r, p = math.nan, math.nan
-    return {"n": int(len(curve)), "r": r, "p_value": p}
+    curve = db.training_curve(engine, training_run_id)
+    method, rows = _method_rows(curve, method)
+    rows = rows[["epoch", focus, metric]].dropna()
+    result: dict[str, Any] = {"method": method}
+    for suffix, part in (("", rows), ("_without_epoch_0", rows[rows["epoch"] != 0])):
+        try:
+            r, p = stats.pearson(part[focus].to_numpy(float), part[metric].to_numpy(float))
+        except FocusError:  # fewer than 3 epochs with both values: no correlation to report
+            r, p = math.nan, math.nan
+        result.update({f"n{suffix}": int(len(part)), f"r{suffix}": r, f"p_value{suffix}": p})
+    return result
+
+
+def _method_rows(curve: pd.DataFrame, method: str | None) -> tuple[str | None, pd.DataFrame]:
+    """One method's rows of a long training curve (``None``: the first measured, else the run's recorded Focus)."""
+    if method is None:
+        measured = curve.dropna(subset=["method_name"])
+        if measured.empty:
+            return None, curve[curve["method_name"].isna()]
+        method = str(measured.sort_values("evaluation_id")["method_name"].iloc[0])
+    return method, curve[curve["method_name"] == method]
+
+
+def focus_accuracy_correlations(engine: Any, training_run_id: int, metric: str = "val_accuracy") -> pd.DataFrame:
+    """:func:`focus_accuracy_correlation` of median Focus for every method the run measured, one row each."""
+    curve = db.training_curve(engine, training_run_id)
+    methods = list(dict.fromkeys(curve.dropna(subset=["method_name"]).sort_values("evaluation_id")["method_name"]))
+    rows = [focus_accuracy_correlation(engine, training_run_id, metric=metric, method=m) for m in methods or [None]]
+    return pd.DataFrame(rows)
 
 
 def random_seed_spread(engine: Any, checkpoint_id: int, mosaic_set_id: int, randomization: str = "full",

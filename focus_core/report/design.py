@@ -29,7 +29,7 @@ def plot_per_class_focus(classes: Sequence[str], medians_by_method: Mapping[str,
     """Median Focus per target class, one bar group per class and one bar per method.
 
     A class far below the others is one the explanations (or the model) miss: the extended paper's
-    bias angle. NaN (a class without a defined score) leaves its bar out.
+    bias angle. NaN (a class without a defined score) draws no bar but the word "undefined".
 
     Parameters
     ----------
@@ -68,8 +68,12 @@ def plot_per_class_focus(classes: Sequence[str], medians_by_method: Mapping[str,
             raise FocusError(f"The medians of '{method}' have {values.size} values for {len(labels)} classes: "
                              "pass one per class.")
         check_fraction(values, f"medians of '{method}'")
-        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(values), width, color=method_color(method), label=method)
-    ax.set_xticks(x, labels, rotation=45 if len(labels) > 8 else 0, fontsize=8)
+        centres = x - 0.4 + width * (i + 0.5)
+        ax.bar(centres, values, width, color=method_color(method), label=method)  # NaN: no bar, marked below
+        for centre in centres[np.isnan(values)]:
+            ax.text(centre, 0.02, "undefined", rotation=90, ha="center", va="bottom", fontsize=6, color="0.4")
+    long_names = max(len(label) for label in labels) > 3
+    ax.set_xticks(x, labels, rotation=45 if long_names else 0, ha="right" if long_names else "center", fontsize=8)
     ax.set_xlabel("target class")
     focus_axis(ax, label="Focus median")
     ax.set_title(title)

@@ -1,15 +1,16 @@
 """The ``train`` flow: the paper's recipe, one task per epoch, Focus measured after every epoch.
 
-Epoch 0 is the model before its first optimisation step: its weights are checkpointed, its loss and
-accuracy on the validation split and its Focus for every method are recorded like any epoch's (it
-trains nothing, so its training loss and accuracy stay empty). Each epoch task restores the previous epoch's checkpoint (model and AMSGrad state), trains one
-epoch (seeded by the run's seed and the epoch number, so a resumed run continues exactly like an
-uninterrupted one), writes its checkpoint file atomically, registers the weights, evaluates Focus
-on the fixed validation mosaic set with every method of ``focus_methods`` and records the epoch with
-those evaluations (``training_epoch_focus``: one row per epoch and method). A re-run of the same request (or one
-asking for more epochs) resumes after the last epoch that is both recorded and checkpointed (and records
-epoch 0 when it is missing). At the end: the Pearson correlation of Focus and accuracy over the epochs,
-with and without epoch 0.
+Epoch 0 is the model before its first optimisation step: its weights are checkpointed, its loss
+and accuracy on the validation split and its Focus for every method are recorded like any epoch's
+(it trains nothing, so its training loss and accuracy stay empty). Each epoch task restores the
+previous epoch's checkpoint (model and AMSGrad state), trains one epoch (seeded by the run's seed
+and the epoch number, so a resumed run continues exactly like an uninterrupted one), writes its
+checkpoint file atomically, registers the weights, evaluates Focus on the fixed validation mosaic
+set with every method of ``focus_methods`` and records the epoch with those evaluations
+(``training_epoch_focus``: one row per epoch and method). A re-run of the same request (or one
+asking for more epochs) resumes after the last epoch that is both recorded and checkpointed (and
+records epoch 0 when it is missing). At the end: the Pearson correlation of Focus and accuracy over
+the epochs, with and without epoch 0.
 
 Examples
 --------

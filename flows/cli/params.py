@@ -298,5 +298,6 @@ def seed_list(text: str) -> list[int]:
     except ValueError:
         seeds = []
     if not seeds or any(s < 0 for s in seeds):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of seeds: pass non-negative integers such as 0,1,2,3,4.")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of seeds: pass non-negative integers such as 0,1,2,3,4.")
     return seeds

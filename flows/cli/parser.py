@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     opts.option(p, "--max-stages", field="max_stages", type=int, metavar="N",
                 help="Cascading/independent: only the top N layers (default all).")
     seeds = p.add_mutually_exclusive_group()
-    opts.option(seeds, "--seed", field="seed", type=int, metavar="N", help="Seed of the re-initialisations (default 0).")
+    opts.option(seeds, "--seed", field="seed", type=int, metavar="N",
+                help="Seed of the re-initialisations (default 0).")
     opts.option(seeds, "--seeds", field="seeds", type=opts.seed_list, metavar="N,N,...",
                 help="Several seeds, each its own evaluations, e.g. 0,1,2,3,4: the report shows their mean and spread.")
     opts.add_run_options(p)

@@ -55,15 +55,18 @@ def per_class_section(evals: Sequence[EvaluationData], names: dict[int, str], fi
         return section
     for (checkpoint_id, mosaic_set_id), methods in groups.items():
         title = f"{names[checkpoint_id]} on mosaic set #{mosaic_set_id}"
-        per_method = {m: {r["class"]: r for r in stats.per_class_summary(e.focus, e.targets)} for m, e in methods.items()}
+        per_method = {m: {r["class"]: r for r in stats.per_class_summary(e.focus, e.targets)}
+                      for m, e in methods.items()}
         classes = sorted({c for rows in per_method.values() for c in rows})
         start = len(section.figures)
         figures.draw(section, f"fig-classes-{slug(names[checkpoint_id], mosaic_set_id)}",
                      f"{title}: median Focus per target class.", f"Median Focus per class of {title}",
                      report.plot_per_class_focus, [str(c) for c in classes],
-                     {m: [rows[c]["median"] if c in rows else np.nan for c in classes] for m, rows in per_method.items()})
+                     {m: [rows[c]["median"] if c in rows else np.nan for c in classes]
+                      for m, rows in per_method.items()})
         section.blocks.append(f"<h3>{html.escape(title)}</h3>")
-        section.blocks.append('<div class="figures">' + "\n".join(f.render() for f in section.figures[start:]) + "</div>")
+        drawn = "\n".join(f.render() for f in section.figures[start:])
+        section.blocks.append(f'<div class="figures">{drawn}</div>')
         del section.figures[start:]
         headers = ["target class", "mosaics"] + [f"{m} median (undefined as 0)" for m in methods]
         rows = []

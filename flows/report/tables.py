@@ -29,7 +29,8 @@ _SUMMARY_TITLES = {
     "audit": "audit run id",
     "n": "mosaics scored",
     "undefined": "share of mosaics without positive relevance (Focus undefined)",
-    "median": "median Focus of the defined scores (undefined maps left out: they say nothing about where relevance went)",
+    "median": "median Focus of the defined scores (undefined maps left out: they say nothing about where relevance "
+              "went)",
     "median, undefined as 0": "median Focus with undefined maps counted as 0: Quantus's convention, the one to compare "
                               "with quantus.Focus",
     f"{int(CONFIDENCE * 100)}% CI of median": f"percentile bootstrap over mosaics, {BOOTSTRAP_RESAMPLES} resamples, "

@@ -69,7 +69,8 @@ def test_training_records_every_epoch_with_focus_and_resumes_after_a_crash(
     assert correlation["method"] == "gradcam" and correlation["n"] == 3 and not math.isnan(correlation["r"])
     assert correlation["n_without_epoch_0"] == 2 and math.isnan(correlation["r_without_epoch_0"])
     assert [c["method"] for c in outcome["correlations"]] == ["gradcam", "lrp"]
-    assert [e["epoch"] for e in outcome["epochs"]] == [0, 1, 2] and set(outcome["epochs"][0]["focus"]) == {"gradcam", "lrp"}
+    assert [e["epoch"] for e in outcome["epochs"]] == [0, 1, 2]
+    assert set(outcome["epochs"][0]["focus"]) == {"gradcam", "lrp"}
 
     with engine.connect() as connection:
         checkpoints = connection.execute(text(

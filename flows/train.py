@@ -231,8 +231,10 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
         params: Architecture, data, recipe, the validation mosaic set for Focus, checkpoint
             folder, device and store.
 
-    Returns a dict with the training run id, the epochs run now, every epoch's metrics and
-    Focus, the final checkpoint and the Pearson correlation of Focus and validation accuracy.
+    Returns a dict with the training run id, the epochs trained now (``epochs_run``; whether epoch 0,
+    the untrained model, was recorded now: ``untrained_recorded_now``), every epoch's metrics and
+    Focus (``epochs``, from epoch 0), the final checkpoint and the Pearson correlation of Focus and
+    validation accuracy per method, with and without epoch 0.
     """
     devices.require_device(params.device)
     engine = store.engine_for(params.database_url)
@@ -275,7 +277,8 @@ def _train_epochs(
             mosaic_set_id=mosaic_set.mosaic_set_id, manifest_hash=mosaic_set.manifest_hash,
             mosaic_ids=mosaic_set.mosaic_ids, dataset_id=mosaic_set.dataset_id,
         ))
-        epochs_run.append(epoch)
+        if epoch:
+            epochs_run.append(epoch)
         medians = {m: f["median"] for m, f in result["focus"].items()}
         if epoch:
             logger.info(LOG_EPOCH, epoch, result["metrics"]["val_accuracy"], medians)
@@ -316,6 +319,7 @@ def _train_epochs(
         "training_run_id": training_run_id,
         "run_dir": str(run_dir),
         "epochs_run": epochs_run,
+        "untrained_recorded_now": bool(untrained),
         "resumed_after": done,
         "epochs": epochs,
         "final_checkpoint_id": final_checkpoint,

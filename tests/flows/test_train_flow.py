@@ -49,7 +49,7 @@ def test_training_records_every_epoch_with_focus_and_resumes_after_a_crash(
 
     outcome = train_module.train(_params(tmp_path, sqlite_url, epochs=2))
     assert epochs_trained == [1, 2, 2]  # epoch 1 was not trained again
-    assert outcome["resumed_after"] == 1 and outcome["epochs_run"] == [2]
+    assert outcome["resumed_after"] == 1 and outcome["epochs_run"] == [2] and not outcome["untrained_recorded_now"]
 
     engine = store.engine_for(sqlite_url)
     curve = db.training_curve(engine, outcome["training_run_id"])

@@ -460,7 +460,7 @@ def cluster_bootstrap_median_ci(
         return math.nan, math.nan
     values, sizes = _padded_clusters(array, labels)
     rng = np.random.default_rng(seed)
-    block = max(1, _BOOTSTRAP_CHUNK // values.size)
+    block = max(1, _BOOTSTRAP_CHUNK // (4 * values.size))  # uniforms, positions, values: a few arrays of that size
     medians = []
     for start in range(0, int(n_resamples), block):
         b = min(block, int(n_resamples) - start)

@@ -133,7 +133,7 @@ def seeds_section(evals: Sequence[EvaluationData], names: dict[int, str], figure
         section.missing = ("No fully random model is selected: run `focus randomize --kind full --seeds 0,1,2,3,4` "
                            "to judge the random models over seeds.")
         return section
-    trained_groups = {key: methods for key, methods in _trained_all(evals).items()}
+    trained_groups = _trained_all(evals)
     for (checkpoint_id, mosaic_set_id), methods in sorted(random.items()):
         trained = trained_groups.get((checkpoint_id, mosaic_set_id), {})
         title = f"{names[checkpoint_id]} on mosaic set #{mosaic_set_id}"
@@ -154,6 +154,7 @@ def seeds_section(evals: Sequence[EvaluationData], names: dict[int, str], figure
 
 
 def _trained_all(evals: Sequence[EvaluationData]) -> dict[tuple[int, int], dict[str, EvaluationData]]:
+    """``{(checkpoint, mosaic set): {method: latest trained evaluation}}`` of every checkpoint (no audits)."""
     groups: dict[tuple[int, int], dict[str, list[EvaluationData]]] = defaultdict(lambda: defaultdict(list))
     for e in evals:
         if e.randomization == "none" and e.n and e.audit_run_id is None:

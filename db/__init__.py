@@ -50,6 +50,7 @@ from db.queries import (
     evaluation_summary,
     focus_regressions,
     paired_focus,
+    randomization_medians,
     training_curve,
 )
 from db.registry import (
@@ -127,6 +128,7 @@ __all__ = [
     "paired_focus",
     "focus_regressions",
     "checkpoints_to_audit",
+    "randomization_medians",
     "RecordedCheckpoint",
     "recorded_checkpoint",
     "recorded_sha256_at",

@@ -146,6 +146,20 @@ class TrainingEpoch(Base):
     recorded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class TrainingEpochEvaluation(Base):
+    """Which evaluations measured an epoch's Focus (one per method the training run measures).
+
+    Written with the epoch (:func:`db.record_epoch`); ``training_epoch_focus`` shows one row per epoch and method
+    from it.
+    """
+
+    __tablename__ = "training_epoch_evaluation"
+
+    training_run_id: Mapped[int] = mapped_column(ForeignKey("training_run.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluation.id", ondelete="CASCADE"), primary_key=True)
+
+
 class ModelCheckpoint(Base):
     """A weights file; ``sha256`` of the file is its natural key."""
 

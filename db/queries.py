@@ -26,6 +26,7 @@ __all__ = [
     "paired_focus",
     "focus_regressions",
     "checkpoints_to_audit",
+    "randomization_medians",
 ]
 
 _SUMMARY_COLUMNS = (
@@ -107,13 +108,20 @@ def compare_methods(engine: Engine, mosaic_set_id: int, randomization: str = "no
     )
 
 
-def training_curve(engine: Engine, training_run_id: int) -> pd.DataFrame:
-    """Loss, accuracy, mean per-class accuracy and Focus of every epoch of a training run."""
-    return _read(
-        engine,
-        "SELECT * FROM training_epoch_focus WHERE training_run_id = :run ORDER BY epoch",
-        {"run": int(training_run_id)},
-    )
+def training_curve(engine: Engine, training_run_id: int, method: str | None = None) -> pd.DataFrame:
+    """Loss, accuracy, mean per-class accuracy and Focus of every epoch of a training run, one row per epoch and method.
+
+    The rows of ``training_epoch_focus`` from epoch 0 (the model before its first optimisation step) on, ordered
+    by epoch and method: ``method_name``, ``evaluation_id``, ``focus_n``, ``focus_n_defined``, ``focus_median``,
+    ``focus_mean``, ``focus_q1``, ``focus_q3`` per method; an epoch recorded without evaluations has one row
+    with no method. ``method`` keeps only that method's rows.
+    """
+    sql = "SELECT * FROM training_epoch_focus WHERE training_run_id = :run"
+    params: dict[str, Any] = {"run": int(training_run_id)}
+    if method is not None:
+        sql += " AND method_name = :method"
+        params["method"] = method
+    return _read(engine, sql + " ORDER BY epoch, method_name, evaluation_id", params)
 
 
 def checkpoint_history(engine: Engine, checkpoint_id: int, method: str | None = None) -> pd.DataFrame:
@@ -174,3 +182,23 @@ def checkpoints_to_audit(engine: Engine) -> pd.DataFrame:
         {"flag": True},
     )
     return frame
+
+
+def randomization_medians(engine: Engine, checkpoint_id: int, mosaic_set_id: int,
+                          randomization: str = "full") -> pd.DataFrame:
+    """Median Focus of every finished randomized evaluation of a checkpoint on a mosaic set, one row per seed.
+
+    Columns: ``evaluation_id``, ``method_id``, ``method``, ``randomization``, ``stage``, ``layer``, ``seed``,
+    ``n``, ``n_defined``, ``median_focus``, ``mean_focus``; ordered by method, stage, seed. Audit
+    evaluations are left out. :func:`flows.analysis.random_seed_spread` summarises them over seeds.
+    """
+    return _read(
+        engine,
+        "SELECT s.evaluation_id, s.method_id, m.name AS method, s.randomization, s.stage, s.layer, s.seed, "
+        "s.n, s.n_defined, s.median_focus, s.mean_focus FROM evaluation_summary s "
+        "JOIN xai_method m ON m.id = s.method_id "
+        "WHERE s.checkpoint_id = :checkpoint_id AND s.mosaic_set_id = :mosaic_set_id "
+        "AND s.randomization = :randomization AND s.status = 'finished' AND s.audit_run_id IS NULL "
+        "ORDER BY m.name, s.method_id, s.stage, s.layer, s.seed, s.evaluation_id",
+        {"checkpoint_id": int(checkpoint_id), "mosaic_set_id": int(mosaic_set_id), "randomization": randomization},
+    )

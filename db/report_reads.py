@@ -66,7 +66,7 @@ def evaluation_records(engine: Engine, evaluation_ids: Sequence[int] | None = No
     -------
     list of dict
         Ordered by evaluation id, with the keys ``evaluation_id, status, randomization, stage,
-        layer, audit_run_id, finished_at, metadata`` (the evaluation), ``checkpoint_id,
+        layer, seed, audit_run_id, finished_at, metadata`` (the evaluation), ``checkpoint_id,
         architecture, checkpoint_label, sha256, weights_path, num_classes, in_channels,
         training_run_id, epoch`` (its checkpoint), ``method, method_params``, ``mosaic_set_id,
         layout, split, set_seed, per_class`` and ``dataset_id, dataset_name,
@@ -76,7 +76,7 @@ def evaluation_records(engine: Engine, evaluation_ids: Sequence[int] | None = No
     e, c, m, s, d = Evaluation, ModelCheckpoint, XaiMethod, MosaicSet, Dataset
     base = (
         select(
-            e.id.label("evaluation_id"), e.status, e.randomization, e.stage, e.layer, e.audit_run_id,
+            e.id.label("evaluation_id"), e.status, e.randomization, e.stage, e.layer, e.seed, e.audit_run_id,
             e.finished_at, e.metadata_.label("metadata"),
             c.id.label("checkpoint_id"), c.architecture, c.label.label("checkpoint_label"), c.sha256,
             c.path.label("weights_path"), c.num_classes, c.in_channels, c.training_run_id, c.epoch,

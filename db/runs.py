@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from db.errors import StoreError
-from db.models import AuditRun, TrainingEpoch, TrainingRun
+from db.models import AuditRun, TrainingEpoch, TrainingEpochEvaluation, TrainingRun
 from db.transactions import Store, error_reason, idempotent, transaction
 from db.types import optional_float, utcnow
 
@@ -60,8 +61,15 @@ def record_epoch(
     focus_median: float | None = None,
     focus_mean: float | None = None,
     seconds: float | None = None,
+    evaluation_ids: Sequence[int] = (),
 ) -> None:
-    """Record (insert or replace) the metrics of one epoch; NaN is stored as NULL."""
+    """Record (insert or replace) the metrics of one epoch; NaN is stored as NULL.
+
+    ``evaluation_ids`` are the evaluations that measured this epoch's Focus, one per method (epoch 0: the model
+    before its first optimisation step); they replace the epoch's earlier ones in the same transaction, and
+    ``training_epoch_focus`` shows one row per epoch and method from them. ``focus_median``/``focus_mean`` are
+    the first method's, kept for epochs recorded without evaluations.
+    """
     metrics = (train_loss, train_accuracy, val_loss, val_accuracy, val_mean_class_accuracy, focus_median, focus_mean,
                seconds)
     values: dict[str, Any] = {name: optional_float(v) for name, v in zip(_EPOCH_METRICS, metrics, strict=True)}
@@ -72,9 +80,15 @@ def record_epoch(
         stmt = stmt.on_conflict_do_update(index_elements=["training_run_id", "epoch"], set_=values)
         try:
             connection.execute(stmt)
+            link = TrainingEpochEvaluation
+            connection.execute(delete(link).where(link.training_run_id == training_run_id, link.epoch == int(epoch)))
+            if evaluation_ids:
+                connection.execute(insert(link), [{"training_run_id": training_run_id, "epoch": int(epoch),
+                                                   "evaluation_id": int(e)} for e in dict.fromkeys(evaluation_ids)])
         except IntegrityError as exc:
             raise StoreError(
-                f"Cannot record epoch {epoch} ({error_reason(exc)}); register the training run first."
+                f"Cannot record epoch {epoch} ({error_reason(exc)}); register the training run and its evaluations "
+                "first."
             ) from None
 
 

@@ -24,12 +24,14 @@ import db
 from focus_core import stats
 from focus_core.errors import FocusError
 
-__all__ = ["FOCUS_COLUMNS", "METRIC_COLUMNS", "REGRESSION_TEST_COLUMNS", "paired_comparison", "focus_regressions",
-           "focus_accuracy_correlation"]
+__all__ = ["FOCUS_COLUMNS", "METRIC_COLUMNS", "REGRESSION_TEST_COLUMNS", "SEED_SPREAD_COLUMNS", "paired_comparison",
+           "focus_regressions", "focus_accuracy_correlation", "focus_accuracy_correlations", "random_seed_spread",
+           "seed_spread_of_stages"]
 
 FOCUS_COLUMNS = ("focus_median", "focus_mean")
 METRIC_COLUMNS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy")
 REGRESSION_TEST_COLUMNS = ("n_paired", "median_difference", "statistic", "p_value")
+SEED_SPREAD_COLUMNS = ("method", "stage", "layer", "seeds", "n_seeds", "mean", "std", "min", "max", "about_chance")
 
 
 def paired_comparison(engine: Any, evaluation_a: int, evaluation_b: int) -> dict[str, Any]:
@@ -87,9 +89,13 @@ def focus_regressions(engine: Any, threshold: float = 0.05, audit_run_id: int | 
 
 
 def focus_accuracy_correlation(
-    engine: Any, training_run_id: int, focus: str = "focus_median", metric: str = "val_accuracy"
-) -> dict[str, float]:
-    """:func:`focus_core.stats.pearson` of Focus and a training metric over the epochs of a run.
+    engine: Any, training_run_id: int, focus: str = "focus_median", metric: str = "val_accuracy",
+    method: str | None = None,
+) -> dict[str, Any]:
+    """:func:`focus_core.stats.pearson` of one method's Focus and a training metric over the epochs of a run.
+
+    Epoch 0 (the untrained model) is one of the points, and often the one that makes r high: the
+    correlation is also given without it.
 
     Parameters
     ----------
@@ -101,13 +107,17 @@ def focus_accuracy_correlation(
         ``"focus_median"`` or ``"focus_mean"``.
     metric
         One of ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``val_mean_class_accuracy``.
+    method
+        The method's name; ``None``: the first the run measured (the lowest evaluation id), or the
+        run's own recorded Focus for epochs recorded without evaluations.
 
     Returns
     -------
     dict
-        ``n`` (epochs where both are recorded), ``r`` and ``p_value``: NaN where
-        :func:`focus_core.stats.pearson` has no correlation (a constant series) or refuses one
-        (fewer than 3 such epochs), as the report shows it.
+        ``method``, ``n`` (epochs where both are recorded), ``r`` and ``p_value``, and the same without epoch 0
+        (``n_without_epoch_0``, ``r_without_epoch_0``, ``p_value_without_epoch_0``): NaN where
+        :func:`focus_core.stats.pearson` has no correlation (a constant series) or refuses one (fewer than 3
+        such epochs), as the report shows it.
 
     Raises
     ------
@@ -118,9 +128,77 @@ def focus_accuracy_correlation(
         raise db.StoreError(f"Expected focus to be one of {FOCUS_COLUMNS} but got {focus!r}.")
     if metric not in METRIC_COLUMNS:
         raise db.StoreError(f"Expected metric to be one of {METRIC_COLUMNS} but got {metric!r}.")
-    curve = db.training_curve(engine, training_run_id)[[focus, metric]].dropna()
-    try:
-        r, p = stats.pearson(curve[focus].to_numpy(float), curve[metric].to_numpy(float))
-    except FocusError:  # fewer than 3 epochs with both values: no correlation to report
-        r, p = math.nan, math.nan
-    return {"n": int(len(curve)), "r": r, "p_value": p}
+    curve = db.training_curve(engine, training_run_id)
+    method, rows = _method_rows(curve, method)
+    rows = rows[["epoch", focus, metric]].dropna()
+    result: dict[str, Any] = {"method": method}
+    for suffix, part in (("", rows), ("_without_epoch_0", rows[rows["epoch"] != 0])):
+        try:
+            r, p = stats.pearson(part[focus].to_numpy(float), part[metric].to_numpy(float))
+        except FocusError:  # fewer than 3 epochs with both values: no correlation to report
+            r, p = math.nan, math.nan
+        result.update({f"n{suffix}": int(len(part)), f"r{suffix}": r, f"p_value{suffix}": p})
+    return result
+
+
+def _method_rows(curve: pd.DataFrame, method: str | None) -> tuple[str | None, pd.DataFrame]:
+    """One method's rows of a long training curve (``None``: the first measured, else the run's recorded Focus)."""
+    if method is None:
+        measured = curve.dropna(subset=["method_name"])
+        if measured.empty:
+            return None, curve[curve["method_name"].isna()]
+        method = str(measured.sort_values("evaluation_id")["method_name"].iloc[0])
+    return method, curve[curve["method_name"] == method]
+
+
+def focus_accuracy_correlations(engine: Any, training_run_id: int, metric: str = "val_accuracy") -> pd.DataFrame:
+    """:func:`focus_accuracy_correlation` of median Focus for every method the run measured, one row each."""
+    curve = db.training_curve(engine, training_run_id)
+    methods = list(dict.fromkeys(curve.dropna(subset=["method_name"]).sort_values("evaluation_id")["method_name"]))
+    rows = [focus_accuracy_correlation(engine, training_run_id, metric=metric, method=m) for m in methods or [None]]
+    return pd.DataFrame(rows)
+
+
+def random_seed_spread(engine: Any, checkpoint_id: int, mosaic_set_id: int, randomization: str = "full",
+                       chance: float = 0.5, tolerance: float = 0.1) -> pd.DataFrame:
+    """Mean and spread over seeds of the randomized models' median Focus (:func:`focus_core.stats.seed_summary`).
+
+    "A random model scores about ``chance``" is judged on the mean over seeds (``about_chance``), since
+    one random model's median over a few classes is a handful of coin flips.
+
+    Parameters
+    ----------
+    engine
+        The results store's engine (:func:`flows.store.engine_for`).
+    checkpoint_id, mosaic_set_id
+        The trained checkpoint whose randomized copies were evaluated, and the mosaic set.
+    randomization
+        ``"full"`` (default), ``"cascading"`` or ``"independent"``: one row per method and stage/layer.
+    chance, tolerance
+        What a random explanation scores (``k / N**2``: 0.5 on 2x2 mosaics) and the accepted distance.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`SEED_SPREAD_COLUMNS`: ``seeds`` lists the seeds, ``mean``/``std``/``min``/``max`` are over their
+        medians (``std`` NaN with one seed).
+    """
+    frame = db.randomization_medians(engine, checkpoint_id, mosaic_set_id, randomization)
+    rows = []
+    for (method, stage, layer), group in frame.groupby(["method", "stage", "layer"], dropna=False, sort=False):
+        summary = stats.seed_summary(group["median_focus"].to_numpy(float), chance, tolerance)
+        rows.append({"method": method, "stage": None if pd.isna(stage) else int(stage),
+                     "layer": None if pd.isna(layer) else layer, "seeds": [int(s) for s in group["seed"]],
+                     **{k: summary[k] for k in SEED_SPREAD_COLUMNS[4:]}})
+    return pd.DataFrame(rows, columns=list(SEED_SPREAD_COLUMNS))
+
+
+def seed_spread_of_stages(stages: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Per method, :func:`focus_core.stats.seed_summary` of the fully random stages' medians (the flow's result)."""
+    spread = {}
+    for method in methods:
+        medians = [s["medians"].get(method) for s in stages if s["kind"] == "full"]
+        if medians:
+            summary = stats.seed_summary([math.nan if m is None else m for m in medians])
+            spread[method] = {**summary, "seeds": [s["seed"] for s in stages if s["kind"] == "full"]}
+    return spread

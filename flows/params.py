@@ -23,7 +23,7 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -114,7 +114,11 @@ class RandomizationParams(_FlowParams):
     max_stages: int | None = Field(
         None, ge=1, description="Cascading/independent: only the first N layers from the top; empty: all."
     )
-    seed: int = Field(0, ge=0, description="Seed of the re-initialisations.")
+    seed: int = Field(0, ge=0, description="Seed of the re-initialisations (when seeds is empty).")
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, description="Several seeds, each its own evaluation (its own random models): the "
+        "report judges 'a random model scores about 0.5' on their mean; empty: the one seed above."
+    )
     run: RunSpec = Field(default_factory=RunSpec)
     figures_dir: str | None = Field(None, description="Where the cascading-randomization figure is written; empty: none.")
 
@@ -122,7 +126,13 @@ class RandomizationParams(_FlowParams):
     def _check(self) -> RandomizationParams:
         if not self.model.weights:
             raise ValueError("Randomization needs the trained checkpoint's weights file: set model.weights.")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"The seeds {self.seeds} repeat a seed: list each seed once.")
         return self
+
+    def seed_list(self) -> list[int]:
+        """The seeds to run: ``seeds``, else ``[seed]``."""
+        return list(self.seeds) if self.seeds else [self.seed]
 
 
 class TrainParams(_FlowParams):

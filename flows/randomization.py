@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows import caches, preflight, record, store
+from flows import analysis, caches, preflight, record, store
 from flows.evaluate import evaluate
 from flows.jsonsafe import number
 from flows.params import EvaluateParams, RandomizationParams, RandomizationSpec
@@ -30,21 +30,25 @@ __all__ = ["randomization", "randomization_stages"]
 
 
 def randomization_stages(params: RandomizationParams) -> list[tuple[str, RandomizationSpec]]:
-    """``(label, spec)`` of every stage: trained, then full, cascading (top first), independent."""
+    """``(label, spec)`` of every stage: trained, then per seed full, cascading (top first), independent."""
     model = caches.checked_model(params.model, params.dataset)
     layers = randomize.cascading_stages(model)
     if params.max_stages is not None:
         layers = layers[: params.max_stages]
+    seeds = params.seed_list()
     stages = [("trained", RandomizationSpec())]
-    for kind in params.kinds:
-        if kind == "full":
-            stages.append(("full", RandomizationSpec(kind="full", seed=params.seed)))
-        elif kind == "cascading":
-            stages += [(f"cascading to {layer}", RandomizationSpec(kind="cascading", stage=i, layer=layer, seed=params.seed))
-                       for i, layer in enumerate(layers)]
-        else:
-            stages += [(f"only {layer}", RandomizationSpec(kind="independent", layer=layer, seed=params.seed))
-                       for layer in layers]
+    for seed in seeds:
+        tail = "" if len(seeds) == 1 else f" (seed {seed})"
+        for kind in params.kinds:
+            if kind == "full":
+                stages.append((f"full{tail}", RandomizationSpec(kind="full", seed=seed)))
+            elif kind == "cascading":
+                stages += [(f"cascading to {layer}{tail}",
+                            RandomizationSpec(kind="cascading", stage=i, layer=layer, seed=seed))
+                           for i, layer in enumerate(layers)]
+            else:
+                stages += [(f"only {layer}{tail}", RandomizationSpec(kind="independent", layer=layer, seed=seed))
+                           for layer in layers]
     return stages
 
 
@@ -56,8 +60,9 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
         params: The trained checkpoint, mosaic set, methods, randomization kinds, how to run and
             where the figure goes.
 
-    Returns a dict with one entry per stage: its kind, stage, layer, evaluation ids, the rows this run
-    wrote and the median Focus per method (expected: high for the trained model, about 0.5 once randomized).
+    Returns a dict with one entry per stage: its kind, stage, layer, seed, evaluation ids, the rows this run
+    wrote and the median Focus per method (expected: high for the trained model, about 0.5 once randomized),
+    and ``seeds``: per method, :func:`focus_core.stats.seed_summary` of the fully random models' medians.
     """
     preflight.check_request(params)  # its stages come from the model itself: nothing else to check
     logger = get_run_logger()
@@ -82,7 +87,11 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
         key=f"randomization-{inputs.checkpoint_sha256[:12]}-{inputs.manifest_hash[:12]}",
         description="Median Focus per randomization stage: it should fall to about 0.5 once the model is random.",
     )
-    cascade = [s for s in stages if s["kind"] in ("none", "cascading")]
+    seeds = analysis.seed_spread_of_stages(stages, methods)
+    if len(params.seed_list()) > 1:
+        logger.info("Fully random models over seeds %s: %s", params.seed_list(), seeds)
+    first_seed = params.seed_list()[0]  # the figure draws one seed's cascade
+    cascade = [s for s in stages if s["kind"] == "none" or (s["kind"] == "cascading" and s["seed"] == first_seed)]
     if params.figures_dir and len(cascade) > 1:
         path = Path(params.figures_dir) / f"cascading-randomization-{inputs.checkpoint_sha256[:12]}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +101,8 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
             path,
         )
         create_markdown_artifact(f"Cascading randomization: `{path}`", description="Randomization figure")
-    return {"checkpoint_id": inputs.checkpoint_id, "mosaic_set_id": inputs.mosaic_set_id, "stages": stages}
+    return {"checkpoint_id": inputs.checkpoint_id, "mosaic_set_id": inputs.mosaic_set_id, "stages": stages,
+            "seeds": seeds}
 
 
 def _nan(value: float | None) -> float:

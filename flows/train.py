@@ -1,11 +1,16 @@
 """The ``train`` flow: the paper's recipe, one task per epoch, Focus measured after every epoch.
 
-Each epoch task restores the previous epoch's checkpoint (model and AMSGrad state), trains one
-epoch (seeded by the run's seed and the epoch number, so a resumed run continues exactly like an
-uninterrupted one), writes its checkpoint file atomically, registers the weights, evaluates Focus
-on the fixed validation mosaic set and records the epoch. A re-run of the same request (or one
-asking for more epochs) resumes after the last epoch that is both recorded and checkpointed. At
-the end: the Pearson correlation of Focus and accuracy over the epochs.
+Epoch 0 is the model before its first optimisation step: its weights are checkpointed, its loss
+and accuracy on the validation split and its Focus for every method are recorded like any epoch's
+(it trains nothing, so its training loss and accuracy stay empty). Each epoch task restores the
+previous epoch's checkpoint (model and AMSGrad state), trains one epoch (seeded by the run's seed
+and the epoch number, so a resumed run continues exactly like an uninterrupted one), writes its
+checkpoint file atomically, registers the weights, evaluates Focus on the fixed validation mosaic
+set with every method of ``focus_methods`` and records the epoch with those evaluations
+(``training_epoch_focus``: one row per epoch and method). A re-run of the same request (or one
+asking for more epochs) resumes after the last epoch that is both recorded and checkpointed (and
+records epoch 0 when it is missing). At the end: the Pearson correlation of Focus and accuracy over
+the epochs, with and without epoch 0.
 
 The checkpoint folder may be a URL (``s3://bucket/prefix``, ``gs://``, ``az://``, ``file://``): each epoch's
 files are then written to a local staging folder and uploaded (weights first, then the resume checkpoint,
@@ -24,6 +29,7 @@ import contextlib
 import dataclasses
 import re
 import tempfile
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +60,8 @@ __all__ = ["train", "train_epoch", "EpochRequest", "LOG_EPOCH", "LOG_RESUMED", "
 #: ``focus demo`` moves its progress bar on them.
 LOG_RESUMED = "Training run %d resumes after epoch %d (checkpoint %s)"
 LOG_EPOCH = "Epoch %d: val accuracy %.3f, median Focus %s"
+#: Epoch 0's line (the untrained model): not an epoch trained, so the demo's bar does not move on it.
+LOG_UNTRAINED = "Epoch 0 (untrained model): val accuracy %.3f, median Focus %s"
 
 
 class EpochRequest(BaseModel):
@@ -152,7 +160,10 @@ def train_epoch(request: EpochRequest) -> dict[str, Any]:
     dataset = caches.load_dataset(params.dataset)
 
     weights = weights_path(request.run_dir, request.epoch)
-    metrics = _trained_before(request) or _train_and_checkpoint(request, device, dataset)
+    if request.epoch == 0:  # the model before its first optimisation step: epoch 1 starts from the same weights
+        metrics = _checkpoint_untrained(request, device, dataset)
+    else:
+        metrics = _trained_before(request) or _train_and_checkpoint(request, device, dataset)
 
     spec = params.model.model_copy(update={"weights": str(weights), "label": f"{params.name} epoch {request.epoch}"})
     checkpoint_id, sha = record.register_checkpoint(
@@ -188,6 +199,7 @@ def train_epoch(request: EpochRequest) -> dict[str, Any]:
         focus_median=first.get("median"),
         focus_mean=first.get("mean"),
         seconds=metrics.seconds,
+        evaluation_ids=[f["evaluation_id"] for f in focus.values()],
     )
     return {"epoch": request.epoch, "metrics": metrics.__dict__, "focus": focus, "checkpoint_id": checkpoint_id,
             "weights": str(weights)}
@@ -236,8 +248,32 @@ def _train_and_checkpoint(request: EpochRequest, device: torch.device, dataset: 
     return metrics
 
 
+def _checkpoint_untrained(request: EpochRequest, device: torch.device, dataset: Any) -> recipe.EpochMetrics:
+    """Epoch 0: the model as built (seeded), its weights written (or uploaded) and its validation metrics."""
+    torch.manual_seed(request.params.seed)
+    model = caches.build_model(request.params.model, request.params.dataset)
+    metrics = _untrained_metrics(model, dataset, device)
+    with _staging(request.run_dir) as folder:
+        models.save_weights(model, weights_path(folder, 0))
+        if weight_store.is_url(request.run_dir):
+            weight_store.upload(weights_path(folder, 0), weights_path(request.run_dir, 0))
+    return metrics
+
+
+def _untrained_metrics(model: torch.nn.Module, dataset: Any, device: torch.device) -> recipe.EpochMetrics:
+    """Epoch 0's metrics: loss and accuracy of the model as built, on the validation split (nothing trained)."""
+    started = time.perf_counter()
+    model.to(device)
+    val_loss, val_accuracy, val_mean_class = recipe.evaluate_accuracy(model, dataset, "val")
+    model.cpu()
+    return recipe.EpochMetrics(epoch=0, train_loss=math.nan, train_accuracy=math.nan, val_loss=val_loss,
+                               val_accuracy=val_accuracy, val_mean_class_accuracy=val_mean_class,
+                               seconds=time.perf_counter() - started)
+
+
 def completed_epochs(engine: Any, training_run_id: int, run_dir: str | Path) -> int:
-    """The last epoch ``k`` such that epochs ``1..k`` are all recorded and ``k`` has its checkpoint (file or URL)."""
+    """The last epoch ``k`` such that epochs ``1..k`` are all recorded and ``k`` has its checkpoint (file or URL;
+    epoch 0, the untrained model, is recorded apart: :func:`train` records it whenever it is missing)."""
     recorded = set(db.training_curve(engine, training_run_id)["epoch"].astype(int))
     done = 0
     while done + 1 in recorded:
@@ -263,8 +299,10 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
         params: Architecture, data, recipe, the validation mosaic set for Focus, checkpoint
             folder, device and store.
 
-    Returns a dict with the training run id, the epochs run now, every epoch's metrics and
-    Focus, the final checkpoint and the Pearson correlation of Focus and validation accuracy.
+    Returns a dict with the training run id, the epochs trained now (``epochs_run``; whether epoch 0,
+    the untrained model, was recorded now: ``untrained_recorded_now``), every epoch's metrics and
+    Focus (``epochs``, from epoch 0), the final checkpoint and the Pearson correlation of Focus and
+    validation accuracy per method, with and without epoch 0.
     """
     devices.require_device(params.device)
     engine = store.engine_for(params.database_url)
@@ -299,21 +337,27 @@ def _train_epochs(
     done = completed_epochs(engine, training_run_id, run_dir)
     if done:
         logger.info(LOG_RESUMED, training_run_id, done, weight_store.redact(checkpoint_path(run_dir, done)))
+    untrained = [] if 0 in set(db.training_curve(engine, training_run_id)["epoch"]) else [0]
     epoch_task = train_epoch.with_options(retries=params.retries, retry_delay_seconds=retry_delays(5.0))
     epochs_run = []
-    for epoch in range(done + 1, params.epochs + 1):
+    for epoch in untrained + list(range(done + 1, params.epochs + 1)):
         result = epoch_task(EpochRequest(
             params=params, training_run_id=training_run_id, epoch=epoch, run_dir=str(run_dir),
             mosaic_set_id=mosaic_set.mosaic_set_id, manifest_hash=mosaic_set.manifest_hash,
             mosaic_ids=mosaic_set.mosaic_ids, dataset_id=mosaic_set.dataset_id,
         ))
-        epochs_run.append(epoch)
-        logger.info(LOG_EPOCH, epoch, result["metrics"]["val_accuracy"],
-                    {m: f["median"] for m, f in result["focus"].items()})
+        if epoch:
+            epochs_run.append(epoch)
+        medians = {m: f["median"] for m, f in result["focus"].items()}
+        if epoch:
+            logger.info(LOG_EPOCH, epoch, result["metrics"]["val_accuracy"], medians)
+        else:
+            logger.info(LOG_UNTRAINED, result["metrics"]["val_accuracy"], medians)
 
     curve = db.training_curve(engine, training_run_id)
     curve = curve[curve["epoch"] <= params.epochs]
     correlation = analysis.focus_accuracy_correlation(engine, training_run_id)
+    correlations = analysis.focus_accuracy_correlations(engine, training_run_id)
     final_weights = weights_path(run_dir, params.epochs)
     final_checkpoint, final_sha = record.register_checkpoint(
         engine, params.model.model_copy(update={"weights": str(final_weights)}), params.dataset,
@@ -323,18 +367,18 @@ def _train_epochs(
         db.set_checkpoint_audit(engine, final_checkpoint, True)
     db.finish_training_run(engine, training_run_id)
 
-    epochs = [_plain(row) for row in curve.to_dict("records")]
+    rows = [_plain(row) for row in curve.to_dict("records")]
+    epochs = _epoch_records(rows)
     create_table_artifact(
-        [{k: row[k] for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "val_mean_class_accuracy",
-                              "focus_median", "focus_mean")} for row in epochs],
+        [{k: row.get(k) for k in ("epoch", "method_name", "train_loss", "val_loss", "val_accuracy",
+                                  "val_mean_class_accuracy", "focus_median", "focus_mean")} for row in rows],
         key=artifact_key("training", params.name, config_hash[:12]),
-        description=f"Training run {params.name}: Pearson r(Focus, val accuracy) = {correlation['r']:.3f}",
+        description=f"Training run {params.name}: Pearson r(Focus, val accuracy) = {correlation['r']:.3f} "
+                    f"over {correlation['n']} epochs, {correlation['r_without_epoch_0']:.3f} without epoch 0",
     )
     if params.figures_dir and epochs:
-        first = params.focus_methods[0].name
-        records = [{**row, f"focus_{first}": row["focus_median"]} for row in epochs]
-        for row in records:
-            row.pop("focus_median"), row.pop("focus_mean")
+        records = [{k: v for k, v in row.items() if k not in ("focus_median", "focus_mean", "focus")}
+                   | {f"focus_{m}": v for m, v in row["focus"].items()} for row in epochs]
         out = Path(params.figures_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = [report.plot_training_curves(records, out / f"training-{params.name}.png"),
@@ -344,13 +388,30 @@ def _train_epochs(
         "training_run_id": training_run_id,
         "run_dir": str(run_dir),
         "epochs_run": epochs_run,
+        "untrained_recorded_now": bool(untrained),
         "resumed_after": done,
         "epochs": epochs,
         "final_checkpoint_id": final_checkpoint,
         "final_weights": str(final_weights),
         "final_sha256": final_sha,
         "correlation": correlation,
+        "correlations": [_plain(r) for r in correlations.to_dict("records")],
     }
+
+
+def _epoch_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One dict per epoch from the long curve: its metrics, ``focus`` ({method: median}) and the first method's
+    ``focus_median``/``focus_mean`` (the run's recorded ones for epochs without evaluations)."""
+    epochs: dict[int, dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: (r["epoch"], r.get("evaluation_id") or 0)):
+        record = epochs.get(row["epoch"])
+        if record is None:
+            record = epochs[row["epoch"]] = {k: v for k, v in row.items() if k not in (
+                "evaluation_id", "method_id", "method_name", "focus_n", "focus_n_defined", "focus_q1", "focus_q3")}
+            record["focus"] = {}
+        if row.get("method_name"):
+            record["focus"][row["method_name"]] = row["focus_median"]
+    return list(epochs.values())
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

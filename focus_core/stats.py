@@ -1,9 +1,17 @@
-"""Statistics over Focus scores: summaries, a bootstrap interval, correlation, a paired test.
+"""Statistics over Focus scores: summaries, bootstrap intervals, correlation, paired tests.
 
 Focus is undefined for a map without positive relevance; such scores arrive as NaN (or
 ``None``, the way SQL ``NULL`` comes back). Every function here drops them and says how many
-it dropped, never counting them as 0 or 0.5. Inputs may be lists, numpy arrays or CPU/GPU
+it dropped, never silently counting them as 0 or 0.5. Two conventions are reported side by side:
+``median`` (undefined maps left out, this project's: an undefined map says nothing about where
+relevance went) and ``median_undefined_as_zero`` (Quantus's ``Focus``, which scores such a map 0);
+a user comparing with Quantus reads the second. Inputs may be lists, numpy arrays or CPU/GPU
 torch tensors; torch is not imported.
+
+Mosaics of one target class are not independent (a random model points at the same salient
+tiles whatever the target), so :func:`cluster_bootstrap_median_ci` resamples target classes and
+then mosaics within them; :func:`bootstrap_median_ci` (mosaics only) is the narrower interval that
+assumes independence.
 
 Examples
 --------
@@ -23,7 +31,13 @@ from scipy import stats as _st
 
 from focus_core.errors import FocusError
 
-__all__ = ["as_scores", "summarize", "bootstrap_median_ci", "pearson", "paired_test"]
+__all__ = ["as_scores", "summarize", "undefined_as_zero", "bootstrap_median_ci", "cluster_bootstrap_median_ci",
+           "pearson", "paired_test", "paired_test_by_class", "per_class_summary", "seed_summary",
+           "randomization_test", "UNDEFINED_CONVENTIONS"]
+
+#: The two ways of treating undefined maps: ``"exclude"`` (left out, this project's default) and
+#: ``"zero"`` (counted as Focus 0, Quantus's convention).
+UNDEFINED_CONVENTIONS = ("exclude", "zero")
 
 # Largest number of resampled values held in memory at once by the bootstrap (float64: 64 MB).
 _BOOTSTRAP_CHUNK = 8_000_000
@@ -97,7 +111,9 @@ def summarize(scores: Any) -> dict[str, float | int]:
     -------
     dict
         ``n`` (all scores), ``n_defined``, ``share_undefined`` (in [0, 1]) and, over the defined
-        scores, ``median``, ``mean``, ``q1``, ``q3``, ``min``, ``max`` as Python floats.
+        scores, ``median``, ``mean``, ``q1``, ``q3``, ``min``, ``max`` as Python floats; then
+        ``median_undefined_as_zero`` and ``mean_undefined_as_zero``: the same over all ``n`` scores
+        with each undefined one counted as 0 (Quantus's convention; always defined).
 
     Raises
     ------
@@ -109,10 +125,13 @@ def summarize(scores: Any) -> dict[str, float | int]:
     >>> s = summarize([0.2, 0.4, 0.6, 0.8, float("nan")])
     >>> s["n"], s["n_defined"], s["share_undefined"], s["median"], round(s["q1"], 2)
     (5, 4, 0.2, 0.5, 0.35)
+    >>> s["median_undefined_as_zero"], s["mean_undefined_as_zero"]
+    (0.4, 0.4)
     """
     array = _non_empty(scores, "scores")
     defined = array[~np.isnan(array)]
     n, n_defined = int(array.size), int(defined.size)
+    zeroed = undefined_as_zero(array)
     summary: dict[str, float | int] = {
         "n": n,
         "n_defined": n_defined,
@@ -120,6 +139,7 @@ def summarize(scores: Any) -> dict[str, float | int]:
     }
     if n_defined == 0:
         summary.update(dict.fromkeys(("median", "mean", "q1", "q3", "min", "max"), math.nan))
+        summary.update(median_undefined_as_zero=0.0, mean_undefined_as_zero=0.0)
         return summary
     q1, median, q3 = np.percentile(defined, [25.0, 50.0, 75.0])
     summary.update(
@@ -129,8 +149,22 @@ def summarize(scores: Any) -> dict[str, float | int]:
         q3=float(q3),
         min=float(defined.min()),
         max=float(defined.max()),
+        median_undefined_as_zero=float(np.median(zeroed)),
+        mean_undefined_as_zero=float(zeroed.mean()),
     )
     return summary
+
+
+def undefined_as_zero(scores: Any) -> np.ndarray:
+    """The scores with every undefined one (NaN or ``None``) replaced by 0: Quantus's convention.
+
+    Examples
+    --------
+    >>> undefined_as_zero([0.5, None, 1.0]).tolist()
+    [0.5, 0.0, 1.0]
+    """
+    array = as_scores(scores)
+    return np.where(np.isnan(array), 0.0, array)
 
 
 def bootstrap_median_ci(
@@ -264,8 +298,10 @@ def paired_test(a: Any, b: Any) -> dict[str, float | int | str]:
     -------
     dict
         ``n`` (pairs used), ``median_difference`` and ``mean_difference`` (of ``a - b``),
-        ``statistic`` and ``p_value`` (two-sided) of :func:`scipy.stats.wilcoxon`, and
-        ``test`` = ``"wilcoxon"``.
+        ``statistic`` and ``p_value`` (two-sided) of :func:`scipy.stats.wilcoxon`,
+        ``test`` = ``"wilcoxon"``, and the effect size ``rank_biserial`` (matched-pairs rank-biserial
+        correlation, in [-1, 1]: ``(W+ - W-) / (W+ + W-)`` over the non-zero differences' ranks; positive
+        when ``a`` tends to be higher, 0 when every difference is zero).
 
     Raises
     ------
@@ -288,17 +324,312 @@ def paired_test(a: Any, b: Any) -> dict[str, float | int | str]:
         "statistic": math.nan,
         "p_value": math.nan,
         "test": "wilcoxon",
+        "rank_biserial": math.nan,
     }
     if xs.size == 0:
         return result
     differences = xs - ys
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-zero differences: scipy divides by 0
-        test = _st.wilcoxon(differences)
+    if (differences != 0.0).any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # scipy's warnings on tiny samples
+            test = _st.wilcoxon(differences)
+        statistic, p_value = float(test.statistic), float(test.pvalue)
+    else:  # no evidence of a difference (scipy refuses a single zero difference)
+        statistic, p_value = 0.0, 1.0
     result.update(
         median_difference=float(np.median(differences)),
         mean_difference=float(differences.mean()),
-        statistic=float(test.statistic),
-        p_value=float(test.pvalue),
+        statistic=statistic,
+        p_value=p_value,
+        rank_biserial=_rank_biserial(differences),
     )
     return result
+
+
+def _rank_biserial(differences: np.ndarray) -> float:
+    """Matched-pairs rank-biserial correlation of paired differences (zeros dropped, as the test does)."""
+    nonzero = differences[differences != 0.0]
+    if nonzero.size == 0:
+        return 0.0
+    ranks = _st.rankdata(np.abs(nonzero))
+    return float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum())
+
+
+def _classes(values: Any, size: int, name: str = "classes") -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values)
+    if array.ndim != 1 or array.size != size:
+        raise FocusError(
+            f"The {name} have shape {array.shape} for {size} scores: pass one target class per mosaic, in order."
+        )
+    return array
+
+
+def _convention(scores: np.ndarray, undefined: str) -> np.ndarray:
+    if undefined not in UNDEFINED_CONVENTIONS:
+        raise FocusError(f"undefined is {undefined!r}: pass one of {', '.join(UNDEFINED_CONVENTIONS)}.")
+    return undefined_as_zero(scores) if undefined == "zero" else scores
+
+
+def _padded_clusters(scores: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, sizes)``: one row per class (sorted), its scores then NaN padding; the row lengths."""
+    labels = np.unique(classes)
+    groups = [scores[classes == label] for label in labels]
+    sizes = np.array([g.size for g in groups], dtype=np.int64)
+    values = np.full((labels.size, int(sizes.max())), np.nan)
+    for row, group in enumerate(groups):
+        values[row, : group.size] = group
+    return values, sizes
+
+
+def _cluster_medians(values: np.ndarray, sizes: np.ndarray, picks: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """Median of each two-stage resample (NaN when it holds no defined score).
+
+    ``picks`` (B, K): the classes drawn for each resample; ``uniforms`` (B, K, max size) in [0, 1):
+    mosaic ``floor(u * n_k)`` of drawn class ``k`` for the first ``n_k`` positions, the rest unused.
+    """
+    drawn_sizes = sizes[picks]  # (B, K)
+    positions = np.minimum((uniforms * drawn_sizes[..., None]).astype(np.int64), drawn_sizes[..., None] - 1)
+    resampled = values[picks[..., None], positions]  # (B, K, max size)
+    resampled[np.arange(values.shape[1]) >= drawn_sizes[..., None]] = np.nan
+    flat = resampled.reshape(picks.shape[0], -1)
+    medians = np.full(picks.shape[0], np.nan)
+    defined = ~np.isnan(flat).all(axis=1)
+    if defined.any():
+        medians[defined] = np.nanmedian(flat[defined], axis=1)
+    return medians
+
+
+def cluster_bootstrap_median_ci(
+    scores: Any, classes: Any, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0,
+    undefined: str = "exclude",
+) -> tuple[float, float]:
+    """Two-stage (cluster) percentile-bootstrap interval of the median, resampling target classes and mosaics.
+
+    Each resample draws as many target classes as there are, with replacement, then within each drawn
+    class as many of its mosaics as it has, with replacement (undefined ones included, so the share of
+    undefined maps varies too), and takes the median of the pooled scores under ``undefined``'s
+    convention. The interval is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles
+    (linear) of those medians. :func:`scipy.stats.bootstrap` resamples observations independently, which
+    is what this interval must not do, so the two stages are drawn here with a numpy generator seeded
+    by ``seed``: per block of resamples, the classes ``rng.integers(0, K, (B, K))`` then the mosaics'
+    uniforms ``rng.random((B, K, max class size))`` (see ``tests/focus_core/test_stats.py`` for the slow
+    reference). The same ``seed`` gives the same interval. With one class it is the mosaic bootstrap's
+    scheme; resamples without a defined score are left out; with no defined score it returns ``(nan, nan)``.
+
+    Parameters
+    ----------
+    scores : sequence of float, numpy.ndarray or torch.Tensor
+        One score per mosaic; NaN or ``None`` marks an undefined one.
+    classes : sequence
+        The target class of each mosaic (any hashable, sortable labels), same length as ``scores``.
+    confidence : float
+        Confidence level, strictly between 0 and 1.
+    n_resamples : int
+        Number of bootstrap resamples, at least 1.
+    seed : int
+        Seed of :func:`numpy.random.default_rng`.
+    undefined : str
+        ``"exclude"`` (undefined maps left out of each median) or ``"zero"`` (counted as 0, Quantus).
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``.
+
+    Raises
+    ------
+    FocusError
+        When ``scores`` is empty, the lengths differ, ``confidence`` is outside (0, 1), ``n_resamples``
+        < 1 or ``undefined`` is unknown.
+
+    Examples
+    --------
+    >>> low, high = cluster_bootstrap_median_ci([0.9, 0.8, 0.2, 0.3, 0.6, 0.5], [0, 0, 1, 1, 2, 2])
+    >>> 0.2 <= low <= high <= 0.9
+    True
+    """
+    if not 0.0 < confidence < 1.0:
+        raise FocusError(f"The confidence {confidence!r} is outside (0, 1): pass a level such as 0.95.")
+    if int(n_resamples) != n_resamples or n_resamples < 1:
+        raise FocusError(f"n_resamples is {n_resamples!r}: pass a positive integer such as 2000.")
+    array = _convention(_non_empty(scores, "scores"), undefined)
+    labels = _classes(classes, array.size)
+    if np.isnan(array).all():
+        return math.nan, math.nan
+    values, sizes = _padded_clusters(array, labels)
+    rng = np.random.default_rng(seed)
+    block = max(1, _BOOTSTRAP_CHUNK // (4 * values.size))  # uniforms, positions, values: a few arrays of that size
+    medians = []
+    for start in range(0, int(n_resamples), block):
+        b = min(block, int(n_resamples) - start)
+        picks = rng.integers(0, sizes.size, size=(b, sizes.size))
+        uniforms = rng.random(size=(b, sizes.size, values.shape[1]))
+        medians.append(_cluster_medians(values, sizes, picks, uniforms))
+    all_medians = np.concatenate(medians)
+    all_medians = all_medians[~np.isnan(all_medians)]
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(all_medians, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def per_class_summary(scores: Any, classes: Any) -> list[dict[str, Any]]:
+    """:func:`summarize` per target class: which classes the explanations miss (the extended paper's bias angle).
+
+    Returns
+    -------
+    list of dict
+        One dict per class, sorted by class: ``class`` and :func:`summarize`'s keys over that class's mosaics.
+
+    Examples
+    --------
+    >>> [(r["class"], r["median"]) for r in per_class_summary([0.9, 1.0, 0.1, None], [3, 3, 5, 5])]
+    [(3, 0.95), (5, 0.1)]
+    """
+    array = _non_empty(scores, "scores")
+    labels = _classes(classes, array.size)
+    return [{"class": label.item() if hasattr(label, "item") else label, **summarize(array[labels == label])}
+            for label in np.unique(labels)]
+
+
+def paired_test_by_class(a: Any, b: Any, classes: Any) -> list[dict[str, Any]]:
+    """:func:`paired_test` of ``a - b`` within each target class, sorted by class (``class`` added to each).
+
+    Examples
+    --------
+    >>> rows = paired_test_by_class([0.9, 0.8, 0.4], [0.5, 0.6, 0.4], [0, 0, 1])
+    >>> [(r["class"], r["n"], r["rank_biserial"]) for r in rows]
+    [(0, 2, 1.0), (1, 1, 0.0)]
+    """
+    xs, ys = as_scores(a, "first scores"), as_scores(b, "second scores")
+    if xs.size != ys.size:
+        raise FocusError(
+            f"The first scores ({xs.size}) and second scores ({ys.size}) differ in length: "
+            "pass one value of each per mosaic, in the same order."
+        )
+    labels = _classes(classes, xs.size)
+    return [{"class": label.item() if hasattr(label, "item") else label,
+             **paired_test(xs[labels == label], ys[labels == label])} for label in np.unique(labels)]
+
+
+def seed_summary(medians: Any, chance: float = 0.5, tolerance: float = 0.1) -> dict[str, Any]:
+    """Mean and spread over randomization seeds of one statistic (e.g. each random model's median Focus).
+
+    "A random model scores about ``chance``" is judged on the mean over seeds: ``about_chance`` is
+    ``|mean - chance| <= tolerance``; one seed's median over a few classes is a handful of coin flips.
+
+    Returns
+    -------
+    dict
+        ``n_seeds`` (defined values), ``mean``, ``std`` (sample standard deviation, ddof=1; NaN for one
+        seed), ``min``, ``max``, ``chance``, ``tolerance`` and ``about_chance`` (``None`` without a value).
+
+    Examples
+    --------
+    >>> s = seed_summary([0.45, 0.55, 0.5])
+    >>> s["n_seeds"], round(s["mean"], 3), round(s["std"], 3), s["about_chance"]
+    (3, 0.5, 0.05, True)
+    """
+    array = as_scores(medians, "seed medians")
+    defined = array[~np.isnan(array)]
+    result: dict[str, Any] = {"n_seeds": int(defined.size), "mean": math.nan, "std": math.nan, "min": math.nan,
+                              "max": math.nan, "chance": float(chance), "tolerance": float(tolerance),
+                              "about_chance": None}
+    if defined.size == 0:
+        return result
+    mean = float(defined.mean())
+    result.update(mean=mean, std=float(defined.std(ddof=1)) if defined.size > 1 else math.nan,
+                  min=float(defined.min()), max=float(defined.max()),
+                  about_chance=bool(abs(mean - chance) <= tolerance))
+    return result
+
+
+#: The test :func:`randomization_test` runs, as the report names it.
+RANDOMIZATION_TEST = ("one-sided Wilcoxon signed-rank test, trained > mean of the random seeds, paired by mosaic "
+                      "and by target-class median")
+
+
+def randomization_test(trained: Any, random_by_seed: Any, classes: Any | None = None,
+                       alpha: float = 0.05) -> dict[str, Any]:
+    """Is the trained model's Focus significantly above its random copies'? (the randomization test as a decision)
+
+    Each mosaic's random score is the mean over the seeds that scored it (defined); the trained score
+    minus that is tested with a one-sided Wilcoxon signed-rank test (alternative: greater) over the
+    mosaics defined in both. Mosaics of one class are correlated, so when ``classes`` is given the same
+    test is also run on the per-class medians of the two (one pair per target class), and the decision
+    needs both p-values below ``alpha``.
+
+    Parameters
+    ----------
+    trained : sequence of float
+        The trained checkpoint's Focus per mosaic (NaN where undefined).
+    random_by_seed : array-like of shape (seeds, mosaics)
+        Each random model's Focus on the same mosaics, in the same order.
+    classes : sequence, optional
+        The target class of each mosaic.
+    alpha : float
+        Significance level.
+
+    Returns
+    -------
+    dict
+        ``n`` (mosaics paired), ``n_seeds``, ``trained_median``, ``random_median`` (of the per-mosaic seed
+        means), ``median_difference``, ``statistic``, ``p_value``, ``rank_biserial``, and with ``classes``
+        ``n_classes`` and ``p_value_classes``; ``alpha``, ``significant`` (bool) and ``test`` (its name).
+
+    Raises
+    ------
+    FocusError
+        When the shapes do not match.
+
+    Examples
+    --------
+    >>> trained = [0.9, 0.8, 0.85, 0.95] * 6
+    >>> r = randomization_test(trained, [[0.5] * 24, [0.4] * 24], classes=[c for c in range(6) for _ in range(4)])
+    >>> r["significant"], r["n"], r["n_classes"], round(r["p_value_classes"], 4)
+    (True, 24, 6, 0.0156)
+    """
+    xs = as_scores(trained, "trained scores")
+    random = np.asarray(random_by_seed, dtype=np.float64)
+    if random.ndim != 2 or random.shape[1] != xs.size:
+        raise FocusError(
+            f"The random scores have shape {random.shape} for {xs.size} trained scores: pass one row per seed "
+            "with one score per mosaic, in the trained scores' order."
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a mosaic no seed defined: NaN, dropped below
+        random_mean = np.nanmean(random, axis=0) if random.shape[0] else np.full(xs.size, np.nan)
+    both = ~(np.isnan(xs) | np.isnan(random_mean))
+    result: dict[str, Any] = {"n": int(both.sum()), "n_seeds": int(random.shape[0]), "trained_median": math.nan,
+                              "random_median": math.nan, "median_difference": math.nan, "statistic": math.nan,
+                              "p_value": math.nan, "rank_biserial": math.nan, "alpha": float(alpha),
+                              "significant": False, "test": RANDOMIZATION_TEST}
+    if classes is not None:
+        result.update(n_classes=0, p_value_classes=math.nan)
+    if not both.any():
+        return result
+    differences = xs[both] - random_mean[both]
+    result.update(trained_median=float(np.median(xs[both])), random_median=float(np.median(random_mean[both])),
+                  median_difference=float(np.median(differences)), rank_biserial=_rank_biserial(differences))
+    result["statistic"], result["p_value"] = _one_sided_wilcoxon(differences)
+    significant = result["p_value"] < alpha
+    if classes is not None:
+        labels = _classes(classes, xs.size)[both]
+        groups = np.unique(labels)
+        class_diff = np.array([np.median(xs[both][labels == g]) - np.median(random_mean[both][labels == g])
+                               for g in groups])
+        result["n_classes"] = int(groups.size)
+        result["p_value_classes"] = _one_sided_wilcoxon(class_diff)[1]
+        significant = significant and result["p_value_classes"] < alpha
+    result["significant"] = bool(significant)
+    return result
+
+
+def _one_sided_wilcoxon(differences: np.ndarray) -> tuple[float, float]:
+    if not (differences != 0.0).any():
+        return math.nan, 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = _st.wilcoxon(differences, alternative="greater")
+    return float(test.statistic), float(test.pvalue)

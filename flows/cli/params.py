@@ -42,6 +42,7 @@ __all__ = [
     "option",
     "parse_method",
     "run_fields",
+    "seed_list",
 ]
 
 #: The namespace attribute that maps each option's dest to its field and converter (set by :func:`option`).
@@ -291,3 +292,21 @@ def add_database_option(parser: argparse.ArgumentParser, field: str | None = Non
 def database_url(namespace: argparse.Namespace) -> str | None:
     """``--database-url``, else ``$FOCUS_DATABASE_URL``, else ``None`` (the store's default)."""
     return getattr(namespace, "database_url", None) or os.environ.get("FOCUS_DATABASE_URL") or None
+
+
+def seed_list(text: str) -> list[int]:
+    """``"0,1,2"`` as ``[0, 1, 2]`` (an ``argparse`` type: a bad list is a usage error).
+
+    Examples
+    --------
+    >>> seed_list("0, 1,2")
+    [0, 1, 2]
+    """
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of seeds: pass non-negative integers such as 0,1,2,3,4.")
+    return seeds

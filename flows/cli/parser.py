@@ -158,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help="Randomization to run, repeatable (default: full and cascading).")
     opts.option(p, "--max-stages", field="max_stages", type=int, metavar="N",
                 help="Cascading/independent: only the top N layers (default all).")
-    opts.option(p, "--seed", field="seed", type=int, metavar="N", help="Seed of the re-initialisations (default 0).")
+    seeds = p.add_mutually_exclusive_group()
+    opts.option(seeds, "--seed", field="seed", type=int, metavar="N",
+                help="Seed of the re-initialisations (default 0).")
+    opts.option(seeds, "--seeds", field="seeds", type=opts.seed_list, metavar="N,N,...",
+                help="Several seeds, each its own evaluations, e.g. 0,1,2,3,4: the report shows their mean and spread.")
     opts.add_run_options(p)
     opts.add_database_option(p, field="run.database_url")
     p.set_defaults(handler=cmd_randomize)

@@ -15,6 +15,7 @@ import pandas as pd
 
 import focus_core
 from flows import store
+from flows.report.design import per_class_section, seeds_section
 from flows.report.figures import (
     FigureWriter,
     cascading_section,
@@ -83,7 +84,9 @@ def build_report(out: Path, database_url: str | None = None, evaluations: list[i
         distributions_section(evals, names, runs, figures),
         summary_section(evals, names),
         paired_section(evals, names),
+        per_class_section(evals, names, figures),
         trained_vs_random_section(evals, names, figures),
+        seeds_section(evals, names, figures),
         cascading_section(evals, names, figures),
         training_section(evals, runs, figures),
         layout_section(evals, names, figures),

@@ -3,7 +3,8 @@
 :func:`load_evaluations` reads each evaluation with what it measured (checkpoint, method,
 mosaic set, dataset) and its per-mosaic results through :mod:`db.report_reads` (which sends id
 lists in chunks, so a large selection stays within the database's parameter limits), and adds
-their statistics (:func:`focus_core.stats.summarize` and the bootstrap CI of the median).
+their statistics (:func:`focus_core.stats.summarize`, the bootstrap CI of the median over mosaics and
+the cluster bootstrap CI over target classes and mosaics).
 
 Examples
 --------
@@ -65,6 +66,7 @@ class EvaluationData:
     dataset_name: str
     dataset_fingerprint: str
     dataset_tile_size: int | None
+    seed: int | None = None  # the randomization's seed (None for an unrandomized model)
     mosaic_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     focus: np.ndarray = field(default_factory=lambda: np.zeros(0))  # NaN where undefined
@@ -72,6 +74,7 @@ class EvaluationData:
     targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     summary: dict[str, Any] = field(default_factory=dict)
     ci: tuple[float, float] = (math.nan, math.nan)
+    cluster_ci: tuple[float, float] = (math.nan, math.nan)  # resampling target classes, then mosaics
 
     @property
     def n(self) -> int:
@@ -143,6 +146,8 @@ def load_evaluations(engine: Engine, evaluations: Sequence[int] | None = None,
         if item.n:
             item.summary = stats.summarize(item.focus)
             item.ci = stats.bootstrap_median_ci(item.focus, CONFIDENCE, BOOTSTRAP_RESAMPLES, seed=0)
+            item.cluster_ci = stats.cluster_bootstrap_median_ci(item.focus, item.targets, CONFIDENCE,
+                                                                BOOTSTRAP_RESAMPLES, seed=0)
         else:
             item.summary = {"n": 0, "n_defined": 0, "share_undefined": math.nan, "median": math.nan,
                             "mean": math.nan, "q1": math.nan, "q3": math.nan}

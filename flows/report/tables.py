@@ -29,8 +29,14 @@ _SUMMARY_TITLES = {
     "audit": "audit run id",
     "n": "mosaics scored",
     "undefined": "share of mosaics without positive relevance (Focus undefined)",
-    "median": "median Focus of the defined scores",
-    f"{int(CONFIDENCE * 100)}% CI of median": f"percentile bootstrap, {BOOTSTRAP_RESAMPLES} resamples, seed 0",
+    "median": "median Focus of the defined scores (undefined maps left out: they say nothing about where relevance "
+              "went)",
+    "median, undefined as 0": "median Focus with undefined maps counted as 0: Quantus's convention, the one to compare "
+                              "with quantus.Focus",
+    f"{int(CONFIDENCE * 100)}% CI of median": f"percentile bootstrap over mosaics, {BOOTSTRAP_RESAMPLES} resamples, "
+                                              "seed 0: assumes mosaics independent",
+    "cluster CI": f"{int(CONFIDENCE * 100)}% percentile bootstrap resampling target classes, then mosaics within them "
+                  f"({BOOTSTRAP_RESAMPLES} resamples, seed 0): mosaics of one class are not independent",
     "q1": "first quartile",
     "q3": "third quartile",
     "mosaic acc.": "mosaic accuracy: share of mosaics whose predicted class is the target class",
@@ -38,7 +44,7 @@ _SUMMARY_TITLES = {
 
 
 _PAIRED_HEADERS = ["checkpoint", "mosaic set", "randomization", "method A #evaluation", "method B #evaluation",
-                   "pairs", "median A−B", "mean A−B", "W", "p-value", "at 0.05"]
+                   "pairs", "median A−B", "mean A−B", "W", "p-value", "rank-biserial r", "at 0.05"]
 
 
 def summary_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> Section:
@@ -53,8 +59,8 @@ def summary_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> S
     with_audit = any(e.audit_run_id is not None for e in evals)
     headers = (["evaluation", "checkpoint"] + (["architecture"] if with_architecture else [])
                + ["method", "mosaic set", "randomization"] + (["audit"] if with_audit else [])
-               + ["n", "undefined", "median", f"{int(CONFIDENCE * 100)}% CI of median", "mean", "q1", "q3",
-                  "mosaic acc."])
+               + ["n", "undefined", "median", "median, undefined as 0", f"{int(CONFIDENCE * 100)}% CI of median",
+                  "cluster CI", "mean", "q1", "q3", "mosaic acc."])
     rows = []
     for e in sorted(evals, key=lambda e: (e.checkpoint_id, e.mosaic_set_id, RANDOMIZATION_ORDER.get(e.randomization, 9),
                                           e.stage or 0, str(e.layer), method_key(e.method), e.evaluation_id)):
@@ -64,15 +70,18 @@ def summary_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> S
         cells = ([str(e.evaluation_id), checkpoint] + ([e.architecture] if with_architecture else [])
                  + [e.method, mosaic_set, e.randomization_label]
                  + ([DASH if e.audit_run_id is None else str(e.audit_run_id)] if with_audit else [])
-                 + [fmt(s["n"]), fmt(s["share_undefined"]), fmt(s["median"]), _ci_text(e.ci), fmt(s["mean"]),
-                    fmt(s["q1"]), fmt(s["q3"]), fmt(e.mosaic_accuracy)])
+                 + [fmt(s["n"]), fmt(s["share_undefined"]), fmt(s["median"]), fmt(s.get("median_undefined_as_zero")),
+                    _ci_text(e.ci), _ci_text(e.cluster_ci), fmt(s["mean"]), fmt(s["q1"]), fmt(s["q3"]),
+                    fmt(e.mosaic_accuracy)])
         text_columns = {"checkpoint", "architecture", "method", "mosaic set", "randomization"}
         tips = {"checkpoint": checkpoint_tip, "mosaic set": mosaic_set_tip}
         rows.append(row(
             {"evaluation_id": e.evaluation_id, "checkpoint_id": e.checkpoint_id, "method": e.method,
              "mosaic_set_id": e.mosaic_set_id, "randomization": e.randomization, "stage": e.stage,
              "audit_run_id": e.audit_run_id, "n": s["n"], "n_defined": s["n_defined"],
-             "share_undefined": s["share_undefined"], "median": s["median"], "ci_low": e.ci[0], "ci_high": e.ci[1],
+             "share_undefined": s["share_undefined"], "median": s["median"],
+             "median_undefined_as_zero": s.get("median_undefined_as_zero"), "ci_low": e.ci[0], "ci_high": e.ci[1],
+             "cluster_ci_low": e.cluster_ci[0], "cluster_ci_high": e.cluster_ci[1],
              "mean": s["mean"], "q1": s["q1"], "q3": s["q3"], "mosaic_accuracy": e.mosaic_accuracy},
             cells,
             numeric=[h not in text_columns for h in headers],
@@ -90,7 +99,8 @@ def paired_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> Se
         "paired", "Paired comparison of methods",
         "Two methods on the same mosaics of the same model: Wilcoxon signed-rank test of the per-mosaic differences "
         "A − B (mosaics where either Focus is undefined are dropped). A small p-value says the methods differ "
-        "systematically on these mosaics.",
+        "systematically on these mosaics; the effect size is the matched-pairs rank-biserial correlation (-1 to 1, "
+        "positive when A is higher). Per target class: the section Focus per target class.",
     )
     trained, randomized = _paired_rows(evals, names)
     if not trained and not randomized:
@@ -153,13 +163,13 @@ def _paired_rows(evals: Sequence[EvaluationData], names: dict[int, str]) -> tupl
                 {"evaluation_a": a.evaluation_id, "evaluation_b": b.evaluation_id, "method_a": a.method,
                  "method_b": b.method, "n": result["n"], "median_difference": result["median_difference"],
                  "mean_difference": result["mean_difference"], "statistic": result["statistic"],
-                 "p_value": result["p_value"]},
+                 "p_value": result["p_value"], "rank_biserial": result["rank_biserial"]},
                 [_checkpoint_cell(a, names)[0], _mosaic_set_cell(a)[0], a.randomization_label,
                  f"{a.method} #{a.evaluation_id}", f"{b.method} #{b.evaluation_id}",
                  fmt(result["n"]), fmt(result["median_difference"]), fmt(result["mean_difference"]),
-                 fmt(result["statistic"]), fmt_p(result["p_value"]), verdict],
-                numeric=[False, False, False, False, False, True, True, True, True, True, False],
-                classes=[""] * 9 + (["sig"] if significant else [""]) + [""],
+                 fmt(result["statistic"]), fmt_p(result["p_value"]), fmt(result["rank_biserial"]), verdict],
+                numeric=[False, False, False, False, False, True, True, True, True, True, True, False],
+                classes=[""] * 9 + (["sig"] if significant else [""]) + ["", ""],
                 titles=[_checkpoint_cell(a, names)[1], _mosaic_set_cell(a)[1]],
             ))
     return trained, randomized

@@ -126,20 +126,32 @@ def _epochs_table(run_id: int, records: list[dict[str, Any]]) -> str:
 def _correlation_table(run_id: int, records: list[dict[str, Any]], methods: list[str]) -> str:
     """Pearson's r (:func:`focus_core.stats.pearson`) per method and metric; empty without methods."""
     corr_rows = []
+    later = [r for r in records if r["epoch"] != 0]
     for m in methods:
         for key, label in (("val_accuracy", "val accuracy"), ("val_loss", "val loss")):
-            x = [math.nan if r.get(key) is None else r[key] for r in records]
-            y = [math.nan if r.get(f"focus_{m}") is None else r[f"focus_{m}"] for r in records]
-            n = int(np.sum(~(np.isnan(np.asarray(x, float)) | np.isnan(np.asarray(y, float)))))
-            try:
-                rho, p = stats.pearson(x, y)
-            except FocusError:  # fewer than 3 epochs with both values
-                rho, p = math.nan, math.nan
-            corr_rows.append(row({"training_run_id": run_id, "method": m, "metric": key, "n": n, "r": rho, "p_value": p},
-                                 [m, label, fmt(n), fmt(rho), fmt_p(p)],
-                                 numeric=[False, False, True, True, True]))
+            n, rho, p = _pearson_over(records, key, m)
+            n0, rho0, p0 = _pearson_over(later, key, m)
+            corr_rows.append(row({"training_run_id": run_id, "method": m, "metric": key, "n": n, "r": rho, "p_value": p,
+                                  "n_without_epoch_0": n0, "r_without_epoch_0": rho0, "p_value_without_epoch_0": p0},
+                                 [m, label, fmt(n), fmt(rho), fmt_p(p), fmt(n0), fmt(rho0), fmt_p(p0)],
+                                 numeric=[False, False] + [True] * 6))
     if not corr_rows:
         return ""
-    return ('<div class="table-wrap">' + table(["method", "against", "epochs", "Pearson r", "p-value"],
-                                               corr_rows, table_id=f"correlation-{run_id}")
-            + "</div><p class=\"caption\">Pearson r needs at least 3 epochs with both values (a dash otherwise).</p>")
+    headers = ["method", "against", "epochs", "Pearson r", "p-value", "epochs without 0", "r without epoch 0",
+               "p-value without epoch 0"]
+    return ('<div class="table-wrap">' + table(headers, corr_rows, table_id=f"correlation-{run_id}")
+            + "</div><p class=\"caption\">Pearson r needs at least 3 epochs with both values (a dash otherwise). "
+            "Epoch 0 is the model before its first optimisation step: one far point can carry r, so r is also "
+            "given without it.</p>")
+
+
+def _pearson_over(records: list[dict[str, Any]], key: str, method: str) -> tuple[int, float, float]:
+    """``(n, r, p)`` of :func:`focus_core.stats.pearson` of ``focus_<method>`` against ``key`` over the records."""
+    x = [math.nan if r.get(key) is None else r[key] for r in records]
+    y = [math.nan if r.get(f"focus_{method}") is None else r[f"focus_{method}"] for r in records]
+    n = int(np.sum(~(np.isnan(np.asarray(x, float)) | np.isnan(np.asarray(y, float))))) if records else 0
+    try:
+        rho, p = stats.pearson(x, y)
+    except FocusError:  # fewer than 3 epochs with both values
+        rho, p = math.nan, math.nan
+    return n, rho, p

@@ -7,7 +7,8 @@ One ``plot_*`` function per figure, grouped by figure family:
 - :mod:`~focus_core.report.training`: training curves with Focus (Figure 5), Focus vs accuracy
   and loss (Figure 6);
 - :mod:`~focus_core.report.randomization`: the cascading randomization curve;
-- :mod:`~focus_core.report.mosaic`: a mosaic with each method's heat map (Figure 1).
+- :mod:`~focus_core.report.mosaic`: a mosaic with each method's heat map (Figure 1);
+- :mod:`~focus_core.report.design`: median Focus per target class, random models over seeds.
 
 Each takes plain Python data (mappings, sequences, numpy arrays or torch tensors) and an output
 path ending in ``.png``, writes the figure there (parent folders are created) and returns the
@@ -35,6 +36,7 @@ from focus_core.report.distributions import (
     plot_layout_boxplots,
     plot_trained_vs_random,
 )
+from focus_core.report.design import plot_per_class_focus, plot_random_seeds
 from focus_core.report.mosaic import plot_mosaic_explanations
 from focus_core.report.randomization import plot_cascading_randomization
 from focus_core.report.training import plot_focus_vs_metrics, plot_training_curves
@@ -49,4 +51,6 @@ __all__ = [
     "plot_focus_vs_metrics",
     "plot_cascading_randomization",
     "plot_mosaic_explanations",
+    "plot_per_class_focus",
+    "plot_random_seeds",
 ]

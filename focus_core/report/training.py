@@ -141,20 +141,31 @@ def plot_training_curves(epochs: Sequence[Mapping[str, Any]], path: str | Path) 
     return save(fig, out)
 
 
-def _r_label(x: np.ndarray, y: np.ndarray) -> str:
+def _r_text(x: np.ndarray, y: np.ndarray) -> str:
     defined = ~(np.isnan(x) | np.isnan(y))
-    if defined.sum() < 3:
-        return "r n/a (< 3 points)"
+    n = int(defined.sum())
+    if n < 3:
+        return f"n = {n}, r n/a (< 3 points)"
     r, _ = pearson(x, y)
-    return "r undefined (constant)" if math.isnan(r) else f"r = {r:.3f}"
+    return f"n = {n}, r undefined (constant)" if math.isnan(r) else f"n = {n}, r = {r:.3f}"
+
+
+def _r_label(x: np.ndarray, y: np.ndarray, epoch: np.ndarray | None = None) -> str:
+    """n and Pearson's r, and, when epoch 0 (the untrained model) is a point, the same without it."""
+    label = _r_text(x, y)
+    if epoch is not None and (epoch == 0).any():
+        later = epoch != 0
+        label += f"; without epoch 0: {_r_text(x[later], y[later])}"
+    return label
 
 
 def plot_focus_vs_metrics(epochs: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Median Focus against validation accuracy and loss, with Pearson r (the paper's Figure 6).
 
     One point per record (an epoch, or an experiment: any record with ``val_accuracy``,
-    ``val_loss`` and ``focus_<method>`` keys), one colour per method; the legend gives
-    Pearson's r of each method (``n/a`` with fewer than 3 points).
+    ``val_loss`` and ``focus_<method>`` keys), one colour per method; the legend gives n and
+    Pearson's r of each method (``n/a`` with fewer than 3 points) and, when an ``epoch`` 0 (the
+    untrained model) is among the points, n and r without it: one early point can carry r.
 
     Parameters
     ----------
@@ -189,6 +200,7 @@ def plot_focus_vs_metrics(epochs: Sequence[Mapping[str, Any]], path: str | Path)
         raise FocusError(
             "No record has a 'focus_<method>' key: add the median Focus per method, e.g. 'focus_gradcam'."
         )
+    epochs = _column(rows, "epoch")
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, key, label in zip(axes, ("val_accuracy", "val_loss"), ("validation accuracy", "validation loss")):
@@ -198,7 +210,7 @@ def plot_focus_vs_metrics(epochs: Sequence[Mapping[str, Any]], path: str | Path)
         for method in methods:
             y = _column(rows, f"focus_{method}")
             check_fraction(y, f"focus_{method}")
-            ax.scatter(x, y, color=method_color(method), s=30, label=f"{method} ({_r_label(x, y)})")
+            ax.scatter(x, y, color=method_color(method), s=30, label=f"{method} ({_r_label(x, y, epochs)})")
         ax.set_xlabel(label)
         focus_axis(ax, label="Focus median")
         ax.set_title(f"Focus vs {label}")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import text
 
@@ -117,6 +118,28 @@ def test_training_curve(engine):
             text("SELECT epoch, focus_median FROM training_epoch_focus WHERE training_run_id = :r ORDER BY epoch"),
             {"r": run}).all()
     assert [tuple(e) for e in epochs] == [(0, 0.5), (1, 0.6), (2, 0.8), (3, None)]
+
+
+def test_training_curve_one_row_per_epoch_and_method(engine, world, build_sums):
+    """Issue 15: every method the training run measures, epoch 0 included, from the epoch's evaluations."""
+    run = db.register_training_run(engine, "w" * 64, "digits_cnn", {"epochs": 1}, name="toy")
+    gradcam = _evaluate(engine, world, build_sums, world.method_ids["gradcam"], [0.5, 0.4, 0.6, np.nan], [0] * 4)
+    lrp = _evaluate(engine, world, build_sums, world.method_ids["lrp"], [0.9, 0.8, 0.7, 1.0], [0] * 4)
+    db.record_epoch(engine, run, 0, val_accuracy=0.1, focus_median=0.5, evaluation_ids=[gradcam])
+    db.record_epoch(engine, run, 0, val_accuracy=0.1, focus_median=0.5, evaluation_ids=[gradcam, lrp])  # replaces
+    db.record_epoch(engine, run, 1, val_accuracy=0.9, focus_median=0.7)  # recorded without evaluations
+    curve = db.training_curve(engine, run)
+    assert len(curve) == 3
+    epoch_0 = curve[curve["epoch"] == 0].set_index("method_name")
+    assert epoch_0.loc["gradcam", "focus_median"] == pytest.approx(0.5)
+    assert epoch_0.loc["gradcam", "focus_n"] == 4 and epoch_0.loc["gradcam", "focus_n_defined"] == 3
+    assert epoch_0.loc["lrp", "focus_median"] == pytest.approx(0.85)
+    assert epoch_0.loc["lrp", "focus_q1"] == pytest.approx(np.percentile([0.9, 0.8, 0.7, 1.0], 25))
+    legacy = curve[curve["epoch"] == 1].iloc[0]
+    assert pd.isna(legacy["method_name"]) and legacy["focus_median"] == pytest.approx(0.7)
+    assert db.training_curve(engine, run, method="lrp")["evaluation_id"].tolist() == [lrp]
+    with pytest.raises(db.StoreError, match="register the training run"):
+        db.record_epoch(engine, run, 2, evaluation_ids=[999_999])
 
 
 def test_audit_history_and_regressions(engine, world, build_sums):

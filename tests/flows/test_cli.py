@@ -256,3 +256,17 @@ def test_a_randomization_the_model_lacks_is_one_line_before_anything_is_written(
         assert db.checkpoints_to_audit(engine).empty
     finally:
         engine.dispose()
+
+
+def test_randomize_seeds_become_the_flow_parameter(capsys: pytest.CaptureFixture, weights_file: str):
+    from flows.cli.params import given
+    from flows.params import RandomizationParams
+
+    args = cli.build_parser().parse_args(["randomize", "--weights", weights_file, "--seeds", "0,1,2,3,4"])
+    params = RandomizationParams.model_validate(given(args))
+    assert params.seeds == [0, 1, 2, 3, 4] and params.seed_list() == [0, 1, 2, 3, 4]
+    assert RandomizationParams(model={"weights": weights_file}, seed=3).seed_list() == [3]
+    code, out, err = run(capsys, "randomize", "--weights", weights_file, "--seeds", "0,x")
+    assert code == 2 and "0,1,2,3,4" in err
+    code, out, err = run(capsys, "randomize", "--weights", weights_file, "--seeds", "1,1")
+    assert code == 2 and "each seed once" in err

@@ -41,3 +41,39 @@ def test_randomization_records_each_stage_and_focus_falls(prefect_api, sqlite_ur
     assert trained > 0.6
     assert abs(full - 0.5) < 0.2 and abs(fully_cascaded - 0.5) < 0.2
     assert (tmp_path / "figures").is_dir() and any((tmp_path / "figures").glob("cascading-*.png"))
+
+
+def test_several_seeds_each_their_own_evaluation_judged_on_their_mean(prefect_api, sqlite_url, digits_weights):
+    """Issue 15: five random digits models per method; the spread is real and the mean is about 0.5."""
+    import numpy as np
+
+    import db
+    from flows import analysis
+    from focus_core import stats
+
+    params = RandomizationParams(
+        model={"architecture": "digits_cnn", "weights": digits_weights},
+        mosaics={"split": "test", "per_class": 4, "seed": 5},
+        methods=[{"name": "gradcam"}, {"name": "lrp"}],
+        kinds=["full"], seeds=[0, 1, 2, 3, 4],
+        run={"device": "cpu", "batch_size": 40, "chunk_size": 40, "database_url": sqlite_url},
+    )
+    outcome = randomization(params)
+    assert [(s["kind"], s["seed"]) for s in outcome["stages"]] == [("none", 0)] + [("full", s) for s in range(5)]
+    engine = store.engine_for(sqlite_url)
+    spread = analysis.random_seed_spread(engine, outcome["checkpoint_id"], outcome["mosaic_set_id"])
+    print(spread.to_string())
+    assert list(spread["method"]) == ["gradcam", "lrp"]
+    for row in spread.itertuples():
+        assert row.seeds == [0, 1, 2, 3, 4] and row.n_seeds == 5
+        assert row.std > 0  # five random models do not score alike
+        assert abs(row.mean - 0.5) <= 0.1 and row.about_chance
+        assert outcome["seeds"][row.method]["mean"] == row.mean
+    # the cluster interval respects that mosaics of one class share a random model's bias
+    evaluation = outcome["stages"][1]["evaluation_ids"]["gradcam"]
+    results = db.evaluation_results(engine, evaluation)
+    focus = results["focus"].to_numpy(float, na_value=np.nan)
+    mosaic = stats.bootstrap_median_ci(focus)
+    cluster = stats.cluster_bootstrap_median_ci(focus, results["target_class"].to_numpy())
+    print("random model GradCAM: mosaic CI", mosaic, "cluster CI", cluster)
+    assert cluster[1] - cluster[0] >= mosaic[1] - mosaic[0]

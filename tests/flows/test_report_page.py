@@ -149,6 +149,15 @@ def parse_page(html_text: str) -> _Page:
     return parser
 
 
+def _targets_from_db(url: str, evaluation_id: int, mosaic_ids: list[int]) -> np.ndarray:
+    """The target class of each of an evaluation's mosaics, in the order given."""
+    with store.engine_for(url).connect() as connection:
+        rows = dict(connection.execute(text(
+            "SELECT m.id, m.target_class FROM mosaic m JOIN mosaic_result r ON r.mosaic_id = m.id "
+            "WHERE r.evaluation_id = :e"), {"e": evaluation_id}).all())
+    return np.array([rows[m] for m in mosaic_ids])
+
+
 def _scores_from_db(url: str) -> dict[int, dict[int, float]]:
     """{evaluation_id: {mosaic_id: focus (NaN when NULL)}} straight from ``mosaic_result``."""
     out: dict[int, dict[int, float]] = {}
@@ -177,6 +186,11 @@ def check_tables(page_: _Page, url: str, finished: list[int], unfinished: list[i
         assert float(attrs["q1"]) == pytest.approx(q1, abs=1e-12) and float(attrs["q3"]) == pytest.approx(q3, abs=1e-12)
         low, high = stats.bootstrap_median_ci(values, 0.95, 2000, seed=0)
         assert (float(attrs["ci-low"]), float(attrs["ci-high"])) == pytest.approx((low, high), abs=1e-12)
+        # Quantus's convention beside ours, and the interval that resamples target classes beside the mosaic one
+        assert float(attrs["median-undefined-as-zero"]) == pytest.approx(float(np.median(np.nan_to_num(values))))
+        classes = _targets_from_db(url, evaluation_id, list(scores[evaluation_id]))
+        cluster = stats.cluster_bootstrap_median_ci(values, classes, 0.95, 2000, seed=0)
+        assert (float(attrs["cluster-ci-low"]), float(attrs["cluster-ci-high"])) == pytest.approx(cluster, abs=1e-12)
         # what a reader sees: n, undefined share, median [CI], mean, q1, q3 with 3 decimals
         seen = dict(zip(page_.headers["summary-table"], cells, strict=True))
         assert [seen[k] for k in ("n", "undefined", "median", "95% CI of median", "mean", "q1", "q3")] == [
@@ -197,17 +211,21 @@ def check_tables(page_: _Page, url: str, finished: list[int], unfinished: list[i
         assert float(row_["attrs"]["p-value"]) == pytest.approx(expected_p, rel=1e-9)
         seen = dict(zip(page_.headers["paired-table"], row_["cells"], strict=True))
         assert seen["p-value"] == ("< 0.001" if expected_p < 0.001 else f"{expected_p:.3f}")
+        ranks = scipy_stats.rankdata(np.abs(diff[diff != 0]))
+        effect = (ranks[diff[diff != 0] > 0].sum() - ranks[diff[diff != 0] < 0].sum()) / ranks.sum()
+        assert float(row_["attrs"]["rank-biserial"]) == pytest.approx(effect, abs=1e-12)
     methods_paired = {(r["attrs"]["method-a"], r["attrs"]["method-b"]) for r in page_.tables["paired-table"]}
     assert methods_paired == {("gradcam", "lrp"), ("gradcam", "random"), ("lrp", "random")}
 
 
-EXPECTED_FIGURES = ("fig1-sample-mosaic", "fig4-", "fig3-", "fig-cascading-", "fig5-", "fig6-", "fig2-")
+EXPECTED_FIGURES = ("fig1-sample-mosaic", "fig4-", "fig3-", "fig-cascading-", "fig5-", "fig6-", "fig2-", "fig-classes-",
+                    "fig-seeds-")
 
 
 def check_structure(page_: _Page, out: Path) -> None:
     assert page_.external == [], f"the page references external resources: {page_.external}"
-    assert page_.sections == ["sample", "distributions", "summary", "paired", "randomization", "cascading",
-                              "training", "layouts"]
+    assert page_.sections == ["sample", "distributions", "summary", "paired", "per-class", "randomization", "seeds",
+                              "cascading", "training", "layouts"]
     assert page_.missing == [], f"sections report missing data: {page_.missing}"
     for prefix in EXPECTED_FIGURES:
         assert any(Path(src).name.startswith(prefix) for src in page_.images), f"no figure {prefix}*: {page_.images}"
@@ -219,6 +237,11 @@ def check_structure(page_: _Page, out: Path) -> None:
     assert [int(r["attrs"]["epoch"]) for r in epochs] == [1, 2, 3]
     correlation = next(rows for name, rows in page_.tables.items() if name.startswith("correlation-"))
     assert all(r["attrs"]["r"] != "" for r in correlation)
+    per_class = next(rows for name, rows in page_.tables.items() if name.startswith("per-class-"))
+    assert [int(r["attrs"]["target-class"]) for r in per_class] == list(range(10))
+    seeds = next(rows for name, rows in page_.tables.items() if name.startswith("seeds-"))
+    assert [r["attrs"]["method"] for r in seeds] == ["gradcam", "lrp"]
+    assert all(r["attrs"]["significant"] in ("0", "1") and r["attrs"]["p-value"] != "" for r in seeds)
     sample = page_.tables["sample-focus"]
     assert [r["attrs"]["method"] for r in sample] == list(METHODS)
     for r in sample:  # the recomputed maps give the recorded Focus

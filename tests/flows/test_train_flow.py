@@ -21,7 +21,7 @@ def _params(tmp_path, url: str, epochs: int) -> TrainParams:
         epochs=epochs,
         batch_size=128,
         focus_mosaics={"split": "val", "per_class": 2, "seed": 1},
-        focus_methods=[{"name": "gradcam"}],
+        focus_methods=[{"name": "gradcam"}, {"name": "lrp"}],
         checkpoint_dir=str(tmp_path / "checkpoints"),
         database_url=url,
         audit=True,
@@ -49,14 +49,28 @@ def test_training_records_every_epoch_with_focus_and_resumes_after_a_crash(
 
     outcome = train_module.train(_params(tmp_path, sqlite_url, epochs=2))
     assert epochs_trained == [1, 2, 2]  # epoch 1 was not trained again
-    assert outcome["resumed_after"] == 1 and outcome["epochs_run"] == [2]
+    assert outcome["resumed_after"] == 1 and outcome["epochs_run"] == [2] and not outcome["untrained_recorded_now"]
 
     engine = store.engine_for(sqlite_url)
     curve = db.training_curve(engine, outcome["training_run_id"])
-    assert curve["epoch"].tolist() == [1, 2]
+    # one row per epoch and method, from epoch 0 (the model before its first optimisation step)
+    assert list(zip(curve["epoch"], curve["method_name"])) == [
+        (0, "gradcam"), (0, "lrp"), (1, "gradcam"), (1, "lrp"), (2, "gradcam"), (2, "lrp")]
     assert curve["focus_median"].between(0, 1).all() and curve["val_accuracy"].between(0, 1).all()
-    # two epochs: focus_core.stats.pearson needs 3 pairs, so no correlation (db used to answer +-1, p = 1)
-    assert outcome["correlation"]["n"] == 2 and math.isnan(outcome["correlation"]["r"])
+    assert (curve["focus_n"] == 20).all()
+    untrained = curve[curve["epoch"] == 0].set_index("method_name")
+    print("epoch 0 (untrained) median Focus:", untrained["focus_median"].to_dict(),
+          "val accuracy", untrained["val_accuracy"].iloc[0])
+    assert untrained["train_loss"].isna().all() and untrained["val_accuracy"].iloc[0] < 0.4  # 10 classes, untrained
+    assert abs(untrained.loc["gradcam", "focus_median"] - 0.5) < 0.15  # an untrained model points anywhere
+    assert db.training_curve(engine, outcome["training_run_id"], method="lrp")["epoch"].tolist() == [0, 1, 2]
+    # three epochs with epoch 0; without it two, too few for focus_core.stats.pearson (db used to answer +-1)
+    correlation = outcome["correlation"]
+    assert correlation["method"] == "gradcam" and correlation["n"] == 3 and not math.isnan(correlation["r"])
+    assert correlation["n_without_epoch_0"] == 2 and math.isnan(correlation["r_without_epoch_0"])
+    assert [c["method"] for c in outcome["correlations"]] == ["gradcam", "lrp"]
+    assert [e["epoch"] for e in outcome["epochs"]] == [0, 1, 2]
+    assert set(outcome["epochs"][0]["focus"]) == {"gradcam", "lrp"}
 
     with engine.connect() as connection:
         checkpoints = connection.execute(text(
@@ -67,8 +81,8 @@ def test_training_records_every_epoch_with_focus_and_resumes_after_a_crash(
             "JOIN mosaic_result r ON r.evaluation_id = e.id WHERE c.training_run_id = :run GROUP BY c.epoch "
             "ORDER BY c.epoch"
         ), {"run": outcome["training_run_id"]}).all()
-    assert [(e, bool(a)) for e, a in checkpoints] == [(1, False), (2, True)]
-    assert [tuple(r) for r in per_epoch_rows] == [(1, 20), (2, 20)]  # Focus on the fixed validation set
+    assert [(e, bool(a)) for e, a in checkpoints] == [(0, False), (1, False), (2, True)]
+    assert [tuple(r) for r in per_epoch_rows] == [(0, 40), (1, 40), (2, 40)]  # two methods on the fixed validation set
     assert (tmp_path / "checkpoints").exists()
 
 

@@ -99,3 +99,47 @@ def test_cascading_randomization_falls_to_chance_from_the_top_layer(trained, mos
     print(f"\nseed {seed}: GradCAM cascading (median, share undefined) per stage {medians}")
     for stage, (median, _) in enumerate(medians):
         assert abs(median - 0.5) <= 0.1, f"stage {stage} median {median:.3f} on seed {seed}"
+
+
+def _scores(model, method, mosaics):
+    inputs, targets, mask = mosaics
+    return focus_score(get_explainer(method)(model.eval(), inputs, targets), mask).numpy()
+
+
+def test_random_models_over_seeds_classes_and_the_untrained_model(digits, trained, mosaics):
+    """Issue 15: five random models per method, intervals that resample classes, per-class medians, epoch 0."""
+    import numpy as np
+
+    from focus_core import stats
+
+    model, _, _ = trained[0]
+    targets = mosaics[1].numpy()
+    for method in METHODS:
+        scores = _scores(model, method, mosaics)
+        random = np.stack([_scores(randomize_full(model, seed=s), method, mosaics) for s in range(5)])
+        medians = [stats.summarize(r)["median"] for r in random]
+        spread = stats.seed_summary(medians)
+        print(f"\n{method}: random medians over 5 seeds {np.round(medians, 3).tolist()}, mean {spread['mean']:.3f}, "
+              f"sd {spread['std']:.3f}")
+        assert spread["std"] > 0 and abs(spread["mean"] - 0.5) <= 0.1 and spread["about_chance"]
+        for seed, r in enumerate(random):
+            mosaic = stats.bootstrap_median_ci(r)
+            cluster = stats.cluster_bootstrap_median_ci(r, targets)
+            s = stats.summarize(r)
+            print(f"  seed {seed}: undefined {s['share_undefined']:.2f}, median {s['median']:.3f} "
+                  f"(undefined as 0: {s['median_undefined_as_zero']:.3f}), mosaic CI {np.round(mosaic, 3).tolist()}, "
+                  f"cluster CI {np.round(cluster, 3).tolist()}")
+            assert cluster[1] - cluster[0] >= mosaic[1] - mosaic[0]
+        per_class = [round(c["median"], 3) for c in stats.per_class_summary(random[0], targets)]
+        trained_per_class = [round(c["median"], 3) for c in stats.per_class_summary(scores, targets)]
+        print(f"  per-class medians, trained {trained_per_class}; random seed 0 {per_class}")
+        decision = stats.randomization_test(scores, random, targets)
+        print(f"  randomization test: p (mosaics) {decision['p_value']:.2g}, p (classes) "
+              f"{decision['p_value_classes']:.2g}, rank-biserial {decision['rank_biserial']:.3f}")
+        assert decision["significant"] and decision["n_classes"] == 10
+    # epoch 0: the model before its first optimisation step points anywhere
+    torch.manual_seed(0)
+    untrained = build_model("digits_cnn", num_classes=len(digits.classes), in_channels=1)
+    median, share = _focus(untrained, "gradcam", mosaics)
+    print(f"epoch 0 (untrained) GradCAM median {median:.3f}, undefined {share:.2f}")
+    assert abs(median - 0.5) <= 0.1

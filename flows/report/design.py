@@ -1,0 +1,190 @@
+"""The report's sections on how sure a Focus number is: per target class, and random models over seeds.
+
+- :func:`per_class_section`: median Focus per target class of each final trained checkpoint (a table
+  and a figure: which classes the explanations miss, the extended paper's bias angle), and the paired
+  method comparison per class (Wilcoxon signed-rank test and rank-biserial effect size).
+- :func:`seeds_section`: the fully random models of a checkpoint over their seeds (mean and spread of
+  their medians: "a random model scores about 0.5" is judged on the mean), and the randomization
+  test as a decision per method (:func:`focus_core.stats.randomization_test`).
+
+Every statistic comes from :mod:`focus_core.stats`.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from flows.report.figures import FigureWriter
+from flows.report.page import DASH, Section, fmt, fmt_p, row, table
+from flows.report.queries import EvaluationData
+from flows.report.selection import final_checkpoints, latest, method_key, slug
+from focus_core import report, stats
+
+__all__ = ["per_class_section", "seeds_section", "CHANCE", "TOLERANCE", "ALPHA"]
+
+CHANCE, TOLERANCE, ALPHA = 0.5, 0.1, 0.05
+
+
+def _trained_groups(evals: Sequence[EvaluationData]) -> dict[tuple[int, int], dict[str, EvaluationData]]:
+    """``{(checkpoint, mosaic set): {method: latest trained evaluation}}`` of the final checkpoints (no audits)."""
+    finals = final_checkpoints(evals)
+    groups: dict[tuple[int, int], dict[str, list[EvaluationData]]] = defaultdict(lambda: defaultdict(list))
+    for e in evals:
+        if e.randomization == "none" and e.n and e.checkpoint_id in finals and e.audit_run_id is None:
+            groups[(e.checkpoint_id, e.mosaic_set_id)][e.method].append(e)
+    return {key: {m: latest(v) for m, v in sorted(methods.items(), key=lambda kv: method_key(kv[0]))}
+            for key, methods in sorted(groups.items())}
+
+
+def per_class_section(evals: Sequence[EvaluationData], names: dict[int, str], figures: FigureWriter) -> Section:
+    """Median Focus per target class (table and figure) and the paired method comparison per class."""
+    section = Section(
+        "per-class", "Focus per target class",
+        "Median Focus of each target class's mosaics, per method (undefined maps left out; in brackets counted as "
+        "0, Quantus's convention). A class far below the others is one the explanations miss. Below, the paired "
+        "comparison of methods within each class: Wilcoxon signed-rank test and rank-biserial effect size.",
+    )
+    groups = _trained_groups(evals)
+    if not groups:
+        section.missing = "No trained evaluation of a final checkpoint is selected."
+        return section
+    for (checkpoint_id, mosaic_set_id), methods in groups.items():
+        title = f"{names[checkpoint_id]} on mosaic set #{mosaic_set_id}"
+        per_method = {m: {r["class"]: r for r in stats.per_class_summary(e.focus, e.targets)}
+                      for m, e in methods.items()}
+        classes = sorted({c for rows in per_method.values() for c in rows})
+        start = len(section.figures)
+        figures.draw(section, f"fig-classes-{slug(names[checkpoint_id], mosaic_set_id)}",
+                     f"{title}: median Focus per target class.", f"Median Focus per class of {title}",
+                     report.plot_per_class_focus, [str(c) for c in classes],
+                     {m: [rows[c]["median"] if c in rows else np.nan for c in classes]
+                      for m, rows in per_method.items()})
+        section.blocks.append(f"<h3>{html.escape(title)}</h3>")
+        drawn = "\n".join(f.render() for f in section.figures[start:])
+        section.blocks.append(f'<div class="figures">{drawn}</div>')
+        del section.figures[start:]
+        headers = ["target class", "mosaics"] + [f"{m} median (undefined as 0)" for m in methods]
+        rows = []
+        for c in classes:
+            n = max(rows_[c]["n"] for rows_ in per_method.values() if c in rows_)
+            cells = [str(c), fmt(n)] + [
+                DASH if c not in per_method[m] else
+                f"{fmt(per_method[m][c]['median'])} ({fmt(per_method[m][c]['median_undefined_as_zero'])})"
+                for m in methods]
+            data = {"checkpoint_id": checkpoint_id, "mosaic_set_id": mosaic_set_id, "target_class": c, "n": n}
+            data.update({f"median_{slug(m)}": per_method[m].get(c, {}).get("median") for m in methods})
+            data.update({f"median_undefined_as_zero_{slug(m)}": per_method[m].get(c, {}).get("median_undefined_as_zero")
+                         for m in methods})
+            rows.append(row(data, cells, numeric=[True] * len(cells)))
+        section.blocks.append('<div class="table-wrap">' + table(
+            headers, rows, table_id=f"per-class-{checkpoint_id}-{mosaic_set_id}") + "</div>")
+        paired = _paired_by_class_rows(methods, checkpoint_id, mosaic_set_id)
+        if paired:
+            section.blocks.append(
+                "<details><summary>Paired comparison of methods per target class</summary><div class=\"table-wrap\">"
+                + table(["method A", "method B", "target class", "pairs", "median A−B", "W", "p-value",
+                         "rank-biserial r"], paired, table_id=f"paired-per-class-{checkpoint_id}-{mosaic_set_id}")
+                + "</div></details>")
+    return section
+
+
+def _paired_by_class_rows(methods: dict[str, EvaluationData], checkpoint_id: int, mosaic_set_id: int) -> list[str]:
+    rows = []
+    for a, b in itertools.combinations(methods.values(), 2):
+        common, ia, ib = np.intersect1d(a.mosaic_ids, b.mosaic_ids, return_indices=True)
+        if common.size == 0:
+            continue
+        overall = stats.paired_test(a.focus[ia], b.focus[ib])
+        by_class = stats.paired_test_by_class(a.focus[ia], b.focus[ib], a.targets[ia])
+        for result in [{"class": "all", **overall}] + by_class:
+            significant = result["p_value"] < ALPHA
+            rows.append(row(
+                {"checkpoint_id": checkpoint_id, "mosaic_set_id": mosaic_set_id, "method_a": a.method,
+                 "method_b": b.method, "target_class": result["class"], "n": result["n"],
+                 "median_difference": result["median_difference"], "statistic": result["statistic"],
+                 "p_value": result["p_value"], "rank_biserial": result["rank_biserial"]},
+                [a.method, b.method, str(result["class"]), fmt(result["n"]), fmt(result["median_difference"]),
+                 fmt(result["statistic"]), fmt_p(result["p_value"]), fmt(result["rank_biserial"])],
+                numeric=[False, False, False, True, True, True, True, True],
+                classes=[""] * 6 + (["sig"] if significant else [""]) + [""],
+            ))
+    return rows
+
+
+def seeds_section(evals: Sequence[EvaluationData], names: dict[int, str], figures: FigureWriter) -> Section:
+    """Random models over seeds (mean and spread), and per method whether the trained Focus is above theirs."""
+    section = Section(
+        "seeds", "Random models over seeds: the randomization test",
+        "Each seed re-initialises the checkpoint into another fully random model. One random model's median over a "
+        "few classes is a handful of coin flips, so 'a random model scores about 0.5' is judged on the mean over "
+        f"seeds (within {CHANCE} ± {TOLERANCE}). The decision: is the trained checkpoint's Focus significantly above "
+        f"the random models' at {ALPHA}? Test: {stats.RANDOMIZATION_TEST}; both p-values must be below {ALPHA}.",
+    )
+    random: dict[tuple[int, int], dict[str, dict[int, EvaluationData]]] = defaultdict(lambda: defaultdict(dict))
+    for e in sorted(evals, key=lambda e: e.evaluation_id):
+        if e.randomization == "full" and e.n and e.audit_run_id is None:
+            random[(e.checkpoint_id, e.mosaic_set_id)][e.method][int(e.seed or 0)] = e
+    if not random:
+        section.missing = ("No fully random model is selected: run `focus randomize --kind full --seeds 0,1,2,3,4` "
+                           "to judge the random models over seeds.")
+        return section
+    trained_groups = _trained_all(evals)
+    for (checkpoint_id, mosaic_set_id), methods in sorted(random.items()):
+        trained = trained_groups.get((checkpoint_id, mosaic_set_id), {})
+        title = f"{names[checkpoint_id]} on mosaic set #{mosaic_set_id}"
+        ordered = sorted(methods, key=method_key)
+        figures.draw(section, f"fig-seeds-{slug(names[checkpoint_id], mosaic_set_id)}",
+                     f"{title}: each dot one random model's median Focus; square and whisker their mean ± sd; "
+                     "diamond the trained checkpoint.", f"Random models over seeds of {title}",
+                     report.plot_random_seeds,
+                     {m: [methods[m][s].summary["median"] for s in sorted(methods[m])] for m in ordered},
+                     trained={m: trained[m].summary["median"] for m in ordered if m in trained})
+        rows = [_seed_row(m, methods[m], trained.get(m), checkpoint_id, mosaic_set_id) for m in ordered]
+        section.blocks.append(f"<h3>{html.escape(title)}</h3>")
+        section.blocks.append('<div class="table-wrap">' + table(
+            ["method", "seeds", "random mean", "sd", "min", "max", f"about {CHANCE}", "trained median",
+             "p (mosaics)", "p (class medians)", "rank-biserial r", "trained above random"],
+            rows, table_id=f"seeds-{checkpoint_id}-{mosaic_set_id}") + "</div>")
+    return section
+
+
+def _trained_all(evals: Sequence[EvaluationData]) -> dict[tuple[int, int], dict[str, EvaluationData]]:
+    """``{(checkpoint, mosaic set): {method: latest trained evaluation}}`` of every checkpoint (no audits)."""
+    groups: dict[tuple[int, int], dict[str, list[EvaluationData]]] = defaultdict(lambda: defaultdict(list))
+    for e in evals:
+        if e.randomization == "none" and e.n and e.audit_run_id is None:
+            groups[(e.checkpoint_id, e.mosaic_set_id)][e.method].append(e)
+    return {key: {m: latest(v) for m, v in methods.items()} for key, methods in groups.items()}
+
+
+def _seed_row(method: str, by_seed: dict[int, EvaluationData], trained: EvaluationData | None,
+              checkpoint_id: int, mosaic_set_id: int) -> str:
+    seeds = sorted(by_seed)
+    spread = stats.seed_summary([by_seed[s].summary["median"] for s in seeds], CHANCE, TOLERANCE)
+    data = {"checkpoint_id": checkpoint_id, "mosaic_set_id": mosaic_set_id, "method": method,
+            "seeds": ",".join(map(str, seeds)), "n_seeds": spread["n_seeds"], "mean": spread["mean"],
+            "std": spread["std"], "min": spread["min"], "max": spread["max"], "about_chance": spread["about_chance"]}
+    decision_cells = [DASH, DASH, DASH, DASH, "no trained evaluation"]
+    if trained is not None:
+        position = {int(m): i for i, m in enumerate(trained.mosaic_ids)}
+        matrix = np.full((len(seeds), trained.n), np.nan)
+        for row_index, s in enumerate(seeds):
+            e = by_seed[s]
+            for mosaic, value in zip(e.mosaic_ids, e.focus):
+                if int(mosaic) in position:
+                    matrix[row_index, position[int(mosaic)]] = value
+        test = stats.randomization_test(trained.focus, matrix, trained.targets, alpha=ALPHA)
+        data.update(trained_median=trained.summary["median"], p_value=test["p_value"],
+                    p_value_classes=test["p_value_classes"], rank_biserial=test["rank_biserial"],
+                    significant=test["significant"], test=test["test"])
+        decision_cells = [fmt(trained.summary["median"]), fmt_p(test["p_value"]), fmt_p(test["p_value_classes"]),
+                          fmt(test["rank_biserial"]), "yes" if test["significant"] else "no"]
+    about = DASH if spread["about_chance"] is None else ("yes" if spread["about_chance"] else "no")
+    cells = [method, ",".join(map(str, seeds)), fmt(spread["mean"]), fmt(spread["std"]), fmt(spread["min"]),
+             fmt(spread["max"]), about, *decision_cells]
+    return row(data, cells, numeric=[False, False, True, True, True, True, False, True, True, True, True, False])

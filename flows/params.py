@@ -33,7 +33,8 @@ from flows.specs import (
     NAME_PATTERN,
     STANDARD_METHODS,
     BatchSize,
-    DatabaseUrl,
+    Checkpoint,
+    HiddenDatabaseUrl,
     DatasetSpec,
     Device,
     MethodSpec,
@@ -78,7 +79,7 @@ class _FlowParams(BaseModel):
 class EvaluateParams(_FlowParams):
     """Evaluate attribution methods on one checkpoint with the Focus metric."""
 
-    model: ModelSpec = Field(description="The checkpoint to explain (weights required).")
+    model: Checkpoint = Field(description="The checkpoint to explain (weights required).")
     dataset: DatasetSpec = Field(default_factory=DatasetSpec, description="Where the tiles come from.")
     mosaics: MosaicSetSpec = Field(default_factory=MosaicSetSpec, description="The seeded mosaic set.")
     methods: list[MethodSpec] = Field(
@@ -103,7 +104,7 @@ class EvaluateParams(_FlowParams):
 class RandomizationParams(_FlowParams):
     """The sanity check: Focus of a checkpoint, of its fully random copy and of cascading randomization."""
 
-    model: ModelSpec = Field(description="The trained checkpoint (weights required).")
+    model: Checkpoint = Field(description="The trained checkpoint (weights required).")
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     mosaics: MosaicSetSpec = Field(default_factory=MosaicSetSpec)
     methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name="gradcam")], min_length=1)
@@ -151,7 +152,7 @@ class TrainParams(_FlowParams):
     focus_methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name="gradcam")], min_length=1)
     checkpoint_dir: str = Field("checkpoints", description="Where per-epoch checkpoints (model + optimizer) go.")
     device: Device = "cpu"
-    database_url: DatabaseUrl = None
+    database_url: HiddenDatabaseUrl = None
     audit: bool = Field(False, description="Mark the final checkpoint for the nightly audit.")
     retries: int = Field(1, ge=0, le=10, description="Retries of a failed epoch (it restarts from the last checkpoint).")
     figures_dir: str | None = Field(None, description="Where the training-curve figures are written; empty: none.")
@@ -211,7 +212,7 @@ class AuditParams(_FlowParams):
 class SweepParams(_FlowParams):
     """The paper's grid: checkpoints x methods, one evaluate run per cell."""
 
-    checkpoints: list[ModelSpec] = Field(min_length=1, description="The checkpoints (weights required).")
+    checkpoints: list[Checkpoint] = Field(min_length=1, description="The checkpoints (weights required).")
     methods: list[MethodSpec] = Field(min_length=1)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     mosaics: MosaicSetSpec = Field(default_factory=MosaicSetSpec)

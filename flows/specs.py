@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from focus_core.hashing import canonical_json
 from focus_core.layouts import LAYOUTS
@@ -31,11 +32,13 @@ __all__ = [
     "BatchSize",
     "Precision",
     "DatabaseUrl",
+    "HiddenDatabaseUrl",
     "RunName",
     "check_name",
     "spec_key",
     "DatasetSpec",
     "ModelSpec",
+    "Checkpoint",
     "MosaicSetSpec",
     "MethodSpec",
     "RandomizationSpec",
@@ -130,6 +133,26 @@ class ModelSpec(_Spec):
         if ":" not in value and not re.match(r"^[A-Za-z_]\w*$", value):
             raise ValueError(f"architecture {value!r} is not a model name such as 'resnet18'.")
         return value
+
+
+def _checkpoint_schema() -> dict[str, Any]:
+    """ModelSpec's JSON schema with ``weights`` required (a non-empty string): the form of a trained checkpoint."""
+    schema = ModelSpec.model_json_schema()
+    weights = schema["properties"]["weights"]
+    for key in ("anyOf", "default", "type"):
+        weights.pop(key, None)
+    weights.update(type="string", minLength=1, description="Where the trained weights (a state_dict) are: a path on "
+                   "the worker or a URL such as s3://bucket/digits.pt (see `focus checkpoint list`).")
+    schema["required"] = sorted({*schema.get("required", []), "weights"})
+    schema["title"] = "Checkpoint"
+    return schema
+
+
+#: A :class:`ModelSpec` whose weights the form requires (evaluate, randomization, sweep): in Python it is a plain
+#: ModelSpec (the flows' validators say what is missing in one sentence); in the JSON schema, and so in the Prefect
+#: UI form and for ``enforce_parameter_schema``, ``weights`` is a required field, so a deployment whose defaults
+#: name no weights file asks for one instead of failing on the worker.
+Checkpoint = Annotated[ModelSpec, WithJsonSchema(_checkpoint_schema())]
 
 
 class MosaicSetSpec(_Spec):
@@ -266,6 +289,9 @@ DatabaseUrl = Annotated[
         "?sslpassword=) is refused: parameters are visible in the UI, so it belongs in FOCUS_DATABASE_URL.",
     ),
 ]
+#: :data:`DatabaseUrl` left out of the JSON schema: code and ``focus`` set it, the Prefect UI form never shows it
+#: (a worker's store is its FOCUS_DATABASE_URL), and a deployment's flow run cannot be given one.
+HiddenDatabaseUrl = SkipJsonSchema[DatabaseUrl]
 
 
 class RunSpec(_Spec):
@@ -287,4 +313,4 @@ class RunSpec(_Spec):
         description="How long a run's claim on its evaluations and chunks lasts unless renewed (every third of it): "
         "a run that dies is shown as crashed, and its work taken over, this long after it stopped.",
     )
-    database_url: DatabaseUrl = None
+    database_url: HiddenDatabaseUrl = None

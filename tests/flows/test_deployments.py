@@ -80,15 +80,91 @@ def test_entrypoint_resolves_to_a_flow_whose_parameters_validate(flow: str):
     loaded = _load_flow(deployment["entrypoint"])
     assert isinstance(loaded, Flow), f"{deployment['entrypoint']} is not a Prefect flow"
 
-    # the pydantic model of the flow's one parameter, `params`, validates the yaml's defaults ...
-    hints = typing.get_type_hints(loaded.fn)
-    model = hints["params"]
     parameters = deployment["parameters"]
     assert set(parameters) == {"params"}, "every flow takes exactly one parameter, params"
-    model.model_validate(parameters["params"])
-    # ... and so does the JSON schema the server enforces (enforce_parameter_schema)
     assert deployment.get("enforce_parameter_schema", True) is True
-    validate(parameters, parameter_schema(loaded).model_dump_for_openapi(), raise_on_error=True, ignore_required=False)
+    schema = parameter_schema(loaded).model_dump_for_openapi()  # what `prefect deploy` sends the server
+    # the server accepts the defaults when the deployment is created (it ignores required fields then) ...
+    validate(parameters, schema, raise_on_error=True, ignore_required=True)
+    # ... and a run of them either runs as it stands, or the form requires exactly the fields left to fill in
+    errors = validate(parameters, schema, ignore_required=False)
+    assert all(error.validator == "required" for error in errors), [error.message for error in errors]
+    missing = {path for error in errors for path in _missing_paths(error)}
+    assert missing == REQUIRED_IN_FORM[flow], f"{flow}: the form leaves {sorted(missing)} to fill in"
+    # the pydantic model of the flow's one parameter, `params`, agrees: it accepts the defaults exactly when the
+    # form needs nothing more
+    model = typing.get_type_hints(loaded.fn)["params"]
+    if missing:
+        with pytest.raises(ValueError, match="weights"):
+            model.model_validate(parameters["params"])
+        filled = _fill(parameters, missing, "checkpoints/digits-0123456789ab/epoch-0010.weights.pt")
+        model.model_validate(filled["params"])
+        validate(filled, schema, raise_on_error=True, ignore_required=False)
+    else:
+        model.model_validate(parameters["params"])
+
+
+#: The fields each deployment's form leaves to the user (JSON paths); empty: the defaults run as they stand.
+REQUIRED_IN_FORM = {
+    "evaluate": {"params.model.weights"},
+    "randomization": {"params.model.weights"},
+    "sweep": {"params.checkpoints[0].weights"},
+    "train": set(),
+    "audit": set(),
+}
+
+
+def _missing_paths(error) -> list[str]:
+    """The JSON paths of the required properties a 'required' validation error found missing."""
+    base = error.json_path.removeprefix("$").removeprefix(".")
+    return [f"{base}.{name}" if base else name for name in error.validator_value if name not in error.instance]
+
+
+def _fill(parameters: dict, paths: set[str], value: str) -> dict:
+    filled = json.loads(json.dumps(parameters))
+    for path in paths:
+        *parents, leaf = re.findall(r"[^.\[\]]+", path)
+        node = filled
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node[key]
+        node[leaf] = value
+    return filled
+
+
+def _property_names(schema) -> set[str]:
+    """Every property name anywhere in a JSON schema (definitions included)."""
+    names: set[str] = set()
+    if isinstance(schema, dict):
+        names |= set(schema.get("properties", {}))
+        for value in schema.values():
+            names |= _property_names(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            names |= _property_names(value)
+    return names
+
+
+@pytest.mark.parametrize("flow", sorted(FLOWS))
+def test_no_form_shows_the_database_url_or_an_internal_id(flow: str):
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(_load_flow(_by_flow(flow)["entrypoint"])).model_dump_for_openapi()
+    names = _property_names(schema)
+    assert "database_url" not in names and "audit_run_id" not in names, f"{flow}: {sorted(names)}"
+    assert "params" in schema["properties"] and "device" in names  # the schema itself is there
+
+
+def test_the_hidden_fields_stay_usable_from_code():
+    import inspect
+
+    from flows.evaluate import evaluate
+    from flows.params import RunSpec, TrainParams
+
+    assert RunSpec(database_url="sqlite:///focus.db").database_url == "sqlite:///focus.db"
+    assert TrainParams(database_url="postgresql+psycopg://focus@db/focus").database_url.endswith("@db/focus")
+    with pytest.raises(ValueError, match="password"):  # still refused with a secret, only not shown
+        RunSpec(database_url="postgresql+psycopg://focus:hunter2@db/focus")
+    assert "audit_run_id" in inspect.signature(evaluate.fn).parameters
 
 
 def test_work_pools_are_the_documented_ones():

@@ -262,3 +262,62 @@ def test_automation_triggers_on_regression_and_notifies():
     automation = AutomationCore.model_validate(data)
     assert automation.trigger.expect == {"focus.audit.regressed"}
     assert [action.type for action in automation.actions] == ["send-notification"]
+
+
+def test_kubernetes_template_takes_the_store_url_and_object_store_credentials_from_secrets():
+    from prefect.utilities.templating import apply_values
+
+    template = json.loads(POOL_TEMPLATES["kubernetes"].read_text())
+    properties = template["variables"]["properties"]
+    (container,) = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"]
+    (database,) = [e for e in container["env"] if e["name"] == "FOCUS_DATABASE_URL"]
+    assert database["valueFrom"]["secretKeyRef"] == {"name": "{{ database_secret }}", "key": "FOCUS_DATABASE_URL"}
+    (object_store,) = container["envFrom"]
+    assert object_store["secretRef"]["name"] == "{{ object_store_secret }}"
+    assert object_store["secretRef"].get("optional") is True  # workload identity needs no Secret
+    assert template["job_configuration"]["env"] == "{{ env }}"  # the pool's and deployment's env still reach the Job
+    # the worker fills the placeholders with the variables' defaults (or a deployment's job_variables)
+    defaults = {name: prop["default"] for name, prop in properties.items() if "default" in prop}
+    (resolved,) = apply_values(template["job_configuration"], defaults)["job_manifest"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert resolved["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "focus-database"
+    assert resolved["envFrom"][0]["secretRef"]["name"] == "focus-object-store"
+    assert not {"FOCUS_DATABASE_URL", "AWS_SECRET_ACCESS_KEY"} & set(properties["env"]["default"])
+
+
+SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "focus-test-key", "AWS_SECRET_ACCESS_KEY": "focus-test-secret"}
+
+
+def test_docker_template_resolves_credentials_from_prefect_secret_blocks(prefect_api):
+    import asyncio
+
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.base import BaseJobConfiguration
+
+    template = json.loads(POOL_TEMPLATES["docker"].read_text())
+    env = template["variables"]["properties"]["env"]["default"]
+    assert env["FOCUS_DATABASE_URL"] == "{{ prefect.blocks.secret.focus-database-url }}"
+    assert {k for k, v in env.items() if "prefect.blocks.secret.focus-object-store." in str(v)} == set(SECRET_KEYS)
+    store_url = "postgresql+psycopg://focus:pw-from-block@db/focus"
+    Secret(value=store_url).save("focus-database-url", overwrite=True)
+    Secret(value=SECRET_KEYS).save("focus-object-store", overwrite=True)
+
+    async def check() -> tuple[dict, dict]:
+        async with get_client() as client:  # the server accepts the template as a base job template
+            await client.create_work_pool(WorkPoolCreate(name=f"docker-{uuid.uuid4().hex[:8]}", type="docker",
+                                                         base_job_template=template))
+            # what the worker builds for a flow run: pool defaults, a deployment's env merged on top, blocks resolved
+            deployment_env = {"env": {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}}
+            merged = await BaseJobConfiguration.from_template_and_values(template, deployment_env, client=client)
+            no_keys = {"env": {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}}
+            dropped = await BaseJobConfiguration.from_template_and_values(template, no_keys, client=client)
+        return merged.env, dropped.env
+
+    merged, dropped = asyncio.run(check())
+    assert merged["FOCUS_DATABASE_URL"] == store_url
+    assert {k: merged[k] for k in SECRET_KEYS} == SECRET_KEYS
+    assert merged["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and merged["FOCUS_PROJECT_DIR"] == "/opt/focus-audit"
+    assert dropped["FOCUS_DATABASE_URL"] == store_url and dropped.get("AWS_ACCESS_KEY_ID") is None

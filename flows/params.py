@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from flows.specs import (
     DEVICE_PATTERN,
@@ -46,6 +46,7 @@ from flows.specs import (
     RunSpec,
     check_name,
     spec_key,
+    without_empty_database_url,
 )
 from focus_core.hashing import canonical_hash
 
@@ -163,6 +164,10 @@ class TrainParams(_FlowParams):
         if value.split != "val":
             raise ValueError("Focus during training is measured on the 'val' split; keep 'test' for the final evaluation.")
         return value
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        return without_empty_database_url(handler(self))
 
     def recipe(self) -> dict[str, Any]:
         """The training hyper-parameters with the per-dataset defaults filled in."""

@@ -16,7 +16,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from focus_core.hashing import canonical_json
@@ -33,6 +42,7 @@ __all__ = [
     "Precision",
     "DatabaseUrl",
     "HiddenDatabaseUrl",
+    "without_empty_database_url",
     "RunName",
     "check_name",
     "spec_key",
@@ -294,6 +304,17 @@ DatabaseUrl = Annotated[
 HiddenDatabaseUrl = SkipJsonSchema[DatabaseUrl]
 
 
+def without_empty_database_url(data: Any) -> Any:
+    """``data`` (a model's dump) without an empty ``database_url``: a form's default value never carries the field.
+
+    Prefect writes a flow's default ``params`` into the parameter schema as the model's dump; the field is no
+    property of that schema, so the dump leaves it out unless it is set (code and ``focus`` set it).
+    """
+    if isinstance(data, dict) and data.get("database_url", "") is None:
+        data = {k: v for k, v in data.items() if k != "database_url"}
+    return data
+
+
 class RunSpec(_Spec):
     """How the work runs: device, batch and chunk sizes, retries, store (shared by the evaluating flows)."""
 
@@ -314,3 +335,7 @@ class RunSpec(_Spec):
         "a run that dies is shown as crashed, and its work taken over, this long after it stopped.",
     )
     database_url: HiddenDatabaseUrl = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        return without_empty_database_url(handler(self))

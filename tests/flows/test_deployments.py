@@ -146,12 +146,22 @@ def _property_names(schema) -> set[str]:
 
 @pytest.mark.parametrize("flow", sorted(FLOWS))
 def test_no_form_shows_the_database_url_or_an_internal_id(flow: str):
-    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.callables import parameter_schema, parameter_schema_from_entrypoint
 
-    schema = parameter_schema(_load_flow(_by_flow(flow)["entrypoint"])).model_dump_for_openapi()
-    names = _property_names(schema)
-    assert "database_url" not in names and "audit_run_id" not in names, f"{flow}: {sorted(names)}"
-    assert "params" in schema["properties"] and "device" in names  # the schema itself is there
+    entrypoint = _by_flow(flow)["entrypoint"]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:  # `prefect deploy` reads the entrypoint's source (defaults included) without running it
+        deployed = parameter_schema_from_entrypoint(entrypoint).model_dump_for_openapi()
+    finally:
+        os.chdir(cwd)
+    for schema in (parameter_schema(_load_flow(entrypoint)).model_dump_for_openapi(), deployed):
+        names = _property_names(schema)
+        assert "database_url" not in names and "audit_run_id" not in names, f"{flow}: {sorted(names)}"
+        assert "params" in schema["properties"] and "device" in names  # the schema itself is there
+        # nor does a default value of the form carry them (train and audit have a default `params`)
+        text = json.dumps(schema)
+        assert '"database_url"' not in text and '"audit_run_id"' not in text, flow
 
 
 def test_the_hidden_fields_stay_usable_from_code():

@@ -12,10 +12,13 @@ The accepted artifacts (nothing here unpickles code; the weights are later read 
   ``MlflowClient().create_model_version(name, f"{run.info.artifact_uri}/digits.pt", run_id=...)``;
 - a version whose source is a folder holding ``state_dict.pth``, what ``mlflow.pytorch.log_state_dict(
   model.state_dict(), "weights")`` writes (register ``runs:/<run id>/weights``), also inside a logged model;
-- a folder holding exactly one ``.pt``/``.pth`` file outside a logged PyTorch model's pickled ``data/`` folder.
+- a folder holding exactly one ``.pt``/``.pth`` file outside a logged PyTorch model's pickled ``data/`` folder;
+- a model logged with ``mlflow.pytorch.log_model(..., serialization_format="pt2")`` (MLflow 3's safe format):
+  its weights are read from the ``.pt2`` archive's raw tensor records (an archive holding any pickled record is
+  refused) and written once as a ``state_dict`` file next to the download.
 
-A model logged with ``mlflow.pytorch.log_model`` alone (a pickled module, or a ``pt2`` program) is refused with
-one sentence that says to log its ``state_dict``.
+A model logged with ``mlflow.pytorch.log_model`` as a pickled module is refused with one sentence that says to
+log its ``state_dict``.
 
 Examples
 --------
@@ -28,6 +31,7 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -197,7 +201,9 @@ def _call(fn: Any, server: str, on_missing: Any) -> Any:
             if message:
                 raise FocusError(message) from None
         first = str(error.message if hasattr(error, "message") else error).splitlines()[0][:200]
-        raise FocusError(f"The MLflow server at {server} refused the request ({code}: {first}); check its log.") from None
+        raise FocusError(
+            f"The MLflow server at {server} refused the request ({code}: {first}); check its log."
+        ) from None
 
 
 def _missing_alias(client: Any, name: str, alias: str, server: str) -> str:
@@ -262,8 +268,13 @@ def _download(name: str, version: str, source: str, server: str, cache_dir: str 
     return _state_dict_file(target, f"{name}/{version}")
 
 
+_FROM_PT2 = "focus-state_dict-from-pt2.pt"  # the state_dict read out of a pt2 program, beside its download
+
+
 def _state_dict_file(folder: Path, label: str) -> Path:
     """The one ``state_dict`` file among a version's downloaded artifacts (see the module's accepted forms)."""
+    if (folder / _FROM_PT2).is_file():
+        return folder / _FROM_PT2
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     named = [p for p in files if p.name == _STATE_DICT_FILE]
     if len(named) == 1:
@@ -276,6 +287,9 @@ def _state_dict_file(folder: Path, label: str) -> Path:
     if len(named) + len(candidates) > 1:
         names = ", ".join(str(p.relative_to(folder)) for p in named + candidates)
         raise FocusError(f"Model version {label} holds several weights files ({names}): register a folder with one.")
+    programs = [p for p in files if p.suffix == ".pt2" and any(d in p.parents for d in pickled)]
+    if len(programs) == 1:
+        return _state_dict_from_pt2(programs[0], folder / _FROM_PT2, label)
     if pickled:
         raise FocusError(
             f"Model version {label} is a logged PyTorch model without a state_dict file, and focus-audit never "
@@ -300,3 +314,38 @@ def _pickled_model_folders(folder: Path) -> list[Path]:
         if isinstance(flavor, dict):
             found.append(mlmodel.parent / str(flavor.get("model_data", "data")))
     return found
+
+
+def _state_dict_from_pt2(program: Path, out: Path, label: str) -> Path:
+    """Write the parameters and buffers of a ``torch.export`` ``.pt2`` archive to ``out`` as a ``state_dict`` file.
+
+    Only raw tensor records are read (torch's own archive reader); an archive with a pickled record, more than one
+    program, or a layout this torch cannot read is refused in one sentence.
+    """
+    from focus_core.weights import save_atomically
+
+    refused = FocusError(
+        f"Model version {label} is a pt2 program whose weights focus-audit cannot read without unpickling: log "
+        "mlflow.pytorch.log_state_dict(model.state_dict(), 'state_dict') and register that."
+    )
+    try:
+        from torch.export.pt2_archive import _package as pt2
+        from torch.export.pt2_archive.constants import WEIGHTS_CONFIG_FILENAME_FORMAT
+
+        with pt2.PT2ArchiveReader(str(program)) as reader:
+            names = [n for n in reader.get_file_names() if re.fullmatch(r"models/[^/]+\.json", n)]
+            if len(names) != 1:
+                raise refused
+            model = names[0][len("models/"):-len(".json")]
+            config = json.loads(reader.read_string(WEIGHTS_CONFIG_FILENAME_FORMAT.format(model)))["config"]
+            if any(entry.get("use_pickle") for entry in config.values()):
+                raise refused
+            state = pt2._load_state_dict(reader, model)  # raw records only: nothing is unpickled
+    except FocusError:
+        raise
+    except Exception:  # noqa: BLE001 - another torch's archive layout, a damaged file: the same to the user
+        raise refused from None
+    if not isinstance(state, dict) or not state:
+        raise refused
+    save_atomically({key: value.detach().clone() for key, value in state.items()}, out)
+    return out

@@ -79,7 +79,9 @@ def _wait_healthy(server: MlflowServer, proc) -> None:
         except OSError:
             pass
         time.sleep(0.5)
-    pytest.fail(f"`mlflow server` did not answer at {server.url} within {START_TIMEOUT_S:.0f} s:\n{tail(server.log_path)}")
+    pytest.fail(
+        f"`mlflow server` did not answer at {server.url} within {START_TIMEOUT_S:.0f} s:\n{tail(server.log_path)}"
+    )
 
 
 @pytest.fixture(scope="module")

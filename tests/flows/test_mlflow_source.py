@@ -90,6 +90,34 @@ def test_the_state_dict_file_is_found_in_the_accepted_layouts(tmp_path: Path) ->
     assert mlflow_source._state_dict_file(model, "m/2") == model / "weights" / "digits.pt"
 
 
+def _same_weights(path: Path, model: torch.nn.Module) -> bool:
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    expected = model.state_dict()
+    return set(loaded) == set(expected) and all(torch.equal(loaded[k], expected[k]) for k in expected)
+
+
+def test_a_pt2_logged_model_gives_its_state_dict_without_unpickling(tmp_path: Path) -> None:
+    mlflow_pytorch = pytest.importorskip("mlflow.pytorch")
+    torch.manual_seed(3)
+    model = DigitsCNN().eval()
+    folder = tmp_path / "model"
+    mlflow_pytorch.save_model(model, str(folder), serialization_format="pt2", pip_requirements=["torch"],
+                              input_example=torch.zeros(2, 1, 32, 32).numpy())
+    assert (folder / "data" / "model.pt2").is_file()
+    path = mlflow_source._state_dict_file(folder, "digits/3")
+    assert _same_weights(path, model)
+    load_weights(DigitsCNN(), path)
+    assert mlflow_source._state_dict_file(folder, "digits/3") == path  # read out once, then reused
+    # an archive that is no pt2 program (or one this torch cannot read) is refused in one sentence
+    broken = tmp_path / "broken"
+    (broken / "data").mkdir(parents=True)
+    (broken / "data" / "model.pt2").write_bytes(b"not a zip archive")
+    (broken / "MLmodel").write_text("flavors:\n  pytorch:\n    model_data: data\n")
+    with pytest.raises(FocusError, match="pt2 program whose weights") as error:
+        mlflow_source._state_dict_file(broken, "digits/4")
+    _one_sentence(str(error.value))
+
+
 @pytest.mark.parametrize(("files", "mlmodel", "match"), [
     (["data/model.pth"], True, "logged PyTorch model without a state_dict file"),
     (["a.pt", "b.pth"], False, "several weights files"),
@@ -192,6 +220,20 @@ def test_unknown_model_alias_or_version_is_one_sentence(registry, tracking: Mlfl
     with pytest.raises(FocusError, match=match) as error:
         resolve(uri, registry["cache"])
     _one_sentence(str(error.value))
+
+
+@pytest.mark.server
+@pytest.mark.timeout(300)
+def test_a_registered_pt2_model_resolves_to_its_weights(registry, tracking: MlflowServer) -> None:
+    import mlflow
+
+    torch.manual_seed(4)
+    model = DigitsCNN().eval()
+    with mlflow.start_run():
+        mlflow.pytorch.log_model(model, name="model", serialization_format="pt2", pip_requirements=["torch"],
+                                 input_example=torch.zeros(2, 1, 32, 32).numpy(), registered_model_name="digits-pt2")
+    found = resolve("models:/digits-pt2/1", registry["cache"])
+    assert found.version == "1" and _same_weights(found.path, model)
 
 
 @pytest.mark.server

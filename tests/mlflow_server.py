@@ -13,6 +13,7 @@ that does not come up fails the test; elsewhere too, since mlflow is in the ``te
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import urllib.request
@@ -24,7 +25,7 @@ import pytest
 
 from tests.flows.server import free_port, start_process, stop_process, tail
 
-__all__ = ["MlflowServer", "mlflow_server", "start_mlflow_server"]
+__all__ = ["MlflowServer", "mlflow_server", "start_mlflow_server", "stop_mlflow_server"]
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 START_TIMEOUT_S = 90.0
@@ -61,7 +62,7 @@ def start_mlflow_server(root: Path) -> tuple[MlflowServer, object]:
     try:
         _wait_healthy(server, proc)
     except BaseException:
-        stop_process(proc)
+        stop_mlflow_server(proc)
         raise
     server.started_in = time.monotonic() - started
     return server, proc
@@ -92,4 +93,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     try:
         yield server
     finally:
-        stop_process(proc)
+        stop_mlflow_server(proc)
+
+
+def stop_mlflow_server(proc) -> None:
+    """Stop the server by its PID: SIGTERM to its process group (the CLI and its uvicorn child), then as usual."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)  # the group is the server's own session (start_new_session=True)
+    except (ProcessLookupError, PermissionError):
+        pass
+    stop_process(proc)

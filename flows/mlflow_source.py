@@ -165,7 +165,7 @@ def _client() -> tuple[Any, str]:
     server = _redacted(tracking_uri)
     parts = urllib.parse.urlsplit(tracking_uri)
     if parts.scheme in ("http", "https"):  # MLflow retries a dead server for minutes: ask once, briefly, first
-        health = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/health", "", ""))
+        health = _redacted(tracking_uri).rstrip("/") + "/health"  # no user-info: urllib cannot send it anyway
         try:
             with urllib.request.urlopen(health, timeout=_HEALTH_TIMEOUT_S):  # noqa: S310 - http(s) only
                 pass

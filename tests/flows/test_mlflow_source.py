@@ -195,6 +195,14 @@ def test_alias_and_version_resolve_to_the_logged_weights(registry, tracking: Mlf
 
 @pytest.mark.server
 @pytest.mark.timeout(300)
+def test_a_tracking_uri_with_credentials_still_reaches_the_server(registry, tracking: MlflowServer,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.url.replace("http://", "http://focus:s3cret@"))
+    assert resolve(f"models:/{NAME}/1", registry["cache"]).version == "1"
+
+
+@pytest.mark.server
+@pytest.mark.timeout(300)
 def test_moving_the_alias_moves_what_is_resolved(registry, tracking: MlflowServer) -> None:
     v1, v2 = registry["versions"]
     client = registry["client"]

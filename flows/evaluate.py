@@ -33,6 +33,7 @@ from prefect.artifacts import (
 )
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic.json_schema import SkipJsonSchema
 
 import db
 import focus_core
@@ -352,13 +353,14 @@ CHUNK_THREADS = 2
 
 @flow(name="evaluate", flow_run_name=_evaluate_run_name, validate_parameters=True, persist_result=False,
       task_runner=ThreadPoolTaskRunner(max_workers=CHUNK_THREADS), **leases.STATE_HOOKS)
-def evaluate(params: EvaluateParams, audit_run_id: int | None = None) -> dict[str, Any]:
+def evaluate(params: EvaluateParams, audit_run_id: SkipJsonSchema[int | None] = None) -> dict[str, Any]:
     """Evaluate attribution methods with Focus on one checkpoint and one seeded mosaic set.
 
     Args:
         params: What to evaluate (checkpoint, dataset, mosaic set, methods) and how (device,
             batch and chunk sizes, retries, store).
-        audit_run_id: Set by the audit flow: records the evaluations as part of that audit run.
+        audit_run_id: Set by the audit flow: records the evaluations as part of that audit run. Internal: it is
+            left out of the parameter schema, so the deployment's form never shows it.
 
     Returns a dict with the checkpoint, the mosaic set and, per method, the evaluation id, the
     chunks run now / skipped / failed and the summary (n, n_defined, median, mean).

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from flows.specs import (
     DEVICE_PATTERN,
@@ -33,8 +33,9 @@ from flows.specs import (
     NAME_PATTERN,
     STANDARD_METHODS,
     BatchSize,
+    Checkpoint,
     CheckpointFolder,
-    DatabaseUrl,
+    HiddenDatabaseUrl,
     DatasetSpec,
     Device,
     MethodSpec,
@@ -46,6 +47,7 @@ from flows.specs import (
     RunSpec,
     check_name,
     spec_key,
+    without_empty_database_url,
 )
 from focus_core.hashing import canonical_hash
 
@@ -79,7 +81,7 @@ class _FlowParams(BaseModel):
 class EvaluateParams(_FlowParams):
     """Evaluate attribution methods on one checkpoint with the Focus metric."""
 
-    model: ModelSpec = Field(description="The checkpoint to explain (weights required).")
+    model: Checkpoint = Field(description="The checkpoint to explain (weights required).")
     dataset: DatasetSpec = Field(default_factory=DatasetSpec, description="Where the tiles come from.")
     mosaics: MosaicSetSpec = Field(default_factory=MosaicSetSpec, description="The seeded mosaic set.")
     methods: list[MethodSpec] = Field(
@@ -104,7 +106,7 @@ class EvaluateParams(_FlowParams):
 class RandomizationParams(_FlowParams):
     """The sanity check: Focus of a checkpoint, of its fully random copy and of cascading randomization."""
 
-    model: ModelSpec = Field(description="The trained checkpoint (weights required).")
+    model: Checkpoint = Field(description="The trained checkpoint (weights required).")
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     mosaics: MosaicSetSpec = Field(default_factory=MosaicSetSpec)
     methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name="gradcam")], min_length=1)
@@ -165,7 +167,7 @@ class TrainParams(_FlowParams):
         "worker or a URL (s3://bucket/prefix, gs://, az://, file://) written with the worker's own credentials."
     )
     device: Device = "cpu"
-    database_url: DatabaseUrl = None
+    database_url: HiddenDatabaseUrl = None
     audit: bool = Field(False, description="Mark the final checkpoint for the nightly audit.")
     retries: int = Field(1, ge=0, le=10, description="Retries of a failed epoch (it restarts from the last checkpoint).")
     figures_dir: str | None = Field(None, description="Where the training-curve figures are written; empty: none.")
@@ -176,6 +178,10 @@ class TrainParams(_FlowParams):
         if value.split != "val":
             raise ValueError("Focus during training is measured on the 'val' split; keep 'test' for the final evaluation.")
         return value
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        return without_empty_database_url(handler(self))
 
     def recipe(self) -> dict[str, Any]:
         """The training hyper-parameters with the per-dataset defaults filled in."""
@@ -225,7 +231,7 @@ class AuditParams(_FlowParams):
 class SweepParams(_FlowParams):
     """The paper's grid: checkpoints x methods, one evaluate run per cell."""
 
-    checkpoints: list[ModelSpec] = Field(min_length=1, description="The checkpoints (weights required).")
+    checkpoints: list[Checkpoint] = Field(min_length=1, description="The checkpoints (weights required).")
     methods: list[MethodSpec] = Field(min_length=1)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     mosaics: MosaicSetSpec = Field(default_factory=MosaicSetSpec)

@@ -16,7 +16,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from focus_core.hashing import canonical_json
 from focus_core.layouts import LAYOUTS
@@ -33,11 +43,14 @@ __all__ = [
     "DatabaseUrl",
     "WeightsLocation",
     "CheckpointFolder",
+    "HiddenDatabaseUrl",
+    "without_empty_database_url",
     "RunName",
     "check_name",
     "spec_key",
     "DatasetSpec",
     "ModelSpec",
+    "Checkpoint",
     "MosaicSetSpec",
     "MethodSpec",
     "RandomizationSpec",
@@ -147,6 +160,24 @@ def _no_credentials(location: str | None) -> str | None:
 WeightsLocation = Annotated[str | None, AfterValidator(_no_credentials)]
 #: A folder for weights: a local path or an fsspec URL prefix, likewise without credentials.
 CheckpointFolder = Annotated[str, AfterValidator(_no_credentials)]
+def _checkpoint_schema() -> dict[str, Any]:
+    """ModelSpec's JSON schema with ``weights`` required (a non-empty string): the form of a trained checkpoint."""
+    schema = ModelSpec.model_json_schema()
+    weights = schema["properties"]["weights"]
+    for key in ("anyOf", "default", "type"):
+        weights.pop(key, None)
+    weights.update(type="string", minLength=1, description="Where the trained weights (a state_dict) are: a path on "
+                   "the worker or a URL such as s3://bucket/digits.pt (see `focus checkpoint list`).")
+    schema["required"] = sorted({*schema.get("required", []), "weights"})
+    schema["title"] = "Checkpoint"
+    return schema
+
+
+#: A :class:`ModelSpec` whose weights the form requires (evaluate, randomization, sweep): in Python it is a plain
+#: ModelSpec (the flows' validators say what is missing in one sentence); in the JSON schema, and so in the Prefect
+#: UI form and for ``enforce_parameter_schema``, ``weights`` is a required field, so a deployment whose defaults
+#: name no weights file asks for one instead of failing on the worker.
+Checkpoint = Annotated[ModelSpec, WithJsonSchema(_checkpoint_schema())]
 
 
 class MosaicSetSpec(_Spec):
@@ -283,6 +314,20 @@ DatabaseUrl = Annotated[
         "?sslpassword=) is refused: parameters are visible in the UI, so it belongs in FOCUS_DATABASE_URL.",
     ),
 ]
+#: :data:`DatabaseUrl` left out of the JSON schema: code and ``focus`` set it, the Prefect UI form never shows it
+#: (a worker's store is its FOCUS_DATABASE_URL), and a deployment's flow run cannot be given one.
+HiddenDatabaseUrl = SkipJsonSchema[DatabaseUrl]
+
+
+def without_empty_database_url(data: Any) -> Any:
+    """``data`` (a model's dump) without an empty ``database_url``: a form's default value never carries the field.
+
+    Prefect writes a flow's default ``params`` into the parameter schema as the model's dump; the field is no
+    property of that schema, so the dump leaves it out unless it is set (code and ``focus`` set it).
+    """
+    if isinstance(data, dict) and data.get("database_url", "") is None:
+        data = {k: v for k, v in data.items() if k != "database_url"}
+    return data
 
 
 class RunSpec(_Spec):
@@ -304,4 +349,8 @@ class RunSpec(_Spec):
         description="How long a run's claim on its evaluations and chunks lasts unless renewed (every third of it): "
         "a run that dies is shown as crashed, and its work taken over, this long after it stopped.",
     )
-    database_url: DatabaseUrl = None
+    database_url: HiddenDatabaseUrl = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        return without_empty_database_url(handler(self))

@@ -90,7 +90,8 @@ def sweep(params: SweepParams) -> dict[str, Any]:
         runs = [
             run_deployment(
                 name=params.deployment,
-                parameters={"params": cell.model_dump(mode="json")},
+                # the store is the workers' FOCUS_DATABASE_URL: database_url is no field of the deployment's schema
+                parameters={"params": cell.model_dump(mode="json", exclude={"run": {"database_url"}})},
                 timeout=0,
                 as_subflow=True,
                 flow_run_name=f"sweep-cell-{i}-{cell.model.label or cell.model.architecture}-{cell.methods[0].name}",

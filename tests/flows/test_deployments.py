@@ -80,15 +80,101 @@ def test_entrypoint_resolves_to_a_flow_whose_parameters_validate(flow: str):
     loaded = _load_flow(deployment["entrypoint"])
     assert isinstance(loaded, Flow), f"{deployment['entrypoint']} is not a Prefect flow"
 
-    # the pydantic model of the flow's one parameter, `params`, validates the yaml's defaults ...
-    hints = typing.get_type_hints(loaded.fn)
-    model = hints["params"]
     parameters = deployment["parameters"]
     assert set(parameters) == {"params"}, "every flow takes exactly one parameter, params"
-    model.model_validate(parameters["params"])
-    # ... and so does the JSON schema the server enforces (enforce_parameter_schema)
     assert deployment.get("enforce_parameter_schema", True) is True
-    validate(parameters, parameter_schema(loaded).model_dump_for_openapi(), raise_on_error=True, ignore_required=False)
+    schema = parameter_schema(loaded).model_dump_for_openapi()  # what `prefect deploy` sends the server
+    # the server accepts the defaults when the deployment is created (it ignores required fields then) ...
+    validate(parameters, schema, raise_on_error=True, ignore_required=True)
+    # ... and a run of them either runs as it stands, or the form requires exactly the fields left to fill in
+    errors = validate(parameters, schema, ignore_required=False)
+    assert all(error.validator == "required" for error in errors), [error.message for error in errors]
+    missing = {path for error in errors for path in _missing_paths(error)}
+    assert missing == REQUIRED_IN_FORM[flow], f"{flow}: the form leaves {sorted(missing)} to fill in"
+    # the pydantic model of the flow's one parameter, `params`, agrees: it accepts the defaults exactly when the
+    # form needs nothing more
+    model = typing.get_type_hints(loaded.fn)["params"]
+    if missing:
+        with pytest.raises(ValueError, match="weights"):
+            model.model_validate(parameters["params"])
+        filled = _fill(parameters, missing, "checkpoints/digits-0123456789ab/epoch-0010.weights.pt")
+        model.model_validate(filled["params"])
+        validate(filled, schema, raise_on_error=True, ignore_required=False)
+    else:
+        model.model_validate(parameters["params"])
+
+
+#: The fields each deployment's form leaves to the user (JSON paths); empty: the defaults run as they stand.
+REQUIRED_IN_FORM = {
+    "evaluate": {"params.model.weights"},
+    "randomization": {"params.model.weights"},
+    "sweep": {"params.checkpoints[0].weights"},
+    "train": set(),
+    "audit": set(),
+}
+
+
+def _missing_paths(error) -> list[str]:
+    """The JSON paths of the required properties a 'required' validation error found missing."""
+    base = error.json_path.removeprefix("$").removeprefix(".")
+    return [f"{base}.{name}" if base else name for name in error.validator_value if name not in error.instance]
+
+
+def _fill(parameters: dict, paths: set[str], value: str) -> dict:
+    filled = json.loads(json.dumps(parameters))
+    for path in paths:
+        *parents, leaf = re.findall(r"[^.\[\]]+", path)
+        node = filled
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node[key]
+        node[leaf] = value
+    return filled
+
+
+def _property_names(schema) -> set[str]:
+    """Every property name anywhere in a JSON schema (definitions included)."""
+    names: set[str] = set()
+    if isinstance(schema, dict):
+        names |= set(schema.get("properties", {}))
+        for value in schema.values():
+            names |= _property_names(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            names |= _property_names(value)
+    return names
+
+
+@pytest.mark.parametrize("flow", sorted(FLOWS))
+def test_no_form_shows_the_database_url_or_an_internal_id(flow: str):
+    from prefect.utilities.callables import parameter_schema, parameter_schema_from_entrypoint
+
+    entrypoint = _by_flow(flow)["entrypoint"]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:  # `prefect deploy` reads the entrypoint's source (defaults included) without running it
+        deployed = parameter_schema_from_entrypoint(entrypoint).model_dump_for_openapi()
+    finally:
+        os.chdir(cwd)
+    for schema in (parameter_schema(_load_flow(entrypoint)).model_dump_for_openapi(), deployed):
+        names = _property_names(schema)
+        assert "database_url" not in names and "audit_run_id" not in names, f"{flow}: {sorted(names)}"
+        assert "params" in schema["properties"] and "device" in names  # the schema itself is there
+        # nor does a default value of the form carry them (train and audit have a default `params`)
+        text = json.dumps(schema)
+        assert '"database_url"' not in text and '"audit_run_id"' not in text, flow
+
+
+def test_the_hidden_fields_stay_usable_from_code():
+    import inspect
+
+    from flows.evaluate import evaluate
+    from flows.params import RunSpec, TrainParams
+
+    assert RunSpec(database_url="sqlite:///focus.db").database_url == "sqlite:///focus.db"
+    assert TrainParams(database_url="postgresql+psycopg://focus@db/focus").database_url.endswith("@db/focus")
+    with pytest.raises(ValueError, match="password"):  # still refused with a secret, only not shown
+        RunSpec(database_url="postgresql+psycopg://focus:hunter2@db/focus")
+    assert "audit_run_id" in inspect.signature(evaluate.fn).parameters
 
 
 def test_work_pools_are_the_documented_ones():
@@ -186,3 +272,62 @@ def test_automation_triggers_on_regression_and_notifies():
     automation = AutomationCore.model_validate(data)
     assert automation.trigger.expect == {"focus.audit.regressed"}
     assert [action.type for action in automation.actions] == ["send-notification"]
+
+
+def test_kubernetes_template_takes_the_store_url_and_object_store_credentials_from_secrets():
+    from prefect.utilities.templating import apply_values
+
+    template = json.loads(POOL_TEMPLATES["kubernetes"].read_text())
+    properties = template["variables"]["properties"]
+    (container,) = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"]
+    (database,) = [e for e in container["env"] if e["name"] == "FOCUS_DATABASE_URL"]
+    assert database["valueFrom"]["secretKeyRef"] == {"name": "{{ database_secret }}", "key": "FOCUS_DATABASE_URL"}
+    (object_store,) = container["envFrom"]
+    assert object_store["secretRef"]["name"] == "{{ object_store_secret }}"
+    assert object_store["secretRef"].get("optional") is True  # workload identity needs no Secret
+    assert template["job_configuration"]["env"] == "{{ env }}"  # the pool's and deployment's env still reach the Job
+    # the worker fills the placeholders with the variables' defaults (or a deployment's job_variables)
+    defaults = {name: prop["default"] for name, prop in properties.items() if "default" in prop}
+    (resolved,) = apply_values(template["job_configuration"], defaults)["job_manifest"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert resolved["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "focus-database"
+    assert resolved["envFrom"][0]["secretRef"]["name"] == "focus-object-store"
+    assert not {"FOCUS_DATABASE_URL", "AWS_SECRET_ACCESS_KEY"} & set(properties["env"]["default"])
+
+
+SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "focus-test-key", "AWS_SECRET_ACCESS_KEY": "focus-test-secret"}
+
+
+def test_docker_template_resolves_credentials_from_prefect_secret_blocks(prefect_api):
+    import asyncio
+
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.base import BaseJobConfiguration
+
+    template = json.loads(POOL_TEMPLATES["docker"].read_text())
+    env = template["variables"]["properties"]["env"]["default"]
+    assert env["FOCUS_DATABASE_URL"] == "{{ prefect.blocks.secret.focus-database-url }}"
+    assert {k for k, v in env.items() if "prefect.blocks.secret.focus-object-store." in str(v)} == set(SECRET_KEYS)
+    store_url = "postgresql+psycopg://focus:pw-from-block@db/focus"
+    Secret(value=store_url).save("focus-database-url", overwrite=True)
+    Secret(value=SECRET_KEYS).save("focus-object-store", overwrite=True)
+
+    async def check() -> tuple[dict, dict]:
+        async with get_client() as client:  # the server accepts the template as a base job template
+            await client.create_work_pool(WorkPoolCreate(name=f"docker-{uuid.uuid4().hex[:8]}", type="docker",
+                                                         base_job_template=template))
+            # what the worker builds for a flow run: pool defaults, a deployment's env merged on top, blocks resolved
+            deployment_env = {"env": {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}}
+            merged = await BaseJobConfiguration.from_template_and_values(template, deployment_env, client=client)
+            no_keys = {"env": {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}}
+            dropped = await BaseJobConfiguration.from_template_and_values(template, no_keys, client=client)
+        return merged.env, dropped.env
+
+    merged, dropped = asyncio.run(check())
+    assert merged["FOCUS_DATABASE_URL"] == store_url
+    assert {k: merged[k] for k in SECRET_KEYS} == SECRET_KEYS
+    assert merged["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and merged["FOCUS_PROJECT_DIR"] == "/opt/focus-audit"
+    assert dropped["FOCUS_DATABASE_URL"] == store_url and dropped.get("AWS_ACCESS_KEY_ID") is None

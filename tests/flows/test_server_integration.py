@@ -146,6 +146,20 @@ def test_server_validates_the_pools_and_lists_every_deployment(deployed: Prefect
     assert schedule.schedule.cron and schedule.schedule.timezone
     assert by_name["train"].global_concurrency_limit.limit == 1  # two training runs never share a GPU
     assert by_name["evaluate"].pull_steps[0]["prefect.deployments.steps.set_working_directory"]
+    # no deployed form shows the store's URL or an internal id
+    for deployment in deployments:
+        schema = json.dumps(deployment.parameter_openapi_schema)
+        assert '"database_url"' not in schema and '"audit_run_id"' not in schema, deployment.name
+
+
+def test_a_form_without_weights_is_refused_by_the_server_before_any_work(deployed: PrefectServer):
+    """evaluate's defaults name no weights file: the server refuses the run (weights required), no worker needed."""
+    from prefect.deployments import run_deployment
+
+    with api(deployed):
+        for name in ("evaluate/evaluate", "randomization/randomization"):
+            with pytest.raises(Exception, match=r"(?i)weights.*required|required.*weights"):
+                run_deployment(name, timeout=0)
 
 
 def test_evaluate_deployment_runs_on_a_worker_and_writes_postgres(

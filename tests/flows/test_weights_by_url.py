@@ -119,9 +119,10 @@ def test_train_to_s3_records_urls_and_resumes_from_s3_on_an_empty_cache(
     with pytest.raises(FocusError, match="Injected crash"):
         train_module.train(_train_params("s3://models-train/runs", sqlite_url, epochs=2))
     folder_keys = s3_env.keys("models-train", "runs/")
-    assert len(folder_keys) == 2 and all(k.startswith("runs/digits-s3-") for k in folder_keys)
+    assert len(folder_keys) == 3 and all(k.startswith("runs/digits-s3-") for k in folder_keys)
     run_prefix = folder_keys[0].rsplit("/", 1)[0]
-    assert sorted(k.rsplit("/", 1)[1] for k in folder_keys) == ["epoch-0001.pt", "epoch-0001.weights.pt"]
+    assert sorted(k.rsplit("/", 1)[1] for k in folder_keys) == [
+        "epoch-0000.weights.pt", "epoch-0001.pt", "epoch-0001.weights.pt"]  # epoch 0: the untrained model
 
     monkeypatch.setenv("FOCUS_WEIGHTS_CACHE", str(tmp_path / "another-worker-cache"))  # nothing cached there
     checkpoint_key = f"/models-train/{run_prefix}/epoch-0001.pt"
@@ -133,7 +134,7 @@ def test_train_to_s3_records_urls_and_resumes_from_s3_on_an_empty_cache(
     assert outcome["final_weights"] == f"s3://models-train/{run_prefix}/epoch-0002.weights.pt"
 
     assert s3_env.keys("models-train", run_prefix) == [
-        f"{run_prefix}/epoch-0001.pt", f"{run_prefix}/epoch-0001.weights.pt",
+        f"{run_prefix}/epoch-0000.weights.pt", f"{run_prefix}/epoch-0001.pt", f"{run_prefix}/epoch-0001.weights.pt",
         f"{run_prefix}/epoch-0002.pt", f"{run_prefix}/epoch-0002.weights.pt",
     ]
     engine = store.engine_for(sqlite_url)
@@ -142,6 +143,7 @@ def test_train_to_s3_records_urls_and_resumes_from_s3_on_an_empty_cache(
             "SELECT epoch, sha256, path FROM model_checkpoint WHERE training_run_id = :run ORDER BY epoch"
         ), {"run": outcome["training_run_id"]}).all()
     assert [(e, p) for e, _, p in rows] == [
+        (0, f"s3://models-train/{run_prefix}/epoch-0000.weights.pt"),
         (1, f"s3://models-train/{run_prefix}/epoch-0001.weights.pt"),
         (2, f"s3://models-train/{run_prefix}/epoch-0002.weights.pt"),
     ]

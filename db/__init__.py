@@ -35,10 +35,12 @@ from db.lineages import (
     AuditedEvaluation,
     LineageCheckpoint,
     audit_evaluations,
+    find_lineage,
     lineage_checkpoints,
     lineages_to_audit,
     previous_audited_checkpoint,
     register_lineage_checkpoint,
+    register_training_epochs,
     set_lineage_audit,
 )
 from db.migrate import (
@@ -120,6 +122,7 @@ __all__ = [
     "register_method",
     "LineageCheckpoint",
     "register_lineage_checkpoint",
+    "register_training_epochs",
     "set_lineage_audit",
     "register_training_run",
     "record_epoch",
@@ -141,6 +144,7 @@ __all__ = [
     "paired_focus",
     "focus_regressions",
     "checkpoints_to_audit",
+    "find_lineage",
     "lineage_checkpoints",
     "lineages_to_audit",
     "previous_audited_checkpoint",

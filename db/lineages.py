@@ -29,7 +29,9 @@ from db.types import utcnow
 __all__ = [
     "LineageCheckpoint",
     "AuditedEvaluation",
+    "find_lineage",
     "register_lineage_checkpoint",
+    "register_training_epochs",
     "lineage_checkpoints",
     "lineages_to_audit",
     "previous_audited_checkpoint",
@@ -168,6 +170,41 @@ def register_lineage_checkpoint(
         return LineageCheckpoint(lineage_id, checkpoint_id, chosen, True)
 
     return idempotent(store, work)  # two registrations racing for the next version: the second one runs again
+
+
+def find_lineage(engine: Engine, name: str) -> dict[str, Any] | None:
+    """The lineage ``name`` (``lineage_id``, ``name``, ``architecture``, ``num_classes``, ``in_channels``,
+    ``audit``, ``source``), or ``None`` when there is none."""
+    with engine.connect() as connection:
+        row = connection.execute(select(Lineage).where(Lineage.name == name)).first()
+    if row is None:
+        return None
+    return {"lineage_id": int(row.id), "name": row.name, "architecture": row.architecture,
+            "num_classes": int(row.num_classes), "in_channels": None if row.in_channels is None else int(row.in_channels),
+            "audit": bool(row.audit), "source": row.source}
+
+
+def register_training_epochs(
+    store: Store, name: str, training_run_id: int, *, last_epoch: int, audit: bool | None = None
+) -> list[LineageCheckpoint]:
+    """Put the checkpoints of a training run's epochs ``1..last_epoch`` into the lineage ``name``, in epoch order.
+
+    One transaction; epochs already there keep their version, the others follow the lineage's highest. A new
+    lineage records ``training`` as its source.
+
+    Raises
+    ------
+    StoreError
+        As :func:`register_lineage_checkpoint` (another model, another lineage); nothing is written then.
+    """
+    c = ModelCheckpoint
+    with transaction(store) as connection:
+        ids = list(connection.scalars(
+            select(c.id).where(c.training_run_id == int(training_run_id), c.epoch >= 1, c.epoch <= int(last_epoch))
+            .order_by(c.epoch, c.id)
+        ))
+        return [register_lineage_checkpoint(connection, name, checkpoint_id, source="training", audit=audit)
+                for checkpoint_id in ids]
 
 
 def set_lineage_audit(store: Store, name: str, audit: bool = True) -> None:

@@ -62,7 +62,10 @@ def test_register_records_a_version_once_and_list_shows_it(capsys, sqlite_url, d
 def test_a_bad_registration_is_one_line_and_writes_nothing(capsys, sqlite_url, digits_weights, extra, message):
     argv = _register(sqlite_url, digits_weights)
     for flag, value in zip(extra[::2], extra[1::2]):
-        argv[argv.index(flag) + 1] = value
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv[-2:-2] = [flag, value]
     code, out, err = _focus(capsys, *argv)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err
@@ -92,8 +95,9 @@ def test_train_into_a_lineage_of_another_model_is_refused_before_training(capsys
     engine = store.engine_for(sqlite_url)
     other = db.register_checkpoint(engine, "ab" * 32, "digits_cnn", 3, path="three.pt", in_channels=1)
     db.register_lineage_checkpoint(engine, "three-classes", other)
+    checkpoints = tmp_path / "checkpoints"
     code, _, err = _focus(capsys, "train", "--epochs", "1", "--lineage", "three-classes", "--checkpoint-dir",
-                          str(tmp_path), "--database-url", sqlite_url)
+                          str(checkpoints), "--database-url", sqlite_url)
     assert code == 2, err
     assert "Lineage 'three-classes' holds digits_cnn with 3 classes" in err and "another --lineage name" in err
-    assert _rows(sqlite_url)["training_run"] == 0 and not any(tmp_path.iterdir())
+    assert _rows(sqlite_url)["training_run"] == 0 and not checkpoints.exists()

@@ -180,7 +180,8 @@ def find_lineage(engine: Engine, name: str) -> dict[str, Any] | None:
     if row is None:
         return None
     return {"lineage_id": int(row.id), "name": row.name, "architecture": row.architecture,
-            "num_classes": int(row.num_classes), "in_channels": None if row.in_channels is None else int(row.in_channels),
+            "num_classes": int(row.num_classes),
+            "in_channels": None if row.in_channels is None else int(row.in_channels),
             "audit": bool(row.audit), "source": row.source}
 
 

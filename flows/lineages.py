@@ -26,7 +26,9 @@ from focus_core.errors import FocusError
 __all__ = ["check_lineage_model", "check_lineage_spec", "register_into_lineage"]
 
 
-def check_lineage_model(engine: Engine, name: str, architecture: str, num_classes: int, in_channels: int | None) -> None:
+def check_lineage_model(
+    engine: Engine, name: str, architecture: str, num_classes: int, in_channels: int | None
+) -> None:
     """Refuse, in one sentence, a model other than the one the lineage ``name`` holds (nothing when it is new).
 
     Raises

@@ -1,4 +1,4 @@
-"""``focus checkpoint register`` / ``list`` and ``focus train --lineage``: idempotent, one-line refusals, no stray rows."""
+"""``focus checkpoint register`` / ``list``, ``focus train --lineage``: idempotent, one-line refusals, no stray rows."""
 
 from __future__ import annotations
 

@@ -97,7 +97,8 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", name=op.f("uq_lineage_name")),
     )
     if dialect == "sqlite":  # ADD COLUMN with its foreign key: SQLite cannot add the constraint afterwards
-        op.execute(f"ALTER TABLE model_checkpoint ADD COLUMN lineage_id INTEGER CONSTRAINT {_FK} REFERENCES lineage (id)")
+        op.execute(f"ALTER TABLE model_checkpoint ADD COLUMN lineage_id INTEGER "
+                   f"CONSTRAINT {_FK} REFERENCES lineage (id)")
     else:
         op.add_column("model_checkpoint", sa.Column("lineage_id", sa.Integer(), nullable=True))
         op.create_foreign_key(op.f(_FK), "model_checkpoint", "lineage", ["lineage_id"], ["id"])
@@ -126,8 +127,8 @@ def _sqlite_drop_columns() -> None:
     Evaluations point at the checkpoints (``ON DELETE NO ACTION``): dropping the table with foreign keys
     deferred counts those references as violations, and inserting the checkpoints back under the same ids
     clears them before the transaction commits (Alembic's batch mode copies into a table it renames, which
-    clears nothing, so the drop fails, or with ``ON DELETE CASCADE`` empties the children). The table is rebuilt from its own reflection, so columns a
-    later revision added survive.
+    clears nothing, so the drop fails, or with ``ON DELETE CASCADE`` empties the children). The table is
+    rebuilt from its own reflection, so columns a later revision added survive.
     """
     bind = op.get_bind()
     # pysqlite opens a transaction only before INSERT, UPDATE or DELETE: the savepoint makes the rebuild one

@@ -8,7 +8,7 @@ Examples
 --------
 >>> import db
 >>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
-'0002'
+'0003'
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
@@ -17,6 +17,7 @@ from db import (
     evaluations,
     keys,
     leases,
+    lineages,
     models,
     mosaic_sets,
     queries,
@@ -30,6 +31,18 @@ from db.engine import DEFAULT_URL, ENV_VAR, Engine, database_url, mask_url
 from db.errors import StoreError
 from db.evaluations import evaluation_state, finish_evaluation, get_or_create_evaluation, start_evaluation
 from db.keys import evaluation_key, params_hash
+from db.lineages import (
+    AuditedEvaluation,
+    LineageCheckpoint,
+    audit_evaluations,
+    find_lineage,
+    lineage_checkpoints,
+    lineages_to_audit,
+    previous_audited_checkpoint,
+    register_lineage_checkpoint,
+    register_training_epochs,
+    set_lineage_audit,
+)
 from db.migrate import (
     VERSION_TABLE,
     check_schema,
@@ -79,6 +92,7 @@ __all__ = [
     "mosaic_sets",
     "evaluations",
     "leases",
+    "lineages",
     "results",
     "runs",
     # engine and migrations
@@ -108,6 +122,10 @@ __all__ = [
     "set_checkpoint_audit",
     "register_mosaic_set",
     "register_method",
+    "LineageCheckpoint",
+    "register_lineage_checkpoint",
+    "register_training_epochs",
+    "set_lineage_audit",
     "register_training_run",
     "record_epoch",
     "finish_training_run",
@@ -129,6 +147,12 @@ __all__ = [
     "focus_regressions",
     "checkpoints_to_audit",
     "randomization_medians",
+    "find_lineage",
+    "lineage_checkpoints",
+    "lineages_to_audit",
+    "previous_audited_checkpoint",
+    "AuditedEvaluation",
+    "audit_evaluations",
     "RecordedCheckpoint",
     "recorded_checkpoint",
     "recorded_sha256_at",

@@ -61,7 +61,7 @@ def head() -> str:
     Examples
     --------
     >>> head()
-    '0002'
+    '0003'
     """
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:  # pragma: no cover - guarded by a test
@@ -167,7 +167,7 @@ def upgrade(url: str | URL | Engine | None = None, revision: str = "head") -> st
     Examples
     --------
     >>> upgrade("sqlite://")
-    '0002'
+    '0003'
     """
     engine, owned = _engine(url)
     try:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     CheckConstraint,
     Double,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -36,6 +37,7 @@ __all__ = [
     "Image",
     "TrainingRun",
     "TrainingEpoch",
+    "Lineage",
     "ModelCheckpoint",
     "MosaicSet",
     "Mosaic",
@@ -160,10 +162,35 @@ class TrainingEpochEvaluation(Base):
     evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluation.id", ondelete="CASCADE"), primary_key=True)
 
 
+class Lineage(Base):
+    """A named, ordered series of checkpoints of one model (one architecture, class count and input shape).
+
+    ``audit`` marks it for the nightly audit (which follows its newest checkpoint); ``source`` says where its
+    checkpoints come from: ``training``, ``registered`` or a model registry (``mlflow:<name>@<alias>``).
+    """
+
+    __tablename__ = "lineage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    architecture: Mapped[str] = mapped_column(String(200))
+    num_classes: Mapped[int]
+    in_channels: Mapped[int | None]
+    audit: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str] = mapped_column(String(300), default="registered")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class ModelCheckpoint(Base):
-    """A weights file; ``sha256`` of the file is its natural key."""
+    """A weights file; ``sha256`` of the file is its natural key.
+
+    A checkpoint belongs to at most one lineage, as its ``version`` there (unique within the lineage,
+    1, 2, ... in registration order unless given); ``registered_at`` is when it joined. All three are NULL
+    for a checkpoint outside any lineage.
+    """
 
     __tablename__ = "model_checkpoint"
+    __table_args__ = (Index("ix_model_checkpoint_lineage_version", "lineage_id", "version", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -176,6 +203,9 @@ class ModelCheckpoint(Base):
     audit: Mapped[bool] = mapped_column(Boolean, default=False)
     label: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    lineage_id: Mapped[int | None] = mapped_column(ForeignKey("lineage.id"))
+    version: Mapped[int | None]
+    registered_at: Mapped[dt.datetime | None]
 
 
 class MosaicSet(Base):

@@ -174,11 +174,15 @@ def focus_regressions(engine: Engine, threshold: float = 0.05, audit_run_id: int
 
 
 def checkpoints_to_audit(engine: Engine) -> pd.DataFrame:
-    """The checkpoints marked for auditing (``audit`` flag), oldest first."""
+    """The checkpoints marked for auditing (``audit`` flag), oldest first.
+
+    ``lineage_id`` is set for a checkpoint of a lineage: the audit follows a lineage through its newest
+    checkpoint (:func:`db.lineages_to_audit`), not through this flag.
+    """
     frame = _read(
         engine,
         "SELECT id AS checkpoint_id, sha256, architecture, num_classes, in_channels, path, label, "
-        "training_run_id, epoch FROM model_checkpoint WHERE audit = :flag ORDER BY id",
+        "training_run_id, epoch, lineage_id FROM model_checkpoint WHERE audit = :flag ORDER BY id",
         {"flag": True},
     )
     return frame

@@ -1,21 +1,38 @@
-"""The ``audit`` flow: the nightly check that no audited checkpoint lost Focus.
+"""The ``audit`` flow: the nightly check that no lineage, and no audited checkpoint, lost Focus.
 
-For every checkpoint marked for auditing it evaluates the standard methods on the audit mosaic
-set as part of one audit run, compares each evaluation with the same checkpoint, method and
-mosaics in the previous audit (median change and a paired Wilcoxon test on the same mosaics),
-and emits the Prefect event ``focus.audit.regressed`` when median Focus fell by more than the
-threshold. Automations match the event name and its resource labels
-(``prefect.resource.id = focus.checkpoint.<sha256>``, ``focus.method``); the audit flow decides
-"regressed" itself, so no automation needs to compare numbers.
+Each run opens one audit run and evaluates the standard methods on the audit mosaic set for
+
+- the newest checkpoint (highest version) of every lineage marked for auditing (or of the lineages
+  named in ``params.lineages``), and
+- every checkpoint marked for auditing outside a lineage (or those named in ``params.checkpoints``).
+
+Each evaluation is then compared, on the same mosaics (median change and a paired Wilcoxon test from
+:mod:`flows.analysis`), with one earlier evaluation:
+
+- ``same_checkpoint``: the checkpoint's own previous audit, which catches drift from code, library or
+  data changes; this is the comparison whenever the checkpoint was audited before;
+- ``previous_checkpoint``: on the first audit of a lineage's new checkpoint, the lineage's previous
+  audited checkpoint (the highest version below it that an audit evaluated), which catches a worse model.
+
+When the data changed (a new dataset fingerprint gives a new mosaic set) the earlier evaluation is on other
+mosaics: the result says so (``mosaic_set_changed``), no paired comparison is made, and this audit is the
+baseline of the next. A comparison whose median Focus fell by more than the threshold emits the Prefect
+event ``focus.audit.regressed``, one per lineage (or checkpoint) and method, whose resource is
+``focus.lineage.<name>`` (``focus.checkpoint.<sha256>`` outside a lineage) labelled with ``focus.method``
+and ``focus.comparison``; its payload names the lineage, both checkpoints, the method, the change, the
+p-value and the comparison (``kind``). Automations match the event name and labels
+(``deployments/automations.yaml``); the audit decides "regressed" itself.
 
 Examples
 --------
 >>> from flows.params import AuditParams
->>> audit(AuditParams(threshold=0.05))  # doctest: +SKIP
+>>> audit(AuditParams(threshold=0.05, lineages=["resnet18-prod"]))["regressions"]  # doctest: +SKIP
+[{'lineage': 'resnet18-prod', 'checkpoint': '9f2c...', 'compared_with': '41ab...', 'method': 'gradcam', ...}]
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -29,10 +46,17 @@ from flows.jsonsafe import number
 from flows.params import AuditParams, EvaluateParams, ModelSpec
 from focus_core.errors import FocusError
 
-__all__ = ["audit", "REGRESSED_EVENT", "COMPLETED_EVENT", "checkpoint_resource"]
+__all__ = ["audit", "REGRESSED_EVENT", "COMPLETED_EVENT", "KINDS", "REGRESSION_KEYS", "checkpoint_resource",
+           "lineage_resource"]
 
 REGRESSED_EVENT = "focus.audit.regressed"
 COMPLETED_EVENT = "focus.audit.completed"
+#: Which earlier evaluation a result is compared with.
+KINDS = ("previous_checkpoint", "same_checkpoint")
+#: The keys of each regression in the flow's result, the event's payload and ``focus audit --format json``.
+REGRESSION_KEYS = ("lineage", "checkpoint", "compared_with", "method", "median_change", "p_value", "kind")
+_PAYLOAD_EXTRA = ("checkpoint_version", "compared_with_version", "median_focus", "previous_median_focus", "n_paired",
+                  "significant", "threshold")
 
 
 def checkpoint_resource(sha256: str, name: str | None = None, **labels: str) -> dict[str, str]:
@@ -44,9 +68,47 @@ def checkpoint_resource(sha256: str, name: str | None = None, **labels: str) -> 
     return resource
 
 
-def _audited(engine: Any, params: AuditParams) -> list[dict[str, Any]]:
-    frame = db.checkpoints_to_audit(engine)
-    rows = frame.to_dict("records")
+def lineage_resource(name: str, **labels: str) -> dict[str, str]:
+    """The Prefect resource of a lineage, as automations match it."""
+    resource = {"prefect.resource.id": f"focus.lineage.{name}", "prefect.resource.name": name, "focus.lineage": name}
+    resource.update({k: str(v) for k, v in labels.items()})
+    return resource
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A checkpoint this audit evaluates: the newest of a lineage, or a marked one outside any lineage."""
+
+    checkpoint_id: int
+    sha256: str
+    architecture: str
+    num_classes: int
+    in_channels: int | None
+    path: str | None
+    label: str | None
+    lineage: str | None = None
+    lineage_id: int | None = None
+    version: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.lineage is not None:
+            return f"{self.lineage}-v{self.version}"
+        return self.label or f"{self.architecture}-{self.sha256[:12]}"
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> _Target:
+        def optional(key: str) -> int | None:
+            value = number(row.get(key))
+            return None if value is None else int(value)
+
+        return cls(int(row["checkpoint_id"]), row["sha256"], row["architecture"], int(row["num_classes"]),
+                   optional("in_channels"), row.get("path"), row.get("label"), row.get("lineage"),
+                   optional("lineage_id"), optional("version"))
+
+
+def _marked_checkpoints(engine: Any, params: AuditParams) -> list[_Target]:
+    rows = db.checkpoints_to_audit(engine).to_dict("records")
     if params.checkpoints:
         wanted = set(params.checkpoints)
         unknown = wanted - {r["sha256"] for r in rows}
@@ -55,113 +117,181 @@ def _audited(engine: Any, params: AuditParams) -> list[dict[str, Any]]:
                 f"Checkpoint(s) {', '.join(sorted(s[:12] for s in unknown))} are not marked for auditing: "
                 "mark them (focus train --audit, or db.set_checkpoint_audit) or leave checkpoints empty."
             )
-        rows = [r for r in rows if r["sha256"] in wanted]
-    return rows
+        return [_Target.of({**r, "lineage_id": None}) for r in rows if r["sha256"] in wanted]
+    if params.lineages:
+        return []
+    return [_Target.of(r) for r in rows if number(r.get("lineage_id")) is None]  # a lineage is audited as one
+
+
+def _targets(engine: Any, params: AuditParams) -> list[_Target]:
+    """The newest checkpoint of each lineage to audit, then the marked checkpoints outside lineages."""
+    lineages: list[_Target] = []
+    if params.lineages or not params.checkpoints:
+        frame = db.lineages_to_audit(engine, list(params.lineages) if params.lineages else None)
+        lineages = [_Target.of(r) for r in frame.to_dict("records")]
+    return lineages + _marked_checkpoints(engine, params)
+
+
+def _check_weights(target: _Target) -> None:
+    """The recorded weights are where the store says, unchanged (same sha256), before any evaluation."""
+    if not target.path:
+        raise FocusError(
+            f"Checkpoint {target.sha256[:12]} has no recorded weights location: register it again or unmark it "
+            "(or its lineage)."
+        )
+    weight_store.local_copy(target.path, expected_sha256=target.sha256)  # FocusError when missing or changed
 
 
 @flow(name="audit", validate_parameters=True, persist_result=False)
 def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 - the nightly run needs no parameters
-    """Audit every checkpoint marked for auditing; emit ``focus.audit.regressed`` when Focus fell.
+    """Audit the newest checkpoint of every lineage, and every checkpoint, marked for auditing.
 
     Args:
-        params: Methods, audit mosaic set, regression threshold, which checkpoints, how to run.
+        params: Methods, audit mosaic set, regression threshold, which lineages and checkpoints, how to run.
 
-    Returns a dict with the audit run id and, per checkpoint and method, the median Focus, the
-    change since the previous audit, the paired test and whether it regressed.
+    Returns a dict with the audit run id, one result per checkpoint and method (the comparison made, the
+    median Focus, its change, the paired test, whether it regressed) and the regressions (``REGRESSION_KEYS``).
     """
     devices.require_device(params.run.device)
     logger = get_run_logger()
     engine = store.engine_for(params.run.database_url)
-    checkpoints = _audited(engine, params)
+    targets = _targets(engine, params)
     audit_run_id = db.start_audit_run(
         engine, name=params.name, threshold=params.threshold,
         metadata={"methods": [m.model_dump(mode="json") for m in params.methods],
-                  "mosaics": params.mosaics.model_dump(mode="json"), "dataset": params.dataset.model_dump(mode="json")},
+                  "mosaics": params.mosaics.model_dump(mode="json"), "dataset": params.dataset.model_dump(mode="json"),
+                  "lineages": sorted({t.lineage for t in targets if t.lineage is not None})},
     )
-    logger.info("Audit run %d: %d checkpoint(s) marked for auditing", audit_run_id, len(checkpoints))
+    logger.info("Audit run %d: %d lineage(s) and %d checkpoint(s) to audit", audit_run_id,
+                sum(t.lineage is not None for t in targets), sum(t.lineage is None for t in targets))
 
     results: list[dict[str, Any]] = []
     failures: list[str] = []
-    for row in checkpoints:
-        name = row["label"] or f"{row['architecture']}-{row['sha256'][:12]}"
+    for target in targets:
         try:
-            if not row["path"]:
-                raise FocusError(
-                    f"Checkpoint {row['sha256'][:12]} has no recorded weights location: register it again or unmark it."
-                )
-            weight_store.local_copy(row["path"], expected_sha256=row["sha256"])  # FocusError: missing or changed
-            spec = ModelSpec(architecture=row["architecture"], weights=row["path"], num_classes=int(row["num_classes"]),
-                             in_channels=None if row["in_channels"] is None else int(row["in_channels"]),
-                             label=row["label"])
-            evaluate.with_options(flow_run_name=f"audit-{audit_run_id}-{name}")(
+            _check_weights(target)
+            spec = ModelSpec(architecture=target.architecture, weights=target.path, num_classes=target.num_classes,
+                             in_channels=target.in_channels, label=target.label)
+            evaluate.with_options(flow_run_name=f"audit-{audit_run_id}-{target.name}")(
                 EvaluateParams(model=spec, dataset=params.dataset, mosaics=params.mosaics, methods=params.methods,
-                               run=params.run),
+                               run=params.run.as_run_spec()),
                 audit_run_id=audit_run_id,
             )
         except Exception as error:  # noqa: BLE001 - one broken checkpoint must not stop the nightly audit
-            failures.append(f"{name}: {error}")
-            logger.error("Audit of %s failed: %s", name, error)
+            failures.append(f"{target.name}: {error}")
+            logger.error("Audit of %s failed: %s", target.name, error)
             continue
-        history = db.checkpoint_history(engine, int(row["checkpoint_id"]))
+        history = db.checkpoint_history(engine, target.checkpoint_id)
         for entry in history[history["audit_run_id"] == audit_run_id].to_dict("records"):
-            results.append(_compare(engine, row, name, entry, params))
+            result = _compare(engine, target, entry, audit_run_id, params)
+            if result["mosaic_set_changed"]:
+                logger.warning("%s with %s: the audit mosaic set changed since the evaluation it is compared with "
+                               "(the data changed): no paired comparison; this audit is the new baseline",
+                               target.name, result["method"])
+            results.append(result)
 
     regressed = [r for r in results if r["regressed"]]
     for result in regressed:
-        emit_event(
-            event=REGRESSED_EVENT,
-            resource=checkpoint_resource(result["sha256"], result["checkpoint"], **{"focus.method": result["method"]}),
-            related=[{"prefect.resource.id": f"focus.audit-run.{audit_run_id}", "prefect.resource.role": "audit-run"}],
-            payload={k: result[k] for k in ("median_focus", "previous_median_focus", "median_change", "p_value",
-                                             "significant", "n_paired", "threshold")},
-        )
-        logger.warning("Focus of %s with %s fell by %.3f (threshold %.3f)", result["checkpoint"], result["method"],
-                       -result["median_change"], params.threshold)
+        _emit_regression(result, audit_run_id)
+        logger.warning("Focus of %s with %s fell by %.3f since %s (%s, threshold %.3f)", result["checkpoint_name"],
+                       result["method"], -result["median_change"], result["compared_with_name"], result["kind"],
+                       params.threshold)
+    regressions = [{k: result[k] for k in REGRESSION_KEYS} for result in regressed]
     emit_event(
         event=COMPLETED_EVENT,
         resource={"prefect.resource.id": f"focus.audit-run.{audit_run_id}"},
-        payload={"checkpoints": len(checkpoints), "regressions": len(regressed), "failures": len(failures)},
+        payload={"lineages": sum(t.lineage is not None for t in targets),
+                 "checkpoints": sum(t.lineage is None for t in targets), "regressions": len(regressed),
+                 "failures": len(failures)},
     )
-    status = "failed" if failures else "finished"
-    db.finish_audit_run(engine, audit_run_id, status=status, metadata={
-        "regressions": [{k: r[k] for k in ("sha256", "method", "median_change", "p_value")} for r in regressed],
-        "failures": failures,
-    })
+    db.finish_audit_run(engine, audit_run_id, status="failed" if failures else "finished",
+                        metadata={"regressions": regressions, "failures": failures})
     if results:
         create_table_artifact(
-            [{k: _round(v) for k, v in r.items() if k not in ("sha256", "threshold")} for r in results],
+            [{k: _round(v) for k, v in r.items() if k not in ("checkpoint", "compared_with", "threshold")}
+             for r in results],
             key="focus-audit",
             description=f"Audit run {audit_run_id}: {len(regressed)} regression(s) beyond {params.threshold}",
         )
     if failures:
         raise RuntimeError(f"The audit of {len(failures)} checkpoint(s) failed: {'; '.join(failures)}")
-    return {"audit_run_id": audit_run_id, "results": results, "regressions": len(regressed)}
+    return {"audit_run_id": audit_run_id, "results": results, "regressions": regressions}
 
 
-def _compare(engine: Any, row: dict[str, Any], name: str, entry: dict[str, Any], params: AuditParams) -> dict[str, Any]:
-    """This audit's evaluation against the previous audit's, on the same mosaics."""
-    previous = entry.get("previous_evaluation_id")
-    has_previous = number(previous) is not None
+def _baseline(engine: Any, target: _Target, method_id: int, audit_run_id: int) -> tuple[str | None, dict | None, list]:
+    """Which comparison applies and the earlier audit evaluations it may use (newest first)."""
+    own = db.audit_evaluations(engine, target.checkpoint_id, method_id, before_audit_run=audit_run_id)
+    if own:
+        return "same_checkpoint", {"sha256": target.sha256, "version": target.version, "label": target.label}, own
+    if target.lineage_id is None or target.version is None:
+        return None, None, []
+    previous = db.previous_audited_checkpoint(engine, target.lineage_id, target.version)
+    if previous is None:
+        return None, None, []
+    earlier = db.audit_evaluations(engine, previous["checkpoint_id"], method_id, before_audit_run=audit_run_id)
+    return ("previous_checkpoint", previous, earlier) if earlier else (None, None, [])
+
+
+def _compare(engine: Any, target: _Target, entry: dict[str, Any], audit_run_id: int,
+             params: AuditParams) -> dict[str, Any]:
+    """This audit's evaluation against the earlier one it is compared with (see the module's docstring)."""
+    evaluation_id, mosaic_set_id = int(entry["evaluation_id"]), int(entry["mosaic_set_id"])
+    kind, compared, earlier = _baseline(engine, target, int(entry["method_id"]), audit_run_id)
+    same_mosaics = [e for e in earlier if e.mosaic_set_id == mosaic_set_id]
+    baseline = same_mosaics[0] if same_mosaics else None
     test: dict[str, Any] = {"n": 0, "median_difference": None, "p_value": None}
-    if has_previous:
-        test = analysis.paired_comparison(engine, int(entry["evaluation_id"]), int(previous))
-    change = number(entry.get("median_change")) if has_previous else None
+    if baseline is not None:
+        test = analysis.paired_comparison(engine, evaluation_id, baseline.evaluation_id)
+    median = number(entry.get("median_focus"))
+    previous_median = None if baseline is None else number(baseline.median_focus)
+    change = None if median is None or previous_median is None else median - previous_median
+    p_value = number(test["p_value"])
+    compared_name = None
+    if compared is not None:
+        compared_name = (f"{target.lineage}-v{compared['version']}" if target.lineage is not None
+                         else compared.get("label") or f"{target.architecture}-{compared['sha256'][:12]}")
     return {
-        "checkpoint": name,
-        "sha256": row["sha256"],
+        "lineage": target.lineage,
+        "checkpoint": target.sha256,
+        "checkpoint_name": target.name,
+        "checkpoint_version": target.version,
         "method": entry["method_name"],
-        "evaluation_id": int(entry["evaluation_id"]),
-        "previous_evaluation_id": int(previous) if has_previous else None,
-        "median_focus": number(entry.get("median_focus")),
-        "previous_median_focus": number(entry.get("previous_median_focus")) if has_previous else None,
+        "evaluation_id": evaluation_id,
+        "mosaic_set_id": mosaic_set_id,
+        "kind": kind,
+        "compared_with": None if compared is None else compared["sha256"],
+        "compared_with_name": compared_name,
+        "compared_with_version": None if compared is None else compared.get("version"),
+        "previous_evaluation_id": None if baseline is None else baseline.evaluation_id,
+        "mosaic_set_changed": bool(earlier) and baseline is None,
+        "median_focus": median,
+        "previous_median_focus": previous_median,
         "median_change": change,
         "n_paired": int(test["n"]),
         "median_paired_difference": number(test["median_difference"]),
-        "p_value": number(test["p_value"]),
-        "significant": number(test["p_value"]) is not None and float(test["p_value"]) < params.alpha,
+        "p_value": p_value,
+        "significant": p_value is not None and p_value < params.alpha,
         "threshold": params.threshold,
         "regressed": change is not None and change < -params.threshold,
     }
+
+
+def _emit_regression(result: dict[str, Any], audit_run_id: int) -> None:
+    """``focus.audit.regressed`` for one lineage (or checkpoint) and method."""
+    labels = {"focus.method": result["method"], "focus.comparison": result["kind"],
+              "focus.checkpoint.sha256": result["checkpoint"]}
+    if result["lineage"] is not None:
+        resource = lineage_resource(result["lineage"], **labels)
+    else:
+        resource = checkpoint_resource(result["checkpoint"], result["checkpoint_name"], **labels)
+    related = [
+        {"prefect.resource.id": f"focus.audit-run.{audit_run_id}", "prefect.resource.role": "audit-run"},
+        {"prefect.resource.id": f"focus.checkpoint.{result['checkpoint']}", "prefect.resource.role": "checkpoint"},
+        {"prefect.resource.id": f"focus.checkpoint.{result['compared_with']}",
+         "prefect.resource.role": "compared-with"},
+    ]
+    emit_event(event=REGRESSED_EVENT, resource=resource, related=related,
+               payload={k: result[k] for k in (*REGRESSION_KEYS, *_PAYLOAD_EXTRA)})
 
 
 def _round(value: Any) -> Any:

@@ -69,6 +69,7 @@ __all__ = [
     "RandomizationParams",
     "TrainParams",
     "AuditParams",
+    "AuditRunSpec",
     "SweepParams",
     "spec_key",
 ]
@@ -168,7 +169,11 @@ class TrainParams(_FlowParams):
     )
     device: Device = "cpu"
     database_url: HiddenDatabaseUrl = None
-    audit: bool = Field(False, description="Mark the final checkpoint for the nightly audit.")
+    audit: bool = Field(False, description="Mark the final checkpoint (with a lineage: the lineage) for the nightly "
+                        "audit.")
+    lineage: RunName | None = Field(
+        None, description="Register every epoch's checkpoint into this lineage, in epoch order (created when new)."
+    )
     retries: int = Field(1, ge=0, le=10, description="Retries of a failed epoch (it restarts from the last checkpoint).")
     figures_dir: str | None = Field(None, description="Where the training-curve figures are written; empty: none.")
 
@@ -208,8 +213,26 @@ class TrainParams(_FlowParams):
         return canonical_hash(config, compact=False)
 
 
+class AuditRunSpec(RunSpec):
+    """:class:`RunSpec` without the store on the form: the audit writes to the worker's ``FOCUS_DATABASE_URL``.
+
+    ``database_url`` stays a field for ``focus audit --database-url`` and notebooks (a URL without a
+    password), but is not in the JSON schema, so the deployment's form neither shows nor accepts it.
+    """
+
+    database_url: HiddenDatabaseUrl = None
+
+    def as_run_spec(self) -> RunSpec:
+        """The same settings as a plain :class:`RunSpec`, for the evaluations the audit runs."""
+        return RunSpec(**self.model_dump())
+
+
 class AuditParams(_FlowParams):
-    """The nightly audit of every checkpoint marked for auditing."""
+    """The nightly audit: the newest checkpoint of every lineage marked for auditing, and marked checkpoints.
+
+    Neither the store's URL nor the audit run's id is a form field: the worker's ``FOCUS_DATABASE_URL`` names
+    the store, and the audit opens its own run.
+    """
 
     methods: list[MethodSpec] = Field(
         default_factory=lambda: [MethodSpec(name=m) for m in STANDARD_METHODS], min_length=1
@@ -220,12 +243,17 @@ class AuditParams(_FlowParams):
         0.05, gt=0, le=1, description="Emit focus.audit.regressed when median Focus falls by more than this."
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired test.")
+    lineages: list[str] | None = Field(
+        None, description="Names of the lineages to audit (marked or not); empty: every lineage marked for auditing "
+        "(and, unless checkpoints are named, every marked checkpoint outside a lineage)."
+    )
     checkpoints: list[str] | None = Field(
-        None, description="sha256 of the checkpoints to audit; empty: every checkpoint marked for auditing."
+        None, description="sha256 of the checkpoints outside a lineage to audit; empty: every one marked for auditing "
+        "(none when lineages are named)."
     )
     name: RunName | None = Field(None, description="Name of the audit run (e.g. 'nightly'): letters, digits, '.', "
                                  "'_' and '-', starting with a letter or digit.")
-    run: RunSpec = Field(default_factory=RunSpec)
+    run: AuditRunSpec = Field(default_factory=AuditRunSpec)
 
 
 class SweepParams(_FlowParams):

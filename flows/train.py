@@ -43,7 +43,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 import db
-from flows import analysis, caches, devices, record, store, weight_store
+from flows import analysis, caches, devices, lineages, record, store, weight_store
 from flows.artifacts import artifact_key
 from flows.jsonsafe import number
 from flows.params import NAME_PATTERN, RandomizationSpec, TrainParams
@@ -306,6 +306,8 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
     """
     devices.require_device(params.device)
     engine = store.engine_for(params.database_url)
+    if params.lineage:  # a lineage holds one model: refused before anything is trained or written
+        lineages.check_lineage_spec(engine, params.lineage, params.model, params.dataset)
     mosaic_set: RegisteredMosaics = record.register_mosaics(engine, params.dataset, params.focus_mosaics)
     config_hash = params.config_hash()
     training_run_id = db.register_training_run(
@@ -363,7 +365,12 @@ def _train_epochs(
         engine, params.model.model_copy(update={"weights": str(final_weights)}), params.dataset,
         training_run_id=training_run_id, epoch=params.epochs,
     )
-    if params.audit:
+    lineage = None
+    if params.lineage:  # every epoch's checkpoint, in epoch order; --audit marks the lineage
+        entries = db.register_training_epochs(engine, params.lineage, training_run_id, last_epoch=params.epochs,
+                                              audit=True if params.audit else None)
+        lineage = {"name": params.lineage, "versions": [e.version for e in entries]}
+    elif params.audit:
         db.set_checkpoint_audit(engine, final_checkpoint, True)
     db.finish_training_run(engine, training_run_id)
 
@@ -396,6 +403,7 @@ def _train_epochs(
         "final_sha256": final_sha,
         "correlation": correlation,
         "correlations": [_plain(r) for r in correlations.to_dict("records")],
+        "lineage": lineage,
     }
 
 

@@ -16,6 +16,8 @@ Examples
     focus db upgrade
     focus train --epochs 5
     focus evaluate --weights checkpoints/digits/final.pt --method gradcam --method lrp
+    focus checkpoint register --lineage digits-prod --weights s3://models/digits.pt --arch digits_cnn \
+        --num-classes 10 --in-channels 1 --audit
     focus results --format csv > focus.csv
 """
 
@@ -60,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(args.debug or os.environ.get("FOCUS_DEBUG"))
     if debug:
         os.environ["FOCUS_DEBUG"] = "1"
-    prog = f"{PROG} {args.command}" + (f" {args.db_command}" if getattr(args, "db_command", None) else "")
+    action = getattr(args, "db_command", None) or getattr(args, "checkpoint_command", None)
+    prog = f"{PROG} {args.command}" + (f" {action}" if action else "")
     handler: Callable[[argparse.Namespace], Any] = args.handler
     try:
         _use_database(args)

@@ -16,6 +16,7 @@ import argparse
 from typing import Any, NoReturn
 
 from flows.cli import demo
+from flows.cli.checkpoint import add_checkpoint_command
 from flows.cli import params as opts
 from flows.cli.run import (
     cmd_audit,
@@ -107,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     opts.option(p, "--device", field="device", metavar="DEV",
                 help="cpu, cuda, cuda:N or mps (default cpu); a machine without it fails at once.")
     opts.option(p, "--audit", field="audit", action="store_true", default=None,
-                help="Mark the final checkpoint for the nightly audit.")
+                help="Mark the final checkpoint (with --lineage: the lineage) for the nightly audit.")
+    opts.option(p, "--lineage", field="lineage", metavar="NAME",
+                help="Register every epoch's checkpoint into this lineage, in epoch order (created when new).")
     opts.add_database_option(p, field="database_url")
     p.set_defaults(handler=cmd_train)
 
@@ -223,11 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SHA256",
         help="Audit only this checkpoint (sha256 of its weights), repeatable (default: every one marked for auditing).",
     )
+    opts.option(p, "--lineage", field="lineages", dest="lineages", action="append", metavar="NAME",
+                help="Audit the newest checkpoint of this lineage, repeatable (default: every lineage marked for "
+                "auditing, and every marked checkpoint outside a lineage).")
     opts.option(p, "--name", field="name",
                 help="Name of the audit run, e.g. nightly (letters, digits, '.', '_' and '-').")
+    p.add_argument("--format", choices=("full", "json"), default="full",
+                   help="full: everything the flow returns (default); json: only {audit_run_id, regressions}.")
     opts.add_run_options(p)
     opts.add_database_option(p, field="run.database_url")
     p.set_defaults(handler=cmd_audit)
+
+    add_checkpoint_command(commands, add_command, CommandParser)
 
     # results
     p = add_command(

@@ -154,4 +154,11 @@ def cmd_sweep(args: argparse.Namespace) -> Any:
 
 
 def cmd_audit(args: argparse.Namespace) -> Any:
-    return run_flow("audit", "audit", _parameters(args, "AuditParams"))
+    result = run_flow("audit", "audit", _parameters(args, "AuditParams"))
+    if getattr(args, "format", "full") != "json":
+        return result
+    from flows.audit import REGRESSION_KEYS
+
+    regressions = [{key: regression[key] for key in REGRESSION_KEYS} for regression in result["regressions"]]
+    print(json.dumps(_json_safe({"audit_run_id": result["audit_run_id"], "regressions": regressions})))
+    return None  # printed: nothing more on stdout

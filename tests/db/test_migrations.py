@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
@@ -16,7 +18,7 @@ VIEWS = {"evaluation_summary", "training_epoch_focus", "audit_history"}
 def test_history_has_one_head():
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [db.head()]
-    assert db.head() == "0005"
+    assert db.head() == "0004"
 
 
 def test_upgrade_to_head_and_downgrade_to_base(empty_url, tmp_path, monkeypatch):
@@ -118,3 +120,62 @@ def test_0002_puts_the_requested_seed_into_every_key(empty_url):
         assert row.natural_key == db.evaluation_key(
             world.checkpoint_id, world.method_ids["lrp"], world.mosaic_set_id, kind, row.stage, row.layer, None, seed
         )
+
+
+def _checkpoint_table(engine) -> dict:
+    inspector = inspect(engine)
+    return {
+        "columns": [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns("model_checkpoint")],
+        "pk": inspector.get_pk_constraint("model_checkpoint")["constrained_columns"],
+        "fks": sorted((f["name"], tuple(f["constrained_columns"]), f["referred_table"])
+                      for f in inspector.get_foreign_keys("model_checkpoint")),
+        "unique": sorted((u["name"], tuple(u["column_names"]))
+                         for u in inspector.get_unique_constraints("model_checkpoint")),
+    }
+
+
+def _row_counts(engine) -> dict:
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        return {table: connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+                for table in ("model_checkpoint", "evaluation", "mosaic_result")}
+
+
+def test_0003_adds_lineages_and_going_down_keeps_every_result(empty_url):
+    """Up and down again, evaluations keep their checkpoint and their per-mosaic rows (SQLite rebuilds a table)."""
+    from tests.db.conftest import make_world, sums_for
+
+    assert db.upgrade(empty_url, "0002") == "0002"
+    engine = db.get_engine(empty_url, check=False)
+    try:
+        world = make_world(engine)
+        audit_run = db.start_audit_run(engine, name="nightly")
+        evaluation = db.get_or_create_evaluation(engine, world.checkpoint_id, world.method_ids["lrp"],
+                                                 world.mosaic_set_id, audit_run_id=audit_run)
+        focus = np.array([0.9, 0.8, 0.7, 0.6])
+        db.write_mosaic_results(engine, evaluation, world.mosaic_ids, sums_for(focus, world.masks), focus, [0] * 4)
+        db.finish_evaluation(engine, evaluation)
+        before, counts = _checkpoint_table(engine), _row_counts(engine)
+        assert counts == {"model_checkpoint": 1, "evaluation": 1, "mosaic_result": 4}
+
+        assert db.upgrade(empty_url) == db.head()
+        assert _row_counts(engine) == counts
+        db.register_lineage_checkpoint(engine, "prod", world.checkpoint_id)
+        (row,) = db.checkpoint_history(engine, world.checkpoint_id).to_dict("records")
+        assert (row["lineage"], row["checkpoint_version"], row["median_focus"]) == ("prod", 1, 0.75)
+
+        assert db.downgrade(empty_url, "0002") == "0002"
+        assert _row_counts(engine) == counts
+        assert _checkpoint_table(engine) == before
+        assert "lineage" not in inspect(engine).get_table_names()
+        assert VIEWS <= set(inspect(engine).get_view_names())
+        with engine.connect() as connection:
+            from sqlalchemy import text
+
+            assert connection.execute(text("SELECT checkpoint_id FROM evaluation")).scalar_one() == world.checkpoint_id
+            if engine.dialect.name == "sqlite":
+                assert connection.execute(text("PRAGMA foreign_key_check")).all() == []
+        assert db.upgrade(empty_url) == db.head()
+    finally:
+        engine.dispose()

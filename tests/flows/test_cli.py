@@ -45,8 +45,9 @@ def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 
 def test_every_command_is_there():
     top = {path[0] for path in ALL_COMMANDS if path}
-    assert top == {"train", "evaluate", "randomize", "sweep", "audit", "results", "report", "db", "demo"}
+    assert top == {"train", "evaluate", "randomize", "sweep", "audit", "checkpoint", "results", "report", "db", "demo"}
     assert ("db", "upgrade") in ALL_COMMANDS and ("db", "current") in ALL_COMMANDS
+    assert ("checkpoint", "register") in ALL_COMMANDS and ("checkpoint", "list") in ALL_COMMANDS
 
 
 @pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "focus")

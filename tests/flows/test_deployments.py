@@ -331,3 +331,26 @@ def test_docker_template_resolves_credentials_from_prefect_secret_blocks(prefect
     assert {k: merged[k] for k in SECRET_KEYS} == SECRET_KEYS
     assert merged["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and merged["FOCUS_PROJECT_DIR"] == "/opt/focus-audit"
     assert dropped["FOCUS_DATABASE_URL"] == store_url and dropped.get("AWS_ACCESS_KEY_ID") is None
+
+
+def test_the_automation_matches_the_regressions_the_audit_emits():
+    """One notification per lineage (or checkpoint outside a lineage) and method, never for other events."""
+    import datetime as dt
+
+    from prefect.server.events.schemas.automations import EventTrigger
+    from prefect.server.events.schemas.events import ReceivedEvent
+
+    from flows.audit import COMPLETED_EVENT, REGRESSED_EVENT, checkpoint_resource, lineage_resource
+
+    text = (DEPLOYMENTS / "automations.yaml").read_text().replace("${FOCUS_NOTIFICATION_BLOCK_ID}", str(uuid.uuid4()))
+    (data,) = yaml.safe_load(text)["automations"]
+    trigger = EventTrigger.model_validate(data["trigger"])
+
+    def event(name: str, resource: dict) -> ReceivedEvent:
+        return ReceivedEvent(occurred=dt.datetime.now(dt.timezone.utc), event=name, resource=resource, id=uuid.uuid4())
+
+    labels = {"focus.method": "gradcam", "focus.comparison": "previous_checkpoint"}
+    assert trigger.covers(event(REGRESSED_EVENT, lineage_resource("resnet18-prod", **labels)))
+    assert trigger.covers(event(REGRESSED_EVENT, checkpoint_resource("ab" * 32, "nightly", **labels)))
+    assert not trigger.covers(event(COMPLETED_EVENT, {"prefect.resource.id": "focus.audit-run.3"}))
+    assert trigger.for_each == {"prefect.resource.id", "focus.method"}

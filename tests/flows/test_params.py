@@ -142,3 +142,17 @@ def test_good_names_pass_the_form_and_the_models():
         _server_validates(train, {"params": {"name": name}})
         _server_validates(audit, {"params": {"name": name}})
     assert AuditParams().name is None
+
+
+def test_the_audit_form_shows_neither_the_store_url_nor_an_internal_id():
+    """The worker's FOCUS_DATABASE_URL names the store; the form refuses one, in-process callers may pass one."""
+    schema = parameter_schema(audit).model_dump_for_openapi()
+    fields = {name for definition in schema["definitions"].values() for name in definition.get("properties", {})}
+    assert "lineages" in fields and "device" in fields
+    assert not fields & {"database_url", "audit_run_id"}
+    _server_validates(audit, {"params": {"lineages": ["resnet18-prod"], "run": {"device": "cuda"}}})
+    with pytest.raises(ValidationError):
+        _server_validates(audit, {"params": {"run": {"database_url": "sqlite:///focus.db"}}})
+    assert AuditParams(run={"database_url": "sqlite:///x.db"}).run.as_run_spec().database_url == "sqlite:///x.db"
+    with pytest.raises(ValueError, match="password"):
+        AuditParams(run={"database_url": "postgresql://me:secret@db/focus"})

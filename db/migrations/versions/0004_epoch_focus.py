@@ -1,7 +1,7 @@
 """Focus per epoch and method: which evaluations measured each epoch, and the view over them.
 
-Revision ID: 0005
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-02
 
 - ``training_epoch_evaluation``: one row per (training run, epoch, evaluation): the evaluations that
@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from alembic import context, op
 from alembic.script import ScriptDirectory
 
-revision = "0005"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -45,11 +45,11 @@ LEFT JOIN xai_method m ON m.id = s.method_id
 
 
 def _previous_views(dialect: str) -> list[tuple[str, str]]:
-    return ScriptDirectory.from_config(context.config).get_revision("0002").module.views(dialect)
+    return ScriptDirectory.from_config(context.config).get_revision("0003").module.views(dialect)
 
 
 def views(dialect: str) -> list[tuple[str, str]]:
-    """Every view as of this revision, in creation order, for ``dialect``: 0002's with ``training_epoch_focus``
+    """Every view as of this revision, in creation order, for ``dialect``: 0003's with ``training_epoch_focus``
     replaced whole."""
     return [(name, TRAINING_EPOCH_FOCUS if name == "training_epoch_focus" else sql)
             for name, sql in _previous_views(dialect)]

@@ -1,0 +1,141 @@
+"""``focus checkpoint``: register checkpoints trained elsewhere into lineages, and list them.
+
+``focus checkpoint register`` hashes the weights once and loads them once into the architecture
+(:mod:`flows.lineages`); a second registration of the same weights changes nothing and says so.
+``focus checkpoint list`` prints the lineages' checkpoints, by lineage and version.
+
+Examples
+--------
+::
+
+    focus checkpoint register --lineage resnet18-prod --weights s3://models/r18-2026-12-01.pt \\
+        --arch resnet18 --num-classes 10 --in-channels 3 --audit
+    focus checkpoint list --lineage resnet18-prod --format json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from flows.cli import params as opts
+from flows.cli.errors import UsageError, info
+
+__all__ = ["add_checkpoint_command", "cmd_checkpoint_list", "cmd_checkpoint_register", "weights_location"]
+
+
+def weights_location(text: str) -> str:
+    """A URL (``scheme://...``) as given, a local path made absolute.
+
+    Examples
+    --------
+    >>> weights_location("s3://models/r18.pt")
+    's3://models/r18.pt'
+    """
+    return text if "://" in text else opts.absolute(text)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number such as 3, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def add_checkpoint_command(commands: Any, add_command: Any, parser_class: type) -> None:
+    """``focus checkpoint register`` and ``focus checkpoint list`` under ``commands``."""
+    p = add_command(commands, "checkpoint", "Register checkpoints trained elsewhere into lineages, and list them.",
+                    "A lineage is a named, ordered series of checkpoints of one model (one architecture, class count "
+                    "and input channels), e.g. resnet18-prod; the nightly audit follows its newest checkpoint.")
+    actions = p.add_subparsers(dest="checkpoint_command", metavar="ACTION", parser_class=parser_class)
+    actions.required = True
+
+    q = add_command(actions, "register", "Record a checkpoint trained elsewhere as the next version of a lineage.",
+                    "Record a weights file (a state_dict; a local path or an fsspec URL such as s3://...) as a "
+                    "version of a lineage: the hash is computed once, the weights are loaded once to check that "
+                    "they fit the architecture, and the lineage is created on its first checkpoint. Registering "
+                    "the same weights again changes nothing and says so.")
+    q.add_argument("--lineage", required=True, metavar="NAME", type=_name, help="The lineage, e.g. resnet18-prod.")
+    q.add_argument("--weights", required=True, metavar="PATH_OR_URL", type=weights_location,
+                   help="The weights file: a local path or an fsspec URL (s3://, gs://, az://, file://).")
+    q.add_argument("--arch", required=True, metavar="ARCH",
+                   help="Architecture: digits_cnn, alexnet, vgg16, resnet18, another torchvision name, or "
+                   "'package.module:factory'.")
+    q.add_argument("--num-classes", required=True, type=_positive, metavar="N", help="Number of classes.")
+    q.add_argument("--in-channels", type=_positive, default=3, metavar="C", help="Input channels (default 3).")
+    q.add_argument("--version", type=_positive, metavar="V",
+                   help="Its version in the lineage (default: one more than the highest there).")
+    q.add_argument("--label", metavar="TEXT", help="A human name for this checkpoint.")
+    q.add_argument("--audit", action=argparse.BooleanOptionalAction, default=None,
+                   help="Mark (or unmark) the lineage for the nightly audit (default: leave it as it is).")
+    opts.add_database_option(q)
+    q.set_defaults(handler=cmd_checkpoint_register)
+
+    q = add_command(actions, "list", "List the checkpoints of the lineages, by lineage and version.")
+    q.add_argument("--lineage", metavar="NAME", help="Only this lineage (default: every lineage).")
+    q.add_argument("--format", choices=("table", "json"), default="table", help="Output format (default table).")
+    opts.add_database_option(q)
+    q.set_defaults(handler=cmd_checkpoint_list)
+
+
+def _name(text: str) -> str:
+    from flows.params import check_name
+
+    try:
+        return check_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _check_local_weights(location: str) -> None:
+    from pathlib import Path
+
+    if "://" in location:
+        return
+    path = Path(location)
+    if path.is_dir():
+        raise UsageError(f"The weights file {location!r} is a directory, not a file: pass the state_dict file.")
+    if not path.is_file():
+        raise UsageError(f"The weights file {location!r} does not exist: pass a local file or an fsspec URL.")
+
+
+def cmd_checkpoint_register(args: argparse.Namespace) -> dict[str, Any]:
+    from flows import lineages, store
+    from flows.params import ModelSpec
+
+    _check_local_weights(args.weights)
+    model = ModelSpec(architecture=args.arch, weights=args.weights, num_classes=args.num_classes,
+                      in_channels=args.in_channels, label=args.label)
+    engine = store.engine_for(opts.database_url(args))
+    entry = lineages.register_into_lineage(engine, args.lineage, model, version=args.version, audit=args.audit)
+    if entry["added"]:
+        print(f"Registered checkpoint {entry['sha256'][:12]} as version {entry['version']} of lineage "
+              f"{args.lineage!r}.")
+    else:
+        print(f"Checkpoint {entry['sha256'][:12]} is already version {entry['version']} of lineage "
+              f"{args.lineage!r}: nothing to do.")
+    return entry
+
+
+def cmd_checkpoint_list(args: argparse.Namespace) -> None:
+    import db
+    from flows import store
+
+    frame = db.lineage_checkpoints(store.engine_for(opts.database_url(args)), args.lineage)
+    if args.lineage is not None and frame.empty:
+        raise UsageError(f"No lineage named {args.lineage!r}: see `focus checkpoint list` for the lineages there are.")
+    if args.format == "json":
+        sys.stdout.write(frame.to_json(orient="records", date_format="iso", indent=2) + "\n")
+        return
+    if frame.empty:
+        info("no lineage recorded yet: register a checkpoint with `focus checkpoint register --lineage NAME ...`")
+        return
+    shown = frame.assign(sha256=frame["sha256"].str[:12])[
+        ["lineage", "version", "sha256", "architecture", "num_classes", "in_channels", "label", "epoch",
+         "registered_at", "lineage_audit", "path"]
+    ]
+    sys.stdout.write(shown.rename(columns={"lineage_audit": "audit"}).to_string(index=False) + "\n")

@@ -8,6 +8,8 @@ check (an engine at head, or one sentence that says to run ``focus db upgrade``)
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -158,6 +160,36 @@ def current(url: str | URL | Engine | None = None) -> str | None:
             engine.dispose()
 
 
+@contextlib.contextmanager
+def _migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection in one transaction for migrating; on SQLite with foreign keys off while it migrates.
+
+    SQLite alters a table by copying it, dropping it and renaming the copy. With foreign keys on, dropping
+    ``evaluation`` cascades to every ``mosaic_result`` row (``ON DELETE CASCADE``), so the pragma is switched
+    off, outside the transaction as SQLite requires, and on again afterwards; before the commit
+    ``PRAGMA foreign_key_check`` must find nothing, or the migration is rolled back.
+    """
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            with connection.begin():
+                yield connection
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise StoreError(
+                            f"The migration would leave {len(broken)} row(s) pointing at missing rows (first in table "
+                            f"{broken[0][0]!r}); nothing was changed: report this with the database attached."
+                        )
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
+
+
 def upgrade(url: str | URL | Engine | None = None, revision: str = "head") -> str:
     """Migrate the database at ``url`` to ``revision`` (default: head) and return the new revision.
 
@@ -171,7 +203,7 @@ def upgrade(url: str | URL | Engine | None = None, revision: str = "head") -> st
     """
     engine, owned = _engine(url)
     try:
-        with engine.begin() as connection:
+        with _migrating(engine) as connection:
             _classify(connection, engine.url)
             command.upgrade(alembic_config(connection), revision)
         with engine.connect() as connection:
@@ -187,7 +219,7 @@ def downgrade(url: str | URL | Engine | None = None, revision: str = "base") -> 
     """Migrate the database at ``url`` down to ``revision`` (default: base, an empty schema)."""
     engine, owned = _engine(url)
     try:
-        with engine.begin() as connection:
+        with _migrating(engine) as connection:
             _classify(connection, engine.url)
             command.downgrade(alembic_config(connection), revision)
             if revision == "base":  # leave nothing behind, not even the empty version table

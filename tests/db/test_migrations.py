@@ -179,3 +179,37 @@ def test_0003_adds_lineages_and_going_down_keeps_every_result(empty_url):
         assert db.upgrade(empty_url) == db.head()
     finally:
         engine.dispose()
+
+
+def test_upgrading_sqlite_from_0001_keeps_every_mosaic_result(tmp_path):
+    """SQLite rebuilds a table to alter it; with foreign keys on, dropping ``evaluation`` cascaded to every result."""
+    from sqlalchemy import text
+
+    from tests.db.conftest import make_world
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    assert db.upgrade(url, "0001") == "0001"
+    engine = db.get_engine(url, check=False)
+    try:
+        world = make_world(engine)
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO evaluation (natural_key, checkpoint_id, method_id, mosaic_set_id, randomization, status, "
+                "created_at) VALUES (:key, :checkpoint, :method, :mosaic_set, 'none', 'finished', :created)"
+            ), {"key": "a" * 64, "checkpoint": world.checkpoint_id, "method": world.method_ids["gradcam"],
+                "mosaic_set": world.mosaic_set_id, "created": db.types.utcnow()})
+            evaluation_id = connection.execute(text("SELECT id FROM evaluation")).scalar_one()
+            for mosaic_id in world.mosaic_ids:
+                connection.execute(text(
+                    "INSERT INTO mosaic_result (evaluation_id, mosaic_id, pos_tl, pos_tr, pos_bl, pos_br, neg_tl, "
+                    "neg_tr, neg_bl, neg_br, focus, predicted_class) "
+                    "VALUES (:e, :m, 1, 1, 0, 0, 0, 0, 0, 0, 0.5, 0)"
+                ), {"e": evaluation_id, "m": mosaic_id})
+        assert db.upgrade(url) == db.head()
+        with engine.connect() as connection:
+            kept = connection.execute(text("SELECT COUNT(*) FROM mosaic_result")).scalar_one()
+            foreign_keys = connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one()
+    finally:
+        engine.dispose()
+    assert kept == len(world.mosaic_ids) > 0
+    assert foreign_keys == 1  # switched back on for the connections the pool hands out afterwards

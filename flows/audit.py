@@ -27,6 +27,7 @@ from flows import analysis, devices, store
 from flows.evaluate import evaluate
 from flows.jsonsafe import number
 from flows.params import AuditParams, EvaluateParams, ModelSpec
+from flows.run_names import audit_name, named
 from focus_core import models
 from focus_core.errors import FocusError
 
@@ -60,7 +61,7 @@ def _audited(engine: Any, params: AuditParams) -> list[dict[str, Any]]:
     return rows
 
 
-@flow(name="audit", validate_parameters=True, persist_result=False)
+@flow(name="audit", flow_run_name=named(audit_name, AuditParams), validate_parameters=True, persist_result=False)
 def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 - the nightly run needs no parameters
     """Audit every checkpoint marked for auditing; emit ``focus.audit.regressed`` when Focus fell.
 
@@ -94,7 +95,7 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
             spec = ModelSpec(architecture=row["architecture"], weights=row["path"], num_classes=int(row["num_classes"]),
                              in_channels=None if row["in_channels"] is None else int(row["in_channels"]),
                              label=row["label"])
-            evaluate.with_options(flow_run_name=f"audit-{audit_run_id}-{name}")(
+            evaluate.with_options(flow_run_name=f"evaluate {name} {_methods(params)} (audit {audit_run_id})")(
                 EvaluateParams(model=spec, dataset=params.dataset, mosaics=params.mosaics, methods=params.methods,
                                run=params.run),
                 audit_run_id=audit_run_id,
@@ -163,6 +164,10 @@ def _compare(engine: Any, row: dict[str, Any], name: str, entry: dict[str, Any],
         "threshold": params.threshold,
         "regressed": change is not None and change < -params.threshold,
     }
+
+
+def _methods(params: AuditParams) -> str:
+    return "+".join(m.name for m in params.methods)
 
 
 def _round(value: Any) -> Any:

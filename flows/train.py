@@ -33,6 +33,7 @@ from flows.artifacts import artifact_key
 from flows.jsonsafe import number
 from flows.params import RandomizationSpec, TrainParams
 from flows.record import RegisteredInputs, RegisteredMosaics
+from flows.run_names import named, train_name
 from flows.tasks import ChunkRequest, can_succeed_on_retry, explain_chunk, retry_delays
 from focus_core import models, report
 from focus_core import train as recipe
@@ -181,15 +182,7 @@ def completed_epochs(engine: Any, training_run_id: int, run_dir: str | Path) -> 
     return done
 
 
-def _train_run_name() -> str:
-    from prefect.runtime import flow_run
-
-    params = flow_run.parameters["params"]
-    params = params if isinstance(params, TrainParams) else TrainParams.model_validate(params)
-    return f"{params.name}-{params.model.architecture}-{params.epochs}-epochs"
-
-
-@flow(name="train", flow_run_name=_train_run_name, validate_parameters=True, persist_result=False)
+@flow(name="train", flow_run_name=named(train_name, TrainParams), validate_parameters=True, persist_result=False)
 def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 - the form shows the defaults
     """Train a classifier with the paper's recipe, recording every epoch and its Focus.
 

@@ -192,7 +192,7 @@ def _mosaic_step(steps: Steps, title: str, evaluations: int, n_mosaics: int, run
     """Run one evaluating step (``run`` returns the rows it wrote), say what it computed; return the rows reused."""
     steps.begin(title)
     total = evaluations * n_mosaics
-    with progress("chunks", "chunk", None, _chunk_moves()):
+    with progress("chunks", "chunk", None, _chunk_moves(), prefix="focus demo:"):
         computed = run()
     if computed == 0:
         steps.end(f"reused: all {total} mosaic results ({evaluations} evaluations) were recorded; nothing recomputed")
@@ -242,7 +242,7 @@ def run_demo(args: argparse.Namespace) -> DemoOutcome:
     with quiet_prefect_console(plan.verbose):
         steps.begin(f"train the digits CNN for {plan.epochs} epoch(s) with the paper's recipe, "
                     f"Focus (gradcam) on {FOCUS_PER_CLASS * 10} validation mosaics after each epoch")
-        with progress("epochs", "epoch", plan.epochs, _epoch_moves()):
+        with progress("epochs", "epoch", plan.epochs, _epoch_moves(), prefix="focus demo:"):
             trained = run_flow("train", "train", TrainParams(
                 name=DEMO_NAME, epochs=plan.epochs, device=plan.device, checkpoint_dir=str(plan.checkpoint_dir),
                 focus_mosaics=MosaicSetSpec(split="val", per_class=FOCUS_PER_CLASS),

@@ -25,6 +25,7 @@ from flows.cli.run import (
     cmd_train,
 )
 from flows.cli.errors import EXIT_USAGE, PROG
+from flows.cli.summary import add_output_options
 from flows.cli.results import (
     RESULT_TABLES,
     cmd_db_current,
@@ -33,7 +34,10 @@ from flows.cli.results import (
     cmd_results,
 )
 
-__all__ = ["CommandParser", "add_command", "build_parser"]
+__all__ = ["CommandParser", "SUMMARY_COMMANDS", "add_command", "build_parser"]
+
+#: The commands that end with a summary or ``--format json`` (:mod:`flows.cli.summary`).
+SUMMARY_COMMANDS = ("train", "evaluate", "randomize", "sweep", "audit")
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -291,4 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_demo_options(p)
     opts.add_database_option(p)
     p.set_defaults(handler=demo.run_demo)
+
+    # what the flow commands print: a summary, or --format json; Prefect's log lines with --verbose
+    for name in SUMMARY_COMMANDS:
+        add_output_options(commands.choices[name])
     return parser

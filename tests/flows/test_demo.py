@@ -136,7 +136,7 @@ def test_the_bars_move_on_the_flows_log_lines():
     from flows.train import LOG_EPOCH, LOG_RESUMED
 
     logger = logging.getLogger("prefect.flow_runs")
-    with progress("chunks", "chunk", None, cli_demo._chunk_moves(), file=io.StringIO(), disable=False) as bar:
+    with progress("chunks", "chunk", None, cli_demo._chunk_moves(), stream=io.StringIO()) as bar:
         logger.info(LOG_PLANNED, 0, 5)  # a randomization's trained stage: every chunk recorded
         logger.info(LOG_PLANNED, 2, 0)  # the next stage: two chunks to run
         logger.info(LOG_CHUNK_DONE, 1, 2)
@@ -144,7 +144,7 @@ def test_the_bars_move_on_the_flows_log_lines():
         assert (bar.n, bar.total) == (6, 7)
     logger.info(LOG_CHUNK_DONE, 2, 2)  # after the step: the bar is gone, nothing listens
     assert bar.n == 6
-    with progress("epochs", "epoch", 5, cli_demo._epoch_moves(), file=io.StringIO(), disable=False) as bar:
+    with progress("epochs", "epoch", 5, cli_demo._epoch_moves(), stream=io.StringIO()) as bar:
         logger.info(LOG_RESUMED, 1, 3, "epoch-0003.pt")
         logger.info(LOG_EPOCH, 4, 0.9, {"gradcam": 0.8})
         assert (bar.n, bar.total) == (4, 5)

@@ -49,6 +49,7 @@ from db.queries import (
     evaluation_results,
     evaluation_summary,
     focus_regressions,
+    latest_training_run,
     paired_focus,
     training_curve,
 )
@@ -126,6 +127,7 @@ __all__ = [
     "paired_focus",
     "focus_regressions",
     "checkpoints_to_audit",
+    "latest_training_run",
     "RecordedCheckpoint",
     "recorded_checkpoint",
     "MosaicTiles",

@@ -26,6 +26,7 @@ __all__ = [
     "paired_focus",
     "focus_regressions",
     "checkpoints_to_audit",
+    "latest_training_run",
 ]
 
 _SUMMARY_COLUMNS = (
@@ -174,3 +175,14 @@ def checkpoints_to_audit(engine: Engine) -> pd.DataFrame:
         {"flag": True},
     )
     return frame
+
+
+def latest_training_run(engine: Engine, run: int | str | None = None) -> int | None:
+    """The id of a training run: ``run`` as an id or a name (the latest of that name), else the latest; or ``None``."""
+    sql, params = "SELECT id FROM training_run", {}
+    if run is not None and str(run).isdigit():
+        sql, params = sql + " WHERE id = :id", {"id": int(run)}
+    elif run is not None:
+        sql, params = sql + " WHERE name = :name", {"name": str(run)}
+    frame = _read(engine, sql + " ORDER BY id DESC LIMIT 1", params)
+    return int(frame["id"].iloc[0]) if len(frame) else None

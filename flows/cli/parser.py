@@ -249,11 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mosaic-set", type=int, metavar="ID", help="evaluations, compare: only this mosaic set.")
     p.add_argument("--randomization", choices=("none", "full", "cascading", "independent"),
                    help="compare: the randomization kind to compare (default none).")
-    p.add_argument("--training-run", type=int, metavar="ID", help="epochs: the training run.")
+    p.add_argument("--training-run", metavar="ID|NAME",
+                   help="epochs: the training run, by id or name (default: the latest; the demo's is demo-digits).")
     p.add_argument("--threshold", type=float, metavar="DROP", help="regressions: a fall in median Focus larger than this (default 0.05).")
     p.add_argument("--format", choices=("text", "csv", "json"), default="text", help="Output format (default text).")
     p.add_argument("--output", "-o", metavar="FILE", help="Write to this file instead of standard output.")
     p.add_argument("--limit", type=int, metavar="N", help="Print at most N rows (default all).")
+    p.add_argument("--columns", metavar="A,B,...", help="Only these columns, by their names in the store, in this order.")
+    p.add_argument("--wide", action="store_true", help="text: every column, cells uncut (default: fit 100 columns).")
     opts.add_database_option(p)
     p.set_defaults(handler=cmd_results)
 

@@ -136,3 +136,50 @@ def test_plain_progress_lines_off_a_terminal():
     lines = stream.getvalue().splitlines()
     assert len(lines) >= 2 and lines[-1].startswith("focus demo: epochs: 2/3 (")
 
+
+
+@pytest.fixture(scope="module")
+def recorded_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import db
+    from tests.recorded_store import build_record, write_record
+
+    folder = tmp_path_factory.mktemp("results-store")
+    url = f"sqlite:///{folder / 'focus.db'}"
+    db.upgrade(url)
+    write_record(url, build_record(folder), audits=True)
+    return url
+
+
+def test_results_fit_100_columns_with_integers_and_blanks(recorded_url: str, capfd: pytest.CaptureFixture):
+    """Before: 21 columns, about 290 characters, ``stage`` as NaN / 0.0, ``None`` in compare."""
+    code, out, err = _run(capfd, "results", "--database-url", recorded_url)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["id", "method", "randomized", "stage"]
+    assert max(map(len, lines)) <= 100 and "--wide" in err
+    assert not any(word in out for word in ("NaN", "nan", "None", "<NA>"))
+    cascading = [line.split() for line in lines if " cascading " in line]
+    assert cascading and all(row[3].isdigit() for row in cascading), cascading  # stage 2, not 2.0
+    trained = next(line.split() for line in lines if " none " in line)
+    assert trained[3].isdigit() and not trained[3] == "0"  # no stage: blank, so n follows
+
+    code, wide, _ = _run(capfd, "results", "--wide", "--database-url", recorded_url)
+    assert code == 0 and max(map(len, wide.splitlines())) > 100 and "min_focus" in wide.splitlines()[0]
+    code, picked, _ = _run(capfd, "results", "--columns", "method,stage", "--format", "csv",
+                           "--database-url", recorded_url)
+    assert code == 0 and picked.splitlines()[0] == "method,stage" and ",2.0" not in picked
+    code, _, err = _run(capfd, "results", "--columns", "nope", "--database-url", recorded_url)
+    assert code == 2 and "median_focus" in err
+
+    code, out, err = _run(capfd, "results", "compare", "--mosaic-set", "1", "--database-url", recorded_url)
+    assert code == 0 and "None" not in out and max(map(len, out.splitlines())) <= 100, out
+
+
+def test_results_epochs_needs_no_id(recorded_url: str, capfd: pytest.CaptureFixture):
+    """Before: ``--training-run ID`` was required, "the id `focus train` printed", which the demo never prints."""
+    code, latest, err = _run(capfd, "results", "epochs", "--database-url", recorded_url)
+    assert code == 0 and "latest training run" in err, err
+    code, named, _ = _run(capfd, "results", "epochs", "--training-run", "digits", "--database-url", recorded_url)
+    assert code == 0 and named == latest and len(latest.splitlines()) == 4
+    code, _, err = _run(capfd, "results", "epochs", "--training-run", "nosuch", "--database-url", recorded_url)
+    assert code == 2 and "No training run named 'nosuch'" in err

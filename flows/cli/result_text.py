@@ -13,7 +13,7 @@ Examples
 ...                       "median_focus": [0.91234, float("nan")]})
 >>> print(render(integers(frame), "evaluations").text)
 id  method   stage  median
- 1  gradcam         0.912
+ 1  gradcam          0.912
  2  lrp          2
 """
 

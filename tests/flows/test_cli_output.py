@@ -179,7 +179,7 @@ def test_results_epochs_needs_no_id(recorded_url: str, capfd: pytest.CaptureFixt
     """Before: ``--training-run ID`` was required, "the id `focus train` printed", which the demo never prints."""
     code, latest, err = _run(capfd, "results", "epochs", "--database-url", recorded_url)
     assert code == 0 and "latest training run" in err, err
-    code, named, _ = _run(capfd, "results", "epochs", "--training-run", "digits", "--database-url", recorded_url)
+    code, named, _ = _run(capfd, "results", "epochs", "--training-run", "demo-digits", "--database-url", recorded_url)
     assert code == 0 and named == latest and len(latest.splitlines()) == 4
     code, _, err = _run(capfd, "results", "epochs", "--training-run", "nosuch", "--database-url", recorded_url)
     assert code == 2 and "No training run named 'nosuch'" in err

@@ -98,6 +98,13 @@ def test_quick_demo_records_everything_and_reuses_it(prefect_api, demo_dir: Path
         rows = final[(final["method"] == method) & (final["randomization"] == "cascading")].sort_values("stage")
         assert cascade[method][1:] == [f"{m:.3f}" for m in rows["median_focus"]]
 
+    # the README's SQL cookbook is written for what the demo records: every query returns rows on its store
+    from tests.test_readme import sql_blocks
+
+    with engine.connect() as connection:
+        empty = [sql.splitlines()[0] for sql in sql_blocks() if not connection.execute(text(sql)).fetchall()]
+    assert not empty, f"cookbook queries without rows on the demo's store: {empty}"
+
     # a second run: no new row, nothing recomputed, and it says so
     assert cli.main(["demo", "--quick"]) == 0
     out2, err2 = capsys.readouterr()

@@ -27,6 +27,7 @@ __all__ = [
     "focus_regressions",
     "checkpoints_to_audit",
     "latest_training_run",
+    "finished_audit_runs",
 ]
 
 _SUMMARY_COLUMNS = (
@@ -186,3 +187,9 @@ def latest_training_run(engine: Engine, run: int | str | None = None) -> int | N
         sql, params = sql + " WHERE name = :name", {"name": str(run)}
     frame = _read(engine, sql + " ORDER BY id DESC LIMIT 1", params)
     return int(frame["id"].iloc[0]) if len(frame) else None
+
+
+def finished_audit_runs(engine: Engine) -> int:
+    """How many audit runs finished (so an empty regressions table can say that audits found none)."""
+    frame = _read(engine, "SELECT COUNT(*) AS n FROM audit_run WHERE status = :status", {"status": "finished"})
+    return int(frame["n"].iloc[0])

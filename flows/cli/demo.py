@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.cli.console import Steps, duration, progress, quiet_prefect_console, table_text
-from flows.cli.params import parse_method
+from flows.cli.params import METHODS_PLACEHOLDER, parse_method
 
 __all__ = [
     "CASCADING_METHODS",
@@ -95,7 +95,7 @@ def add_demo_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--method", dest="methods", action="append", type=parse_method, metavar="NAME[:KEY=VALUE,...]",
-        help=f"Attribution method, repeatable (default: {', '.join(DEMO_METHODS)}).",
+        help=f"Attribution method, repeatable: {METHODS_PLACEHOLDER} (default: {', '.join(DEMO_METHODS)}).",
     )
     parser.add_argument("--device", default="cpu", metavar="DEV", help="cpu, cuda, cuda:N or mps (default cpu).")
     parser.add_argument("--checkpoint-dir", default="checkpoints", metavar="DIR", help="Where the demo's checkpoints go (default checkpoints).")
@@ -342,7 +342,8 @@ def _print_outcome(plan: DemoPlan, table: Any, cascade: Any, report: Path, datab
     print(f"\nMedian Focus on {n_mosaics} test mosaics ({model}); about 0.5 is chance, 1 is perfect:")
     print(table_text(table))
     if "lrp_fast" in table.index:
-        print("(lrp_fast: the paper's LRP rules in plain torch; equal to the zennit reference `lrp` to ~1e-5, ~3x faster)")
+        print("(lrp_fast: the paper's LRP rules in plain torch; equal to the zennit reference `lrp` to ~1e-5, "
+              "about three times as fast on a CPU)")
     if len(cascade) and len(cascade.columns) > 1:
         print("\nCascading randomization: median Focus as layers are re-initialised from the top (column: deepest one):")
         print(table_text(cascade))

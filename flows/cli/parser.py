@@ -45,6 +45,7 @@ class CommandParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)  # `--epoch 3` must not quietly mean `--epochs 3`
+        kwargs.setdefault("formatter_class", opts.RegistryHelpFormatter)  # --method's help lists the registry
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:

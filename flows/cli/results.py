@@ -69,7 +69,7 @@ def cmd_results(args: argparse.Namespace) -> None:
     elif args.format == "json":
         text = frame.to_json(orient="records", date_format="iso", indent=2) + "\n"
     elif not len(frame):
-        text = f"(no {args.table} recorded yet)\n"
+        text = _nothing(args) + "\n"
     else:
         rendered = result_text.render(frame, args.table, wide=bool(getattr(args, "wide", False)),
                                       chosen=bool(columns))
@@ -81,6 +81,21 @@ def cmd_results(args: argparse.Namespace) -> None:
         info(f"wrote {len(frame)} rows to {args.output}")
     else:
         sys.stdout.write(text)
+
+
+def _nothing(args: argparse.Namespace) -> str:
+    """What an empty table means: nothing recorded yet, or (regressions) audits that found none."""
+    if args.table == "regressions":
+        import db
+        from flows import store
+
+        audits = db.finished_audit_runs(store.engine_for(opts.database_url(args)))
+        if audits:
+            threshold = args.threshold if args.threshold is not None else 0.05
+            return (f"(no regressions: {audits} finished audit run(s) found no median Focus that fell by more than "
+                    f"{threshold})")
+        return "(no audit has run yet: `focus audit` compares each marked checkpoint with its previous audit)"
+    return f"(no {args.table} recorded yet)"
 
 
 def cmd_report(args: argparse.Namespace) -> Path:

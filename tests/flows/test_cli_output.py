@@ -183,3 +183,28 @@ def test_results_epochs_needs_no_id(recorded_url: str, capfd: pytest.CaptureFixt
     assert code == 0 and named == latest and len(latest.splitlines()) == 4
     code, _, err = _run(capfd, "results", "epochs", "--training-run", "nosuch", "--database-url", recorded_url)
     assert code == 2 and "No training run named 'nosuch'" in err
+
+
+def test_an_empty_regressions_table_says_whether_audits_ran(sqlite_url: str, capfd: pytest.CaptureFixture):
+    """Before: "(no regressions recorded yet)" even after two audits that found none."""
+    import db
+    from flows import store
+
+    code, out, _ = _run(capfd, "results", "regressions", "--database-url", sqlite_url)
+    assert code == 0 and "no audit has run yet" in out
+    engine = store.engine_for(sqlite_url)
+    for name in ("nightly-1", "nightly-2"):
+        db.finish_audit_run(engine, db.start_audit_run(engine, name=name, threshold=0.05))
+    code, out, _ = _run(capfd, "results", "regressions", "--database-url", sqlite_url)
+    assert code == 0 and "2 finished audit run(s) found no median Focus that fell" in out, out
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train", "audit", "demo"])
+def test_method_help_lists_the_registry(command: str, capsys: pytest.CaptureFixture):
+    from focus_core.explainers import available_explainers
+
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    listed = ", ".join(available_explainers())
+    assert "lrp_fast" in listed and listed in text

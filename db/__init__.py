@@ -44,6 +44,7 @@ from db.migrate import (
 from db.mosaic_sets import MosaicTiles, RegisteredMosaicSet, mosaic_tiles, register_mosaic_set
 from db.queries import (
     checkpoint_history,
+    checkpoint_origin,
     checkpoints_to_audit,
     compare_methods,
     evaluation_results,
@@ -130,6 +131,7 @@ __all__ = [
     "checkpoints_to_audit",
     "latest_training_run",
     "finished_audit_runs",
+    "checkpoint_origin",
     "RecordedCheckpoint",
     "recorded_checkpoint",
     "MosaicTiles",

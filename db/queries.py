@@ -28,6 +28,7 @@ __all__ = [
     "checkpoints_to_audit",
     "latest_training_run",
     "finished_audit_runs",
+    "checkpoint_origin",
 ]
 
 _SUMMARY_COLUMNS = (
@@ -193,3 +194,22 @@ def finished_audit_runs(engine: Engine) -> int:
     """How many audit runs finished (so an empty regressions table can say that audits found none)."""
     frame = _read(engine, "SELECT COUNT(*) AS n FROM audit_run WHERE status = :status", {"status": "finished"})
     return int(frame["n"].iloc[0])
+
+
+def checkpoint_origin(engine: Engine, checkpoint_id: int) -> dict[str, Any] | None:
+    """The training run (id, name) and epoch recorded with a checkpoint, or ``None`` when none is.
+
+    A checkpoint is its weights (sha256): when a second training run produces byte-identical weights, the
+    record keeps the first run's; comparing this with the run at hand tells the two apart.
+    """
+    frame = _read(
+        engine,
+        "SELECT c.training_run_id, t.name AS training_run_name, c.epoch FROM model_checkpoint c "
+        "JOIN training_run t ON t.id = c.training_run_id WHERE c.id = :id",
+        {"id": int(checkpoint_id)},
+    )
+    if not len(frame):
+        return None
+    row = frame.iloc[0]
+    return {"training_run_id": int(row["training_run_id"]), "training_run_name": row["training_run_name"],
+            "epoch": None if pd.isna(row["epoch"]) else int(row["epoch"])}

@@ -46,6 +46,8 @@ __all__ = ["train", "train_epoch", "EpochRequest", "LOG_EPOCH", "LOG_RESUMED", "
 #: ``focus demo`` moves its progress bar on them.
 LOG_RESUMED = "Training run %d resumes after epoch %d (checkpoint %s)"
 LOG_EPOCH = "Epoch %d: val accuracy %.3f, median Focus %s"
+LOG_SAME_WEIGHTS = ("The final weights are byte-identical to those of training run %d (%s) epoch %s: checkpoint %d is "
+                    "one record, and audits, sweeps and the report name it after that run")
 
 
 class EpochRequest(BaseModel):
@@ -248,6 +250,10 @@ def _train_epochs(
     if params.audit:
         db.set_checkpoint_audit(engine, final_checkpoint, True)
     db.finish_training_run(engine, training_run_id)
+    same_weights = _same_weights(engine, final_checkpoint, training_run_id)
+    if same_weights is not None:
+        logger.warning(LOG_SAME_WEIGHTS, same_weights["training_run_id"], same_weights["training_run_name"],
+                       same_weights["epoch"], final_checkpoint)
 
     epochs = [_plain(row) for row in curve.to_dict("records")]
     create_table_artifact(
@@ -276,7 +282,14 @@ def _train_epochs(
         "final_weights": str(final_weights),
         "final_sha256": final_sha,
         "correlation": correlation,
+        "same_weights_as": same_weights,
     }
+
+
+def _same_weights(engine: Any, checkpoint_id: int, training_run_id: int) -> dict[str, Any] | None:
+    """The other training run recorded with this checkpoint when both produced byte-identical weights, else None."""
+    origin = db.checkpoint_origin(engine, checkpoint_id)
+    return origin if origin is not None and origin["training_run_id"] != training_run_id else None
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

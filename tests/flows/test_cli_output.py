@@ -208,3 +208,18 @@ def test_method_help_lists_the_registry(command: str, capsys: pytest.CaptureFixt
     text = " ".join(capsys.readouterr().out.split())
     listed = ", ".join(available_explainers())
     assert "lrp_fast" in listed and listed in text
+
+
+@pytest.mark.training
+def test_two_runs_with_the_same_weights_are_told_apart(prefect_api, capfd: pytest.CaptureFixture, sqlite_url: str,
+                                                       tmp_path: Path):
+    """Before: `focus train --name digits` with the demo's seed silently became "demo-digits epoch N"."""
+    common = ["--epochs", "1", "--focus-per-class", "1", "--tile-size", "16", "--checkpoint-dir", str(tmp_path),
+              "--database-url", sqlite_url]
+    code, out, err = _run(capfd, "train", "--name", "first", *common, "--format", "json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["same_weights_as"] is None
+    code, out, err = _run(capfd, "train", "--name", "second", *common)
+    assert code == 0, err
+    assert f"byte-identical to training run {first['training_run_id']} (first) epoch 1" in out, out

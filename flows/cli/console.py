@@ -27,7 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Bar", "Steps", "duration", "progress", "quiet_prefect_console", "table_text"]
+__all__ = ["Bar", "Steps", "chunk_moves", "duration", "epoch_moves", "progress", "quiet_prefect_console",
+           "table_text"]
 
 
 #: Seconds between two plain-text progress lines when the stream is not a terminal (``FOCUS_PROGRESS_SECONDS``).
@@ -116,6 +117,25 @@ def progress(desc: str, unit: str, total: int | None, moves: dict[str, Callable[
     finally:
         logger.removeHandler(handler)
         bar.close()
+
+
+def chunk_moves() -> dict[str, Callable[[Any, tuple], None]]:
+    """The evaluate flow's planning line grows the total (the chunks already finished count as done) and every
+    chunk line moves the bar by one; a randomization's evaluate runs add theirs as they start."""
+    from flows.evaluate import LOG_CHUNK_DONE, LOG_PLANNED
+
+    def planned(bar: Any, args: tuple) -> None:
+        bar.total = (bar.total or 0) + args[0] + args[1]
+        bar.update(args[1])
+
+    return {LOG_PLANNED: planned, LOG_CHUNK_DONE: lambda bar, args: bar.update(1)}
+
+
+def epoch_moves() -> dict[str, Callable[[Any, tuple], None]]:
+    """The train flow's resume line sets the epochs already done; every epoch line moves the bar by one."""
+    from flows.train import LOG_EPOCH, LOG_RESUMED
+
+    return {LOG_RESUMED: lambda bar, args: bar.update(args[1] - bar.n), LOG_EPOCH: lambda bar, args: bar.update(1)}
 
 
 @contextmanager

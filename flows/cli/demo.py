@@ -40,7 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.cli.console import Steps, duration, progress, quiet_prefect_console, table_text
+from flows.cli.console import (
+    Steps,
+    chunk_moves,
+    duration,
+    epoch_moves,
+    progress,
+    quiet_prefect_console,
+    table_text,
+)
 from flows.cli.params import METHODS_PLACEHOLDER, parse_method
 
 __all__ = [
@@ -152,23 +160,8 @@ def plan_demo(args: argparse.Namespace) -> DemoPlan:
 # -- progress -----------------------------------------------------------------------------------
 
 
-def _chunk_moves() -> dict[str, Callable[[Any, tuple], None]]:
-    """The evaluate flow's planning line grows the total (the chunks already finished count as done) and every
-    chunk line moves the bar by one; a randomization's evaluate runs add theirs as they start."""
-    from flows.evaluate import LOG_CHUNK_DONE, LOG_PLANNED
-
-    def planned(bar: Any, args: tuple) -> None:
-        bar.total = (bar.total or 0) + args[0] + args[1]
-        bar.update(args[1])
-
-    return {LOG_PLANNED: planned, LOG_CHUNK_DONE: lambda bar, args: bar.update(1)}
-
-
-def _epoch_moves() -> dict[str, Callable[[Any, tuple], None]]:
-    """The train flow's resume line sets the epochs already done; every epoch line moves the bar by one."""
-    from flows.train import LOG_EPOCH, LOG_RESUMED
-
-    return {LOG_RESUMED: lambda bar, args: bar.update(args[1] - bar.n), LOG_EPOCH: lambda bar, args: bar.update(1)}
+_chunk_moves = chunk_moves  # the evaluate flow's chunk lines (kept under the demo's old names)
+_epoch_moves = epoch_moves
 
 
 # -- the run ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 from flows import local_api, store
 from flows.cli import params as opts
 from flows.cli.checks import check_device, check_inputs, check_model
-from flows.cli.console import duration, progress
+from flows.cli.console import chunk_moves, duration, epoch_moves, progress
 from flows.cli.errors import UsageError, info, quiet_user_error_tracebacks
 
 __all__ = [
@@ -110,11 +110,9 @@ def prepare_store(url: str | None) -> str | None:
 
 def _progress_moves(module: str, params: Any) -> tuple[str, int | None, dict[str, Any]]:
     """What the flow's log lines move: epochs for train, chunks for the evaluating flows."""
-    from flows.cli.demo import _chunk_moves, _epoch_moves
-
     if module == "train":
-        return "epochs", int(params.epochs), _epoch_moves()
-    return "chunks", None, _chunk_moves()
+        return "epochs", int(params.epochs), epoch_moves()
+    return "chunks", None, chunk_moves()
 
 
 def print_result(result: Any) -> None:

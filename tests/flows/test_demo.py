@@ -43,6 +43,24 @@ def _printed_table(out: str, header: str) -> dict[str, list[str]]:
     return table
 
 
+def _readme_demo_block() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"## What the demo produced.*?```text\n(.*?)```", readme, flags=re.S)
+    assert found, "README.md has no ```text block of the demo's output"
+    return found.group(1)
+
+
+def _shape(text: str) -> list[str]:
+    """The lines with paths, durations and numbers replaced: what a fresh demo and the README must share."""
+    shapes = []
+    for line in text.strip().splitlines():
+        line = re.sub(r"/\S+", "PATH", line)
+        line = re.sub(r"\d+(\.\d+)?", "#", line)
+        line = re.sub(r"(# min )?# s\b", "DURATION", line)
+        shapes.append(" ".join(line.split()))
+    return shapes
+
+
 @pytest.fixture
 def demo_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
@@ -97,6 +115,9 @@ def test_quick_demo_records_everything_and_reuses_it(prefect_api, demo_dir: Path
     for method in cli_demo.CASCADING_METHODS:
         rows = final[(final["method"] == method) & (final["randomization"] == "cascading")].sort_values("stage")
         assert cascade[method][1:] == [f"{m:.3f}" for m in rows["median_focus"]]
+
+    # the README's sample output has the structure of a fresh demo's (its numbers come from a real, full run)
+    assert _shape(_readme_demo_block()) == _shape(out)
 
     # the README's SQL cookbook is written for what the demo records: every query returns rows on its store
     from tests.test_readme import sql_blocks

@@ -26,7 +26,7 @@ Examples
 --------
 ::
 
-    focus demo            # the real demo (about 3-5 minutes on two idle cores)
+    focus demo            # the real demo (minutes on a CPU; README.md has a dated, timed run)
     focus demo --quick    # a one-epoch smoke run on a few mosaics (tests)
 """
 

@@ -181,6 +181,10 @@ def store_line(url: str | None) -> str:
     """Where the results are, in words a reader can paste (a SQLite path, or the masked URL)."""
     from flows import store
 
+    from pathlib import Path
+
     described = store.describe(url)
     prefix = "sqlite:///"
-    return f"Results: {described[len(prefix):] if described.startswith(prefix) else described}"
+    if described.startswith(prefix) and len(described) > len(prefix):
+        return f"Results: {Path(described[len(prefix):]).resolve()}  (`focus results`, or any SQLite client)"
+    return f"Results: {described}  (`focus results`)"

@@ -42,7 +42,7 @@ def test_evaluate_prints_one_screen_and_json_on_request(prefect_api, capfd: pyte
         assert column in header
     gradcam = next(line for line in lines if line.startswith("gradcam")).split()
     assert gradcam[1] == "20" and gradcam[2].endswith("%") and "-" in gradcam[4]
-    assert any(line.startswith("Results: ") and line.endswith("new.db") for line in lines)
+    assert any(line.startswith(f"Results: {tmp_path / 'new.db'}") for line in lines)
     assert any(line.startswith("Next: focus results compare --mosaic-set") for line in lines)
     assert all(len(line) <= 100 for line in lines if not line.startswith(("Next", "   ", "Results"))), out
     assert not any(marker in err for marker in PREFECT_LINE), err

@@ -88,7 +88,8 @@ def evaluate_summary(result: dict[str, Any], args: argparse.Namespace) -> list[A
     ids = evaluation_ids(result)
     rows_now = sum(int(e.get("rows_written") or 0) for e in result.get("evaluations", []))
     title = (f"Focus of checkpoint {result['checkpoint_id']} ({str(result['checkpoint_sha256'])[:12]}) on "
-             f"{result['num_mosaics']} mosaics (mosaic set {result['mosaic_set_id']}), {rows_now} results computed now:")
+             f"{result['num_mosaics']} mosaics (mosaic set {result['mosaic_set_id']}), "
+             f"{rows_now} results computed now:")
     unfinished = [e for e in result.get("evaluations", []) if e.get("status") != "finished"]
     lines: list[Any] = [title, evaluation_table(_engine(args), ids), CHANCE]
     if unfinished:

@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "csv", "json"), default="text", help="Output format (default text).")
     p.add_argument("--output", "-o", metavar="FILE", help="Write to this file instead of standard output.")
     p.add_argument("--limit", type=int, metavar="N", help="Print at most N rows (default all).")
-    p.add_argument("--columns", metavar="A,B,...", help="Only these columns, by their names in the store, in this order.")
+    p.add_argument("--columns", metavar="A,B,...",
+                   help="Only these columns, by their names in the store, in this order.")
     p.add_argument("--wide", action="store_true", help="text: every column, cells uncut (default: fit 100 columns).")
     opts.add_database_option(p)
     p.set_defaults(handler=cmd_results)

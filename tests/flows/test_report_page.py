@@ -358,7 +358,9 @@ window.addEventListener("load", function () {
     var t = wrap.querySelector("table"), closed = t.closest("details") && !t.closest("details").open;
     if (closed) return;
     var cut = [];
-    t.querySelectorAll("td, th").forEach(function (c) { if (c.scrollWidth > c.clientWidth + 1) cut.push(c.textContent); });
+    t.querySelectorAll("td, th").forEach(function (c) {
+      if (c.scrollWidth > c.clientWidth + 1) cut.push(c.textContent);
+    });
     out.push({table: t.id, container: wrap.clientWidth, width: t.scrollWidth,
               scroll: wrap.scrollWidth > wrap.clientWidth + 1, cut: cut});
   });

@@ -29,8 +29,11 @@ def _engine(args: argparse.Namespace) -> Any:
 
 
 def _database_flag(args: argparse.Namespace) -> str:
+    """`` --database-url URL`` for the next commands; nothing when the URL carries a secret (never printed)."""
     url = getattr(args, "database_url", None)
-    return f" --database-url {shlex.quote(url)}" if url else ""
+    if not url or opts.has_secret(url):
+        return ""
+    return f" --database-url {shlex.quote(url)}"
 
 
 def _ids_flags(ids: list[int]) -> str:

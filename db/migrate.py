@@ -37,6 +37,7 @@ __all__ = [
     "schema_diff",
     "get_engine",
     "open_store",
+    "create_if_fresh",
 ]
 
 VERSION_TABLE = "focus_alembic_version"
@@ -329,3 +330,41 @@ def open_store(url: str | URL | None = None) -> Engine:
     db.errors.StoreError: The database at sqlite:// has no focus-audit schema; run `focus db upgrade` to create it.
     """
     return get_engine(url, check=True)
+
+
+def _fresh_sqlite_file(url: URL) -> bool:
+    """A SQLite file URL whose file does not exist yet, or exists with no table at all."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or url.query.get("mode"):
+        return False
+    path = Path(url.database)
+    if not path.exists() or path.stat().st_size == 0:
+        return True
+    engine = build_engine(url)
+    try:
+        with engine.connect() as connection:
+            return not inspect(connection).get_table_names()
+    except SQLAlchemyError:
+        return False  # not a database file: the schema check says so in one sentence
+    finally:
+        engine.dispose()
+
+
+def create_if_fresh(url: str | URL | None = None) -> str | None:
+    """Create the schema of the embedded store when it is fresh; return the new revision, else ``None``.
+
+    The embedded default is a SQLite file: when it does not exist yet, is empty, or holds no table,
+    it gets this version's whole schema without asking (as MLflow does with its default store). Any
+    other database (PostgreSQL, a SQLite file with tables) is left as it is: :func:`check_schema`
+    then says whether it needs ``focus db upgrade``.
+
+    Examples
+    --------
+    >>> create_if_fresh("postgresql+psycopg://focus@db/focus") is None
+    True
+    """
+    from db.engine import database_url
+
+    parsed = database_url(url)
+    if not _fresh_sqlite_file(parsed):
+        return None
+    return upgrade(parsed)

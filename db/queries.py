@@ -27,6 +27,9 @@ __all__ = [
     "focus_regressions",
     "checkpoints_to_audit",
     "randomization_medians",
+    "latest_training_run",
+    "finished_audit_runs",
+    "checkpoint_origin",
 ]
 
 _SUMMARY_COLUMNS = (
@@ -206,3 +209,39 @@ def randomization_medians(engine: Engine, checkpoint_id: int, mosaic_set_id: int
         "ORDER BY m.name, s.method_id, s.stage, s.layer, s.seed, s.evaluation_id",
         {"checkpoint_id": int(checkpoint_id), "mosaic_set_id": int(mosaic_set_id), "randomization": randomization},
     )
+
+
+def latest_training_run(engine: Engine, run: int | str | None = None) -> int | None:
+    """The id of a training run: ``run`` as an id or a name (the latest of that name), else the latest; or ``None``."""
+    sql, params = "SELECT id FROM training_run", {}
+    if run is not None and str(run).isdigit():
+        sql, params = sql + " WHERE id = :id", {"id": int(run)}
+    elif run is not None:
+        sql, params = sql + " WHERE name = :name", {"name": str(run)}
+    frame = _read(engine, sql + " ORDER BY id DESC LIMIT 1", params)
+    return int(frame["id"].iloc[0]) if len(frame) else None
+
+
+def finished_audit_runs(engine: Engine) -> int:
+    """How many audit runs finished (so an empty regressions table can say that audits found none)."""
+    frame = _read(engine, "SELECT COUNT(*) AS n FROM audit_run WHERE status = :status", {"status": "finished"})
+    return int(frame["n"].iloc[0])
+
+
+def checkpoint_origin(engine: Engine, checkpoint_id: int) -> dict[str, Any] | None:
+    """The training run (id, name) and epoch recorded with a checkpoint, or ``None`` when none is.
+
+    A checkpoint is its weights (sha256): when a second training run produces byte-identical weights, the
+    record keeps the first run's; comparing this with the run at hand tells the two apart.
+    """
+    frame = _read(
+        engine,
+        "SELECT c.training_run_id, t.name AS training_run_name, c.epoch FROM model_checkpoint c "
+        "JOIN training_run t ON t.id = c.training_run_id WHERE c.id = :id",
+        {"id": int(checkpoint_id)},
+    )
+    if not len(frame):
+        return None
+    row = frame.iloc[0]
+    return {"training_run_id": int(row["training_run_id"]), "training_run_name": row["training_run_name"],
+            "epoch": None if pd.isna(row["epoch"]) else int(row["epoch"])}

@@ -44,6 +44,7 @@ from flows import analysis, devices, store, weight_store
 from flows.evaluate import evaluate
 from flows.jsonsafe import number
 from flows.params import AuditParams, EvaluateParams, ModelSpec
+from flows.run_names import audit_name, named
 from focus_core.errors import FocusError
 
 __all__ = ["audit", "REGRESSED_EVENT", "COMPLETED_EVENT", "KINDS", "REGRESSION_KEYS", "checkpoint_resource",
@@ -142,7 +143,7 @@ def _check_weights(target: _Target) -> None:
     weight_store.local_copy(target.path, expected_sha256=target.sha256)  # FocusError when missing or changed
 
 
-@flow(name="audit", validate_parameters=True, persist_result=False)
+@flow(name="audit", flow_run_name=named(audit_name, AuditParams), validate_parameters=True, persist_result=False)
 def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 - the nightly run needs no parameters
     """Audit the newest checkpoint of every lineage, and every checkpoint, marked for auditing.
 
@@ -172,7 +173,7 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
             _check_weights(target)
             spec = ModelSpec(architecture=target.architecture, weights=target.path, num_classes=target.num_classes,
                              in_channels=target.in_channels, label=target.label)
-            evaluate.with_options(flow_run_name=f"audit-{audit_run_id}-{target.name}")(
+            evaluate.with_options(flow_run_name=f"evaluate {target.name} {_methods(params)} (audit {audit_run_id})")(
                 EvaluateParams(model=spec, dataset=params.dataset, mosaics=params.mosaics, methods=params.methods,
                                run=params.run.as_run_spec()),
                 audit_run_id=audit_run_id,
@@ -292,6 +293,10 @@ def _emit_regression(result: dict[str, Any], audit_run_id: int) -> None:
     ]
     emit_event(event=REGRESSED_EVENT, resource=resource, related=related,
                payload={k: result[k] for k in (*REGRESSION_KEYS, *_PAYLOAD_EXTRA)})
+
+
+def _methods(params: AuditParams) -> str:
+    return "+".join(m.name for m in params.methods)
 
 
 def _round(value: Any) -> Any:

@@ -40,6 +40,7 @@ import focus_core
 from flows import leases, preflight, record, store
 from flows.params import EvaluateParams
 from flows.record import RegisteredInputs
+from flows.run_names import evaluate_name, named
 from flows.tasks import (
     ChunkRequest,
     ChunkResult,
@@ -334,25 +335,13 @@ def _rounded(value: Any) -> float | None:
     return number(value, digits=4)
 
 
-def _evaluate_run_name() -> str:
-    from prefect.runtime import flow_run
-
-    params: EvaluateParams = flow_run.parameters["params"]
-    if isinstance(params, dict):
-        params = EvaluateParams.model_validate(params)
-    methods = "+".join(m.name for m in params.methods)
-    rnd = params.randomization
-    tail = "" if rnd.kind == "none" else f"-{rnd.kind}" + ("" if rnd.stage is None else f"{rnd.stage}")
-    return f"{params.model.label or params.model.architecture}-{methods}{tail}"
-
-
 #: Two chunk threads: while one thread's chunk takes its turn on the device (``devices.device_turn``), the other
 #: writes its finished chunk's rows and waits for the next turn.
 CHUNK_THREADS = 2
 
 
-@flow(name="evaluate", flow_run_name=_evaluate_run_name, validate_parameters=True, persist_result=False,
-      task_runner=ThreadPoolTaskRunner(max_workers=CHUNK_THREADS), **leases.STATE_HOOKS)
+@flow(name="evaluate", flow_run_name=named(evaluate_name, EvaluateParams), validate_parameters=True,
+      persist_result=False, task_runner=ThreadPoolTaskRunner(max_workers=CHUNK_THREADS), **leases.STATE_HOOKS)
 def evaluate(params: EvaluateParams, audit_run_id: SkipJsonSchema[int | None] = None) -> dict[str, Any]:
     """Evaluate attribution methods with Focus on one checkpoint and one seeded mosaic set.
 

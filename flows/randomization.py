@@ -24,6 +24,7 @@ from flows import analysis, caches, preflight, record, store
 from flows.evaluate import evaluate
 from flows.jsonsafe import number
 from flows.params import EvaluateParams, RandomizationParams, RandomizationSpec
+from flows.run_names import named, randomization_name
 from focus_core import randomize, report
 
 __all__ = ["randomization", "randomization_stages"]
@@ -52,7 +53,8 @@ def randomization_stages(params: RandomizationParams) -> list[tuple[str, Randomi
     return stages
 
 
-@flow(name="randomization", validate_parameters=True, persist_result=False)
+@flow(name="randomization", flow_run_name=named(randomization_name, RandomizationParams), validate_parameters=True,
+      persist_result=False)
 def randomization(params: RandomizationParams) -> dict[str, Any]:
     """Evaluate a checkpoint and its randomized copies (full, cascading, independent) with Focus.
 
@@ -70,7 +72,7 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
     inputs = record.register_inputs(engine, params.dataset, params.mosaics, params.model)
     stages = []
     for label, spec in randomization_stages(params):
-        outcome = evaluate.with_options(flow_run_name=f"randomization-{label.replace(' ', '-')}")(
+        outcome = evaluate(
             EvaluateParams(model=params.model, dataset=params.dataset, mosaics=params.mosaics,
                            methods=params.methods, randomization=spec, run=params.run)
         )

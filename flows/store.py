@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 
 from db.engine import Engine, database_url, mask_url
-from db.migrate import get_engine
+from db.migrate import create_if_fresh, get_engine
 
-__all__ = ["engine_for", "describe", "dispose_engines"]
+__all__ = ["engine_for", "describe", "dispose_engines", "prepare"]
 
 _ENGINES: dict[str, Engine] = {}
 _LOCK = threading.Lock()
@@ -31,6 +31,19 @@ def engine_for(url: str | None = None) -> Engine:
         if engine is None:
             engine = _ENGINES[key] = get_engine(key, check=True)
         return engine
+
+
+def prepare(url: str | None = None) -> str | None:
+    """Open the store before a command starts Prefect; return the revision created, or ``None``.
+
+    A fresh embedded SQLite file (missing, empty, no table) gets the schema at once
+    (:func:`db.migrate.create_if_fresh`); every other store is only checked (:func:`engine_for`), so a
+    database at an old revision fails in a second with "run `focus db upgrade`", never after Prefect
+    has started. PostgreSQL is never migrated silently.
+    """
+    created = create_if_fresh(url)
+    engine_for(url)
+    return created
 
 
 def describe(url: str | None = None) -> str:

@@ -28,6 +28,7 @@ from flows import devices, record, store
 from flows.evaluate import evaluate
 from flows.jsonsafe import number
 from flows.params import EvaluateParams, SweepParams
+from flows.run_names import evaluate_name, named, sweep_name
 
 __all__ = ["sweep", "sweep_cells"]
 
@@ -60,7 +61,7 @@ def _wait(flow_run_ids: list[Any], timeout: float | None) -> dict[Any, Any]:
             time.sleep(POLL_SECONDS)
 
 
-@flow(name="sweep", validate_parameters=True, persist_result=False)
+@flow(name="sweep", flow_run_name=named(sweep_name, SweepParams), validate_parameters=True, persist_result=False)
 def sweep(params: SweepParams) -> dict[str, Any]:
     """Evaluate every checkpoint with every method, fanning the cells out onto the work pool.
 
@@ -94,7 +95,7 @@ def sweep(params: SweepParams) -> dict[str, Any]:
                 parameters={"params": cell.model_dump(mode="json", exclude={"run": {"database_url"}})},
                 timeout=0,
                 as_subflow=True,
-                flow_run_name=f"sweep-cell-{i}-{cell.model.label or cell.model.architecture}-{cell.methods[0].name}",
+                flow_run_name=f"{evaluate_name(cell)} (sweep cell {i})",
                 tags=["focus-sweep"],
             )
             for i, cell in enumerate(cells)

@@ -48,6 +48,7 @@ from flows.artifacts import artifact_key
 from flows.jsonsafe import number
 from flows.params import NAME_PATTERN, RandomizationSpec, TrainParams
 from flows.record import RegisteredInputs, RegisteredMosaics
+from flows.run_names import named, train_name
 from flows.tasks import ChunkRequest, can_succeed_on_retry, explain_chunk, retry_delays
 from focus_core import models, report
 from focus_core import train as recipe
@@ -62,6 +63,8 @@ LOG_RESUMED = "Training run %d resumes after epoch %d (checkpoint %s)"
 LOG_EPOCH = "Epoch %d: val accuracy %.3f, median Focus %s"
 #: Epoch 0's line (the untrained model): not an epoch trained, so the demo's bar does not move on it.
 LOG_UNTRAINED = "Epoch 0 (untrained model): val accuracy %.3f, median Focus %s"
+LOG_SAME_WEIGHTS = ("The final weights are byte-identical to those of training run %d (%s) epoch %s: checkpoint %d is "
+                    "one record, and audits, sweeps and the report name it after that run")
 
 
 class EpochRequest(BaseModel):
@@ -283,15 +286,7 @@ def completed_epochs(engine: Any, training_run_id: int, run_dir: str | Path) -> 
     return done
 
 
-def _train_run_name() -> str:
-    from prefect.runtime import flow_run
-
-    params = flow_run.parameters["params"]
-    params = params if isinstance(params, TrainParams) else TrainParams.model_validate(params)
-    return f"{params.name}-{params.model.architecture}-{params.epochs}-epochs"
-
-
-@flow(name="train", flow_run_name=_train_run_name, validate_parameters=True, persist_result=False)
+@flow(name="train", flow_run_name=named(train_name, TrainParams), validate_parameters=True, persist_result=False)
 def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 - the form shows the defaults
     """Train a classifier with the paper's recipe, recording every epoch and its Focus.
 
@@ -373,6 +368,10 @@ def _train_epochs(
     elif params.audit:
         db.set_checkpoint_audit(engine, final_checkpoint, True)
     db.finish_training_run(engine, training_run_id)
+    same_weights = _same_weights(engine, final_checkpoint, training_run_id)
+    if same_weights is not None:
+        logger.warning(LOG_SAME_WEIGHTS, same_weights["training_run_id"], same_weights["training_run_name"],
+                       same_weights["epoch"], final_checkpoint)
 
     rows = [_plain(row) for row in curve.to_dict("records")]
     epochs = _epoch_records(rows)
@@ -404,6 +403,7 @@ def _train_epochs(
         "correlation": correlation,
         "correlations": [_plain(r) for r in correlations.to_dict("records")],
         "lineage": lineage,
+        "same_weights_as": same_weights,
     }
 
 
@@ -420,6 +420,12 @@ def _epoch_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if row.get("method_name"):
             record["focus"][row["method_name"]] = row["focus_median"]
     return list(epochs.values())
+
+
+def _same_weights(engine: Any, checkpoint_id: int, training_run_id: int) -> dict[str, Any] | None:
+    """The other training run recorded with this checkpoint when both produced byte-identical weights, else None."""
+    origin = db.checkpoint_origin(engine, checkpoint_id)
+    return origin if origin is not None and origin["training_run_id"] != training_run_id else None
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

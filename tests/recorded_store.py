@@ -136,7 +136,7 @@ def write_record(url: str, record: Record, *, audits: bool = False) -> dict[str,
             manifest.layout, image_ids[manifest.index_tensor().numpy()], manifest.targets().numpy(),
             mosaics.target_mask(manifest).numpy(), tile_size=ds.tile_size)
     run_id = db.register_training_run(engine, "c" * 64, "digits_cnn", {"epochs": EPOCHS, "focus_methods": [{"name": "gradcam"}]},
-                                      name="digits", dataset_id=registered.dataset_id)
+                                      name="demo-digits", dataset_id=registered.dataset_id)  # as the demo
     checkpoint_ids = {}
     for name, (path, epoch) in record.checkpoints.items():
         checkpoint_ids[name] = db.register_checkpoint(engine, models.weights_sha256(path), "digits_cnn", 10, path=path,
@@ -181,6 +181,7 @@ def _write_audits(engine: Any, record: Record, checkpoint_id: int, mosaic_set: A
     explainer = explainers.get_explainer("gradcam")
     method_id = db.register_method(engine, explainer.name, dict(explainer.params))
     audit_ids = []
+    db.set_checkpoint_audit(engine, checkpoint_id, True)  # marked for the nightly audit, as the demo's final one
     for night, scored in enumerate((trained, broken), start=1):
         audit_id = db.start_audit_run(engine, name=f"nightly-{night}", threshold=0.05)
         evaluation_id = db.get_or_create_evaluation(

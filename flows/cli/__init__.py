@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flows.cli.run import prefect_target, print_result, run_flow
+from flows.cli.run import prefect_target, run_flow
 from flows.cli.errors import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -39,6 +39,9 @@ from flows.cli.errors import (
     one_line,
     user_cause,
 )
+from flows.cli import flow_summaries as _flow_summaries  # noqa: F401 - registers the flows' summaries
+from flows.cli import summary
+from flows.cli.console import quiet_prefect_console
 from flows.cli.parser import build_parser
 from flows.local_api import LocalApiError
 
@@ -67,9 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], Any] = args.handler
     try:
         _use_database(args)
-        result = handler(args)
-        if args.command in {"train", "evaluate", "randomize", "sweep", "audit"}:
-            print_result(result)
+        if args.command in summary.SUMMARIES:
+            with quiet_prefect_console(bool(getattr(args, "verbose", False))):
+                result = handler(args)
+            summary.emit(args.command, result, args)
+        else:
+            handler(args)
     except LocalApiError as error:  # the command was right; the same command may succeed on a calmer machine
         print(f"{prog}: failed: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED

@@ -9,7 +9,8 @@ Examples
 >>> check_inputs(SimpleNamespace(model=SimpleNamespace(weights="/no/such/weights.pt")))
 Traceback (most recent call last):
 ...
-flows.cli.errors.UsageError: The weights file '/no/such/weights.pt' does not exist: pass --weights with a file that `focus train` wrote.
+flows.cli.errors.UsageError: The weights file '/no/such/weights.pt' does not exist: pass --weights with an existing \
+weights file (a state_dict saved with torch.save, yours or one that `focus train` wrote).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def check_inputs(params: Any) -> None:
     """Fail before Prefect starts (seconds) for paths this machine does not have."""
     model = getattr(params, "model", None)
     if model is not None:
-        _require_file(model.weights, "weights file", "pass --weights with a file that `focus train` wrote")
+        _require_file(model.weights, "weights file", "pass --weights with an existing weights file (a state_dict "
+                      "saved with torch.save, yours or one that `focus train` wrote)")
     for checkpoint in getattr(params, "checkpoints", None) or []:
         weights = getattr(checkpoint, "weights", None)
         _require_file(weights, "weights file", "pass --checkpoint with an existing weights file")

@@ -26,7 +26,7 @@ Examples
 --------
 ::
 
-    focus demo            # the real demo (about 3-5 minutes on two idle cores)
+    focus demo            # the real demo (minutes on a CPU; README.md has a dated, timed run)
     focus demo --quick    # a one-epoch smoke run on a few mosaics (tests)
 """
 
@@ -40,8 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.cli.console import Steps, duration, progress, quiet_prefect_console, table_text
-from flows.cli.params import parse_method
+from flows.cli.console import (
+    Steps,
+    chunk_moves,
+    duration,
+    epoch_moves,
+    progress,
+    quiet_prefect_console,
+    table_text,
+)
+from flows.cli.params import METHODS_PLACEHOLDER, parse_method
 
 __all__ = [
     "CASCADING_METHODS",
@@ -95,7 +103,7 @@ def add_demo_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--method", dest="methods", action="append", type=parse_method, metavar="NAME[:KEY=VALUE,...]",
-        help=f"Attribution method, repeatable (default: {', '.join(DEMO_METHODS)}).",
+        help=f"Attribution method, repeatable: {METHODS_PLACEHOLDER} (default: {', '.join(DEMO_METHODS)}).",
     )
     parser.add_argument("--device", default="cpu", metavar="DEV", help="cpu, cuda, cuda:N or mps (default cpu).")
     parser.add_argument("--checkpoint-dir", default="checkpoints", metavar="DIR", help="Where the demo's checkpoints go (default checkpoints).")
@@ -152,23 +160,8 @@ def plan_demo(args: argparse.Namespace) -> DemoPlan:
 # -- progress -----------------------------------------------------------------------------------
 
 
-def _chunk_moves() -> dict[str, Callable[[Any, tuple], None]]:
-    """The evaluate flow's planning line grows the total (the chunks already finished count as done) and every
-    chunk line moves the bar by one; a randomization's evaluate runs add theirs as they start."""
-    from flows.evaluate import LOG_CHUNK_DONE, LOG_PLANNED
-
-    def planned(bar: Any, args: tuple) -> None:
-        bar.total = (bar.total or 0) + args[0] + args[1]
-        bar.update(args[1])
-
-    return {LOG_PLANNED: planned, LOG_CHUNK_DONE: lambda bar, args: bar.update(1)}
-
-
-def _epoch_moves() -> dict[str, Callable[[Any, tuple], None]]:
-    """The train flow's resume line sets the epochs already done; every epoch line moves the bar by one."""
-    from flows.train import LOG_EPOCH, LOG_RESUMED
-
-    return {LOG_RESUMED: lambda bar, args: bar.update(args[1] - bar.n), LOG_EPOCH: lambda bar, args: bar.update(1)}
+_chunk_moves = chunk_moves  # the evaluate flow's chunk lines (kept under the demo's old names)
+_epoch_moves = epoch_moves
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -192,7 +185,7 @@ def _mosaic_step(steps: Steps, title: str, evaluations: int, n_mosaics: int, run
     """Run one evaluating step (``run`` returns the rows it wrote), say what it computed; return the rows reused."""
     steps.begin(title)
     total = evaluations * n_mosaics
-    with progress("chunks", "chunk", None, _chunk_moves()):
+    with progress("chunks", "chunk", None, _chunk_moves(), prefix="focus demo:"):
         computed = run()
     if computed == 0:
         steps.end(f"reused: all {total} mosaic results ({evaluations} evaluations) were recorded; nothing recomputed")
@@ -242,7 +235,7 @@ def run_demo(args: argparse.Namespace) -> DemoOutcome:
     with quiet_prefect_console(plan.verbose):
         steps.begin(f"train the digits CNN for {plan.epochs} epoch(s) with the paper's recipe, "
                     f"Focus (gradcam) on {FOCUS_PER_CLASS * 10} validation mosaics after each epoch")
-        with progress("epochs", "epoch", plan.epochs, _epoch_moves()):
+        with progress("epochs", "epoch", plan.epochs, _epoch_moves(), prefix="focus demo:"):
             trained = run_flow("train", "train", TrainParams(
                 name=DEMO_NAME, epochs=plan.epochs, device=plan.device, checkpoint_dir=str(plan.checkpoint_dir),
                 focus_mosaics=MosaicSetSpec(split="val", per_class=FOCUS_PER_CLASS),
@@ -342,7 +335,8 @@ def _print_outcome(plan: DemoPlan, table: Any, cascade: Any, report: Path, datab
     print(f"\nMedian Focus on {n_mosaics} test mosaics ({model}); about 0.5 is chance, 1 is perfect:")
     print(table_text(table))
     if "lrp_fast" in table.index:
-        print("(lrp_fast: the paper's LRP rules in plain torch; equal to the zennit reference `lrp` to ~1e-5, ~3x faster)")
+        print("(lrp_fast: the paper's LRP rules in plain torch; equal to the zennit reference `lrp` to ~1e-5, "
+              "about three times as fast on a CPU)")
     if len(cascade) and len(cascade.columns) > 1:
         print("\nCascading randomization: median Focus as layers are re-initialised from the top (column: deepest one):")
         print(table_text(cascade))

@@ -34,6 +34,8 @@ __all__ = [
     "add_model_options",
     "add_mosaic_options",
     "add_run_options",
+    "METHODS_PLACEHOLDER",
+    "RegistryHelpFormatter",
     "deep_merge",
     "given",
     "has_secret",
@@ -225,12 +227,28 @@ def add_mosaic_options(parser: argparse.ArgumentParser, default_split: str = "te
            help="Target classes only (default: every class).")
 
 
+#: Where a help text lists the registered attribution methods (:class:`RegistryHelpFormatter` fills it in).
+METHODS_PLACEHOLDER = "{registered methods}"
+
+
+class RegistryHelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter that lists :func:`focus_core.explainers.available_explainers` where a help says
+    :data:`METHODS_PLACEHOLDER`; the registry (and torch) is imported only when a help page is printed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and METHODS_PLACEHOLDER in text:
+            from focus_core.explainers import available_explainers
+
+            text = text.replace(METHODS_PLACEHOLDER, ", ".join(available_explainers()))
+        return text
+
+
 def add_method_options(parser: argparse.ArgumentParser, default: str = "gradcam", dest: str = "methods") -> None:
     option(parser, "--method", dest=dest, action="append", type=parse_method, metavar="NAME[:KEY=VALUE,...]",
            field=dest,
-           help=f"Attribution method, repeatable: gradcam, gradcam++, lrp, lrp_fast, smoothgrad, integrated_gradients, "
-           f"gradient, input_x_gradient, lime, random; parameters after a colon, e.g. smoothgrad:n_samples=10 or "
-           f"lime:n_samples=500,mask=slic (default {default}).")
+           help=f"Attribution method, repeatable: {METHODS_PLACEHOLDER}; parameters after a colon, e.g. "
+           f"smoothgrad:n_samples=10 or lime:n_samples=500,mask=slic (default {default}).")
 
 
 def method_specs(namespace: argparse.Namespace, dest: str = "methods") -> list[dict[str, Any]] | None:

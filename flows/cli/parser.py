@@ -26,6 +26,7 @@ from flows.cli.run import (
     cmd_train,
 )
 from flows.cli.errors import EXIT_USAGE, PROG
+from flows.cli.summary import add_output_options
 from flows.cli.results import (
     RESULT_TABLES,
     cmd_db_current,
@@ -34,7 +35,10 @@ from flows.cli.results import (
     cmd_results,
 )
 
-__all__ = ["CommandParser", "add_command", "build_parser"]
+__all__ = ["CommandParser", "SUMMARY_COMMANDS", "add_command", "build_parser"]
+
+#: The commands that end with a summary or ``--format json`` (:mod:`flows.cli.summary`).
+SUMMARY_COMMANDS = ("train", "evaluate", "randomize", "sweep", "audit")
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -42,6 +46,7 @@ class CommandParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)  # `--epoch 3` must not quietly mean `--epochs 3`
+        kwargs.setdefault("formatter_class", opts.RegistryHelpFormatter)  # --method's help lists the registry
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -231,8 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
                 "auditing, and every marked checkpoint outside a lineage).")
     opts.option(p, "--name", field="name",
                 help="Name of the audit run, e.g. nightly (letters, digits, '.', '_' and '-').")
-    p.add_argument("--format", choices=("full", "json"), default="full",
-                   help="full: everything the flow returns (default); json: only {audit_run_id, regressions}.")
     opts.add_run_options(p)
     opts.add_database_option(p, field="run.database_url")
     p.set_defaults(handler=cmd_audit)
@@ -261,11 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mosaic-set", type=int, metavar="ID", help="evaluations, compare: only this mosaic set.")
     p.add_argument("--randomization", choices=("none", "full", "cascading", "independent"),
                    help="compare: the randomization kind to compare (default none).")
-    p.add_argument("--training-run", type=int, metavar="ID", help="epochs: the training run.")
+    p.add_argument("--training-run", metavar="ID|NAME",
+                   help="epochs: the training run, by id or name (default: the latest; the demo's is demo-digits).")
     p.add_argument("--threshold", type=float, metavar="DROP", help="regressions: a fall in median Focus larger than this (default 0.05).")
     p.add_argument("--format", choices=("text", "csv", "json"), default="text", help="Output format (default text).")
     p.add_argument("--output", "-o", metavar="FILE", help="Write to this file instead of standard output.")
     p.add_argument("--limit", type=int, metavar="N", help="Print at most N rows (default all).")
+    p.add_argument("--columns", metavar="A,B,...",
+                   help="Only these columns, by their names in the store, in this order.")
+    p.add_argument("--wide", action="store_true", help="text: every column, cells uncut (default: fit 100 columns).")
     opts.add_database_option(p)
     p.set_defaults(handler=cmd_results)
 
@@ -307,4 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_demo_options(p)
     opts.add_database_option(p)
     p.set_defaults(handler=demo.run_demo)
+
+    # what the flow commands print: a summary, or --format json; Prefect's log lines with --verbose
+    for name in SUMMARY_COMMANDS:
+        add_output_options(commands.choices[name])
     return parser

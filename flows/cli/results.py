@@ -34,9 +34,14 @@ def _results_table(args: argparse.Namespace) -> Any:
             raise UsageError("`focus results compare` needs --mosaic-set ID (see `focus results evaluations`).")
         return db.compare_methods(engine, args.mosaic_set, randomization=args.randomization or "none")
     if args.table == "epochs":
+        run = db.latest_training_run(engine, args.training_run)
+        if run is None:
+            which = f"named {args.training_run!r} " if args.training_run else ""
+            raise UsageError(f"No training run {which}is recorded: run `focus train` (or `focus demo`) first, or pass "
+                             "--training-run with the id or name that `focus train` printed.")
         if args.training_run is None:
-            raise UsageError("`focus results epochs` needs --training-run ID (the id `focus train` printed).")
-        return db.training_curve(engine, args.training_run)
+            info(f"epochs of the latest training run, {run} (--training-run ID or NAME picks another)")
+        return db.training_curve(engine, run)
     if args.table == "regressions":
         from flows import analysis  # db returns the rows, focus_core.stats tests them
 
@@ -47,20 +52,50 @@ def _results_table(args: argparse.Namespace) -> Any:
 
 
 def cmd_results(args: argparse.Namespace) -> None:
-    frame = _results_table(args)
+    """Print (or ``--output``) a table: text fitted to 100 columns unless ``--wide``, or every column as CSV/JSON."""
+    from flows.cli import result_text
+
+    frame = result_text.integers(_results_table(args))
     if args.limit is not None:
         frame = frame.head(args.limit)
+    columns = [c.strip() for c in (getattr(args, "columns", None) or "").split(",") if c.strip()]
+    if columns:
+        try:
+            frame = result_text.select(frame, columns)
+        except ValueError as error:
+            raise UsageError(f"--columns: {error}.") from None
     if args.format == "csv":
         text = frame.to_csv(index=False)
     elif args.format == "json":
         text = frame.to_json(orient="records", date_format="iso", indent=2) + "\n"
+    elif not len(frame):
+        text = _nothing(args) + "\n"
     else:
-        text = (frame.to_string(index=False) if len(frame) else f"(no {args.table} recorded yet)") + "\n"
+        rendered = result_text.render(frame, args.table, wide=bool(getattr(args, "wide", False)),
+                                      chosen=bool(columns))
+        text = rendered.text + "\n"
+        if rendered.left_out:
+            info(f"{len(rendered.left_out)} more column(s) left out to fit 100 characters: --wide shows them")
     if args.output:
         Path(args.output).write_text(text)
         info(f"wrote {len(frame)} rows to {args.output}")
     else:
         sys.stdout.write(text)
+
+
+def _nothing(args: argparse.Namespace) -> str:
+    """What an empty table means: nothing recorded yet, or (regressions) audits that found none."""
+    if args.table == "regressions":
+        import db
+        from flows import store
+
+        audits = db.finished_audit_runs(store.engine_for(opts.database_url(args)))
+        if audits:
+            threshold = args.threshold if args.threshold is not None else 0.05
+            return (f"(no regressions: {audits} finished audit run(s) found no median Focus that fell by more than "
+                    f"{threshold})")
+        return "(no audit has run yet: `focus audit` compares each marked checkpoint with its previous audit)"
+    return f"(no {args.table} recorded yet)"
 
 
 def cmd_report(args: argparse.Namespace) -> Path:

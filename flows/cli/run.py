@@ -21,9 +21,10 @@ import os
 import time
 from typing import Any
 
-from flows import local_api
+from flows import local_api, store
 from flows.cli import params as opts
 from flows.cli.checks import check_device, check_inputs, check_model
+from flows.cli.console import chunk_moves, duration, epoch_moves, progress
 from flows.cli.errors import UsageError, info, quiet_user_error_tracebacks
 
 __all__ = [
@@ -77,17 +78,41 @@ def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True)
     """
     check_device(params)
     check_inputs(params)
+    if not getattr(params, "deployment", None):  # a sweep fanned out writes to its workers' stores
+        created = prepare_store(database_param(params))
+        if created and announce:
+            info(f"created the schema (revision {created}) in the new store {store.describe(database_param(params))}")
     check_model(params)
     local_api.ensure_started()
     flow = _load_flow(module, flow_name)
     quiet_user_error_tracebacks()
-    if announce:
-        info(f"running flow {flow_name!r} on {prefect_target()}")
+    if not announce:
+        return flow(params=params)
+    info(f"running flow {flow_name!r} on {prefect_target()}")
     started = time.monotonic()
-    result = flow(params=params)
-    if announce:
-        info(f"flow {flow_name!r} finished in {time.monotonic() - started:.0f} s")
+    desc, total, moves = _progress_moves(module, params)
+    with progress(desc, desc, total, moves):
+        result = flow(params=params)
+    info(f"flow {flow_name!r} finished in {duration(time.monotonic() - started)}")
     return result
+
+
+def database_param(params: Any) -> str | None:
+    """The store a flow's parameters name (``run.database_url`` or ``database_url``), else ``None`` (the default)."""
+    run = getattr(params, "run", None)
+    return getattr(run, "database_url", None) if run is not None else getattr(params, "database_url", None)
+
+
+def prepare_store(url: str | None) -> str | None:
+    """:func:`flows.store.prepare`: a fresh SQLite file gets the schema, any other store is checked, before Prefect."""
+    return store.prepare(url)
+
+
+def _progress_moves(module: str, params: Any) -> tuple[str, int | None, dict[str, Any]]:
+    """What the flow's log lines move: epochs for train, chunks for the evaluating flows."""
+    if module == "train":
+        return "epochs", int(params.epochs), epoch_moves()
+    return "chunks", None, chunk_moves()
 
 
 def print_result(result: Any) -> None:
@@ -155,8 +180,8 @@ def cmd_sweep(args: argparse.Namespace) -> Any:
 
 def cmd_audit(args: argparse.Namespace) -> Any:
     result = run_flow("audit", "audit", _parameters(args, "AuditParams"))
-    if getattr(args, "format", "full") != "json":
-        return result
+    if getattr(args, "format", "text") != "json":
+        return result  # the summary (flows.cli.flow_summaries.audit_summary)
     from flows.audit import REGRESSION_KEYS
 
     regressions = [{key: regression[key] for key in REGRESSION_KEYS} for regression in result["regressions"]]

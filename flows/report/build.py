@@ -26,8 +26,8 @@ from flows.report.figures import (
 from flows.report.page import page
 from flows.report.queries import EvaluationData, load_evaluations, training_runs
 from flows.report.sample import sample_section
-from flows.report.selection import checkpoint_names, method_key
-from flows.report.tables import paired_section, summary_section
+from flows.report.selection import checkpoint_names, latest_per_cell, method_key
+from flows.report.tables import audits_section, paired_section, summary_section
 from flows.report.training import training_section
 from focus_core.errors import FocusError
 
@@ -79,6 +79,8 @@ def build_report(out: Path, database_url: str | None = None, evaluations: list[i
     out.mkdir(parents=True, exist_ok=True)
     figures = FigureWriter(out)
     names = checkpoint_names(evals)
+    audited = [e for e in evals if e.audit_run_id is not None]
+    evals = latest_per_cell(evals)  # an audit re-measures a cell: the main tables and figures show the latest
     sections = [
         sample_section(engine, evals, names, figures),
         distributions_section(evals, names, runs, figures),
@@ -91,6 +93,8 @@ def build_report(out: Path, database_url: str | None = None, evaluations: list[i
         training_section(evals, runs, figures),
         layout_section(evals, names, figures),
     ]
+    if audited:
+        sections.insert(4, audits_section(audited, names))
     sections[0].notes[:0] = notes
     index = out / "index.html"
     partial = out / ".index.html.tmp"

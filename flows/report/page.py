@@ -64,8 +64,9 @@ figure img { display: block; max-width: 100%; height: auto; border: 1px solid va
 figcaption { font-size: .85rem; color: var(--muted); margin-top: .3rem; max-width: 60rem; }
 .table-wrap { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; font-size: .84rem; margin: .4rem 0 1rem; }
-th, td { padding: .28rem .45rem; white-space: nowrap; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
-th { background: var(--bg-alt); font-weight: 600; white-space: nowrap; }
+th, td { padding: .28rem .45rem; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+td { white-space: normal; }  /* names wrap at their spaces, so the table fits its container */
+th { background: var(--bg-alt); font-weight: 600; overflow-wrap: normal; }
 th[title] { text-decoration: underline dotted; cursor: help; }
 tbody tr:nth-child(even) { background: #fafbfc; }
 tbody tr:hover { background: #eef4fb; }

@@ -5,8 +5,8 @@ checkpoints get a short unique name; figure files get a slug.
 
 Examples
 --------
->>> sorted(["random", "my_method", "lrp", "gradcam"], key=method_key)
-['gradcam', 'lrp', 'random', 'my_method']
+>>> sorted(["random", "my_method", "lrp_fast", "smoothgrad", "lrp", "gradcam"], key=method_key)
+['gradcam', 'lrp', 'lrp_fast', 'smoothgrad', 'random', 'my_method']
 >>> slug("digits CNN #3", "gradcam++")
 'digits-cnn-3-gradcam'
 """
@@ -20,9 +20,10 @@ from typing import Any
 
 from flows.report.queries import EvaluationData
 
-__all__ = ["RANDOMIZATION_ORDER", "method_key", "slug", "checkpoint_names", "latest", "final_checkpoints"]
+__all__ = ["RANDOMIZATION_ORDER", "method_key", "slug", "checkpoint_names", "latest", "latest_per_cell",
+           "final_checkpoints"]
 
-_METHOD_ORDER = ("gradcam", "lrp", "smoothgrad", "integrated_gradients", "gradcam++", "gradient",
+_METHOD_ORDER = ("gradcam", "lrp", "lrp_fast", "smoothgrad", "integrated_gradients", "gradcam++", "gradient",
                  "input_x_gradient", "random")
 RANDOMIZATION_ORDER = {"none": 0, "full": 1, "cascading": 2, "independent": 3}
 
@@ -55,6 +56,20 @@ def checkpoint_names(evals: Sequence[EvaluationData]) -> dict[int, str]:
 def latest(evals: Iterable[EvaluationData]) -> EvaluationData:
     """The evaluation with the highest id."""
     return max(evals, key=lambda e: e.evaluation_id)
+
+
+def latest_per_cell(evals: Iterable[EvaluationData]) -> list[EvaluationData]:
+    """The latest evaluation of each checkpoint x method x mosaic set x randomization (stage, layer, seed).
+
+    An audit re-evaluates the same cell every night; the main tables and figures show the latest, the
+    audits section all of them.
+    """
+    cells: dict[tuple, list[EvaluationData]] = defaultdict(list)
+    for e in evals:
+        cells[(e.checkpoint_id, e.method, tuple(sorted(e.method_params.items(), key=str)), e.mosaic_set_id,
+               e.randomization, e.stage, e.layer)].append(e)
+    chosen = {latest(group).evaluation_id for group in cells.values()}
+    return [e for e in evals if e.evaluation_id in chosen]
 
 
 def final_checkpoints(evals: Sequence[EvaluationData]) -> set[int]:

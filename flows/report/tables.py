@@ -20,7 +20,7 @@ from flows.report.queries import BOOTSTRAP_RESAMPLES, CONFIDENCE, EvaluationData
 from flows.report.selection import RANDOMIZATION_ORDER, method_key
 from focus_core import stats
 
-__all__ = ["summary_section", "paired_section"]
+__all__ = ["audits_section", "paired_section", "summary_section"]
 
 
 _SUMMARY_TITLES = {
@@ -51,10 +51,29 @@ def summary_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> S
     """The summary table: one row per evaluation with its statistics and mosaic accuracy."""
     section = Section(
         "summary", "Summary per evaluation",
-        "One row per evaluation (checkpoint x method x mosaic set x randomization). Statistics are over the defined "
-        "Focus scores; the confidence interval of the median is a percentile bootstrap. Hover a header or a "
-        "checkpoint for details.",
+        "One row per evaluation (checkpoint x method x mosaic set x randomization; the latest when audits measured "
+        "it again, see Audits). Statistics are over the defined Focus scores; the confidence interval of the "
+        "median is a percentile bootstrap. Hover a header or a checkpoint for details.",
     )
+    section.blocks.append(_summary_table(evals, names, "summary-table"))
+    return section
+
+
+def audits_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> Section:
+    """Every audit's evaluations, oldest audit first: the same statistics as the summary, per audit run."""
+    section = Section(
+        "audits", "Audits",
+        "Each audit run re-evaluates the checkpoints marked for auditing on their audit mosaic set; one row per "
+        "audit run x checkpoint x method. The main tables above show the latest of each; `focus results "
+        "regressions` lists the falls beyond the threshold with the paired test.",
+    )
+    ordered = sorted(evals, key=lambda e: (e.audit_run_id or 0, e.checkpoint_id, method_key(e.method)))
+    section.blocks.append(_summary_table(ordered, names, "audit-table", keep_order=True))
+    return section
+
+
+def _summary_table(evals: Sequence[EvaluationData], names: dict[int, str], table_id: str,
+                   keep_order: bool = False) -> str:
     with_architecture = any(e.checkpoint_label for e in evals)
     with_audit = any(e.audit_run_id is not None for e in evals)
     headers = (["evaluation", "checkpoint"] + (["architecture"] if with_architecture else [])
@@ -62,8 +81,10 @@ def summary_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> S
                + ["n", "undefined", "median", "median, undefined as 0", f"{int(CONFIDENCE * 100)}% CI of median",
                   "cluster CI", "mean", "q1", "q3", "mosaic acc."])
     rows = []
-    for e in sorted(evals, key=lambda e: (e.checkpoint_id, e.mosaic_set_id, RANDOMIZATION_ORDER.get(e.randomization, 9),
-                                          e.stage or 0, str(e.layer), method_key(e.method), e.evaluation_id)):
+    order = (lambda e: 0) if keep_order else (lambda e: (
+        e.checkpoint_id, e.mosaic_set_id, RANDOMIZATION_ORDER.get(e.randomization, 9), e.stage or 0, str(e.layer),
+        method_key(e.method), e.evaluation_id))
+    for e in sorted(evals, key=order):
         s = e.summary
         checkpoint, checkpoint_tip = _checkpoint_cell(e, names)
         mosaic_set, mosaic_set_tip = _mosaic_set_cell(e)
@@ -87,10 +108,9 @@ def summary_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> S
             numeric=[h not in text_columns for h in headers],
             titles=[tips.get(h) for h in headers],
         ))
-    section.blocks.append('<div class="table-wrap">' + table(headers, rows, table_id="summary-table",
-                                                             titles=[_SUMMARY_TITLES.get(h) for h in headers])
-                          + "</div>")
-    return section
+    return ('<div class="table-wrap">' + table(headers, rows, table_id=table_id,
+                                               titles=[_SUMMARY_TITLES.get(h) for h in headers]) + "</div>")
+
 
 
 def paired_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> Section:

@@ -7,7 +7,7 @@ Each method lives in the module of its family; :func:`get_explainer` maps a name
     relevance = get_explainer("lrp")(model, mosaics, targets)
 
 Modules: :mod:`.gradcam` (gradcam, gradcam++), :mod:`.lrp` (lrp, zennit: the reference), :mod:`.fast_lrp` (lrp_fast:
-the same rules in plain torch, about twice as fast; its rules in :mod:`.fast_lrp_rules`, its trace in
+the same rules in plain torch, faster (benchmarks/README.md); its rules in :mod:`.fast_lrp_rules`, its trace in
 :mod:`.fast_lrp_plan`), :mod:`.gradients` (gradient, input_x_gradient, integrated_gradients, smoothgrad),
 :mod:`.lime` (lime: captum's Lime over features that stay inside one tile), :mod:`.control` (random),
 :mod:`.noise` (batch-invariant seeded noise), :mod:`.base` (protocol, parameters and hash), :mod:`.registry`.

@@ -163,5 +163,6 @@ def plot_mosaic_explanations(
         ax.set_xticks([])
         ax.set_yticks([])
     if quadrants:
-        fig.suptitle("target quadrants outlined: " + ", ".join(_QUADRANT_NAMES[q] for q in quadrants), fontsize=9)
+        fig.suptitle("target quadrants (outlined in green): " + ", ".join(_QUADRANT_NAMES[q] for q in quadrants),
+                     fontsize=13, fontweight="bold")
     return save(fig, out)

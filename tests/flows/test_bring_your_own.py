@@ -125,7 +125,7 @@ def test_own_model_and_image_folder(prefect_api, capsys: pytest.CaptureFixture, 
         assert rows["predicted_class"].between(0, len(CLASSES) - 1).all()
 
     # `focus results` prints them
-    code, out, err = run(capsys, "results", "--database-url", sqlite_url)
+    code, out, err = run(capsys, "results", "--wide", "--database-url", sqlite_url)  # the whole factory path
     assert code == 0, err
     lines = out.splitlines()
     for method, median in zip(summary["method"], summary["median_focus"]):

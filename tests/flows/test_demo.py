@@ -43,6 +43,24 @@ def _printed_table(out: str, header: str) -> dict[str, list[str]]:
     return table
 
 
+def _readme_demo_block() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"## What the demo produced.*?```text\n(.*?)```", readme, flags=re.S)
+    assert found, "README.md has no ```text block of the demo's output"
+    return found.group(1)
+
+
+def _shape(text: str) -> list[str]:
+    """The lines with paths, durations and numbers replaced: what a fresh demo and the README must share."""
+    shapes = []
+    for line in text.strip().splitlines():
+        line = re.sub(r"/\S+", "PATH", line)
+        line = re.sub(r"\d+(\.\d+)?", "#", line)
+        line = re.sub(r"(# min )?# s\b", "DURATION", line)
+        shapes.append(" ".join(line.split()))
+    return shapes
+
+
 @pytest.fixture
 def demo_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
@@ -98,6 +116,16 @@ def test_quick_demo_records_everything_and_reuses_it(prefect_api, demo_dir: Path
         rows = final[(final["method"] == method) & (final["randomization"] == "cascading")].sort_values("stage")
         assert cascade[method][1:] == [f"{m:.3f}" for m in rows["median_focus"]]
 
+    # the README's sample output has the structure of a fresh demo's (its numbers come from a real, full run)
+    assert _shape(_readme_demo_block()) == _shape(out)
+
+    # the README's SQL cookbook is written for what the demo records: every query returns rows on its store
+    from tests.test_readme import sql_blocks
+
+    with engine.connect() as connection:
+        empty = [sql.splitlines()[0] for sql in sql_blocks() if not connection.execute(text(sql)).fetchall()]
+    assert not empty, f"cookbook queries without rows on the demo's store: {empty}"
+
     # a second run: no new row, nothing recomputed, and it says so
     assert cli.main(["demo", "--quick"]) == 0
     out2, err2 = capsys.readouterr()
@@ -136,7 +164,7 @@ def test_the_bars_move_on_the_flows_log_lines():
     from flows.train import LOG_EPOCH, LOG_RESUMED
 
     logger = logging.getLogger("prefect.flow_runs")
-    with progress("chunks", "chunk", None, cli_demo._chunk_moves(), file=io.StringIO(), disable=False) as bar:
+    with progress("chunks", "chunk", None, cli_demo._chunk_moves(), stream=io.StringIO()) as bar:
         logger.info(LOG_PLANNED, 0, 5)  # a randomization's trained stage: every chunk recorded
         logger.info(LOG_PLANNED, 2, 0)  # the next stage: two chunks to run
         logger.info(LOG_CHUNK_DONE, 1, 2)
@@ -144,7 +172,7 @@ def test_the_bars_move_on_the_flows_log_lines():
         assert (bar.n, bar.total) == (6, 7)
     logger.info(LOG_CHUNK_DONE, 2, 2)  # after the step: the bar is gone, nothing listens
     assert bar.n == 6
-    with progress("epochs", "epoch", 5, cli_demo._epoch_moves(), file=io.StringIO(), disable=False) as bar:
+    with progress("epochs", "epoch", 5, cli_demo._epoch_moves(), stream=io.StringIO()) as bar:
         logger.info(LOG_RESUMED, 1, 3, "epoch-0003.pt")
         logger.info(LOG_EPOCH, 4, 0.9, {"gradcam": 0.8})
         assert (bar.n, bar.total) == (4, 5)

@@ -10,6 +10,7 @@ table row with statistics computed here from the database rows, and open the pag
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -371,3 +372,74 @@ def test_page_in_headless_chromium(sqlite_report: Built, tmp_path: Path) -> None
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
     if os.environ.get("FOCUS_REPORT_SCREENSHOT"):  # keep it for a human to look at
         shutil.copy(shot, os.environ["FOCUS_REPORT_SCREENSHOT"])
+
+
+_LAYOUT_CHECK = """<script>
+window.addEventListener("load", function () {
+  var out = [];
+  document.querySelectorAll(".table-wrap").forEach(function (wrap) {
+    var t = wrap.querySelector("table"), closed = t.closest("details") && !t.closest("details").open;
+    if (closed) return;
+    var cut = [];
+    t.querySelectorAll("td, th").forEach(function (c) {
+      if (c.scrollWidth > c.clientWidth + 1) cut.push(c.textContent);
+    });
+    out.push({table: t.id, container: wrap.clientWidth, width: t.scrollWidth,
+              scroll: wrap.scrollWidth > wrap.clientWidth + 1, cut: cut});
+  });
+  var pre = document.createElement("pre");
+  pre.id = "layout-check";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+@pytest.mark.server  # starts a browser
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_main_tables_fit_the_window(sqlite_report: Built, tmp_path: Path, width: int) -> None:
+    """No cell wider than its table's container, no horizontal scroll on the main tables, at 1280 and 1920 px.
+
+    Before: at 1280 px the summary table (about 1280 px of nowrap cells) scrolled sideways inside its container.
+    """
+    chromium = _chromium()
+    index = sqlite_report.index
+    probe = index.with_name(f"layout-{width}.html")
+    probe.write_text(index.read_text(encoding="utf-8").replace("</body>", _LAYOUT_CHECK + "\n</body>"),
+                     encoding="utf-8")
+    done = _run_chromium(chromium, tmp_path / "profile", f"--window-size={width},2400", "--dump-dom", probe.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r'<pre id="layout-check">(.*?)</pre>', done.stdout, flags=re.S)
+    assert found, f"the probe script did not run; stderr: {done.stderr[-2000:]}"
+    tables = {t["table"]: t for t in json.loads(html.unescape(found.group(1)))}
+    assert {"summary-table", "paired-table"} <= set(tables)
+    for name in ("summary-table", "paired-table"):
+        table = tables[name]
+        assert not table["scroll"] and table["width"] <= table["container"], table
+    assert all(not t["cut"] for t in tables.values()), {k: t["cut"] for k, t in tables.items() if t["cut"]}
+    shot = tmp_path / "report.png"
+    done = _run_chromium(chromium, tmp_path / "profile-shot", f"--screenshot={shot}", f"--window-size={width},2400",
+                         index.as_uri())
+    assert done.returncode == 0 and shot.stat().st_size > 50_000, done.stderr[-2000:]
+
+
+def test_audits_have_their_own_section(record: Record, tmp_path: Path) -> None:
+    """Before: the summary and paired tables repeated a cell once per audit re-evaluation."""
+    from flows.report import build_report
+
+    url = f"sqlite:///{tmp_path / 'focus.db'}"
+    db.upgrade(url)
+    ids = write_record(url, record, audits=True)
+    try:
+        page_ = parse_page(build_report(tmp_path / "report", database_url=url).read_text(encoding="utf-8"))
+    finally:
+        store.dispose_engines()
+    assert page_.sections.index("audits") == page_.sections.index("paired") + 1
+    audit_rows = page_.tables["audit-table"]
+    assert len(audit_rows) == len(ids["audits"]) == 2
+    assert [r["attrs"]["audit-run-id"] for r in audit_rows] == [str(i) for i in ids["audits"]]
+    cells = [tuple(r["attrs"][k] for k in ("checkpoint-id", "method", "mosaic-set-id", "randomization", "stage"))
+             for r in page_.tables["summary-table"]]
+    assert len(cells) == len(set(cells)), "one row per checkpoint x method x mosaic set x randomization"
+    latest = str(ids["audits"][-1])  # the cell the audits re-measured shows its latest evaluation
+    assert latest in {r["attrs"]["audit-run-id"] for r in page_.tables["summary-table"]}

@@ -1,0 +1,172 @@
+"""The human summaries of the commands that run a flow: train, evaluate, randomize, sweep and audit.
+
+Each one is registered with :func:`flows.cli.summary.register` and reads the few rows it shows
+from the store: medians with ``n``, the undefined share and the interval, where the results are,
+and what to run next. One screen each (``focus evaluate`` of one method: about ten lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any
+
+from flows.cli import params as opts
+from flows.cli.summary import evaluation_ids, evaluation_table, register, store_line
+
+__all__ = ["audit_summary", "evaluate_summary", "randomize_summary", "sweep_summary", "train_summary"]
+
+#: The line under every Focus table: how to read it.
+CHANCE = "(about 0.5 is chance, 1 is perfect; the interval: 95% bootstrap of the median)"
+#: At most this many epochs in the train summary (the first, then the last ones).
+EPOCH_ROWS = 12
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from flows import store
+
+    return store.engine_for(opts.database_url(args))
+
+
+def _database_flag(args: argparse.Namespace) -> str:
+    """`` --database-url URL`` for the next commands; nothing when the URL carries a secret (never printed)."""
+    url = getattr(args, "database_url", None)
+    if not url or opts.has_secret(url):
+        return ""
+    return f" --database-url {shlex.quote(url)}"
+
+
+def _ids_flags(ids: list[int]) -> str:
+    return " ".join(f"--evaluation {i}" for i in ids)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    from flows.jsonsafe import number
+
+    value = number(value)
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+@register("train")
+def train_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]:
+    """The epochs (loss, accuracy, median Focus), the correlation, the final checkpoint and what to run next."""
+    from rich.table import Table
+
+    epochs = result.get("epochs") or []
+    run_now = result.get("epochs_run") or []
+    shown = epochs if len(epochs) <= EPOCH_ROWS else epochs[:1] + epochs[-(EPOCH_ROWS - 1):]
+    done = (f"epochs {run_now[0]}-{run_now[-1]} trained now" if run_now
+            else "every epoch was recorded (nothing retrained)")
+    title = f"Training run {result['training_run_id']}: {done}"
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("epoch", "train loss", "val loss", "val accuracy", "median Focus"):
+        table.add_column(name, justify="right")
+    for row in shown:
+        table.add_row(str(row["epoch"]), _fmt(row.get("train_loss")), _fmt(row.get("val_loss")),
+                      _fmt(row.get("val_accuracy")), _fmt(row.get("focus_median")))
+    correlation = result.get("correlation") or {}
+    r = _fmt(correlation.get("r"))
+    lines: list[Any] = [title, table]
+    if r:
+        lines.append(f"Pearson r(median Focus, val accuracy) = {r} over {correlation.get('n')} epochs "
+                     f"(p {_fmt(correlation.get('p_value'))})")
+    weights = result["final_weights"]
+    same = result.get("same_weights_as")
+    if same:
+        lines.append(f"Note: these weights are byte-identical to training run {same['training_run_id']} "
+                     f"({same['training_run_name']}) epoch {same['epoch']}; the store keeps one checkpoint, named "
+                     "after that run (same recipe and seed give the same weights: change --seed for another model).")
+    lines += [
+        f"Final checkpoint {result['final_checkpoint_id']} (sha256 {str(result['final_sha256'])[:12]}): {weights}",
+        store_line(opts.database_url(args)),
+        f"Next: focus evaluate --weights {shlex.quote(weights)}{_database_flag(args)}",
+        f"      focus results epochs --training-run {result['training_run_id']}{_database_flag(args)}",
+    ]
+    return lines
+
+
+@register("evaluate")
+def evaluate_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]:
+    """One row per method: n, undefined share, median Focus and its interval; where they are; what next."""
+    ids = evaluation_ids(result)
+    rows_now = sum(int(e.get("rows_written") or 0) for e in result.get("evaluations", []))
+    title = (f"Focus of checkpoint {result['checkpoint_id']} ({str(result['checkpoint_sha256'])[:12]}) on "
+             f"{result['num_mosaics']} mosaics (mosaic set {result['mosaic_set_id']}), "
+             f"{rows_now} results computed now:")
+    unfinished = [e for e in result.get("evaluations", []) if e.get("status") != "finished"]
+    lines: list[Any] = [title, evaluation_table(_engine(args), ids), CHANCE]
+    if unfinished:
+        lines.append(f"{len(unfinished)} evaluation(s) not finished: run the same command again to finish them.")
+    lines += [
+        store_line(opts.database_url(args)),
+        f"Next: focus results compare --mosaic-set {result['mosaic_set_id']}{_database_flag(args)}",
+        f"      focus report{_database_flag(args)}   (figures and paired tests)",
+    ]
+    return lines
+
+
+@register("randomize")
+def randomize_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]:
+    """Every stage's median Focus with its interval: a faithful method falls to about 0.5."""
+    ids = evaluation_ids(result)
+    title = (f"Randomization test of checkpoint {result['checkpoint_id']} on mosaic set {result['mosaic_set_id']}: "
+             "a faithful method falls to about 0.5:")
+    return [
+        title,
+        evaluation_table(_engine(args), ids),
+        CHANCE,
+        store_line(opts.database_url(args)),
+        f"Next: focus results compare --mosaic-set {result['mosaic_set_id']} --randomization cascading"
+        f"{_database_flag(args)}",
+        f"      focus report{_database_flag(args)}   (the cascading figure)",
+    ]
+
+
+@register("sweep")
+def sweep_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]:
+    """Every cell of the grid: checkpoint, method, n, undefined share, median and interval."""
+    ids = evaluation_ids(result)
+    title = f"Sweep of {len(result.get('cells', []))} cell(s), checkpoint x method:"
+    return [
+        title,
+        evaluation_table(_engine(args), ids),
+        CHANCE,
+        store_line(opts.database_url(args)),
+        f"Next: focus results evaluations {_ids_flags(ids[:4])}{' ...' if len(ids) > 4 else ''}"
+        f"{_database_flag(args)}",
+        f"      focus report{_database_flag(args)}",
+    ]
+
+
+@register("audit")
+def audit_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]:
+    """Each audited checkpoint x method: median now, before, the change, the paired test and the verdict."""
+    from rich.table import Table
+
+    results = result.get("results") or []
+    regressions = result.get("regressions") or []
+    count = len(regressions) if isinstance(regressions, list) else int(regressions)
+    title = f"Audit run {result['audit_run_id']}: {len(results)} checkpoint x method result(s), {count} regression(s)"
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name, justify in (("checkpoint", "left"), ("method", "left"), ("median Focus", "right"),
+                          ("compared with", "left"), ("previous", "right"), ("change", "right"), ("p", "right"),
+                          ("verdict", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in results:
+        verdict = "REGRESSED" if row.get("regressed") else ("first audit" if row.get("previous_evaluation_id") is None
+                                                          else "ok")
+        if row.get("mosaic_set_changed"):
+            verdict = "new mosaic set"
+        table.add_row(str(row.get("checkpoint_name") or row["checkpoint"]), str(row["method"]),
+                      _fmt(row.get("median_focus")), str(row.get("compared_with_name") or ""),
+                      _fmt(row.get("previous_median_focus")), _fmt(row.get("median_change")),
+                      _fmt(row.get("p_value")), verdict)
+    nothing = ("No lineage or checkpoint is marked for auditing "
+               "(`focus train --audit`, `focus checkpoint register --audit`).")
+    lines: list[Any] = [title, table] if results else [nothing]
+    lines += [
+        store_line(opts.database_url(args)),
+        f"Next: focus results regressions{_database_flag(args)}",
+        f"      focus report{_database_flag(args)}",
+    ]
+    return lines

@@ -1,0 +1,119 @@
+"""``focus results`` as text: the columns that matter first, fitted to 100 columns, integers as integers, blanks.
+
+Each table has an order of importance (:data:`COLUMNS`); the text format shows them under short headers
+and leaves out the least important ones that would not fit in ``width`` characters (a note on stderr
+names them). ``--wide`` shows every column at full length; ``--columns a,b`` picks columns by their
+store names in every format. Whole numbers (ids, ``n``, a cascading ``stage``) stay integers, missing
+values are blank, other numbers have three decimals.
+
+Examples
+--------
+>>> import pandas as pd
+>>> frame = pd.DataFrame({"evaluation_id": [1, 2], "method": ["gradcam", "lrp"], "stage": [None, 2.0],
+...                       "median_focus": [0.91234, float("nan")]})
+>>> print(render(integers(frame), "evaluations").text)
+id  method   stage  median
+ 1  gradcam          0.912
+ 2  lrp          2
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["COLUMNS", "HEADERS", "Rendered", "integers", "render", "select"]
+
+#: The columns of each table, most important first (the rest of a table's columns follow in store order).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "evaluations": ("evaluation_id", "method", "randomization", "stage", "n", "n_defined", "median_focus",
+                    "q1_focus", "q3_focus", "mosaic_accuracy", "status", "checkpoint_id", "checkpoint_label",
+                    "architecture", "mosaic_set_id", "audit_run_id"),
+    "compare": ("evaluation_id", "checkpoint_id", "method", "n", "n_defined", "median_focus", "q1_focus",
+                "q3_focus", "mosaic_accuracy", "status", "checkpoint_label", "architecture", "audit_run_id"),
+    "epochs": ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy",
+               "focus_median", "focus_mean", "seconds", "training_run_id", "training_run_name"),
+    "regressions": ("audit_run_id", "checkpoint_id", "method_name", "median_focus", "previous_median_focus",
+                    "median_change", "p_value", "n_paired", "checkpoint_label", "audit_started_at"),
+    "checkpoints": ("checkpoint_id", "label", "architecture", "training_run_id", "epoch", "sha256", "path"),
+}
+#: Short headers of the text format (the store's names elsewhere).
+HEADERS = {
+    "evaluation_id": "id", "checkpoint_id": "checkpoint", "checkpoint_label": "label", "architecture": "arch",
+    "randomization": "randomized", "n_defined": "defined", "median_focus": "median", "q1_focus": "q1",
+    "q3_focus": "q3", "mosaic_accuracy": "accuracy", "mosaic_set_id": "mosaic set", "audit_run_id": "audit",
+    "train_loss": "train loss", "train_accuracy": "train acc", "val_loss": "val loss", "val_accuracy": "val acc",
+    "val_mean_class_accuracy": "val class acc", "focus_median": "Focus median", "focus_mean": "Focus mean",
+    "training_run_id": "run", "training_run_name": "run name", "method_name": "method",
+    "previous_median_focus": "previous", "median_change": "change", "p_value": "p", "n_paired": "paired",
+    "audit_started_at": "started",
+}
+#: Whole-number columns: shown without decimals even when a missing value made pandas store them as floats.
+INTEGER_COLUMNS = frozenset({"stage", "seed", "n", "n_defined", "n_paired", "epoch", "num_classes", "in_channels"})
+#: Text cells longer than this are cut (``--wide`` shows them whole).
+MAX_CELL = 40
+
+
+@dataclass
+class Rendered:
+    text: str
+    left_out: list[str] = field(default_factory=list)
+
+
+def integers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Ids, counts and stages as nullable integers (pandas made them floats or objects around a missing value)."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if column in INTEGER_COLUMNS or column.endswith("_id"):
+            values = pd.to_numeric(frame[column], errors="coerce")
+            if frame[column].notna().sum() == values.notna().sum() and (values.dropna() % 1 == 0).all():
+                frame[column] = values.astype("Int64")
+    return frame
+
+
+def select(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The ``--columns`` of ``frame`` in that order; an unknown name raises ``ValueError`` listing the known ones."""
+    unknown = [c for c in columns if c not in frame.columns]
+    if unknown:
+        raise ValueError(f"no column {', '.join(map(repr, unknown))}: choose from {', '.join(frame.columns)}")
+    return frame[columns]
+
+
+def _cell(value: Any, wide: bool) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, pd.Timestamp):
+        return value.strftime("%Y-%m-%d %H:%M")
+    text = str(value)
+    return text if wide or len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
+def _ordered(frame: pd.DataFrame, table: str) -> list[str]:
+    first = [c for c in COLUMNS.get(table, ()) if c in frame.columns]
+    return first + [c for c in frame.columns if c not in first]
+
+
+def render(frame: pd.DataFrame, table: str, width: int | None = 100, wide: bool = False,
+           chosen: bool = False) -> Rendered:
+    """The text table; without ``wide`` or ``chosen`` columns the least important ones are left out to fit ``width``."""
+    columns = list(frame.columns) if chosen else _ordered(frame, table)
+    numeric = {c for c in columns if pd.api.types.is_numeric_dtype(frame[c].dtype)}
+    cells = {c: [_cell(v, wide) for v in frame[c].tolist()] for c in columns}
+    headers = {c: c if wide or chosen else HEADERS.get(c, c) for c in columns}
+    widths = {c: max([len(headers[c])] + [len(v) for v in cells[c]]) for c in columns}
+    shown = list(columns)
+    if not (wide or chosen) and width:
+        while len(shown) > 1 and sum(widths[c] for c in shown) + 2 * (len(shown) - 1) > width:
+            shown.pop()
+    left_out = [c for c in columns if c not in shown]
+
+    def line(values: dict[str, str]) -> str:
+        return "  ".join(values[c].rjust(widths[c]) if c in numeric else values[c].ljust(widths[c])
+                         for c in shown).rstrip()
+
+    rows = [line(headers)] + [line({c: cells[c][i] for c in shown}) for i in range(len(frame))]
+    return Rendered("\n".join(rows), left_out)

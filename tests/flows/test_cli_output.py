@@ -1,0 +1,225 @@
+"""What a person sees at the end of a flow command: a short summary, or JSON alone; progress off a terminal; names.
+
+Before: every flow command printed Prefect's log lines and then 50-170 lines of JSON, parent flow runs had
+random names, a fresh SQLite file started Prefect and then failed with "run `focus db upgrade`", and nothing
+showed progress when stderr was a pipe.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from flows import cli, local_api
+from flows.cli.console import Bar
+
+PREFECT_LINE = ("Finished in state", "Created task run", "Beginning flow run")
+
+
+def _run(capfd: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def test_evaluate_prints_one_screen_and_json_on_request(prefect_api, capfd: pytest.CaptureFixture, tmp_path: Path,
+                                                         digits_weights: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("FOCUS_DATABASE_URL", raising=False)
+    url = f"sqlite:///{tmp_path / 'new.db'}"  # does not exist yet: created without asking
+    common = ["evaluate", "--weights", digits_weights, "--per-class", "2", "--method", "gradcam",
+              "--method", "random", "--database-url", url]
+    code, out, err = _run(capfd, *common)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) <= 40, out
+    assert "{" not in out and "evaluation_id" not in out  # no JSON
+    header = next(line for line in lines if line.startswith("method"))
+    for column in ("n", "undefined", "median Focus", "95% interval"):
+        assert column in header
+    gradcam = next(line for line in lines if line.startswith("gradcam")).split()
+    assert gradcam[1] == "20" and gradcam[2].endswith("%") and "-" in gradcam[4]
+    assert any(line.startswith(f"Results: {tmp_path / 'new.db'}") for line in lines)
+    assert any(line.startswith("Next: focus results compare --mosaic-set") for line in lines)
+    assert all(len(line) <= 100 for line in lines if not line.startswith(("Next", "   ", "Results"))), out
+    assert not any(marker in err for marker in PREFECT_LINE), err
+    assert "created the schema" in err
+
+    code, out, err = _run(capfd, *common, "--format", "json")
+    assert code == 0, err
+    result = json.loads(out)  # JSON alone on stdout
+    assert [e["method"] for e in result["evaluations"]] == ["gradcam", "random"]
+
+    code, out, err = _run(capfd, *common, "--verbose", "--format", "json")
+    assert code == 0 and json.loads(out)["num_mosaics"] == 20
+    assert any(marker in err for marker in PREFECT_LINE), err
+
+
+def test_flow_runs_are_named_after_what_they_do(prefect_api, capfd: pytest.CaptureFixture, sqlite_url: str,
+                                                digits_weights: str):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    code, _, err = _run(capfd, "randomize", "--weights", digits_weights, "--per-class", "1", "--kind", "full",
+                        "--method", "gradcam", "--database-url", sqlite_url)
+    assert code == 0, err
+
+    async def names() -> list[str]:
+        async with get_client() as client:
+            return [run.name for run in await client.read_flow_runs(limit=50)]
+
+    found = asyncio.run(names())
+    assert "randomize digits_cnn gradcam full" in found, found
+    assert "evaluate digits_cnn gradcam full" in found, found
+    assert "evaluate digits_cnn gradcam" in found, found
+
+
+def test_a_store_behind_head_fails_before_prefect(capfd: pytest.CaptureFixture, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    """An existing SQLite store at an old revision is never migrated silently, and Prefect never starts."""
+    import db
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    db.upgrade(url, "0001")
+    code, out, err = _run(capfd, "train", "--epochs", "1", "--database-url", url,
+                          "--checkpoint-dir", str(tmp_path / "ck"))
+    assert code == 2 and out == "", err
+    assert "focus db upgrade" in err and "running flow" not in err
+    assert local_api.current_url() is None and db.current(url) == "0001"
+
+
+@pytest.mark.server
+def test_an_empty_postgresql_database_is_never_created_silently(capfd: pytest.CaptureFixture, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    import db
+    from tests import postgres
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    url = postgres.create_database("focus_fresh")
+    try:
+        code, _, err = _run(capfd, "train", "--epochs", "1", "--database-url", url,
+                            "--checkpoint-dir", str(tmp_path / "ck"))
+        assert code == 2 and "focus db upgrade" in err and "running flow" not in err, err
+        assert db.current(url) is None
+    finally:
+        from flows import store
+
+        store.dispose_engines()
+        postgres.drop_database(url)
+
+
+def test_create_if_fresh_touches_only_a_fresh_sqlite_file(tmp_path: Path):
+    import db
+    from db.migrate import create_if_fresh
+
+    fresh, empty = tmp_path / "fresh.db", tmp_path / "empty.db"
+    empty.touch()
+    assert create_if_fresh(f"sqlite:///{fresh}") == db.head() and fresh.stat().st_size > 0
+    assert create_if_fresh(f"sqlite:///{empty}") == db.head()
+    assert create_if_fresh(f"sqlite:///{fresh}") is None  # now holds the schema: left alone
+    old = tmp_path / "old.db"
+    db.upgrade(f"sqlite:///{old}", "0001")
+    assert create_if_fresh(f"sqlite:///{old}") is None and db.current(f"sqlite:///{old}") == "0001"
+
+
+def test_plain_progress_lines_off_a_terminal():
+    stream = io.StringIO()
+    bar = Bar("epochs", 3, stream, "focus demo:", every=0.05).start()
+    bar.update(2)
+    time.sleep(0.3)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) >= 2 and lines[-1].startswith("focus demo: epochs: 2/3 (")
+
+
+
+@pytest.fixture(scope="module")
+def recorded_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import db
+    from tests.recorded_store import build_record, write_record
+
+    folder = tmp_path_factory.mktemp("results-store")
+    url = f"sqlite:///{folder / 'focus.db'}"
+    db.upgrade(url)
+    write_record(url, build_record(folder), audits=True)
+    return url
+
+
+def test_results_fit_100_columns_with_integers_and_blanks(recorded_url: str, capfd: pytest.CaptureFixture):
+    """Before: 21 columns, about 290 characters, ``stage`` as NaN / 0.0, ``None`` in compare."""
+    code, out, err = _run(capfd, "results", "--database-url", recorded_url)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["id", "method", "randomized", "stage"]
+    assert max(map(len, lines)) <= 100 and "--wide" in err
+    assert not any(word in out for word in ("NaN", "nan", "None", "<NA>"))
+    cascading = [line.split() for line in lines if " cascading " in line]
+    assert cascading and all(row[3].isdigit() for row in cascading), cascading  # stage 2, not 2.0
+    trained = next(line.split() for line in lines if " none " in line)
+    assert trained[3].isdigit() and not trained[3] == "0"  # no stage: blank, so n follows
+
+    code, wide, _ = _run(capfd, "results", "--wide", "--database-url", recorded_url)
+    assert code == 0 and max(map(len, wide.splitlines())) > 100 and "min_focus" in wide.splitlines()[0]
+    code, picked, _ = _run(capfd, "results", "--columns", "method,stage", "--format", "csv",
+                           "--database-url", recorded_url)
+    assert code == 0 and picked.splitlines()[0] == "method,stage" and ",2.0" not in picked
+    code, _, err = _run(capfd, "results", "--columns", "nope", "--database-url", recorded_url)
+    assert code == 2 and "median_focus" in err
+
+    code, out, err = _run(capfd, "results", "compare", "--mosaic-set", "1", "--database-url", recorded_url)
+    assert code == 0 and "None" not in out and max(map(len, out.splitlines())) <= 100, out
+
+
+def test_results_epochs_needs_no_id(recorded_url: str, capfd: pytest.CaptureFixture):
+    """Before: ``--training-run ID`` was required, "the id `focus train` printed", which the demo never prints."""
+    code, latest, err = _run(capfd, "results", "epochs", "--database-url", recorded_url)
+    assert code == 0 and "latest training run" in err, err
+    code, named, _ = _run(capfd, "results", "epochs", "--training-run", "demo-digits", "--database-url", recorded_url)
+    assert code == 0 and named == latest and len(latest.splitlines()) == 4
+    code, _, err = _run(capfd, "results", "epochs", "--training-run", "nosuch", "--database-url", recorded_url)
+    assert code == 2 and "No training run named 'nosuch'" in err
+
+
+def test_an_empty_regressions_table_says_whether_audits_ran(sqlite_url: str, capfd: pytest.CaptureFixture):
+    """Before: "(no regressions recorded yet)" even after two audits that found none."""
+    import db
+    from flows import store
+
+    code, out, _ = _run(capfd, "results", "regressions", "--database-url", sqlite_url)
+    assert code == 0 and "no audit has run yet" in out
+    engine = store.engine_for(sqlite_url)
+    for name in ("nightly-1", "nightly-2"):
+        db.finish_audit_run(engine, db.start_audit_run(engine, name=name, threshold=0.05))
+    code, out, _ = _run(capfd, "results", "regressions", "--database-url", sqlite_url)
+    assert code == 0 and "2 finished audit run(s) found no median Focus that fell" in out, out
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train", "audit", "demo"])
+def test_method_help_lists_the_registry(command: str, capsys: pytest.CaptureFixture):
+    from focus_core.explainers import available_explainers
+
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    listed = ", ".join(available_explainers())
+    assert "lrp_fast" in listed and listed in text
+
+
+@pytest.mark.training
+def test_two_runs_with_the_same_weights_are_told_apart(prefect_api, capfd: pytest.CaptureFixture, sqlite_url: str,
+                                                       tmp_path: Path):
+    """Before: `focus train --name digits` with the demo's seed silently became "demo-digits epoch N"."""
+    common = ["--epochs", "1", "--focus-per-class", "1", "--tile-size", "16", "--checkpoint-dir", str(tmp_path),
+              "--database-url", sqlite_url]
+    code, out, err = _run(capfd, "train", "--name", "first", *common, "--format", "json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["same_weights_as"] is None
+    code, out, err = _run(capfd, "train", "--name", "second", *common)
+    assert code == 0, err
+    assert f"byte-identical to training run {first['training_run_id']} (first) epoch 1" in out, out

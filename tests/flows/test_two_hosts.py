@@ -17,6 +17,8 @@ server, and two process workers, ``host-a`` and ``host-b``, each with its own ch
    ``previous_checkpoint``, read back from the server's events API.
 6. ``nightly`` on host B with nothing new: no second regressed event.
 
+Every run completes on the worker of its queue, and no worker's or the server's log shows the S3 secret.
+
 Each step's duration and the event's payload are printed (``pytest -s``).
 """
 
@@ -44,9 +46,9 @@ except ImportError:  # pragma: no cover - tests/ imported as a package
         PREFECT, PROJECT_ROOT, PrefectServer, postgres_url, prefect_server, start_process,
     )
 
-from tests.s3 import S3Server
+from tests.s3 import SECRET_KEY, S3Server
 
-pytestmark = [pytest.mark.server, pytest.mark.training, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.server, pytest.mark.training, pytest.mark.timeout(900)]
 
 FOCUS = str(Path(sys.executable).with_name("focus"))
 LINEAGE = "digits-prod"
@@ -331,4 +333,8 @@ def test_a_worse_model_registered_on_one_host_regresses_in_an_audit_on_the_other
     assert [e.payload["regressions"] for e in completed] == [0, 1, 0], [e.payload for e in completed]
     assert len(_events(prefect_server, REGRESSED, since)) == 1
 
+    # the object store's secret reached the workers through their environment only: no log shows it
+    for name, _, log_path in prefect_server.workers:
+        assert SECRET_KEY not in log_path.read_text(errors="replace"), name
+    assert SECRET_KEY not in prefect_server.log_path.read_text(errors="replace")
     print("[two hosts] timings: " + json.dumps({label: round(s, 1) for label, s in steps.timings}))

@@ -8,7 +8,7 @@ Examples
 --------
 >>> import db
 >>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
-'0002'
+'0004'
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
@@ -24,6 +24,7 @@ from db import (
     report_reads,
     results,
     runs,
+    summaries,
     types,
 )
 from db.engine import DEFAULT_URL, ENV_VAR, Engine, database_url, mask_url
@@ -79,6 +80,7 @@ __all__ = [
     "leases",
     "results",
     "runs",
+    "summaries",
     # engine and migrations
     "Engine",
     "Store",

@@ -9,6 +9,9 @@ its rows (an upsert). Two paths, chosen by one indexed query per chunk:
 - retry: the chunk is staged in a temporary table and merged with ``INSERT ... SELECT ... ON
   CONFLICT DO UPDATE``, which keeps only mosaics of the evaluation's set.
 
+Rows written into an evaluation that already has a stored summary (``db.summaries``) store it
+again in the same transaction, so a stored summary always describes the rows stored.
+
 A writer that loses a race for the same chunk (its COPY meets the other's rows) falls back to
 the retry path, so concurrent retries of one chunk still leave one row per mosaic.
 
@@ -29,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db.errors import StoreError
 from db.pg_copy import copy_into
+from db.summaries import store_summary
 from db.transactions import Store, error_reason, transaction
 
 __all__ = ["write_mosaic_results", "finished_mosaic_ids"]
@@ -43,12 +47,14 @@ _STAGE_COLUMNS = (
     "mosaic_id integer, " + ", ".join(f"{c} double precision" for c in _VALUES[:-1]) + ", predicted_class integer"
 )
 
-# One indexed query: the evaluation's mosaic set and, unless the evaluation already has a row
+# One indexed query: the evaluation's mosaic set, whether it has a stored summary, and, unless the evaluation already has a row
 # with an id in [lo, hi] (then -1), how many mosaics of the set have an id in that range. The
 # set test sits in the SUM, not the WHERE, so both databases scan the primary-key range (with it
 # in the WHERE, SQLite walks every mosaic of the set through the (mosaic_set_id, position) index).
 _PLAN_SQL = text(
-    "SELECT e.mosaic_set_id, CASE WHEN EXISTS (SELECT 1 FROM mosaic_result r "
+    "SELECT e.mosaic_set_id, "
+    "CASE WHEN EXISTS (SELECT 1 FROM evaluation_stats st WHERE st.evaluation_id = e.id) THEN 1 ELSE 0 END, "
+    "CASE WHEN EXISTS (SELECT 1 FROM mosaic_result r "
     "WHERE r.evaluation_id = e.id AND r.mosaic_id BETWEEN :lo AND :hi) THEN -1 ELSE "
     "(SELECT COALESCE(SUM(CASE WHEN m.mosaic_set_id = e.mosaic_set_id THEN 1 ELSE 0 END), 0) "
     "FROM mosaic m WHERE m.id BETWEEN :lo AND :hi) END "
@@ -137,8 +143,9 @@ def _in_domain(values: np.ndarray, expected: str, low: float, high: float, part)
     return values
 
 
-def _plan(connection: Connection, evaluation_id: int, chunk: _Chunk) -> tuple[int, bool]:
-    """The evaluation's mosaic set id, and whether the chunk may go in with a plain insert.
+def _plan(connection: Connection, evaluation_id: int, chunk: _Chunk) -> tuple[int, bool, bool]:
+    """The evaluation's mosaic set id, whether it has a stored summary, and whether the chunk may go in
+    with a plain insert.
 
     A plain insert is safe when no row of the evaluation has an id in the chunk's range and
     every id in that range is a mosaic of the set (so every id of the chunk is). The range is
@@ -152,8 +159,8 @@ def _plan(connection: Connection, evaluation_id: int, chunk: _Chunk) -> tuple[in
     row = connection.execute(_PLAN_SQL, params).one_or_none()
     if row is None:
         raise StoreError(f"No evaluation with id {evaluation_id}; create it with get_or_create_evaluation.")
-    set_id, members = row
-    return set_id, hi >= lo and members == span
+    set_id, summarized, members = row
+    return set_id, bool(summarized), hi >= lo and members == span
 
 
 def _insert(connection: Connection, evaluation_id: int, chunk: _Chunk) -> None:
@@ -185,18 +192,20 @@ def _upsert(connection: Connection, evaluation_id: int, set_id: int, chunk: _Chu
 
 
 def _write(connection: Connection, evaluation_id: int, chunk: _Chunk, *, plain_insert: bool) -> int:
-    set_id, fresh = _plan(connection, evaluation_id, chunk)
+    set_id, summarized, fresh = _plan(connection, evaluation_id, chunk)
     m = len(chunk.ids)
     if plain_insert and fresh:
         _insert(connection, evaluation_id, chunk)
-        return m
-    written = _upsert(connection, evaluation_id, set_id, chunk)
-    if written != m:
-        raise StoreError(
-            f"{m - written} of {m} mosaic ids are not in the mosaic set of evaluation "
-            f"{evaluation_id}; nothing of this chunk was written."
-        )
-    return written
+    else:
+        written = _upsert(connection, evaluation_id, set_id, chunk)
+        if written != m:
+            raise StoreError(
+                f"{m - written} of {m} mosaic ids are not in the mosaic set of evaluation "
+                f"{evaluation_id}; nothing of this chunk was written."
+            )
+    if summarized:  # rows of a closed evaluation changed: its stored summary follows them
+        store_summary(connection, evaluation_id)
+    return m
 
 
 def write_mosaic_results(

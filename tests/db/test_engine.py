@@ -17,8 +17,8 @@ NEWER_REVISION = '''"""A later schema, for the test of a database behind head.""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "9999"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -137,17 +137,17 @@ def test_empty_database_is_refused_with_the_upgrade_command(empty_url):
 
 
 def test_database_behind_head_is_refused(empty_url, tmp_path, monkeypatch):
-    db.upgrade(empty_url)  # at 0002
+    current = db.upgrade(empty_url)  # at head
     newer = tmp_path / "migrations"
     shutil.copytree(db.migrate.MIGRATIONS_DIR, newer, ignore=shutil.ignore_patterns("__pycache__"))
-    (newer / "versions" / "0003_note.py").write_text(NEWER_REVISION)
-    monkeypatch.setattr(db.migrate, "MIGRATIONS_DIR", newer)  # this code now knows 0003
-    assert db.head() == "0003"
-    with pytest.raises(db.StoreError, match=r"at revision 0002, behind .* 0003; run `focus db upgrade`") as info:
+    (newer / "versions" / "9999_note.py").write_text(NEWER_REVISION.replace("{head}", current))
+    monkeypatch.setattr(db.migrate, "MIGRATIONS_DIR", newer)  # this code now knows 9999
+    assert db.head() == "9999"
+    with pytest.raises(db.StoreError, match=rf"at revision {current}, behind .* 9999; run `focus db upgrade`") as info:
         db.open_store(empty_url)
     assert "\n" not in str(info.value)
-    assert db.current(empty_url) == "0002"  # nothing upgraded silently
-    assert db.upgrade(empty_url) == "0003"
+    assert db.current(empty_url) == current  # nothing upgraded silently
+    assert db.upgrade(empty_url) == "9999"
     db.open_store(empty_url).dispose()
 
 

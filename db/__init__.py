@@ -46,6 +46,7 @@ from db.mosaic_sets import MosaicTiles, RegisteredMosaicSet, mosaic_tiles, regis
 from db.queries import (
     checkpoint_history,
     checkpoints_to_audit,
+    class_summary,
     compare_methods,
     evaluation_results,
     evaluation_summary,
@@ -121,6 +122,7 @@ __all__ = [
     "finished_mosaic_ids",
     # queries
     "evaluation_summary",
+    "class_summary",
     "evaluation_results",
     "compare_methods",
     "training_curve",

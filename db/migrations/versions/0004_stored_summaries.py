@@ -61,12 +61,16 @@ def _previous_views(dialect: str) -> list[tuple[str, str]]:
 
 
 def _quantile(p_num: int, p_den: int, value: str, rn: str, cnt: str, alias: str) -> str:
-    """Linear-interpolation quantile p = p_num / p_den of ``value`` over rows ranked ``rn`` of ``cnt``."""
+    """Linear-interpolation quantile p = p_num / p_den of ``value`` over rows ranked ``rn`` of ``cnt``.
+
+    NULL when ``cnt`` is 0 (a group whose scores are all undefined has no quantile).
+    """
     pos = f"({p_num} * ({cnt} - 1))"
     return (
-        f"CAST(SUM(CASE WHEN {rn} = {pos} / {p_den} + 1 THEN {value} * (1 - ({pos} % {p_den}) / {p_den}.0) "
+        f"CAST(CASE WHEN MAX({cnt}) > 0 THEN SUM(CASE WHEN {rn} = {pos} / {p_den} + 1 "
+        f"THEN {value} * (1 - ({pos} % {p_den}) / {p_den}.0) "
         f"WHEN {rn} = {pos} / {p_den} + 2 THEN {value} * (({pos} % {p_den}) / {p_den}.0) "
-        f"ELSE 0 END) AS DOUBLE PRECISION) AS {alias}"
+        f"ELSE 0 END) END AS DOUBLE PRECISION) AS {alias}"
     )
 
 

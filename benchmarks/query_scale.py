@@ -217,8 +217,9 @@ def one_size(server: str, rows: int, mosaics: int, repeat: int) -> dict[str, Any
             filler = Filler(engine, mosaics)
             ids = filler.fill(rows)
             fill_s = time.perf_counter() - start
-            with engine.connect() as connection:
+            with engine.begin() as connection:  # committed: ANALYZE in a rolled-back transaction leaves no statistics
                 connection.exec_driver_sql("ANALYZE")
+            with engine.connect() as connection:
                 stored = connection.scalar(text("SELECT COUNT(*) FROM mosaic_result"))
                 size = connection.scalar(text("SELECT pg_total_relation_size('mosaic_result') + COALESCE((SELECT SUM("
                                               "pg_total_relation_size(relid)) FROM pg_partition_tree('mosaic_result')"

@@ -124,6 +124,9 @@ _EVALUATION_COLUMNS = (
     "e.seed, e.audit_run_id"
 )
 _UNSTORED = "NOT EXISTS (SELECT 1 FROM evaluation_stats st WHERE st.evaluation_id = e.id)"
+# Inside the LATERAL subquery the stored-row test is a one-time filter per evaluation, so an evaluation
+# with a stored summary never reads its rows, whatever join order the planner picks outside.
+_PER_EVALUATION = f"r.evaluation_id = e.id AND {_UNSTORED}"
 
 
 def _live_columns(alias: str, columns: tuple[str, ...]) -> str:
@@ -134,7 +137,7 @@ def _live_columns(alias: str, columns: tuple[str, ...]) -> str:
 def _summary_live(dialect: str) -> str:
     keys = (("r.evaluation_id", "evaluation_id"),)
     if dialect == "postgresql":
-        source = f"LEFT JOIN LATERAL ({_stats_select(keys, 'r.evaluation_id = e.id')}) l ON true"
+        source = f"LEFT JOIN LATERAL ({_stats_select(keys, _PER_EVALUATION)}) l ON true"
     else:
         pending = f"r.evaluation_id IN (SELECT e.id FROM evaluation e WHERE {_UNSTORED})"
         source = f"LEFT JOIN ({_stats_select(keys, pending)}) l ON l.evaluation_id = e.id"
@@ -147,7 +150,7 @@ def _summary_live(dialect: str) -> str:
 def _class_summary_live(dialect: str) -> str:
     keys = (("r.evaluation_id", "evaluation_id"), ("mo.target_class", "target_class"))
     if dialect == "postgresql":
-        source = f"CROSS JOIN LATERAL ({_stats_select(keys, 'r.evaluation_id = e.id', per_class=True)}) l"
+        source = f"CROSS JOIN LATERAL ({_stats_select(keys, _PER_EVALUATION, per_class=True)}) l"
     else:
         pending = f"r.evaluation_id IN (SELECT e.id FROM evaluation e WHERE {_UNSTORED})"
         source = f"JOIN ({_stats_select(keys, pending, per_class=True)}) l ON l.evaluation_id = e.id"

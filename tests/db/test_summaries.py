@@ -136,3 +136,18 @@ def test_stored_summaries_equal_the_old_view_on_the_recorded_store(backend, requ
         assert (new["status"] == "finished").sum() >= 10
     finally:
         engine.dispose()
+
+
+def test_a_closed_evaluation_run_again_shows_crashed_when_its_run_dies(engine, world, build_sums):
+    """The stored branch keeps revision 0002's status logic: a re-run past its lease reads 'crashed'."""
+    evaluation = db.get_or_create_evaluation(engine, world.checkpoint_id, world.method_ids["gradcam"],
+                                             world.mosaic_set_id)
+    focus = np.array([0.2, 0.4, 0.6, 0.8])
+    db.write_mosaic_results(engine, evaluation, world.mosaic_ids, build_sums(focus, world.masks), focus, [0] * 4)
+    db.finish_evaluation(engine, evaluation, status="failed")
+    db.start_evaluation(engine, evaluation, owner="run-2", lease_seconds=-60)  # its run died a minute ago
+    row = db.evaluation_summary(engine, [evaluation]).iloc[0]
+    assert (row["status"], row["n"], row["median_focus"]) == ("crashed", 4, pytest.approx(0.5))
+    db.start_evaluation(engine, evaluation, owner="run-3", lease_seconds=600)
+    assert db.evaluation_summary(engine, [evaluation])["status"].item() == "running"
+    compare_with_old_view(engine)

@@ -107,7 +107,8 @@ def _stored_summary(connection: Connection, evaluation_id: int) -> dict[str, Any
     if not store_summary(connection, evaluation_id):
         raise _missing(evaluation_id)
     row = connection.execute(
-        text("SELECT n, n_defined, median_focus, mean_focus FROM evaluation_stats WHERE evaluation_id = :evaluation_id"),
+        text("SELECT n, n_defined, median_focus, mean_focus FROM evaluation_stats "
+             "WHERE evaluation_id = :evaluation_id"),
         {"evaluation_id": evaluation_id},
     ).one()
     return {"n": row[0], "n_defined": row[1], "median": row[2], "mean": row[3]}

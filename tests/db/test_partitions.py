@@ -58,6 +58,10 @@ def test_each_thousand_evaluations_get_a_partition(pg_engine, build_world, build
     kept = db.evaluation_summary(pg_engine, [early, late])
     assert kept["n"].tolist() == [4, 4] and kept["median_focus"].tolist() == pytest.approx([0.7, 0.7])
     assert db.schema_diff(pg_engine) == []  # partitions are parts of mosaic_result, not tables of their own
+    # a re-run writing into a dropped range gets its partition back (and a summary of what it wrote)
+    assert db.write_mosaic_results(pg_engine, early, world.mosaic_ids[:2], sums[:2], [0.4, 0.5], [0, 0]) == 2
+    assert _partition_of(pg_engine, early) == {"mosaic_result_p000000"}
+    assert db.evaluation_summary(pg_engine, [early])["median_focus"].item() == pytest.approx(0.45)
 
 
 def test_migration_moves_the_rows_both_ways(pg_url, build_world, build_sums):

@@ -163,7 +163,8 @@ def _class_summary_live(dialect: str) -> str:
 def _summary(dialect: str) -> str:
     """Stored rows (a closed evaluation's status as a plain column, so a filter on it is estimated and indexed
     like one; only a running re-run needs the crashed test), then the live view."""
-    stored = f"{', '.join(f'st.{c}' for c in STAT_COLUMNS)}\nFROM evaluation e JOIN evaluation_stats st ON st.evaluation_id = e.id"
+    stored = (f"{', '.join(f'st.{c}' for c in STAT_COLUMNS)}\n"
+              "FROM evaluation e JOIN evaluation_stats st ON st.evaluation_id = e.id")
     return (
         f"CREATE VIEW evaluation_summary AS\nSELECT {_EVALUATION_COLUMNS}, e.status, {stored}\n"
         "WHERE e.status <> 'running'\nUNION ALL\n"

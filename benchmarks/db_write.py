@@ -10,7 +10,9 @@ over existing rows), and mosaics/s for registering the mosaic set:
 ``register_mosaic_set`` and ``write_mosaic_results``, such as the single-module version from
 ``git show 9f3686b:db/writes.py > /tmp/writes_9f3686b.py``) in the same process, alternating
 with the current one for ``--repeat`` rounds (the order flips every round), so that both see
-the same machine load; the load average is printed with every line.
+the same machine load; the load average is printed with every line. Each implementation writes
+into its own database, at ``--baseline-revision`` for the baseline (``0002``: the unpartitioned
+``mosaic_result`` without stored summaries) and at head for the current code.
 
 PostgreSQL: a temporary database on FOCUS_BENCH_POSTGRES_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/postgres), dropped afterwards. SQLite: a file in a
@@ -95,29 +97,33 @@ def _drop_postgresql(name: str) -> None:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _backend(name: str, implementations: dict[str, ModuleType], rows: int, chunk: int, repeat: int) -> None:
-    """Time every implementation on one fresh database, alternating them ``repeat`` times."""
+def _backend(name: str, implementations: dict[str, tuple[ModuleType, str]], rows: int, chunk: int,
+             repeat: int) -> None:
+    """Time every implementation, each on a fresh database at its revision, alternating them ``repeat`` times."""
     folder = tempfile.TemporaryDirectory()
-    if name == "postgresql":
-        url, database = _postgresql_url()
-    else:
-        url, database = f"sqlite:///{Path(folder.name) / 'bench.db'}", ""
+    engines: dict[str, Engine] = {}
+    databases = []
     try:
-        db.upgrade(url)
-        engine = db.open_store(url)
-        try:
-            for round_ in range(repeat):
-                order = list(implementations.items())
-                for label, writes in order if round_ % 2 == 0 else order[::-1]:  # neither always goes first
-                    result = _timed_writes(engine, writes, rows, chunk, np.random.default_rng(round_))
-                    print(f"{name:<10} {label:<8} insert {result['insert_rows_per_s']:>9,.0f} rows/s   "
-                          f"upsert (retry) {result['upsert_rows_per_s']:>9,.0f} rows/s   "
-                          f"register mosaics {result['mosaics_per_s']:>8,.0f} mosaics/s   "
-                          f"load {os.getloadavg()[0]:.2f}", flush=True)
-        finally:
-            engine.dispose()
+        for label, (_writes, revision) in implementations.items():
+            if name == "postgresql":
+                url, database = _postgresql_url()
+                databases.append(database)
+            else:
+                url = f"sqlite:///{Path(folder.name) / f'{label}.db'}"
+            db.upgrade(url, revision)
+            engines[label] = db.get_engine(url, check=False)
+        for round_ in range(repeat):
+            order = list(implementations.items())
+            for label, (writes, revision) in order if round_ % 2 == 0 else order[::-1]:  # neither always first
+                result = _timed_writes(engines[label], writes, rows, chunk, np.random.default_rng(round_))
+                print(f"{name:<10} {label:<8} rev {revision:<5} insert {result['insert_rows_per_s']:>9,.0f} rows/s   "
+                      f"upsert (retry) {result['upsert_rows_per_s']:>9,.0f} rows/s   "
+                      f"register mosaics {result['mosaics_per_s']:>8,.0f} mosaics/s   "
+                      f"load {os.getloadavg()[0]:.2f}", flush=True)
     finally:
-        if database:
+        for engine in engines.values():
+            engine.dispose()
+        for database in databases:
             _drop_postgresql(database)
         folder.cleanup()
 
@@ -128,11 +134,13 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=10_000, help="rows per write_mosaic_results call")
     parser.add_argument("--backend", choices=("postgresql", "sqlite", "both"), default="both")
     parser.add_argument("--baseline", metavar="FILE", help="another writes module to time in the same process")
+    parser.add_argument("--baseline-revision", default="head", metavar="REV",
+                        help="the schema revision the baseline writes into (e.g. 0002 for the unpartitioned table)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds per implementation (alternating)")
     args = parser.parse_args()
-    implementations: dict[str, ModuleType] = {"current": db}
+    implementations: dict[str, tuple[ModuleType, str]] = {"current": (db, "head")}
     if args.baseline:
-        implementations = {"baseline": _load(args.baseline), "current": db}
+        implementations = {"baseline": (_load(args.baseline), args.baseline_revision), "current": (db, "head")}
     print(f"rows={args.rows} chunk={args.chunk} load average={' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for name in ("postgresql", "sqlite"):
         if args.backend in (name, "both"):

@@ -8,7 +8,7 @@ Examples
 --------
 >>> import db
 >>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
-'0003'
+'0005'
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
@@ -25,6 +25,7 @@ from db import (
     report_reads,
     results,
     runs,
+    summaries,
     types,
 )
 from db.engine import DEFAULT_URL, ENV_VAR, Engine, database_url, mask_url
@@ -59,6 +60,7 @@ from db.queries import (
     checkpoint_history,
     checkpoint_origin,
     checkpoints_to_audit,
+    class_summary,
     compare_methods,
     evaluation_results,
     evaluation_summary,
@@ -98,6 +100,7 @@ __all__ = [
     "lineages",
     "results",
     "runs",
+    "summaries",
     # engine and migrations
     "Engine",
     "Store",
@@ -142,6 +145,7 @@ __all__ = [
     "finished_mosaic_ids",
     # queries
     "evaluation_summary",
+    "class_summary",
     "evaluation_results",
     "compare_methods",
     "training_curve",

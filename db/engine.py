@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 from typing import Any
@@ -151,7 +152,15 @@ def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    try:  # the summary views need SQRT, a math function some SQLite builds leave out
+        cursor.execute("SELECT sqrt(4.0)")
+    except sqlite3.OperationalError:
+        dbapi_connection.create_function("sqrt", 1, _sqrt, deterministic=True)
     cursor.close()
+
+
+def _sqrt(value: float | None) -> float | None:
+    return None if value is None or value < 0 else math.sqrt(value)
 
 
 def connect_error(url: URL, exc: BaseException) -> StoreError:

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from db.errors import StoreError
 from db.keys import evaluation_key
 from db.models import EVALUATION_STATUSES, RANDOMIZATIONS, Evaluation
+from db.summaries import store_summary
 from db.transactions import Store, error_reason, idempotent, transaction
 from db.types import optional_float, utcnow
 
@@ -102,13 +103,14 @@ def start_evaluation(
 
 
 def _stored_summary(connection: Connection, evaluation_id: int) -> dict[str, Any]:
+    """Store the summary of the rows written (``db.summaries``) and return its n, n_defined, median, mean."""
+    if not store_summary(connection, evaluation_id):
+        raise _missing(evaluation_id)
     row = connection.execute(
-        text("SELECT n, n_defined, median_focus, mean_focus FROM evaluation_summary "
+        text("SELECT n, n_defined, median_focus, mean_focus FROM evaluation_stats "
              "WHERE evaluation_id = :evaluation_id"),
         {"evaluation_id": evaluation_id},
-    ).one_or_none()
-    if row is None:
-        raise _missing(evaluation_id)
+    ).one()
     return {"n": row[0], "n_defined": row[1], "median": row[2], "mean": row[3]}
 
 
@@ -123,11 +125,15 @@ def finish_evaluation(
 ) -> dict[str, Any]:
     """Close an evaluation: status, finish time, seconds and summary columns.
 
+    Whatever the status, the statistics of the rows written are stored with it (``evaluation_stats``
+    and ``evaluation_class_stats``, see ``db.summaries``), in the same transaction; closing it again
+    (a re-run that completes it) stores them again.
+
     Parameters
     ----------
     summary
         ``n``, ``n_defined``, ``median``, ``mean`` (as from ``focus_core.stats.summarize``); ``None``
-        computes them in the database from the rows written (the ``evaluation_summary`` view).
+        takes them from the stored summary of the rows written.
 
     Returns
     -------
@@ -137,8 +143,9 @@ def finish_evaluation(
     if status not in EVALUATION_STATUSES:
         raise StoreError(f"Expected status to be one of {EVALUATION_STATUSES} but got {status!r}.")
     with transaction(store) as connection:
+        stored = _stored_summary(connection, evaluation_id)
         if summary is None:
-            summary = _stored_summary(connection, evaluation_id)
+            summary = stored
         values: dict[str, Any] = {
             "status": status,
             "finished_at": utcnow(),

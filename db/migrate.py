@@ -64,7 +64,7 @@ def head() -> str:
     Examples
     --------
     >>> head()
-    '0003'
+    '0005'
     """
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:  # pragma: no cover - guarded by a test
@@ -77,9 +77,31 @@ def _revision(connection: Connection) -> str | None:
     return context.get_current_revision()
 
 
+def _partitions(connection: Connection) -> frozenset[str]:
+    """The partitions of partitioned tables (PostgreSQL's ``mosaic_result_p...``): parts of a table, not tables."""
+    if connection.dialect.name != "postgresql":
+        return frozenset()
+    return frozenset(connection.exec_driver_sql("SELECT relname FROM pg_class WHERE relispartition").scalars())
+
+
+def _table_names(connection: Connection) -> set[str]:
+    """The tables of the database, without partitions and SQLite's own tables."""
+    names = set(inspect(connection).get_table_names()) - _partitions(connection)
+    return {n for n in names if not n.startswith("sqlite_")}
+
+
+def _compare_options(connection: Connection) -> dict:
+    """Alembic comparison options that leave partitions out (they follow their parent table)."""
+    partitions = _partitions(connection)
+
+    def include_name(name, type_, _parent) -> bool:
+        return not (type_ == "table" and name in partitions)
+
+    return {"version_table": VERSION_TABLE, "compare_type": True, "include_name": include_name}
+
+
 def _foreign_tables(connection: Connection) -> list[str]:
-    names = set(inspect(connection).get_table_names())
-    return sorted(n for n in names if n not in _OUR_TABLES and not n.startswith("sqlite_"))
+    return sorted(n for n in _table_names(connection) if n not in _OUR_TABLES)
 
 
 def _known(revision: str) -> bool:
@@ -94,8 +116,7 @@ def _classify(connection: Connection, url: URL) -> str | None:
     """Return the current revision, refusing foreign databases and unknown revisions."""
     revision = _revision(connection)
     if revision is None:
-        tables = set(inspect(connection).get_table_names()) - {VERSION_TABLE}
-        tables = {t for t in tables if not t.startswith("sqlite_")}
+        tables = _table_names(connection) - {VERSION_TABLE}
         foreign = sorted(tables - _OUR_TABLES)
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -122,7 +143,7 @@ def _lost_version_table(connection: Connection, url: URL) -> StoreError:
     """
     from alembic.autogenerate import compare_metadata
 
-    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE, "compare_type": True})
+    context = MigrationContext.configure(connection, opts=_compare_options(connection))
     where = f"The database at {mask_url(url)} holds focus-audit's tables but not their version table {VERSION_TABLE}"
     if compare_metadata(context, Base.metadata):
         return StoreError(
@@ -200,7 +221,7 @@ def upgrade(url: str | URL | Engine | None = None, revision: str = "head") -> st
     Examples
     --------
     >>> upgrade("sqlite://")
-    '0003'
+    '0005'
     """
     engine, owned = _engine(url)
     try:
@@ -270,9 +291,7 @@ def schema_diff(url: str | URL | Engine | None = None) -> list:
     engine, owned = _engine(url)
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(
-                connection, opts={"version_table": VERSION_TABLE, "compare_type": True}
-            )
+            context = MigrationContext.configure(connection, opts=_compare_options(connection))
             return compare_metadata(context, Base.metadata)
     finally:
         if owned:

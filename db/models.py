@@ -45,6 +45,8 @@ __all__ = [
     "AuditRun",
     "Evaluation",
     "MosaicResult",
+    "EvaluationStats",
+    "EvaluationClassStats",
     "ChunkLease",
     "SPLITS",
     "RANDOMIZATIONS",
@@ -291,14 +293,14 @@ class Evaluation(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     natural_key: Mapped[str] = mapped_column(String(64), unique=True)
-    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("model_checkpoint.id"))
-    method_id: Mapped[int] = mapped_column(ForeignKey("xai_method.id"))
-    mosaic_set_id: Mapped[int] = mapped_column(ForeignKey("mosaic_set.id"))
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("model_checkpoint.id"), index=True)
+    method_id: Mapped[int] = mapped_column(ForeignKey("xai_method.id"), index=True)
+    mosaic_set_id: Mapped[int] = mapped_column(ForeignKey("mosaic_set.id"), index=True)
     randomization: Mapped[str] = mapped_column(String(16), default="none")
     stage: Mapped[int | None]
     layer: Mapped[str | None] = mapped_column(String(300))
     seed: Mapped[int | None] = mapped_column(BigInteger)
-    audit_run_id: Mapped[int | None] = mapped_column(ForeignKey("audit_run.id"))
+    audit_run_id: Mapped[int | None] = mapped_column(ForeignKey("audit_run.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     run_owner: Mapped[str | None] = mapped_column(String(64))
     run_expires_at: Mapped[dt.datetime | None]
@@ -319,10 +321,13 @@ class MosaicResult(Base):
     """One row per evaluation and mosaic: relevance per quadrant, Focus and the prediction.
 
     ``pos_*`` are sums of positive relevance (>= 0), ``neg_*`` sums of negative relevance (<= 0);
-    ``focus`` is NULL (never NaN) when the map has no positive relevance.
+    ``focus`` is NULL (never NaN) when the map has no positive relevance. On PostgreSQL the table is
+    partitioned by RANGE of ``evaluation_id`` (revision 0004: 1000 evaluations per partition, created
+    by a trigger on ``evaluation``); on SQLite it is one table.
     """
 
     __tablename__ = "mosaic_result"
+    __table_args__ = {"postgresql_partition_by": "RANGE (evaluation_id)"}
 
     evaluation_id: Mapped[int] = mapped_column(
         ForeignKey("evaluation.id", ondelete="CASCADE"), primary_key=True
@@ -341,6 +346,52 @@ class MosaicResult(Base):
     neg_br: Mapped[float] = mapped_column(Double)
     focus: Mapped[float | None] = mapped_column(Double)
     predicted_class: Mapped[int]
+
+
+class EvaluationStats(Base):
+    """The summary of a closed evaluation's stored rows, written once when it is closed (``db.summaries``).
+
+    Over the defined Focus scores: ``n_defined``, mean, sample standard deviation (``std_focus``,
+    NULL under two scores), linear-interpolation quartiles (numpy's default), min and max; over all
+    ``n`` rows: ``mosaic_accuracy`` (share predicted as their target class), ``undefined_share`` and
+    ``median_focus_undefined_as_zero`` (undefined maps counted as Focus 0, Quantus's convention).
+    """
+
+    __tablename__ = "evaluation_stats"
+
+    evaluation_id: Mapped[int] = mapped_column(
+        ForeignKey("evaluation.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    n: Mapped[int]
+    n_defined: Mapped[int]
+    mean_focus: Mapped[float | None] = mapped_column(Double)
+    median_focus: Mapped[float | None] = mapped_column(Double)
+    q1_focus: Mapped[float | None] = mapped_column(Double)
+    q3_focus: Mapped[float | None] = mapped_column(Double)
+    min_focus: Mapped[float | None] = mapped_column(Double)
+    max_focus: Mapped[float | None] = mapped_column(Double)
+    mosaic_accuracy: Mapped[float | None] = mapped_column(Double)
+    std_focus: Mapped[float | None] = mapped_column(Double)
+    undefined_share: Mapped[float | None] = mapped_column(Double)
+    median_focus_undefined_as_zero: Mapped[float | None] = mapped_column(Double)
+    computed_at: Mapped[dt.datetime]
+
+
+class EvaluationClassStats(Base):
+    """The summary of a closed evaluation per target class (the same definitions as ``EvaluationStats``)."""
+
+    __tablename__ = "evaluation_class_stats"
+
+    evaluation_id: Mapped[int] = mapped_column(
+        ForeignKey("evaluation_stats.evaluation_id", ondelete="CASCADE"), primary_key=True
+    )
+    target_class: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    n: Mapped[int]
+    n_defined: Mapped[int]
+    mean_focus: Mapped[float | None] = mapped_column(Double)
+    median_focus: Mapped[float | None] = mapped_column(Double)
+    mosaic_accuracy: Mapped[float | None] = mapped_column(Double)
+    median_focus_undefined_as_zero: Mapped[float | None] = mapped_column(Double)
 
 
 class ChunkLease(Base):

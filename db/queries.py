@@ -19,6 +19,7 @@ from db.errors import StoreError
 
 __all__ = [
     "evaluation_summary",
+    "class_summary",
     "evaluation_results",
     "compare_methods",
     "training_curve",
@@ -36,7 +37,7 @@ _SUMMARY_COLUMNS = (
     "s.evaluation_id, s.checkpoint_id, c.architecture, c.label AS checkpoint_label, "
     "s.method_id, m.name AS method, s.mosaic_set_id, s.randomization, s.stage, s.layer, s.seed, s.audit_run_id, "
     "s.status, s.n, s.n_defined, s.mean_focus, s.median_focus, s.q1_focus, s.q3_focus, "
-    "s.min_focus, s.max_focus, s.mosaic_accuracy"
+    "s.min_focus, s.max_focus, s.mosaic_accuracy, s.std_focus, s.undefined_share, s.median_focus_undefined_as_zero"
 )
 _SUMMARY_FROM = (
     "FROM evaluation_summary s JOIN model_checkpoint c ON c.id = s.checkpoint_id "
@@ -50,7 +51,7 @@ def _read(engine: Engine, sql: str, params: dict[str, Any] | None = None, *, exp
     if expanding:
         statement = statement.bindparams(*(bindparam(name, expanding=True) for name in expanding))
     with engine.connect() as connection:
-        frame = pd.read_sql(statement, connection, params=params or {})
+        frame = pd.read_sql_query(statement, connection, params=params or {})  # no table-name lookup first
     for column in timestamps:
         frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
     return frame
@@ -62,7 +63,10 @@ def evaluation_summary(
     """One row per evaluation: n, n_defined, mean, median, quartiles, min, max of Focus, mosaic accuracy.
 
     Quantiles are numpy's default (linear interpolation) over the defined Focus scores; NULL
-    (undefined) scores count in ``n`` but not in ``n_defined`` or the statistics.
+    (undefined) scores count in ``n`` but not in ``n_defined`` or the statistics. Also
+    ``std_focus`` (sample standard deviation), ``undefined_share`` and
+    ``median_focus_undefined_as_zero`` (undefined maps counted as 0, Quantus's convention). A closed
+    evaluation's row is its stored summary (``db.summaries``); the others are computed from their rows.
 
     Examples
     --------
@@ -82,6 +86,23 @@ def evaluation_summary(
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     return _read(engine, f"SELECT {_SUMMARY_COLUMNS} {_SUMMARY_FROM}{clause} ORDER BY s.evaluation_id", params,
                  expanding=expanding)
+
+
+def class_summary(engine: Engine, evaluation_ids: list[int]) -> pd.DataFrame:
+    """The stored per-target-class summary of closed evaluations, by evaluation and class.
+
+    Columns ``evaluation_id, target_class, n, n_defined, mean_focus, median_focus, mosaic_accuracy,
+    median_focus_undefined_as_zero``; an evaluation that is not closed (no stored summary) has no rows.
+    """
+    if not evaluation_ids:
+        return _read(engine, "SELECT * FROM evaluation_class_stats WHERE 1 = 0")
+    return _read(
+        engine,
+        "SELECT evaluation_id, target_class, n, n_defined, mean_focus, median_focus, mosaic_accuracy, "
+        "median_focus_undefined_as_zero FROM evaluation_class_stats WHERE evaluation_id IN :ids "
+        "ORDER BY evaluation_id, target_class",
+        {"ids": [int(i) for i in evaluation_ids]}, expanding=("ids",),
+    )
 
 
 def evaluation_results(engine: Engine, evaluation_id: int) -> pd.DataFrame:

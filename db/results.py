@@ -9,6 +9,9 @@ its rows (an upsert). Two paths, chosen by one indexed query per chunk:
 - retry: the chunk is staged in a temporary table and merged with ``INSERT ... SELECT ... ON
   CONFLICT DO UPDATE``, which keeps only mosaics of the evaluation's set.
 
+Rows written into an evaluation that already has a stored summary (``db.summaries``) store it
+again in the same transaction, so a stored summary always describes the rows stored.
+
 A writer that loses a race for the same chunk (its COPY meets the other's rows) falls back to
 the retry path, so concurrent retries of one chunk still leave one row per mosaic.
 
@@ -29,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db.errors import StoreError
 from db.pg_copy import copy_into
+from db.summaries import store_summary
 from db.transactions import Store, error_reason, transaction
 
 __all__ = ["write_mosaic_results", "finished_mosaic_ids"]
@@ -43,17 +47,24 @@ _STAGE_COLUMNS = (
     "mosaic_id integer, " + ", ".join(f"{c} double precision" for c in _VALUES[:-1]) + ", predicted_class integer"
 )
 
-# One indexed query: the evaluation's mosaic set and, unless the evaluation already has a row
-# with an id in [lo, hi] (then -1), how many mosaics of the set have an id in that range. The
+# One indexed query: the evaluation's mosaic set, whether it has a stored summary, and, unless the
+# evaluation already has a row with an id in [lo, hi] (then -1), how many mosaics of the set have an
+# id in that range. The
 # set test sits in the SUM, not the WHERE, so both databases scan the primary-key range (with it
 # in the WHERE, SQLite walks every mosaic of the set through the (mosaic_set_id, position) index).
-_PLAN_SQL = text(
-    "SELECT e.mosaic_set_id, CASE WHEN EXISTS (SELECT 1 FROM mosaic_result r "
+_PLAN = (
+    "SELECT e.mosaic_set_id, "
+    "CASE WHEN EXISTS (SELECT 1 FROM evaluation_stats st WHERE st.evaluation_id = e.id) THEN 1 ELSE 0 END, "
+    "CASE WHEN EXISTS (SELECT 1 FROM mosaic_result r "
     "WHERE r.evaluation_id = e.id AND r.mosaic_id BETWEEN :lo AND :hi) THEN -1 ELSE "
     "(SELECT COALESCE(SUM(CASE WHEN m.mosaic_set_id = e.mosaic_set_id THEN 1 ELSE 0 END), 0) "
-    "FROM mosaic m WHERE m.id BETWEEN :lo AND :hi) END "
+    "FROM mosaic m WHERE m.id BETWEEN :lo AND :hi) END, {partition} "
     "FROM evaluation e WHERE e.id = :evaluation_id"
 )
+# PostgreSQL also names the evaluation's partition of mosaic_result (creating it if a retention drop took it),
+# so a first write copies straight into it instead of having the server route every row through the parent.
+_PLAN_SQL = {"postgresql": text(_PLAN.format(partition="focus_result_partition(e.id)")),
+             "sqlite": text(_PLAN.format(partition="'mosaic_result'"))}
 # The scalar subquery is a per-row primary-key lookup on both databases (PostgreSQL never turns
 # it into a join that would hash every mosaic of a large set).
 _UPSERT_SQL = text(
@@ -137,8 +148,15 @@ def _in_domain(values: np.ndarray, expected: str, low: float, high: float, part)
     return values
 
 
-def _plan(connection: Connection, evaluation_id: int, chunk: _Chunk) -> tuple[int, bool]:
-    """The evaluation's mosaic set id, and whether the chunk may go in with a plain insert.
+class _Plan(NamedTuple):
+    set_id: int  # the evaluation's mosaic set
+    summarized: bool  # it has a stored summary (db.summaries), to be stored again after the write
+    fresh: bool  # the chunk may go in with a plain insert
+    table: str  # where a plain insert goes: the evaluation's partition on PostgreSQL
+
+
+def _plan(connection: Connection, evaluation_id: int, chunk: _Chunk) -> _Plan:
+    """How to write the chunk (see :class:`_Plan`).
 
     A plain insert is safe when no row of the evaluation has an id in the chunk's range and
     every id in that range is a mosaic of the set (so every id of the chunk is). The range is
@@ -149,17 +167,17 @@ def _plan(connection: Connection, evaluation_id: int, chunk: _Chunk) -> tuple[in
     if span > 2 * len(chunk.ids):
         lo, hi = 1, 0  # an empty range: take the upsert path, which checks every id
     params = {"evaluation_id": evaluation_id, "lo": lo, "hi": hi}
-    row = connection.execute(_PLAN_SQL, params).one_or_none()
+    row = connection.execute(_PLAN_SQL[connection.dialect.name], params).one_or_none()
     if row is None:
         raise StoreError(f"No evaluation with id {evaluation_id}; create it with get_or_create_evaluation.")
-    set_id, members = row
-    return set_id, hi >= lo and members == span
+    set_id, summarized, members, table = row
+    return _Plan(set_id, bool(summarized), hi >= lo and members == span, table)
 
 
-def _insert(connection: Connection, evaluation_id: int, chunk: _Chunk) -> None:
+def _insert(connection: Connection, evaluation_id: int, chunk: _Chunk, table: str = "mosaic_result") -> None:
     if connection.dialect.name == "postgresql":
         columns = {"evaluation_id": np.full(len(chunk.ids), evaluation_id)} | chunk.columns()
-        copy_into(connection, "mosaic_result", columns)
+        copy_into(connection, table, columns)
         return
     placeholders = ", ".join("?" for _ in range(len(_VALUES) + 2))
     connection.exec_driver_sql(
@@ -185,18 +203,20 @@ def _upsert(connection: Connection, evaluation_id: int, set_id: int, chunk: _Chu
 
 
 def _write(connection: Connection, evaluation_id: int, chunk: _Chunk, *, plain_insert: bool) -> int:
-    set_id, fresh = _plan(connection, evaluation_id, chunk)
+    plan = _plan(connection, evaluation_id, chunk)
     m = len(chunk.ids)
-    if plain_insert and fresh:
-        _insert(connection, evaluation_id, chunk)
-        return m
-    written = _upsert(connection, evaluation_id, set_id, chunk)
-    if written != m:
-        raise StoreError(
-            f"{m - written} of {m} mosaic ids are not in the mosaic set of evaluation "
-            f"{evaluation_id}; nothing of this chunk was written."
-        )
-    return written
+    if plain_insert and plan.fresh:
+        _insert(connection, evaluation_id, chunk, plan.table)
+    else:
+        written = _upsert(connection, evaluation_id, plan.set_id, chunk)
+        if written != m:
+            raise StoreError(
+                f"{m - written} of {m} mosaic ids are not in the mosaic set of evaluation "
+                f"{evaluation_id}; nothing of this chunk was written."
+            )
+    if plan.summarized:  # rows of a closed evaluation changed: its stored summary follows them
+        store_summary(connection, evaluation_id)
+    return m
 
 
 def write_mosaic_results(

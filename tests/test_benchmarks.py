@@ -186,3 +186,35 @@ def test_runs_in_turns_alternate_and_give_the_ratio_of_medians(module) -> None:
     results = {"limits": {"forward_backward": {"mosaics_per_s": 1.0}}, "methods": {"smoothgrad": method}}
     # 4 passes per mosaic x median limit time 2 s / median pipeline time 12 s
     assert module.ratios(results)["pipeline_over_limit_paired"]["smoothgrad"] == 4 * 2.0 / 12.0
+
+
+QUERY_SCALE = ROOT / "benchmarks" / "query_scale.py"
+
+
+@pytest.mark.slow  # runs the script: two tiny stores on PostgreSQL
+def test_query_scale_reports_every_query_at_every_size(tmp_path, postgres_database) -> None:
+    import db
+    from tests.postgres import SERVER_URL
+
+    out = tmp_path / "query_scale.json"
+    command = [sys.executable, str(QUERY_SCALE), "--rows", "1200,2400", "--mosaics", "20", "--repeat", "1",
+               "--db", SERVER_URL, "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                               check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert {"machine", "database", "sizes", "growth"} <= set(result)
+    assert result["machine"]["uptime_before"] and result["database"]["server_version"]
+    names = {"cookbook_1_median_per_method", "cookbook_2_epoch_curve", "cookbook_3_lost_focus",
+             "cookbook_4_disagreement", "focus_accuracy_correlation"} | (set(db.queries.__all__))
+    sizes = result["sizes"]
+    assert [s["requested_rows"] for s in sizes] == [1200, 2400] and sizes[0]["rows"] < sizes[1]["rows"]
+    for size in sizes:
+        assert _positive(size["fill_s"]) and size["partitions"] >= 1
+        assert set(size["queries"]) == names
+        for figures in size["queries"].values():
+            assert _positive(figures["median_ms"])
+            assert isinstance(figures["plan_has_seq_scan_on_mosaic_result"], bool)
+    assert set(result["growth"]) == names and all(_positive(g) for g in result["growth"].values())
+    assert "cookbook_1_median_per_method" in completed.stdout  # the table

@@ -66,7 +66,7 @@ def test_a_lost_race_falls_back_to_the_upsert(engine, world, evaluation, build_s
     sums = build_sums(focus, world.masks)
     db.write_mosaic_results(engine, evaluation, world.mosaic_ids, sums, focus, [0] * 4)
     plan = results._plan
-    monkeypatch.setattr(results, "_plan", lambda *args: (plan(*args)[0], True))
+    monkeypatch.setattr(results, "_plan", lambda *args: plan(*args)._replace(fresh=True))  # though it is not
     focus2 = np.array([0.1, np.nan, 0.3, 0.4])
     sums2 = build_sums(focus2, world.masks)
     with engine.connect() as connection, connection.begin():  # also inside a caller's transaction

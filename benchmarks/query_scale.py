@@ -1,0 +1,292 @@
+"""How the store's queries scale with its size (a benchmark, not a test).
+
+For each size of ``--rows`` it creates a fresh PostgreSQL database on the ``--db`` server, fills it
+through the project's own write path (``db.register_*``, ``db.write_mosaic_results``,
+``db.finish_evaluation``) with the shape of a platform team's store, runs ANALYZE (what autovacuum
+does on a live server), then times every README cookbook query and every public ``db.queries``
+function (median of ``--repeat`` runs after one warm-up), checks each statement's plan with EXPLAIN
+and drops the database:
+
+    .venv/bin/python benchmarks/query_scale.py --rows 1000000,10000000 --out benchmarks/results/query_scale.json
+
+The shape, per size: a training run ``digits`` with 5 epoch checkpoints (GradCAM on a validation
+mosaic set), its final checkpoint under 6 methods, trained and fully random, on the test mosaic set,
+and nightly audits (4 audited checkpoints x 6 methods on an audit mosaic set) for the remaining
+rows; every evaluation scores ``--mosaics`` mosaics. What a query asks for stays the same across
+sizes (the latest audit, the test set, one training run); only the store grows.
+
+JSON (``--out``): ``{"machine", "database", "sizes": [{"rows", "fill_s", "queries": {name: {"median_ms",
+"plan_has_seq_scan_on_mosaic_result", ...}}}], "growth": {name: largest_over_smallest}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine, make_url
+
+import db
+from flows import analysis
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_URL = os.environ.get("FOCUS_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+METHODS = ("gradcam", "lrp", "gradient", "smoothgrad", "integrated_gradients", "random")
+EPOCHS = 5
+AUDITED = 4  # checkpoints per nightly audit
+CLASSES = 10
+IMAGES = 4000
+CHUNK = 2500
+
+
+def cookbook() -> dict[str, str]:
+    """The README's SQL cookbook, by name."""
+    blocks = re.findall(r"```sql\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    names = ("cookbook_1_median_per_method", "cookbook_2_epoch_curve", "cookbook_3_lost_focus",
+             "cookbook_4_disagreement")
+    return {name: block.strip().rstrip(";") for name, block in zip(names, blocks, strict=False)}
+
+
+class Filler:
+    """Writes the store of one size through the db write API."""
+
+    def __init__(self, engine: Engine, mosaics: int, seed: int = 0) -> None:
+        self.engine, self.mosaics, self.rng = engine, mosaics, np.random.default_rng(seed)
+        self.write_s, self.rows = 0.0, 0
+
+    def _mosaic_set(self, dataset: db.RegisteredDataset, name: str, split: str) -> db.RegisteredMosaicSet:
+        m, rng = self.mosaics, self.rng
+        images = np.asarray(dataset.image_ids)[2 * rng.integers(0, IMAGES // 2, size=(m, 4)) + (split == "val")]
+        masks = np.zeros((m, 4), dtype=bool)
+        for i, row in enumerate(rng.random((m, 4)).argsort(axis=1)[:, :2]):
+            masks[i, row] = True
+        return db.register_mosaic_set(self.engine, uuid.uuid4().hex * 2, dataset.dataset_id, split, 0, m // CLASSES,
+                                      name, images, rng.integers(0, CLASSES, m), masks)
+
+    def evaluate(self, checkpoint: int, method: int, mosaic_set: db.RegisteredMosaicSet, *, level: float,
+                 randomization: str = "none", audit_run_id: int | None = None) -> int:
+        m, rng = self.mosaics, self.rng
+        evaluation = db.get_or_create_evaluation(self.engine, checkpoint, method, mosaic_set.mosaic_set_id,
+                                                 randomization=randomization, audit_run_id=audit_run_id,
+                                                 seed=0 if randomization != "none" else None)
+        db.start_evaluation(self.engine, evaluation)
+        focus = rng.beta(10 * level, 10 * (1 - level), m)
+        focus[rng.random(m) < 0.05] = np.nan
+        sums = rng.random((m, 4, 2)) * np.array([1.0, -1.0])
+        predicted = rng.integers(0, CLASSES, m)
+        ids = np.asarray(mosaic_set.mosaic_ids)
+        start = time.perf_counter()
+        for lo in range(0, m, CHUNK):
+            hi = min(lo + CHUNK, m)
+            db.write_mosaic_results(self.engine, evaluation, ids[lo:hi], sums[lo:hi], focus[lo:hi], predicted[lo:hi])
+        self.write_s += time.perf_counter() - start
+        self.rows += m
+        db.finish_evaluation(self.engine, evaluation)
+        return evaluation
+
+    def fill(self, rows: int) -> dict[str, Any]:
+        """The whole store; returns the ids the queries ask about."""
+        engine, rng = self.engine, self.rng
+        dataset = db.register_dataset(engine, "bench", uuid.uuid4().hex * 2, [str(c) for c in range(CLASSES)],
+                                      [f"img/{i:05d}.png" for i in range(IMAGES)], [i % CLASSES for i in range(IMAGES)],
+                                      ["val" if i % 2 else "test" for i in range(IMAGES)])
+        sets = {name: self._mosaic_set(dataset, layout, split) for name, layout, split in
+                (("val", "random", "val"), ("test", "random", "test"), ("audit", "top", "test"))}
+        methods = {name: db.register_method(engine, name, {"bench": name}) for name in METHODS}
+        run = db.register_training_run(engine, uuid.uuid4().hex * 2, "digits_cnn", {"epochs": EPOCHS}, name="digits",
+                                       dataset_id=dataset.dataset_id)
+        checkpoints = []
+        for epoch in range(1, EPOCHS + 1):
+            checkpoint = db.register_checkpoint(engine, uuid.uuid4().hex * 2, "digits_cnn", CLASSES,
+                                                training_run_id=run, epoch=epoch)
+            checkpoints.append(checkpoint)
+            self.evaluate(checkpoint, methods["gradcam"], sets["val"], level=0.5 + 0.06 * epoch)
+            db.record_epoch(engine, run, epoch, train_loss=1.0 / epoch, val_loss=1.2 / epoch,
+                            val_accuracy=0.5 + 0.08 * epoch, val_mean_class_accuracy=0.5 + 0.07 * epoch,
+                            focus_median=0.5 + 0.06 * epoch)
+        db.finish_training_run(engine, run)
+        final = {}
+        for name, method in methods.items():
+            for kind in ("none", "full"):
+                final[(name, kind)] = self.evaluate(checkpoints[-1], method, sets["test"],
+                                                    level=0.8 if kind == "none" else 0.5, randomization=kind)
+        audited = [db.register_checkpoint(engine, uuid.uuid4().hex * 2, "resnet18", CLASSES, audit=True,
+                                          label=f"prod-{i}") for i in range(AUDITED)]
+        nights = max(1, (rows - self.rows) // (self.mosaics * AUDITED * len(METHODS)))
+        audits, latest = [], []
+        for night in range(nights):
+            audit = db.start_audit_run(engine, name=f"nightly-{night + 1}", threshold=0.05)
+            latest = [self.evaluate(c, methods[name], sets["audit"], level=float(rng.uniform(0.6, 0.85)),
+                                    audit_run_id=audit) for c in audited for name in METHODS]
+            db.finish_audit_run(engine, audit)
+            audits.append(audit)
+        return {"run": run, "final": final, "audited": audited, "audits": audits, "latest": latest,
+                "test_set": sets["test"].mosaic_set_id}
+
+
+def queries(ids: dict[str, Any]) -> dict[str, Callable[[Engine], Any]]:
+    """Every cookbook query and public ``db.queries`` function (and the two analyses over them), by name."""
+    latest, final = ids["latest"], ids["final"]
+
+    def plain(sql_text: str) -> Callable[[Engine], Any]:
+        def run(engine: Engine) -> list:
+            with engine.connect() as connection:
+                return connection.execute(text(sql_text)).all()
+        return run
+
+    named: dict[str, Callable[[Engine], Any]] = {name: plain(sql_text) for name, sql_text in cookbook().items()}
+    named.update({
+        "evaluation_summary": lambda e: db.evaluation_summary(e, latest),
+        "class_summary": lambda e: db.class_summary(e, latest),
+        "evaluation_results": lambda e: db.evaluation_results(e, latest[0]),
+        "compare_methods": lambda e: db.compare_methods(e, ids["test_set"]),
+        "training_curve": lambda e: db.training_curve(e, ids["run"]),
+        "checkpoint_history": lambda e: db.checkpoint_history(e, ids["audited"][0], "gradcam"),
+        "paired_focus": lambda e: db.paired_focus(e, final[("gradcam", "none")], final[("lrp", "none")]),
+        "focus_regressions": lambda e: db.focus_regressions(e, 0.05, ids["audits"][-1]),
+        "checkpoints_to_audit": db.checkpoints_to_audit,
+        "focus_accuracy_correlation": lambda e: analysis.focus_accuracy_correlation(e, ids["run"]),
+    })
+    return named
+
+
+def _seq_scans(plan: dict) -> list[str]:
+    found = []
+    if plan.get("Node Type") == "Seq Scan":
+        found.append(plan.get("Relation Name", "?"))
+    for child in plan.get("Plans", []):
+        found += _seq_scans(child)
+    return found
+
+
+def measure(engine: Engine, run: Callable[[Engine], Any], repeat: int) -> dict[str, Any]:
+    """Median wall time after a warm-up, and the relations each statement's plan reads with a Seq Scan."""
+    statements: list[tuple[str, Any]] = []
+
+    def record(_conn, _cursor, statement, parameters, _context, _executemany) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        run(engine)  # the warm-up, whose statements are explained below
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run(engine)
+        times.append((time.perf_counter() - start) * 1000)
+    scans: list[str] = []
+    with engine.connect() as connection:
+        for statement, parameters in statements:
+            if not statement.lstrip().upper().startswith(("SELECT", "WITH")) or "pg_catalog" in statement:
+                continue
+            plan = connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters or None).scalar()
+            plan = json.loads(plan) if isinstance(plan, str) else plan
+            scans += _seq_scans(plan[0]["Plan"])
+    return {"median_ms": statistics.median(times), "runs_ms": [round(t, 2) for t in times],
+            "plan_has_seq_scan_on_mosaic_result": any(s.startswith("mosaic_result") for s in scans),
+            "seq_scans": sorted(set(scans))}
+
+
+def one_size(server: str, rows: int, mosaics: int, repeat: int) -> dict[str, Any]:
+    name = f"focus_scale_{uuid.uuid4().hex[:12]}"
+    conninfo = make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    try:
+        db.upgrade(url)
+        engine = db.open_store(url)
+        try:
+            start = time.perf_counter()
+            filler = Filler(engine, mosaics)
+            ids = filler.fill(rows)
+            fill_s = time.perf_counter() - start
+            with engine.begin() as connection:  # committed: ANALYZE in a rolled-back transaction leaves no statistics
+                connection.exec_driver_sql("ANALYZE")
+            with engine.connect() as connection:
+                stored = connection.scalar(text("SELECT COUNT(*) FROM mosaic_result"))
+                size = connection.scalar(text("SELECT pg_total_relation_size('mosaic_result') + COALESCE((SELECT SUM("
+                                              "pg_total_relation_size(relid)) FROM pg_partition_tree('mosaic_result')"
+                                              " WHERE isleaf), 0)"))
+                partitions = connection.scalar(text("SELECT COUNT(*) FROM pg_partition_tree('mosaic_result') "
+                                                    "WHERE isleaf"))
+            results = {q: measure(engine, run, repeat) for q, run in queries(ids).items()}
+        finally:
+            engine.dispose()
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    return {"rows": int(stored), "requested_rows": rows, "evaluations": filler.rows // mosaics,
+            "mosaics_per_evaluation": mosaics, "audits": len(ids["audits"]), "partitions": int(partitions),
+            "mosaic_result_bytes": int(size), "fill_s": round(fill_s, 2),
+            "write_rows_per_s": round(filler.rows / filler.write_s), "load_after_fill": os.getloadavg()[0],
+            "queries": results}
+
+
+def _machine() -> dict[str, Any]:
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            check=False).stdout.strip()
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "commit": commit, "uptime_before": uptime, "load_before": os.getloadavg()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="1000000,10000000", help="comma-separated store sizes (mosaic_result rows)")
+    parser.add_argument("--db", default=SERVER_URL, help="a PostgreSQL server URL (a database is created and dropped)")
+    parser.add_argument("--mosaics", type=int, default=10_000, help="mosaics per evaluation")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per query after the warm-up")
+    parser.add_argument("--out", help="write the JSON here")
+    args = parser.parse_args(argv)
+    sizes = [int(float(r)) for r in args.rows.split(",")]
+    machine = _machine()
+    with psycopg.connect(make_url(args.db).set(drivername="postgresql").render_as_string(hide_password=False)) as c:
+        version = c.execute("SHOW server_version").fetchone()[0]
+    result: dict[str, Any] = {
+        "machine": machine,
+        "database": {"dialect": "postgresql", "server_version": version, "url": db.mask_url(make_url(args.db)),
+                     "partition_width_evaluations": 1000},
+        "sizes": [one_size(args.db, rows, args.mosaics, args.repeat) for rows in sizes],
+    }
+    result["machine"]["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True,
+                                                       check=False).stdout.strip()
+    first, last = result["sizes"][0]["queries"], result["sizes"][-1]["queries"]
+    result["growth"] = {q: round(last[q]["median_ms"] / first[q]["median_ms"], 3) for q in first}
+    _print(result)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def _print(result: dict[str, Any]) -> None:
+    sizes = result["sizes"]
+    header = f"{'query':<30}" + "".join(f"{s['rows']:>14,} rows" for s in sizes) + f"{'growth':>9}  seq scan"
+    print(header)
+    for q in sizes[0]["queries"]:
+        cells = "".join(f"{s['queries'][q]['median_ms']:>16.1f} ms" for s in sizes)
+        scan = any(s["queries"][q]["plan_has_seq_scan_on_mosaic_result"] for s in sizes)
+        print(f"{q:<30}{cells}{result['growth'][q]:>9.2f}  {'YES' if scan else 'no'}")
+    for s in sizes:
+        print(f"{s['rows']:,} rows: fill {s['fill_s']:.0f} s, writes {s['write_rows_per_s']:,} rows/s, "
+              f"{s['partitions']} partitions, {s['mosaic_result_bytes'] / 2**20:,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -145,6 +145,20 @@ def _row_counts(engine) -> dict:
                 for table in ("model_checkpoint", "evaluation", "mosaic_result")}
 
 
+def _write_results_as_of_0002(engine, evaluation_id: int, mosaic_ids: list[int], focus: list[float]) -> None:
+    """Per-mosaic rows and a finished status written as revision 0002 knew them (today's write path needs later
+    tables)."""
+    from sqlalchemy import text
+
+    with engine.begin() as connection:
+        for mosaic_id, value in zip(mosaic_ids, focus, strict=True):
+            connection.execute(text(
+                "INSERT INTO mosaic_result (evaluation_id, mosaic_id, pos_tl, pos_tr, pos_bl, pos_br, neg_tl, neg_tr, "
+                "neg_bl, neg_br, focus, predicted_class) VALUES (:e, :m, :f, 0, 0, :rest, 0, 0, 0, 0, :f, 0)"
+            ), {"e": evaluation_id, "m": mosaic_id, "f": value, "rest": 1 - value})
+        connection.execute(text("UPDATE evaluation SET status = 'finished' WHERE id = :e"), {"e": evaluation_id})
+
+
 def test_0003_adds_lineages_and_going_down_keeps_every_result(empty_url):
     """Up and down again, evaluations keep their checkpoint and their per-mosaic rows (SQLite rebuilds a table)."""
     from tests.db.conftest import make_world, sums_for
@@ -156,9 +170,7 @@ def test_0003_adds_lineages_and_going_down_keeps_every_result(empty_url):
         audit_run = db.start_audit_run(engine, name="nightly")
         evaluation = db.get_or_create_evaluation(engine, world.checkpoint_id, world.method_ids["lrp"],
                                                  world.mosaic_set_id, audit_run_id=audit_run)
-        focus = np.array([0.9, 0.8, 0.7, 0.6])
-        db.write_mosaic_results(engine, evaluation, world.mosaic_ids, sums_for(focus, world.masks), focus, [0] * 4)
-        db.finish_evaluation(engine, evaluation)
+        _write_results_as_of_0002(engine, evaluation, world.mosaic_ids, [0.9, 0.8, 0.7, 0.6])
         before, counts = _checkpoint_table(engine), _row_counts(engine)
         assert counts == {"model_checkpoint": 1, "evaluation": 1, "mosaic_result": 4}
 

@@ -231,7 +231,8 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
                  "failures": len(failures)},
     )
     db.finish_audit_run(engine, audit_run_id, status="failed" if failures else "finished",
-                        metadata={"regressions": regressions, "failures": failures})
+                        metadata={"regressions": regressions, "failures": failures,
+                                  **({"followed": followed} if params.follow_alias else {})})
     if results:
         create_table_artifact(
             [{k: _round(v) for k, v in r.items() if k not in ("checkpoint", "compared_with", "threshold")}

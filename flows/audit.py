@@ -143,6 +143,9 @@ def _follow_alias(engine: Any, params: AuditParams, logger: Any) -> list[dict[st
     if not params.follow_alias or (params.checkpoints and not params.lineages):
         return []  # no lineage is audited: none to follow
     entries = lineages.follow_alias(engine, params.follow_alias, list(params.lineages) if params.lineages else None)
+    if not entries:
+        logger.info("No lineage to audit comes from the MLflow Model Registry: alias %r has nothing to follow",
+                    params.follow_alias)
     for entry in entries:
         logger.info("Alias %r of %s is %s: %s version %d of lineage %r", params.follow_alias,
                     entry["registered_model"], entry["weights"], "registered as" if entry["added"] else "already",

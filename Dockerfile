@@ -31,8 +31,9 @@ COPY focus_core ./focus_core
 COPY db ./db
 COPY flows ./flows
 COPY deployments ./deployments
-# The project and its other dependencies (the torch pins above already satisfy pyproject's range).
-RUN pip install . \
+# The project and its other dependencies (the torch pins above already satisfy pyproject's range), with the
+# extras a worker of the pool needs: s3 (weights and checkpoints on s3://) and mlflow (models:/ weights).
+RUN pip install ".[s3,mlflow]" \
     && useradd --create-home --uid 1000 focus \
     && chown -R focus /opt/focus-audit
 USER focus

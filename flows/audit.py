@@ -6,6 +6,12 @@ Each run opens one audit run and evaluates the standard methods on the audit mos
   named in ``params.lineages``), and
 - every checkpoint marked for auditing outside a lineage (or those named in ``params.checkpoints``).
 
+With ``params.follow_alias`` (``focus audit --follow-alias champion``), each run first asks the MLflow
+registry which version that alias points at now, for each lineage to audit whose source is a registered
+model (:func:`flows.lineages.follow_alias`), and registers it into the lineage when it is new, so the
+newest checkpoint is the alias's version; an unreachable server or a missing alias stops the run, in one
+sentence, before anything is written.
+
 Each evaluation is then compared, on the same mosaics (median change and a paired Wilcoxon test from
 :mod:`flows.analysis`), with one earlier evaluation:
 
@@ -40,7 +46,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 
 import db
-from flows import analysis, devices, store, weight_store
+from flows import analysis, devices, lineages, store, weight_store
 from flows.evaluate import evaluate
 from flows.jsonsafe import number
 from flows.params import AuditParams, EvaluateParams, ModelSpec
@@ -133,6 +139,21 @@ def _targets(engine: Any, params: AuditParams) -> list[_Target]:
     return lineages + _marked_checkpoints(engine, params)
 
 
+def _follow_alias(engine: Any, params: AuditParams, logger: Any) -> list[dict[str, Any]]:
+    """Register the version ``params.follow_alias`` points at now into each registry lineage to audit."""
+    if not params.follow_alias or (params.checkpoints and not params.lineages):
+        return []  # no lineage is audited: none to follow
+    entries = lineages.follow_alias(engine, params.follow_alias, list(params.lineages) if params.lineages else None)
+    if not entries:
+        logger.info("No lineage to audit comes from the MLflow Model Registry: alias %r has nothing to follow",
+                    params.follow_alias)
+    for entry in entries:
+        logger.info("Alias %r of %s is %s: %s version %d of lineage %r", params.follow_alias,
+                    entry["registered_model"], entry["weights"], "registered as" if entry["added"] else "already",
+                    entry["version"], entry["lineage"])
+    return [{k: entry[k] for k in ("lineage", "weights", "version", "added")} for entry in entries]
+
+
 def _check_weights(target: _Target) -> None:
     """The recorded weights are where the store says, unchanged (same sha256), before any evaluation."""
     if not target.path:
@@ -156,12 +177,20 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
     devices.require_device(params.run.device)
     logger = get_run_logger()
     engine = store.engine_for(params.run.database_url)
+    followed = _follow_alias(engine, params, logger)
     targets = _targets(engine, params)
+    newest = {t.lineage: t.version for t in targets if t.lineage is not None}
+    for entry in followed:
+        if newest.get(entry["lineage"], entry["version"]) != entry["version"]:
+            logger.warning("Alias %r names version %d of lineage %r, not its newest (%s): the audit follows the "
+                           "newest", params.follow_alias, entry["version"], entry["lineage"],
+                           newest[entry["lineage"]])
     audit_run_id = db.start_audit_run(
         engine, name=params.name, threshold=params.threshold,
         metadata={"methods": [m.model_dump(mode="json") for m in params.methods],
                   "mosaics": params.mosaics.model_dump(mode="json"), "dataset": params.dataset.model_dump(mode="json"),
-                  "lineages": sorted({t.lineage for t in targets if t.lineage is not None})},
+                  "lineages": sorted({t.lineage for t in targets if t.lineage is not None}),
+                  **({"followed": followed} if params.follow_alias else {})},
     )
     logger.info("Audit run %d: %d lineage(s) and %d checkpoint(s) to audit", audit_run_id,
                 sum(t.lineage is not None for t in targets), sum(t.lineage is None for t in targets))
@@ -206,7 +235,8 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
                  "failures": len(failures)},
     )
     db.finish_audit_run(engine, audit_run_id, status="failed" if failures else "finished",
-                        metadata={"regressions": regressions, "failures": failures})
+                        metadata={"regressions": regressions, "failures": failures,
+                                  **({"followed": followed} if params.follow_alias else {})})
     if results:
         create_table_artifact(
             [{k: _round(v) for k, v in r.items() if k not in ("checkpoint", "compared_with", "threshold")}
@@ -216,7 +246,7 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
         )
     if failures:
         raise RuntimeError(f"The audit of {len(failures)} checkpoint(s) failed: {'; '.join(failures)}")
-    return {"audit_run_id": audit_run_id, "results": results, "regressions": regressions}
+    return {"audit_run_id": audit_run_id, "results": results, "regressions": regressions, "followed": followed}
 
 
 def _baseline(engine: Any, target: _Target, method_id: int, audit_run_id: int) -> tuple[str | None, dict | None, list]:

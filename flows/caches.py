@@ -149,7 +149,11 @@ def build_model(spec: ModelSpec, dataset: DatasetSpec, weights_file: str | None 
 
 
 def _weights_file(location: str | None) -> tuple[str | None, tuple[Any, ...] | None]:
-    """``(local file, identity)`` of a weights location: a URL's verified cached copy, named by its sha256."""
+    """``(local file, identity)`` of a weights location: a URL's verified cached copy (named by its sha256), or
+    a registry version's downloaded ``state_dict`` (named by the version, so the file's size and time too)."""
+    if location and weight_store.is_registry(location):
+        local = str(weight_store.local_copy(location))
+        return local, ("registry", local, _file_identity(local))
     if location and weight_store.is_url(location):
         local = str(weight_store.local_copy(location))
         return local, ("sha256", local)
@@ -174,7 +178,8 @@ def checked_model(spec: ModelSpec, dataset: DatasetSpec) -> nn.Module:
     layer is found) and the chunks' device copies (:func:`load_model`) all start from this one model, so an
     evaluation reads its weights file once. A weights file rewritten in place is loaded again. ``spec.weights``
     may be a URL: it is read through the worker's cache (:func:`flows.weight_store.local_copy`), one metadata
-    request per call, a download only when the object changed.
+    request per call, a download only when the object changed; or a registry URI (``models:/<name>/<version>``),
+    resolved through the MLflow tracking server on each call, downloaded once per machine.
 
     Raises
     ------

@@ -116,8 +116,11 @@ def parse_registry_uri(uri: str) -> tuple[str, str | None, str | None]:
     return match["name"], match["version"], match["alias"]
 
 
-def resolve(uri: str, cache_dir: str | os.PathLike | None = None) -> RegistryVersion:
+def resolve(uri: str, cache_dir: str | os.PathLike | None = None, *, refresh: bool = False) -> RegistryVersion:
     """The model version ``uri`` points at now, with its ``state_dict`` downloaded to a local file.
+
+    A version is downloaded once per cache folder; ``refresh`` drops the cached copy and downloads it again
+    (what :func:`flows.weight_store.local_copy` does once when the bytes are not the recorded ones).
 
     Raises
     ------
@@ -134,7 +137,7 @@ def resolve(uri: str, cache_dir: str | os.PathLike | None = None) -> RegistryVer
         found = _call(lambda: client.get_model_version(name, version), server,
                       lambda: _missing_version(client, name, version, server))
     source = _call(lambda: client.get_model_version_download_uri(name, found.version), server, lambda: None)
-    path = _download(name, str(found.version), source, server, cache_dir)
+    path = _download(name, str(found.version), source, server, cache_dir, refresh)
     return RegistryVersion(name=name, version=str(found.version), alias=alias, run_id=found.run_id or None,
                            source=source, path=path)
 
@@ -242,12 +245,20 @@ def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
     return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "focus-audit" / "mlflow").expanduser()
 
 
-def _download(name: str, version: str, source: str, server: str, cache_dir: str | os.PathLike | None) -> Path:
+def _download(name: str, version: str, source: str, server: str, cache_dir: str | os.PathLike | None,
+              refresh: bool = False) -> Path:
     """The version's ``state_dict`` file, downloaded once into the cache (a folder renamed into place when complete)."""
     import mlflow.artifacts
 
     key = hashlib.sha256(f"{server}\n{name}\n{version}".encode()).hexdigest()[:32]
     target = _cache_root(cache_dir) / key
+    if refresh and target.is_dir():  # renamed away first: a reader never sees half a folder
+        stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=target.parent))
+        try:
+            target.rename(stale / key)
+        except OSError:
+            pass  # another process refreshed it first
+        shutil.rmtree(stale, ignore_errors=True)
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))

@@ -251,6 +251,12 @@ class AuditParams(_FlowParams):
         None, description="sha256 of the checkpoints outside a lineage to audit; empty: every one marked for auditing "
         "(none when lineages are named)."
     )
+    follow_alias: str = Field(
+        "", max_length=255, pattern=r"^[A-Za-z0-9_-]*$",
+        description="An MLflow Model Registry alias, e.g. 'champion': each run first registers the version it points "
+        "at now into every audited lineage that comes from the registry (MLFLOW_TRACKING_URI on the worker); "
+        "empty: follow none.",
+    )
     name: RunName | None = Field(None, description="Name of the audit run (e.g. 'nightly'): letters, digits, '.', "
                                  "'_' and '-', starting with a letter or digit.")
     run: AuditRunSpec = Field(default_factory=AuditRunSpec)

@@ -16,9 +16,18 @@ S3-compatible server, ``AWS_PROFILE``...; gcsfs: ``GOOGLE_APPLICATION_CREDENTIAL
 (:func:`check_no_secret`), and every message names a URL through :func:`redact`. ``s3://`` needs the
 ``s3`` extra (``pip install 'focus-audit[s3]'``); fsspec itself is a dependency.
 
+An MLflow Model Registry URI (``models:/<name>/<version>``, or ``models:/<name>@<alias>``) is a location too
+(:func:`is_url` is true for it, :func:`is_registry` says which): :func:`local_copy` and :func:`sha256_of`
+resolve it through the tracking server in ``MLFLOW_TRACKING_URI`` (:mod:`flows.mlflow_source`, imported only
+then: mlflow is the ``mlflow`` extra), which downloads the version's ``state_dict`` once per machine, and
+check its sha256 like a URL's. What the store records of a registry version is its pinned URI
+``models:/<name>/<version>``. Such a location is read-only: nothing is written to it.
+
 Examples
 --------
 >>> is_url("s3://models/r18.pt"), is_url("file:///models/r18.pt"), is_url("/models/r18.pt")
+(True, True, False)
+>>> is_url("models:/resnet18-prod/7"), is_registry("models:/resnet18-prod@champion"), is_registry("s3://m/r.pt")
 (True, True, False)
 >>> redact("s3://key:secret@models/r18.pt?versionId=3&X-Amz-Signature=abc")
 's3://models/r18.pt?versionId=3&X-Amz-Signature=***'
@@ -48,6 +57,7 @@ __all__ = [
     "check_no_secret",
     "exists",
     "has_secret",
+    "is_registry",
     "is_url",
     "join",
     "local_copy",
@@ -60,6 +70,7 @@ __all__ = [
 #: The environment variable naming the cache folder (default ``~/.cache/focus-audit/weights``).
 CACHE_ENV_VAR = "FOCUS_WEIGHTS_CACHE"
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")  # two letters at least: never a Windows drive
+_REGISTRY = "models:/"  # mlflow_source's scheme: one slash, so _URL does not match it
 #: Query keys whose values may be shown (an object's version); every other value is masked in messages.
 _PLAIN_QUERY_KEYS = frozenset({"versionid", "generation", "version_id"})
 #: Query keys that carry a credential (pre-signed URLs, SAS tokens): such a location is refused as a parameter.
@@ -68,11 +79,18 @@ _MASK = "***"
 _CHUNK = 1 << 20
 _LOCK = threading.Lock()
 _VERIFIED: dict[str, tuple[int, int]] = {}  # cached file -> (size, mtime_ns) whose hash this process checked
+_HASHED: dict[str, tuple[tuple[int, int], str]] = {}  # registry download -> ((size, mtime_ns), its sha256)
+
+
+def is_registry(location: str | os.PathLike | None) -> bool:
+    """Whether ``location`` is an MLflow Model Registry URI (``models:/...``), read through the tracking server."""
+    return location is not None and str(location).startswith(_REGISTRY)
 
 
 def is_url(location: str | os.PathLike | None) -> bool:
-    """Whether ``location`` is a URL (``scheme://...``, ``file://`` included) rather than a local path."""
-    return location is not None and bool(_URL.match(str(location)))
+    """Whether ``location`` is a URL (``scheme://...``, ``file://`` included, or a registry ``models:/`` URI)
+    rather than a local path."""
+    return location is not None and (bool(_URL.match(str(location))) or is_registry(location))
 
 
 def redact(location: str | os.PathLike) -> str:
@@ -136,6 +154,14 @@ def cache_dir() -> Path:
 
 def mismatch_error(location: str, found: str, expected: str) -> FocusError:
     """The one sentence for weights whose bytes are not the ones recorded (both hashes' prefixes)."""
+    if is_registry(location):
+        changed = ("the alias now names other weights, so register the version it names (focus checkpoint "
+                   "register) or pass the pinned models:/<name>/<version> URI recorded"
+                   if "@" in str(location) else
+                   "the registry's artifact changed since it was registered, so restore it, or register the new "
+                   "weights as a new model version")
+        return FocusError(f"The weights of {location} have sha256 {found[:12]} but {expected[:12]} was recorded for "
+                          f"them: {changed}.")
     return FocusError(
         f"The weights at {redact(location)} have sha256 {found[:12]} but {expected[:12]} was recorded for them: "
         "they changed since, so restore the recorded file or give changed weights a new URL."
@@ -144,6 +170,11 @@ def mismatch_error(location: str, found: str, expected: str) -> FocusError:
 
 def _filesystem(url: str) -> tuple[Any, str]:
     """``(fsspec filesystem, path inside it)`` of a URL; FocusError when its filesystem is not installed."""
+    if is_registry(url):
+        raise FocusError(
+            f"{url} is a model registry version, which focus-audit only reads: write weights and checkpoints to a "
+            "local folder or an object-store URL (s3://...)."
+        )
     import fsspec
 
     try:
@@ -303,13 +334,46 @@ def _fetch(url: str) -> tuple[str, Path]:
     return sha256, _cached_file(sha256)
 
 
+def _hashed(path: Path) -> str:
+    """The sha256 of a registry download (hashed again only when the file changed)."""
+    status = path.stat()
+    identity = (status.st_size, status.st_mtime_ns)
+    with _LOCK:
+        known = _HASHED.get(str(path))
+    if known is not None and known[0] == identity:
+        return known[1]
+    sha256 = _file_sha256(path)
+    with _LOCK:
+        _HASHED[str(path)] = (identity, sha256)
+    return sha256
+
+
+def _registry_copy(uri: str, expected_sha256: str | None = None) -> tuple[str, Path]:
+    """``(sha256, local state_dict file)`` of the registry version ``uri`` names now, checked against a hash.
+
+    A download whose bytes are not ``expected_sha256`` is fetched again once (a damaged copy heals); the
+    same bytes again mean the registry's artifact (or the alias) changed: refused in one sentence.
+    """
+    from flows import mlflow_source  # mlflow is an optional extra: imported when a models:/ URI is read
+
+    path = mlflow_source.resolve(uri).path
+    sha256 = _hashed(path)
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        path = mlflow_source.resolve(uri, refresh=True).path
+        sha256 = _hashed(path)
+        if sha256 != expected_sha256:
+            raise mismatch_error(uri, sha256, expected_sha256)
+    return sha256, path
+
+
 def local_copy(location: str | os.PathLike, expected_sha256: str | None = None) -> Path:
     """A local file holding the weights at ``location``: the path itself, or the URL's verified cached copy.
 
     Parameters
     ----------
     location
-        A local path or an fsspec URL.
+        A local path, an fsspec URL or a registry URI (``models:/<name>/<version>``: its downloaded
+        ``state_dict``).
     expected_sha256
         The sha256 the bytes must have (what the store recorded); ``None``: whatever the location holds.
 
@@ -318,11 +382,14 @@ def local_copy(location: str | os.PathLike, expected_sha256: str | None = None) 
     FocusError
         When the bytes' sha256 is not ``expected_sha256`` (one sentence naming the location and both
         hashes' prefixes: never a silent load), when the object does not exist, when the worker's
-        credentials do not give access, or when the URL's filesystem package is not installed.
+        credentials do not give access, or when the URL's filesystem package is not installed; for a
+        registry URI, as :func:`flows.mlflow_source.resolve` (no tracking server, an unknown version...).
     OSError
         When the object store cannot be reached (worth a retry).
     """
     text = str(location)
+    if is_registry(text):
+        return _registry_copy(text, expected_sha256)[1]
     if not is_url(text):
         if expected_sha256 is not None:
             from focus_core.models import weights_sha256
@@ -340,6 +407,8 @@ def local_copy(location: str | os.PathLike, expected_sha256: str | None = None) 
 def sha256_of(location: str | os.PathLike) -> str:
     """The sha256 of the bytes at ``location`` (a URL is downloaded into the cache only when it changed)."""
     text = str(location)
+    if is_registry(text):
+        return _registry_copy(text)[0]
     if not is_url(text):
         from focus_core.models import weights_sha256
 

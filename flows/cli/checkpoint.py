@@ -4,12 +4,18 @@
 (:mod:`flows.lineages`); a second registration of the same weights changes nothing and says so.
 ``focus checkpoint list`` prints the lineages' checkpoints, by lineage and version.
 
+``--weights`` also takes an MLflow Model Registry URI, ``models:/<name>@<alias>`` or ``models:/<name>/<version>``:
+the version is resolved through ``MLFLOW_TRACKING_URI`` and the checkpoint records its pinned URI
+``models:/<name>/<version>`` (see :mod:`flows.lineages`).
+
 Examples
 --------
 ::
 
     focus checkpoint register --lineage resnet18-prod --weights s3://models/r18-2026-12-01.pt \\
         --arch resnet18 --num-classes 10 --in-channels 3 --audit
+    focus checkpoint register --lineage resnet18-prod --weights models:/resnet18-prod@champion \\
+        --arch resnet18 --num-classes 10 --audit
     focus checkpoint list --lineage resnet18-prod --format json
 """
 
@@ -26,14 +32,14 @@ __all__ = ["add_checkpoint_command", "cmd_checkpoint_list", "cmd_checkpoint_regi
 
 
 def weights_location(text: str) -> str:
-    """A URL (``scheme://...``) as given, a local path made absolute.
+    """A URL (``scheme://...``) or a registry URI (``models:/...``) as given, a local path made absolute.
 
     Examples
     --------
-    >>> weights_location("s3://models/r18.pt")
-    's3://models/r18.pt'
+    >>> weights_location("s3://models/r18.pt"), weights_location("models:/r18@champion")
+    ('s3://models/r18.pt', 'models:/r18@champion')
     """
-    return text if "://" in text else opts.absolute(text)
+    return opts.absolute(text)
 
 
 def _positive(text: str) -> int:
@@ -58,10 +64,13 @@ def add_checkpoint_command(commands: Any, add_command: Any, parser_class: type) 
                     "Record a weights file (a state_dict; a local path or an fsspec URL such as s3://...) as a "
                     "version of a lineage: the hash is computed once, the weights are loaded once to check that "
                     "they fit the architecture, and the lineage is created on its first checkpoint. Registering "
-                    "the same weights again changes nothing and says so.")
+                    "the same weights again changes nothing and says so. An MLflow Model Registry URI "
+                    "(models:/NAME@ALIAS or models:/NAME/VERSION, with MLFLOW_TRACKING_URI set) is resolved to the "
+                    "version it names now, and that pinned models:/NAME/VERSION is recorded.")
     q.add_argument("--lineage", required=True, metavar="NAME", type=_name, help="The lineage, e.g. resnet18-prod.")
     q.add_argument("--weights", required=True, metavar="PATH_OR_URL", type=weights_location,
-                   help="The weights file: a local path or an fsspec URL (s3://, gs://, az://, file://).")
+                   help="The weights file: a local path, an fsspec URL (s3://, gs://, az://, file://) or an MLflow "
+                   "registry URI (models:/NAME@ALIAS, models:/NAME/VERSION).")
     q.add_argument("--arch", required=True, metavar="ARCH",
                    help="Architecture: digits_cnn, alexnet, vgg16, resnet18, another torchvision name, or "
                    "'package.module:factory'.")
@@ -94,7 +103,9 @@ def _name(text: str) -> str:
 def _check_local_weights(location: str) -> None:
     from pathlib import Path
 
-    if "://" in location:
+    from flows.weight_store import is_url
+
+    if is_url(location):  # read (and checked) through the cache or the registry by the registration
         return
     path = Path(location)
     if path.is_dir():
@@ -112,11 +123,12 @@ def cmd_checkpoint_register(args: argparse.Namespace) -> dict[str, Any]:
                       in_channels=args.in_channels, label=args.label)
     engine = store.engine_for(opts.database_url(args))
     entry = lineages.register_into_lineage(engine, args.lineage, model, version=args.version, audit=args.audit)
+    found = f" ({entry['weights']})" if entry["weights"] != args.weights else ""  # the registry version found
     if entry["added"]:
-        print(f"Registered checkpoint {entry['sha256'][:12]} as version {entry['version']} of lineage "
+        print(f"Registered checkpoint {entry['sha256'][:12]}{found} as version {entry['version']} of lineage "
               f"{args.lineage!r}.")
     else:
-        print(f"Checkpoint {entry['sha256'][:12]} is already version {entry['version']} of lineage "
+        print(f"Checkpoint {entry['sha256'][:12]}{found} is already version {entry['version']} of lineage "
               f"{args.lineage!r}: nothing to do.")
     return entry
 

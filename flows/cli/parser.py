@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     opts.option(p, "--lineage", field="lineages", dest="lineages", action="append", metavar="NAME",
                 help="Audit the newest checkpoint of this lineage, repeatable (default: every lineage marked for "
                 "auditing, and every marked checkpoint outside a lineage).")
+    opts.option(p, "--follow-alias", field="follow_alias", metavar="ALIAS",
+                help="First register the version this MLflow alias (e.g. champion) points at now into each audited "
+                "lineage from the registry (needs MLFLOW_TRACKING_URI; default: follow none).")
     opts.option(p, "--name", field="name",
                 help="Name of the audit run, e.g. nightly (letters, digits, '.', '_' and '-').")
     opts.add_run_options(p)

@@ -84,9 +84,17 @@ def test_torch_pins_match_pyproject_and_makefile():
     assert "download.pytorch.org/whl/cu" in _expand(_runs()), "torch comes from a CUDA wheel index"
 
 
+#: ``pip install .`` or ``pip install ".[extra,...]"`` (quoted or not): the project, with the extras named.
+_PROJECT_INSTALL = re.compile(r"""pip install (?:--no-cache-dir )?(["']?)\.(?:\[(?P<extras>[\w,\s-]*)\])?\1(?:\s|$)""")
+
+
 def test_installs_the_project_with_everything_it_packages():
     runs = _runs()
-    assert re.search(r"pip install (--no-cache-dir )?\.(\s|$)", runs), "the image installs the project (pip install .)"
+    match = _PROJECT_INSTALL.search(runs)
+    assert match, "the image installs the project (pip install . or pip install '.[extras]')"
+    extras = {e.strip() for e in (match.group("extras") or "").split(",") if e.strip()}
+    assert {"s3", "mlflow"} <= extras, "a worker reads s3:// and models:/ weights: install the s3 and mlflow extras"
+    assert extras <= set(_pyproject()["project"]["optional-dependencies"]), f"unknown extras {sorted(extras)}"
     copied = {
         part.rstrip("/").removeprefix("./")
         for word, rest in _instructions()
@@ -99,7 +107,7 @@ def test_installs_the_project_with_everything_it_packages():
     assert wanted <= copied, f"packages not copied into the image: {sorted(wanted - copied)}"
     assert {"pyproject.toml", _pyproject()["project"]["readme"], "deployments"} <= copied
     # the torch pins are installed before the project, so pip keeps the CUDA builds
-    assert runs.index("torch==") < runs.index("pip install .")
+    assert runs.index("torch==") < match.start()
 
 
 def test_dockerignore_keeps_what_the_image_copies():

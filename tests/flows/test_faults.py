@@ -94,7 +94,8 @@ def test_train_on_a_full_disk_fails_at_once_with_one_line(small_tmpfs, tmp_path:
     assert f"free space on {checkpoints}" in line
     assert "Traceback" not in done.stderr and "Retry 1/2" not in done.stderr
     left = [p.name for p in checkpoints.rglob("*") if p.is_file()]
-    assert left == ["epoch-0001.weights.pt"], left  # complete files only: no .partial
+    # complete files only (epoch 0, the untrained model, is written before epoch 1): no .partial
+    assert sorted(left) == ["epoch-0000.weights.pt", "epoch-0001.weights.pt"], left
     with sqlite3.connect(tmp_path / "focus.db") as connection:
         assert connection.execute("SELECT status FROM training_run").fetchall() == [("failed",)]
 

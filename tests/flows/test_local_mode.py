@@ -22,9 +22,9 @@ from flows import cli, local_api
 pytestmark = pytest.mark.timeout(240)
 
 FOCUS = str(Path(sys.executable).parent / "focus")
-FLOW_STARTED = "chunk(s) to run"  # the evaluate flow's own log line: the flow runs on the API by then
+FLOW_STARTED = "chunk(s) to run"  # the evaluate flow's own log line (shown with --verbose): the flow runs by then
 # long enough to be interrupted: 10 chunks of SmoothGrad with 200 noisy copies per mosaic
-SLOW_EVALUATION = ("--per-class", "2", "--chunk-size", "2", "--method", "smoothgrad:n_samples=200")
+SLOW_EVALUATION = ("--per-class", "2", "--chunk-size", "2", "--method", "smoothgrad:n_samples=200", "--verbose")
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:

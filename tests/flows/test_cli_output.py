@@ -257,6 +257,15 @@ def test_two_runs_with_the_same_weights_are_told_apart(prefect_api, capfd: pytes
     both = "first epoch 1 = second epoch 1"
     db.set_checkpoint_audit(engine, checkpoint, True)
     assert [t.name for t in _marked_checkpoints(engine, AuditParams())] == [both]
+    from flows.params import SweepParams
+    from flows.sweep import sweep
+
+    cells = sweep(SweepParams(
+        checkpoints=[{"weights": first["final_weights"]}], methods=[{"name": "random"}],
+        dataset={"tile_size": 16}, mosaics={"split": "test", "per_class": 1, "seed": 2},
+        run={"device": "cpu", "batch_size": 16, "chunk_size": 16, "database_url": sqlite_url},
+    ))["cells"]
+    assert [c["checkpoint"] for c in cells] == [both]
     html_text = build_report(tmp_path / "report", database_url=sqlite_url).read_text(encoding="utf-8")
     assert both in html_text and "Training runs first and second produced the same weights" in html_text
     store.dispose_engines()

@@ -24,7 +24,8 @@ __all__ = ["audits_section", "paired_section", "summary_section"]
 
 
 _SUMMARY_TITLES = {
-    "checkpoint": "label, else architecture and epoch; hover for the sha256 of the weights",
+    "checkpoint": "label (every training run's when several produced the same weights), else architecture and "
+                  "epoch; hover for the sha256 of the weights",
     "mosaic set": "id, split and layout; hover for the dataset and mosaics per class",
     "audit": "audit run id",
     "n": "mosaics scored",

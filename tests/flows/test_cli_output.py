@@ -257,6 +257,8 @@ def test_two_runs_with_the_same_weights_are_told_apart(prefect_api, capfd: pytes
     both = "first epoch 1 = second epoch 1"
     db.set_checkpoint_audit(engine, checkpoint, True)
     assert [t.name for t in _marked_checkpoints(engine, AuditParams())] == [both]
+    code, out, err = _run(capfd, "results", "checkpoints", "--format", "csv", "--database-url", sqlite_url)
+    assert code == 0 and both in out, err
     from flows.params import SweepParams
     from flows.sweep import sweep
 

@@ -185,7 +185,7 @@ def training_runs(engine: Engine, run_ids: Iterable[int] | None) -> dict[int, di
 
 
 def audit_outcome(engine: Engine, threshold: float = REGRESSION_THRESHOLD) -> str | None:
-    """What the finished audits found, in a sentence ("2 audit run(s), no regression found ..."); ``None`` before any."""
+    """What the finished audits found, in a sentence ("2 audit run(s), no regression found ..."); else ``None``."""
     audits = db.finished_audit_runs(engine)
     if not audits:
         return None

@@ -8,7 +8,7 @@ Examples
 --------
 >>> import db
 >>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
-'0005'
+'0006'
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
@@ -59,6 +59,7 @@ from db.mosaic_sets import MosaicTiles, RegisteredMosaicSet, mosaic_tiles, regis
 from db.queries import (
     checkpoint_history,
     checkpoint_origin,
+    checkpoint_origins,
     checkpoints_to_audit,
     class_summary,
     compare_methods,
@@ -163,6 +164,7 @@ __all__ = [
     "latest_training_run",
     "finished_audit_runs",
     "checkpoint_origin",
+    "checkpoint_origins",
     "RecordedCheckpoint",
     "recorded_checkpoint",
     "recorded_sha256_at",

@@ -22,7 +22,7 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from db.errors import StoreError
-from db.models import Evaluation, Lineage, ModelCheckpoint
+from db.models import CheckpointOrigin, Evaluation, Lineage, ModelCheckpoint
 from db.transactions import Store, idempotent, transaction
 from db.types import utcnow
 
@@ -191,19 +191,21 @@ def register_training_epochs(
     """Put the checkpoints of a training run's epochs ``1..last_epoch`` into the lineage ``name``, in epoch order.
 
     One transaction; epochs already there keep their version, the others follow the lineage's highest. A new
-    lineage records ``training`` as its source.
+    lineage records ``training`` as its source. The run's epochs are its ``checkpoint_origin`` rows, so an epoch
+    whose weights an earlier run produced byte for byte is found too (and refused if it is in another lineage).
 
     Raises
     ------
     StoreError
         As :func:`register_lineage_checkpoint` (another model, another lineage); nothing is written then.
     """
-    c = ModelCheckpoint
+    o = CheckpointOrigin
     with transaction(store) as connection:
-        ids = list(connection.scalars(
-            select(c.id).where(c.training_run_id == int(training_run_id), c.epoch >= 1, c.epoch <= int(last_epoch))
-            .order_by(c.epoch, c.id)
-        ))
+        ids = list(dict.fromkeys(connection.scalars(
+            select(o.checkpoint_id).where(o.training_run_id == int(training_run_id), o.epoch >= 1,
+                                          o.epoch <= int(last_epoch))
+            .order_by(o.epoch, o.checkpoint_id)
+        )))
         return [register_lineage_checkpoint(connection, name, checkpoint_id, source="training", audit=audit)
                 for checkpoint_id in ids]
 

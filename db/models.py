@@ -39,6 +39,7 @@ __all__ = [
     "TrainingEpoch",
     "Lineage",
     "ModelCheckpoint",
+    "CheckpointOrigin",
     "MosaicSet",
     "Mosaic",
     "XaiMethod",
@@ -208,6 +209,21 @@ class ModelCheckpoint(Base):
     lineage_id: Mapped[int | None] = mapped_column(ForeignKey("lineage.id"))
     version: Mapped[int | None]
     registered_at: Mapped[dt.datetime | None]
+
+
+class CheckpointOrigin(Base):
+    """A training run and epoch that produced a checkpoint's weights; several when runs produced the same bytes.
+
+    ``model_checkpoint.training_run_id`` and ``epoch`` keep the first such run; this table holds every one
+    (written by :func:`db.register_checkpoint` whenever a training run registers an epoch's weights).
+    """
+
+    __tablename__ = "checkpoint_origin"
+
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("model_checkpoint.id", ondelete="CASCADE"), primary_key=True)
+    training_run_id: Mapped[int] = mapped_column(ForeignKey("training_run.id", ondelete="CASCADE"), primary_key=True,
+                                                 index=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
 
 
 class MosaicSet(Base):

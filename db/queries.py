@@ -31,6 +31,7 @@ __all__ = [
     "latest_training_run",
     "finished_audit_runs",
     "checkpoint_origin",
+    "checkpoint_origins",
 ]
 
 _SUMMARY_COLUMNS = (
@@ -253,7 +254,8 @@ def checkpoint_origin(engine: Engine, checkpoint_id: int) -> dict[str, Any] | No
     """The training run (id, name) and epoch recorded with a checkpoint, or ``None`` when none is.
 
     A checkpoint is its weights (sha256): when a second training run produces byte-identical weights, the
-    record keeps the first run's; comparing this with the run at hand tells the two apart.
+    record keeps the first run's; comparing this with the run at hand tells the two apart. Every run that
+    produced the weights is in :func:`checkpoint_origins`.
     """
     frame = _read(
         engine,
@@ -266,3 +268,30 @@ def checkpoint_origin(engine: Engine, checkpoint_id: int) -> dict[str, Any] | No
     row = frame.iloc[0]
     return {"training_run_id": int(row["training_run_id"]), "training_run_name": row["training_run_name"],
             "epoch": None if pd.isna(row["epoch"]) else int(row["epoch"])}
+
+
+def checkpoint_origins(engine: Engine, checkpoint_ids: list[int] | None = None) -> pd.DataFrame:
+    """Every (checkpoint, training run, epoch) that produced a checkpoint's weights, from ``checkpoint_origin``.
+
+    Columns ``checkpoint_id, training_run_id, training_run_name, epoch``, ordered by checkpoint, run and epoch;
+    a checkpoint that two training runs produced byte for byte has two rows. ``None`` reads every checkpoint;
+    a checkpoint no training run produced (registered by hand) has no row.
+
+    Examples
+    --------
+    >>> checkpoint_origins(engine, [9])[["training_run_name", "epoch"]]  # doctest: +SKIP
+      training_run_name  epoch
+    0       demo-digits      8
+    1            digits      8
+    """
+    sql = ("SELECT o.checkpoint_id, o.training_run_id, t.name AS training_run_name, o.epoch FROM checkpoint_origin o "
+           "JOIN training_run t ON t.id = o.training_run_id")
+    params: dict[str, Any] = {}
+    expanding: tuple[str, ...] = ()
+    if checkpoint_ids is not None:
+        if not checkpoint_ids:
+            sql += " WHERE 1 = 0"
+        else:
+            sql += " WHERE o.checkpoint_id IN :ids"
+            params, expanding = {"ids": sorted({int(i) for i in checkpoint_ids})}, ("ids",)
+    return _read(engine, sql + " ORDER BY o.checkpoint_id, o.training_run_id, o.epoch", params, expanding=expanding)

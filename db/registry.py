@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from db.errors import StoreError
 from db import keys
-from db.models import SPLITS, Dataset, Image, ModelCheckpoint, XaiMethod
+from db.models import SPLITS, CheckpointOrigin, Dataset, Image, ModelCheckpoint, XaiMethod
 from db.transactions import Store, idempotent, transaction
 
 __all__ = [
@@ -156,6 +156,11 @@ def register_checkpoint(
 ) -> int:
     """Register a weights file by its sha256 and return its id (the existing one on a second call).
 
+    With ``training_run_id`` and ``epoch``, the (checkpoint, run, epoch) is recorded in ``checkpoint_origin``
+    whether the weights are new or not: a second run that produces byte-identical weights is recorded as
+    another origin of the same checkpoint (the checkpoint's own ``training_run_id``, ``epoch`` and ``label``
+    stay the first run's). Calling again with the same arguments writes nothing.
+
     Examples
     --------
     >>> register_checkpoint(engine, "ab" * 32, "digits_cnn", 10, path="w.pt")  # doctest: +SKIP
@@ -170,12 +175,24 @@ def register_checkpoint(
     }  # fmt: skip
 
     def work(connection: Connection) -> int:
-        existing = connection.scalar(select(ModelCheckpoint.id).where(ModelCheckpoint.sha256 == sha256))
-        if existing is not None:
-            return existing
-        return connection.scalar(insert(ModelCheckpoint).values(values).returning(ModelCheckpoint.id))
+        checkpoint_id = connection.scalar(select(ModelCheckpoint.id).where(ModelCheckpoint.sha256 == sha256))
+        if checkpoint_id is None:
+            checkpoint_id = connection.scalar(insert(ModelCheckpoint).values(values).returning(ModelCheckpoint.id))
+        if training_run_id is not None and epoch is not None:
+            _record_origin(connection, checkpoint_id, int(training_run_id), int(epoch))
+        return checkpoint_id
 
     return idempotent(store, work)
+
+
+def _record_origin(connection: Connection, checkpoint_id: int, training_run_id: int, epoch: int) -> None:
+    """Record that ``training_run_id`` produced the checkpoint at ``epoch`` (nothing when it is recorded)."""
+    o = CheckpointOrigin
+    key = {"checkpoint_id": checkpoint_id, "training_run_id": training_run_id, "epoch": epoch}
+    found = connection.scalar(select(o.checkpoint_id).where(
+        o.checkpoint_id == checkpoint_id, o.training_run_id == training_run_id, o.epoch == epoch))
+    if found is None:
+        connection.execute(insert(o).values(key))
 
 
 def recorded_checkpoint(engine: Engine, sha256: str) -> RecordedCheckpoint | None:

@@ -46,7 +46,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 
 import db
-from flows import analysis, devices, lineages, store, weight_store
+from flows import analysis, checkpoint_names, devices, lineages, store, weight_store
 from flows.evaluate import evaluate
 from flows.jsonsafe import number
 from flows.params import AuditParams, EvaluateParams, ModelSpec
@@ -116,6 +116,9 @@ class _Target:
 
 def _marked_checkpoints(engine: Any, params: AuditParams) -> list[_Target]:
     rows = db.checkpoints_to_audit(engine).to_dict("records")
+    # a checkpoint several training runs produced byte for byte is named by all of them
+    names = checkpoint_names.names_of(engine, {int(r["checkpoint_id"]): r.get("label") for r in rows})
+    rows = [{**r, "label": names[int(r["checkpoint_id"])]} for r in rows]
     if params.checkpoints:
         wanted = set(params.checkpoints)
         unknown = wanted - {r["sha256"] for r in rows}

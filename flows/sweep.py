@@ -24,7 +24,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
 import db
-from flows import devices, record, store
+from flows import checkpoint_names, devices, record, store
 from flows.evaluate import evaluate
 from flows.jsonsafe import number
 from flows.params import EvaluateParams, SweepParams
@@ -77,9 +77,10 @@ def sweep(params: SweepParams) -> dict[str, Any]:
         devices.require_device(params.run.device)  # cells run here; with a deployment, the workers check
     engine = store.engine_for(params.run.database_url)
     cells = sweep_cells(params)
-    evaluation_ids = []
+    evaluation_ids, checkpoint_ids = [], []
     for cell in cells:
         inputs = record.register_inputs(engine, cell.dataset, cell.mosaics, cell.model)
+        checkpoint_ids.append(inputs.checkpoint_id)
         evaluation_id, _, _ = record.open_evaluation(engine, inputs, cell.methods[0], cell.model, cell.randomization,
                                                      precision=cell.run.dtype)
         evaluation_ids.append(evaluation_id)
@@ -109,11 +110,13 @@ def sweep(params: SweepParams) -> dict[str, Any]:
 
     summary = db.evaluation_summary(engine, evaluation_ids)
     by_id = {int(r["evaluation_id"]): r for r in summary.to_dict("records")}
+    origins = checkpoint_names.origins_of(engine, checkpoint_ids)
     rows = []
-    for cell, evaluation_id, state in zip(cells, evaluation_ids, states, strict=True):
+    for cell, evaluation_id, checkpoint_id, state in zip(cells, evaluation_ids, checkpoint_ids, states, strict=True):
         found = by_id.get(evaluation_id, {})
+        name = checkpoint_names.checkpoint_name(cell.model.label, origins.get(checkpoint_id, []))
         rows.append({
-            "checkpoint": cell.model.label or cell.model.weights,
+            "checkpoint": name or cell.model.weights,
             "architecture": cell.model.architecture,
             "method": cell.methods[0].name,
             "evaluation_id": evaluation_id,

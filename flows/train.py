@@ -64,7 +64,7 @@ LOG_EPOCH = "Epoch %d: val accuracy %.3f, median Focus %s"
 #: Epoch 0's line (the untrained model): not an epoch trained, so the demo's bar does not move on it.
 LOG_UNTRAINED = "Epoch 0 (untrained model): val accuracy %.3f, median Focus %s"
 LOG_SAME_WEIGHTS = ("The final weights are byte-identical to those of training run %d (%s) epoch %s: checkpoint %d is "
-                    "one record, and audits, sweeps and the report name it after that run")
+                    "one record of both runs, and audits, sweeps and the report name it after both")
 
 
 class EpochRequest(BaseModel):

@@ -74,8 +74,9 @@ def train_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
     same = result.get("same_weights_as")
     if same:
         lines.append(f"Note: these weights are byte-identical to training run {same['training_run_id']} "
-                     f"({same['training_run_name']}) epoch {same['epoch']}; the store keeps one checkpoint, named "
-                     "after that run (same recipe and seed give the same weights: change --seed for another model).")
+                     f"({same['training_run_name']}) epoch {same['epoch']}; the store keeps one checkpoint for both "
+                     "runs, named after both (same recipe and seed give the same weights: change --seed for another "
+                     "model).")
     lines += [
         f"Final checkpoint {result['final_checkpoint_id']} (sha256 {str(result['final_sha256'])[:12]}): {weights}",
         store_line(opts.database_url(args)),

@@ -47,7 +47,11 @@ def _results_table(args: argparse.Namespace) -> Any:
 
         return analysis.focus_regressions(engine, threshold=args.threshold if args.threshold is not None else 0.05)
     if args.table == "checkpoints":
-        return db.checkpoints_to_audit(engine)
+        from flows.checkpoint_names import names_of  # a checkpoint several runs produced: named by all of them
+
+        frame = db.checkpoints_to_audit(engine)
+        named = names_of(engine, {int(c): label for c, label in zip(frame["checkpoint_id"], frame["label"])})
+        return frame.assign(label=[named[int(c)] for c in frame["checkpoint_id"]])
     raise UsageError(f"Unknown table {args.table!r}: use one of {', '.join(RESULT_TABLES)}.")  # pragma: no cover
 
 

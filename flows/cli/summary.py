@@ -153,6 +153,12 @@ def evaluation_table(engine: Any, ids: Iterable[int]) -> Any:
     order = {evaluation_id: i for i, evaluation_id in enumerate(ids)}
     frame = frame.assign(_order=frame["evaluation_id"].map(order)).sort_values("_order")
     several = frame["checkpoint_id"].nunique() > 1
+    if several:  # a checkpoint several training runs produced byte for byte is named by all of them
+        from flows.checkpoint_names import names_of
+
+        labels = {int(r["checkpoint_id"]): r["checkpoint_label"] for r in frame.to_dict("records")}
+        named = names_of(engine, labels)
+        frame = frame.assign(checkpoint_label=frame["checkpoint_id"].map(lambda c: named[int(c)]))
     randomized = (frame["randomization"] != "none").any()
     table = Table(box=None, pad_edge=False, header_style="bold")
     if several:

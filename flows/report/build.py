@@ -24,7 +24,8 @@ from flows.report.figures import (
     trained_vs_random_section,
 )
 from flows.report.page import page
-from flows.report.queries import EvaluationData, load_evaluations, training_runs
+from flows.checkpoint_names import shared_weights_notes
+from flows.report.queries import EvaluationData, audit_outcome, load_evaluations, training_runs
 from flows.report.sample import sample_section
 from flows.report.selection import checkpoint_names, latest_per_cell, method_key
 from flows.report.tables import audits_section, paired_section, summary_section
@@ -73,7 +74,7 @@ def build_report(out: Path, database_url: str | None = None, evaluations: list[i
     engine = store.engine_for(database_url)
     url_text = store.describe(database_url)
     evals, notes = load_evaluations(engine, evaluations, url_text)
-    run_ids = None if evaluations is None else {e.training_run_id for e in evals if e.training_run_id is not None}
+    run_ids = None if evaluations is None else {run for e in evals for run, _ in e.runs_and_epochs}
     runs = training_runs(engine, run_ids)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ def build_report(out: Path, database_url: str | None = None, evaluations: list[i
         layout_section(evals, names, figures),
     ]
     if audited:
-        sections.insert(4, audits_section(audited, names))
+        sections.insert(4, audits_section(audited, names, audit_outcome(engine)))
     sections[0].notes[:0] = notes
     index = out / "index.html"
     partial = out / ".index.html.tmp"
@@ -117,4 +118,5 @@ def _header(evals: Sequence[EvaluationData], evaluations: list[int] | None, url_
     if finished:
         first, last = (f"{t:%Y-%m-%d %H:%M} UTC" for t in (finished[0], finished[-1]))
         header.append(f"Evaluations finished {first}" + ("" if first == last else f" to {last}") + ".")
-    return header
+    origins = {e.checkpoint_id: [(run, epoch) for _, run, epoch in e.origins] for e in evals}
+    return header + shared_weights_notes(origins)

@@ -109,8 +109,12 @@ def distributions_section(evals: Sequence[EvaluationData], names: dict[int, str]
             scores[names[cid]] = methods
             if cid in accuracy:
                 acc[names[cid]] = accuracy[cid]
+        shared = [names[cid] for cid in sorted(checkpoints) if len({run for run, _ in
+                  next(iter(checkpoints[cid].values()))[0].runs_and_epochs}) > 1]
         caption = (f"Dataset {dataset_name}; evaluations {', '.join(map(str, sorted(used)))}. "
-                   + ("acc: mean per-class validation accuracy of the checkpoint's epoch." if acc else ""))
+                   + ("acc: mean per-class validation accuracy of the checkpoint's epoch. " if acc else "")
+                   + "".join(f"“{name}” is one checkpoint that several training runs produced byte for byte "
+                             "(one panel for all of them). " for name in shared)).strip()
         figures.draw(section, f"fig4-{slug(dataset_name)}", caption, f"Focus distributions on {dataset_name}",
                      report.plot_focus_distributions, scores, accuracy_by_group=acc or None)
     return section

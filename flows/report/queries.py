@@ -28,10 +28,12 @@ from db import Engine
 from focus_core import stats
 from focus_core.errors import FocusError
 
-__all__ = ["CONFIDENCE", "BOOTSTRAP_RESAMPLES", "EvaluationData", "load_evaluations", "training_runs"]
+__all__ = ["CONFIDENCE", "BOOTSTRAP_RESAMPLES", "REGRESSION_THRESHOLD", "EvaluationData", "audit_outcome",
+           "load_evaluations", "training_runs"]
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
+REGRESSION_THRESHOLD = 0.05  # the default of `focus results regressions`
 
 
 @dataclass
@@ -75,6 +77,21 @@ class EvaluationData:
     summary: dict[str, Any] = field(default_factory=dict)
     ci: tuple[float, float] = (math.nan, math.nan)
     cluster_ci: tuple[float, float] = (math.nan, math.nan)  # resampling target classes, then mosaics
+    # every (training run id, run name, epoch) that produced the weights (two when two runs gave the same bytes)
+    origins: list[tuple[int, str, int]] = field(default_factory=list)
+
+    @property
+    def runs_and_epochs(self) -> list[tuple[int, int]]:
+        """``(training run id, epoch)`` of every run that produced the weights (the recorded one without origins)."""
+        if self.origins:
+            return [(run, epoch) for run, _name, epoch in self.origins]
+        if self.training_run_id is None or self.epoch is None:
+            return []
+        return [(self.training_run_id, self.epoch)]
+
+    def epoch_in(self, training_run_id: int) -> int | None:
+        """The epoch at which ``training_run_id`` produced these weights, or ``None`` when it did not."""
+        return next((epoch for run, epoch in self.runs_and_epochs if run == training_run_id), None)
 
     @property
     def n(self) -> int:
@@ -133,6 +150,13 @@ def load_evaluations(engine: Engine, evaluations: Sequence[int] | None = None,
             "or select finished ones."
         )
     data = [EvaluationData(**{k: v for k, v in r.items()}) for r in rows]
+    origins = db.checkpoint_origins(engine, sorted({d.checkpoint_id for d in data}))
+    by_checkpoint: dict[int, list[tuple[int, str, int]]] = {}
+    for o in origins.to_dict("records"):
+        by_checkpoint.setdefault(int(o["checkpoint_id"]), []).append(
+            (int(o["training_run_id"]), str(o["training_run_name"]), int(o["epoch"])))
+    for item in data:
+        item.origins = by_checkpoint.get(item.checkpoint_id, [])
     results = db.report_reads.mosaic_scores(engine, [d.evaluation_id for d in data])
     grouped = dict(tuple(results.groupby("evaluation_id"))) if len(results) else {}
     for item in data:
@@ -158,3 +182,16 @@ def training_runs(engine: Engine, run_ids: Iterable[int] | None) -> dict[int, di
     """``{run_id: {"run": row, "epochs": [row, ...]}}`` for the given runs (all runs with ``None``) with epochs."""
     runs = db.report_reads.training_runs(engine, run_ids)
     return {k: v for k, v in runs.items() if v["epochs"]}
+
+
+def audit_outcome(engine: Engine, threshold: float = REGRESSION_THRESHOLD) -> str | None:
+    """What the finished audits found, in a sentence ("2 audit run(s), no regression found ..."); else ``None``."""
+    audits = db.finished_audit_runs(engine)
+    if not audits:
+        return None
+    found = len(db.focus_regressions(engine, threshold=threshold))
+    if not found:
+        return (f"{audits} audit run(s), no regression found: no median Focus fell by more than {threshold} "
+                "since the previous audit of the same checkpoint, method and mosaic set.")
+    return (f"{audits} audit run(s), {found} regression(s) found (median Focus fell by more than {threshold}): "
+            "`focus results regressions` lists them with the paired test.")

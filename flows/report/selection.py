@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from flows.checkpoint_names import checkpoint_name
 from flows.report.queries import EvaluationData
 
 __all__ = ["RANDOMIZATION_ORDER", "method_key", "slug", "checkpoint_names", "latest", "latest_per_cell",
@@ -40,12 +41,16 @@ def slug(*parts: Any) -> str:
 
 
 def checkpoint_names(evals: Sequence[EvaluationData]) -> dict[int, str]:
-    """A short unique name per checkpoint: its label, else its architecture (and id when shared)."""
+    """A short unique name per checkpoint: its label, else its architecture (and id when shared).
+
+    A checkpoint that several training runs produced byte for byte is named by all of them
+    (``demo-digits epoch 8 = digits epoch 8``, :func:`flows.checkpoint_names.checkpoint_name`).
+    """
     base = {}
     for e in evals:
-        name = e.checkpoint_label or e.architecture
-        if e.epoch is not None and not e.checkpoint_label:
-            name += f" epoch {e.epoch}"
+        name = checkpoint_name(e.checkpoint_label, [(run, epoch) for _, run, epoch in e.origins])
+        if name is None:
+            name = e.architecture + ("" if e.epoch is None else f" epoch {e.epoch}")
         base[e.checkpoint_id] = name
     counts = defaultdict(int)
     for name in base.values():
@@ -73,10 +78,14 @@ def latest_per_cell(evals: Iterable[EvaluationData]) -> list[EvaluationData]:
 
 
 def final_checkpoints(evals: Sequence[EvaluationData]) -> set[int]:
-    """Checkpoints that are not an intermediate epoch of a training run (per-epoch ones are for Figure 5)."""
+    """Checkpoints that are not an intermediate epoch of a training run (per-epoch ones are for Figure 5).
+
+    A checkpoint two runs produced is final when it is the last epoch of either (the same weights may be an
+    intermediate epoch of a longer run and the final one of a shorter run).
+    """
     last_epoch: dict[int, int] = {}
     for e in evals:
-        if e.training_run_id is not None and e.epoch is not None:
-            last_epoch[e.training_run_id] = max(last_epoch.get(e.training_run_id, e.epoch), e.epoch)
+        for run, epoch in e.runs_and_epochs:
+            last_epoch[run] = max(last_epoch.get(run, epoch), epoch)
     return {e.checkpoint_id for e in evals
-            if e.training_run_id is None or e.epoch is None or e.epoch == last_epoch[e.training_run_id]}
+            if not e.runs_and_epochs or any(epoch == last_epoch[run] for run, epoch in e.runs_and_epochs)}

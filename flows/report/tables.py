@@ -24,7 +24,8 @@ __all__ = ["audits_section", "paired_section", "summary_section"]
 
 
 _SUMMARY_TITLES = {
-    "checkpoint": "label, else architecture and epoch; hover for the sha256 of the weights",
+    "checkpoint": "label (every training run's when several produced the same weights), else architecture and "
+                  "epoch; hover for the sha256 of the weights",
     "mosaic set": "id, split and layout; hover for the dataset and mosaics per class",
     "audit": "audit run id",
     "n": "mosaics scored",
@@ -59,14 +60,19 @@ def summary_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> S
     return section
 
 
-def audits_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> Section:
-    """Every audit's evaluations, oldest audit first: the same statistics as the summary, per audit run."""
+def audits_section(evals: Sequence[EvaluationData], names: dict[int, str], outcome: str | None = None) -> Section:
+    """Every audit's evaluations, oldest audit first: the same statistics as the summary, per audit run.
+
+    ``outcome`` (:func:`flows.report.queries.audit_outcome`) says what the audits found, regressions or none.
+    """
     section = Section(
         "audits", "Audits",
         "Each audit run re-evaluates the checkpoints marked for auditing on their audit mosaic set; one row per "
         "audit run x checkpoint x method. The main tables above show the latest of each; `focus results "
         "regressions` lists the falls beyond the threshold with the paired test.",
     )
+    if outcome:
+        section.notes.append(outcome)
     ordered = sorted(evals, key=lambda e: (e.audit_run_id or 0, e.checkpoint_id, method_key(e.method)))
     section.blocks.append(_summary_table(ordered, names, "audit-table", keep_order=True))
     return section

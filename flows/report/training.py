@@ -60,17 +60,17 @@ def _epoch_records(run: dict[str, Any], evals: Sequence[EvaluationData]) -> tupl
     """Figure 5/6 records of a run: epoch metrics plus Focus per method (from per-epoch evaluations when recorded)."""
     run_id = run["run"]["id"]
     candidates = [e for e in evals
-                  if e.training_run_id == run_id and e.epoch is not None and e.randomization == "none" and e.n]
+                  if e.epoch_in(run_id) is not None and e.randomization == "none" and e.n]
     # Focus per epoch is measured on one fixed mosaic set: the set evaluated in the most epochs.
     epochs_per_set: dict[int, set[int]] = defaultdict(set)
     for e in candidates:
-        epochs_per_set[e.mosaic_set_id].add(e.epoch)
+        epochs_per_set[e.mosaic_set_id].add(e.epoch_in(run_id))
     per_epoch: dict[tuple[int, str], list[EvaluationData]] = defaultdict(list)
     if epochs_per_set:
         fixed = max(epochs_per_set, key=lambda s: (len(epochs_per_set[s]), -s))
         for e in candidates:
             if e.mosaic_set_id == fixed:
-                per_epoch[(e.epoch, e.method)].append(e)
+                per_epoch[(e.epoch_in(run_id), e.method)].append(e)
     records, source = [], "per-epoch evaluations"
     fallback = _recorded_focus_name(run["run"].get("config"))
     for epoch in run["epochs"]:

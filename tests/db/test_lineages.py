@@ -88,3 +88,16 @@ def test_previous_audited_checkpoint_skips_versions_no_audit_evaluated(engine, w
     assert db.audit_evaluations(engine, ids[0], method, before_audit_run=audit_run) == []
     history = db.checkpoint_history(engine, ids[0])
     assert history[["lineage", "checkpoint_version"]].values.tolist() == [["prod", 1]]
+
+
+def test_a_run_whose_weights_an_earlier_run_produced_finds_its_epochs(engine):
+    """Before: the epochs were looked up by ``model_checkpoint.training_run_id`` (the first run's), so a second run
+    with the same seed put nothing into its lineage."""
+    runs = [db.register_training_run(engine, tag * 64, "digits_cnn", {}, name=name) for tag, name in (("a", "x"),
+                                                                                                       ("b", "y"))]
+    ids = [db.register_checkpoint(engine, tag * 64, "digits_cnn", 2, training_run_id=run, epoch=epoch)
+           for run in runs for tag, epoch in (("c", 1), ("d", 2))][:2]
+    first = db.register_training_epochs(engine, "digits", runs[0], last_epoch=2)
+    second = db.register_training_epochs(engine, "digits", runs[1], last_epoch=2)
+    assert [e.checkpoint_id for e in second] == [e.checkpoint_id for e in first] == ids
+    assert [e.added for e in second] == [False, False]

@@ -18,7 +18,7 @@ VIEWS = {"evaluation_summary", "training_epoch_focus", "audit_history"}
 def test_history_has_one_head():
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [db.head()]
-    assert db.head() == "0005"
+    assert db.head() == "0006"
 
 
 def test_upgrade_to_head_and_downgrade_to_base(empty_url, tmp_path, monkeypatch):
@@ -228,3 +228,28 @@ def test_upgrading_sqlite_from_0001_keeps_every_mosaic_result(tmp_path):
         engine.dispose()
     assert kept == len(world.mosaic_ids) > 0
     assert foreign_keys == 1  # switched back on for the connections the pool hands out afterwards
+
+
+def test_0006_backfills_checkpoint_origins_from_the_checkpoints(empty_url):
+    """Every checkpoint a training run recorded before 0006 gets its (run, epoch) origin; going down drops them."""
+    from sqlalchemy import text
+
+    assert db.upgrade(empty_url, "0005") == "0005"
+    engine = db.get_engine(empty_url, check=False)
+    try:
+        run = db.register_training_run(engine, "a" * 64, "digits_cnn", {"epochs": 2}, name="demo-digits")
+        with engine.begin() as connection:
+            for i, (run_id, epoch) in enumerate([(run, 1), (run, 2), (None, None)]):
+                connection.execute(text(
+                    "INSERT INTO model_checkpoint (sha256, architecture, num_classes, path, training_run_id, epoch, "
+                    "audit, created_at) VALUES (:sha, 'digits_cnn', 10, 'w.pt', :run, :epoch, :audit, :now)"),
+                    {"sha": f"{i}" * 64, "run": run_id, "epoch": epoch, "audit": False, "now": "2026-12-02 00:00:00"})
+        assert db.upgrade(empty_url) == db.head()
+        origins = db.checkpoint_origins(engine)
+        assert [(r["training_run_name"], r["epoch"]) for r in origins.to_dict("records")] == [
+            ("demo-digits", 1), ("demo-digits", 2)]
+        assert db.downgrade(empty_url, "0005") == "0005"
+        assert "checkpoint_origin" not in inspect(engine).get_table_names()
+        assert db.upgrade(empty_url) == db.head()
+    finally:
+        engine.dispose()

@@ -213,3 +213,21 @@ def test_evaluation_lifecycle_and_training_epochs(engine, world, build_sums):
             text("SELECT epoch, train_loss, val_accuracy, focus_median FROM training_epoch "
                  "WHERE training_run_id = :r ORDER BY epoch"), {"r": run}).all()
     assert [tuple(e) for e in epochs] == [(0, 1.5, 0.55, None), (1, 1.0, 0.8, 0.7)]
+
+
+def test_two_training_runs_with_the_same_weights_are_both_origins(engine):
+    """Before: the checkpoint recorded only the first run; the second run's name was lost."""
+    first = db.register_training_run(engine, "a" * 64, "digits_cnn", {"seed": 0}, name="demo-digits")
+    second = db.register_training_run(engine, "b" * 64, "digits_cnn", {"seed": 0}, name="digits")
+    sha = "ab" * 32
+    checkpoint = db.register_checkpoint(engine, sha, "digits_cnn", 10, training_run_id=first, epoch=8,
+                                        label="demo-digits epoch 8")
+    for _ in range(2):  # a retried task registers again: no second row
+        assert db.register_checkpoint(engine, sha, "digits_cnn", 10, training_run_id=second, epoch=8,
+                                      label="digits epoch 8") == checkpoint
+    assert db.register_checkpoint(engine, sha, "digits_cnn", 10) == checkpoint  # no run: no origin
+    origins = db.checkpoint_origins(engine, [checkpoint])
+    assert [(r["training_run_id"], r["training_run_name"], r["epoch"]) for r in origins.to_dict("records")] == [
+        (first, "demo-digits", 8), (second, "digits", 8)]
+    assert db.checkpoint_origin(engine, checkpoint)["training_run_id"] == first  # the record keeps the first run
+    assert db.checkpoint_origins(engine, []).empty

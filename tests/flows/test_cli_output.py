@@ -242,3 +242,32 @@ def test_two_runs_with_the_same_weights_are_told_apart(prefect_api, capfd: pytes
     code, out, err = _run(capfd, "train", "--name", "second", *common)
     assert code == 0, err
     assert f"byte-identical to training run {first['training_run_id']} (first) epoch 1" in out, out
+
+    # Every run that produced the weights is recorded, and named wherever the checkpoint is named.
+    import db
+    from flows import store
+    from flows.audit import _marked_checkpoints
+    from flows.params import AuditParams
+    from flows.report import build_report
+
+    engine = store.engine_for(sqlite_url)
+    checkpoint = first["final_checkpoint_id"]
+    origins = db.checkpoint_origins(engine, [checkpoint])
+    assert [(r["training_run_name"], r["epoch"]) for r in origins.to_dict("records")] == [("first", 1), ("second", 1)]
+    both = "first epoch 1 = second epoch 1"
+    db.set_checkpoint_audit(engine, checkpoint, True)
+    assert [t.name for t in _marked_checkpoints(engine, AuditParams())] == [both]
+    code, out, err = _run(capfd, "results", "checkpoints", "--format", "csv", "--database-url", sqlite_url)
+    assert code == 0 and both in out, err
+    from flows.params import SweepParams
+    from flows.sweep import sweep
+
+    cells = sweep(SweepParams(
+        checkpoints=[{"weights": first["final_weights"]}], methods=[{"name": "random"}],
+        dataset={"tile_size": 16}, mosaics={"split": "test", "per_class": 1, "seed": 2},
+        run={"device": "cpu", "batch_size": 16, "chunk_size": 16, "database_url": sqlite_url},
+    ))["cells"]
+    assert [c["checkpoint"] for c in cells] == [both]
+    html_text = build_report(tmp_path / "report", database_url=sqlite_url).read_text(encoding="utf-8")
+    assert both in html_text and "Training runs first and second produced the same weights" in html_text
+    store.dispose_engines()

@@ -29,7 +29,7 @@ from sqlalchemy import text
 
 import db
 from flows import store
-from focus_core import stats
+from focus_core import models, stats
 from focus_core.errors import FocusError
 from tests import postgres
 from tests.recorded_store import EPOCHS, METHODS, Record, build_record, write_record
@@ -443,3 +443,72 @@ def test_audits_have_their_own_section(record: Record, tmp_path: Path) -> None:
     assert len(cells) == len(set(cells)), "one row per checkpoint x method x mosaic set x randomization"
     latest = str(ids["audits"][-1])  # the cell the audits re-measured shows its latest evaluation
     assert latest in {r["attrs"]["audit-run-id"] for r in page_.tables["summary-table"]}
+    assert "2 audit run(s), 1 regression(s) found (median Focus fell by more than 0.05)" in " ".join(page_.notes)
+
+
+def test_audits_that_found_no_regression_say_so(record: Record, tmp_path: Path) -> None:
+    """Before: the page said nothing (the command line "(no regressions recorded yet)") after audits that found none."""
+    from flows.report import build_report
+    from focus_core import explainers
+
+    url = f"sqlite:///{tmp_path / 'focus.db'}"
+    db.upgrade(url)
+    write_record(url, record)
+    engine = store.engine_for(url)
+    trained = next(s for s in record.scored if s.method == "gradcam" and s.mosaic_set == "test"
+                   and s.randomization == "none")
+    checkpoint_id = db.recorded_checkpoint(engine, models.weights_sha256(record.checkpoints[trained.checkpoint][0]))
+    explainer = explainers.get_explainer("gradcam")
+    method_id = db.register_method(engine, explainer.name, dict(explainer.params))
+    with engine.connect() as connection:
+        set_id, = connection.execute(text("SELECT id FROM mosaic_set WHERE manifest_hash = :h"),
+                                     {"h": record.manifests[trained.mosaic_set].hash}).one()
+        mosaic_ids = [r[0] for r in connection.execute(text(
+            "SELECT id FROM mosaic WHERE mosaic_set_id = :s ORDER BY position"), {"s": set_id})]
+    for night in (1, 2):
+        audit_id = db.start_audit_run(engine, name=f"nightly-{night}", threshold=0.05)
+        evaluation_id = db.get_or_create_evaluation(engine, checkpoint_id.checkpoint_id, method_id, set_id,
+                                                    audit_run_id=audit_id)
+        db.start_evaluation(engine, evaluation_id)
+        db.write_mosaic_results(engine, evaluation_id, mosaic_ids, trained.sums, trained.focus, trained.predicted)
+        db.finish_evaluation(engine, evaluation_id)
+        db.finish_audit_run(engine, audit_id)
+    try:
+        page_ = parse_page(build_report(tmp_path / "report", database_url=url).read_text(encoding="utf-8"))
+    finally:
+        store.dispose_engines()
+    assert "audits" in page_.sections
+    assert "2 audit run(s), no regression found" in " ".join(page_.notes), page_.notes
+
+
+def test_a_checkpoint_two_runs_produced_is_named_by_both(record: Record, tmp_path: Path) -> None:
+    """Before: a second run with the demo's seed made byte-identical weights, and the report called them
+    "demo-digits epoch N" only (the second run's name was nowhere on the page)."""
+    from flows.report import build_report
+
+    url = f"sqlite:///{tmp_path / 'focus.db'}"
+    db.upgrade(url)
+    ids = write_record(url, record)
+    engine = store.engine_for(url)
+    final_name = max(record.checkpoints, key=lambda name: record.checkpoints[name][1])
+    path, epoch = record.checkpoints[final_name]
+    sha = models.weights_sha256(path)
+    second = db.register_training_run(engine, "d" * 64, "digits_cnn", {"epochs": epoch}, name="digits")
+    checkpoint_id = db.register_checkpoint(engine, sha, "digits_cnn", 10, path=path, in_channels=1,
+                                           training_run_id=second, epoch=epoch, label=f"digits epoch {epoch}")
+    db.register_checkpoint(engine, sha, "digits_cnn", 10, training_run_id=second, epoch=epoch)  # idempotent
+    origins = db.checkpoint_origins(engine, [checkpoint_id])
+    assert list(origins["training_run_name"]) == ["demo-digits", "digits"] and set(origins["epoch"]) == {epoch}
+    try:
+        html_text = build_report(tmp_path / "report", database_url=url).read_text(encoding="utf-8")
+    finally:
+        store.dispose_engines()
+    page_ = parse_page(html_text)
+    both = f"demo-digits epoch {epoch} = digits epoch {epoch}"
+    shown = {r["cells"][1] for r in page_.tables["summary-table"] if r["attrs"]["checkpoint-id"] == str(checkpoint_id)}
+    assert shown == {both}, shown
+    assert f"Training runs demo-digits and digits produced the same weights (byte-identical): checkpoint " \
+           f"{checkpoint_id} is {both}" in html_text
+    violin = re.search(r'<figure[^>]*id="fig4-[^"]*"[\s\S]*?</figure>', html_text)
+    assert violin is not None and f"“{both}” is one checkpoint that several training runs produced" in violin.group(0)
+    assert ids["run_id"] != second

@@ -109,8 +109,12 @@ class _Target:
             value = number(row.get(key))
             return None if value is None else int(value)
 
+        def text(key: str) -> str | None:  # a frame holding some None and some text gives NaN for the None
+            value = row.get(key)
+            return value if isinstance(value, str) else None
+
         return cls(int(row["checkpoint_id"]), row["sha256"], row["architecture"], int(row["num_classes"]),
-                   optional("in_channels"), row.get("path"), row.get("label"), row.get("lineage"),
+                   optional("in_channels"), text("path"), text("label"), text("lineage"),
                    optional("lineage_id"), optional("version"))
 
 

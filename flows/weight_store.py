@@ -191,8 +191,19 @@ def _filesystem(url: str) -> tuple[Any, str]:
         ) from None
 
 
+def _bucket_url(url: str) -> str:
+    """The bucket (or container) part of a URL: ``s3://models/runs/w.pt`` -> ``s3://models``."""
+    parts = urlsplit(redact(url))
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _io_error(url: str, error: BaseException, action: str = "read") -> Exception:
     """A filesystem error as one sentence without the library's text (which may quote a signed URL)."""
+    if isinstance(error, FileNotFoundError) and action == "write":  # s3fs: NoSuchBucket
+        return FocusError(
+            f"Cannot write {redact(url)}: its bucket does not exist, so create it first "
+            f"(e.g. aws s3 mb {_bucket_url(url)}) or pass a URL in an existing one."
+        )
     if isinstance(error, FileNotFoundError):
         return FocusError(f"The weights at {redact(url)} do not exist: pass the URL of an uploaded state_dict.")
     if isinstance(error, (PermissionError, IsADirectoryError, NotADirectoryError)) or (

@@ -146,7 +146,10 @@ def cmd_checkpoint_list(args: argparse.Namespace) -> None:
     if frame.empty:
         info("no lineage recorded yet: register a checkpoint with `focus checkpoint register --lineage NAME ...`")
         return
-    shown = frame.assign(sha256=frame["sha256"].str[:12])[
+    # a column with some values missing would show NaN (and epochs as 1.0): missing shows as '-'
+    shown = frame.assign(sha256=frame["sha256"].str[:12], epoch=frame["epoch"].astype("Int64").astype(str),
+                         label=frame["label"].astype(object).where(frame["label"].notna(), None))
+    shown = shown.astype({"epoch": object, "label": object}).replace({"<NA>": "-"}).fillna("-")[
         ["lineage", "version", "sha256", "architecture", "num_classes", "in_channels", "label", "epoch",
          "registered_at", "lineage_audit", "path"]
     ]

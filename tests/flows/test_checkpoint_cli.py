@@ -101,3 +101,19 @@ def test_train_into_a_lineage_of_another_model_is_refused_before_training(capsys
     assert code == 2, err
     assert "Lineage 'three-classes' holds digits_cnn with 3 classes" in err and "another --lineage name" in err
     assert _rows(sqlite_url)["training_run"] == 0 and not checkpoints.exists()
+
+
+def test_the_list_shows_a_missing_label_as_a_dash_not_nan(capsys, sqlite_url, digits_weights, tmp_path):
+    import torch
+
+    from focus_core import models
+
+    torch.manual_seed(7)
+    other = tmp_path / "other.pt"
+    models.save_weights(models.build_model("digits_cnn", num_classes=10, in_channels=1), other)
+    assert _focus(capsys, *_register(sqlite_url, digits_weights, "--label", "nightly"))[0] == 0
+    assert _focus(capsys, *_register(sqlite_url, str(other)))[0] == 0  # no label: NaN beside a labelled row
+    code, out, _ = _focus(capsys, "checkpoint", "list", "--database-url", sqlite_url)
+    assert code == 0 and "NaN" not in out and "None" not in out
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [(row[1], row[6], row[7]) for row in rows] == [("1", "nightly", "-"), ("2", "-", "-")]

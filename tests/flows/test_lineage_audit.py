@@ -128,3 +128,21 @@ def test_a_worse_version_regresses_against_the_previous_audited_one(
     listed = json.loads(_focus(capsys, "checkpoint", "list", "--lineage", "digits-prod", "--format", "json",
                                "--database-url", url)[1])
     assert [(row["version"], row["sha256"]) for row in listed] == [(1, trained["final_sha256"]), (2, worse_sha)]
+
+
+def test_lineages_with_and_without_labels_are_audited_with_labels_or_none(url, tmp_path, capsys):
+    """A frame of lineages where some newest versions have a label and some none gives NaN for the missing
+    ones; the audit must see None there (NaN reached ModelSpec(label=...) and failed every lineage's audit)."""
+    for seed, (lineage, label) in enumerate([("labelled", ["--label", "retrained"]), ("bare", []),
+                                             ("bare-too", [])]):
+        torch.manual_seed(seed)
+        weights = tmp_path / f"{lineage}.pt"
+        models.save_weights(models.build_model("digits_cnn", num_classes=10, in_channels=1), weights)
+        code, _, err = _focus(capsys, "checkpoint", "register", "--lineage", lineage, "--weights", str(weights),
+                              "--arch", "digits_cnn", "--num-classes", "10", "--in-channels", "1", *label,
+                              "--audit", "--database-url", url)
+        assert code == 0, err
+    targets = audit_module._targets(store.engine_for(url), audit_module.AuditParams(methods=[{"name": "gradcam"}]))
+    assert {t.lineage: t.label for t in targets} == {"labelled": "retrained", "bare": None, "bare-too": None}
+    for target in targets:  # what the audit builds for each lineage's evaluation
+        audit_module.ModelSpec(architecture=target.architecture, weights=target.path, label=target.label)

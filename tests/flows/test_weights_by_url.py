@@ -23,7 +23,7 @@ import torch
 from sqlalchemy import text
 
 import db
-from flows import store
+from flows import store, weight_store
 from flows import train as train_module
 from flows.params import TrainParams
 from focus_core import models
@@ -168,3 +168,14 @@ def test_train_to_s3_records_urls_and_resumes_from_s3_on_an_empty_cache(
     outcome = train_module.train(_train_params("s3://models-train/runs", sqlite_url, epochs=3))
     assert trained == [1, 2, 2, 3] and outcome["epochs_run"] == [3] and outcome["final_sha256"] == uploaded
     assert SECRET_KEY not in caplog.text and ACCESS_KEY not in caplog.text
+
+
+def test_writing_into_a_bucket_that_does_not_exist_says_to_create_it(s3_env, tmp_path):
+    local = tmp_path / "w.pt"
+    local.write_bytes(_state_dict_bytes(3))
+    with pytest.raises(FocusError) as caught:
+        weight_store.upload(local, "s3://no-such-bucket/checkpoints/digits/epoch-0001.weights.pt")
+    message = str(caught.value)
+    # the old sentence ("... do not exist: pass the URL of an uploaded state_dict") sent a user looking for a file
+    assert "bucket does not exist" in message and "aws s3 mb s3://no-such-bucket" in message
+    assert "uploaded state_dict" not in message and SECRET_KEY not in message and "\n" not in message

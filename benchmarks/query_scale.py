@@ -135,7 +135,7 @@ class Filler:
             db.finish_audit_run(engine, audit)
             audits.append(audit)
         return {"run": run, "final": final, "audited": audited, "audits": audits, "latest": latest,
-                "test_set": sets["test"].mosaic_set_id}
+                "test_set": sets["test"].mosaic_set_id, "final_checkpoint": checkpoints[-1]}
 
 
 def queries(ids: dict[str, Any]) -> dict[str, Callable[[Engine], Any]]:
@@ -159,6 +159,11 @@ def queries(ids: dict[str, Any]) -> dict[str, Callable[[Engine], Any]]:
         "paired_focus": lambda e: db.paired_focus(e, final[("gradcam", "none")], final[("lrp", "none")]),
         "focus_regressions": lambda e: db.focus_regressions(e, 0.05, ids["audits"][-1]),
         "checkpoints_to_audit": db.checkpoints_to_audit,
+        "randomization_medians": lambda e: db.randomization_medians(e, ids["final_checkpoint"], ids["test_set"]),
+        "latest_training_run": lambda e: db.latest_training_run(e, "digits"),
+        "finished_audit_runs": db.finished_audit_runs,
+        "checkpoint_origin": lambda e: db.checkpoint_origin(e, ids["final_checkpoint"]),
+        "checkpoint_origins": lambda e: db.checkpoint_origins(e, [ids["final_checkpoint"], *ids["audited"]]),
         "focus_accuracy_correlation": lambda e: analysis.focus_accuracy_correlation(e, ids["run"]),
     })
     return named

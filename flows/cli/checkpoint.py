@@ -136,12 +136,13 @@ def cmd_checkpoint_register(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_checkpoint_list(args: argparse.Namespace) -> None:
     import db
     from flows import store
+    from flows.cli import result_text
 
     frame = db.lineage_checkpoints(store.engine_for(opts.database_url(args)), args.lineage)
     if args.lineage is not None and frame.empty:
         raise UsageError(f"No lineage named {args.lineage!r}: see `focus checkpoint list` for the lineages there are.")
     if args.format == "json":
-        sys.stdout.write(frame.to_json(orient="records", date_format="iso", indent=2) + "\n")
+        sys.stdout.write(result_text.records_json(frame))
         return
     if frame.empty:
         info("no lineage recorded yet: register a checkpoint with `focus checkpoint register --lineage NAME ...`")

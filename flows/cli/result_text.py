@@ -19,12 +19,13 @@ id  method   stage  median
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "HEADERS", "Rendered", "integers", "render", "select"]
+__all__ = ["COLUMNS", "HEADERS", "Rendered", "integers", "records_json", "render", "select"]
 
 #: The columns of each table, most important first (the rest of a table's columns follow in store order).
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -71,6 +72,24 @@ def integers(frame: pd.DataFrame) -> pd.DataFrame:
             if frame[column].notna().sum() == values.notna().sum() and (values.dropna() % 1 == 0).all():
                 frame[column] = values.astype("Int64")
     return frame
+
+
+def records_json(frame: pd.DataFrame) -> str:
+    """Return the rows of ``frame`` as an indented JSON array: dates in ISO 8601, missing values as null.
+
+    Paths and URLs stay as written (pandas' own ``to_json`` escapes every ``/`` as ``\\/``).
+
+    Examples
+    --------
+    >>> print(records_json(pd.DataFrame({"path": ["s3://models/a.pt"], "epoch": [None]})), end="")
+    [
+      {
+        "path": "s3://models/a.pt",
+        "epoch": null
+      }
+    ]
+    """
+    return json.dumps(json.loads(frame.to_json(orient="records", date_format="iso")), indent=2) + "\n"
 
 
 def select(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

@@ -71,7 +71,7 @@ def cmd_results(args: argparse.Namespace) -> None:
     if args.format == "csv":
         text = frame.to_csv(index=False)
     elif args.format == "json":
-        text = frame.to_json(orient="records", date_format="iso", indent=2) + "\n"
+        text = result_text.records_json(frame)
     elif not len(frame):
         text = _nothing(args) + "\n"
     else:

@@ -45,6 +45,7 @@ def test_register_records_a_version_once_and_list_shows_it(capsys, sqlite_url, d
     code, out, _ = _focus(capsys, "checkpoint", "list", "--format", "json", "--database-url", sqlite_url)
     (listed,) = json.loads(out)
     assert code == 0 and (listed["lineage"], listed["version"], listed["sha256"]) == ("digits-prod", 1, row["sha256"])
+    assert digits_weights in out and "\\/" not in out  # paths as written, not pandas' escaped slashes
     code, out, _ = _focus(capsys, "checkpoint", "list", "--database-url", sqlite_url)
     assert code == 0 and "digits-prod" in out and row["sha256"][:12] in out
 

@@ -126,7 +126,7 @@ def check_recorded_checkpoint(
     """
     sha = sha256 or caches.weights_sha256(model.weights)
     if weight_store.is_url(model.weights):
-        recorded_sha = db.recorded_sha256_at(engine, weight_store.canonical(model.weights))
+        recorded_sha = db.recorded_sha256_at(engine, weight_store.canonical(model.weights, sha))
         if recorded_sha is not None and recorded_sha != sha:
             raise weight_store.mismatch_error(model.weights, sha, recorded_sha)
     num_classes, in_channels = _checkpoint_shape(model, dataset_spec)
@@ -164,7 +164,8 @@ def register_checkpoint(
     """Register the spec's weights by their sha256; return ``(checkpoint_id, sha256)``.
 
     The record's ``path`` is where the weights live: the URL, or the local path made absolute (a relative
-    path means nothing on another worker). A file seen for the first time is loaded into the spec's
+    path means nothing on another worker); a registry alias is recorded as the version whose bytes were read
+    (``models:/<name>/<version>``: the alias moves, the version does not). A file seen for the first time is loaded into the spec's
     architecture before it is recorded (so the store never records weights under the wrong
     architecture); a file already recorded must be asked for with the recorded architecture and class count.
 
@@ -182,7 +183,7 @@ def register_checkpoint(
         sha,
         model.architecture,
         num_classes,
-        path=weight_store.canonical(model.weights),
+        path=weight_store.canonical(model.weights, sha),
         in_channels=in_channels,
         training_run_id=training_run_id,
         epoch=epoch,

@@ -80,6 +80,7 @@ _CHUNK = 1 << 20
 _LOCK = threading.Lock()
 _VERIFIED: dict[str, tuple[int, int]] = {}  # cached file -> (size, mtime_ns) whose hash this process checked
 _HASHED: dict[str, tuple[tuple[int, int], str]] = {}  # registry download -> ((size, mtime_ns), its sha256)
+_PINNED: dict[tuple[str, str], str] = {}  # (alias URI, sha256 read through it) -> models:/<name>/<version>
 
 
 def is_registry(location: str | os.PathLike | None) -> bool:
@@ -134,9 +135,27 @@ def check_no_secret(location: str | None) -> str | None:
     return location
 
 
-def canonical(location: str | os.PathLike) -> str:
-    """What the store records: a URL as it is, a local path absolute (``~`` expanded, links resolved)."""
+def canonical(location: str | os.PathLike, sha256: str | None = None) -> str:
+    """What the store records: a URL as it is, a local path absolute (``~`` expanded, links resolved), and a
+    registry alias ``models:/<name>@<alias>`` as the version it names, ``models:/<name>/<version>``.
+
+    An alias moves, so recording it would name other weights tomorrow. Given the ``sha256`` of the bytes read
+    through the alias, the version is the one those bytes came from (no second request); without it, the
+    version the alias names now (a request to the tracking server).
+
+    Raises
+    ------
+    FocusError
+        For an alias: when the alias now names other bytes than ``sha256``, and as
+        :func:`flows.mlflow_source.resolve` (no tracking server, an unknown alias...).
+    """
     text = str(location)
+    if is_registry(text) and "@" in text:
+        pinned = _PINNED.get((text, sha256)) if sha256 is not None else None
+        if pinned is None:
+            found = _registry_copy(text, sha256)[0]  # FocusError when the alias moved to other bytes
+            pinned = _PINNED[(text, found)]
+        return pinned
     return text if is_url(text) else str(Path(text).expanduser().resolve())
 
 
@@ -367,14 +386,16 @@ def _registry_copy(uri: str, expected_sha256: str | None = None) -> tuple[str, P
     """
     from flows import mlflow_source  # mlflow is an optional extra: imported when a models:/ URI is read
 
-    path = mlflow_source.resolve(uri).path
-    sha256 = _hashed(path)
+    found = mlflow_source.resolve(uri)
+    sha256 = _hashed(found.path)
     if expected_sha256 is not None and sha256 != expected_sha256:
-        path = mlflow_source.resolve(uri, refresh=True).path
-        sha256 = _hashed(path)
+        found = mlflow_source.resolve(uri, refresh=True)
+        sha256 = _hashed(found.path)
         if sha256 != expected_sha256:
             raise mismatch_error(uri, sha256, expected_sha256)
-    return sha256, path
+    with _LOCK:
+        _PINNED[(uri, sha256)] = found.uri
+    return sha256, found.path
 
 
 def local_copy(location: str | os.PathLike, expected_sha256: str | None = None) -> Path:

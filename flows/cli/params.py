@@ -89,9 +89,9 @@ def absolute(path: str) -> str:
     >>> absolute("s3://models/r18.pt"), absolute("/models/../models/r18.pt")
     ('s3://models/r18.pt', '/models/r18.pt')
     """
-    from flows.weight_store import canonical
+    from flows.weight_store import canonical, is_url
 
-    return canonical(path)
+    return path if is_url(path) else canonical(path)  # a registry alias stays one: the flow pins what it read
 
 
 def _int_list(text: str) -> list[int]:

@@ -277,3 +277,24 @@ def test_a_recorded_version_whose_artifact_changed_is_refused(worker, sqlite_url
         assert len(err.strip().splitlines()) == 1 and _count(sqlite_url, "model_checkpoint") == before
     finally:
         artifact.write_bytes(original)
+
+
+@pytest.mark.server
+@pytest.mark.timeout(300)
+def test_evaluating_an_alias_records_the_version_it_named(prefect_api, worker, sqlite_url, capsys) -> None:
+    """``focus evaluate --weights models:/...@champion`` records ``models:/.../<version>``: after the alias moves,
+    the next evaluation records the new version beside the old one (recording the alias itself named other
+    bytes the next night, and the run was refused as if the weights had changed behind the store)."""
+    v1, v2 = worker["versions"]
+    args = ("evaluate", "--weights", f"models:/{NAME}@champion", "--arch", "digits_cnn", "--num-classes", "10",
+            "--in-channels", "1", "--per-class", "1", "--method", "gradcam", "--database-url", sqlite_url)
+    code, _, err = _focus(capsys, *args)
+    assert code == 0, err[-3000:]
+    worker["client"].set_registered_model_alias(NAME, "champion", v2)
+    caches.clear_caches()
+    code, _, err = _focus(capsys, *args)
+    assert code == 0, err[-3000:]
+    with store.engine_for(sqlite_url).connect() as connection:
+        recorded = connection.execute(text("SELECT path, sha256 FROM model_checkpoint ORDER BY id")).all()
+    assert [tuple(row) for row in recorded] == [(f"models:/{NAME}/{v1}", worker["sha"][v1]),
+                                               (f"models:/{NAME}/{v2}", worker["sha"][v2])]

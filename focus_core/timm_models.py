@@ -127,14 +127,20 @@ def timm_data_config(arch: Architecture, in_channels: int = 3) -> DataConfig:
     Raises
     ------
     FocusError
-        When timm is not installed or the name is not a timm model.
+        When timm is not installed, the name is not a timm model or its pretrained tag is unknown.
     """
     timm = _timm()
     if not timm.is_model(arch.name):
         raise FocusError(
             f"{arch.name!r} is not a timm model: use a name of timm.list_models() (e.g. 'timm:vit_tiny_patch16_224')."
         )
-    cfg = timm.get_pretrained_cfg(arch.name)
+    try:
+        cfg = timm.get_pretrained_cfg(arch.name)
+    except Exception as error:  # noqa: BLE001 - an unknown pretrained tag: timm's RuntimeError in one sentence
+        raise FocusError(
+            f"timm has no pretrained config {arch.name!r} ({type(error).__name__}: {first_line(error)}): drop the "
+            "tag after the '.' or use one of timm.list_models(pretrained=True)."
+        ) from None
     cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
     size = arch.kwargs.get("img_size")
     if size is None and cfg.get("input_size"):

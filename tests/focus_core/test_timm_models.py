@@ -98,6 +98,10 @@ def test_timm_errors_are_one_sentence():
     with pytest.raises(FocusError, match=r"timm could not build .*\(TypeError: .*fix its keyword") as raised:
         models.build_model("timm:resnet10t(no_such_option=1)", num_classes=10)
     assert "\n" not in str(raised.value)
+    with pytest.raises(FocusError, match="Invalid pretrained tag"):
+        models.build_model("timm:resnet10t.nosuchtag", num_classes=10)
+    with pytest.raises(FocusError, match="no pretrained config 'resnet10t.nosuchtag'"):
+        models.model_data_config("timm:resnet10t.nosuchtag")
 
 
 def test_without_timm_a_timm_arch_names_the_extra(monkeypatch):

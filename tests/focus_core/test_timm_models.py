@@ -8,6 +8,7 @@ accuracy on the bundled digits in 10-25 s on one CPU thread (measured 0.939, see
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -112,6 +113,14 @@ def test_without_timm_a_timm_arch_names_the_extra(monkeypatch):
             call()
     assert ModelSpec(architecture=TINY_VIT).architecture == TINY_VIT  # validating needs no timm
     assert models.build_model("digits_cnn", num_classes=10, in_channels=1) is not None
+
+
+def test_timm_is_imported_only_for_a_timm_model():
+    probe = ("import sys; from focus_core import models; models.build_model('digits_cnn', 10, 1); "
+             "assert 'timm' not in sys.modules; models.build_model('timm:resnet10t', 10, 1); "
+             "assert 'timm' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def test_pretrained_weights_offline_fail_in_one_sentence(monkeypatch, tmp_path):

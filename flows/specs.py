@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from focus_core.arch_string import canonical_architecture
 from focus_core.hashing import canonical_json
 from focus_core.layouts import LAYOUTS
 
@@ -67,7 +68,6 @@ NAME_MAX_LENGTH = 100
 _NAME = re.compile(NAME_PATTERN)  # used with fullmatch: a trailing newline does not pass
 #: The paper's three methods plus the random control: what the audit evaluates by default.
 STANDARD_METHODS: tuple[str, ...] = ("gradcam", "lrp", "smoothgrad")
-_FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 #: A mosaic layout: one of :data:`focus_core.layouts.LAYOUTS` (a JSON-schema enum in the Prefect form).
 Layout = Literal[tuple(LAYOUTS)]  # type: ignore[valid-type]
@@ -127,7 +127,9 @@ class ModelSpec(_Spec):
     architecture: str = Field(
         "digits_cnn",
         min_length=1,
-        description="digits_cnn, alexnet, vgg16, resnet18, another torchvision name, or 'package.module:factory'.",
+        description="digits_cnn, alexnet, vgg16, resnet18, another torchvision name, 'timm:<name>' (e.g. "
+        "'timm:vit_tiny_patch16_224(patch_size=8,depth=4,img_size=32)') or 'package.module:factory'; keyword "
+        "arguments in parentheses; stored in its canonical form (keywords sorted).",
     )
     weights: WeightsLocation = Field(
         None, description="The weights (a state_dict): a path on the worker or a URL (s3://, gs://, az://, file://) "
@@ -143,11 +145,11 @@ class ModelSpec(_Spec):
     @field_validator("architecture")
     @classmethod
     def _check_architecture(cls, value: str) -> str:
-        if ":" in value and not _FACTORY_PATTERN.match(value):
-            raise ValueError(f"architecture {value!r} is not an import path like 'package.module:factory'.")
-        if ":" not in value and not re.match(r"^[A-Za-z_]\w*$", value):
-            raise ValueError(f"architecture {value!r} is not a model name such as 'resnet18'.")
-        return value
+        """The canonical form (:func:`focus_core.arch_string.canonical_architecture`): one string per model.
+
+        A malformed string raises its ``FocusError`` (a ``ValueError``), whose sentence pydantic reports.
+        """
+        return canonical_architecture(value)
 
 
 def _no_credentials(location: str | None) -> str | None:

@@ -1,9 +1,12 @@
-"""The architecture registry: the paper's networks, the digits CNN, torchvision and a user's own factory.
+"""The architecture registry: the paper's networks, the digits CNN, torchvision, timm and a user's own factory.
 
 :func:`build_model` serves the paper's networks (AlexNet, VGG16, ResNet18), a small CNN for the bundled digits
-(:class:`DigitsCNN`), any torchvision classifier by name, and a user's own ``nn.Module`` given as an import path
-``"package.module:factory"``; it sizes the head for the classes and the stem for the input channels. Import these
-names from :mod:`focus_core.models`, which gathers them with the weight files and GradCAM's default layer.
+(:class:`DigitsCNN`), any torchvision classifier by name, any timm model as ``"timm:<name>"`` (optional package:
+:mod:`focus_core.timm_models`) and a user's own ``nn.Module`` given as an import path ``"package.module:factory"``;
+it sizes the head for the classes and the stem for the input channels. Any of them may carry keyword arguments for
+its builder, ``name(key=value,...)``: the syntax and the canonical form are :mod:`focus_core.arch_string`'s.
+:func:`model_data_config` says which input size and normalisation an architecture defines. Import these names
+from :mod:`focus_core.models`, which gathers them with the weight files and GradCAM's default layer.
 
 Examples
 --------
@@ -12,6 +15,8 @@ Examples
 >>> model = build_model("digits_cnn", num_classes=10, in_channels=1)
 >>> model(torch.zeros(2, 1, 64, 64)).shape
 torch.Size([2, 10])
+>>> build_model("digits_cnn(width=8)", num_classes=10, in_channels=1).classifier.in_features
+32
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import torch
 import torchvision
 from torch import nn
 
-from focus_core.errors import FocusError
+from focus_core.arch_string import Architecture, parse_architecture
+from focus_core.errors import FocusError, first_line
+from focus_core.timm_models import DataConfig, build_timm_model, timm_data_config
 
-__all__ = ["ARCHITECTURES", "DigitsCNN", "build_model", "last_linear"]
+__all__ = ["ARCHITECTURES", "DataConfig", "DigitsCNN", "build_model", "last_linear", "model_data_config"]
 
-#: The named architectures. ``build_model`` also accepts any name of
-#: ``torchvision.models.list_models()`` and ``"package.module:factory"`` import paths.
+#: The named architectures. ``build_model`` also accepts any name of ``torchvision.models.list_models()``,
+#: ``"timm:<name>"`` for any name of ``timm.list_models()`` and ``"package.module:factory"`` import paths.
 ARCHITECTURES: tuple[str, ...] = ("digits_cnn", "alexnet", "vgg16", "resnet18")
 
 
@@ -88,17 +95,22 @@ def build_model(
     ----------
     arch : str
         ``"digits_cnn"``, ``"alexnet"``, ``"vgg16"``, ``"resnet18"``, any other name of
-        ``torchvision.models.list_models()``, or ``"package.module:factory"``. A factory is
-        called as ``factory(num_classes=..., in_channels=...)``, passing only the keywords its
-        signature accepts (``factory()`` when none); its last ``nn.Linear`` and first
-        ``nn.Conv2d`` are then replaced where they do not match, as for torchvision models.
+        ``torchvision.models.list_models()``, ``"timm:<name>"`` for a timm model, or
+        ``"package.module:factory"``, each optionally followed by keyword arguments for its builder,
+        ``(key=value,...)`` (syntax: :mod:`focus_core.arch_string`). A factory is called as
+        ``factory(num_classes=..., in_channels=..., **keywords)``, passing ``num_classes`` and
+        ``in_channels`` only where its signature accepts them; its last ``nn.Linear`` and first
+        ``nn.Conv2d`` are then replaced where they do not match, as for torchvision models. A timm
+        model is built by ``timm.create_model`` with ``num_classes`` and ``in_chans`` (and, for a ViT,
+        ``dynamic_img_size=True``: see :func:`focus_core.timm_models.build_timm_model`).
     num_classes : int
         Number of classes of the dataset.
     in_channels : int
         Channels of the input images; a value other than the stem's replaces the first
         convolution (pretrained stems are averaged over their input channels).
     pretrained : bool
-        Start from torchvision's default ImageNet weights (downloads them once; needs network).
+        Start from torchvision's default ImageNet weights, or timm's pretrained weights of the name
+        (downloaded once; needs network).
 
     Returns
     -------
@@ -108,8 +120,9 @@ def build_model(
     Raises
     ------
     FocusError
-        For an unknown architecture, a broken import path, a module or factory that raises (the
-        message names the factory and its error) or a failed weight download.
+        For an unknown or malformed architecture, a broken import path, a module or factory that raises (the
+        message names the factory and its error), keywords the builder refuses, a ``timm:`` architecture
+        without timm installed, or a failed weight download.
 
     Examples
     --------
@@ -119,22 +132,53 @@ def build_model(
     1
     """
     _check_positive(num_classes=num_classes, in_channels=in_channels)
-    if arch == "digits_cnn":
+    parsed = parse_architecture(arch)
+    if parsed.kind == "timm":
+        return build_timm_model(parsed, num_classes, in_channels, pretrained)
+    if parsed.name == "digits_cnn":
         if pretrained:
             raise FocusError("digits_cnn has no pretrained weights: pass pretrained=False.")
-        return DigitsCNN(num_classes=num_classes, in_channels=in_channels)
-    if ":" in arch:
-        model = _call_factory(arch, _import_factory(arch), num_classes, in_channels)
-    elif arch in torchvision.models.list_models(module=torchvision.models):
-        model = _torchvision_model(arch, pretrained)
+        return _call_builder(parsed, DigitsCNN, num_classes=num_classes, in_channels=in_channels)
+    if parsed.kind == "factory":
+        model = _call_factory(parsed, _import_factory(parsed.name), num_classes, in_channels)
+    elif parsed.name in torchvision.models.list_models(module=torchvision.models):
+        model = _torchvision_model(parsed, pretrained)
     else:
         raise FocusError(
             f"Unknown architecture {arch!r}: use one of {', '.join(ARCHITECTURES)}, a torchvision "
-            "model name or a 'package.module:factory' import path."
+            "model name, 'timm:<name>' or a 'package.module:factory' import path."
         )
     _replace_head(model, num_classes, arch)
     _replace_stem(model, in_channels)
     return model
+
+
+def model_data_config(arch: str, in_channels: int = 3) -> DataConfig:
+    """The input size and normalisation that ``arch`` defines, where it defines them (builds no model).
+
+    A timm model: the ``img_size`` of the architecture string, else its pretrained config's input size, and the
+    pretrained config's mean and std (one value per channel; for a one-channel model their mean over the
+    config's channels): see :func:`focus_core.timm_models.timm_data_config`. Every other architecture leaves
+    size and normalisation to the dataset: all fields ``None``.
+
+    Raises
+    ------
+    FocusError
+        For a malformed architecture string, and for a ``timm:`` one when timm is not installed or the name is not
+        a timm model.
+
+    Examples
+    --------
+    >>> model_data_config("timm:resnet18", in_channels=3)
+    DataConfig(input_size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    >>> model_data_config("digits_cnn")
+    DataConfig(input_size=None, mean=None, std=None)
+    """
+    _check_positive(in_channels=in_channels)
+    parsed = parse_architecture(arch)
+    if parsed.kind == "timm":
+        return timm_data_config(parsed, in_channels)
+    return DataConfig()
 
 
 def _check_positive(**values: int) -> None:
@@ -143,17 +187,36 @@ def _check_positive(**values: int) -> None:
             raise FocusError(f"Expected {key} to be a positive integer but got {value!r}: pass one.")
 
 
-def _torchvision_model(arch: str, pretrained: bool) -> nn.Module:
-    if not pretrained:
-        return torchvision.models.get_model(arch, weights=None)
+def _torchvision_model(arch: Architecture, pretrained: bool) -> nn.Module:
     try:
-        return torchvision.models.get_model(arch, weights="DEFAULT")
+        return torchvision.models.get_model(arch.name, weights="DEFAULT" if pretrained else None, **arch.kwargs)
     except (OSError, RuntimeError, ValueError) as error:  # URLError is an OSError
+        if not pretrained:
+            raise _refused(arch, error) from None
         raise FocusError(
-            f"Could not download torchvision's pretrained weights for {arch!r} "
+            f"Could not download torchvision's pretrained weights for {arch.name!r} "
             f"({type(error).__name__}): connect to the network once, or pass pretrained=False "
             "and a local weights file."
         ) from None
+    except Exception as error:  # noqa: BLE001 - a keyword the builder refuses (TypeError) or a value it cannot use
+        raise _refused(arch, error) from None
+
+
+def _call_builder(arch: Architecture, builder: Callable[..., nn.Module], **fixed: object) -> nn.Module:
+    """``builder(**fixed, **arch.kwargs)``; an error of the builder becomes one sentence naming the architecture."""
+    try:
+        return builder(**fixed, **arch.kwargs)
+    except FocusError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a keyword the builder refuses (TypeError) or a value it cannot use
+        raise _refused(arch, error) from None
+
+
+def _refused(arch: Architecture, error: BaseException) -> FocusError:
+    return FocusError(
+        f"Building {arch.canonical()!r} failed ({type(error).__name__}: {first_line(error)}): fix its keyword "
+        "arguments or pass another --arch."
+    )
 
 
 def _import_factory(path: str) -> Callable[..., nn.Module]:
@@ -167,7 +230,7 @@ def _import_factory(path: str) -> Callable[..., nn.Module]:
         ) from None
     except Exception as error:  # noqa: BLE001 - the user's module failed while it was imported
         raise FocusError(
-            f"Importing {module_name!r} for {path!r} failed ({type(error).__name__}: {_first_line(error)}): "
+            f"Importing {module_name!r} for {path!r} failed ({type(error).__name__}: {first_line(error)}): "
             "fix the module so that it imports."
         ) from None
     factory = getattr(module, attr, None)
@@ -179,25 +242,23 @@ def _import_factory(path: str) -> Callable[..., nn.Module]:
     return factory
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def _call_factory(path: str, factory: Callable[..., nn.Module], num_classes: int, in_channels: int) -> nn.Module:
+def _call_factory(
+    arch: Architecture, factory: Callable[..., nn.Module], num_classes: int, in_channels: int
+) -> nn.Module:
+    path = arch.name
     wanted = {"num_classes": num_classes, "in_channels": in_channels}
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         parameters = {}
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    kwargs = {k: v for k, v in wanted.items() if takes_any or k in parameters}
-    call = f"{path}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+    kwargs = {**{k: v for k, v in wanted.items() if takes_any or k in parameters}, **arch.kwargs}
+    call = f"{path}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
     try:
         model = factory(**kwargs)
     except Exception as error:  # noqa: BLE001 - the user's code: name it and its error in one line
         raise FocusError(
-            f"The model factory {call} failed ({type(error).__name__}: {_first_line(error)}): "
+            f"The model factory {call} failed ({type(error).__name__}: {first_line(error)}): "
             "fix the factory or pass another --arch."
         ) from None
     if not isinstance(model, nn.Module):

@@ -1,6 +1,6 @@
 """The project's error type for mistakes a user can make."""
 
-__all__ = ["FocusError"]
+__all__ = ["FocusError", "first_line"]
 
 
 class FocusError(ValueError):
@@ -15,3 +15,17 @@ class FocusError(ValueError):
     ...
     focus_core.errors.FocusError: The folder 'data/cats' does not exist: pass an ImageFolder directory.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none): to quote it in one sentence.
+
+    Examples
+    --------
+    >>> first_line(RuntimeError("size mismatch\\n  details..."))
+    'size mismatch'
+    >>> first_line(KeyError())
+    'KeyError'
+    """
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

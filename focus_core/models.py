@@ -1,9 +1,11 @@
 """Architectures, safe weight files and the default GradCAM layer: the one place to import them from.
 
 One registry serves the paper's networks (AlexNet, VGG16, ResNet18), a small CNN for the
-bundled digits, any torchvision classifier by name, and a user's own ``nn.Module`` given as an
-import path ``"package.module:factory"``. The registry and the building live in
-:mod:`focus_core.architectures`, saving, hashing and safe loading of weight files in
+bundled digits, any torchvision classifier by name, any timm model (``"timm:<name>"``, optional
+package) and a user's own ``nn.Module`` given as an import path ``"package.module:factory"``,
+each with optional keyword arguments (``"timm:vit_tiny_patch16_224(patch_size=8,img_size=32)"``);
+:func:`model_data_config` gives the input size and normalisation an architecture defines.
+The registry and the building live in :mod:`focus_core.architectures`, saving, hashing and safe loading of weight files in
 :mod:`focus_core.weights`; this module gathers them and holds GradCAM's default layer.
 
 Examples
@@ -22,16 +24,18 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
-from focus_core.architectures import ARCHITECTURES, DigitsCNN, build_model
+from focus_core.architectures import ARCHITECTURES, DataConfig, DigitsCNN, build_model, model_data_config
 from focus_core.errors import FocusError
 from focus_core.weights import load_weights, save_atomically, save_weights, weights_sha256
 
 __all__ = [
     "ARCHITECTURES",
+    "DataConfig",
     "DigitsCNN",
     "build_model",
     "default_gradcam_layer",
     "load_weights",
+    "model_data_config",
     "save_atomically",
     "save_weights",
     "weights_sha256",

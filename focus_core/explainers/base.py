@@ -192,6 +192,12 @@ class ExplainerBase:
     def _check(self, values: dict[str, Any]) -> None:
         """Raise :class:`FocusError` for a value out of range (override where needed)."""
 
+    def check_model(self, model: nn.Module) -> None:
+        """Raise :class:`FocusError` for a model this method cannot explain (override where needed).
+
+        Cheap and without a forward pass: flows call it before they write anything (``flows/preflight.py``).
+        """
+
     def _attribute(
         self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor | Explanation:

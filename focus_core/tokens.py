@@ -135,10 +135,10 @@ def check_patch_alignment(model: nn.Module, tile_size: int) -> None:
     --------
     >>> import torchvision
     >>> check_patch_alignment(torchvision.models.vit_b_16(num_classes=2), 224)
-    >>> check_patch_alignment(torchvision.models.vit_b_16(num_classes=2), 200)
+    >>> check_patch_alignment(torchvision.models.vit_b_16(num_classes=2), 200)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    focus_core.errors.FocusError: Tiles of 200 pixels cut the model's 16x16 patches at the mosaic's tile edges: pick a tile size that is a multiple of 16.
+    focus_core.errors.FocusError: Tiles of 200 pixels cut the model's 16x16 patches ...: pick a tile size that is a multiple of 16.
     """
     geometry = patch_geometry(model)
     if geometry is None:

@@ -129,8 +129,8 @@ class LRP(ExplainerBase):
         """Refuse a vision transformer: these are CNN rules, LXT's ``attnlrp`` has a transformer's."""
         if patch_geometry(model) is not None:
             raise FocusError(
-                f"Explainer '{self.name}' has LRP rules for convolutional networks, not for vision transformers such as "
-                f"{type(model).__name__}: use 'attnlrp'."
+                f"Explainer '{self.name}' has LRP rules for convolutional networks, not for vision transformers "
+                f"such as {type(model).__name__}: use 'attnlrp'."
             )
 
     def _bounds(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

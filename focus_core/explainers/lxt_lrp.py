@@ -51,7 +51,7 @@ __all__ = ["AttnLRP", "ATTENTION_RULES", "check_lxt_support", "lxt_rules"]
 ATTENTION_RULES = ("cp", "attnlrp")
 """Rules inside attention: ``cp`` (CP-LRP, LXT's choice for ViTs) or ``attnlrp`` (AttnLRP's uniform rule)."""
 
-_ACTIVATIONS = (nn.GELU,)  # element-wise: the identity rule
+_ACTIVATIONS: tuple[type, ...] = (nn.GELU,)  # element-wise: the identity rule (timm's own GELUs added below)
 _PASS_THROUGH = (nn.Linear, nn.Conv2d, nn.Identity, nn.Dropout, nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -101,18 +101,19 @@ def _timm_classes() -> dict[str, tuple[type, ...]]:
     """timm's ViT classes by role (empty where timm is not installed)."""
     try:
         from timm.layers import DropPath, LayerScale, Mlp, PatchDropout, PatchEmbed
+        from timm.layers.activations import GELU, GELUTanh, QuickGELU
         from timm.layers.attention import Attention
         from timm.models.vision_transformer import Block, VisionTransformer
     except ImportError:  # pragma: no cover - timm is optional
-        return {"model": (), "attention": (), "pass": ()}
-    return {"model": (VisionTransformer,), "attention": (Attention,),
+        return {"model": (), "attention": (), "activation": (), "pass": ()}
+    return {"model": (VisionTransformer,), "attention": (Attention,), "activation": (GELU, GELUTanh, QuickGELU),
             "pass": (Block, Mlp, PatchEmbed, PatchDropout, DropPath, LayerScale)}
 
 
 def _torchvision_classes() -> dict[str, tuple[type, ...]]:
     from torchvision.models import vision_transformer as tv
 
-    return {"model": (tv.VisionTransformer,), "attention": (nn.MultiheadAttention,),
+    return {"model": (tv.VisionTransformer,), "attention": (nn.MultiheadAttention,), "activation": (),
             "pass": (tv.Encoder, tv.EncoderBlock, tv.MLPBlock)}
 
 
@@ -134,7 +135,7 @@ def _unsupported_module(module: nn.Module, library: str, classes: dict[str, tupl
         return None
     if isinstance(module, nn.LayerNorm):
         return None if len(module.normalized_shape) == 1 else "a LayerNorm over more than the last dimension"
-    if type(module) in _ACTIVATIONS or type(module) in classes["pass"] or type(module) in classes["model"]:
+    if type(module) in _ACTIVATIONS + classes["activation"] or type(module) in classes["pass"] + classes["model"]:
         return None
     if isinstance(module, _PASS_THROUGH):
         return None
@@ -153,10 +154,10 @@ def check_lxt_support(model: nn.Module, attention: str = "cp") -> None:
     Examples
     --------
     >>> import torchvision
-    >>> check_lxt_support(torchvision.models.resnet18())
+    >>> check_lxt_support(torchvision.models.resnet18())  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    focus_core.errors.FocusError: Explainer 'attnlrp' (LXT) explains vision transformers only (timm's or torchvision's VisionTransformer), not ResNet: use 'lrp' for convolutional networks.
+    focus_core.errors.FocusError: Explainer 'attnlrp' (LXT) explains vision transformers only ...: use 'lrp' for convolutional networks.
     """
     found = _library(model)
     if found is None:
@@ -247,7 +248,7 @@ def lxt_rules(
         for module in model.modules():
             if isinstance(module, nn.LayerNorm):
                 undo.append(_bind(module, patches.layer_norm_forward, keep_original=False))
-            elif type(module) in _ACTIVATIONS:
+            elif type(module) in _ACTIVATIONS + classes["activation"]:
                 undo.append(_bind(module, patches.non_linear_forward, keep_original=True))
             elif type(module) in classes["attention"] and library == "torchvision":
                 undo.append(_bind(module, patches.cp_multi_head_attention_forward, keep_original=True))

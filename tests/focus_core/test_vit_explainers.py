@@ -137,7 +137,11 @@ def _constants(model):
             or name.endswith("pos_embedding")]
 
 
-@pytest.mark.parametrize("factory", [toy_vit, toy_torchvision_vit])
+def toy_vit_quick_gelu(seed: int = 0) -> nn.Module:
+    return toy_vit(seed, act_layer="quick_gelu")  # timm's own activation module, not nn.GELU
+
+
+@pytest.mark.parametrize("factory", [toy_vit, toy_vit_quick_gelu, toy_torchvision_vit])
 def test_cp_lrp_conserves_the_logit_with_its_constants(factory):
     """CP-LRP with LRP-0 everywhere is linear given its constants: Euler's identity holds exactly.
 
@@ -146,7 +150,7 @@ def test_cp_lrp_conserves_the_logit_with_its_constants(factory):
     non-conservative rule (AttnLRP's softmax below misses by more than ten times the tolerance).
     """
     model = factory()
-    shape = (3, 1, 64, 48) if factory is toy_vit else (3, 3, 32, 32)  # torchvision's ViT: one input size
+    shape = (3, 3, 32, 32) if factory is toy_torchvision_vit else (3, 1, 64, 48)  # torchvision's ViT: one size
     x, targets = torch.randn(*shape), torch.tensor([0, 1, 2])
     constants = _constants(model)
 

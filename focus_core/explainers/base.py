@@ -53,8 +53,8 @@ class Explanation:
         since the hot path takes ``quadrant_sums`` and never does.
     logits : torch.Tensor or None
         ``(B, K)`` logits of the model on the clean inputs, detached, when the method computed them anyway
-        (GradCAM, GradCAM++, gradient, input x gradient, ``lrp_fast``, and zennit's ``lrp`` on models without a
-        merged BatchNorm); ``None`` for methods that never run the model on the clean inputs (SmoothGrad,
+        (GradCAM, GradCAM++, gradient, input x gradient, ``lrp_fast``, ``attnlrp`` (up to float rounding), and
+        zennit's ``lrp`` on models without a merged BatchNorm); ``None`` for methods that never run the model on the clean inputs (SmoothGrad,
         integrated gradients, the random control) or cannot return its exact logits.
     quadrant_sums : torch.Tensor or None
         ``(B, 4, 2)`` float32 :func:`focus_core.metric.quadrant_sums` of ``relevance``, where the method has a

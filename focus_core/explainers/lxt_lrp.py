@@ -61,7 +61,7 @@ def lxt_efficient() -> tuple[types.ModuleType, types.ModuleType, types.ModuleTyp
 
     ``lxt.efficient``'s ``__init__`` imports LXT's model maps for Hugging Face models, which need transformers 4.x
     (``transformers.modeling_attn_mask_utils``, gone in 5.x); the rules and patches need only torch. Where the
-    package import fails for that reason, these two modules are imported from LXT's files under a bare package
+    package import fails for that reason, these three modules are imported from LXT's files under a bare package
     that is removed again, so ``import lxt.efficient`` elsewhere behaves as before.
     """
     try:

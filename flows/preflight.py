@@ -16,12 +16,15 @@ from flows import caches, devices, record, store
 from flows.params import RandomizationSpec
 from focus_core import randomize
 from focus_core.explainers.gradcam import resolve_layer
+from focus_core.tokens import check_patch_alignment, patch_geometry
 
 __all__ = ["check_request"]
 
 
 def check_request(params: Any, randomization: RandomizationSpec | None = None) -> torch.device:
-    """Check the device, the weights (they fit the architecture and the store's record), the randomization, the layers.
+    """Check the device, the weights (they fit the architecture and the store's record), the randomization, the layers,
+    that every method can explain the model (``check_model``: ``attnlrp`` only ViTs, ``lrp`` no ViT) and, for a
+    vision transformer, that the tiles are whole patches (:func:`focus_core.tokens.check_patch_alignment`).
 
     ``params`` is an ``EvaluateParams`` or a ``RandomizationParams``; ``randomization`` overrides
     ``params.randomization`` (the randomization flow checks its stages itself). Returns the device.
@@ -33,6 +36,11 @@ def check_request(params: Any, randomization: RandomizationSpec | None = None) -
     randomize.check_randomization(model, rnd.kind, rnd.stage, rnd.layer)
     for method in params.methods:
         explainer = caches.make_explainer(method, params.model)
+        check_model = getattr(explainer, "check_model", None)
+        if check_model is not None:
+            check_model(model)
         if method.name.startswith("gradcam"):
             resolve_layer(model, explainer.params.get("layer"))
+    if patch_geometry(model) is not None:  # a CNN has no patches: its dataset is not loaded here
+        check_patch_alignment(model, caches.load_dataset(params.dataset).tile_size)
     return device

@@ -49,6 +49,17 @@ def default_gradcam_layer(model: nn.Module) -> str:
     ResNet: ``layer4[-1]`` (the last block, whose output follows its ReLU); any other model
     whose ``features`` is an ``nn.Sequential`` ending in an ``nn.ReLU``: that ReLU.
 
+    Vision transformers (timm's ``blocks``, torchvision's ``encoder.layers``): the last block's
+    input normalisation (timm ``blocks[-1].norm1``, torchvision ``ln_1``) when the class token
+    alone feeds the head, else the last block's output. A class token's logit depends on the
+    patch tokens of the last block's output not at all (only the class token goes on), so their
+    gradient there is zero and the CAM would be empty; the last place where every patch token
+    still reaches the class token is the last attention, and ``norm1`` is what it reads. A head
+    on the average of the tokens (timm ``global_pool="avg"``) reads every patch token of the
+    last block's output, with one gradient for all: there GradCAM is CAM, as on a CNN's last
+    block. The token maps are reshaped to the patch grid by GradCAM
+    (:func:`focus_core.tokens.tokens_to_grid`).
+
     Raises
     ------
     FocusError
@@ -60,6 +71,8 @@ def default_gradcam_layer(model: nn.Module) -> str:
     'layer4.1'
     >>> default_gradcam_layer(build_model("vgg16", num_classes=2))
     'features.30'
+    >>> default_gradcam_layer(torchvision.models.vit_b_16(num_classes=2))
+    'encoder.layers.encoder_layer_11.ln_1'
     """
     features = getattr(model, "features", None)
     official = isinstance(model, (DigitsCNN, torchvision.models.AlexNet, torchvision.models.VGG))
@@ -69,7 +82,27 @@ def default_gradcam_layer(model: nn.Module) -> str:
     layer4 = getattr(model, "layer4", None)
     if isinstance(model, torchvision.models.ResNet) and isinstance(layer4, nn.Sequential):
         return f"layer4.{len(layer4) - 1}"
+    vit_layer = _vit_gradcam_layer(model)
+    if vit_layer is not None:
+        return vit_layer
     raise FocusError(
         f"Cannot infer GradCAM's layer for {type(model).__name__}: pass --gradcam-layer with the "
         "dotted name of its last convolutional block's output."
     )
+
+
+def _vit_gradcam_layer(model: nn.Module) -> str | None:
+    """GradCAM's default layer of a timm or torchvision vision transformer (see :func:`default_gradcam_layer`)."""
+    blocks = getattr(model, "blocks", None)
+    if getattr(model, "patch_embed", None) is not None and isinstance(blocks, (nn.Sequential, nn.ModuleList)) \
+            and len(blocks) > 0:
+        last = f"blocks.{len(blocks) - 1}"
+        class_token_head = getattr(model, "global_pool", "token") in ("token", "map", "prr") \
+            or getattr(model, "attn_pool", None) is not None
+        if class_token_head and isinstance(getattr(blocks[-1], "norm1", None), nn.Module):
+            return f"{last}.norm1"
+        return last
+    if isinstance(model, torchvision.models.VisionTransformer):
+        names = [name for name, _ in model.encoder.layers.named_children()]
+        return f"encoder.layers.{names[-1]}.ln_1"
+    return None

@@ -78,7 +78,8 @@ def _database_param(params: Any) -> str | None:
 
 
 def check_model(params: Any) -> None:
-    """Build the checkpoint's model and find GradCAM's layer here, before Prefect starts.
+    """Build the checkpoint's model, find GradCAM's layer, ask every method whether it explains the model and check
+    that a ViT's patches fit the tiles, here, before Prefect starts (the worker checks again: flows/preflight.py).
 
     A weights file for another architecture (or recorded as another one), a broken
     ``module:factory`` path or a model whose GradCAM layer cannot be inferred then ends with one
@@ -101,8 +102,11 @@ def check_model(params: Any) -> None:
         randomize.check_randomization(model, rnd.kind, rnd.stage, rnd.layer)  # FocusError: one line, rc 2
     methods = list(getattr(params, "methods", None) or []) + list(getattr(params, "focus_methods", None) or [])
     for method in methods:
+        explainer = caches.make_explainer(method, model_spec)
+        check = getattr(explainer, "check_model", None)
+        if check is not None:
+            check(model)  # FocusError: 'attnlrp' on a CNN, 'lrp' on a ViT
         if method.name.startswith("gradcam"):
-            explainer = caches.make_explainer(method, model_spec)
             try:
                 resolve_layer(model, explainer.params.get("layer"))
             except FocusError:
@@ -113,6 +117,10 @@ def check_model(params: Any) -> None:
                         f"(one of: {_conv_block_hint(model)})."
                     ) from None
                 raise
+    from focus_core.tokens import check_patch_alignment, patch_geometry
+
+    if patch_geometry(model) is not None:  # a ViT: the tiles must be whole patches
+        check_patch_alignment(model, caches.load_dataset(dataset_spec).tile_size)
 
 
 def _conv_block_hint(model: Any) -> str:

@@ -6,7 +6,8 @@ Each method lives in the module of its family; :func:`get_explainer` maps a name
     from focus_core.explainers import get_explainer
     relevance = get_explainer("lrp")(model, mosaics, targets)
 
-Modules: :mod:`.gradcam` (gradcam, gradcam++), :mod:`.lrp` (lrp, zennit: the reference), :mod:`.fast_lrp` (lrp_fast:
+Modules: :mod:`.gradcam` (gradcam, gradcam++; CNN feature maps and ViT patch tokens), :mod:`.lrp` (lrp, zennit: the
+reference, CNNs), :mod:`.lxt_lrp` (attnlrp: LRP for vision transformers through LXT), :mod:`.fast_lrp` (lrp_fast:
 the same rules in plain torch, faster (benchmarks/README.md); its rules in :mod:`.fast_lrp_rules`, its trace in
 :mod:`.fast_lrp_plan`), :mod:`.gradients` (gradient, input_x_gradient, integrated_gradients, smoothgrad),
 :mod:`.lime` (lime: captum's Lime over features that stay inside one tile), :mod:`.control` (random),

@@ -53,8 +53,8 @@ class Explanation:
         since the hot path takes ``quadrant_sums`` and never does.
     logits : torch.Tensor or None
         ``(B, K)`` logits of the model on the clean inputs, detached, when the method computed them anyway
-        (GradCAM, GradCAM++, gradient, input x gradient, ``lrp_fast``, and zennit's ``lrp`` on models without a
-        merged BatchNorm); ``None`` for methods that never run the model on the clean inputs (SmoothGrad,
+        (GradCAM, GradCAM++, gradient, input x gradient, ``lrp_fast``, ``attnlrp`` (up to float rounding), and
+        zennit's ``lrp`` on models without a merged BatchNorm); ``None`` for methods that never run the model on the clean inputs (SmoothGrad,
         integrated gradients, the random control) or cannot return its exact logits.
     quadrant_sums : torch.Tensor or None
         ``(B, 4, 2)`` float32 :func:`focus_core.metric.quadrant_sums` of ``relevance``, where the method has a
@@ -191,6 +191,12 @@ class ExplainerBase:
 
     def _check(self, values: dict[str, Any]) -> None:
         """Raise :class:`FocusError` for a value out of range (override where needed)."""
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise :class:`FocusError` for a model this method cannot explain (override where needed).
+
+        Cheap and without a forward pass: flows call it before they write anything (``flows/preflight.py``).
+        """
 
     def _attribute(
         self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor

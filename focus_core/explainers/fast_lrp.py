@@ -54,6 +54,7 @@ class FastLRP(LRP):
     name = "lrp_fast"
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Explanation:
+        self.check_model(model)
         low, high = self._bounds(inputs)
         logits: list[torch.Tensor] = []
         relevance = fast_lrp(model, inputs, targets, low, high, self.params["epsilon"], self.params["canonizer"],

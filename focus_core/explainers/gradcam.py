@@ -4,6 +4,10 @@ Both weight the feature maps of one layer (by default the output of the last con
 ReLU, :func:`focus_core.models.default_gradcam_layer`, as the paper's official code does), sum them over
 channels, apply a ReLU and upsample the map bilinearly to the input size. Maps are not normalised: Focus is a
 ratio and does not need it.
+
+On a vision transformer the layer returns ``(B, N, C)`` tokens: its output and its gradient both lose their
+prefix tokens (class and register tokens) and are reshaped to the ``(B, C, gh, gw)`` patch grid of the input
+(:func:`focus_core.tokens.tokens_to_grid`), and the same weighting runs on that grid.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import nn
 from focus_core.errors import FocusError
 from focus_core.explainers.base import ExplainerBase, Explanation, checked_forward
 from focus_core.metric import upsampled_quadrant_sums
+from focus_core.tokens import patch_geometry, tokens_to_grid
 
 __all__ = [
     "GradCAM",
@@ -91,18 +96,25 @@ def layer_activations_and_gradients(
     what is explained. Nothing below the layer is recorded (no autograd nodes, no activations kept for a backward
     pass that never goes there), and the backward pass stops at the layer, with no parameter gradient.
 
+    A vision transformer's layer (one :func:`focus_core.tokens.patch_geometry` knows) may return ``(B, N, C)``
+    tokens instead: both tensors are then cut to the patch tokens and reshaped to the input's patch grid
+    (:func:`focus_core.tokens.tokens_to_grid`), so ``h, w`` is ``gh, gw`` and the prefix tokens play no part.
+
     Returns
     -------
     tuple of torch.Tensor
         ``activations`` ``(B, K, h, w)`` (detached), ``gradients`` ``(B, K, h, w)`` and ``logits`` ``(B, classes)``.
     """
     caught: list[torch.Tensor] = []
+    geometry = patch_geometry(model)
+    expected = ("a (B, C, h, w) tensor: pass a convolutional layer" if geometry is None else
+                "(B, C, h, w) or (B, tokens, C) tensors: pass a convolutional layer or a transformer block's layer")
 
     def catch(module: nn.Module, args: Any, output: Any) -> Any:
-        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+        shaped = isinstance(output, torch.Tensor) and (output.ndim == 4 or output.ndim == 3 and geometry is not None)
+        if not shaped:
             raise FocusError(
-                f"The layer {layer_name or 'default_gradcam_layer'!r} does not return a (B, C, h, w) tensor: "
-                "pass a convolutional layer."
+                f"The layer {layer_name or 'default_gradcam_layer'!r} does not return {expected}."
             )
         leaf = output.detach().requires_grad_(True)
         caught.append(leaf)
@@ -123,7 +135,11 @@ def layer_activations_and_gradients(
     activations = caught[-1]
     score = logits.gather(1, targets[:, None]).sum()
     (gradients,) = torch.autograd.grad(score, activations)
-    return activations.detach(), gradients, logits
+    activations = activations.detach()
+    if activations.ndim == 3:
+        size = (inputs.shape[-2], inputs.shape[-1])
+        activations, gradients = (tokens_to_grid(t, geometry, size) for t in (activations, gradients))
+    return activations, gradients, logits
 
 
 class GradCAM(ExplainerBase):

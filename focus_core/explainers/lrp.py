@@ -27,8 +27,9 @@ from zennit.types import Linear as AnyLinear
 
 from focus_core.errors import FocusError
 from focus_core.explainers.base import ExplainerBase, Explanation, checked_forward
+from focus_core.tokens import patch_geometry
 
-__all__ = ["LRP", "CANONIZERS", "lrp_canonizers", "lrp_composite"]
+__all__ = ["LRP", "CANONIZERS", "lrp_canonizers", "lrp_composite", "zbox_bounds"]
 
 CANONIZERS = ("auto", "sequential_merge_batchnorm", "resnet", "none")
 """Canonizer choices: ``auto`` picks ``resnet`` for torchvision ResNets, else ``sequential_merge_batchnorm``."""
@@ -58,6 +59,35 @@ def lrp_composite(
     ]
     first_map = [(AnyLinear, ZBox(low=low, high=high))]
     return SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=first_map, canonizers=canonizers)
+
+
+def zbox_bounds(
+    inputs: torch.Tensor, low: float | list[float] | None, high: float | list[float] | None, explainer: str = "lrp"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The z^B bounds of ``inputs`` ``(B, C, H, W)``, broadcastable against them.
+
+    ``None`` (both): each sample's own minimum and maximum over all channels and pixels (``(B, 1, 1, 1)``);
+    otherwise one number or one per channel (``(1, C, 1, 1)``).
+
+    Raises
+    ------
+    FocusError
+        When the number of per-channel bounds does not match the channels.
+    """
+    if low is None:
+        return inputs.detach().amin(dim=(1, 2, 3), keepdim=True), inputs.detach().amax(dim=(1, 2, 3), keepdim=True)
+    bounds = []
+    for value in (low, high):
+        tensor = torch.as_tensor(value, dtype=inputs.dtype, device=inputs.device)
+        if tensor.ndim == 1:
+            if tensor.numel() not in (1, inputs.shape[1]):
+                raise FocusError(
+                    f"Explainer '{explainer}' got {tensor.numel()} z^B bounds for {inputs.shape[1]} input channels: "
+                    "pass one number or one per channel."
+                )
+            tensor = tensor.reshape(1, -1, 1, 1)
+        bounds.append(tensor)
+    return bounds[0], bounds[1]
 
 
 class LRP(ExplainerBase):
@@ -95,24 +125,19 @@ class LRP(ExplainerBase):
         if (values["low"] is None) != (values["high"] is None):
             raise FocusError("Explainer 'lrp' got only one of 'low' and 'high': pass both z^B bounds or neither.")
 
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a vision transformer: these are CNN rules, LXT's ``attnlrp`` has a transformer's."""
+        if patch_geometry(model) is not None:
+            raise FocusError(
+                f"Explainer '{self.name}' has LRP rules for convolutional networks, not for vision transformers "
+                f"such as {type(model).__name__}: use 'attnlrp'."
+            )
+
     def _bounds(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        low, high = self.params["low"], self.params["high"]
-        if low is None:
-            return inputs.detach().amin(dim=(1, 2, 3), keepdim=True), inputs.detach().amax(dim=(1, 2, 3), keepdim=True)
-        bounds = []
-        for value in (low, high):
-            tensor = torch.as_tensor(value, dtype=inputs.dtype, device=inputs.device)
-            if tensor.ndim == 1:
-                if tensor.numel() not in (1, inputs.shape[1]):
-                    raise FocusError(
-                        f"Explainer 'lrp' got {tensor.numel()} z^B bounds for {inputs.shape[1]} input channels: "
-                        "pass one number or one per channel."
-                    )
-                tensor = tensor.reshape(1, -1, 1, 1)
-            bounds.append(tensor)
-        return bounds[0], bounds[1]
+        return zbox_bounds(inputs, self.params["low"], self.params["high"], self.name)
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Explanation:
+        self.check_model(model)
         low, high = self._bounds(inputs)
         canonizers = lrp_canonizers(model, self.params["canonizer"])
         composite = lrp_composite(low, high, self.params["epsilon"], canonizers)

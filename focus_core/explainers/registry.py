@@ -20,6 +20,7 @@ from focus_core.explainers.gradcam import GradCAM, GradCAMPlusPlus
 from focus_core.explainers.gradients import Gradient, InputXGradient, IntegratedGradients, SmoothGrad
 from focus_core.explainers.lime import Lime
 from focus_core.explainers.lrp import LRP
+from focus_core.explainers.lxt_lrp import AttnLRP
 
 __all__ = ["EXPLAINERS", "get_explainer", "available_explainers", "register_explainer"]
 
@@ -27,7 +28,7 @@ EXPLAINERS: dict[str, type[ExplainerBase]] = {
     cls.name: cls
     for cls in (
         GradCAM, GradCAMPlusPlus, LRP, FastLRP, SmoothGrad, IntegratedGradients, Gradient, InputXGradient, Lime,
-        RandomControl,
+        RandomControl, AttnLRP,
     )
 }
 """Registry name -> explainer class."""

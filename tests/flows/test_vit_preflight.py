@@ -1,14 +1,13 @@
 """A vision transformer through ``focus evaluate``: what the worker refuses before it writes a row (issue 16).
 
-The ViT is a user factory (``--arch tests.flows.test_vit_preflight:make_vit``, timm, patch 16) on the bundled
-digits: tiles of 24 pixels cut its patches, ``lrp`` has CNN rules only; each ends with one line, exit 2, and an
+The ViT is a timm model named by its architecture string (``--arch "timm:vit_tiny_patch16_224(...)"``, patch 16)
+on the bundled digits: tiles of 24 pixels cut its patches, ``lrp`` has CNN rules only; each ends with one line, exit 2, and an
 empty store. Tiles of 32 pixels and ``attnlrp`` give one row per mosaic.
 """
 
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
 from torch import nn
 
@@ -17,14 +16,12 @@ from focus_core import models
 
 pytestmark = pytest.mark.timeout(240)
 
-FACTORY = f"{__name__}:make_vit"
+ARCH = "timm:vit_tiny_patch16_224(depth=1,embed_dim=32,img_size=32,num_heads=2,patch_size=16)"
 
 
 def make_vit(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
-    """The factory ``--arch tests.flows.test_vit_preflight:make_vit`` calls."""
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, patch_size=16, img_size=32, depth=1,
-                             embed_dim=32, num_heads=2, in_chans=in_channels, num_classes=num_classes,
-                             dynamic_img_size=True)
+    """The model ``--arch ARCH`` builds (timm's ``dynamic_img_size``: 32-pixel tiles and 64-pixel mosaics)."""
+    return models.build_model(ARCH, num_classes=num_classes, in_channels=in_channels)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +42,7 @@ def test_vit_requests_are_checked_before_any_row(prefect_api, capsys: pytest.Cap
                                                  vit_weights: str):
     import db
 
-    common = ["evaluate", "--arch", FACTORY, "--weights", vit_weights, "--per-class", "1", "--retries", "0",
+    common = ["evaluate", "--arch", ARCH, "--weights", vit_weights, "--per-class", "1", "--retries", "0",
               "--database-url", sqlite_url]
     engine = store.engine_for(sqlite_url)
     for extra, message in [

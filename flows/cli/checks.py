@@ -80,6 +80,7 @@ def _database_param(params: Any) -> str | None:
 def check_model(params: Any) -> None:
     """Build the checkpoint's model, find GradCAM's layer, ask every method whether it explains the model and check
     that a ViT's patches fit the tiles, here, before Prefect starts (the worker checks again: flows/preflight.py).
+    A training run's model is checked as built, for its per-epoch methods.
 
     A weights file for another architecture (or recorded as another one), a broken
     ``module:factory`` path or a model whose GradCAM layer cannot be inferred then ends with one
@@ -88,13 +89,15 @@ def check_model(params: Any) -> None:
     """
     model_spec = getattr(params, "model", None)
     dataset_spec = getattr(params, "dataset", None)
-    if model_spec is None or dataset_spec is None or not model_spec.weights:
+    if model_spec is None or dataset_spec is None:
         return
+    if not model_spec.weights and not getattr(params, "focus_methods", None):
+        return  # nothing to load, nothing explained: a training run without per-epoch Focus
     from flows import caches, record, store
     from focus_core import randomize
     from focus_core.explainers.gradcam import resolve_layer
 
-    if hasattr(params, "run"):  # evaluating flows register the checkpoint: the record must agree
+    if hasattr(params, "run") and model_spec.weights:  # evaluating flows register the checkpoint: it must agree
         record.check_recorded_checkpoint(store.engine_for(_database_param(params)), model_spec, dataset_spec)
     model = caches.checked_model(model_spec, dataset_spec)
     rnd = getattr(params, "randomization", None)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sqlalchemy import text
 from torch import nn
 
 from flows import cli, store
@@ -166,3 +167,19 @@ def test_checkpoint_recorded_as_another_architecture(prefect_api, capsys: pytest
     engine = store.engine_for(sqlite_url)
     with pytest.raises(FocusError, match="recorded as a digits_cnn checkpoint"):
         record.register_checkpoint(engine, ModelSpec(architecture="alexnet", weights=digits_weights), DatasetSpec())
+
+
+def test_training_a_model_without_a_known_gradcam_layer_fails_before_any_row(
+        prefect_api, capsys: pytest.CaptureFixture, sqlite_url: str, image_folder: Path, tmp_path: Path):
+    """``focus train`` of an own model with GradCAM as its per-epoch method: the layer is checked on the model as
+    built, before Prefect starts (it failed in the epoch-0 task, after the run, a checkpoint and an evaluation
+    were recorded)."""
+    code, out, err = run(capsys, "train", "--dataset", str(image_folder), "--tile-size", "32", "--resize", "32",
+                         "--arch", FACTORY, "--epochs", "1", "--method", "gradcam", "--checkpoint-dir",
+                         str(tmp_path / "ckpt"), "--database-url", sqlite_url)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "--gradcam-layer" in err and "TinyNet" in err, err
+    with store.engine_for(sqlite_url).connect() as connection:
+        counts = [connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+                  for table in ("training_run", "model_checkpoint", "evaluation")]
+    assert counts == [0, 0, 0]

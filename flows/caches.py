@@ -127,7 +127,7 @@ def manifest_tensors(dataset: DatasetSpec, spec: MosaicSetSpec) -> ManifestTenso
 @functools.lru_cache(maxsize=16)
 def _manifest_tensors(dataset_key: str, mosaics_key: str) -> ManifestTensors:
     manifest = _load_manifest(dataset_key, mosaics_key)
-    return ManifestTensors(manifest.index_tensor(), manifest.targets(), mosaics.target_mask(manifest))
+    return ManifestTensors(manifest.index_tensor(), manifest.target_classes(), mosaics.target_mask(manifest))
 
 
 def build_model(spec: ModelSpec, dataset: DatasetSpec, weights_file: str | None = None) -> nn.Module:

@@ -84,3 +84,20 @@ def test_random_weights_point_near_chance(trained, mosaics, seed):
     print(f"\n3x3, k=1, random weights seed {seed}: median Focus {medians} (chance {1 / 9:.3f})")
     for method, median in medians.items():
         assert abs(median - 1 / 9) <= 0.05, f"{method}: median {median:.3f}, chance 1/9"  # measured: 0.10-0.11
+
+
+def test_the_grid_pointing_game_with_confident_tiles_only(digits, trained):
+    """Böhle et al.'s protocol: tiles the model classifies correctly with probability >= 0.99."""
+    from focus_core.confident import confident_indices
+
+    eligible = confident_indices(trained, digits, "test", 0.99)
+    manifest = build_manifest(digits, split="test", per_class=10, seed=0, grid=GRID, targets=TARGETS,
+                              eligible=eligible, confident=0.99, confident_model="0" * 64)
+    assert set(i for m in manifest.mosaics for i in m.image_indices) <= set(eligible.tolist())
+    inputs = compose_normalized(digits.tiles, manifest.index_tensor(), digits)
+    confident = inputs, manifest.target_classes(), target_mask(manifest)
+    medians = {method: _median_focus(trained, method, confident) for method in METHODS}
+    print(f"\n3x3, k=1, confident >= 0.99 ({len(eligible)} of {len(digits.indices('test'))} test images): "
+          f"median Focus {medians}")
+    for method, median in medians.items():
+        assert median >= 0.45, f"{method}: median {median:.3f}, chance 1/9"

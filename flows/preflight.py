@@ -21,7 +21,8 @@ __all__ = ["check_request"]
 
 
 def check_request(params: Any, randomization: RandomizationSpec | None = None) -> torch.device:
-    """Check the device, the weights (they fit the architecture and the store's record), the randomization, the layers.
+    """Check the device, the weights (they fit the architecture and the store's record), the randomization, the
+    mosaic set (it can be drawn: enough, and with ``confident`` enough confidently classified, images), the layers.
 
     ``params`` is an ``EvaluateParams`` or a ``RandomizationParams``; ``randomization`` overrides
     ``params.randomization`` (the randomization flow checks its stages itself). Returns the device.
@@ -31,8 +32,9 @@ def check_request(params: Any, randomization: RandomizationSpec | None = None) -
     record.check_recorded_checkpoint(store.engine_for(params.run.database_url), params.model, params.dataset)
     rnd = randomization or getattr(params, "randomization", None) or RandomizationSpec()
     randomize.check_randomization(model, rnd.kind, rnd.stage, rnd.layer)
+    caches.load_manifest(params.dataset, params.mosaics, params.model)  # a set that cannot be drawn: before any row
     for method in params.methods:
-        explainer = caches.make_explainer(method, params.model)
+        explainer = caches.make_explainer(method, params.model, grid=params.mosaics.grid)
         if method.name.startswith("gradcam"):
             resolve_layer(model, explainer.params.get("layer"))
     return device

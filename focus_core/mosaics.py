@@ -315,14 +315,16 @@ def build_manifest(
     for c in target_classes:
         count = int((member_labels == c).sum())
         if count < targets:
+            remedy = "add images" if eligible is None else "lower the confidence threshold"
             raise FocusError(
                 f"The class {dataset.classes[c]!r} has {count}{chosen} image(s) in the {split!r} split: a "
-                f"mosaic needs {_count(targets)}, so add images or leave the class out with classes=[...]."
+                f"mosaic needs {_count(targets)}, so {remedy} or leave the class out with classes=[...]."
             )
         if len(members) - count < others:
+            remedy = "add images of other classes to that split" if eligible is None else "lower the confidence threshold"
             raise FocusError(
                 f"The {split!r} split has fewer than {_count(others)}{chosen} images outside class "
-                f"{dataset.classes[c]!r}: add images of other classes to that split."
+                f"{dataset.classes[c]!r}: {remedy}."
             )
 
     rng = np.random.default_rng(seed)

@@ -30,7 +30,6 @@ from pydantic.json_schema import SkipJsonSchema
 
 from focus_core import layouts
 from focus_core.hashing import canonical_json
-from focus_core.layouts import GRID_LAYOUTS, LAYOUTS
 
 __all__ = [
     "DEVICE_PATTERN",
@@ -73,7 +72,7 @@ _FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 #: A mosaic layout: one of :data:`focus_core.layouts.LAYOUTS` (2x2) or :data:`focus_core.layouts.GRID_LAYOUTS`
 #: (a JSON-schema enum in the Prefect form); :class:`MosaicSetSpec` checks that it fits the grid.
-LAYOUT_NAMES: tuple[str, ...] = tuple(dict.fromkeys((*LAYOUTS, *GRID_LAYOUTS)))
+LAYOUT_NAMES: tuple[str, ...] = layouts.all_names()
 Layout = Literal[LAYOUT_NAMES]  # type: ignore[valid-type]
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["GRIDS", "GRID_LAYOUTS", "LAYOUTS", "chance_level", "check", "names_for", "positions"]
+__all__ = ["GRIDS", "GRID_LAYOUTS", "LAYOUTS", "all_names", "chance_level", "check", "names_for", "positions"]
 
 LAYOUTS: dict[str, tuple[int, int] | None] = {
     "random": None,
@@ -48,6 +48,17 @@ GRID_LAYOUTS: tuple[str, ...] = ("random", "contiguous", "scattered")
 
 #: The grid sizes a mosaic set may have (tiles per side).
 GRIDS: tuple[int, ...] = (2, 3, 4)
+
+
+def all_names() -> tuple[str, ...]:
+    """Every layout name of any grid: :data:`LAYOUTS`, then :data:`GRID_LAYOUTS` (the flows' and the CLI's choices).
+
+    Examples
+    --------
+    >>> all_names()[-3:]
+    ('antidiagonal', 'contiguous', 'scattered')
+    """
+    return tuple(dict.fromkeys((*LAYOUTS, *GRID_LAYOUTS)))
 
 
 def names_for(grid: int = 2, targets: int = 2) -> tuple[str, ...]:

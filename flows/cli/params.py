@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from focus_core.errors import FocusError
-from focus_core.layouts import GRID_LAYOUTS, GRIDS, LAYOUTS
+from focus_core.layouts import GRIDS, all_names
 
 __all__ = [
     "add_dataset_options",
@@ -222,7 +222,7 @@ def add_mosaic_options(parser: argparse.ArgumentParser, default_split: str = "te
            help=f"Mosaics per target class (default {default_per_class}).")
     option(group, "--mosaic-seed", type=int, metavar="N", field="mosaics.seed",
            help="Seed of the mosaic set: same seed, same mosaics (default 0).")
-    option(group, "--layout", choices=tuple(dict.fromkeys((*LAYOUTS, *GRID_LAYOUTS))), field="mosaics.layout",
+    option(group, "--layout", choices=all_names(), field="mosaics.layout",
            help="Where the target tiles go: random per mosaic (default) or one fixed arrangement (positional test; "
            "2x2 with two targets: top ... antidiagonal, otherwise contiguous or scattered).")
     option(group, "--classes", type=_int_list, metavar="I,J,...", field="mosaics.classes",

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from focus_core.data import load_digits
+from focus_core.errors import FocusError
 from focus_core.explainers import get_explainer
 from focus_core.layouts import chance_level
 from focus_core.metric import focus_from_sums, focus_score, tile_sums
@@ -87,17 +88,25 @@ def test_random_weights_point_near_chance(trained, mosaics, seed):
 
 
 def test_the_grid_pointing_game_with_confident_tiles_only(digits, trained):
-    """Böhle et al.'s protocol: tiles the model classifies correctly with probability >= 0.99."""
+    """Böhle et al.'s protocol: tiles the model classifies correctly with probability >= a threshold.
+
+    Their 0.99 leaves this small CNN (median top probability on the test tiles about 0.97) some 30 of 360 test
+    images and none of class 0, which build_manifest refuses in a sentence; 0.9 leaves about 300.
+    """
     from focus_core.confident import confident_indices
 
-    eligible = confident_indices(trained, digits, "test", 0.99)
+    with pytest.raises(FocusError, match="lower the confidence threshold"):
+        build_manifest(digits, split="test", per_class=10, seed=0, grid=GRID, targets=TARGETS,
+                       eligible=confident_indices(trained, digits, "test", 0.99), confident=0.99,
+                       confident_model="0" * 64)
+    eligible = confident_indices(trained, digits, "test", 0.9)
     manifest = build_manifest(digits, split="test", per_class=10, seed=0, grid=GRID, targets=TARGETS,
-                              eligible=eligible, confident=0.99, confident_model="0" * 64)
+                              eligible=eligible, confident=0.9, confident_model="0" * 64)
     assert set(i for m in manifest.mosaics for i in m.image_indices) <= set(eligible.tolist())
     inputs = compose_normalized(digits.tiles, manifest.index_tensor(), digits)
     confident = inputs, manifest.target_classes(), target_mask(manifest)
     medians = {method: _median_focus(trained, method, confident) for method in METHODS}
-    print(f"\n3x3, k=1, confident >= 0.99 ({len(eligible)} of {len(digits.indices('test'))} test images): "
+    print(f"\n3x3, k=1, confident >= 0.9 ({len(eligible)} of {len(digits.indices('test'))} test images): "
           f"median Focus {medians}")
     for method, median in medians.items():
         assert median >= 0.45, f"{method}: median {median:.3f}, chance 1/9"

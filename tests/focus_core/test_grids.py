@@ -49,6 +49,7 @@ PINNED = {
                                             "3cc20a3cc56586806bc5af2a6f956dcd052c310cf4819b200e5357848bbca70c",
                                             "ab441bb1e2f8c02d3ea8343718d4362e8ebc5c54246604759e8bb684a95a7646"),
 }
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 GRID_MASKS = {(16, 16, 4): "f06ec0ddcee01e8e97327c6c5229c3dc681de718911ebae31acc86a412ffc737",
               (15, 17, 9): "115c591d39f20991d4793320d2599304f81d63d65b51a60096046ee53d2b1b3e"}
 
@@ -182,12 +183,14 @@ def _reference_tile_sums(relevance: torch.Tensor, grid: int) -> torch.Tensor:
     return out
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("grid", [2, 3, 4])
 @pytest.mark.parametrize("shape", [(24, 24), (25, 23), (12, 36), (7, 9)])
-def test_tile_sums_equal_the_reference(grid: int, shape: tuple[int, int]) -> None:
+def test_tile_sums_equal_the_reference(grid: int, shape: tuple[int, int], device: str) -> None:
     relevance = torch.randn(3, *shape, generator=torch.Generator().manual_seed(grid))
-    sums = metric.tile_sums(relevance, grid)
-    assert sums.shape == (3, grid * grid, 2) and sums.dtype == torch.float32
+    sums = metric.tile_sums(relevance.to(device), grid)
+    assert sums.shape == (3, grid * grid, 2) and sums.dtype == torch.float32 and sums.device.type == device
+    sums = sums.cpu()
     torch.testing.assert_close(sums.double(), _reference_tile_sums(relevance, grid), rtol=1e-5, atol=1e-5)
     assert (sums[..., 0] >= 0).all() and (sums[..., 1] <= 0).all()
     half = metric.tile_sums(relevance.half(), grid)
@@ -240,14 +243,17 @@ def _pasted(tiles: torch.Tensor, rows: torch.Tensor, grid: int) -> torch.Tensor:
     return out
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("grid", [3, 4])
-def test_composition_of_any_grid_equals_pasting(digits: TileDataset, grid: int) -> None:
+def test_composition_of_any_grid_equals_pasting(digits: TileDataset, grid: int, device: str) -> None:
     manifest = build_manifest(digits, per_class=2, seed=5, grid=grid, targets=2)
     rows = manifest.index_tensor()
     assert rows.shape == (20, grid * grid)
     expected = _pasted(digits.tiles, rows, grid)
-    assert torch.equal(compose_mosaics(digits.tiles, rows), expected)
-    torch.testing.assert_close(compose_normalized(digits.tiles, rows, digits), digits.normalize(expected),
+    tiles = digits.tiles.to(device)
+    assert torch.equal(compose_mosaics(tiles, rows).cpu(), expected)
+    assert torch.equal(compose_mosaics(digits.tiles, rows, device=device).cpu(), expected)
+    torch.testing.assert_close(compose_normalized(tiles, rows, digits).cpu(), digits.normalize(expected),
                                atol=1e-6, rtol=0)
     with pytest.raises(FocusError, match=r"\(B, 9\)"):
         compose_mosaics(digits.tiles, torch.zeros(2, 5, dtype=torch.int64))

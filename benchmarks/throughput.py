@@ -349,7 +349,7 @@ def build_inputs(args: argparse.Namespace, workdir: Path, url: str) -> dict[str,
                                  ds.splits, tile_size=ds.tile_size, channels=int(ds.tiles.shape[1]))
     image_ids = np.asarray(images.image_ids, dtype=np.int64)[manifest.index_tensor().numpy()]
     mosaic_set = db.register_mosaic_set(engine, manifest.hash, images.dataset_id, manifest.split, manifest.seed,
-                                        manifest.per_class, manifest.layout, image_ids, manifest.targets().numpy(),
+                                        manifest.per_class, manifest.layout, image_ids, manifest.target_classes().numpy(),
                                         mosaics.target_mask(manifest).numpy(), tile_size=ds.tile_size)
     checkpoint_id = db.register_checkpoint(engine, sha, args.arch, len(ds.classes), path=str(weights),
                                            in_channels=int(ds.tiles.shape[1]), label="benchmark, random weights")

@@ -193,12 +193,19 @@ def random_seed_spread(engine: Any, checkpoint_id: int, mosaic_set_id: int, rand
     return pd.DataFrame(rows, columns=list(SEED_SPREAD_COLUMNS))
 
 
-def seed_spread_of_stages(stages: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
-    """Per method, :func:`focus_core.stats.seed_summary` of the fully random stages' medians (the flow's result)."""
+def seed_spread_of_stages(
+    stages: list[dict[str, Any]], methods: list[str], chance: float = 0.5, tolerance: float | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per method, :func:`focus_core.stats.seed_summary` of the fully random stages' medians (the flow's result).
+
+    ``chance`` is the mosaic set's chance level (``k / N²``: 0.5 on the paper's 2x2 mosaics); ``tolerance``
+    defaults to a fifth of it (0.1 there).
+    """
     spread = {}
     for method in methods:
         medians = [s["medians"].get(method) for s in stages if s["kind"] == "full"]
         if medians:
-            summary = stats.seed_summary([math.nan if m is None else m for m in medians])
+            summary = stats.seed_summary([math.nan if m is None else m for m in medians], chance,
+                                         chance / 5 if tolerance is None else tolerance)
             spread[method] = {**summary, "seeds": [s["seed"] for s in stages if s["kind"] == "full"]}
     return spread

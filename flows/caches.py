@@ -33,7 +33,8 @@ from flows.params import (
     RandomizationSpec,
     spec_key,
 )
-from focus_core import data, explainers, image_folder, models, mosaics, randomize
+from focus_core import confident, data, explainers, image_folder, models, mosaics, randomize
+from focus_core.errors import FocusError
 
 __all__ = [
     "load_dataset",
@@ -92,42 +93,78 @@ def device_tiles(spec: DatasetSpec, device: torch.device | str) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _load_manifest(dataset_key: str, mosaics_key: str) -> mosaics.MosaicManifest:
+def _load_manifest(dataset_key: str, mosaics_key: str, chooser: tuple[str, str] | None) -> mosaics.MosaicManifest:
     spec = MosaicSetSpec.model_validate_json(mosaics_key)
+    dataset = _load_dataset_cached(dataset_key)
+    eligible, sha = None, None
+    if chooser is not None:  # the grid pointing game: the checkpoint's confident, correct images only
+        model_key, sha = chooser
+        model = checked_model(ModelSpec.model_validate_json(model_key), DatasetSpec.model_validate_json(dataset_key))
+        eligible = confident.confident_indices(model, dataset, spec.split, spec.confident)
     return mosaics.build_manifest(
-        _load_dataset_cached(dataset_key),
+        dataset,
         split=spec.split,
         per_class=spec.per_class,
         seed=spec.seed,
         layout=spec.layout,
         classes=spec.classes,
+        grid=spec.grid,
+        targets=spec.targets,
+        eligible=eligible,
+        confident=spec.confident,
+        confident_model=sha,
     )
 
 
-def load_manifest(dataset: DatasetSpec, spec: MosaicSetSpec) -> mosaics.MosaicManifest:
-    """The seeded manifest of ``spec`` over ``dataset`` (same spec, same mosaics, in any process)."""
+def _chooser(dataset: DatasetSpec, spec: MosaicSetSpec, model: ModelSpec | None) -> tuple[str, str] | None:
+    """``(model key, sha256 of its weights)`` of the checkpoint that chooses a confident set's tiles, else ``None``.
+
+    A confident set depends on the weights, so it is cached (and identified, in its manifest) by their sha256.
+    """
+    if spec.confident is None:
+        return None
+    if model is None or not model.weights:
+        raise FocusError(
+            "A confident mosaic set is chosen by a checkpoint's predictions: pass the checkpoint (its weights) that "
+            "is evaluated, or leave confident out."
+        )
+    return spec_key(model), weights_sha256(model.weights)
+
+
+def load_manifest(
+    dataset: DatasetSpec, spec: MosaicSetSpec, model: ModelSpec | None = None
+) -> mosaics.MosaicManifest:
+    """The seeded manifest of ``spec`` over ``dataset`` (same spec, same mosaics, in any process).
+
+    With ``spec.confident`` the tiles are the images ``model`` (a checkpoint with weights; required then)
+    classifies correctly with at least that softmax probability (:func:`focus_core.confident.confident_indices`,
+    on the CPU, once per process and weights), and the manifest records the weights' sha256.
+    """
     with _LOAD_LOCK:
-        return _load_manifest(spec_key(dataset), spec_key(spec))
+        return _load_manifest(spec_key(dataset), spec_key(spec), _chooser(dataset, spec, model))
 
 
 class ManifestTensors(NamedTuple):
     """A manifest as CPU tensors, row ``p`` for manifest position ``p``: what a chunk slices."""
 
-    indices: torch.Tensor  # int64 (M, 4) tile indices, TL, TR, BL, BR
+    indices: torch.Tensor  # int64 (M, N²) tile indices, row-major (2x2: TL, TR, BL, BR)
     targets: torch.Tensor  # int64 (M,) target classes
-    masks: torch.Tensor  # bool (M, 4) target quadrants
+    masks: torch.Tensor  # bool (M, N²) target tiles
 
 
-def manifest_tensors(dataset: DatasetSpec, spec: MosaicSetSpec) -> ManifestTensors:
-    """The manifest of ``spec`` as tensors, built once per process, so a chunk takes its rows without a loop."""
+def manifest_tensors(dataset: DatasetSpec, spec: MosaicSetSpec, model: ModelSpec | None = None) -> ManifestTensors:
+    """The manifest of ``spec`` as tensors, built once per process, so a chunk takes its rows without a loop.
+
+    ``model`` as for :func:`load_manifest` (needed for a confident set only).
+    """
     with _LOAD_LOCK:
-        return _manifest_tensors(spec_key(dataset), spec_key(spec))
+        return _manifest_tensors(spec_key(dataset), spec_key(spec), _chooser(dataset, spec, model))
 
 
 @functools.lru_cache(maxsize=16)
-def _manifest_tensors(dataset_key: str, mosaics_key: str) -> ManifestTensors:
-    manifest = _load_manifest(dataset_key, mosaics_key)
-    return ManifestTensors(manifest.index_tensor(), manifest.targets(), mosaics.target_mask(manifest))
+def _manifest_tensors(dataset_key: str, mosaics_key: str, chooser: tuple[str, str] | None) -> ManifestTensors:
+    manifest = _load_manifest(dataset_key, mosaics_key, chooser)
+    return ManifestTensors(manifest.index_tensor(), manifest.target_classes(), mosaics.target_mask(manifest))
 
 
 def build_model(spec: ModelSpec, dataset: DatasetSpec, weights_file: str | None = None) -> nn.Module:
@@ -256,9 +293,16 @@ def load_model(
 
 
 def make_explainer(
-    method: MethodSpec, model: ModelSpec, batch_size: int | None = None, requested_batch_size: int | None = None
+    method: MethodSpec,
+    model: ModelSpec,
+    batch_size: int | None = None,
+    requested_batch_size: int | None = None,
+    grid: int = 2,
 ) -> explainers.Explainer:
     """The explainer of ``method``; GradCAM methods take the model spec's layer when they name none.
+
+    ``grid`` is the mosaics' tiles per side: LIME, whose features never cross a tile edge, is given it when it is
+    not 2 and the method names none (so its ``params`` and hash say which grid its features followed).
 
     ``batch_size`` (the hot path's batch) bounds the passes of methods with an ``internal_batch_size``
     (SmoothGrad, integrated gradients, LIME): left unset, it becomes ``batch_size``, so each pass holds one
@@ -269,6 +313,14 @@ def make_explainer(
     params = dict(method.params)
     if method.name.startswith("gradcam") and model.gradcam_layer and params.get("layer") is None:
         params["layer"] = model.gradcam_layer
+    if "grid" in getattr(explainers.EXPLAINERS.get(method.name), "spec", {}):
+        if params.get("grid", grid) != grid:
+            raise FocusError(
+                f"The method {method.name!r} was given grid {params['grid']} but the mosaics have {grid} tiles per "
+                "side: leave its grid out, the mosaic set gives it."
+            )
+        if grid != 2:
+            params["grid"] = grid
     if batch_size is not None and "internal_batch_size" in getattr(
         explainers.EXPLAINERS.get(method.name), "runtime_spec", {}
     ):

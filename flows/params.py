@@ -177,11 +177,25 @@ class TrainParams(_FlowParams):
     retries: int = Field(1, ge=0, le=10, description="Retries of a failed epoch (it restarts from the last checkpoint).")
     figures_dir: str | None = Field(None, description="Where the training-curve figures are written; empty: none.")
 
+    @field_validator("focus_mosaics", mode="before")
+    @classmethod
+    def _validation_defaults(cls, value: Any) -> Any:
+        """A ``focus_mosaics`` that names no split (``focus train --grid 3``) starts from the default set: 'val',
+        10 per class (without a split it used to be refused)."""
+        if isinstance(value, dict) and "split" not in value:
+            value = {"split": "val", "per_class": 10, **value}
+        return value
+
     @field_validator("focus_mosaics")
     @classmethod
     def _validation_split(cls, value: MosaicSetSpec) -> MosaicSetSpec:
         if value.split != "val":
             raise ValueError("Focus during training is measured on the 'val' split; keep 'test' for the final evaluation.")
+        if value.confident is not None:
+            raise ValueError(
+                "Focus during training is measured on one fixed mosaic set, and a confident set would change with "
+                "every epoch's weights: leave confident out of focus_mosaics (use it with focus evaluate)."
+            )
         return value
 
     @model_serializer(mode="wrap")

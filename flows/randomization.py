@@ -87,9 +87,10 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
         [{"stage": s["label"], "kind": s["kind"], **{m: number(s["medians"].get(m), digits=4) for m in methods}}
          for s in stages],
         key=f"randomization-{inputs.checkpoint_sha256[:12]}-{inputs.manifest_hash[:12]}",
-        description="Median Focus per randomization stage: it should fall to about 0.5 once the model is random.",
+        description="Median Focus per randomization stage: it should fall to about the chance level "
+        f"{params.mosaics.chance_level():.3g} once the model is random.",
     )
-    seeds = analysis.seed_spread_of_stages(stages, methods)
+    seeds = analysis.seed_spread_of_stages(stages, methods, params.mosaics.chance_level())
     if len(params.seed_list()) > 1:
         logger.info("Fully random models over seeds %s: %s", params.seed_list(), seeds)
     first_seed = params.seed_list()[0]  # the figure draws one seed's cascade

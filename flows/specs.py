@@ -29,14 +29,15 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from focus_core.arch_string import canonical_architecture
+from focus_core import layouts
 from focus_core.hashing import canonical_json
-from focus_core.layouts import LAYOUTS
 
 __all__ = [
     "DEVICE_PATTERN",
     "NAME_MAX_LENGTH",
     "NAME_PATTERN",
     "STANDARD_METHODS",
+    "LAYOUT_NAMES",
     "Layout",
     "Device",
     "BatchSize",
@@ -69,8 +70,10 @@ _NAME = re.compile(NAME_PATTERN)  # used with fullmatch: a trailing newline does
 #: The paper's three methods plus the random control: what the audit evaluates by default.
 STANDARD_METHODS: tuple[str, ...] = ("gradcam", "lrp", "smoothgrad")
 
-#: A mosaic layout: one of :data:`focus_core.layouts.LAYOUTS` (a JSON-schema enum in the Prefect form).
-Layout = Literal[tuple(LAYOUTS)]  # type: ignore[valid-type]
+#: A mosaic layout: one of :data:`focus_core.layouts.LAYOUTS` (2x2) or :data:`focus_core.layouts.GRID_LAYOUTS`
+#: (a JSON-schema enum in the Prefect form); :class:`MosaicSetSpec` checks that it fits the grid.
+LAYOUT_NAMES: tuple[str, ...] = layouts.all_names()
+Layout = Literal[LAYOUT_NAMES]  # type: ignore[valid-type]
 
 
 def spec_key(spec: BaseModel) -> str:
@@ -183,7 +186,11 @@ Checkpoint = Annotated[ModelSpec, WithJsonSchema(_checkpoint_schema())]
 
 
 class MosaicSetSpec(_Spec):
-    """Which mosaics: a seeded manifest over one held-out split."""
+    """Which mosaics: a seeded manifest over one held-out split, of ``grid`` x ``grid`` tiles with ``targets`` targets.
+
+    ``grid``, ``targets`` and ``confident`` leave the dump (and so :func:`spec_key` and every stored request)
+    while they have their defaults: a 2x2 two-target spec is the same JSON as before grids existed.
+    """
 
     split: Literal["val", "test"] = Field(
         "test", description="Held-out split the tiles come from (never 'train': the model saw those)."
@@ -191,9 +198,38 @@ class MosaicSetSpec(_Spec):
     per_class: int = Field(20, ge=1, le=100_000, description="Mosaics per target class.")
     seed: int = Field(0, ge=0, description="Seed of the manifest: same seed, same mosaics.")
     layout: Layout = Field(
-        "random", description="Where the two target tiles go: 'random' per mosaic or one fixed arrangement."
+        "random", description="Where the target tiles go: 'random' per mosaic or one fixed arrangement (2x2 with two "
+        "targets: top, bottom, left, right, diagonal, antidiagonal; otherwise contiguous or scattered)."
     )
     classes: list[int] | None = Field(None, description="Target classes; empty: every class.")
+    grid: int = Field(2, ge=2, le=4, description="Tiles per side of a mosaic: 2 (the paper's), 3 or 4.")
+    targets: int = Field(2, ge=1, le=15, description="Target tiles per mosaic, fewer than grid²; chance is targets/grid².")
+    confident: float | None = Field(
+        None, gt=0, le=1, description="The grid pointing game's protocol: only images the checkpoint classifies "
+        "correctly with at least this softmax probability (e.g. 0.99) become tiles; empty: every image."
+    )
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> MosaicSetSpec:
+        layouts.check(self.layout, self.grid, self.targets)  # FocusError (a ValueError): one sentence
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if isinstance(data, dict):
+            for key, default in _GRID_DEFAULTS.items():
+                if data.get(key, default) == default:
+                    data.pop(key, None)
+        return data
+
+    def chance_level(self) -> float:
+        """What a method that spreads relevance evenly scores: ``targets / grid²`` (0.5 for the paper's mosaics)."""
+        return layouts.chance_level(self.grid, self.targets)
+
+
+#: MosaicSetSpec's fields that are left out of its dump while they have these values.
+_GRID_DEFAULTS: dict[str, Any] = {"grid": 2, "targets": 2, "confident": None}
 
 
 class MethodSpec(_Spec):

@@ -96,7 +96,9 @@ class _Scores(NamedTuple):
 
 
 class ChunkScores(_Scores):
-    """What :func:`explain_chunk` returns: ``(sums (M, 4, 2), focus (M,), predicted (M,))``, unpacked as a triple.
+    """What :func:`explain_chunk` returns: ``(sums (M, T, 2), focus (M,), predicted (M,))``, unpacked as a triple.
+
+    ``T`` is the mosaic set's number of tiles, ``grid²`` (4 for the paper's 2x2 mosaics), row-major.
 
     ``batch_size`` (an attribute, not a fourth item) is the batch size the chunk finished with.
     """
@@ -131,7 +133,8 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
 
     Per batch: the mosaics are composed on the device from CPU indices (checked on the CPU), normalised,
     explained (the explainer's own forward pass on the clean mosaics gives the predicted class where it has
-    one; otherwise one extra forward pass under ``no_grad``), and reduced to quadrant sums, all without
+    one; otherwise one extra forward pass under ``no_grad``), and reduced to per-tile sums (2x2: quadrant sums,
+    GradCAM's from its small map; other grids: :func:`focus_core.metric.tile_sums` of the map), all without
     reading back to the host; Focus and the copy to the host happen once per chunk. ``request.dtype == "bf16"``
     runs the model and the explainer under ``torch.autocast(bfloat16)``; sums and Focus stay fp32.
 
@@ -147,7 +150,7 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     Returns
     -------
     ChunkScores
-        ``(quadrant_sums (M, 4, 2), focus (M,) with NaN where undefined, predicted class (M,))`` as numpy
+        ``(tile sums (M, grid², 2), focus (M,) with NaN where undefined, predicted class (M,))`` as numpy
         arrays, with ``batch_size``: the batch size the chunk finished with.
 
     Raises
@@ -158,7 +161,7 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     device = devices.require_device(request.device)
     dataset = caches.load_dataset(request.dataset)
     tiles = caches.device_tiles(request.dataset, device)
-    table = caches.manifest_tensors(request.dataset, request.mosaics)
+    table = caches.manifest_tensors(request.dataset, request.mosaics, request.model)
     model = caches.load_model(request.model, request.dataset, device, request.randomization)
 
     positions = _positions(request, len(table.targets))
@@ -167,7 +170,8 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     work = _work_key(request)
     if not len(positions):
         size = caches.fitting_batch_size(work, request.batch_size)
-        return ChunkScores(np.zeros((0, 4, 2)), np.zeros(0), np.zeros(0, dtype=np.int64), size)
+        tiles = request.mosaics.grid ** 2
+        return ChunkScores(np.zeros((0, tiles, 2)), np.zeros(0), np.zeros(0, dtype=np.int64), size)
     masks = table.masks.index_select(0, positions)
 
     def turn() -> tuple[Callable[[], list[np.ndarray]], int]:  # holds the model too (explainers hook into it)
@@ -189,16 +193,17 @@ def _explain_batches(
     targets: torch.Tensor,
     work: str,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Quadrant sums ``(M, 4, 2)`` and predicted classes ``(M,)`` on the device, and the batch size that fitted."""
+    """Tile sums ``(M, grid², 2)`` and predicted classes ``(M,)`` on the device, and the batch size that fitted."""
     size = caches.fitting_batch_size(work, request.batch_size)
-    explainer = caches.make_explainer(request.method, request.model, size, request.batch_size)
+    grid = request.mosaics.grid
+    explainer = caches.make_explainer(request.method, request.model, size, request.batch_size, grid)
     sums, predicted = [], []
     start = 0
     while start < len(indices):
         stop = start + size
         try:
             batch_sums, batch_predicted = _explain_batch(
-                explainer, model, dataset, tiles, indices[start:stop], targets[start:stop], request.dtype
+                explainer, model, dataset, tiles, indices[start:stop], targets[start:stop], request.dtype, grid
             )
         except torch.OutOfMemoryError as error:  # torch.cuda.OutOfMemoryError is the same class
             if size == 1:
@@ -215,7 +220,7 @@ def _explain_batches(
                 torch.cuda.empty_cache()
             size //= 2
             caches.remember_fitting_batch_size(work, size)
-            explainer = caches.make_explainer(request.method, request.model, size, request.batch_size)
+            explainer = caches.make_explainer(request.method, request.model, size, request.batch_size, grid)
             continue
         sums.append(batch_sums)
         predicted.append(batch_predicted)
@@ -263,8 +268,9 @@ def _explain_batch(
     indices: torch.Tensor,
     targets: torch.Tensor,
     dtype: str,
+    grid: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quadrant sums ``(B, 4, 2)`` (fp32) and predicted classes ``(B,)`` of one batch, left on the device."""
+    """Tile sums ``(B, grid², 2)`` (fp32) and predicted classes ``(B,)`` of one batch, left on the device."""
     x = mosaics.compose_normalized(tiles, indices, dataset)
     with _precision(dtype, x.device):
         explanation = _explain(explainer, model, x, targets)
@@ -273,6 +279,8 @@ def _explain_batch(
             with torch.no_grad():
                 logits = model(x)
         predicted = logits.argmax(dim=1)
+    if grid != 2:
+        return metric.tile_sums(explanation.relevance.float(), grid).float(), predicted
     sums = explanation.quadrant_sums  # GradCAM's come from its small map: no pass over the upsampled one
     if sums is None:
         sums = metric.quadrant_sums(explanation.relevance.float())
@@ -295,9 +303,10 @@ def _precision(dtype: str, device: torch.device) -> contextlib.AbstractContextMa
 
 
 def _work_key(request: ChunkRequest) -> str:
-    """What decides a batch's memory: device, precision, model, dataset (tile size), method and randomization."""
-    return "|".join([request.device, request.dtype, spec_key(request.model), spec_key(request.dataset),
-                     spec_key(request.method), spec_key(request.randomization)])
+    """What decides a batch's memory: device, precision, model, dataset (tile size), method, randomization, grid."""
+    key = "|".join([request.device, request.dtype, spec_key(request.model), spec_key(request.dataset),
+                    spec_key(request.method), spec_key(request.randomization)])
+    return key if request.mosaics.grid == 2 else f"{key}|grid {request.mosaics.grid}"  # larger mosaics
 
 
 def can_succeed_on_retry(task: Any, task_run: Any, state: Any) -> bool:

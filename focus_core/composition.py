@@ -1,7 +1,7 @@
-"""Batched mosaic composition: 2x2 mosaics from index rows into a tile tensor, with one gather.
+"""Batched mosaic composition: N x N mosaics from index rows into a tile tensor, with one gather.
 
-A batch of mosaics is a ``(B, 4)`` tensor of tile indices in TL, TR, BL, BR order (a
-:meth:`focus_core.mosaics.MosaicManifest.index_tensor` slice). :func:`compose_mosaics` returns the mosaics
+A batch of mosaics is a ``(B, N²)`` tensor of tile indices, row-major (2x2: TL, TR, BL, BR; a
+:meth:`focus_core.mosaics.MosaicManifest.index_tensor` slice); N (2, 3 or 4) is the square root of its width. :func:`compose_mosaics` returns the mosaics
 in the tiles' dtype; :func:`compose_normalized` returns them normalised to float in the same pass (the hot
 path's). No loop over mosaics in either.
 
@@ -33,7 +33,7 @@ __all__ = ["compose_mosaics", "compose_normalized"]
 def compose_mosaics(
     tiles: torch.Tensor, image_indices: torch.Tensor, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """Compose 2x2 mosaics from tiles with one gather and a reshape (no loop over mosaics).
+    """Compose N x N mosaics from tiles with one gather and a reshape (no loop over mosaics).
 
     Parameters
     ----------
@@ -41,15 +41,15 @@ def compose_mosaics(
         Tiles of shape ``(N, C, h, w)``, usually ``uint8``, on any device (a memory-mapped
         CPU tensor is fine).
     image_indices : torch.Tensor
-        Integer indices into ``tiles`` of shape ``(B, 4)``, in TL, TR, BL, BR order.
+        Integer indices into ``tiles`` of shape ``(B, N²)``, N = 2, 3 or 4, row-major (2x2: TL, TR, BL, BR).
     device : torch.device or str, optional
-        Where the mosaics should live; the ``4 B`` gathered tiles are moved there before the
+        Where the mosaics should live; the ``N² B`` gathered tiles are moved there before the
         reshape (by default the device of ``tiles``).
 
     Returns
     -------
     torch.Tensor
-        Mosaics of shape ``(B, C, 2h, 2w)`` with the dtype of ``tiles``.
+        Mosaics of shape ``(B, C, N h, N w)`` with the dtype of ``tiles``.
 
     Examples
     --------
@@ -57,12 +57,13 @@ def compose_mosaics(
     >>> compose_mosaics(tiles, torch.tensor([[3, 2, 1, 0]]))[0, 0].tolist()
     [[3, 2], [1, 0]]
     """
+    grid = _grid_of(image_indices)
     gathered = _gather(tiles, image_indices)
     if device is not None:
         gathered = gathered.to(device)
-    b, c, h, w = gathered.shape[0] // 4, *gathered.shape[1:]
-    # (B*4, C, h, w) -> (B, row, col, C, h, w) -> (B, C, row, h, col, w) -> (B, C, 2h, 2w)
-    return gathered.view(b, 2, 2, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(b, c, 2 * h, 2 * w)
+    b, c, h, w = gathered.shape[0] // (grid * grid), *gathered.shape[1:]
+    # (B*N², C, h, w) -> (B, row, col, C, h, w) -> (B, C, row, h, col, w) -> (B, C, N h, N w)
+    return gathered.view(b, grid, grid, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(b, c, grid * h, grid * w)
 
 
 def compose_normalized(
@@ -82,7 +83,7 @@ def compose_normalized(
     tiles : torch.Tensor
         ``uint8`` tiles ``(N, C, h, w)`` of ``dataset`` (its ``tiles`` or a copy on a device).
     image_indices : torch.Tensor
-        Integer indices into ``tiles`` of shape ``(B, 4)``, in TL, TR, BL, BR order.
+        Integer indices into ``tiles`` of shape ``(B, N²)``, N = 2, 3 or 4, row-major (2x2: TL, TR, BL, BR).
     dataset : TileDataset
         Gives the per-channel normalisation (:meth:`TileDataset.normalization`).
     dtype : torch.dtype, optional
@@ -91,7 +92,7 @@ def compose_normalized(
     Returns
     -------
     torch.Tensor
-        Normalised mosaics ``(B, C, 2h, 2w)`` on the device of ``tiles``.
+        Normalised mosaics ``(B, C, N h, N w)`` on the device of ``tiles``.
 
     Examples
     --------
@@ -107,15 +108,16 @@ def compose_normalized(
             f"Expected uint8 tiles of shape (N, {len(dataset.mean)}, h, w) but got {tiles.dtype} "
             f"{tuple(tiles.shape)}: compose from the tiles of the dataset that normalises them."
         )
+    grid = _grid_of(image_indices)
     flat = _device_indices(tiles, image_indices)
     n, c, h, w = tiles.shape
-    b = flat.shape[0] // 4
-    # row (b, c, row, y, col) of the mosaics is row y of channel c of tile flat[4 b + 2 row + col]
-    rows = flat.view(b, 1, 2, 1, 2) * (c * h) + _channel_rows(c, h, tiles.device)
-    pixels = tiles.reshape(n * c * h, w).index_select(0, rows.reshape(-1)).view(b, c, 4 * h * w)
-    scale, shift = (t.view(1, c, 1) for t in dataset.normalization(dtype, tiles.device))
-    out = torch.empty((b, c, 2 * h, 2 * w), dtype=dtype, device=tiles.device)
-    torch.addcmul(shift, pixels, scale, out=out.view(b, c, 4 * h * w))
+    b, t = flat.shape[0] // (grid * grid), grid * grid
+    # row (b, c, row, y, col) of the mosaics is row y of channel c of tile flat[N² b + N row + col]
+    rows = flat.view(b, 1, grid, 1, grid) * (c * h) + _channel_rows(c, h, tiles.device)
+    pixels = tiles.reshape(n * c * h, w).index_select(0, rows.reshape(-1)).view(b, c, t * h * w)
+    scale, shift = (s.view(1, c, 1) for s in dataset.normalization(dtype, tiles.device))
+    out = torch.empty((b, c, grid * h, grid * w), dtype=dtype, device=tiles.device)
+    torch.addcmul(shift, pixels, scale, out=out.view(b, c, t * h * w))
     return out
 
 
@@ -127,19 +129,28 @@ def _channel_rows(channels: int, height: int, device: torch.device) -> torch.Ten
 
 
 def _gather(tiles: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
-    """The ``(4 B, C, h, w)`` tiles of ``image_indices`` ``(B, 4)``, row by row, checked and gathered at once."""
+    """The ``(N² B, C, h, w)`` tiles of ``image_indices`` ``(B, N²)``, row by row, checked and gathered at once."""
     return tiles.index_select(0, _device_indices(tiles, image_indices))
 
 
+def _grid_of(image_indices: torch.Tensor) -> int:
+    """N of ``(B, N²)`` index rows, N = 2, 3 or 4; FocusError for any other shape."""
+    width = image_indices.shape[1] if isinstance(image_indices, torch.Tensor) and image_indices.ndim == 2 else 0
+    grid = {4: 2, 9: 3, 16: 4}.get(width)
+    if grid is None:
+        shape = tuple(image_indices.shape) if isinstance(image_indices, torch.Tensor) else type(image_indices).__name__
+        raise FocusError(
+            f"Expected image_indices of shape (B, 4), (B, 9) or (B, 16) but got {shape}: "
+            f"pass one row of N² tile indices per mosaic (2x2, 3x3 or 4x4)."
+        )
+    return grid
+
+
 def _device_indices(tiles: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
-    """``image_indices`` ``(B, 4)`` checked against ``tiles`` and flattened to int64 on the tiles' device."""
+    """``image_indices`` ``(B, N²)`` checked against ``tiles`` and flattened to int64 on the tiles' device."""
     if tiles.ndim != 4:
         raise FocusError(f"Expected tiles of shape (N, C, h, w) but got {tuple(tiles.shape)}.")
-    if image_indices.ndim != 2 or image_indices.shape[1] != 4:
-        raise FocusError(
-            f"Expected image_indices of shape (B, 4) but got {tuple(image_indices.shape)}: "
-            f"pass one row of four tile indices per mosaic."
-        )
+    _grid_of(image_indices)
     dtype = image_indices.dtype
     if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
         raise FocusError(f"Expected integer image_indices but got {image_indices.dtype}.")

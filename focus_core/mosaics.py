@@ -1,15 +1,18 @@
 """Seeded mosaic manifests and batched mosaic composition.
 
-A mosaic is a 2x2 grid of tiles, numbered 0..3 in TL, TR, BL, BR order: two distinct images of
-the target class and two distinct images of other classes, all from a split the model was not
-trained on. A :class:`MosaicManifest` lists the mosaics of one set by dataset index; it is
-deterministic (same dataset, seed and arguments, same manifest and :attr:`MosaicManifest.hash`
-in every process). :func:`compose_mosaics` turns index rows into images with one gather.
+A mosaic is an N x N grid of tiles (N = 2, 3 or 4; the paper's: 2), numbered row-major ``0..N²-1`` (2x2: TL, TR,
+BL, BR): k distinct images of the target class on its target tiles and ``N² - k`` distinct images of other
+classes, all from a split the model was not trained on (the paper's: k = 2 of 4). A :class:`MosaicManifest`
+lists the mosaics of one set by dataset index; it is deterministic (same dataset, seed and arguments, same
+manifest and :attr:`MosaicManifest.hash` in every process). A 2x2 manifest with two targets has the bytes and
+hash it had before grids existed. :func:`compose_mosaics` turns index rows into images with one gather.
 
 This module holds the mosaic, the manifest, its seeded sampling and the target mask. Composition
 (:func:`compose_mosaics`, :func:`compose_normalized`) lives in :mod:`focus_core.composition` and is
 re-exported here, like :data:`LAYOUTS` from :mod:`focus_core.layouts`, so a mosaic set is used from one
-import: ``from focus_core.mosaics import build_manifest, compose_normalized``.
+import: ``from focus_core.mosaics import build_manifest, compose_normalized``. The grid pointing game's
+protocol (only confidently, correctly classified images as tiles) chooses ``eligible`` images:
+:mod:`focus_core.confident`.
 
 Examples
 --------
@@ -22,6 +25,9 @@ Examples
 torch.Size([20, 1, 32, 32])
 >>> target_mask(manifest).sum(dim=1).unique().tolist()
 [2]
+>>> nine = build_manifest(digits, per_class=2, grid=3, targets=1)
+>>> compose_mosaics(digits.tiles, nine.index_tensor()).shape, target_mask(nine).sum(dim=1).unique().tolist()
+(torch.Size([20, 1, 48, 48]), [1])
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from focus_core.composition import compose_mosaics, compose_normalized  # re-exp
 from focus_core.data import SPLITS, TileDataset
 from focus_core.errors import FocusError
 from focus_core.hashing import canonical_hash, canonical_json
+from focus_core import layouts
 from focus_core.layouts import LAYOUTS  # re-exported: mosaics.LAYOUTS
 
 __all__ = [
@@ -56,7 +63,9 @@ _FORMAT = 1
 
 @dataclass(frozen=True)
 class Mosaic:
-    """One mosaic: four dataset indices in TL, TR, BL, BR order and where its targets are.
+    """One mosaic: N² dataset indices, row-major (2x2: TL, TR, BL, BR), its target class and target tiles.
+
+    ``target_quadrants`` are the sorted positions of the k target tiles (the name is the 2x2 paper's).
 
     Examples
     --------
@@ -64,22 +73,27 @@ class Mosaic:
     Mosaic(image_indices=(5, 9, 2, 7), target_class=3, target_quadrants=(0, 3))
     """
 
-    image_indices: tuple[int, int, int, int]
+    image_indices: tuple[int, ...]
     target_class: int
-    target_quadrants: tuple[int, int]
+    target_quadrants: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class MosaicManifest:
     """A deterministic set of mosaics drawn from one split of one dataset.
 
+    ``grid`` (tiles per side), ``targets`` (target tiles per mosaic), ``confident`` (the grid pointing game's
+    softmax threshold, ``None``: every image of the split may be a tile) and ``confident_model`` (sha256 of the
+    weights whose predictions chose the tiles) are part of the JSON and the hash only where they differ from
+    their defaults, so a 2x2 manifest with two targets keeps the bytes it had before grids existed.
+
     Examples
     --------
     >>> m = MosaicManifest("abc", "test", 1, 0, "top", (Mosaic((4, 8, 1, 2), 3, (0, 1)),))
     >>> MosaicManifest.from_json(m.to_json()) == m
     True
-    >>> m.index_tensor().tolist(), m.targets().tolist()
-    ([[4, 8, 1, 2]], [3])
+    >>> m.index_tensor().tolist(), m.target_classes().tolist(), m.grid, m.targets
+    ([[4, 8, 1, 2]], [3], 2, 2)
     """
 
     dataset_fingerprint: str
@@ -88,6 +102,10 @@ class MosaicManifest:
     seed: int
     layout: str
     mosaics: tuple[Mosaic, ...]
+    grid: int = 2
+    targets: int = 2
+    confident: float | None = None
+    confident_model: str | None = None
 
     def __len__(self) -> int:
         return len(self.mosaics)
@@ -98,35 +116,46 @@ class MosaicManifest:
 
     def _payload(self) -> dict[str, Any]:
         """The manifest as a JSON value: what :meth:`to_json` writes and :attr:`hash` hashes."""
-        return {
+        payload: dict[str, Any] = {
             "format": _FORMAT,
             "dataset_fingerprint": self.dataset_fingerprint,
             "split": self.split,
             "per_class": self.per_class,
             "seed": self.seed,
             "layout": self.layout,
-            "mosaics": [
+        }
+        for key, default in _DEFAULTS.items():  # only where not the 2x2 paper's: its bytes stay as they were
+            if getattr(self, key) != default:
+                payload[key] = getattr(self, key)
+        payload["mosaics"] = [
                 {
                     "image_indices": list(m.image_indices),
                     "target_class": m.target_class,
                     "target_quadrants": list(m.target_quadrants),
                 }
                 for m in self.mosaics
-            ],
-        }
+            ]
+        return payload
 
     @classmethod
     def from_json(cls, text: str) -> MosaicManifest:
         """Rebuild a manifest from :meth:`to_json`'s text."""
         try:
             payload = json.loads(text)
+            grid, targets = int(payload.get("grid", 2)), int(payload.get("targets", 2))
+            confident = payload.get("confident")
+            confident_model = payload.get("confident_model")
             return cls(
                 dataset_fingerprint=str(payload["dataset_fingerprint"]),
                 split=str(payload["split"]),
                 per_class=int(payload["per_class"]),
                 seed=int(payload["seed"]),
                 layout=str(payload["layout"]),
-                mosaics=tuple(_mosaic_from_dict(m) for m in payload["mosaics"]),
+                mosaics=tuple(_mosaic_from_dict(m, grid, targets) for m in payload["mosaics"]),
+                grid=grid,
+                targets=targets,
+                confident=None if confident is None else float(confident),
+                confident_model=None if confident_model is None else str(confident_model),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise FocusError(
@@ -140,28 +169,40 @@ class MosaicManifest:
         return canonical_hash(self._payload())
 
     def index_tensor(self) -> torch.Tensor:
-        """Return the dataset indices as ``int64`` of shape ``(M, 4)`` in TL, TR, BL, BR order."""
-        return torch.tensor([m.image_indices for m in self.mosaics], dtype=torch.int64).reshape(-1, 4)
+        """Return the dataset indices as ``int64`` of shape ``(M, N²)``, row-major (2x2: TL, TR, BL, BR)."""
+        tiles = self.grid * self.grid
+        return torch.tensor([m.image_indices for m in self.mosaics], dtype=torch.int64).reshape(-1, tiles)
 
-    def targets(self) -> torch.Tensor:
+    def target_classes(self) -> torch.Tensor:
         """Return the target class of every mosaic as ``int64`` of shape ``(M,)``."""
         return torch.tensor([m.target_class for m in self.mosaics], dtype=torch.int64)
 
 
-def _mosaic_from_dict(m: dict) -> Mosaic:
+#: The trailing fields of a manifest and their defaults (the paper's 2x2 mosaics with two targets, every image).
+_DEFAULTS: dict[str, Any] = {"grid": 2, "targets": 2, "confident": None, "confident_model": None}
+
+
+def _mosaic_from_dict(m: dict, grid: int = 2, targets: int = 2) -> Mosaic:
     indices = tuple(int(i) for i in m["image_indices"])
     quadrants = tuple(int(q) for q in m["target_quadrants"])
-    if len(indices) != 4 or len(quadrants) != 2:
-        raise ValueError(f"a mosaic needs 4 image indices and 2 target quadrants, got {m}")
-    return Mosaic(indices, int(m["target_class"]), quadrants)  # type: ignore[arg-type]
+    if len(indices) != grid * grid or len(quadrants) != targets:
+        raise ValueError(f"a mosaic needs {grid * grid} image indices and {targets} target tiles, got {m}")
+    return Mosaic(indices, int(m["target_class"]), quadrants)
 
 
-def _distinct_pairs(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray:
-    """Draw ``count`` ordered pairs of distinct elements of ``pool``, uniformly: shape (count, 2)."""
-    first = rng.integers(len(pool), size=count)
-    second = rng.integers(len(pool) - 1, size=count)
-    second = second + (second >= first)
-    return pool[np.stack([first, second], axis=1)]
+def _distinct_draws(rng: np.random.Generator, pool: np.ndarray, count: int, size: int) -> np.ndarray:
+    """Draw ``count`` ordered ``size``-tuples of distinct elements of ``pool``, uniformly: shape (count, size).
+
+    Element ``j`` is drawn among the ``len(pool) - j`` not drawn yet (``rng.integers`` per column, shifted past
+    the earlier ones), so pairs come from the same draws as they did before tuples existed.
+    """
+    columns: list[np.ndarray] = []
+    for j in range(size):
+        draw = rng.integers(len(pool) - j, size=count)
+        for earlier in np.sort(np.stack(columns, axis=1), axis=1).T if columns else ():
+            draw = draw + (draw >= earlier)  # past each earlier element, smallest first
+        columns.append(draw)
+    return pool[np.stack(columns, axis=1)].reshape(count, size)
 
 
 def _resolve_classes(dataset: TileDataset, classes: Sequence[int | str] | None) -> list[int]:
@@ -187,13 +228,20 @@ def build_manifest(
     seed: int = 0,
     layout: str = "random",
     classes: Sequence[int | str] | None = None,
+    *,
+    grid: int = 2,
+    targets: int = 2,
+    eligible: torch.Tensor | np.ndarray | Sequence[int] | None = None,
+    confident: float | None = None,
+    confident_model: str | None = None,
 ) -> MosaicManifest:
     """Draw ``per_class`` mosaics for every target class from one held-out split.
 
-    Each mosaic holds two distinct images of the target class and two distinct images of
-    other classes (drawn uniformly from the other classes' images in the split). With
-    ``layout="random"`` the two target quadrants are drawn per mosaic; otherwise they are
-    ``LAYOUTS[layout]``. All draws come from ``numpy.random.default_rng(seed)``.
+    Each ``grid`` x ``grid`` mosaic holds ``targets`` distinct images of the target class and ``grid² - targets``
+    distinct images of other classes (drawn uniformly from the other classes' images in the split). With
+    ``layout="random"`` the target tiles are drawn per mosaic; otherwise they are
+    :func:`focus_core.layouts.positions` (2x2 with two targets: ``LAYOUTS[layout]``). All draws come from
+    ``numpy.random.default_rng(seed)``; the 2x2 two-target draws are the ones made before grids existed.
 
     Parameters
     ----------
@@ -206,9 +254,18 @@ def build_manifest(
     seed : int
         Seed of every draw.
     layout : str
-        A key of :data:`LAYOUTS`.
+        One of :func:`focus_core.layouts.names_for` ``(grid, targets)``.
     classes : sequence of int or str, optional
         Target classes (labels or names); all classes by default.
+    grid : int
+        Tiles per side: 2 (the paper's), 3 or 4.
+    targets : int
+        Target tiles per mosaic, ``1 <= targets < grid²``.
+    eligible : int64 tensor or sequence of int, optional
+        Dataset indices that may be tiles (the grid pointing game's confidently classified images, from
+        :func:`focus_core.confident.confident_indices`); every image of the split by default.
+    confident, confident_model : optional
+        The threshold and the weights' sha256 that chose ``eligible``: recorded in the manifest (and its hash).
 
     Returns
     -------
@@ -218,8 +275,9 @@ def build_manifest(
     Raises
     ------
     FocusError
-        For the training split, an unknown split, layout or class, a class with fewer than
-        two images in the split, or fewer than two images of other classes.
+        For the training split, an unknown split, class, or a layout, grid or target count that does not fit
+        (:func:`focus_core.layouts.check`), a class with fewer than ``targets`` (eligible) images in the split,
+        or fewer than ``grid² - targets`` (eligible) images of other classes.
 
     Examples
     --------
@@ -227,6 +285,9 @@ def build_manifest(
     >>> m = build_manifest(load_digits(tile_size=8), per_class=3, layout="top", classes=[0, 1])
     >>> [mosaic.target_quadrants for mosaic in m.mosaics] == [(0, 1)] * 6
     True
+    >>> m = build_manifest(load_digits(tile_size=8), per_class=2, grid=3, targets=3, layout="scattered")
+    >>> {mosaic.target_quadrants for mosaic in m.mosaics}
+    {(0, 4, 8)}
     """
     if split == "train":
         raise FocusError(
@@ -234,48 +295,60 @@ def build_manifest(
         )
     if split not in SPLITS:
         raise FocusError(f"Unknown split {split!r}: pass split='test' or split='val'.")
-    if layout not in LAYOUTS:
+    if grid == 2 and targets == 2 and layout not in LAYOUTS:
         raise FocusError(f"Unknown layout {layout!r}: use one of {sorted(LAYOUTS)}.")
+    layouts.check(layout, grid, targets)
     if not isinstance(per_class, (int, np.integer)) or isinstance(per_class, bool) or per_class < 1:
         raise FocusError(f"Expected per_class to be a positive integer but got {per_class!r}.")
-    targets = _resolve_classes(dataset, classes)
+    if (confident is None) != (confident_model is None) or (confident is not None and eligible is None):
+        raise FocusError(
+            "A confident mosaic set needs its threshold, the sha256 of the weights that chose its images and those "
+            "images: pass confident, confident_model and eligible together."
+        )
+    target_classes = _resolve_classes(dataset, classes)
     members = dataset.indices(split).numpy()
+    if eligible is not None:
+        members = members[np.isin(members, np.asarray(torch.as_tensor(eligible, dtype=torch.int64)))]
     member_labels = dataset.labels.numpy()[members]
-    for c in targets:
+    tiles, others = grid * grid, grid * grid - targets
+    chosen = "" if eligible is None else " eligible (confidently classified)"
+    for c in target_classes:
         count = int((member_labels == c).sum())
-        if count < 2:
+        if count < targets:
+            remedy = "add images" if eligible is None else "lower the confidence threshold"
             raise FocusError(
-                f"The class {dataset.classes[c]!r} has {count} image(s) in the {split!r} split: a "
-                f"mosaic needs two, so add images or leave the class out with classes=[...]."
+                f"The class {dataset.classes[c]!r} has {count}{chosen} image(s) in the {split!r} split: a "
+                f"mosaic needs {_count(targets)}, so {remedy} or leave the class out with classes=[...]."
             )
-        if len(members) - count < 2:
+        if len(members) - count < others:
+            remedy = "add images of other classes to that split" if eligible is None else "lower the confidence threshold"
             raise FocusError(
-                f"The {split!r} split has fewer than two images outside class "
-                f"{dataset.classes[c]!r}: add images of other classes to that split."
+                f"The {split!r} split has fewer than {_count(others)}{chosen} images outside class "
+                f"{dataset.classes[c]!r}: {remedy}."
             )
 
     rng = np.random.default_rng(seed)
-    fixed = LAYOUTS[layout]
+    fixed = layouts.positions(layout, grid, targets)
     rows, quadrants = [], []
-    for c in targets:
-        target_pairs = _distinct_pairs(rng, members[member_labels == c], per_class)
-        other_pairs = _distinct_pairs(rng, members[member_labels != c], per_class)
+    for c in target_classes:
+        target_draws = _distinct_draws(rng, members[member_labels == c], per_class, targets)
+        other_draws = _distinct_draws(rng, members[member_labels != c], per_class, others)
         if fixed is None:
-            order = np.argsort(rng.random((per_class, 4)), axis=1)
-            target_q = np.sort(order[:, :2], axis=1)
+            order = np.argsort(rng.random((per_class, tiles)), axis=1)
+            target_q = np.sort(order[:, :targets], axis=1)
         else:
             target_q = np.tile(np.asarray(fixed), (per_class, 1))
-        is_target = np.zeros((per_class, 4), dtype=bool)
+        is_target = np.zeros((per_class, tiles), dtype=bool)
         np.put_along_axis(is_target, target_q, True, axis=1)
-        row = np.empty((per_class, 4), dtype=np.int64)
+        row = np.empty((per_class, tiles), dtype=np.int64)
         # Boolean assignment fills each row left to right: targets, then others, in draw order.
-        row[is_target] = target_pairs.reshape(-1)
-        row[~is_target] = other_pairs.reshape(-1)
+        row[is_target] = target_draws.reshape(-1)
+        row[~is_target] = other_draws.reshape(-1)
         rows.append(row)
         quadrants.append(target_q)
     mosaics = tuple(
-        Mosaic(tuple(row.tolist()), c, tuple(q.tolist()))  # type: ignore[arg-type]
-        for c, block, qblock in zip(targets, rows, quadrants)
+        Mosaic(tuple(row.tolist()), c, tuple(q.tolist()))
+        for c, block, qblock in zip(target_classes, rows, quadrants)
         for row, q in zip(block, qblock)
     )
     return MosaicManifest(
@@ -285,25 +358,36 @@ def build_manifest(
         seed=int(seed),
         layout=layout,
         mosaics=mosaics,
+        grid=int(grid),
+        targets=int(targets),
+        confident=None if confident is None else float(confident),
+        confident_model=confident_model,
     )
+
+
+def _count(n: int) -> str:
+    return {1: "one", 2: "two", 3: "three"}.get(n, str(n))
 
 
 def target_mask(
     mosaics_or_manifest: MosaicManifest | Sequence[Mosaic], device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """Return a ``bool`` mask of shape ``(B, 4)``: True on each mosaic's target quadrants.
+    """Return a ``bool`` mask of shape ``(B, N²)``: True on each mosaic's target tiles.
+
+    A list of mosaics gives its grid by its first mosaic's ``image_indices`` (an empty list: ``(0, 4)``).
 
     Examples
     --------
     >>> target_mask([Mosaic((0, 1, 2, 3), 0, (1, 2))]).tolist()
     [[False, True, True, False]]
     """
-    mosaics = (
-        mosaics_or_manifest.mosaics
-        if isinstance(mosaics_or_manifest, MosaicManifest)
-        else mosaics_or_manifest
-    )
-    quadrants = torch.tensor([m.target_quadrants for m in mosaics], dtype=torch.int64).reshape(-1, 2)
-    mask = torch.zeros(quadrants.shape[0], 4, dtype=torch.bool)
-    mask.scatter_(1, quadrants, True)
+    if isinstance(mosaics_or_manifest, MosaicManifest):
+        mosaics, tiles = mosaics_or_manifest.mosaics, mosaics_or_manifest.grid ** 2
+    else:
+        mosaics = mosaics_or_manifest
+        tiles = len(mosaics[0].image_indices) if mosaics else 4
+    rows = [i for i, m in enumerate(mosaics) for _ in m.target_quadrants]
+    columns = [q for m in mosaics for q in m.target_quadrants]
+    mask = torch.zeros(len(mosaics), tiles, dtype=torch.bool)
+    mask[torch.tensor(rows, dtype=torch.int64), torch.tensor(columns, dtype=torch.int64)] = True
     return mask.to(device) if device is not None else mask

@@ -54,7 +54,7 @@ class Record:
 
 def _score(model: torch.nn.Module, dataset: data.TileDataset, manifest: mosaics.MosaicManifest, method: str):
     x = mosaics.compose_normalized(dataset.tiles, manifest.index_tensor(), dataset)  # as the flows compose
-    y = manifest.targets()
+    y = manifest.target_classes()
     relevance = explainers.get_explainer(method)(model, x, y).detach()
     sums = metric.quadrant_sums(relevance)
     focus = metric.focus_from_sums(sums, mosaics.target_mask(manifest))
@@ -133,7 +133,7 @@ def write_record(url: str, record: Record, *, audits: bool = False) -> dict[str,
     for name, manifest in record.manifests.items():
         sets[name] = db.register_mosaic_set(
             engine, manifest.hash, registered.dataset_id, manifest.split, manifest.seed, manifest.per_class,
-            manifest.layout, image_ids[manifest.index_tensor().numpy()], manifest.targets().numpy(),
+            manifest.layout, image_ids[manifest.index_tensor().numpy()], manifest.target_classes().numpy(),
             mosaics.target_mask(manifest).numpy(), tile_size=ds.tile_size)
     run_id = db.register_training_run(engine, "c" * 64, "digits_cnn", {"epochs": EPOCHS, "focus_methods": [{"name": "gradcam"}]},
                                       name="demo-digits", dataset_id=registered.dataset_id)  # as the demo

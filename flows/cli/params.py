@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from focus_core.errors import FocusError
-from focus_core.layouts import LAYOUTS
+from focus_core.layouts import GRIDS, all_names
 
 __all__ = [
     "add_dataset_options",
+    "add_grid_options",
     "add_method_options",
     "add_model_options",
     "add_mosaic_options",
@@ -221,10 +222,23 @@ def add_mosaic_options(parser: argparse.ArgumentParser, default_split: str = "te
            help=f"Mosaics per target class (default {default_per_class}).")
     option(group, "--mosaic-seed", type=int, metavar="N", field="mosaics.seed",
            help="Seed of the mosaic set: same seed, same mosaics (default 0).")
-    option(group, "--layout", choices=LAYOUTS, field="mosaics.layout",
-           help="Where the two target tiles go: random per mosaic (default) or one fixed arrangement (positional test).")
+    option(group, "--layout", choices=all_names(), field="mosaics.layout",
+           help="Where the target tiles go: random per mosaic (default) or one fixed arrangement (positional test; "
+           "2x2 with two targets: top ... antidiagonal, otherwise contiguous or scattered).")
     option(group, "--classes", type=_int_list, metavar="I,J,...", field="mosaics.classes",
            help="Target classes only (default: every class).")
+    add_grid_options(group, "mosaics")
+    option(group, "--confident", type=float, metavar="P", field="mosaics.confident",
+           help="The grid pointing game's protocol: only images the checkpoint classifies correctly with softmax "
+           "probability >= P (e.g. 0.99) become tiles; a mosaic set of its own (default: every image).")
+
+
+def add_grid_options(group: Any, field: str) -> None:
+    """``--grid`` and ``--targets``, setting ``<field>.grid`` and ``<field>.targets`` (a mosaic set's)."""
+    option(group, "--grid", type=int, choices=GRIDS, metavar="N", field=f"{field}.grid",
+           help="Tiles per side of a mosaic: 2 (default, the paper's), 3 or 4.")
+    option(group, "--targets", type=int, metavar="K", field=f"{field}.targets",
+           help="Target tiles per mosaic, 1 to N²-1 (default 2); a method that points anywhere scores K/N².")
 
 
 #: Where a help text lists the registered attribution methods (:class:`RegistryHelpFormatter` fills it in).

@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     opts.option(p, "--focus-per-class", field="focus_mosaics",
                 convert=lambda n: {"split": "val", "per_class": n}, type=int, metavar="N",
                 help="Validation mosaics per class for Focus per epoch (default 10).")
+    opts.add_grid_options(p, "focus_mosaics")
     opts.add_method_options(p, default="gradcam", dest="focus_methods")
     opts.option(p, "--checkpoint-dir", field="checkpoint_dir", convert=opts.absolute, metavar="DIR_OR_URL",
                 help="Where per-epoch checkpoints go: a folder or a URL such as s3://bucket/prefix, written with the "

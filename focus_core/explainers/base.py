@@ -59,7 +59,8 @@ class Explanation:
     quadrant_sums : torch.Tensor or None
         ``(B, 4, 2)`` float32 :func:`focus_core.metric.quadrant_sums` of ``relevance``, where the method has a
         cheaper way to them than reducing the map (GradCAM and GradCAM++: from the small map before upsampling,
-        :func:`focus_core.metric.upsampled_quadrant_sums`); ``None`` otherwise.
+        :func:`focus_core.metric.upsampled_quadrant_sums`); ``None`` otherwise. For 2x2 mosaics only: the
+        tiles of an N x N mosaic are ``focus_core.metric.tile_sums(relevance, N)``.
 
     Examples
     --------

@@ -46,7 +46,7 @@ from captum.attr._core.lime import get_exp_kernel_similarity_function
 from torch import nn
 
 from focus_core.errors import FocusError
-from focus_core.explainers.base import ExplainerBase, checked_forward
+from focus_core.explainers.base import ExplainerBase, checked_forward, params_hash
 from focus_core.explainers.noise import sample_seeds
 
 __all__ = ["Lime", "MASKS", "tile_feature_masks", "grid_mask", "slic_mask"]
@@ -57,16 +57,22 @@ MASKS: tuple[str, ...] = ("grid", "slic")
 SLIC_COMPACTNESS = 0.1
 
 
-def _tile_coordinates(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row (or column) of a mosaic side split at ``size // 2``: its tile (0, 1) and its offset in it."""
-    half = size // 2
+def _tile_edges(size: int, grid: int) -> list[int]:
+    """Where the ``grid`` tiles of a mosaic side of ``size`` pixels start, and its end (Focus's split)."""
+    return [i * size // grid for i in range(grid + 1)]
+
+
+def _tile_coordinates(size: int, grid: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each row (or column) of a mosaic side: its tile ``0..grid-1``, its offset in it and the tile's length."""
+    edges = torch.tensor(_tile_edges(size, grid))
     index = torch.arange(size)
-    tile = (index >= half).long()
-    return tile, index - tile * half
+    tile = torch.searchsorted(edges[1:-1], index, right=True)
+    return tile, index - edges[tile], edges[tile + 1] - edges[tile]
 
 
-def grid_mask(height: int, width: int, segments: int) -> torch.Tensor:
-    """Feature ids ``(H, W)``: each quadrant cut into a ``k x k`` grid, ``k * k == segments``, ids tile-major.
+def grid_mask(height: int, width: int, segments: int, grid: int = 2) -> torch.Tensor:
+    """Feature ids ``(H, W)``: each of the ``grid²`` tiles cut into a ``k x k`` grid, ``k * k == segments``,
+    ids tile-major (tiles row-major).
 
     Raises
     ------
@@ -76,19 +82,19 @@ def grid_mask(height: int, width: int, segments: int) -> torch.Tensor:
     k = math.isqrt(segments)
     if k * k != segments:
         raise FocusError(f"A grid mask needs a square number of segments per tile, got {segments}: pass 4, 9, 16, ...")
-    if min(height // 2, width // 2) < k:
+    if min(height // grid, width // grid) < k:
         raise FocusError(
-            f"Tiles of {height // 2}x{width // 2} pixels cannot hold a {k}x{k} grid: pass fewer segments."
+            f"Tiles of {height // grid}x{width // grid} pixels cannot hold a {k}x{k} grid: pass fewer segments."
         )
-    row_tile, row = _tile_coordinates(height)
-    col_tile, col = _tile_coordinates(width)
-    row_cell = row * k // torch.where(row_tile == 0, height // 2, height - height // 2)
-    col_cell = col * k // torch.where(col_tile == 0, width // 2, width - width // 2)
-    quadrant = row_tile[:, None] * 2 + col_tile[None, :]
-    return quadrant * segments + row_cell[:, None] * k + col_cell[None, :]
+    row_tile, row, row_length = _tile_coordinates(height, grid)
+    col_tile, col, col_length = _tile_coordinates(width, grid)
+    row_cell = row * k // row_length
+    col_cell = col * k // col_length
+    tile = row_tile[:, None] * grid + col_tile[None, :]
+    return tile * segments + row_cell[:, None] * k + col_cell[None, :]
 
 
-def slic_mask(mosaic: torch.Tensor, segments: int, compactness: float) -> torch.Tensor:
+def slic_mask(mosaic: torch.Tensor, segments: int, compactness: float, grid: int = 2) -> torch.Tensor:
     """Feature ids ``(H, W)`` of one ``(C, H, W)`` mosaic: SLIC superpixels per tile, ids ``0..n-1`` tile-major.
 
     Each tile is rescaled to [0, 1] (all channels together) and segmented alone, so no superpixel crosses a tile
@@ -102,8 +108,9 @@ def slic_mask(mosaic: torch.Tensor, segments: int, compactness: float) -> torch.
     _, height, width = image.shape
     ids = np.zeros((height, width), dtype=np.int64)
     offset = 0
-    for rows in (slice(0, height // 2), slice(height // 2, height)):
-        for cols in (slice(0, width // 2), slice(width // 2, width)):
+    row_edges, col_edges = _tile_edges(height, grid), _tile_edges(width, grid)
+    for rows in [slice(a, b) for a, b in zip(row_edges, row_edges[1:])]:
+        for cols in [slice(a, b) for a, b in zip(col_edges, col_edges[1:])]:
             tile = np.moveaxis(image[:, rows, cols], 0, -1)
             low, high = tile.min(), tile.max()
             tile = (tile - low) / (high - low) if high > low else np.zeros_like(tile)
@@ -116,20 +123,23 @@ def slic_mask(mosaic: torch.Tensor, segments: int, compactness: float) -> torch.
 
 
 def tile_feature_masks(
-    inputs: torch.Tensor, mask: str = "grid", segments: int = 16, compactness: float | None = None
+    inputs: torch.Tensor, mask: str = "grid", segments: int = 16, compactness: float | None = None, grid: int = 2
 ) -> torch.Tensor:
     """Return the interpretable features of each mosaic: int64 ids ``(B, 1, H, W)`` on the inputs' device.
 
     Parameters
     ----------
     inputs : torch.Tensor
-        Float ``(B, C, H, W)`` mosaics; quadrants split at ``H // 2``, ``W // 2``.
+        Float ``(B, C, H, W)`` mosaics of ``grid`` x ``grid`` tiles, split where Focus splits them
+        (:func:`focus_core.metric.tile_sums`; 2x2: at ``H // 2``, ``W // 2``).
     mask : str, optional
         ``"grid"`` or ``"slic"`` (see the module doc).
     segments : int, optional
         Features per tile (``"grid"``: a square number; ``"slic"``: SLIC's target count).
     compactness : float or None, optional
         SLIC's compactness (``None``: :data:`SLIC_COMPACTNESS`); unused by the grid.
+    grid : int, optional
+        Tiles per side of the mosaics (default 2).
 
     Returns
     -------
@@ -144,10 +154,10 @@ def tile_feature_masks(
     """
     b, _, height, width = inputs.shape
     if mask == "grid":
-        ids = grid_mask(height, width, segments)[None, None].expand(b, 1, height, width)
+        ids = grid_mask(height, width, segments, grid)[None, None].expand(b, 1, height, width)
     elif mask == "slic":
         weight = SLIC_COMPACTNESS if compactness is None else compactness
-        ids = torch.stack([slic_mask(mosaic, segments, weight) for mosaic in inputs])[:, None]
+        ids = torch.stack([slic_mask(mosaic, segments, weight, grid) for mosaic in inputs])[:, None]
     else:
         raise FocusError(f"Unknown LIME mask {mask!r}: choose one of {', '.join(MASKS)}.")
     return ids.to(inputs.device)
@@ -173,6 +183,9 @@ class Lime(ExplainerBase):
         Ridge penalty of the surrogate (default 1.0, the ``lime`` package's).
     seed : int, optional
         Seed of the on/off patterns (default 0); mixed with each mosaic's content.
+    grid : int, optional
+        Tiles per side of the mosaics explained (default 2, the paper's; 3 or 4): features never cross a tile
+        edge of that grid. In ``params`` (and its hash) only when it is not 2, so 2x2 evaluations keep theirs.
     internal_batch_size : int or None, optional
         Perturbed copies per forward pass, captum's ``perturbations_per_eval`` (default 64; ``None``: all
         ``n_samples`` at once; the flows set it to their batch size). It bounds memory, changes the maps only
@@ -183,6 +196,8 @@ class Lime(ExplainerBase):
     >>> explainer = Lime(n_samples=8)
     >>> explainer.params
     {'n_samples': 8, 'mask': 'grid', 'segments': 16, 'compactness': None, 'kernel_width': 1.0, 'alpha': 1.0, 'seed': 0}
+    >>> Lime(n_samples=8, grid=3).params["grid"]
+    3
     """
 
     name = "lime"
@@ -194,10 +209,19 @@ class Lime(ExplainerBase):
         "kernel_width": ("float", 1.0),
         "alpha": ("float", 1.0),
         "seed": ("int", 0),
+        "grid": ("int", 2),
     }
     runtime_spec: ClassVar[dict[str, tuple[str, Any]]] = {"internal_batch_size": ("optional_int", 64)}
 
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if self.params["grid"] == 2:  # the paper's mosaics: params and hash as before grids existed
+            del self.params["grid"]
+            self.params_hash = params_hash(self.name, self.params)
+
     def _check(self, values: dict[str, Any]) -> None:
+        if values["grid"] not in (2, 3, 4):
+            raise FocusError(f"Parameter 'grid' of explainer 'lime' got {values['grid']}: pass 2, 3 or 4.")
         for key in ("n_samples", "segments", "internal_batch_size"):
             if values[key] is not None and values[key] < 1:
                 raise FocusError(f"Parameter '{key}' of explainer 'lime' got {values[key]}: pass an integer >= 1.")
@@ -225,7 +249,7 @@ class Lime(ExplainerBase):
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         p = self.params
         x = inputs.detach()
-        masks = tile_feature_masks(x, p["mask"], p["segments"], p["compactness"])
+        masks = tile_feature_masks(x, p["mask"], p["segments"], p["compactness"], p.get("grid", 2))
         lime = CaptumLime(
             checked_forward(model, targets),
             interpretable_model=SkLearnRidge(alpha=p["alpha"]),

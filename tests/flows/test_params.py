@@ -96,7 +96,7 @@ def test_every_list_of_layouts_is_focus_core_layouts():
         "from flows.report.figures import LAYOUT_ORDER\n"
         "enum = EvaluateParams.model_json_schema()['$defs']['MosaicSetSpec']['properties']['layout']['enum']\n"
         "print(MosaicSetSpec(layout='corners').layout, build_parser().parse_args(['evaluate', '--layout', 'corners'])"
-        ".layout, enum == list(layouts.LAYOUTS), LAYOUT_ORDER)\n"
+        ".layout, enum == list(layouts.all_names()) == [*layouts.LAYOUTS, 'contiguous', 'scattered'], LAYOUT_ORDER)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

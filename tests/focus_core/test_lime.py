@@ -194,7 +194,7 @@ def test_lime_on_a_trained_digits_model_is_clearly_focused(capsys):
         manifest = build_manifest(digits, split="test", per_class=3, seed=0)
         x = digits.normalize(compose_mosaics(digits.tiles, manifest.index_tensor()))
         started = time.perf_counter()
-        scores = focus_score(get_explainer("lime", n_samples=250)(model.eval(), x, manifest.targets()),
+        scores = focus_score(get_explainer("lime", n_samples=250)(model.eval(), x, manifest.target_classes()),
                              target_mask(manifest))
         seconds = time.perf_counter() - started
     finally:

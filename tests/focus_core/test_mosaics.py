@@ -112,7 +112,7 @@ def test_every_mosaic_is_well_formed_and_held_out(digits: TileDataset, split: st
         assert len(set(indices)) == 4
         targets = [q for q in range(4) if labels[indices[q]] == mosaic.target_class]
         assert targets == list(mosaic.target_quadrants)  # exactly two, sorted, where it says
-    assert Counter(manifest.targets().tolist()) == {c: 20 for c in range(10)}  # balanced
+    assert Counter(manifest.target_classes().tolist()) == {c: 20 for c in range(10)}  # balanced
     assert torch.equal(target_mask(manifest).sum(dim=1), torch.full((200,), 2))
 
 
@@ -126,13 +126,13 @@ def test_random_layout_uses_every_arrangement(digits: TileDataset) -> None:
 @pytest.mark.parametrize("layout", [name for name in LAYOUTS if name != "random"])
 def test_fixed_layouts_put_targets_where_they_belong(digits: TileDataset, layout: str) -> None:
     manifest = build_manifest(digits, per_class=4, seed=0, layout=layout, classes=["3", 7])
-    assert manifest.targets().tolist() == [3] * 4 + [7] * 4
+    assert manifest.target_classes().tolist() == [3] * 4 + [7] * 4
     mask = target_mask(manifest)
     expected = torch.zeros(4, dtype=torch.bool)
     expected[list(LAYOUTS[layout])] = True
     assert torch.equal(mask, expected.expand(8, 4))
     labels = digits.labels[manifest.index_tensor()]
-    assert torch.equal(labels == manifest.targets()[:, None], mask)
+    assert torch.equal(labels == manifest.target_classes()[:, None], mask)
 
 
 def test_same_seed_same_manifest_across_processes(digits: TileDataset) -> None:
@@ -190,5 +190,5 @@ def test_refuses_a_class_with_one_image_in_the_split(tmp_path: Path) -> None:
     with pytest.raises(FocusError, match="'cat' has 1 image"):
         build_manifest(pets, split="test", per_class=2)
     manifest = build_manifest(pets, split="test", per_class=2, classes=["dog", "owl"])
-    assert manifest.targets().tolist() == [pets.classes.index("dog")] * 2 + [pets.classes.index("owl")] * 2
+    assert manifest.target_classes().tolist() == [pets.classes.index("dog")] * 2 + [pets.classes.index("owl")] * 2
     assert {pets.relpaths[i].split("/")[0] for m in manifest.mosaics for i in m.image_indices} == {"test"}

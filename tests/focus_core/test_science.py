@@ -47,7 +47,7 @@ def digits():
 def mosaics(digits):
     manifest = build_manifest(digits, split="test", per_class=20, seed=0)
     inputs = digits.normalize(compose_mosaics(digits.tiles, manifest.index_tensor()))
-    return inputs, manifest.targets(), target_mask(manifest)
+    return inputs, manifest.target_classes(), target_mask(manifest)
 
 
 def _focus(model, method, mosaics) -> tuple[float, float]:

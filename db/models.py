@@ -258,8 +258,8 @@ class MosaicSet(Base):
     tile_size: Mapped[int | None]
     num_mosaics: Mapped[int]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    grid: Mapped[int] = mapped_column(Integer, default=2, server_default="2")
-    targets: Mapped[int] = mapped_column(Integer, default=2, server_default="2")
+    grid: Mapped[int] = mapped_column(Integer, server_default="2")
+    targets: Mapped[int] = mapped_column(Integer, server_default="2")
     confident: Mapped[float | None] = mapped_column(Double)
     confident_model: Mapped[str | None] = mapped_column(String(64))
 

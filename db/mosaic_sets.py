@@ -182,6 +182,11 @@ def register_mosaic_set(
     _check_grid(grid, targets)
     mosaics = _mosaics(image_ids, target_classes, target_masks, grid, targets)
     m = len(mosaics.classes)
+    # only what differs from the columns' defaults: a 2x2 set is written exactly as before revision 0007
+    grid_values: dict[str, Any] = {"grid": grid} if grid != 2 else {}
+    grid_values |= {"targets": targets} if targets != 2 else {}
+    grid_values |= {"confident": float(confident)} if confident is not None else {}
+    grid_values |= {"confident_model": confident_model} if confident_model is not None else {}
 
     def work(connection: Connection) -> RegisteredMosaicSet:
         existing = connection.scalar(select(MosaicSet.id).where(MosaicSet.manifest_hash == manifest_hash))
@@ -192,9 +197,7 @@ def register_mosaic_set(
         set_id = connection.scalar(
             insert(MosaicSet)
             .values(manifest_hash=manifest_hash, dataset_id=dataset_id, split=split, seed=int(seed),
-                    per_class=int(per_class), layout=layout, tile_size=tile_size, num_mosaics=m, grid=grid,
-                    targets=targets, confident=None if confident is None else float(confident),
-                    confident_model=confident_model)
+                    per_class=int(per_class), layout=layout, tile_size=tile_size, num_mosaics=m, **grid_values)
             .returning(MosaicSet.id)
         )
         return RegisteredMosaicSet(set_id, _insert_mosaics(connection, set_id, mosaics) if m else [])

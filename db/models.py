@@ -28,8 +28,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    cast,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column
 
 from db.types import JSONType, UTCDateTime, utcnow
 
@@ -262,6 +263,8 @@ class MosaicSet(Base):
     targets: Mapped[int] = mapped_column(Integer, server_default="2")
     confident: Mapped[float | None] = mapped_column(Double)
     confident_model: Mapped[str | None] = mapped_column(String(64))
+    # k / N², as the views' chance_level (revision 0007): what a random explanation scores on these mosaics
+    chance_level: Mapped[float] = column_property(cast(targets, Double) / (grid * grid))
 
 
 class Mosaic(Base):

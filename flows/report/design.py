@@ -54,7 +54,9 @@ def per_class_section(evals: Sequence[EvaluationData], names: dict[int, str], fi
         section.missing = "No trained evaluation of a final checkpoint is selected."
         return section
     for (checkpoint_id, mosaic_set_id), methods in groups.items():
-        title = f"{names[checkpoint_id]} on mosaic set #{mosaic_set_id}"
+        first = next(iter(methods.values()))
+        title = (f"{names[checkpoint_id]} on mosaic set #{mosaic_set_id} ({first.grid_label}, chance level "
+                 f"{fmt(first.chance_level)})")
         per_method = {m: {r["class"]: r for r in stats.per_class_summary(e.focus, e.targets)}
                       for m, e in methods.items()}
         classes = sorted({c for rows in per_method.values() for c in rows})
@@ -63,7 +65,7 @@ def per_class_section(evals: Sequence[EvaluationData], names: dict[int, str], fi
                      f"{title}: median Focus per target class.", f"Median Focus per class of {title}",
                      report.plot_per_class_focus, [str(c) for c in classes],
                      {m: [rows[c]["median"] if c in rows else np.nan for c in classes]
-                      for m, rows in per_method.items()})
+                      for m, rows in per_method.items()}, chance=next(iter(methods.values())).chance_level)
         section.blocks.append(f"<h3>{html.escape(title)}</h3>")
         drawn = "\n".join(f.render() for f in section.figures[start:])
         section.blocks.append(f'<div class="figures">{drawn}</div>')
@@ -144,7 +146,8 @@ def seeds_section(evals: Sequence[EvaluationData], names: dict[int, str], figure
                      "diamond the trained checkpoint.", f"Random models over seeds of {title}",
                      report.plot_random_seeds,
                      {m: [methods[m][s].summary["median"] for s in sorted(methods[m])] for m in ordered},
-                     trained={m: trained[m].summary["median"] for m in ordered if m in trained})
+                     trained={m: trained[m].summary["median"] for m in ordered if m in trained},
+                     chance=methods[ordered[0]][min(methods[ordered[0]])].chance_level)
         rows = [_seed_row(m, methods[m], trained.get(m), checkpoint_id, mosaic_set_id) for m in ordered]
         section.blocks.append(f"<h3>{html.escape(title)}</h3>")
         section.blocks.append('<div class="table-wrap">' + table(

@@ -26,15 +26,13 @@ __all__ = ["audits_section", "paired_section", "summary_section"]
 _SUMMARY_TITLES = {
     "checkpoint": "label (every training run's when several produced the same weights), else architecture and "
                   "epoch; hover for the sha256 of the weights",
-    "mosaic set": "id, split, layout, grid (N x N tiles) and k target tiles; hover for the dataset and mosaics per "
-                  "class",
+    "mosaic set": "id, split, layout, grid (N x N tiles), k target tiles and the chance level k/N² (what a random "
+                  "explanation scores: compare the median with it); hover for the dataset and mosaics per class",
     "audit": "audit run id",
     "n": "mosaics scored",
     "undefined": "share of mosaics without positive relevance (Focus undefined)",
     "median": "median Focus of the defined scores (undefined maps left out: they say nothing about where relevance "
-              "went)",
-    "chance": "chance level k / N²: what a random explanation scores on these N x N mosaics with k target tiles "
-              "(0.5 on 2x2 with 2); compare the median with it",
+              "went); the chance level k/N² to compare it with is in the mosaic set column",
     "median, undefined as 0": "median Focus with undefined maps counted as 0: Quantus's convention, the one to compare "
                               "with quantus.Focus",
     f"{int(CONFIDENCE * 100)}% CI of median": f"percentile bootstrap over mosaics, {BOOTSTRAP_RESAMPLES} resamples, "
@@ -87,7 +85,7 @@ def _summary_table(evals: Sequence[EvaluationData], names: dict[int, str], table
     with_audit = any(e.audit_run_id is not None for e in evals)
     headers = (["evaluation", "checkpoint"] + (["architecture"] if with_architecture else [])
                + ["method", "mosaic set", "randomization"] + (["audit"] if with_audit else [])
-               + ["n", "undefined", "median", "chance", "median, undefined as 0", f"{int(CONFIDENCE * 100)}% CI of median",
+               + ["n", "undefined", "median", "median, undefined as 0", f"{int(CONFIDENCE * 100)}% CI of median",
                   "cluster CI", "mean", "q1", "q3", "mosaic acc."])
     rows = []
     order = (lambda e: 0) if keep_order else (lambda e: (
@@ -100,8 +98,7 @@ def _summary_table(evals: Sequence[EvaluationData], names: dict[int, str], table
         cells = ([str(e.evaluation_id), checkpoint] + ([e.architecture] if with_architecture else [])
                  + [e.method, mosaic_set, e.randomization_label]
                  + ([DASH if e.audit_run_id is None else str(e.audit_run_id)] if with_audit else [])
-                 + [fmt(s["n"]), fmt(s["share_undefined"]), fmt(s["median"]), fmt(e.chance_level),
-                    fmt(s.get("median_undefined_as_zero")),
+                 + [fmt(s["n"]), fmt(s["share_undefined"]), fmt(s["median"]), fmt(s.get("median_undefined_as_zero")),
                     _ci_text(e.ci), _ci_text(e.cluster_ci), fmt(s["mean"]), fmt(s["q1"]), fmt(s["q3"]),
                     fmt(e.mosaic_accuracy)])
         text_columns = {"checkpoint", "architecture", "method", "mosaic set", "randomization"}
@@ -156,7 +153,7 @@ def _checkpoint_cell(e: EvaluationData, names: dict[int, str]) -> tuple[str, str
 
 
 def _mosaic_set_cell(e: EvaluationData) -> tuple[str, str]:
-    return (f"#{e.mosaic_set_id} {e.split}, {e.layout}, {e.grid_label}",
+    return (f"#{e.mosaic_set_id} {e.split}, {e.layout}, {e.grid_label}, chance {fmt(e.chance_level)}",
             f"dataset {e.dataset_name}, {e.per_class} mosaics per class, seed {e.set_seed}, {e.grid}x{e.grid} tiles with "
             f"{e.target_tiles} of the target class: chance level {fmt(e.chance_level)}")
 

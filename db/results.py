@@ -226,7 +226,8 @@ def _insert(connection: Connection, evaluation_id: int, chunk: _Chunk, table: st
         copy_into(connection, table, columns)
         if chunk.tiles != 4:
             tiles = chunk.tile_columns()
-            copy_into(connection, tile_table, {"evaluation_id": np.full(len(tiles["mosaic_id"]), evaluation_id)} | tiles)
+            tiles = {"evaluation_id": np.full(len(tiles["mosaic_id"]), evaluation_id)} | tiles
+            copy_into(connection, tile_table, tiles)
         return
     placeholders = ", ".join("?" for _ in range(len(_VALUES) + 2))
     connection.exec_driver_sql(

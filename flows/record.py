@@ -105,7 +105,10 @@ def grid_fields(manifest: Any) -> dict[str, Any]:
     >>> grid_fields(SimpleNamespace())
     {'grid': 2, 'targets': 2, 'confident': None, 'confident_model': None}
     """
-    return {"grid": int(getattr(manifest, "grid", 2)), "targets": int(getattr(manifest, "targets", 2)),
+    targets = getattr(manifest, "targets", 2)
+    if callable(targets):  # before the grid fields, ``MosaicManifest.targets()`` is the target classes
+        targets = 2
+    return {"grid": int(getattr(manifest, "grid", 2)), "targets": int(targets),
             "confident": getattr(manifest, "confident", None),
             "confident_model": getattr(manifest, "confident_model", None)}
 

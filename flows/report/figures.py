@@ -210,7 +210,8 @@ def layout_section(evals: Sequence[EvaluationData], names: dict[int, str], figur
         "Focus per fixed arrangement of the two target tiles (the paper's Figure 2), with the random arrangement for "
         "reference: a method or model biased towards a region of the image scores differently per layout.",
     )
-    groups: dict[tuple[int, str, str, int, int], dict[str, list[EvaluationData]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[tuple[int, str, str, int, int], dict[str, list[EvaluationData]]] = defaultdict(
+        lambda: defaultdict(list))
     for e in evals:
         if e.randomization == "none" and e.n:
             groups[(e.checkpoint_id, e.method, e.dataset_name, e.grid, e.target_tiles)][e.layout].append(e)

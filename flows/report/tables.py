@@ -154,8 +154,8 @@ def _checkpoint_cell(e: EvaluationData, names: dict[int, str]) -> tuple[str, str
 
 def _mosaic_set_cell(e: EvaluationData) -> tuple[str, str]:
     return (f"#{e.mosaic_set_id} {e.split}, {e.layout}, {e.grid_label}, chance {fmt(e.chance_level)}",
-            f"dataset {e.dataset_name}, {e.per_class} mosaics per class, seed {e.set_seed}, {e.grid}x{e.grid} tiles with "
-            f"{e.target_tiles} of the target class: chance level {fmt(e.chance_level)}")
+            f"dataset {e.dataset_name}, {e.per_class} mosaics per class, seed {e.set_seed}, {e.grid}x{e.grid} tiles "
+            f"with {e.target_tiles} of the target class: chance level {fmt(e.chance_level)}")
 
 
 def _ci_text(ci: tuple[float, float]) -> str:

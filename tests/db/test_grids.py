@@ -187,7 +187,8 @@ def test_migration_keeps_rows_both_ways_and_refuses_to_lose_a_grid(empty_url, bu
             "VALUES (50, 'toy', 'f', '[\"a\", \"b\"]', 4, '2026-01-01 00:00:00')")
         connection.exec_driver_sql(
             "INSERT INTO image (id, dataset_id, position, relpath, label, split) VALUES "
-            "(51, 50, 0, 'a0', 0, 'test'), (52, 50, 1, 'a1', 0, 'test'), (53, 50, 2, 'b0', 1, 'test'), (54, 50, 3, 'b1', 1, 'test')")
+            "(51, 50, 0, 'a0', 0, 'test'), (52, 50, 1, 'a1', 0, 'test'), (53, 50, 2, 'b0', 1, 'test'), "
+            "(54, 50, 3, 'b1', 1, 'test')")
         connection.exec_driver_sql(
             "INSERT INTO mosaic_set (id, manifest_hash, dataset_id, split, seed, per_class, layout, num_mosaics, "
             "created_at) VALUES (50, 'm', 50, 'test', 0, 1, 'random', 1, '2026-01-01 00:00:00')")
@@ -218,7 +219,8 @@ def test_migration_keeps_rows_both_ways_and_refuses_to_lose_a_grid(empty_url, bu
             assert connection.execute(text("SELECT image_id, is_target FROM mosaic_tiles ORDER BY position")).all() == [
                 (51, 1), (53, 0), (52, 1), (54, 0)]
         summary = db.evaluation_summary(engine, [50])  # closed before 0007: its stored summary, with the grid
-        assert summary[["n", "median_focus", "grid", "targets", "chance_level"]].values.tolist() == [[1, 0.7, 2, 2, 0.5]]
+        columns = ["n", "median_focus", "grid", "targets", "chance_level"]
+        assert summary[columns].values.tolist() == [[1, 0.7, 2, 2, 0.5]]
         with engine.begin() as connection:
             assert db.summaries.store_summary(connection, 50)  # a stored summary, to survive the way down
         make_grid(engine)  # a 3x3 set: 0006 cannot hold it

@@ -8,7 +8,7 @@ Examples
 --------
 >>> import db
 >>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
-'0006'
+'0007'
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
@@ -64,6 +64,7 @@ from db.queries import (
     class_summary,
     compare_methods,
     evaluation_results,
+    evaluation_tile_sums,
     evaluation_summary,
     finished_audit_runs,
     focus_regressions,
@@ -148,6 +149,7 @@ __all__ = [
     "evaluation_summary",
     "class_summary",
     "evaluation_results",
+    "evaluation_tile_sums",
     "compare_methods",
     "training_curve",
     "checkpoint_history",

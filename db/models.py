@@ -4,8 +4,11 @@ Integer surrogate keys keep SQL readable; natural unique keys (content hashes) m
 registration idempotent. Per-mosaic data lives in plain columns of ``mosaic_result``; JSON is
 used only for configuration and parameters.
 
-Quadrants are numbered 0..3 in TL, TR, BL, BR order; ``mosaic.target_mask`` has bit ``q`` set
-when quadrant ``q`` holds a target-class tile (TL = 1, TR = 2, BL = 4, BR = 8).
+Tiles of an N x N mosaic are numbered row-major 0..N²-1 (2x2: TL, TR, BL, BR = 0..3);
+``mosaic.target_mask`` has bit ``p`` set when tile ``p`` holds a target-class image (2x2: TL = 1,
+TR = 2, BL = 4, BR = 8). A 2x2 mosaic keeps its tiles in ``mosaic.image_*`` and its result's sums in
+``mosaic_result.pos_*``/``neg_*`` (the fast path); any other grid uses ``mosaic_tile`` and
+``mosaic_result_tile`` and leaves those columns NULL (revision 0007).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    cast,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column
 
 from db.types import JSONType, UTCDateTime, utcnow
 
@@ -42,10 +46,12 @@ __all__ = [
     "CheckpointOrigin",
     "MosaicSet",
     "Mosaic",
+    "MosaicTile",
     "XaiMethod",
     "AuditRun",
     "Evaluation",
     "MosaicResult",
+    "MosaicResultTile",
     "EvaluationStats",
     "EvaluationClassStats",
     "ChunkLease",
@@ -53,6 +59,7 @@ __all__ = [
     "RANDOMIZATIONS",
     "EVALUATION_STATUSES",
     "QUADRANTS",
+    "MAX_GRID",
 ]
 
 NAMING_CONVENTION = {
@@ -68,6 +75,7 @@ RANDOMIZATIONS = ("none", "full", "cascading", "independent")
 EVALUATION_STATUSES = ("pending", "running", "finished", "failed", "crashed")
 RUN_STATUSES = ("running", "finished", "failed")
 QUADRANTS = ("tl", "tr", "bl", "br")
+MAX_GRID = 5  # N x N tiles, N <= 5: the target bitmask (bit p for tile p) fits a 32-bit integer
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -227,10 +235,19 @@ class CheckpointOrigin(Base):
 
 
 class MosaicSet(Base):
-    """A seeded mosaic manifest; ``manifest_hash`` is its natural key."""
+    """A seeded mosaic manifest; ``manifest_hash`` is its natural key.
+
+    ``grid`` is N of its N x N mosaics and ``targets`` the number k of target tiles in each (a random
+    explanation scores k / N², the views' ``chance_level``); ``confident`` and ``confident_model`` name the
+    confident protocol (tiles the model classifies correctly with at least that probability; the sha256 of
+    its weights), NULL when not used.
+    """
 
     __tablename__ = "mosaic_set"
-    __table_args__ = (CheckConstraint(_in("split", SPLITS), name="split"),)
+    __table_args__ = (
+        CheckConstraint(_in("split", SPLITS), name="split"),
+        CheckConstraint(f"grid BETWEEN 2 AND {MAX_GRID} AND targets >= 1 AND targets < grid * grid", name="grid"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     manifest_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -242,26 +259,46 @@ class MosaicSet(Base):
     tile_size: Mapped[int | None]
     num_mosaics: Mapped[int]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    grid: Mapped[int] = mapped_column(Integer, server_default="2")
+    targets: Mapped[int] = mapped_column(Integer, server_default="2")
+    confident: Mapped[float | None] = mapped_column(Double)
+    confident_model: Mapped[str | None] = mapped_column(String(64))
+    # k / N², as the views' chance_level (revision 0007): what a random explanation scores on these mosaics
+    chance_level: Mapped[float] = column_property(cast(targets, Double) / (grid * grid))
 
 
 class Mosaic(Base):
-    """One 2x2 mosaic: four image ids in TL, TR, BL, BR order, the target class and quadrants."""
+    """One mosaic: the target class, the target-tile bitmask and, for a 2x2 one, its four image ids.
+
+    A 2x2 mosaic's tiles are ``image_tl``, ``image_tr``, ``image_bl``, ``image_br``; for any other grid
+    they are NULL and the tiles are :class:`MosaicTile` rows (the view ``mosaic_tiles`` shows both).
+    """
 
     __tablename__ = "mosaic"
     __table_args__ = (
         UniqueConstraint("mosaic_set_id", "position"),
-        CheckConstraint("target_mask BETWEEN 0 AND 15", name="target_mask"),
+        CheckConstraint("target_mask >= 0", name="target_mask"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     mosaic_set_id: Mapped[int] = mapped_column(ForeignKey("mosaic_set.id", ondelete="CASCADE"))
     position: Mapped[int]
-    image_tl: Mapped[int] = mapped_column(ForeignKey("image.id"))
-    image_tr: Mapped[int] = mapped_column(ForeignKey("image.id"))
-    image_bl: Mapped[int] = mapped_column(ForeignKey("image.id"))
-    image_br: Mapped[int] = mapped_column(ForeignKey("image.id"))
+    image_tl: Mapped[int | None] = mapped_column(ForeignKey("image.id"))
+    image_tr: Mapped[int | None] = mapped_column(ForeignKey("image.id"))
+    image_bl: Mapped[int | None] = mapped_column(ForeignKey("image.id"))
+    image_br: Mapped[int | None] = mapped_column(ForeignKey("image.id"))
     target_class: Mapped[int]
     target_mask: Mapped[int]
+
+
+class MosaicTile(Base):
+    """One tile of a mosaic on a grid other than 2x2: its row-major position and image."""
+
+    __tablename__ = "mosaic_tile"
+
+    mosaic_id: Mapped[int] = mapped_column(ForeignKey("mosaic.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    image_id: Mapped[int] = mapped_column(ForeignKey("image.id"))
 
 
 class XaiMethod(Base):
@@ -336,7 +373,8 @@ class Evaluation(Base):
 class MosaicResult(Base):
     """One row per evaluation and mosaic: relevance per quadrant, Focus and the prediction.
 
-    ``pos_*`` are sums of positive relevance (>= 0), ``neg_*`` sums of negative relevance (<= 0);
+    ``pos_*`` are sums of positive relevance (>= 0), ``neg_*`` sums of negative relevance (<= 0), for
+    a 2x2 mosaic; NULL for any other grid, whose sums are :class:`MosaicResultTile` rows;
     ``focus`` is NULL (never NaN) when the map has no positive relevance. On PostgreSQL the table is
     partitioned by RANGE of ``evaluation_id`` (revision 0004: 1000 evaluations per partition, created
     by a trigger on ``evaluation``); on SQLite it is one table.
@@ -352,16 +390,34 @@ class MosaicResult(Base):
     # ``db.results.write_mosaic_results`` enforces more than a key would (the mosaic must belong to
     # the evaluation's mosaic set), and ``evaluation -> mosaic_set`` blocks deleting the mosaics.
     mosaic_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    pos_tl: Mapped[float] = mapped_column(Double)
-    pos_tr: Mapped[float] = mapped_column(Double)
-    pos_bl: Mapped[float] = mapped_column(Double)
-    pos_br: Mapped[float] = mapped_column(Double)
-    neg_tl: Mapped[float] = mapped_column(Double)
-    neg_tr: Mapped[float] = mapped_column(Double)
-    neg_bl: Mapped[float] = mapped_column(Double)
-    neg_br: Mapped[float] = mapped_column(Double)
+    pos_tl: Mapped[float | None] = mapped_column(Double)
+    pos_tr: Mapped[float | None] = mapped_column(Double)
+    pos_bl: Mapped[float | None] = mapped_column(Double)
+    pos_br: Mapped[float | None] = mapped_column(Double)
+    neg_tl: Mapped[float | None] = mapped_column(Double)
+    neg_tr: Mapped[float | None] = mapped_column(Double)
+    neg_bl: Mapped[float | None] = mapped_column(Double)
+    neg_br: Mapped[float | None] = mapped_column(Double)
     focus: Mapped[float | None] = mapped_column(Double)
     predicted_class: Mapped[int]
+
+
+class MosaicResultTile(Base):
+    """The relevance sums of one tile of a result on a grid other than 2x2 (row-major ``position``).
+
+    ``positive`` >= 0 and ``negative`` <= 0, as ``mosaic_result.pos_*``/``neg_*``. Partitioned on PostgreSQL
+    like ``mosaic_result`` (``mosaic_result_tile_p000000`` beside ``mosaic_result_p000000``, created by the
+    same trigger); no foreign key to the result row, for the same reason as ``mosaic_result.mosaic_id``.
+    """
+
+    __tablename__ = "mosaic_result_tile"
+    __table_args__ = {"postgresql_partition_by": "RANGE (evaluation_id)"}
+
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluation.id", ondelete="CASCADE"), primary_key=True)
+    mosaic_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    positive: Mapped[float] = mapped_column(Double)
+    negative: Mapped[float] = mapped_column(Double)
 
 
 class EvaluationStats(Base):

@@ -1,10 +1,11 @@
 """Mosaic sets: a seeded manifest and its mosaics, registered once, in bulk.
 
-A mosaic is four image ids in TL, TR, BL, BR order, a target class and a target-quadrant
-bitmask (bit ``q`` for quadrant ``q``). Every tile must be an image of the set's dataset and
-split (mosaics use images the model never trained on); that is checked before anything is
-written. On PostgreSQL the mosaics go in with one binary COPY. :func:`mosaic_tiles` reads one
-mosaic back with its tiles' relpaths.
+A mosaic of an N x N set is N² image ids in row-major order (2x2: TL, TR, BL, BR), a target class
+and a target-tile bitmask (bit ``p`` for tile ``p``) with exactly ``targets`` bits set. A 2x2 mosaic
+keeps its ids in the ``mosaic.image_*`` columns; any other grid writes ``mosaic_tile`` rows. Every
+tile must be an image of the set's dataset and split (mosaics use images the model never trained
+on); that is checked before anything is written. On PostgreSQL the mosaics (and tiles) go in with
+binary COPY. :func:`mosaic_tiles` reads one mosaic back with its tiles' relpaths.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from db.errors import StoreError
-from db.models import Image, Mosaic, MosaicSet
+from db.models import MAX_GRID, Image, Mosaic, MosaicSet, MosaicTile
 from db.pg_copy import copy_into
 from db.registry import check_split
 from db.transactions import Store, error_reason, idempotent
 
 __all__ = ["MosaicTiles", "RegisteredMosaicSet", "mosaic_tiles", "register_mosaic_set"]
 
-_TWO_BIT_MASKS = frozenset({3, 5, 6, 9, 10, 12})
 _CORNERS = ("image_tl", "image_tr", "image_bl", "image_br")
 
 
@@ -37,43 +37,62 @@ class RegisteredMosaicSet(NamedTuple):
 
 
 class MosaicTiles(NamedTuple):
-    """One stored mosaic: its target class, target-quadrant bitmask and its tiles' relpaths in TL, TR, BL, BR order."""
+    """One stored mosaic: its target class, target-tile bitmask and its tiles' relpaths in row-major order.
+
+    ``grid`` is N of the N x N mosaic (``len(relpaths) == grid ** 2``; 2x2: TL, TR, BL, BR).
+    """
 
     mosaic_id: int
     target_class: int
-    target_mask: int  # bit q set for a target tile in quadrant q
+    target_mask: int  # bit p set for a target tile at position p
     relpaths: list[str]
+    grid: int = 2
+
+    @property
+    def target_positions(self) -> list[int]:
+        """The row-major positions of the target tiles."""
+        return [p for p in range(self.grid ** 2) if self.target_mask >> p & 1]
 
 
 class _Mosaics(NamedTuple):
-    image_ids: np.ndarray  # int64 (M, 4), TL, TR, BL, BR
+    image_ids: np.ndarray  # int64 (M, N²), row-major
     classes: np.ndarray  # int64 (M,)
-    masks: np.ndarray  # int64 (M,), two bits set
+    masks: np.ndarray  # int64 (M,), ``targets`` bits set
 
 
-def _masks(target_masks: Sequence[Any] | np.ndarray, m: int) -> np.ndarray:
+def _check_grid(grid: int, targets: int) -> None:
+    if not 2 <= grid <= MAX_GRID:
+        raise StoreError(f"Expected a grid of 2 to {MAX_GRID} tiles a side but got {grid}; use a smaller grid.")
+    if not 1 <= targets < grid * grid:
+        raise StoreError(f"Expected 1 to {grid * grid - 1} target tiles on a {grid}x{grid} grid but got {targets}.")
+
+
+def _masks(target_masks: Sequence[Any] | np.ndarray, m: int, tiles: int, targets: int) -> np.ndarray:
     arr = np.asarray(target_masks)
-    if arr.ndim == 2 and arr.shape == (m, 4):
-        bits = (arr.astype(bool).astype(np.int64) * np.array([1, 2, 4, 8])).sum(axis=1)
+    if arr.ndim == 2 and arr.shape == (m, tiles):
+        bits = (arr.astype(bool).astype(np.int64) << np.arange(tiles, dtype=np.int64)).sum(axis=1)
     elif arr.shape == (m,):
         bits = arr.astype(np.int64)
     else:
-        raise StoreError(f"Expected target_masks of shape ({m}, 4) bool or ({m},) int but got {arr.shape}.")
-    bad = bits[~np.isin(bits, list(_TWO_BIT_MASKS))]
+        raise StoreError(f"Expected target_masks of shape ({m}, {tiles}) bool or ({m},) int but got {arr.shape}.")
+    counts = ((bits[:, None] >> np.arange(tiles, dtype=np.int64)) & 1).sum(axis=1)
+    bad = bits[(bits < 0) | (bits >= 1 << tiles) | (counts != targets)]
     if bad.size:
-        raise StoreError(f"Expected every mosaic to have exactly two target quadrants but got the bitmask {bad[0]}.")
+        raise StoreError(f"Expected every mosaic to have exactly {targets} target tile(s) of {tiles} "
+                         f"but got the bitmask {bad[0]}.")
     return bits
 
 
-def _mosaics(image_ids: Any, target_classes: Any, target_masks: Any) -> _Mosaics:
+def _mosaics(image_ids: Any, target_classes: Any, target_masks: Any, grid: int, targets: int) -> _Mosaics:
+    tiles = grid * grid
     ids = np.asarray(image_ids, dtype=np.int64)
-    if ids.ndim != 2 or ids.shape[1] != 4:
-        raise StoreError(f"Expected image_ids of shape (M, 4) but got {ids.shape}.")
+    if ids.ndim != 2 or ids.shape[1] != tiles:
+        raise StoreError(f"Expected image_ids of shape (M, {tiles}) for a {grid}x{grid} grid but got {ids.shape}.")
     m = ids.shape[0]
     classes = np.asarray(target_classes, dtype=np.int64).reshape(-1)
     if classes.shape != (m,):
         raise StoreError(f"Expected target_classes of shape ({m},) but got {classes.shape}.")
-    return _Mosaics(ids, classes, _masks(target_masks, m))
+    return _Mosaics(ids, classes, _masks(target_masks, m, tiles, targets))
 
 
 def _check_tiles(connection: Connection, mosaics: _Mosaics, dataset_id: int, split: str, manifest_hash: str) -> None:
@@ -87,20 +106,33 @@ def _check_tiles(connection: Connection, mosaics: _Mosaics, dataset_id: int, spl
         )
 
 
-def _insert_mosaics(connection: Connection, set_id: int, mosaics: _Mosaics) -> list[int]:
-    """Insert the mosaics in manifest order (binary COPY on PostgreSQL) and return their ids."""
-    m = len(mosaics.classes)
-    columns = {"mosaic_set_id": np.full(m, set_id), "position": np.arange(m)}
-    columns.update({corner: mosaics.image_ids[:, q] for q, corner in enumerate(_CORNERS)})
-    columns.update({"target_class": mosaics.classes, "target_mask": mosaics.masks})
+def _bulk_insert(connection: Connection, model: type, columns: dict[str, np.ndarray]) -> None:
+    """Equal-length numpy columns into ``model``'s table: binary COPY on PostgreSQL, executemany on SQLite."""
     if connection.dialect.name == "postgresql":
-        copy_into(connection, Mosaic.__tablename__, columns)
-    else:
-        names = list(columns)
-        rows = zip(*(columns[n].tolist() for n in names), strict=True)
-        connection.execute(insert(Mosaic), [dict(zip(names, row, strict=True)) for row in rows])
+        copy_into(connection, model.__tablename__, columns)
+        return
+    names = list(columns)
+    rows = zip(*(columns[n].tolist() for n in names), strict=True)
+    connection.execute(insert(model), [dict(zip(names, row, strict=True)) for row in rows])
+
+
+def _insert_mosaics(connection: Connection, set_id: int, mosaics: _Mosaics) -> list[int]:
+    """Insert the mosaics in manifest order (and, off 2x2, their tiles) and return their ids."""
+    m, tiles = mosaics.image_ids.shape
+    columns = {"mosaic_set_id": np.full(m, set_id), "position": np.arange(m)}
+    if tiles == 4:  # the 2x2 fast path: the tiles are columns of the mosaic
+        columns.update({corner: mosaics.image_ids[:, q] for q, corner in enumerate(_CORNERS)})
+    columns.update({"target_class": mosaics.classes, "target_mask": mosaics.masks})
+    _bulk_insert(connection, Mosaic, columns)
     order = select(Mosaic.id).where(Mosaic.mosaic_set_id == set_id).order_by(Mosaic.position)
-    return list(connection.scalars(order))
+    ids = list(connection.scalars(order))
+    if tiles != 4:
+        _bulk_insert(connection, MosaicTile, {
+            "mosaic_id": np.repeat(np.asarray(ids, dtype=np.int64), tiles),
+            "position": np.tile(np.arange(tiles, dtype=np.int64), m),
+            "image_id": mosaics.image_ids.reshape(-1),
+        })
+    return ids
 
 
 def register_mosaic_set(
@@ -116,28 +148,45 @@ def register_mosaic_set(
     target_masks: Sequence[Any] | np.ndarray,
     *,
     tile_size: int | None = None,
+    grid: int = 2,
+    targets: int = 2,
+    confident: float | None = None,
+    confident_model: str | None = None,
 ) -> RegisteredMosaicSet:
     """Register a mosaic set and its mosaics, or return the one registered with ``manifest_hash``.
 
     Parameters
     ----------
     image_ids
-        ``(M, 4)`` database image ids (from ``register_dataset``) in TL, TR, BL, BR order.
+        ``(M, grid²)`` database image ids (from ``register_dataset``) in row-major tile order
+        (2x2: TL, TR, BL, BR).
     target_classes
         ``(M,)`` target class of each mosaic.
     target_masks
-        ``(M, 4)`` bool (True where a quadrant holds a target tile) or ``(M,)`` bitmasks
-        (bit ``q`` for quadrant ``q``); exactly two target quadrants per mosaic.
+        ``(M, grid²)`` bool (True where a tile holds a target image) or ``(M,)`` bitmasks
+        (bit ``p`` for tile ``p``); exactly ``targets`` target tiles per mosaic.
+    grid, targets
+        N of the N x N mosaics (2 to :data:`db.models.MAX_GRID`) and the number k of target tiles.
+    confident, confident_model
+        The confident protocol's probability threshold and the sha256 of the weights whose
+        predictions chose the tiles (both ``None`` when not used).
 
     Raises
     ------
     StoreError
         When a tile is not an image of ``dataset_id`` in ``split`` (mosaics must use images the
-        model never trained on), or the shapes disagree. Nothing is written then.
+        model never trained on), or the shapes or the grid disagree. Nothing is written then.
     """
     check_split(split)
-    mosaics = _mosaics(image_ids, target_classes, target_masks)
+    grid, targets = int(grid), int(targets)
+    _check_grid(grid, targets)
+    mosaics = _mosaics(image_ids, target_classes, target_masks, grid, targets)
     m = len(mosaics.classes)
+    # only what differs from the columns' defaults: a 2x2 set is written exactly as before revision 0007
+    grid_values: dict[str, Any] = {"grid": grid} if grid != 2 else {}
+    grid_values |= {"targets": targets} if targets != 2 else {}
+    grid_values |= {"confident": float(confident)} if confident is not None else {}
+    grid_values |= {"confident_model": confident_model} if confident_model is not None else {}
 
     def work(connection: Connection) -> RegisteredMosaicSet:
         existing = connection.scalar(select(MosaicSet.id).where(MosaicSet.manifest_hash == manifest_hash))
@@ -148,7 +197,7 @@ def register_mosaic_set(
         set_id = connection.scalar(
             insert(MosaicSet)
             .values(manifest_hash=manifest_hash, dataset_id=dataset_id, split=split, seed=int(seed),
-                    per_class=int(per_class), layout=layout, tile_size=tile_size, num_mosaics=m)
+                    per_class=int(per_class), layout=layout, tile_size=tile_size, num_mosaics=m, **grid_values)
             .returning(MosaicSet.id)
         )
         return RegisteredMosaicSet(set_id, _insert_mosaics(connection, set_id, mosaics) if m else [])
@@ -161,7 +210,7 @@ def register_mosaic_set(
 
 
 def mosaic_tiles(engine: Engine, mosaic_id: int) -> MosaicTiles:
-    """The target and the four tile images (relpaths in their dataset, TL, TR, BL, BR) of one stored mosaic.
+    """The target and the tile images (relpaths in their dataset, row-major; 2x2: TL, TR, BL, BR) of one mosaic.
 
     Examples
     --------
@@ -177,7 +226,12 @@ def mosaic_tiles(engine: Engine, mosaic_id: int) -> MosaicTiles:
         mosaic = connection.execute(select(Mosaic).where(Mosaic.id == int(mosaic_id))).first()
         if mosaic is None:
             raise StoreError(f"No mosaic with id {mosaic_id} in the store; pick one from its evaluation's results.")
-        image_ids = [getattr(mosaic, corner) for corner in _CORNERS]
+        grid = int(connection.scalar(select(MosaicSet.grid).where(MosaicSet.id == mosaic.mosaic_set_id)))
+        if grid == 2:
+            image_ids = [getattr(mosaic, corner) for corner in _CORNERS]
+        else:
+            image_ids = list(connection.scalars(select(MosaicTile.image_id).where(MosaicTile.mosaic_id == mosaic.id)
+                                                .order_by(MosaicTile.position)))
         relpaths = dict(connection.execute(select(Image.id, Image.relpath).where(Image.id.in_(image_ids))).all())
     return MosaicTiles(int(mosaic.id), int(mosaic.target_class), int(mosaic.target_mask),
-                       [relpaths[i] for i in image_ids])
+                       [relpaths[i] for i in image_ids], grid)

@@ -21,6 +21,7 @@ __all__ = [
     "evaluation_summary",
     "class_summary",
     "evaluation_results",
+    "evaluation_tile_sums",
     "compare_methods",
     "training_curve",
     "checkpoint_history",
@@ -38,7 +39,8 @@ _SUMMARY_COLUMNS = (
     "s.evaluation_id, s.checkpoint_id, c.architecture, c.label AS checkpoint_label, "
     "s.method_id, m.name AS method, s.mosaic_set_id, s.randomization, s.stage, s.layer, s.seed, s.audit_run_id, "
     "s.status, s.n, s.n_defined, s.mean_focus, s.median_focus, s.q1_focus, s.q3_focus, "
-    "s.min_focus, s.max_focus, s.mosaic_accuracy, s.std_focus, s.undefined_share, s.median_focus_undefined_as_zero"
+    "s.min_focus, s.max_focus, s.mosaic_accuracy, s.std_focus, s.undefined_share, s.median_focus_undefined_as_zero, "
+    "s.grid, s.targets, s.chance_level"
 )
 _SUMMARY_FROM = (
     "FROM evaluation_summary s JOIN model_checkpoint c ON c.id = s.checkpoint_id "
@@ -66,8 +68,9 @@ def evaluation_summary(
     Quantiles are numpy's default (linear interpolation) over the defined Focus scores; NULL
     (undefined) scores count in ``n`` but not in ``n_defined`` or the statistics. Also
     ``std_focus`` (sample standard deviation), ``undefined_share`` and
-    ``median_focus_undefined_as_zero`` (undefined maps counted as 0, Quantus's convention). A closed
-    evaluation's row is its stored summary (``db.summaries``); the others are computed from their rows.
+    ``median_focus_undefined_as_zero`` (undefined maps counted as 0, Quantus's convention), and the mosaic
+    set's ``grid`` (N), ``targets`` (k) and ``chance_level`` (k / N², what a random explanation scores). A
+    closed evaluation's row is its stored summary (``db.summaries``); the others are computed from their rows.
 
     Examples
     --------
@@ -107,13 +110,32 @@ def class_summary(engine: Engine, evaluation_ids: list[int]) -> pd.DataFrame:
 
 
 def evaluation_results(engine: Engine, evaluation_id: int) -> pd.DataFrame:
-    """The per-mosaic rows of one evaluation with the mosaic's position, target class and mask."""
+    """The per-mosaic rows of one evaluation with the mosaic's position, target class and mask.
+
+    ``pos_*``/``neg_*`` are the 2x2 quadrant sums (NULL on other grids: :func:`evaluation_tile_sums`).
+    """
     return _read(
         engine,
         "SELECT r.mosaic_id, mo.position, mo.target_class, mo.target_mask, r.predicted_class, r.focus, "
         "r.pos_tl, r.pos_tr, r.pos_bl, r.pos_br, r.neg_tl, r.neg_tr, r.neg_bl, r.neg_br "
         "FROM mosaic_result r JOIN mosaic mo ON mo.id = r.mosaic_id "
         "WHERE r.evaluation_id = :evaluation_id ORDER BY mo.position",
+        {"evaluation_id": int(evaluation_id)},
+    )
+
+
+def evaluation_tile_sums(engine: Engine, evaluation_id: int) -> pd.DataFrame:
+    """The per-tile relevance sums of one evaluation, any grid: one row per mosaic and tile.
+
+    Columns ``mosaic_id, position`` (row-major tile, 2x2: TL, TR, BL, BR = 0..3), ``is_target`` (1 for a
+    target tile), ``positive`` (>= 0), ``negative`` (<= 0); ordered by the mosaic's position in its set, then
+    the tile's. Read from the view ``mosaic_result_tiles``.
+    """
+    return _read(
+        engine,
+        "SELECT t.mosaic_id, t.position, ((mo.target_mask >> t.position) & 1) AS is_target, t.positive, t.negative "
+        "FROM mosaic_result_tiles t JOIN mosaic mo ON mo.id = t.mosaic_id "
+        "WHERE t.evaluation_id = :evaluation_id ORDER BY mo.position, t.position",
         {"evaluation_id": int(evaluation_id)},
     )
 

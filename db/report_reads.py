@@ -69,7 +69,8 @@ def evaluation_records(engine: Engine, evaluation_ids: Sequence[int] | None = No
         layer, seed, audit_run_id, finished_at, metadata`` (the evaluation), ``checkpoint_id,
         architecture, checkpoint_label, sha256, weights_path, num_classes, in_channels,
         training_run_id, epoch`` (its checkpoint), ``method, method_params``, ``mosaic_set_id,
-        layout, split, set_seed, per_class`` and ``dataset_id, dataset_name,
+        layout, split, set_seed, per_class, grid, target_tiles, chance_level`` (N of the N x N mosaics, the
+        number k of target tiles and k / N², what a random explanation scores) and ``dataset_id, dataset_name,
         dataset_fingerprint, dataset_tile_size``. JSON columns come back as Python values and
         ``finished_at`` as a UTC ``datetime`` (or ``None``).
     """
@@ -82,6 +83,7 @@ def evaluation_records(engine: Engine, evaluation_ids: Sequence[int] | None = No
             c.path.label("weights_path"), c.num_classes, c.in_channels, c.training_run_id, c.epoch,
             m.name.label("method"), m.params.label("method_params"),
             s.id.label("mosaic_set_id"), s.layout, s.split, s.seed.label("set_seed"), s.per_class,
+            s.grid, s.targets.label("target_tiles"), s.chance_level.label("chance_level"),
             d.id.label("dataset_id"), d.name.label("dataset_name"), d.fingerprint.label("dataset_fingerprint"),
             d.tile_size.label("dataset_tile_size"),
         )

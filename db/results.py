@@ -1,5 +1,10 @@
 """Per-mosaic results: one row per evaluation and mosaic, written a chunk at a time.
 
+A chunk's sums are ``(M, T, 2)`` with T = N² tiles of the evaluation's N x N mosaic set (row-major).
+T == 4 (2x2) is the fast path: the sums are the ``pos_*``/``neg_*`` columns of ``mosaic_result``. Any
+other grid writes those columns NULL and one ``mosaic_result_tile`` row per tile, in the same
+transaction and by the same path (COPY into the evaluation's partitions, or staged and merged).
+
 A chunk is one transaction: it is written whole or not at all, and writing it again replaces
 its rows (an upsert). Two paths, chosen by one indexed query per chunk:
 
@@ -46,6 +51,9 @@ _STAGE = "_focus_result_chunk"
 _STAGE_COLUMNS = (
     "mosaic_id integer, " + ", ".join(f"{c} double precision" for c in _VALUES[:-1]) + ", predicted_class integer"
 )
+_TILE_VALUES = ("positive", "negative")
+_TILE_STAGE = "_focus_result_tile_chunk"
+_TILE_STAGE_COLUMNS = "mosaic_id integer, position integer, positive double precision, negative double precision"
 
 # One indexed query: the evaluation's mosaic set, whether it has a stored summary, and, unless the
 # evaluation already has a row with an id in [lo, hi] (then -1), how many mosaics of the set have an
@@ -58,7 +66,8 @@ _PLAN = (
     "CASE WHEN EXISTS (SELECT 1 FROM mosaic_result r "
     "WHERE r.evaluation_id = e.id AND r.mosaic_id BETWEEN :lo AND :hi) THEN -1 ELSE "
     "(SELECT COALESCE(SUM(CASE WHEN m.mosaic_set_id = e.mosaic_set_id THEN 1 ELSE 0 END), 0) "
-    "FROM mosaic m WHERE m.id BETWEEN :lo AND :hi) END, {partition} "
+    "FROM mosaic m WHERE m.id BETWEEN :lo AND :hi) END, {partition}, "
+    "(SELECT ms.grid FROM mosaic_set ms WHERE ms.id = e.mosaic_set_id) "
     "FROM evaluation e WHERE e.id = :evaluation_id"
 )
 # PostgreSQL also names the evaluation's partition of mosaic_result (creating it if a retention drop took it),
@@ -73,27 +82,52 @@ _UPSERT_SQL = text(
     "WHERE (SELECT m.mosaic_set_id FROM mosaic m WHERE m.id = t.mosaic_id) = :mosaic_set_id "
     "ON CONFLICT (evaluation_id, mosaic_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _VALUES)
 )
+_UPSERT_TILES_SQL = text(
+    f"INSERT INTO mosaic_result_tile (evaluation_id, mosaic_id, position, {', '.join(_TILE_VALUES)}) "
+    f"SELECT :evaluation_id, t.mosaic_id, t.position, {', '.join('t.' + c for c in _TILE_VALUES)} FROM {_TILE_STAGE} t "
+    "WHERE (SELECT m.mosaic_set_id FROM mosaic m WHERE m.id = t.mosaic_id) = :mosaic_set_id "
+    "ON CONFLICT (evaluation_id, mosaic_id, position) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _TILE_VALUES)
+)
 
 
 class _Chunk(NamedTuple):
     ids: np.ndarray  # int64 (M,), unique
-    sums: np.ndarray  # float64 (M, 4, 2), finite
+    sums: np.ndarray  # float64 (M, T, 2), finite
     scores: np.ndarray  # float64 (M,), NaN where undefined
     preds: np.ndarray  # int64 (M,)
 
+    @property
+    def tiles(self) -> int:
+        return int(self.sums.shape[1])
+
     def columns(self) -> dict[str, np.ndarray]:
-        """Column name to values, ``mosaic_id`` first, in ``_VALUES`` order after it."""
+        """Column name to values, ``mosaic_id`` first, in ``_VALUES`` order after it (sums NaN, NULL, off 2x2)."""
         columns = {"mosaic_id": self.ids}
-        columns.update({f"pos_{q}": self.sums[:, i, 0] for i, q in enumerate(_QUADRANTS)})
-        columns.update({f"neg_{q}": self.sums[:, i, 1] for i, q in enumerate(_QUADRANTS)})
+        if self.tiles == 4:
+            columns.update({f"pos_{q}": self.sums[:, i, 0] for i, q in enumerate(_QUADRANTS)})
+            columns.update({f"neg_{q}": self.sums[:, i, 1] for i, q in enumerate(_QUADRANTS)})
+        else:
+            columns.update({c: np.full(len(self.ids), np.nan) for c in _VALUES[:8]})
         columns.update({"focus": self.scores, "predicted_class": self.preds})
         return columns
 
     def rows(self) -> list[tuple]:
-        """Python rows for executemany, NaN Focus as ``None``."""
+        """Python rows for executemany, NaN Focus (and the NULL 2x2 sums off 2x2) as ``None``."""
         columns = [values.tolist() for values in self.columns().values()]
         columns[-2] = [None if x != x else x for x in columns[-2]]
+        if self.tiles != 4:
+            columns[1:9] = [[None] * len(self.ids)] * 8
         return list(zip(*columns, strict=True))
+
+    def tile_columns(self) -> dict[str, np.ndarray]:
+        """The ``mosaic_result_tile`` columns (grids other than 2x2): one row per mosaic and tile."""
+        m, t = self.sums.shape[:2]
+        return {"mosaic_id": np.repeat(self.ids, t), "position": np.tile(np.arange(t, dtype=np.int64), m),
+                "positive": self.sums[:, :, 0].reshape(-1), "negative": self.sums[:, :, 1].reshape(-1)}
+
+    def tile_rows(self) -> list[tuple]:
+        return list(zip(*(values.tolist() for values in self.tile_columns().values()), strict=True))
 
 
 def _result_chunk(
@@ -107,8 +141,8 @@ def _result_chunk(
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
         raise StoreError(f"Expected integer mosaic ids but got dtype {ids.dtype}.")
     sums = np.asarray(quadrant_sums, dtype=np.float64)
-    if sums.shape != (m, 4, 2):
-        raise StoreError(f"Expected quadrant_sums of shape ({m}, 4, 2) but got {sums.shape}.")
+    if sums.ndim != 3 or sums.shape[0] != m or sums.shape[2] != 2 or sums.shape[1] < 4:
+        raise StoreError(f"Expected quadrant_sums of shape ({m}, T, 2) (T = N² tiles) but got {sums.shape}.")
     if not np.isfinite(sums).all():
         raise StoreError("Expected finite quadrant_sums but some are NaN or infinite; check the explainer's output.")
     sums = _in_domain(sums, "positive relevance sums (quadrant_sums[..., 0]) >= 0", 0.0, np.inf, lambda s: s[..., 0])
@@ -153,6 +187,12 @@ class _Plan(NamedTuple):
     summarized: bool  # it has a stored summary (db.summaries), to be stored again after the write
     fresh: bool  # the chunk may go in with a plain insert
     table: str  # where a plain insert goes: the evaluation's partition on PostgreSQL
+    grid: int  # N of the set's N x N mosaics
+
+    @property
+    def tile_table(self) -> str:
+        """Where a plain insert of tile rows goes: the partition of mosaic_result_tile beside ``table``."""
+        return self.table.replace("mosaic_result", "mosaic_result_tile", 1)
 
 
 def _plan(connection: Connection, evaluation_id: int, chunk: _Chunk) -> _Plan:
@@ -170,20 +210,36 @@ def _plan(connection: Connection, evaluation_id: int, chunk: _Chunk) -> _Plan:
     row = connection.execute(_PLAN_SQL[connection.dialect.name], params).one_or_none()
     if row is None:
         raise StoreError(f"No evaluation with id {evaluation_id}; create it with get_or_create_evaluation.")
-    set_id, summarized, members, table = row
-    return _Plan(set_id, bool(summarized), hi >= lo and members == span, table)
+    set_id, summarized, members, table, grid = row
+    if chunk.tiles != grid * grid:
+        raise StoreError(
+            f"Expected sums for the {grid * grid} tiles of evaluation {evaluation_id}'s {grid}x{grid} mosaics but got "
+            f"{chunk.tiles} per mosaic; nothing of this chunk was written."
+        )
+    return _Plan(set_id, bool(summarized), hi >= lo and members == span, table, int(grid))
 
 
-def _insert(connection: Connection, evaluation_id: int, chunk: _Chunk, table: str = "mosaic_result") -> None:
+def _insert(connection: Connection, evaluation_id: int, chunk: _Chunk, table: str = "mosaic_result",
+            tile_table: str = "mosaic_result_tile") -> None:
     if connection.dialect.name == "postgresql":
         columns = {"evaluation_id": np.full(len(chunk.ids), evaluation_id)} | chunk.columns()
         copy_into(connection, table, columns)
+        if chunk.tiles != 4:
+            tiles = chunk.tile_columns()
+            tiles = {"evaluation_id": np.full(len(tiles["mosaic_id"]), evaluation_id)} | tiles
+            copy_into(connection, tile_table, tiles)
         return
     placeholders = ", ".join("?" for _ in range(len(_VALUES) + 2))
     connection.exec_driver_sql(
         f"INSERT INTO mosaic_result (evaluation_id, mosaic_id, {', '.join(_VALUES)}) VALUES ({placeholders})",
         [(evaluation_id, *row) for row in chunk.rows()],
     )
+    if chunk.tiles != 4:
+        connection.exec_driver_sql(
+            f"INSERT INTO mosaic_result_tile (evaluation_id, mosaic_id, position, {', '.join(_TILE_VALUES)}) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(evaluation_id, *row) for row in chunk.tile_rows()],
+        )
 
 
 def _upsert(connection: Connection, evaluation_id: int, set_id: int, chunk: _Chunk) -> int:
@@ -196,17 +252,34 @@ def _upsert(connection: Connection, evaluation_id: int, set_id: int, chunk: _Chu
         connection.exec_driver_sql(f"DELETE FROM {_STAGE}")
         placeholders = ", ".join("?" for _ in range(len(_VALUES) + 1))
         connection.exec_driver_sql(f"INSERT INTO {_STAGE} VALUES ({placeholders})", chunk.rows())
-    written = connection.execute(_UPSERT_SQL, {"evaluation_id": evaluation_id, "mosaic_set_id": set_id}).rowcount
+    params = {"evaluation_id": evaluation_id, "mosaic_set_id": set_id}
+    written = connection.execute(_UPSERT_SQL, params).rowcount
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"DROP TABLE {_STAGE}")  # the caller's transaction may write another chunk
+    if chunk.tiles != 4:
+        _upsert_tiles(connection, params, chunk)
     return written
+
+
+def _upsert_tiles(connection: Connection, params: dict[str, int], chunk: _Chunk) -> None:
+    """Stage the chunk's tile rows and merge them (only mosaics of the set), as :func:`_upsert` does its rows."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"CREATE TEMP TABLE {_TILE_STAGE} ({_TILE_STAGE_COLUMNS}) ON COMMIT DROP")
+        copy_into(connection, _TILE_STAGE, chunk.tile_columns())
+    else:
+        connection.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {_TILE_STAGE} ({_TILE_STAGE_COLUMNS})")
+        connection.exec_driver_sql(f"DELETE FROM {_TILE_STAGE}")
+        connection.exec_driver_sql(f"INSERT INTO {_TILE_STAGE} VALUES (?, ?, ?, ?)", chunk.tile_rows())
+    connection.execute(_UPSERT_TILES_SQL, params)
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"DROP TABLE {_TILE_STAGE}")
 
 
 def _write(connection: Connection, evaluation_id: int, chunk: _Chunk, *, plain_insert: bool) -> int:
     plan = _plan(connection, evaluation_id, chunk)
     m = len(chunk.ids)
     if plain_insert and plan.fresh:
-        _insert(connection, evaluation_id, chunk, plan.table)
+        _insert(connection, evaluation_id, chunk, plan.table, plan.tile_table)
     else:
         written = _upsert(connection, evaluation_id, plan.set_id, chunk)
         if written != m:
@@ -238,8 +311,10 @@ def write_mosaic_results(
     mosaic_ids
         ``(M,)`` mosaic ids of the evaluation's mosaic set, each once.
     quadrant_sums
-        ``(M, 4, 2)`` finite float: ``[..., 0]`` positive (>= 0) and ``[..., 1]`` negative (<= 0)
-        relevance per quadrant (TL, TR, BL, BR), as from ``focus_core.metric.quadrant_sums``.
+        ``(M, T, 2)`` finite float: ``[..., 0]`` positive (>= 0) and ``[..., 1]`` negative (<= 0)
+        relevance per tile, row-major, T = N² for the evaluation's N x N mosaic set (2x2: TL, TR, BL, BR,
+        as from ``focus_core.metric.quadrant_sums``; any N: ``focus_core.metric.tile_sums``). A T that is
+        not the set's raises before anything is written.
     focus
         ``(M,)`` Focus scores in [0, 1]; NaN (no positive relevance) is stored as NULL.
     predicted

@@ -34,6 +34,7 @@ __all__ = [
     "RegisteredInputs",
     "RegisteredMosaics",
     "check_recorded_checkpoint",
+    "grid_fields",
     "open_evaluation",
     "register_checkpoint",
     "register_inputs",
@@ -84,12 +85,32 @@ def register_mosaics(engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: Mos
         manifest.seed,
         manifest.per_class,
         manifest.layout,
-        image_ids.reshape(-1, 4),
+        image_ids.reshape(len(manifest.mosaics), -1),  # (M, N²), row-major tiles
         table.targets.numpy(),
         table.masks.numpy(),
         tile_size=int(dataset.tiles.shape[-1]),
+        **grid_fields(manifest),
     )
     return RegisteredMosaics(registered.dataset_id, mosaic_set.mosaic_set_id, manifest.hash, list(mosaic_set.mosaic_ids))
+
+
+def grid_fields(manifest: Any) -> dict[str, Any]:
+    """The grid fields of a manifest for :func:`db.register_mosaic_set` (2x2 with 2 targets when it has none).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> grid_fields(SimpleNamespace(grid=3, targets=3, confident=0.9, confident_model="ab"))
+    {'grid': 3, 'targets': 3, 'confident': 0.9, 'confident_model': 'ab'}
+    >>> grid_fields(SimpleNamespace())
+    {'grid': 2, 'targets': 2, 'confident': None, 'confident_model': None}
+    """
+    targets = getattr(manifest, "targets", 2)
+    if callable(targets):  # before the grid fields, ``MosaicManifest.targets()`` is the target classes
+        targets = 2
+    return {"grid": int(getattr(manifest, "grid", 2)), "targets": int(targets),
+            "confident": getattr(manifest, "confident", None),
+            "confident_model": getattr(manifest, "confident_model", None)}
 
 
 def _checkpoint_shape(model: ModelSpec, dataset_spec: DatasetSpec) -> tuple[int, int]:

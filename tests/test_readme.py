@@ -25,7 +25,7 @@ def sql_blocks() -> list[str]:
 
 
 def test_the_readme_has_a_cookbook() -> None:
-    assert len(sql_blocks()) >= 4
+    assert len(sql_blocks()) >= 5
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +51,18 @@ def _run_cookbook(url: str) -> list[list[dict]]:
 
 
 def _check_answers(answers: list[list[dict]]) -> None:
-    per_method, per_epoch, regressions, disagreements = answers[:4]
+    per_method, per_epoch, regressions, disagreements, tile_shares = answers[:5]
     assert all(rows for rows in answers), "every cookbook query returns rows on a populated store"
     trained = {row["method"]: row["median_focus"] for row in per_method if row["randomization"] == "none"}
     assert {"gradcam", "lrp", "random"} <= set(trained)
+    assert {(row["grid"], row["targets"], row["chance_level"]) for row in per_method} == {(2, 2, 0.5)}
+    by_method: dict[str, list[dict]] = {}
+    for row in tile_shares:  # the demo's 2x2 sums, unpivoted by mosaic_result_tiles: four positions per method
+        by_method.setdefault(row["method"], []).append(row)
+    assert {"gradcam", "lrp", "random"} <= set(by_method)
+    for rows in by_method.values():
+        assert [r["position"] for r in rows] == [0, 1, 2, 3] and {r["even_share"] for r in rows} == {0.25}
+        assert sum(r["mean_share"] for r in rows) == pytest.approx(1.0, abs=0.02)
     assert [row["epoch"] for row in per_epoch] == list(range(1, EPOCHS + 1))
     fell = [row for row in regressions if row["median_change"] is not None and row["median_change"] < -0.05]
     assert [row["audit_name"] for row in fell] == ["nightly-2"]

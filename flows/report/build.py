@@ -36,9 +36,10 @@ __all__ = ["build_report"]
 
 _FOOTER = (
     "Focus = (R_t1 + R_t2) / (R_1 + R_2 + R_3 + R_4), the share of an explanation's positive relevance that "
-    "lands on the two target-class tiles of a 2x2 mosaic (Arias-Duart et al.). About 0.5 is what a random "
-    "explanation scores; a faithful method on a good model approaches 1. Undefined scores (no positive "
-    "relevance) are counted apart, never as 0 or 0.5."
+    "lands on the two target-class tiles of a 2x2 mosaic (Arias-Duart et al.); on an N x N mosaic with k target "
+    "tiles, the share on those k of its N² tiles. A random explanation scores the chance level k/N² (0.5 on 2x2 "
+    "mosaics with 2 target tiles, shown beside every median); a faithful method on a good model approaches 1. "
+    "Undefined scores (no positive relevance) are counted apart, never as 0 or the chance level."
 )
 
 

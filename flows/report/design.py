@@ -4,7 +4,7 @@
   and a figure: which classes the explanations miss, the extended paper's bias angle), and the paired
   method comparison per class (Wilcoxon signed-rank test and rank-biserial effect size).
 - :func:`seeds_section`: the fully random models of a checkpoint over their seeds (mean and spread of
-  their medians: "a random model scores about 0.5" is judged on the mean), and the randomization
+  their medians: "a random model scores about the chance level k/N²" is judged on the mean), and the randomization
   test as a decision per method (:func:`focus_core.stats.randomization_test`).
 
 Every statistic comes from :mod:`focus_core.stats`.
@@ -27,7 +27,7 @@ from focus_core import report, stats
 
 __all__ = ["per_class_section", "seeds_section", "CHANCE", "TOLERANCE", "ALPHA"]
 
-CHANCE, TOLERANCE, ALPHA = 0.5, 0.1, 0.05
+CHANCE, TOLERANCE, ALPHA = 0.5, 0.1, 0.05  # CHANCE: the 2x2, k = 2 chance level, named in the text
 
 
 def _trained_groups(evals: Sequence[EvaluationData]) -> dict[tuple[int, int], dict[str, EvaluationData]]:
@@ -54,7 +54,9 @@ def per_class_section(evals: Sequence[EvaluationData], names: dict[int, str], fi
         section.missing = "No trained evaluation of a final checkpoint is selected."
         return section
     for (checkpoint_id, mosaic_set_id), methods in groups.items():
-        title = f"{names[checkpoint_id]} on mosaic set #{mosaic_set_id}"
+        first = next(iter(methods.values()))
+        title = (f"{names[checkpoint_id]} on mosaic set #{mosaic_set_id} ({first.grid_label}, chance level "
+                 f"{fmt(first.chance_level)})")
         per_method = {m: {r["class"]: r for r in stats.per_class_summary(e.focus, e.targets)}
                       for m, e in methods.items()}
         classes = sorted({c for rows in per_method.values() for c in rows})
@@ -63,7 +65,7 @@ def per_class_section(evals: Sequence[EvaluationData], names: dict[int, str], fi
                      f"{title}: median Focus per target class.", f"Median Focus per class of {title}",
                      report.plot_per_class_focus, [str(c) for c in classes],
                      {m: [rows[c]["median"] if c in rows else np.nan for c in classes]
-                      for m, rows in per_method.items()})
+                      for m, rows in per_method.items()}, chance=next(iter(methods.values())).chance_level)
         section.blocks.append(f"<h3>{html.escape(title)}</h3>")
         drawn = "\n".join(f.render() for f in section.figures[start:])
         section.blocks.append(f'<div class="figures">{drawn}</div>')
@@ -121,8 +123,9 @@ def seeds_section(evals: Sequence[EvaluationData], names: dict[int, str], figure
     section = Section(
         "seeds", "Random models over seeds: the randomization test",
         "Each seed re-initialises the checkpoint into another fully random model. One random model's median over a "
-        "few classes is a handful of coin flips, so 'a random model scores about 0.5' is judged on the mean over "
-        f"seeds (within {CHANCE} ± {TOLERANCE}). The decision: is the trained checkpoint's Focus significantly above "
+        "few classes is a handful of coin flips, so 'a random model scores about the chance level' (k/N²: "
+        f"{CHANCE} on 2x2 mosaics with 2 target tiles) is judged on the mean over seeds (within ± {TOLERANCE}). "
+        "The decision: is the trained checkpoint's Focus significantly above "
         f"the random models' at {ALPHA}? Test: {stats.RANDOMIZATION_TEST}; both p-values must be below {ALPHA}.",
     )
     random: dict[tuple[int, int], dict[str, dict[int, EvaluationData]]] = defaultdict(lambda: defaultdict(dict))
@@ -143,11 +146,12 @@ def seeds_section(evals: Sequence[EvaluationData], names: dict[int, str], figure
                      "diamond the trained checkpoint.", f"Random models over seeds of {title}",
                      report.plot_random_seeds,
                      {m: [methods[m][s].summary["median"] for s in sorted(methods[m])] for m in ordered},
-                     trained={m: trained[m].summary["median"] for m in ordered if m in trained})
+                     trained={m: trained[m].summary["median"] for m in ordered if m in trained},
+                     chance=methods[ordered[0]][min(methods[ordered[0]])].chance_level)
         rows = [_seed_row(m, methods[m], trained.get(m), checkpoint_id, mosaic_set_id) for m in ordered]
         section.blocks.append(f"<h3>{html.escape(title)}</h3>")
         section.blocks.append('<div class="table-wrap">' + table(
-            ["method", "seeds", "random mean", "sd", "min", "max", f"about {CHANCE}", "trained median",
+            ["method", "seeds", "random mean", "sd", "min", "max", "chance", "about chance", "trained median",
              "p (mosaics)", "p (class medians)", "rank-biserial r", "trained above random"],
             rows, table_id=f"seeds-{checkpoint_id}-{mosaic_set_id}") + "</div>")
     return section
@@ -165,8 +169,9 @@ def _trained_all(evals: Sequence[EvaluationData]) -> dict[tuple[int, int], dict[
 def _seed_row(method: str, by_seed: dict[int, EvaluationData], trained: EvaluationData | None,
               checkpoint_id: int, mosaic_set_id: int) -> str:
     seeds = sorted(by_seed)
-    spread = stats.seed_summary([by_seed[s].summary["median"] for s in seeds], CHANCE, TOLERANCE)
-    data = {"checkpoint_id": checkpoint_id, "mosaic_set_id": mosaic_set_id, "method": method,
+    chance = by_seed[seeds[0]].chance_level  # one mosaic set: one grid and target count
+    spread = stats.seed_summary([by_seed[s].summary["median"] for s in seeds], chance, TOLERANCE)
+    data = {"checkpoint_id": checkpoint_id, "mosaic_set_id": mosaic_set_id, "method": method, "chance_level": chance,
             "seeds": ",".join(map(str, seeds)), "n_seeds": spread["n_seeds"], "mean": spread["mean"],
             "std": spread["std"], "min": spread["min"], "max": spread["max"], "about_chance": spread["about_chance"]}
     decision_cells = [DASH, DASH, DASH, DASH, "no trained evaluation"]
@@ -186,5 +191,5 @@ def _seed_row(method: str, by_seed: dict[int, EvaluationData], trained: Evaluati
                           fmt(test["rank_biserial"]), "yes" if test["significant"] else "no"]
     about = DASH if spread["about_chance"] is None else ("yes" if spread["about_chance"] else "no")
     cells = [method, ",".join(map(str, seeds)), fmt(spread["mean"]), fmt(spread["std"]), fmt(spread["min"]),
-             fmt(spread["max"]), about, *decision_cells]
-    return row(data, cells, numeric=[False, False, True, True, True, True, False, True, True, True, True, False])
+             fmt(spread["max"]), fmt(chance), about, *decision_cells]
+    return row(data, cells, numeric=[False, False, True, True, True, True, True, False, True, True, True, True, False])

@@ -84,18 +84,22 @@ def distributions_section(evals: Sequence[EvaluationData], names: dict[int, str]
     section = Section(
         "distributions", "Focus per method and architecture",
         "Distribution of Focus over the mosaics, one violin per method and one panel per checkpoint (the paper's "
-        "Figure 4): the white dot is the median, the bar the interquartile range, the dashed line 0.5 (random).",
+        "Figure 4): the white dot is the median, the bar the interquartile range, the dashed line the chance level "
+        "k/N² (what a random explanation scores: 0.5 on 2x2 mosaics with 2 target tiles).",
     )
     finals = final_checkpoints(evals)
     accuracy = _accuracy_by_checkpoint(evals, runs)
-    by_dataset: dict[str, dict[int, dict[str, list[EvaluationData]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    # one figure per dataset and grid (N, k): scores of different chance levels never share a panel
+    by_dataset: dict[tuple[str, int, int], dict[int, dict[str, list[EvaluationData]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
     for e in evals:
         if e.randomization == "none" and e.layout == "random" and e.n and e.checkpoint_id in finals:
-            by_dataset[e.dataset_name][e.checkpoint_id][e.method].append(e)
+            by_dataset[(e.dataset_name, e.grid, e.target_tiles)][e.checkpoint_id][e.method].append(e)
     if not by_dataset:
         section.missing = "No trained evaluation on a random-layout mosaic set is selected."
         return section
-    for dataset_name, checkpoints in sorted(by_dataset.items()):
+    grids = {(g, k) for _, g, k in by_dataset}
+    for (dataset_name, grid, targets), checkpoints in sorted(by_dataset.items()):
         scores = {}
         acc = {}
         used = []
@@ -111,12 +115,15 @@ def distributions_section(evals: Sequence[EvaluationData], names: dict[int, str]
                 acc[names[cid]] = accuracy[cid]
         shared = [names[cid] for cid in sorted(checkpoints) if len({run for run, _ in
                   next(iter(checkpoints[cid].values()))[0].runs_and_epochs}) > 1]
-        caption = (f"Dataset {dataset_name}; evaluations {', '.join(map(str, sorted(used)))}. "
+        chance = next(iter(next(iter(checkpoints.values())).values()))[0].chance_level
+        on = f"{grid}x{grid} mosaics with {targets} target tiles (chance level {fmt(chance)})"
+        caption = (f"Dataset {dataset_name}, {on}; evaluations {', '.join(map(str, sorted(used)))}. "
                    + ("acc: mean per-class validation accuracy of the checkpoint's epoch. " if acc else "")
                    + "".join(f"“{name}” is one checkpoint that several training runs produced byte for byte "
                              "(one panel for all of them). " for name in shared)).strip()
-        figures.draw(section, f"fig4-{slug(dataset_name)}", caption, f"Focus distributions on {dataset_name}",
-                     report.plot_focus_distributions, scores, accuracy_by_group=acc or None)
+        name = f"fig4-{slug(dataset_name)}" + ("" if grids == {(2, 2)} else f"-{grid}x{grid}-k{targets}")
+        figures.draw(section, name, caption, f"Focus distributions on {dataset_name}",
+                     report.plot_focus_distributions, scores, accuracy_by_group=acc or None, chance=chance)
     return section
 
 
@@ -125,7 +132,8 @@ def trained_vs_random_section(evals: Sequence[EvaluationData], names: dict[int, 
     section = Section(
         "randomization", "Trained vs random model",
         "Focus of the trained model and of a fully randomized copy on the same mosaics (the paper's Figure 3): a "
-        "faithful method falls to about 0.5 on the random model.",
+        "faithful method falls to about the chance level k/N² (0.5 on 2x2 mosaics with 2 target tiles) on the random "
+        "model.",
     )
     trained: dict[tuple, list[EvaluationData]] = defaultdict(list)
     random: dict[tuple, list[EvaluationData]] = defaultdict(list)
@@ -144,11 +152,12 @@ def trained_vs_random_section(evals: Sequence[EvaluationData], names: dict[int, 
         return section
     for cid, method, set_id in pairs:
         t, r = latest(trained[(cid, method, set_id)]), latest(random[(cid, method, set_id)])
-        caption = (f"{method} on {names[cid]}, mosaic set {set_id}: trained evaluation {t.evaluation_id} "
-                   f"(median {fmt(t.summary['median'])}), random evaluation {r.evaluation_id} (median {fmt(r.summary['median'])}).")
+        caption = (f"{method} on {names[cid]}, mosaic set {set_id} ({t.grid_label}): trained evaluation "
+                   f"{t.evaluation_id} (median {fmt(t.summary['median'])}), random evaluation {r.evaluation_id} "
+                   f"(median {fmt(r.summary['median'])}); chance level {fmt(t.chance_level)}.")
         figures.draw(section, f"fig3-{slug(names[cid], method, set_id)}", caption,
                      f"Trained vs random: {method} on {names[cid]}", report.plot_trained_vs_random,
-                     t.focus, r.focus, method=method)
+                     t.focus, r.focus, method=method, chance=t.chance_level)
     return section
 
 
@@ -157,7 +166,8 @@ def cascading_section(evals: Sequence[EvaluationData], names: dict[int, str], fi
     section = Section(
         "cascading", "Cascading randomization",
         "Median Focus (band: interquartile range) as the layers are re-initialised from the top down (Adebayo et "
-        "al.): the first point is the trained model; Focus should fall to about 0.5 once the top layer is random.",
+        "al.): the first point is the trained model; Focus should fall to about the chance level k/N² (the dashed "
+        "line: 0.5 on 2x2 mosaics with 2 target tiles) once the top layer is random.",
     )
     groups: dict[tuple[int, int], list[EvaluationData]] = defaultdict(list)
     for e in evals:
@@ -182,10 +192,12 @@ def cascading_section(evals: Sequence[EvaluationData], names: dict[int, str], fi
             medians[method] = [math.nan if s is None else s["median"] for s in series]
             q1s[method] = [math.nan if s is None else s["q1"] for s in series]
             q3s[method] = [math.nan if s is None else s["q3"] for s in series]
-        caption = f"{names[cid]}, mosaic set {set_id}: {len(stages)} stage(s), methods {', '.join(methods)}."
+        first = cascading[0]
+        caption = (f"{names[cid]}, mosaic set {set_id} ({first.grid_label}, chance level {fmt(first.chance_level)}): "
+                   f"{len(stages)} stage(s), methods {', '.join(methods)}.")
         drawn |= figures.draw(section, f"fig-cascading-{slug(names[cid], set_id)}", caption,
                               f"Cascading randomization of {names[cid]}", report.plot_cascading_randomization,
-                              labels, medians, q1_by_method=q1s, q3_by_method=q3s)
+                              labels, medians, q1_by_method=q1s, q3_by_method=q3s, chance=first.chance_level)
     if not drawn and not section.notes:
         section.missing = "No cascading randomization stage is recorded for the selection: run `focus randomize` with kind cascading."
     return section
@@ -198,20 +210,25 @@ def layout_section(evals: Sequence[EvaluationData], names: dict[int, str], figur
         "Focus per fixed arrangement of the two target tiles (the paper's Figure 2), with the random arrangement for "
         "reference: a method or model biased towards a region of the image scores differently per layout.",
     )
-    groups: dict[tuple[int, str, str], dict[str, list[EvaluationData]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[tuple[int, str, str, int, int], dict[str, list[EvaluationData]]] = defaultdict(
+        lambda: defaultdict(list))
     for e in evals:
         if e.randomization == "none" and e.n:
-            groups[(e.checkpoint_id, e.method, e.dataset_name)][e.layout].append(e)
+            groups[(e.checkpoint_id, e.method, e.dataset_name, e.grid, e.target_tiles)][e.layout].append(e)
     fixed = {k: v for k, v in groups.items() if any(layout != "random" for layout in v)}
     if not fixed:
         section.missing = ("No fixed-layout mosaic set is evaluated in the selection: evaluate with a mosaic layout such "
                            "as top, bottom or diagonal to see the positional test.")
         return section
-    for (cid, method, dataset_name), by_layout in sorted(fixed.items(), key=lambda kv: (kv[0][0], method_key(kv[0][1]))):
+    for (cid, method, dataset_name, grid, targets), by_layout in sorted(
+            fixed.items(), key=lambda kv: (kv[0][0], method_key(kv[0][1]), kv[0][3], kv[0][4])):
         order = [lay for lay in LAYOUT_ORDER if lay in by_layout] + sorted(set(by_layout) - set(LAYOUT_ORDER))
         chosen = {lay: latest(by_layout[lay]) for lay in order}
-        caption = (f"{method} on {names[cid]} ({dataset_name}); evaluations "
+        chance = next(iter(chosen.values())).chance_level
+        caption = (f"{method} on {names[cid]} ({dataset_name}, {grid}x{grid} mosaics with {targets} target tiles, "
+                   f"chance level {fmt(chance)}); evaluations "
                    + ", ".join(f"{lay} {e.evaluation_id}" for lay, e in chosen.items()) + ".")
-        figures.draw(section, f"fig2-{slug(names[cid], method)}", caption, f"Focus per layout: {method} on {names[cid]}",
-                     report.plot_layout_boxplots, {lay: e.focus for lay, e in chosen.items()})
+        name = f"fig2-{slug(names[cid], method)}" + ("" if (grid, targets) == (2, 2) else f"-{grid}x{grid}-k{targets}")
+        figures.draw(section, name, caption, f"Focus per layout: {method} on {names[cid]}",
+                     report.plot_layout_boxplots, {lay: e.focus for lay, e in chosen.items()}, chance=chance)
     return section

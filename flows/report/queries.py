@@ -69,6 +69,9 @@ class EvaluationData:
     dataset_fingerprint: str
     dataset_tile_size: int | None
     seed: int | None = None  # the randomization's seed (None for an unrandomized model)
+    grid: int = 2  # N of the mosaic set's N x N mosaics
+    target_tiles: int = 2  # k target tiles per mosaic
+    chance_level: float = 0.5  # k / N² (from the store): what a random explanation scores
     mosaic_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     focus: np.ndarray = field(default_factory=lambda: np.zeros(0))  # NaN where undefined
@@ -92,6 +95,11 @@ class EvaluationData:
     def epoch_in(self, training_run_id: int) -> int | None:
         """The epoch at which ``training_run_id`` produced these weights, or ``None`` when it did not."""
         return next((epoch for run, epoch in self.runs_and_epochs if run == training_run_id), None)
+
+    @property
+    def grid_label(self) -> str:
+        """``"2x2, k=2"``: the grid and the number of target tiles."""
+        return f"{self.grid}x{self.grid}, k={self.target_tiles}"
 
     @property
     def n(self) -> int:

@@ -34,8 +34,9 @@ def sample_section(engine: Engine, evals: Sequence[EvaluationData], names: dict[
     """Figure 1 and the recorded (and recomputed) Focus of the sample mosaic."""
     section = Section(
         "sample", "Sample mosaic and heat maps",
-        "A 2x2 mosaic with two tiles of the target class (outlined) and each method's positive relevance over it "
-        "(the paper's Figure 1). Focus is the share of that relevance on the outlined tiles.",
+        "A mosaic (2x2 with two tiles of the target class in the paper; N x N with k in general) with its target "
+        "tiles outlined and each method's positive relevance over it (the paper's Figure 1). Focus is the share of "
+        "that relevance on the outlined tiles; a random explanation scores the chance level k/N².",
     )
     choice = _sample_choice(evals)
     if choice is None:
@@ -57,8 +58,9 @@ def sample_section(engine: Engine, evals: Sequence[EvaluationData], names: dict[
         )
         section.blocks.append(_recorded_focus_table(chosen, mosaic_id, recorded, {}))
         return section
-    caption = (f"Mosaic {mosaic_id} of mosaic set {first.mosaic_set_id} ({first.dataset_name}, {first.split} split), "
-               f"target class {target}, checkpoint {names[first.checkpoint_id]} ({first.sha256[:12]}).")
+    caption = (f"Mosaic {mosaic_id} of mosaic set {first.mosaic_set_id} ({first.dataset_name}, {first.split} split, "
+               f"{first.grid_label}, chance level {fmt(first.chance_level)}), target class {target}, checkpoint "
+               f"{names[first.checkpoint_id]} ({first.sha256[:12]}).")
     failed = {m: maps.pop(m) for m in list(maps) if isinstance(maps[m], str)}
     for method, reason in failed.items():
         section.notes.append(f"The {method} map could not be recomputed ({reason}).")
@@ -171,7 +173,7 @@ def _recompute_maps(engine: Engine, chosen: Sequence[EvaluationData], mosaic_id:
     indices = torch.tensor([[index[r] for r in mo.relpaths]], dtype=torch.int64)
     composed = mosaics.compose_mosaics(dataset.tiles, indices)
     x = mosaics.compose_normalized(dataset.tiles, indices, dataset)  # the evaluation's bits: the same noise draws
-    mask = torch.tensor([[bool(mo.target_mask >> q & 1) for q in range(4)]])
+    mask = torch.tensor([[bool(mo.target_mask >> p & 1) for p in range(mo.grid ** 2)]])  # (1, N²), row-major
     target = torch.tensor([int(mo.target_class)])
     model = models.build_model(first.architecture, num_classes=first.num_classes,
                                in_channels=first.in_channels or int(dataset.tiles.shape[1]))
@@ -186,7 +188,11 @@ def _recompute_maps(engine: Engine, chosen: Sequence[EvaluationData], mosaic_id:
             maps[e.method] = " ".join(str(error).split()) or type(error).__name__
             continue
         maps[e.method] = relevance[0].cpu()
-        focus[e.method] = float(metric.focus_score(relevance, mask.to(relevance.device))[0])
+        if mo.grid == 2:
+            focus[e.method] = float(metric.focus_score(relevance, mask.to(relevance.device))[0])
+        else:  # the N x N sums of the grid contract (focus_core.metric.tile_sums)
+            sums = metric.tile_sums(relevance.float(), mo.grid)
+            focus[e.method] = float(metric.focus_from_sums(sums, mask.to(sums.device))[0])
     classes = None
     try:
         classes = dataset.classes[int(mo.target_class)]

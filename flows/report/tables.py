@@ -26,12 +26,13 @@ __all__ = ["audits_section", "paired_section", "summary_section"]
 _SUMMARY_TITLES = {
     "checkpoint": "label (every training run's when several produced the same weights), else architecture and "
                   "epoch; hover for the sha256 of the weights",
-    "mosaic set": "id, split and layout; hover for the dataset and mosaics per class",
+    "mosaic set": "id, split, layout, grid (N x N tiles), k target tiles and the chance level k/N² (what a random "
+                  "explanation scores: compare the median with it); hover for the dataset and mosaics per class",
     "audit": "audit run id",
     "n": "mosaics scored",
     "undefined": "share of mosaics without positive relevance (Focus undefined)",
     "median": "median Focus of the defined scores (undefined maps left out: they say nothing about where relevance "
-              "went)",
+              "went); the chance level k/N² to compare it with is in the mosaic set column",
     "median, undefined as 0": "median Focus with undefined maps counted as 0: Quantus's convention, the one to compare "
                               "with quantus.Focus",
     f"{int(CONFIDENCE * 100)}% CI of median": f"percentile bootstrap over mosaics, {BOOTSTRAP_RESAMPLES} resamples, "
@@ -106,7 +107,8 @@ def _summary_table(evals: Sequence[EvaluationData], names: dict[int, str], table
             {"evaluation_id": e.evaluation_id, "checkpoint_id": e.checkpoint_id, "method": e.method,
              "mosaic_set_id": e.mosaic_set_id, "randomization": e.randomization, "stage": e.stage,
              "audit_run_id": e.audit_run_id, "n": s["n"], "n_defined": s["n_defined"],
-             "share_undefined": s["share_undefined"], "median": s["median"],
+             "share_undefined": s["share_undefined"], "median": s["median"], "grid": e.grid,
+             "targets": e.target_tiles, "chance_level": e.chance_level,
              "median_undefined_as_zero": s.get("median_undefined_as_zero"), "ci_low": e.ci[0], "ci_high": e.ci[1],
              "cluster_ci_low": e.cluster_ci[0], "cluster_ci_high": e.cluster_ci[1],
              "mean": s["mean"], "q1": s["q1"], "q3": s["q3"], "mosaic_accuracy": e.mosaic_accuracy},
@@ -151,8 +153,9 @@ def _checkpoint_cell(e: EvaluationData, names: dict[int, str]) -> tuple[str, str
 
 
 def _mosaic_set_cell(e: EvaluationData) -> tuple[str, str]:
-    return (f"#{e.mosaic_set_id} {e.split}, {e.layout}",
-            f"dataset {e.dataset_name}, {e.per_class} mosaics per class, seed {e.set_seed}")
+    return (f"#{e.mosaic_set_id} {e.split}, {e.layout}, {e.grid_label}, chance {fmt(e.chance_level)}",
+            f"dataset {e.dataset_name}, {e.per_class} mosaics per class, seed {e.set_seed}, {e.grid}x{e.grid} tiles "
+            f"with {e.target_tiles} of the target class: chance level {fmt(e.chance_level)}")
 
 
 def _ci_text(ci: tuple[float, float]) -> str:

@@ -17,7 +17,8 @@ the Agg canvas, never with ``pyplot``: no global state, safe in threads and work
 nothing left open.
 
 Undefined Focus scores (NaN or ``None``) are dropped and counted in the figure. Focus axes
-run from 0 to 1 with a dashed line at 0.5, the score of a random explanation. Each method
+run from 0 to 1 with a dashed line at the chance level, the score of a random explanation: the
+``chance`` argument (k/N² on N x N mosaics with k target tiles; default 0.5, the 2x2 one). Each method
 keeps the same colour in every figure (see :func:`method_color`).
 
 Examples

@@ -1,7 +1,8 @@
 """The shared look of the report figures: resolution, method colours, the Focus axis, saving.
 
 Every figure is written at :data:`DPI` on a white background, draws Focus from 0 to 1 with a
-dashed line at 0.5 (the score of a random explanation) and gives each method the same colour.
+dashed line at the chance level (the score of a random explanation: k/N² on N x N mosaics with k
+target tiles, 0.5 on 2x2 with 2) and gives each method the same colour.
 
 Examples
 --------
@@ -19,7 +20,7 @@ from matplotlib.figure import Figure
 
 from focus_core.errors import FocusError
 
-__all__ = ["DPI", "method_color", "output_path", "save", "focus_axis"]
+__all__ = ["DPI", "method_color", "output_path", "save", "focus_axis", "check_chance"]
 
 DPI = 110
 _RANDOM_LINE = {"color": "0.45", "linestyle": "--", "linewidth": 1.0, "zorder": 0}
@@ -94,14 +95,32 @@ def save(fig: Figure, out: Path) -> Path:
     return out
 
 
-def focus_axis(ax: Any, axis: str = "y", label: str = "Focus") -> None:
-    """Make ``axis`` of ``ax`` a Focus axis: limits 0..1, a label, the 0.5 line and a grid."""
+def check_chance(chance: float) -> float:
+    """The chance level of a figure (k/N², strictly between 0 and 1), else a FocusError.
+
+    Examples
+    --------
+    >>> check_chance(1 / 3) == 1 / 3
+    True
+    """
+    try:
+        value = float(chance)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise FocusError(f"The chance level {chance!r} is not between 0 and 1: pass k / N**2 of the mosaics.")
+    return value
+
+
+def focus_axis(ax: Any, axis: str = "y", label: str = "Focus", chance: float = 0.5) -> None:
+    """Make ``axis`` of ``ax`` a Focus axis: limits 0..1, a label, the dashed chance line and a grid."""
+    chance = check_chance(chance)
     if axis == "y":
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(label)
-        ax.axhline(0.5, **_RANDOM_LINE)
+        ax.axhline(chance, **_RANDOM_LINE)
     else:
         ax.set_xlim(-0.02, 1.02)
         ax.set_xlabel(label)
-        ax.axvline(0.5, **_RANDOM_LINE)
+        ax.axvline(chance, **_RANDOM_LINE)
     ax.grid(True, axis=axis, alpha=0.3)

@@ -25,7 +25,7 @@ __all__ = ["plot_per_class_focus", "plot_random_seeds"]
 
 
 def plot_per_class_focus(classes: Sequence[str], medians_by_method: Mapping[str, Sequence[float]],
-                         path: str | Path, title: str = "Median Focus per target class") -> Path:
+                         path: str | Path, title: str = "Median Focus per target class", chance: float = 0.5) -> Path:
     """Median Focus per target class, one bar group per class and one bar per method.
 
     A class far below the others is one the explanations (or the model) miss: the extended paper's
@@ -75,14 +75,14 @@ def plot_per_class_focus(classes: Sequence[str], medians_by_method: Mapping[str,
     long_names = max(len(label) for label in labels) > 3
     ax.set_xticks(x, labels, rotation=45 if long_names else 0, ha="right" if long_names else "center", fontsize=8)
     ax.set_xlabel("target class")
-    focus_axis(ax, label="Focus median")
+    focus_axis(ax, label="Focus median", chance=chance)
     ax.set_title(title)
     ax.legend(fontsize=8)
     return save(fig, out)
 
 
 def plot_random_seeds(medians_by_method: Mapping[str, Sequence[float]], path: str | Path,
-                      trained: Mapping[str, float] | None = None) -> Path:
+                      trained: Mapping[str, float] | None = None, chance: float = 0.5) -> Path:
     """Each random model's median Focus (one dot per seed), their mean and standard deviation, per method.
 
     "A random model scores about 0.5" is read on the mean (the bar with its +-1 sd whisker); a trained
@@ -133,7 +133,7 @@ def plot_random_seeds(medians_by_method: Mapping[str, Sequence[float]], path: st
             ax.scatter([i - 0.3], [trained[method]], marker="D", color=color, edgecolor="black", s=40)
     ax.set_xticks(np.arange(len(methods)), list(methods), fontsize=8)
     ax.set_xlim(-0.7, len(methods) - 0.3)
-    focus_axis(ax, label="Focus median")
+    focus_axis(ax, label="Focus median", chance=chance)
     ax.set_title("Random models over seeds" + (" (diamond: trained)" if trained else ""))
     ax.legend(fontsize=7, loc="lower right")
     return save(fig, out)

@@ -60,6 +60,7 @@ def plot_focus_distributions(
     scores_by_group: Mapping[str, Mapping[str, Sequence[float]]],
     path: str | Path,
     accuracy_by_group: Mapping[str, float] | None = None,
+    chance: float = 0.5,
 ) -> Path:
     """Focus distribution per method, one panel per architecture (the paper's Figure 4).
 
@@ -71,6 +72,8 @@ def plot_focus_distributions(
         Output ``.png`` file.
     accuracy_by_group : mapping of str to float, optional
         Model accuracy (fraction in [0, 1]) per architecture, shown under its name.
+    chance : float, optional
+        The chance level k/N² of the mosaics (the dashed line; 0.5 on 2x2 with 2 target tiles).
 
     Returns
     -------
@@ -107,7 +110,7 @@ def plot_focus_distributions(
         if accuracy.get(group) is not None and not math.isnan(float(accuracy[group])):
             title += f"\nacc {float(accuracy[group]):.2f}"
         ax.set_title(title, fontsize=10)
-        focus_axis(ax)
+        focus_axis(ax, chance=chance)
         if ax is not axes[0]:
             ax.set_ylabel("")
     fig.suptitle("Focus distribution per method and architecture")
@@ -115,7 +118,8 @@ def plot_focus_distributions(
 
 
 def plot_trained_vs_random(
-    trained: Sequence[float], random: Sequence[float], path: str | Path, method: str = "GradCAM"
+    trained: Sequence[float], random: Sequence[float], path: str | Path, method: str = "GradCAM",
+    chance: float = 0.5,
 ) -> Path:
     """Overlaid histograms of Focus for a trained and a random model (the paper's Figure 3).
 
@@ -164,14 +168,15 @@ def plot_trained_vs_random(
             ax.plot(grid, density, color=color, linewidth=1.5)
         median = float(np.median(data))  # the captions and tables quote the median
         ax.axvline(median, color=color, linewidth=2, label=f"{name} median {median:.2f}")
-    focus_axis(ax, axis="x")
+    focus_axis(ax, axis="x", chance=chance)
     ax.set_ylabel("mosaics")
     ax.set_title(f"{method}: Focus of a trained and a random model")
     ax.legend(fontsize=8, loc="upper left")
     return save(fig, out)
 
 
-def plot_layout_boxplots(scores_by_layout: Mapping[str, Sequence[float]], path: str | Path) -> Path:
+def plot_layout_boxplots(scores_by_layout: Mapping[str, Sequence[float]], path: str | Path,
+                         chance: float = 0.5) -> Path:
     """Box plot of Focus per positional layout of the target tiles (the paper's Figure 2).
 
     Parameters
@@ -223,7 +228,7 @@ def plot_layout_boxplots(scores_by_layout: Mapping[str, Sequence[float]], path: 
         _no_defined_scores(ax, i)
     ax.set_xticks(positions, labels, fontsize=8)
     ax.set_xlim(-0.6, len(positions) - 0.4)
-    ax.set_xlabel("position of the two target tiles")
-    focus_axis(ax)
+    ax.set_xlabel("position of the target tiles")
+    focus_axis(ax, chance=chance)
     ax.set_title("Focus per mosaic layout")
     return save(fig, out)

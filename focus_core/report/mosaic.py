@@ -56,18 +56,39 @@ def _mosaic_image(mosaic: Any) -> np.ndarray:
     return np.repeat(image, 3, axis=0).transpose(1, 2, 0) if image.shape[0] == 1 else image.transpose(1, 2, 0)
 
 
-def _target_quadrants(target_quadrants: Any) -> list[int]:
+def _grid_of(target_quadrants: Any, grid: int | None) -> int:
+    """N of the mosaic: ``grid`` when given, else from a boolean mask of N² entries, else 2."""
+    if grid is not None:
+        if int(grid) < 2:
+            raise FocusError(f"The grid {grid} has fewer than 2 tiles a side: pass N of the N x N mosaic.")
+        return int(grid)
+    if target_quadrants is not None:
+        values = _to_numpy(target_quadrants, "target quadrants").ravel()
+        side = math.isqrt(values.size)
+        if values.dtype == np.bool_ and side >= 2 and side * side == values.size:
+            return side
+    return 2
+
+
+def _target_quadrants(target_quadrants: Any, grid: int) -> list[int]:
     if target_quadrants is None:
         return []
+    tiles = grid * grid
+    order = "TL, TR, BL, BR order" if grid == 2 else "row-major order"
     values = _to_numpy(target_quadrants, "target quadrants").ravel()
     if values.dtype == np.bool_:
-        if values.size != 4:
-            raise FocusError(f"The target mask has {values.size} entries: pass 4 booleans in TL, TR, BL, BR order.")
+        if values.size != tiles:
+            raise FocusError(f"The target mask has {values.size} entries: pass {tiles} booleans in {order}.")
         return [int(i) for i in np.flatnonzero(values)]
     quadrants = [int(q) for q in values]
-    if any(q not in range(4) for q in quadrants):
-        raise FocusError(f"The target quadrants {quadrants} are not in 0..3: pass indices in TL, TR, BL, BR order.")
+    if any(q not in range(tiles) for q in quadrants):
+        raise FocusError(f"The target tiles {quadrants} are not in 0..{tiles - 1}: pass indices in {order}.")
     return quadrants
+
+
+def _tile_name(position: int, grid: int) -> str:
+    """``TL``, ``TR``, ``BL``, ``BR`` on 2x2; ``r1c3`` (row 1, column 3) on larger grids."""
+    return _QUADRANT_NAMES[position] if grid == 2 else f"r{position // grid + 1}c{position % grid + 1}"
 
 
 def plot_mosaic_explanations(
@@ -76,10 +97,11 @@ def plot_mosaic_explanations(
     path: str | Path,
     target_quadrants: Any = None,
     focus: Mapping[str, float] | None = None,
+    grid: int | None = None,
 ) -> Path:
-    """A mosaic and each method's heat map over it (the paper's Figure 1).
+    """A mosaic and each method's heat map over it (the paper's Figure 1), on any N x N grid.
 
-    The first panel is the mosaic with its target quadrants outlined; each further panel shows
+    The first panel is the mosaic with its target tiles outlined; each further panel shows
     one method's positive relevance (the part Focus counts), scaled to its maximum, over a
     grey copy of the mosaic, with the method's Focus in the title.
 
@@ -93,10 +115,13 @@ def plot_mosaic_explanations(
     path : str or Path
         Output ``.png`` file.
     target_quadrants : sequence of int or bool mask, optional
-        Quadrant indices (0..3 in TL, TR, BL, BR order) or a boolean mask of 4, as from
-        ``focus_core.mosaics.target_mask``.
+        Target tile positions (row-major 0..N²-1; 2x2: TL, TR, BL, BR) or a boolean mask of N², as
+        from ``focus_core.mosaics.target_mask``.
     focus : mapping of str to float, optional
         Focus per method, shown in each title (NaN is shown as undefined).
+    grid : int, optional
+        N of the N x N mosaic (tiles split at ``i * H // N`` and ``j * W // N``); default: from a
+        boolean mask of N² entries, else 2.
 
     Returns
     -------
@@ -106,7 +131,7 @@ def plot_mosaic_explanations(
     Raises
     ------
     FocusError
-        When the mosaic or a map has the wrong shape or range, a quadrant is not in 0..3, or the
+        When the mosaic or a map has the wrong shape or range, a tile is not in 0..N²-1, or the
         path does not end in ``.png``.
 
     Examples
@@ -121,7 +146,10 @@ def plot_mosaic_explanations(
     out = output_path(path)
     image = _mosaic_image(mosaic)
     height, width = image.shape[:2]
-    quadrants = _target_quadrants(target_quadrants)
+    grid = _grid_of(target_quadrants, grid)
+    quadrants = _target_quadrants(target_quadrants, grid)
+    rows = [i * height // grid for i in range(grid + 1)]
+    cols = [j * width // grid for j in range(grid + 1)]
     methods = dict(maps or {})
     scores = dict(focus or {})
     grey = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2)
@@ -153,16 +181,18 @@ def plot_mosaic_explanations(
         else:
             ax.set_title(f"{method}: Focus " + ("undefined" if math.isnan(float(value)) else f"{float(value):.2f}"))
     for ax in axes:
-        ax.axhline(height // 2 - 0.5, color="white", linewidth=0.8)
-        ax.axvline(width // 2 - 0.5, color="white", linewidth=0.8)
+        for y in rows[1:-1]:
+            ax.axhline(y - 0.5, color="white", linewidth=0.8)
+        for x in cols[1:-1]:
+            ax.axvline(x - 0.5, color="white", linewidth=0.8)
         for q in quadrants:
-            top, left = (q // 2) * (height // 2), (q % 2) * (width // 2)
-            h = height // 2 if q < 2 else height - height // 2
-            w = width // 2 if q % 2 == 0 else width - width // 2
-            ax.add_patch(Rectangle((left - 0.5, top - 0.5), w, h, fill=False, edgecolor="lime", linewidth=2.5))
+            r, c = divmod(q, grid)
+            ax.add_patch(Rectangle((cols[c] - 0.5, rows[r] - 0.5), cols[c + 1] - cols[c], rows[r + 1] - rows[r],
+                                   fill=False, edgecolor="lime", linewidth=2.5))
         ax.set_xticks([])
         ax.set_yticks([])
     if quadrants:
-        fig.suptitle("target quadrants (outlined in green): " + ", ".join(_QUADRANT_NAMES[q] for q in quadrants),
+        kind = "quadrants" if grid == 2 else f"tiles of {grid}x{grid}"
+        fig.suptitle(f"target {kind} (outlined in green): " + ", ".join(_tile_name(q, grid) for q in quadrants),
                      fontsize=13, fontweight="bold")
     return save(fig, out)

@@ -32,6 +32,7 @@ def plot_cascading_randomization(
     path: str | Path,
     q1_by_method: Mapping[str, Sequence[float]] | None = None,
     q3_by_method: Mapping[str, Sequence[float]] | None = None,
+    chance: float = 0.5,
 ) -> Path:
     """Median Focus per cascading-randomization stage (Adebayo et al.; the paper's §5 test).
 
@@ -91,7 +92,7 @@ def plot_cascading_randomization(
             ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
     ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
     ax.set_xlabel("randomized from the top down to layer")
-    focus_axis(ax, label="Focus median")
+    focus_axis(ax, label="Focus median", chance=chance)
     ax.set_title("Cascading randomization")
     ax.legend(fontsize=8)
     return save(fig, out)

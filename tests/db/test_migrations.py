@@ -13,12 +13,13 @@ import db
 from db.migrate import alembic_config
 
 VIEWS = {"evaluation_summary", "training_epoch_focus", "audit_history"}
+GRID_VIEWS = {"mosaic_tiles", "mosaic_result_tiles"}  # revision 0007
 
 
 def test_history_has_one_head():
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [db.head()]
-    assert db.head() == "0006"
+    assert db.head() == "0007"
 
 
 def test_upgrade_to_head_and_downgrade_to_base(empty_url, tmp_path, monkeypatch):
@@ -30,10 +31,12 @@ def test_upgrade_to_head_and_downgrade_to_base(empty_url, tmp_path, monkeypatch)
     try:
         inspector = inspect(engine)
         names = set(inspector.get_table_names())
-        partitions = {n for n in names if n.startswith("mosaic_result_p")}  # PostgreSQL: the first partition
-        assert partitions == ({"mosaic_result_p000000"} if engine.dialect.name == "postgresql" else set())
+        partitions = {n for n in names if n.startswith(("mosaic_result_p", "mosaic_result_tile_p"))}
+        # PostgreSQL: the first partition of each partitioned table
+        first = {"mosaic_result_p000000", "mosaic_result_tile_p000000"}
+        assert partitions == (first if engine.dialect.name == "postgresql" else set())
         assert set(db.models.Base.metadata.tables) | {db.VERSION_TABLE} == names - partitions
-        assert VIEWS <= set(inspector.get_view_names())
+        assert VIEWS | GRID_VIEWS <= set(inspector.get_view_names())
         assert db.upgrade(empty_url) == db.head()  # a second upgrade is a no-op
 
         assert db.downgrade(empty_url) is None

@@ -26,6 +26,14 @@ def _partition_of(engine, evaluation_id: int) -> set[str]:
             {"e": evaluation_id}).scalars())
 
 
+def _drop_range(engine, k: int) -> None:
+    """Retention: detach and drop both partitions of evaluation ids k*1000..k*1000+999 (results and tile sums)."""
+    with engine.begin() as connection:
+        for table in ("mosaic_result", "mosaic_result_tile"):
+            connection.exec_driver_sql(f"ALTER TABLE {table} DETACH PARTITION {table}_p{k:06d}")
+            connection.exec_driver_sql(f"DROP TABLE {table}_p{k:06d}")
+
+
 def _evaluation_at(engine, world, method: str, evaluation_id: int) -> int:
     """An evaluation created when the id sequence has reached ``evaluation_id``."""
     with engine.begin() as connection:
@@ -51,9 +59,7 @@ def test_each_thousand_evaluations_get_a_partition(pg_engine, build_world, build
     assert db.evaluation_summary(pg_engine, [late])["median_focus"].item() == pytest.approx(0.7)
 
     # retention: dropping a partition drops its evaluations' mosaics, never their stored summaries
-    with pg_engine.begin() as connection:
-        connection.exec_driver_sql("ALTER TABLE mosaic_result DETACH PARTITION mosaic_result_p000000")
-        connection.exec_driver_sql("DROP TABLE mosaic_result_p000000")
+    _drop_range(pg_engine, 0)
     assert db.evaluation_results(pg_engine, early).empty
     kept = db.evaluation_summary(pg_engine, [early, late])
     assert kept["n"].tolist() == [4, 4] and kept["median_focus"].tolist() == pytest.approx([0.7, 0.7])
@@ -95,3 +101,33 @@ def test_migration_moves_the_rows_both_ways(pg_url, build_world, build_sums):
         assert db.evaluation_summary(engine, evaluations)["median_focus"].tolist() == pytest.approx([0.5, 0.5])
     finally:
         engine.dispose()
+
+
+def test_tile_sums_are_partitioned_alike_and_dropped_with_their_results(pg_engine):
+    from tests.db.test_grids import make_grid, tile_sums
+
+    grid = make_grid(pg_engine)
+    with pg_engine.begin() as connection:
+        connection.execute(text("SELECT setval(pg_get_serial_sequence('evaluation', 'id'), 2345, false)"))
+    evaluation = db.get_or_create_evaluation(pg_engine, grid.checkpoint_id, grid.method_id, grid.mosaic_set_id)
+    focus = np.array([0.9, 0.1, 0.2, 0.5, 0.7, 0.4])
+    sums = tile_sums(focus, grid.masks)
+    assert db.write_mosaic_results(pg_engine, evaluation, grid.mosaic_ids, sums, focus, [0] * 6) == 6  # COPY
+    assert db.write_mosaic_results(pg_engine, evaluation, grid.mosaic_ids[:1], sums[:1], focus[:1], [1]) == 1
+    db.finish_evaluation(pg_engine, evaluation)
+    with pg_engine.connect() as connection:
+        where = set(connection.execute(text(
+            "SELECT DISTINCT tableoid::regclass::text FROM mosaic_result_tile WHERE evaluation_id = :e"),
+            {"e": evaluation}).scalars())
+    assert where == {"mosaic_result_tile_p000002"} and _partition_of(pg_engine, evaluation) == {"mosaic_result_p000002"}
+    assert np.array_equal(db.evaluation_tile_sums(pg_engine, evaluation)[["positive", "negative"]].to_numpy(),
+                          sums.reshape(-1, 2))
+
+    _drop_range(pg_engine, 2)
+    assert db.evaluation_tile_sums(pg_engine, evaluation).empty and db.evaluation_results(pg_engine, evaluation).empty
+    kept = db.evaluation_summary(pg_engine, [evaluation])
+    assert kept[["n", "grid", "chance_level"]].values.tolist() == [[6, 3, pytest.approx(1 / 3)]]
+    assert db.schema_diff(pg_engine) == []
+    # a re-run into the dropped range gets both partitions back
+    assert db.write_mosaic_results(pg_engine, evaluation, grid.mosaic_ids[:2], sums[:2], focus[:2], [0, 0]) == 2
+    assert len(db.evaluation_tile_sums(pg_engine, evaluation)) == 18

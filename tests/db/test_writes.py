@@ -89,7 +89,7 @@ def test_mosaic_set_refuses_training_images_and_writes_nothing(engine, world):
         db.register_mosaic_set(engine, "x" * 64, world.dataset_id, "test", 1, 1, "random", bad, [0], [[1, 0, 1, 0]])
     assert _count(engine, "SELECT COUNT(*) FROM mosaic_set") == 1
     assert _count(engine, "SELECT COUNT(*) FROM mosaic") == 4
-    with pytest.raises(db.StoreError, match="exactly two target quadrants"):
+    with pytest.raises(db.StoreError, match="exactly 2 target tile"):
         db.register_mosaic_set(engine, "y" * 64, world.dataset_id, "test", 1, 1, "random", ids[[[2, 8, 3, 9]]],
                                [0], [[1, 1, 1, 0]])
 

@@ -194,6 +194,9 @@ def check_tables(page_: _Page, url: str, finished: list[int], unfinished: list[i
         assert (float(attrs["cluster-ci-low"]), float(attrs["cluster-ci-high"])) == pytest.approx(cluster, abs=1e-12)
         # what a reader sees: n, undefined share, median [CI], mean, q1, q3 with 3 decimals
         seen = dict(zip(page_.headers["summary-table"], cells, strict=True))
+        # the demo's 2x2 mosaics with two target tiles: chance level 0.5 beside the median
+        assert (attrs["grid"], attrs["targets"], float(attrs["chance-level"])) == ("2", "2", 0.5)
+        assert seen["mosaic set"].endswith("2x2, k=2, chance 0.500")
         assert [seen[k] for k in ("n", "undefined", "median", "95% CI of median", "mean", "q1", "q3")] == [
             str(values.size), f"{1 - defined.size / values.size:.3f}", f"{median:.3f}", f"[{low:.3f}, {high:.3f}]",
             f"{mean:.3f}", f"{q1:.3f}", f"{q3:.3f}"]
@@ -314,6 +317,33 @@ def test_empty_store_says_what_to_do(sqlite_url: str, tmp_path: Path, capsys: py
     assert main(["report", "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(f"focus report: error: {message}", err), err
+
+
+def test_a_3x3_evaluation_is_reported_with_its_grid_and_chance_level(sqlite_url: str, tmp_path: Path) -> None:
+    """A 3x3 mosaic set with k = 3 target tiles: its row says 3x3, k=3 and chance level 1/3 beside the median."""
+    from flows.report import build_report
+    from tests.db.test_grids import make_grid, tile_sums
+
+    db.upgrade(sqlite_url)
+    engine = db.open_store(sqlite_url)
+    try:
+        grid = make_grid(engine)
+        evaluation = db.get_or_create_evaluation(engine, grid.checkpoint_id, grid.method_id, grid.mosaic_set_id)
+        db.start_evaluation(engine, evaluation)
+        focus = np.array([0.9, 0.6, 0.2, 0.5, 0.7, 0.4])
+        db.write_mosaic_results(engine, evaluation, grid.mosaic_ids, tile_sums(focus, grid.masks), focus,
+                                grid.targets)
+        db.finish_evaluation(engine, evaluation)
+    finally:
+        engine.dispose()
+    index = build_report(tmp_path / "report", database_url=sqlite_url)
+    page_ = parse_page(index.read_text(encoding="utf-8"))
+    (row_,) = page_.tables["summary-table"]
+    seen = dict(zip(page_.headers["summary-table"], row_["cells"], strict=True))
+    assert (row_["attrs"]["grid"], row_["attrs"]["targets"]) == ("3", "3")
+    assert float(row_["attrs"]["chance-level"]) == pytest.approx(1 / 3)
+    assert seen["median"] == f"{np.median(focus):.3f}" and seen["mosaic set"].endswith("3x3, k=3, chance 0.333")
+    store.dispose_engines()
 
 
 # --------------------------------------------------------------------------- in a real browser

@@ -242,3 +242,48 @@ def test_package_exports_every_figure_of_its_modules() -> None:
     for module in (distributions, training, randomization, mosaic):
         for name in module.__all__:
             assert name in report.__all__ and getattr(report, name) is getattr(module, name)
+
+
+def _lime_box_in_panel(image: np.ndarray, grey: float) -> tuple[float, float, float, float]:
+    """The green outline's box as fractions (left, top, right, bottom) of the mosaic panel (pixels of ``grey``)."""
+    rgb = image[..., :3]
+    panel = np.all(np.abs(rgb - grey) < 0.02, axis=2)
+    lime = (rgb[..., 1] > 0.8) & (rgb[..., 0] < 0.3) & (rgb[..., 2] < 0.3)
+    # the panel's rows and columns are mostly grey (anti-aliased text elsewhere has a few such pixels)
+    ys = np.flatnonzero(panel.sum(axis=1) > 0.3 * panel.sum(axis=1).max())
+    xs = np.flatnonzero(panel.sum(axis=0) > 0.3 * panel.sum(axis=0).max())
+    ly, lx = np.nonzero(lime)
+    top, left, height, width = ys.min(), xs.min(), ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    return ((lx.min() - left) / width, (ly.min() - top) / height, (lx.max() - left) / width, (ly.max() - top) / height)
+
+
+def test_a_3x3_mosaic_draws_and_outlines_nine_tiles(tmp_path: Path) -> None:
+    """Position 4 of a 3x3 mosaic is the middle tile: its outline spans the middle third both ways."""
+    grey = 100 / 255
+    mosaic = np.full((3, 36, 36), 100, dtype=np.uint8)
+    out = tmp_path / "f1-3x3.png"
+    mask = np.zeros(9, dtype=bool)
+    mask[4] = True
+    image = assert_png(report.plot_mosaic_explanations(mosaic, {}, out, target_quadrants=mask), out)  # N from the mask
+    left, top, right, bottom = _lime_box_in_panel(image, grey)
+    assert left == pytest.approx(1 / 3, abs=0.04) and right == pytest.approx(2 / 3, abs=0.04)
+    assert top == pytest.approx(1 / 3, abs=0.04) and bottom == pytest.approx(2 / 3, abs=0.04)
+    # the same by positions with grid=3; the last tile of the grid is the bottom-right ninth
+    image = assert_png(report.plot_mosaic_explanations(mosaic, {}, out, target_quadrants=(8,), grid=3), out)
+    left, top, right, bottom = _lime_box_in_panel(image, grey)
+    assert left == pytest.approx(2 / 3, abs=0.04) and top == pytest.approx(2 / 3, abs=0.04)
+    with pytest.raises(FocusError, match=r"not in 0..8"):
+        report.plot_mosaic_explanations(mosaic, {}, out, target_quadrants=(9,), grid=3)
+    with pytest.raises(FocusError, match="9 booleans"):
+        report.plot_mosaic_explanations(mosaic, {}, out, target_quadrants=np.ones(4, dtype=bool), grid=3)
+
+
+def test_the_chance_line_follows_the_grid(tmp_path: Path) -> None:
+    for plot, args in ((report.plot_trained_vs_random, ([0.9, 0.8], [0.3, 0.35])),
+                       (report.plot_layout_boxplots, ({"random": [0.4, 0.5]},)),
+                       (report.plot_cascading_randomization, (["trained", "fc"], {"lrp": [0.9, 0.4]})),
+                       (report.plot_random_seeds, ({"lrp": [0.3, 0.35]},))):
+        out = tmp_path / f"{plot.__name__}.png"
+        assert_png(plot(*args, out, chance=1 / 3), out)
+        with pytest.raises(FocusError, match="chance level"):
+            plot(*args, out, chance=1.5)

@@ -9,13 +9,14 @@ seed, data and recipe under two names) share one ``model_checkpoint`` row, whose
 ``epoch`` keep the first run's. ``checkpoint_origin`` holds one row per (checkpoint, training run, epoch)
 that produced the weights, so every run is named; the training flow writes a row each time it registers
 an epoch's checkpoint (idempotently). Backfilled from ``model_checkpoint.training_run_id`` and ``epoch``.
-No view changes.
+No view changes (:func:`views` hands 0005's on).
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
+from alembic.script import ScriptDirectory
 
 revision = "0006"
 down_revision = "0005"
@@ -46,3 +47,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f("ix_checkpoint_origin_training_run_id"), table_name="checkpoint_origin")
     op.drop_table("checkpoint_origin")
+
+
+def views(dialect: str) -> list[tuple[str, str]]:
+    """Every view as of this revision: 0005's, unchanged (a later revision starts from this list)."""
+    return ScriptDirectory.from_config(context.config).get_revision(down_revision).module.views(dialect)

@@ -183,6 +183,7 @@ def _plan(
         evaluation_id, name, method_params = record.open_evaluation(
             engine, inputs, method, params.model, params.randomization, audit_run_id=audit_run_id, device=device,
             metadata=_request_metadata(params), precision=params.run.dtype,
+            grid=params.mosaics.grid,
         )
         for stale in db.leases.expire_stale_runs(engine, [evaluation_id]):
             logger.warning("Evaluation %d was left running by a run that stopped; marked crashed, taking it over", stale)

@@ -60,8 +60,11 @@ class RegisteredInputs(RegisteredMosaics):
     checkpoint_sha256: str
 
 
-def register_mosaics(engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: MosaicSetSpec) -> RegisteredMosaics:
-    """Register the dataset with its images and the seeded mosaic set built from it."""
+def register_mosaics(
+    engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: MosaicSetSpec, model: ModelSpec | None = None
+) -> RegisteredMosaics:
+    """Register the dataset with its images and the seeded mosaic set built from it (``model``: the checkpoint
+    whose predictions choose a confident set's tiles, :func:`flows.caches.load_manifest`)."""
     dataset = caches.load_dataset(dataset_spec)
     registered = db.register_dataset(
         engine,
@@ -74,8 +77,8 @@ def register_mosaics(engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: Mos
         tile_size=int(dataset.tiles.shape[-1]),
         channels=int(dataset.tiles.shape[1]),
     )
-    manifest = caches.load_manifest(dataset_spec, mosaic_spec)
-    table = caches.manifest_tensors(dataset_spec, mosaic_spec)  # the chunks' own tensors: converted once
+    manifest = caches.load_manifest(dataset_spec, mosaic_spec, model)
+    table = caches.manifest_tensors(dataset_spec, mosaic_spec, model)  # the chunks' own tensors: converted once
     image_ids = np.asarray(registered.image_ids, dtype=np.int64)[table.indices.numpy()]
     mosaic_set = db.register_mosaic_set(
         engine,
@@ -105,10 +108,7 @@ def grid_fields(manifest: Any) -> dict[str, Any]:
     >>> grid_fields(SimpleNamespace())
     {'grid': 2, 'targets': 2, 'confident': None, 'confident_model': None}
     """
-    targets = getattr(manifest, "targets", 2)
-    if callable(targets):  # before the grid fields, ``MosaicManifest.targets()`` is the target classes
-        targets = 2
-    return {"grid": int(getattr(manifest, "grid", 2)), "targets": int(targets),
+    return {"grid": int(getattr(manifest, "grid", 2)), "targets": int(getattr(manifest, "targets", 2)),
             "confident": getattr(manifest, "confident", None),
             "confident_model": getattr(manifest, "confident_model", None)}
 
@@ -218,7 +218,7 @@ def register_inputs(
     engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: MosaicSetSpec, model: ModelSpec, **checkpoint: Any
 ) -> RegisteredInputs:
     """Register the dataset, mosaic set and checkpoint of an evaluation request."""
-    mosaic_set = register_mosaics(engine, dataset_spec, mosaic_spec)
+    mosaic_set = register_mosaics(engine, dataset_spec, mosaic_spec, model)
     checkpoint_id, sha = register_checkpoint(engine, model, dataset_spec, **checkpoint)
     return RegisteredInputs(**mosaic_set.__dict__, checkpoint_id=checkpoint_id, checkpoint_sha256=sha)
 
@@ -234,8 +234,12 @@ def open_evaluation(
     device: str | None = None,
     metadata: dict[str, Any] | None = None,
     precision: str = "fp32",
+    grid: int = 2,
 ) -> tuple[int, str, dict[str, Any]]:
     """Register the method (its explicit parameters) and get or create the evaluation.
+
+    ``grid`` is the mosaic set's tiles per side: a method whose parameters follow it (LIME) is recorded with
+    the parameters it runs with (:func:`flows.caches.make_explainer`).
 
     Relevance computed under bf16 autocast is not the fp32 relevance (Focus differs by up to a
     few hundredths), so a ``precision`` other than fp32 is part of the method's recorded
@@ -251,7 +255,7 @@ def open_evaluation(
     tuple
         ``(evaluation_id, method name, explicit method parameters)``.
     """
-    explainer = caches.make_explainer(method, model)
+    explainer = caches.make_explainer(method, model, grid=grid)
     if precision == "fp32":
         method_params, method_hash = dict(explainer.params), explainer.params_hash
     else:

@@ -82,7 +82,7 @@ def sweep(params: SweepParams) -> dict[str, Any]:
         inputs = record.register_inputs(engine, cell.dataset, cell.mosaics, cell.model)
         checkpoint_ids.append(inputs.checkpoint_id)
         evaluation_id, _, _ = record.open_evaluation(engine, inputs, cell.methods[0], cell.model, cell.randomization,
-                                                     precision=cell.run.dtype)
+                                                     precision=cell.run.dtype, grid=cell.mosaics.grid)
         evaluation_ids.append(evaluation_id)
     logger.info("Sweep of %d cell(s) (%d checkpoints x %d methods) %s", len(cells), len(params.checkpoints),
                 len(params.methods), f"on deployment {params.deployment}" if params.deployment else "in this process")

@@ -177,7 +177,7 @@ def train_epoch(request: EpochRequest) -> dict[str, Any]:
     focus: dict[str, dict[str, Any]] = {}
     for method in params.focus_methods:
         evaluation_id, name, _ = record.open_evaluation(engine, inputs, method, spec, RandomizationSpec(),
-                                                        device=str(device))
+                                                        device=str(device), grid=params.focus_mosaics.grid)
         chunk = ChunkRequest(
             evaluation_id=evaluation_id, chunk=0, positions=list(range(len(request.mosaic_ids))),
             mosaic_ids=request.mosaic_ids, dataset=params.dataset, mosaics=params.focus_mosaics, model=spec,

@@ -277,7 +277,7 @@ def digits():
 @pytest.fixture(scope="module")
 def mosaics(digits):
     manifest = build_manifest(digits, split="test", per_class=20, seed=0)
-    return compose_normalized(digits.tiles, manifest.index_tensor(), digits), manifest.targets(), target_mask(manifest)
+    return compose_normalized(digits.tiles, manifest.index_tensor(), digits), manifest.target_classes(), target_mask(manifest)
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,12 @@ Examples
 --------
 >>> import db
 >>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
-'0006'
+'0008'
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
 from db import (
+    audit_comparisons,
     errors,
     evaluations,
     keys,
@@ -88,6 +89,7 @@ from db.transactions import Store
 
 __all__ = [
     # modules
+    "audit_comparisons",
     "errors",
     "models",
     "queries",

@@ -18,7 +18,7 @@ VIEWS = {"evaluation_summary", "training_epoch_focus", "audit_history"}
 def test_history_has_one_head():
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [db.head()]
-    assert db.head() == "0006"
+    assert db.head() == "0008"
 
 
 def test_upgrade_to_head_and_downgrade_to_base(empty_url, tmp_path, monkeypatch):

@@ -11,9 +11,9 @@ Create Date: 2026-12-02
   ``previous_audit_run_id``). ``db.audit_comparisons.refresh_audit_comparisons`` keeps it true when an audit
   evaluation is started or closed; the upgrade fills it from the audits stored.
 - ``audit_history`` reads it instead of computing ``LAG`` over every audited evaluation (revision 0003): the
-  same columns in the same order and the same numbers (the previous evaluation's median and mean from
-  ``evaluation_summary``), so a query that names a checkpoint or an audit run reads that one's rows through
-  an index. 0003's window ordered ties within one audit arbitrarily; the evaluation's id now decides them.
+  same columns in the same order and the same numbers (both evaluations' stored summaries, which are what
+  ``evaluation_summary`` shows for a finished evaluation), so a query that names a checkpoint or an audit run
+  reads that one's rows through an index. 0003's window ordered ties within one audit arbitrarily; the evaluation's id now decides them.
 
 Only the audit tables and ``audit_history`` change: every other view is the previous revision's.
 """
@@ -31,11 +31,15 @@ depends_on = None
 
 PREVIOUS = down_revision
 
+# The numbers are the stored summaries (``evaluation_stats``): an audit evaluation is in ``audit_comparison``
+# only while it is finished, and closing an evaluation stores its summary in the same transaction (0005 stored
+# those of the evaluations closed before it), so these are the rows ``evaluation_summary`` shows for them.
+# Joining the tables, not that UNION ALL view, lets the planner find a few rows through their keys.
 AUDIT_HISTORY = """
 CREATE VIEW audit_history AS
 SELECT ac.audit_run_id, a.name AS audit_name, a.started_at AS audit_started_at,
        ac.evaluation_id, ac.checkpoint_id, c.label AS checkpoint_label, c.architecture,
-       s.method_id, m.name AS method_name, s.mosaic_set_id,
+       e.method_id, m.name AS method_name, e.mosaic_set_id,
        s.n, s.n_defined, s.median_focus, s.mean_focus,
        ac.previous_audit_run_id,
        ac.previous_evaluation_id,
@@ -44,13 +48,14 @@ SELECT ac.audit_run_id, a.name AS audit_name, a.started_at AS audit_started_at,
        s.mean_focus - p.mean_focus AS mean_change,
        c.lineage_id, l.name AS lineage, c.version AS checkpoint_version
 FROM audit_comparison ac
-JOIN evaluation_summary s ON s.evaluation_id = ac.evaluation_id
+JOIN evaluation e ON e.id = ac.evaluation_id
+JOIN evaluation_stats s ON s.evaluation_id = ac.evaluation_id
 JOIN audit_run a ON a.id = ac.audit_run_id
 JOIN model_checkpoint c ON c.id = ac.checkpoint_id
 LEFT JOIN lineage l ON l.id = c.lineage_id
-JOIN xai_method m ON m.id = s.method_id
-LEFT JOIN evaluation_summary p ON p.evaluation_id = ac.previous_evaluation_id
-WHERE s.randomization = 'none' AND s.status = 'finished'
+JOIN xai_method m ON m.id = e.method_id
+LEFT JOIN evaluation_stats p ON p.evaluation_id = ac.previous_evaluation_id
+WHERE e.randomization = 'none' AND e.status = 'finished'
 """
 
 # The comparisons of the audits stored (the same window as db.audit_comparisons.COMPARISONS, over every group).

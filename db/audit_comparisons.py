@@ -23,7 +23,7 @@ __all__ = ["refresh_audit_comparisons", "COMPARISONS"]
 
 #: The comparisons of one checkpoint x method x mosaic set (the window 0003's ``audit_history`` computed).
 COMPARISONS = (
-    "SELECT e.id AS evaluation_id, e.audit_run_id, e.checkpoint_id, "
+    "SELECT e.id AS evaluation_id, e.audit_run_id, e.checkpoint_id, e.method_id, e.mosaic_set_id, "
     "LAG(e.id) OVER w AS previous_evaluation_id, LAG(e.audit_run_id) OVER w AS previous_audit_run_id "
     "FROM evaluation e JOIN audit_run a ON a.id = e.audit_run_id "
     "WHERE e.randomization = 'none' AND e.status = 'finished' AND {where} "
@@ -35,13 +35,11 @@ _STATE = text(
     "(SELECT COUNT(*) FROM audit_comparison ac WHERE ac.evaluation_id = e.id) AS stored "
     "FROM evaluation e WHERE e.id = :evaluation_id"
 )
-_DELETE = text(
-    "DELETE FROM audit_comparison WHERE evaluation_id IN (SELECT e.id FROM evaluation e WHERE "
-    f"{_GROUP} AND e.audit_run_id IS NOT NULL)"
-)
+_DELETE = text("DELETE FROM audit_comparison WHERE checkpoint_id = :checkpoint_id AND method_id = :method_id "
+               "AND mosaic_set_id = :mosaic_set_id")
 _INSERT = text(
-    "INSERT INTO audit_comparison (evaluation_id, audit_run_id, checkpoint_id, previous_evaluation_id, "
-    f"previous_audit_run_id) {COMPARISONS.format(where=_GROUP)}"
+    "INSERT INTO audit_comparison (evaluation_id, audit_run_id, checkpoint_id, method_id, mosaic_set_id, "
+    f"previous_evaluation_id, previous_audit_run_id) {COMPARISONS.format(where=_GROUP)}"
 )
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtext('focus_audit_comparison'), :checkpoint_id)").bindparams(
     bindparam("checkpoint_id")

@@ -431,8 +431,10 @@ class AuditComparison(Base):
     ``previous_evaluation_id`` is the finished, unrandomized evaluation of the same checkpoint, method and mosaic
     set in the latest earlier audit (by the audit's ``started_at``, then its id; NULL for the first); written by
     :func:`db.audit_comparisons.refresh_audit_comparisons` whenever an audit evaluation becomes or stops being
-    finished (revision 0008). ``audit_run_id``, ``checkpoint_id`` and ``previous_audit_run_id`` copy the
-    evaluations' (immutable) key columns, so a filter on them is an index lookup.
+    finished (revision 0008), so a row exists only while its evaluation is finished. ``audit_run_id``,
+    ``checkpoint_id``, ``method_id``, ``mosaic_set_id`` and ``previous_audit_run_id`` copy the evaluations'
+    (immutable) key columns: ``audit_history`` needs no join with ``evaluation``, and a filter on the audit run
+    or the checkpoint is an index lookup.
     """
 
     __tablename__ = "audit_comparison"
@@ -442,6 +444,8 @@ class AuditComparison(Base):
     )
     audit_run_id: Mapped[int] = mapped_column(Integer, index=True)
     checkpoint_id: Mapped[int] = mapped_column(Integer, index=True)
+    method_id: Mapped[int]
+    mosaic_set_id: Mapped[int]
     previous_evaluation_id: Mapped[int | None] = mapped_column(
         ForeignKey("evaluation.id", ondelete="SET NULL"), index=True
     )

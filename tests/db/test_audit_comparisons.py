@@ -188,3 +188,57 @@ def test_one_audits_history_is_read_without_a_window(pg_url):
     text_plan = str(plan).lower()
     assert "lag(" not in text_plan
     assert "audit_comparison" in text_plan
+
+
+def test_concurrent_closes_of_one_group_leave_it_right(pg_url, build_world, build_sums):
+    """Two audits' evaluations of one checkpoint x method closed at once: the second waits for the first (PostgreSQL)."""
+    import threading
+
+    db.upgrade(pg_url)
+    engine = db.open_store(pg_url)
+    try:
+        world = build_world(engine)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(_reference_view())
+        store = _Store(engine, world, build_sums)
+        audits = [db.start_audit_run(engine, name=f"nightly-{i}", started_at=T0 + dt.timedelta(days=i))
+                  for i in range(3)]
+        first = store.evaluate(world.checkpoint_id, "gradcam", audits[0])
+        middle, last = (store.evaluate(world.checkpoint_id, "gradcam", a, finish=False) for a in audits[1:])
+        outcome: dict[str, object] = {}
+
+        def close_middle() -> None:
+            try:
+                db.finish_evaluation(engine, middle)
+            except Exception as exc:  # reported by the assertion below
+                outcome["error"] = exc
+
+        with engine.connect() as connection:
+            transaction = connection.begin()
+            db.finish_evaluation(connection, last)  # sees the first only: the middle one is not finished yet
+            thread = threading.Thread(target=close_middle)
+            thread.start()
+            waited = _waits_on_a_lock(engine)
+            transaction.commit()
+        thread.join(timeout=60)
+        assert waited, "closing the middle evaluation did not wait for the open transaction"
+        assert "error" not in outcome, outcome.get("error")
+        history = _assert_same_history(engine).set_index("evaluation_id")
+        assert history["previous_evaluation_id"].to_dict() == pytest.approx({first: np.nan, middle: first,
+                                                                            last: middle}, nan_ok=True)
+    finally:
+        engine.dispose()
+
+
+def _waits_on_a_lock(engine, timeout_s: float = 30.0) -> bool:
+    import time
+
+    query = text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                 "AND wait_event_type = 'Lock'")
+    deadline = time.monotonic() + timeout_s
+    with engine.connect() as connection:
+        while time.monotonic() < deadline:
+            if connection.execute(query).scalar_one():
+                return True
+            time.sleep(0.05)
+    return False

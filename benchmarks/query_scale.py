@@ -9,6 +9,9 @@ and drops the database:
 
     .venv/bin/python benchmarks/query_scale.py --rows 1000000,10000000 --out benchmarks/results/query_scale.json
 
+``--sqlite`` does the same on SQLite files in a temporary folder (the plans from ``EXPLAIN QUERY PLAN``:
+a ``SCAN`` of a table is its full scan).
+
 The shape, per size: a training run ``digits`` with 5 epoch checkpoints (GradCAM on a validation
 mosaic set), its final checkpoint under 6 methods, trained and fully random, on the test mosaic set,
 and nightly audits (4 audited checkpoints x 6 methods on an audit mosaic set) for the remaining
@@ -27,10 +30,13 @@ import os
 import platform
 import re
 import statistics
+import sqlite3
 import subprocess
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +185,41 @@ def _seq_scans(plan: dict) -> list[str]:
     return found
 
 
+_FROM = re.compile(r"\b(?:FROM|JOIN)\s+(\w+)(?:\s+(?:AS\s+)?(\w+))?", flags=re.I)
+_NOT_ALIAS = {"on", "where", "join", "left", "inner", "cross", "group", "order", "union", "lateral", "using"}
+
+
+def _sqlite_aliases(connection: Any, statement: str) -> dict[str, set[str]]:
+    """Alias (or name) -> tables, from the statement and every view's SQL (SQLite's plans name aliases only)."""
+    tables = {name for (name,) in connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    sources = [statement, *(sql_text for (sql_text,) in connection.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'view'"))]
+    aliases: dict[str, set[str]] = {}
+    for source in sources:
+        for table, alias in _FROM.findall(source):
+            if table in tables:
+                aliases.setdefault(table, set()).add(table)
+                if alias and alias.lower() not in _NOT_ALIAS:
+                    aliases.setdefault(alias, set()).add(table)
+    return aliases
+
+
+def _plan_scans(connection: Any, statement: str, parameters: Any) -> list[str]:
+    """The relations a statement's plan reads whole: PostgreSQL's Seq Scans, SQLite's SCANs (by table name)."""
+    if connection.dialect.name == "postgresql":
+        plan = connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters or None).scalar()
+        plan = json.loads(plan) if isinstance(plan, str) else plan
+        return _seq_scans(plan[0]["Plan"])
+    rows = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters or ()).all()
+    aliases = _sqlite_aliases(connection, statement)
+    scans = []
+    for row in rows:
+        words = str(row[-1]).split()
+        if len(words) >= 2 and words[0] == "SCAN":  # of a table (a subquery's or a view's alias names none)
+            scans += sorted(aliases.get(words[1], set()))
+    return scans
+
+
 def measure(engine: Engine, run: Callable[[Engine], Any], repeat: int) -> dict[str, Any]:
     """Median wall time after a warm-up, and the relations each statement's plan reads with a Seq Scan."""
     statements: list[tuple[str, Any]] = []
@@ -201,21 +242,37 @@ def measure(engine: Engine, run: Callable[[Engine], Any], repeat: int) -> dict[s
         for statement, parameters in statements:
             if not statement.lstrip().upper().startswith(("SELECT", "WITH")) or "pg_catalog" in statement:
                 continue
-            plan = connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters or None).scalar()
-            plan = json.loads(plan) if isinstance(plan, str) else plan
-            scans += _seq_scans(plan[0]["Plan"])
+            scans += _plan_scans(connection, statement, parameters)
     return {"median_ms": statistics.median(times), "runs_ms": [round(t, 2) for t in times],
             "plan_has_seq_scan_on_mosaic_result": any(s.startswith("mosaic_result") for s in scans),
             "seq_scans": sorted(set(scans))}
 
 
-def one_size(server: str, rows: int, mosaics: int, repeat: int) -> dict[str, Any]:
+@contextmanager
+def _database(server: str | None) -> Iterator[str]:
+    """A new, empty database: on the PostgreSQL ``server`` (dropped afterwards), or a SQLite file (``None``)."""
+    if server is None:
+        with tempfile.TemporaryDirectory(prefix="focus_scale_") as folder:
+            yield f"sqlite:///{Path(folder) / 'focus.db'}"
+        return
     name = f"focus_scale_{uuid.uuid4().hex[:12]}"
     conninfo = make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(conninfo, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
     try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+_PG_SIZE = ("SELECT pg_total_relation_size('mosaic_result') + COALESCE((SELECT SUM(pg_total_relation_size(relid)) "
+            "FROM pg_partition_tree('mosaic_result') WHERE isleaf), 0)")
+
+
+def one_size(server: str | None, rows: int, mosaics: int, repeat: int) -> dict[str, Any]:
+    """Fill one store of ``rows`` rows and measure every query (``server`` ``None``: SQLite)."""
+    with _database(server) as url:
         db.upgrade(url)
         engine = db.open_store(url)
         try:
@@ -227,17 +284,15 @@ def one_size(server: str, rows: int, mosaics: int, repeat: int) -> dict[str, Any
                 connection.exec_driver_sql("ANALYZE")
             with engine.connect() as connection:
                 stored = connection.scalar(text("SELECT COUNT(*) FROM mosaic_result"))
-                size = connection.scalar(text("SELECT pg_total_relation_size('mosaic_result') + COALESCE((SELECT SUM("
-                                              "pg_total_relation_size(relid)) FROM pg_partition_tree('mosaic_result')"
-                                              " WHERE isleaf), 0)"))
-                partitions = connection.scalar(text("SELECT COUNT(*) FROM pg_partition_tree('mosaic_result') "
-                                                    "WHERE isleaf"))
+                if server is None:  # the whole file: SQLite keeps one table
+                    size, partitions = os.path.getsize(make_url(url).database), 1
+                else:
+                    size = connection.scalar(text(_PG_SIZE))
+                    partitions = connection.scalar(text("SELECT COUNT(*) FROM pg_partition_tree('mosaic_result') "
+                                                        "WHERE isleaf"))
             results = {q: measure(engine, run, repeat) for q, run in queries(ids).items()}
         finally:
             engine.dispose()
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     return {"rows": int(stored), "requested_rows": rows, "evaluations": filler.rows // mosaics,
             "mosaics_per_evaluation": mosaics, "audits": len(ids["audits"]), "partitions": int(partitions),
             "mosaic_result_bytes": int(size), "fill_s": round(fill_s, 2),
@@ -257,19 +312,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1000000,10000000", help="comma-separated store sizes (mosaic_result rows)")
     parser.add_argument("--db", default=SERVER_URL, help="a PostgreSQL server URL (a database is created and dropped)")
+    parser.add_argument("--sqlite", action="store_true", help="SQLite files in a temporary folder instead of --db")
     parser.add_argument("--mosaics", type=int, default=10_000, help="mosaics per evaluation")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per query after the warm-up")
     parser.add_argument("--out", help="write the JSON here")
     args = parser.parse_args(argv)
     sizes = [int(float(r)) for r in args.rows.split(",")]
     machine = _machine()
-    with psycopg.connect(make_url(args.db).set(drivername="postgresql").render_as_string(hide_password=False)) as c:
-        version = c.execute("SHOW server_version").fetchone()[0]
+    if args.sqlite:
+        server, database = None, {"dialect": "sqlite", "server_version": sqlite3.sqlite_version,
+                                  "url": "sqlite:///<temporary folder>/focus.db"}
+    else:
+        server = args.db
+        with psycopg.connect(make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)) as c:
+            version = c.execute("SHOW server_version").fetchone()[0]
+        database = {"dialect": "postgresql", "server_version": version, "url": db.mask_url(make_url(server)),
+                    "partition_width_evaluations": 1000}
     result: dict[str, Any] = {
         "machine": machine,
-        "database": {"dialect": "postgresql", "server_version": version, "url": db.mask_url(make_url(args.db)),
-                     "partition_width_evaluations": 1000},
-        "sizes": [one_size(args.db, rows, args.mosaics, args.repeat) for rows in sizes],
+        "database": database,
+        "sizes": [one_size(server, rows, args.mosaics, args.repeat) for rows in sizes],
     }
     result["machine"]["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True,
                                                        check=False).stdout.strip()

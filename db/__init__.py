@@ -8,11 +8,12 @@ Examples
 --------
 >>> import db
 >>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
-'0007'
+'0008'
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
 from db import (
+    audit_comparisons,
     errors,
     evaluations,
     keys,
@@ -89,6 +90,7 @@ from db.transactions import Store
 
 __all__ = [
     # modules
+    "audit_comparisons",
     "errors",
     "models",
     "queries",

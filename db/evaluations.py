@@ -1,7 +1,8 @@
 """Evaluations: checkpoint x method x mosaic set x randomization (x audit), and their lifecycle.
 
 ``get_or_create_evaluation`` creates one ``pending``; ``start_evaluation`` marks it ``running``;
-``finish_evaluation`` closes it with its summary.
+``finish_evaluation`` closes it with its summary. Both keep an audit evaluation's stored comparison
+(``db.audit_comparisons``) true in the same transaction.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from db.audit_comparisons import refresh_audit_comparisons
 from db.errors import StoreError
 from db.keys import evaluation_key
 from db.models import EVALUATION_STATUSES, RANDOMIZATIONS, Evaluation
@@ -100,6 +102,7 @@ def start_evaluation(
         )
         if result.rowcount != 1:
             raise _missing(evaluation_id)
+        refresh_audit_comparisons(connection, evaluation_id)  # a finished one taken up again leaves audit_history
 
 
 def _stored_summary(connection: Connection, evaluation_id: int) -> dict[str, Any]:
@@ -127,7 +130,8 @@ def finish_evaluation(
 
     Whatever the status, the statistics of the rows written are stored with it (``evaluation_stats``
     and ``evaluation_class_stats``, see ``db.summaries``), in the same transaction; closing it again
-    (a re-run that completes it) stores them again.
+    (a re-run that completes it) stores them again. An audit evaluation that becomes finished (or stops
+    being finished) gets its comparison in ``audit_history`` written there too (``db.audit_comparisons``).
 
     Parameters
     ----------
@@ -163,6 +167,7 @@ def finish_evaluation(
         result = connection.execute(update(Evaluation).where(Evaluation.id == evaluation_id).values(values))
         if result.rowcount != 1:
             raise _missing(evaluation_id)
+        refresh_audit_comparisons(connection, evaluation_id)
     return summary
 
 

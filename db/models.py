@@ -479,3 +479,30 @@ class ChunkLease(Base):
     chunk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     owner: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[dt.datetime]
+
+
+class AuditComparison(Base):
+    """An audit's finished, unrandomized evaluation next to the one it is compared with in ``audit_history``.
+
+    ``previous_evaluation_id`` is the finished, unrandomized evaluation of the same checkpoint, method and mosaic
+    set in the latest earlier audit (by the audit's ``started_at``, then its id; NULL for the first); written by
+    :func:`db.audit_comparisons.refresh_audit_comparisons` whenever an audit evaluation becomes or stops being
+    finished (revision 0008), so a row exists only while its evaluation is finished. ``audit_run_id``,
+    ``checkpoint_id``, ``method_id``, ``mosaic_set_id`` and ``previous_audit_run_id`` copy the evaluations'
+    (immutable) key columns: ``audit_history`` needs no join with ``evaluation``, and a filter on the audit run
+    or the checkpoint is an index lookup.
+    """
+
+    __tablename__ = "audit_comparison"
+
+    evaluation_id: Mapped[int] = mapped_column(
+        ForeignKey("evaluation.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    audit_run_id: Mapped[int] = mapped_column(Integer, index=True)
+    checkpoint_id: Mapped[int] = mapped_column(Integer, index=True)
+    method_id: Mapped[int]
+    mosaic_set_id: Mapped[int]
+    previous_evaluation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("evaluation.id", ondelete="SET NULL"), index=True
+    )
+    previous_audit_run_id: Mapped[int | None]

@@ -191,19 +191,21 @@ def test_runs_in_turns_alternate_and_give_the_ratio_of_medians(module) -> None:
 QUERY_SCALE = ROOT / "benchmarks" / "query_scale.py"
 
 
-@pytest.mark.slow  # runs the script: two tiny stores on PostgreSQL
-def test_query_scale_reports_every_query_at_every_size(tmp_path, postgres_database) -> None:
-    import db
-    from tests.postgres import SERVER_URL
-
+def _query_scale(tmp_path: Path, *options: str) -> tuple[dict, str]:
+    """Run query_scale.py on two tiny stores; its JSON and its printed table."""
     out = tmp_path / "query_scale.json"
     command = [sys.executable, str(QUERY_SCALE), "--rows", "1200,2400", "--mosaics", "20", "--repeat", "1",
-               "--db", SERVER_URL, "--out", str(out)]
+               *options, "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
                                check=False)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text()), completed.stdout
+
+
+def _check_query_scale(result: dict, stdout: str) -> None:
+    import db
+
     assert {"machine", "database", "sizes", "growth"} <= set(result)
     assert result["machine"]["uptime_before"] and result["database"]["server_version"]
     names = {"cookbook_1_median_per_method", "cookbook_2_epoch_curve", "cookbook_3_lost_focus",
@@ -217,4 +219,22 @@ def test_query_scale_reports_every_query_at_every_size(tmp_path, postgres_databa
             assert _positive(figures["median_ms"])
             assert isinstance(figures["plan_has_seq_scan_on_mosaic_result"], bool)
     assert set(result["growth"]) == names and all(_positive(g) for g in result["growth"].values())
-    assert "cookbook_1_median_per_method" in completed.stdout  # the table
+    assert "cookbook_1_median_per_method" in stdout  # the table
+
+
+@pytest.mark.slow  # runs the script: two tiny stores on PostgreSQL
+def test_query_scale_reports_every_query_at_every_size(tmp_path, postgres_database) -> None:
+    from tests.postgres import SERVER_URL
+
+    result, stdout = _query_scale(tmp_path, "--db", SERVER_URL)
+    assert result["database"]["dialect"] == "postgresql"
+    _check_query_scale(result, stdout)
+
+
+@pytest.mark.slow  # runs the script: two tiny SQLite stores
+def test_query_scale_runs_on_sqlite(tmp_path) -> None:
+    result, stdout = _query_scale(tmp_path, "--sqlite")
+    assert result["database"]["dialect"] == "sqlite"
+    _check_query_scale(result, stdout)
+    scans = {name for size in result["sizes"] for q in size["queries"].values() for name in q["seq_scans"]}
+    assert "model_checkpoint" in scans  # SQLite's plans are read: checkpoints_to_audit scans the table

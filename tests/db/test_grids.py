@@ -208,8 +208,8 @@ def test_migration_keeps_rows_both_ways_and_refuses_to_lose_a_grid(empty_url, bu
     engine.dispose()
     before_tiles = [(50, 50, 0, 0.4, -1.0), (50, 50, 1, 0.1, -2.0), (50, 50, 2, 0.3, -3.0), (50, 50, 3, 0.2, -4.0)]
 
-    assert db.upgrade(empty_url) == "0007"
-    engine = db.open_store(empty_url)
+    assert db.upgrade(empty_url, "0007") == "0007"
+    engine = db.get_engine(empty_url, check=False)
     try:
         with engine.connect() as connection:
             assert connection.execute(text("SELECT grid, targets, confident FROM mosaic_set")).one() == (2, 2, None)

@@ -202,7 +202,8 @@ def add_model_options(parser: argparse.ArgumentParser, weights_help: str | None 
     group = parser.add_argument_group("model")
     option(group, "--arch", metavar="NAME", field="model.architecture",
            help="Architecture: digits_cnn, alexnet, vgg16, resnet18, another torchvision name, "
-           "or your own 'package.module:factory' (default digits_cnn).")
+           "a timm model 'timm:<name>' (extra timm), or your own 'package.module:factory'; keywords in brackets, "
+           "e.g. 'timm:vit_tiny_patch16_224(patch_size=16,img_size=32)' (default digits_cnn).")
     option(group, "--weights", metavar="PATH_OR_URL", field="model.weights", convert=absolute,
            help=weights_help or "Weights file (a state_dict) of the checkpoint.")
     option(group, "--num-classes", type=int, metavar="N", field="model.num_classes",

@@ -214,7 +214,6 @@ def test_a_confident_set_is_chosen_by_the_checkpoints_weights_and_keyed_by_their
 
 # --- the whole flow ---------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=False, reason="needs 0007 store: the record layer writes 2x2 sums only")
 def test_an_evaluation_of_a_grid_set_records_every_mosaic(prefect_api, sqlite_url, digits_weights) -> None:
     from flows.evaluate import evaluate
     from flows.params import RunSpec

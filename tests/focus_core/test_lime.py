@@ -70,7 +70,9 @@ def test_lime_equals_captum_lime_called_per_mosaic(mask):
         expected.append(weights[:, 0])
     expected = torch.cat(expected)
     assert expected.abs().sum() > 0
-    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+    # atol 2e-6 of the largest weight: CI on 2026-12-02 measured 1.06e-6 of it on 16 of 768 weights (the grid mask;
+    # the least-squares fit summed in another order), above the 1e-6 it had; a wrong feature or sample is far more
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=2e-6 * float(expected.abs().max()))
 
 
 def test_internal_batch_size_changes_speed_not_numbers_or_hash():

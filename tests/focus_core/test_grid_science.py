@@ -10,43 +10,29 @@ from __future__ import annotations
 import pytest
 import torch
 
-from focus_core.data import load_digits
 from focus_core.errors import FocusError
 from focus_core.explainers import get_explainer
 from focus_core.layouts import chance_level
 from focus_core.metric import focus_from_sums, focus_score, tile_sums
-from focus_core.models import build_model
 from focus_core.mosaics import build_manifest, compose_normalized, target_mask
 from focus_core.randomize import randomize_full
-from focus_core.train import TrainConfig, train_model
 
-pytestmark = pytest.mark.training
+pytestmark = [pytest.mark.training, pytest.mark.usefixtures("one_thread")]
 
 METHODS = ("gradcam", "lrp")
 GRID, TARGETS = 3, 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CNN is too small to gain from intra-op threads; on a shared CPU they cost 5-10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(scope="module")
+def digits(digits32):
+    return digits32
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_digits(seed=0, tile_size=32)
-
-
-@pytest.fixture(scope="module")
-def trained(digits):
-    torch.manual_seed(0)
-    model = build_model("digits_cnn", num_classes=len(digits.classes), in_channels=1)
-    history = train_model(model, digits, TrainConfig.digits(seed=0))
+def trained(trained_digits_cnn):
+    model, history, _ = trained_digits_cnn(0)
     assert history[-1].val_accuracy >= 0.97
-    return model.eval()
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -10,43 +10,25 @@ Run with ``-s`` to see the measured numbers.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
-from focus_core.data import load_digits
 from focus_core.explainers import get_explainer
 from focus_core.metric import focus_score
 from focus_core.models import build_model
 from focus_core.mosaics import build_manifest, compose_mosaics, target_mask
 from focus_core.randomize import cascading_stages, randomize_cascading, randomize_full
-from focus_core.train import TrainConfig, train_model
 
-pytestmark = pytest.mark.training
+pytestmark = [pytest.mark.training, pytest.mark.usefixtures("one_thread")]
 
 SEEDS = (0, 1, 2)
 METHODS = ("gradcam", "lrp")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CNN is too small to gain from intra-op threads; on a shared CPU they cost 5-10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def digits():
-    return load_digits(seed=0, tile_size=32)
-
-
-@pytest.fixture(scope="module")
-def mosaics(digits):
-    manifest = build_manifest(digits, split="test", per_class=20, seed=0)
-    inputs = digits.normalize(compose_mosaics(digits.tiles, manifest.index_tensor()))
+def mosaics(digits32):
+    manifest = build_manifest(digits32, split="test", per_class=20, seed=0)
+    inputs = digits32.normalize(compose_mosaics(digits32.tiles, manifest.index_tensor()))
     return inputs, manifest.target_classes(), target_mask(manifest)
 
 
@@ -60,15 +42,8 @@ def _focus(model, method, mosaics) -> tuple[float, float]:
 
 
 @pytest.fixture(scope="module")
-def trained(digits):
-    models = {}
-    for seed in SEEDS:
-        torch.manual_seed(seed)
-        model = build_model("digits_cnn", num_classes=len(digits.classes), in_channels=1)
-        started = time.perf_counter()
-        history = train_model(model, digits, TrainConfig.digits(seed=seed))
-        models[seed] = (model, history, time.perf_counter() - started)
-    return models
+def trained(trained_digits_cnn):
+    return {seed: trained_digits_cnn(seed) for seed in SEEDS}
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -106,7 +81,7 @@ def _scores(model, method, mosaics):
     return focus_score(get_explainer(method)(model.eval(), inputs, targets), mask).numpy()
 
 
-def test_random_models_over_seeds_classes_and_the_untrained_model(digits, trained, mosaics):
+def test_random_models_over_seeds_classes_and_the_untrained_model(digits32, trained, mosaics):
     """Issue 15: five random models per method, intervals that resample classes, per-class medians, epoch 0."""
     import numpy as np
 
@@ -139,7 +114,7 @@ def test_random_models_over_seeds_classes_and_the_untrained_model(digits, traine
         assert decision["significant"] and decision["n_classes"] == 10
     # epoch 0: the model before its first optimisation step points anywhere
     torch.manual_seed(0)
-    untrained = build_model("digits_cnn", num_classes=len(digits.classes), in_channels=1)
+    untrained = build_model("digits_cnn", num_classes=len(digits32.classes), in_channels=1)
     median, share = _focus(untrained, "gradcam", mosaics)
     print(f"epoch 0 (untrained) GradCAM median {median:.3f}, undefined {share:.2f}")
     assert abs(median - 0.5) <= 0.1

@@ -1,0 +1,53 @@
+"""Fixtures the science tests share: one thread, the 32-pixel digits, and digit CNNs trained once per session."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from focus_core.data import TileDataset, load_digits
+from focus_core.models import build_model
+from focus_core.train import EpochMetrics, TrainConfig, train_model
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The digit models are too small to gain from intra-op threads; on a shared CPU they cost 5-10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digits32() -> TileDataset:
+    return load_digits(seed=0, tile_size=32)
+
+
+@pytest.fixture(scope="session")
+def trained_digits_cnn(digits32) -> Callable[[int], tuple[torch.nn.Module, list[EpochMetrics], float]]:
+    """``train(seed)``: a ``DigitsCNN`` trained with ``TrainConfig.digits(seed=seed)`` on one thread, once per seed.
+
+    Returns the model (in eval mode; callers must not train it further or change its weights), its per-epoch
+    history and the seconds its training took.
+    """
+    trained: dict[int, tuple[torch.nn.Module, list[EpochMetrics], float]] = {}
+
+    def train(seed: int) -> tuple[torch.nn.Module, list[EpochMetrics], float]:
+        if seed not in trained:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                torch.manual_seed(seed)
+                model = build_model("digits_cnn", num_classes=len(digits32.classes), in_channels=1)
+                started = time.perf_counter()
+                history = train_model(model, digits32, TrainConfig.digits(seed=seed))
+                trained[seed] = (model.eval(), history, time.perf_counter() - started)
+            finally:
+                torch.set_num_threads(threads)
+        return trained[seed]
+
+    return train

@@ -188,3 +188,15 @@ def test_focus_evaluate_of_a_timm_model_on_an_image_folder(prefect_api, capsys: 
     assert stored_b["dataset_fingerprint"] != stored["dataset_fingerprint"]
     rows_a, rows_b = (db.evaluation_results(engine, e["evaluation_id"]) for e in (evaluation, evaluation_b))
     assert not set(rows_a["mosaic_id"]) & set(rows_b["mosaic_id"])
+
+
+def test_a_sweep_resolves_the_dataset_for_each_checkpoint(image_folder: Path):
+    from flows.params import SweepParams
+    from flows.sweep import sweep_cells
+
+    params = SweepParams(checkpoints=[{"architecture": TINY_VIT, "weights": "vit.pt"},
+                                      {"architecture": "resnet18", "weights": "r18.pt"}],
+                         methods=[{"name": "gradient"}], dataset=_folder(image_folder))
+    vit, resnet = sweep_cells(params)
+    assert (vit.dataset.tile_size, vit.dataset.mean) == (32, HALF)
+    assert resnet.dataset == params.dataset  # 224 px and ImageNet's statistics, as before

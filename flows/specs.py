@@ -120,11 +120,11 @@ class DatasetSpec(_Spec):
     cache_dir: str | None = Field(
         None, description="ImageFolder only: where decoded tiles are cached (empty: no cache)."
     )
-    mean: list[float] | None = Field(
+    mean: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
         None, min_length=3, max_length=3, description="ImageFolder only: per-channel mean (R, G, B, on the 0..1 "
         "scale) the tiles are normalised with; empty: the model's where it defines one (a timm model), else ImageNet's."
     )
-    std: list[Annotated[float, Field(gt=0)]] | None = Field(
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(
         None, min_length=3, max_length=3, description="ImageFolder only: per-channel std, set with mean; empty: the "
         "model's where it defines one, else ImageNet's."
     )
@@ -174,7 +174,8 @@ def effective_dataset(dataset: DatasetSpec, model: ModelSpec) -> DatasetSpec:
     Raises
     ------
     FocusError
-        For a ``timm:`` architecture when timm is not installed or the name is not a timm model.
+        For a ``timm:`` architecture when timm is not installed or the name is not a timm model, and when a given
+        ``resize`` is below the model's input size (with no ``tile_size`` given).
 
     Examples
     --------

@@ -41,8 +41,7 @@ def sweep_cells(params: SweepParams) -> list[EvaluateParams]:
     (:func:`flows.specs.effective_dataset`)."""
     return [
         EvaluateParams(model=checkpoint, dataset=effective_dataset(params.dataset, checkpoint), mosaics=params.mosaics,
-                       methods=[method],
-                       run=params.run)
+                       methods=[method], run=params.run)
         for checkpoint in params.checkpoints
         for method in params.methods
     ]

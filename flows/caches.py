@@ -57,7 +57,11 @@ _FITTING_BATCH: dict[str, int] = {}
 
 
 def load_dataset(spec: DatasetSpec) -> data.TileDataset:
-    """The dataset of ``spec``, loaded once per process."""
+    """The dataset of ``spec``, loaded once per process.
+
+    ``spec`` is loaded as it is: a flow passes the spec it resolved for its model
+    (:func:`flows.specs.effective_dataset`), whose tile size and normalisation may be the model's.
+    """
     return _load_dataset(spec_key(spec), spec)
 
 
@@ -72,6 +76,8 @@ def _load_dataset_cached(key: str) -> data.TileDataset:
         tile_size=spec.tile_size or 224,
         resize=spec.resize or 256,
         cache_dir=spec.cache_dir,
+        mean=spec.mean,
+        std=spec.std,
     )
 
 

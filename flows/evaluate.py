@@ -41,6 +41,7 @@ from flows import leases, preflight, record, store
 from flows.params import EvaluateParams
 from flows.record import RegisteredInputs
 from flows.run_names import evaluate_name, named
+from flows.specs import with_effective_dataset
 from flows.tasks import (
     ChunkRequest,
     ChunkResult,
@@ -93,12 +94,15 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """The body of :func:`evaluate` (call it inside a flow): check, plan, run the missing chunks, close, report.
 
-    The request is checked before anything is written (:func:`flows.preflight.check_request`). The run owns
+    Its dataset is first resolved for the model (:func:`flows.specs.effective_dataset`: a timm model's input
+    size and normalisation on an ImageFolder), and the request is checked before anything is written
+    (:func:`flows.preflight.check_request`). The run owns
     the evaluations it starts and the chunks it computes (:mod:`flows.leases`): an identical request running
     at the same time computes the other chunks, and this run waits for those (or takes them over when their
     run dies) before it closes the evaluations.
     """
     logger = get_run_logger()
+    params = with_effective_dataset(params)  # the model's tile size and normalisation, recorded in the request
     device = preflight.check_request(params)
     engine = store.engine_for(params.run.database_url)
     started = time.perf_counter()

@@ -25,6 +25,7 @@ from flows.evaluate import evaluate
 from flows.jsonsafe import number
 from flows.params import EvaluateParams, RandomizationParams, RandomizationSpec
 from flows.run_names import named, randomization_name
+from flows.specs import with_effective_dataset
 from focus_core import randomize, report
 
 __all__ = ["randomization", "randomization_stages"]
@@ -66,6 +67,7 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
     wrote and the median Focus per method (expected: high for the trained model, about 0.5 once randomized),
     and ``seeds``: per method, :func:`focus_core.stats.seed_summary` of the fully random models' medians.
     """
+    params = with_effective_dataset(params)  # the model's tile size and normalisation (flows.specs)
     preflight.check_request(params)  # its stages come from the model itself: nothing else to check
     logger = get_run_logger()
     engine = store.engine_for(params.run.database_url)

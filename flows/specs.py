@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from focus_core.arch_string import canonical_architecture
+from focus_core.errors import FocusError
 from focus_core import layouts
 from focus_core.hashing import canonical_json
 
@@ -51,6 +52,8 @@ __all__ = [
     "check_name",
     "spec_key",
     "DatasetSpec",
+    "effective_dataset",
+    "with_effective_dataset",
     "ModelSpec",
     "Checkpoint",
     "MosaicSetSpec",
@@ -92,7 +95,12 @@ class _Spec(BaseModel):
 
 
 class DatasetSpec(_Spec):
-    """Which images to build mosaics from: the bundled digits or an ImageFolder directory."""
+    """Which images to build mosaics from: the bundled digits or an ImageFolder directory.
+
+    ``mean`` and ``std`` leave the dump (and so :func:`spec_key`, every stored request and a training run's
+    config hash) while they are empty: a spec without them is the same JSON as before they existed. The size and
+    normalisation a model defines fill the empty fields of an ImageFolder's spec: :func:`effective_dataset`.
+    """
 
     kind: Literal["digits", "image_folder"] = Field(
         "digits", description="'digits' (bundled, 1 channel) or 'image_folder' (one sub-folder per class)."
@@ -101,25 +109,110 @@ class DatasetSpec(_Spec):
         None, description="The ImageFolder directory on the worker (only for kind 'image_folder')."
     )
     tile_size: int | None = Field(
-        None, ge=4, le=1024, description="Tile side in pixels; empty: 32 for digits, 224 for an ImageFolder."
+        None, ge=4, le=1024, description="Tile side in pixels; empty: 32 for digits, and for an ImageFolder the "
+        "model's input size where it defines one (a timm model), else 224."
     )
     resize: int | None = Field(
-        None, ge=4, le=2048, description="ImageFolder only: shorter side before the centre crop (default 256)."
+        None, ge=4, le=2048, description="ImageFolder only: shorter side before the centre crop; empty: 256, or "
+        "8/7 of the tile (the paper's 256/224) when the tile size is the model's."
     )
     seed: int = Field(0, ge=0, description="Seed of the stratified train/val/test split.")
     cache_dir: str | None = Field(
         None, description="ImageFolder only: where decoded tiles are cached (empty: no cache)."
+    )
+    mean: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        None, min_length=3, max_length=3, description="ImageFolder only: per-channel mean (R, G, B, on the 0..1 "
+        "scale) the tiles are normalised with; empty: the model's where it defines one (a timm model), else ImageNet's."
+    )
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(
+        None, min_length=3, max_length=3, description="ImageFolder only: per-channel std, set with mean; empty: the "
+        "model's where it defines one, else ImageNet's."
     )
 
     @model_validator(mode="after")
     def _check_kind(self) -> DatasetSpec:
         if self.kind == "image_folder" and not self.root:
             raise ValueError("An 'image_folder' dataset needs root: the path of the ImageFolder directory.")
-        if self.kind == "digits" and (self.root or self.resize or self.cache_dir):
-            raise ValueError("The bundled digits take no root, resize or cache_dir; set kind to 'image_folder'.")
+        if self.kind == "digits" and (self.root or self.resize or self.cache_dir or self.mean or self.std):
+            raise ValueError("The bundled digits take no root, resize, cache_dir, mean or std (they are normalised "
+                             "with their training split's); set kind to 'image_folder'.")
         if self.resize is not None and self.tile_size is not None and self.resize < self.tile_size:
             raise ValueError(f"resize ({self.resize}) must be at least tile_size ({self.tile_size}).")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("Set both mean and std of the dataset (three values each), or neither.")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("mean", "std"):
+                if data.get(key, None) is None:
+                    data.pop(key, None)
+        return data
+
+
+def effective_dataset(dataset: DatasetSpec, model: ModelSpec) -> DatasetSpec:
+    """The dataset ``model`` is evaluated (or trained) on: ``dataset`` with the input size and normalisation the
+    model's architecture defines filled into its empty fields.
+
+    The one place where a model's data config (:func:`focus_core.models.model_data_config`: a ``timm:`` model's
+    ``img_size`` or pretrained input size, and its pretrained mean and std) reaches a dataset; every flow (evaluate,
+    randomization, sweep, audit, train) and the command line's checks resolve their request with it before anything
+    is loaded or recorded, so the recorded request shows the resolved spec. For an ImageFolder:
+
+    - an empty ``tile_size`` becomes the model's (square) input size, and an empty ``resize`` then 8/7 of it (the
+      paper's 256/224, timm's ``crop_pct`` 0.875); a given ``tile_size`` is kept, with the usual default resize;
+    - empty ``mean`` and ``std`` become the model's (instead of ImageNet's); given ones are kept.
+
+    The bundled digits are returned unchanged: they keep their 32-pixel tiles and their training split's statistics
+    (a timm model learns them from scratch with those; upsampling the 8x8 images to a pretrained config's 224 would
+    cost about 50 times the compute for no detail; set ``img_size`` in the architecture and ``tile_size`` here).
+    An architecture that defines nothing (torchvision, ``digits_cnn``, a factory) leaves the spec as it is, so its
+    requests, caches and training runs' config hashes are unchanged. Idempotent: a resolved spec resolves to itself.
+
+    Raises
+    ------
+    FocusError
+        For a ``timm:`` architecture when timm is not installed or the name is not a timm model, and when a given
+        ``resize`` is below the model's input size (with no ``tile_size`` given).
+
+    Examples
+    --------
+    >>> folder = DatasetSpec(kind="image_folder", root="data/shapes")
+    >>> effective_dataset(folder, ModelSpec(architecture="resnet18")) == folder
+    True
+    >>> vit = effective_dataset(folder, ModelSpec(architecture="timm:vit_tiny_patch16_224"))  # doctest: +SKIP
+    >>> vit.tile_size, vit.resize, vit.mean  # doctest: +SKIP
+    (224, 256, [0.5, 0.5, 0.5])
+    """
+    if dataset.kind != "image_folder" or (dataset.tile_size is not None and dataset.mean is not None):
+        return dataset  # the digits keep their own; nothing left to fill (and timm is not imported)
+    from focus_core.models import model_data_config
+
+    config = model_data_config(model.architecture, in_channels=3)  # an ImageFolder's tiles are RGB
+    update: dict[str, Any] = {}
+    size = config.input_size
+    if dataset.tile_size is None and size is not None and size[0] == size[1]:
+        if dataset.resize is not None and dataset.resize < size[0]:
+            raise FocusError(
+                f"{model.architecture} takes {size[0]}-pixel tiles but the dataset's resize is {dataset.resize}: pass "
+                f"a resize of at least {size[0]}, or a tile_size (--tile-size) of at most {dataset.resize}."
+            )
+        update["tile_size"] = size[0]
+        if dataset.resize is None:
+            update["resize"] = size[0] * 8 // 7
+    if dataset.mean is None and config.mean is not None and config.std is not None:
+        update.update(mean=list(config.mean), std=list(config.std))
+    if not update:
+        return dataset
+    return DatasetSpec.model_validate({**dataset.model_dump(), **update})
+
+
+def with_effective_dataset(params: Any) -> Any:
+    """A flow's parameters (with ``model`` and ``dataset``) whose dataset is :func:`effective_dataset`'s."""
+    resolved = effective_dataset(params.dataset, params.model)
+    return params if resolved is params.dataset else params.model_copy(update={"dataset": resolved})
 
 
 class ModelSpec(_Spec):

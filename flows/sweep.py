@@ -29,6 +29,7 @@ from flows.evaluate import evaluate
 from flows.jsonsafe import number
 from flows.params import EvaluateParams, SweepParams
 from flows.run_names import evaluate_name, named, sweep_name
+from flows.specs import effective_dataset
 
 __all__ = ["sweep", "sweep_cells"]
 
@@ -36,10 +37,11 @@ POLL_SECONDS = 2.0
 
 
 def sweep_cells(params: SweepParams) -> list[EvaluateParams]:
-    """The evaluate request of every cell, checkpoint-major."""
+    """The evaluate request of every cell, checkpoint-major, its dataset resolved for its checkpoint
+    (:func:`flows.specs.effective_dataset`)."""
     return [
-        EvaluateParams(model=checkpoint, dataset=params.dataset, mosaics=params.mosaics, methods=[method],
-                       run=params.run)
+        EvaluateParams(model=checkpoint, dataset=effective_dataset(params.dataset, checkpoint), mosaics=params.mosaics,
+                       methods=[method], run=params.run)
         for checkpoint in params.checkpoints
         for method in params.methods
     ]

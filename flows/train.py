@@ -49,6 +49,7 @@ from flows.jsonsafe import number
 from flows.params import NAME_PATTERN, RandomizationSpec, TrainParams
 from flows.record import RegisteredInputs, RegisteredMosaics
 from flows.run_names import named, train_name
+from flows.specs import with_effective_dataset
 from flows.tasks import ChunkRequest, can_succeed_on_retry, explain_chunk, retry_delays
 from focus_core import models, report
 from focus_core import train as recipe
@@ -300,6 +301,7 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
     validation accuracy per method, with and without epoch 0.
     """
     devices.require_device(params.device)
+    params = with_effective_dataset(params)  # the model's tile size and normalisation (flows.specs)
     engine = store.engine_for(params.database_url)
     if params.lineage:  # a lineage holds one model: refused before anything is trained or written
         lineages.check_lineage_spec(engine, params.lineage, params.model, params.dataset)

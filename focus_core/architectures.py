@@ -161,6 +161,11 @@ def model_data_config(arch: str, in_channels: int = 3) -> DataConfig:
     config's channels): see :func:`focus_core.timm_models.timm_data_config`. Every other architecture leaves
     size and normalisation to the dataset: all fields ``None``.
 
+    Who uses it: :func:`flows.specs.effective_dataset`, which every flow (evaluate, randomization, sweep, audit,
+    train) and the command line's checks call before loading a dataset: an ImageFolder's empty tile size becomes
+    ``input_size`` (when square) and its normalisation ``mean`` and ``std`` (instead of ImageNet's) wherever they
+    are not ``None``; the bundled digits keep their own tile size and statistics.
+
     Raises
     ------
     FocusError

@@ -187,6 +187,8 @@ def load_image_folder(
     resize: int = 256,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     cache_dir: str | os.PathLike[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> TileDataset:
     """Load an ImageFolder directory (one sub-folder per class) as three-channel uint8 tiles.
 
@@ -211,17 +213,21 @@ def load_image_folder(
         Where decoded tiles are kept as a ``uint8`` ``.npy`` file keyed by the folder listing
         (names, sizes, modification times), ``tile_size`` and ``resize``; a later call with the
         same key memory-maps it instead of decoding again.
+    mean, std : sequence of float, optional
+        The per-channel normalisation (three values each, on the ``[0, 1]`` scale); ``None``: ImageNet's. They
+        are part of the dataset's fingerprint, not of the tile cache's key (the cached tiles are ``uint8``).
 
     Returns
     -------
     TileDataset
-        Tiles ``(N, 3, tile_size, tile_size)``, ImageNet mean and std, relpaths relative to ``root``.
+        Tiles ``(N, 3, tile_size, tile_size)``, ``mean`` and ``std`` (ImageNet's by default), relpaths relative to
+        ``root``.
 
     Raises
     ------
     FocusError
         For a missing or empty folder, a single class, a class with fewer than two images,
-        an unreadable image or bad fractions.
+        an unreadable image, bad fractions, or a ``mean`` / ``std`` that is not three values (``std`` above 0).
 
     Examples
     --------
@@ -236,6 +242,7 @@ def load_image_folder(
         raise FocusError(f"The folder '{root}' does not exist: pass an ImageFolder directory.")
     check_tile_size(tile_size, resize)
     fractions = check_fractions(fractions)
+    mean, std = _normalisation(mean, std)
     paths, label_names, classes, given_splits = _list_image_folder(root)
     label_of = {name: i for i, name in enumerate(classes)}
     labels = np.asarray([label_of[name] for name in label_names], dtype=np.int64)
@@ -263,7 +270,21 @@ def load_image_folder(
         splits=splits,
         relpaths=tuple(p.relative_to(root).as_posix() for p in paths),
         classes=tuple(classes),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=mean,
+        std=std,
         resize=resize,
     )
+
+
+def _normalisation(
+    mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` as three floats each, ImageNet's where ``None``; a bad value raises one sentence."""
+    mean = IMAGENET_MEAN if mean is None else tuple(float(m) for m in mean)
+    std = IMAGENET_STD if std is None else tuple(float(s) for s in std)
+    if len(mean) != 3 or len(std) != 3 or not all(np.isfinite(mean)) or not all(np.isfinite(s) and s > 0 for s in std):
+        raise FocusError(
+            f"An ImageFolder's tiles are RGB: pass three finite mean values and three std values above 0, not "
+            f"mean={mean} and std={std}."
+        )
+    return mean, std

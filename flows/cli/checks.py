@@ -91,6 +91,9 @@ def check_model(params: Any) -> None:
     dataset_spec = getattr(params, "dataset", None)
     if model_spec is None or dataset_spec is None:
         return
+    from flows.specs import effective_dataset
+
+    dataset_spec = effective_dataset(dataset_spec, model_spec)  # what the flow loads: the model's size and stats
     if not model_spec.weights and not getattr(params, "focus_methods", None):
         return  # nothing to load, nothing explained: a training run without per-epoch Focus
     from flows import caches, record, store

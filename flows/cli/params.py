@@ -102,6 +102,13 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated class indices such as 0,3,7, got {text!r}") from None
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected one number per channel such as 0.5,0.5,0.5, got {text!r}") from None
+
+
 def _json_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -189,9 +196,16 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
            help="ImageFolder directory (one sub-folder per class; train/val/test sub-folders are used as splits). "
            "Default: the bundled digits.")
     option(group, "--tile-size", type=int, metavar="PX", field="dataset.tile_size",
-           help="Tile side in pixels (default: 32 digits, 224 ImageFolder).")
+           help="Tile side in pixels (default: 32 digits; an ImageFolder: the model's input size where timm defines "
+           "one, else 224).")
     option(group, "--resize", type=int, metavar="PX", field="dataset.resize",
-           help="ImageFolder: shorter side before the centre crop (default 256).")
+           help="ImageFolder: shorter side before the centre crop (default 256; 8/7 of a timm model's input size "
+           "when the tiles take that size).")
+    option(group, "--mean", type=_float_list, metavar="R,G,B", field="dataset.mean",
+           help="ImageFolder: per-channel mean on the [0, 1] scale, with --std (default: the timm model's, else "
+           "ImageNet's).")
+    option(group, "--std", type=_float_list, metavar="R,G,B", field="dataset.std",
+           help="ImageFolder: per-channel standard deviation, with --mean (default: the timm model's, else ImageNet's).")
     option(group, "--data-seed", type=int, metavar="N", field="dataset.seed",
            help="Seed of the stratified train/val/test split (default 0).")
     option(group, "--cache-dir", metavar="DIR", field="dataset.cache_dir",

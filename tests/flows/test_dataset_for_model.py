@@ -177,9 +177,10 @@ def test_focus_evaluate_of_a_timm_model_on_an_image_folder(prefect_api, capsys: 
 
     assert evaluate()["evaluations"][0]["rows_written"] == 0  # the same request: its rows are found
 
-    params_file = tmp_path / "imagenet.json"
-    params_file.write_text(json.dumps({"dataset": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}}))
-    other = evaluate("--params", str(params_file))
+    code = cli.main([*args, "--mean", "0.5,0.5"])  # two values for three channels, without --std
+    _, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    other = evaluate("--mean", ",".join(map(str, IMAGENET_MEAN)), "--std", ",".join(map(str, IMAGENET_STD)))
     (evaluation_b,) = other["evaluations"]
     assert evaluation_b["evaluation_id"] != evaluation["evaluation_id"]
     assert other["mosaic_set_id"] != first["mosaic_set_id"]

@@ -15,9 +15,10 @@ ViT has one cascading stage more than its modules give, the last one (with the p
 embedding's stage before it); a CNN's model owns no parameters and has no such layer.
 (torchvision's ``encoder.pos_embedding`` belongs to the layer ``encoder``.)
 
-A *stage* is one weight layer (convolution or linear) together with the normalisation layers that directly follow it: a BatchNorm after a convolution belongs to the
-convolution's stage, because it only rescales that convolution's output. A BatchNorm without
-a preceding weight layer, or any other parametrised layer, is a stage of its own.
+A *stage* is one weight layer (convolution or linear) together with the normalisation layers
+that directly follow it: a BatchNorm after a convolution belongs to the convolution's stage,
+because it only rescales that convolution's output. A BatchNorm without a preceding weight
+layer, or any other parametrised layer, is a stage of its own.
 
 Layers are re-initialised with their own ``reset_parameters()`` (BatchNorm: weight 1, bias 0
 and fresh running statistics), on the CPU, under a generator seeded from ``seed`` and the

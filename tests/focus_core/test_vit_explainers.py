@@ -211,6 +211,25 @@ def test_lxt_refuses_what_it_cannot_explain_in_one_sentence():
     get_explainer("lrp").check_model(cnn)  # CNNs pass
 
 
+def test_attnlrp_without_lxt_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from focus_core.explainers import lxt_lrp
+
+    for name in [name for name in sys.modules if name == "lxt" or name.startswith("lxt.")] or ["lxt"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if LXT were not installed: importing it fails
+    lxt_lrp.lxt_efficient.cache_clear()
+    try:
+        explainer = get_explainer("attnlrp")  # building it needs no LXT: a stored run's method still parses
+        for refuse in (lambda: explainer.check_model(toy_vit()), lambda: explainer(toy_vit(), torch.randn(1, 1, 32, 32),
+                                                                                    torch.tensor([1]))):
+            with pytest.raises(FocusError, match=r"needs the LXT package .*pip install 'focus-audit\[timm\]'") as error:
+                refuse()
+            assert _one_sentence(str(error.value)), str(error.value)
+    finally:
+        lxt_lrp.lxt_efficient.cache_clear()
+
+
 def _hooks(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 

@@ -151,6 +151,10 @@ def test_gpu_model_gets_the_cpu_weights(trained_like):
     gpu = randomize_full(trained_like.cuda(), seed=4)
     assert gpu.features[0].weight.is_cuda
     assert all(torch.equal(x, y.cpu()) for x, y in zip(cpu.state_dict().values(), gpu.state_dict().values()))
+    vit = _vit("torchvision")[0].eval()
+    cpu, gpu = randomize_full(vit, seed=4), randomize_full(vit.cuda(), seed=4)  # the model's own layer too
+    assert gpu.class_token.is_cuda
+    assert all(torch.equal(x, y.cpu()) for x, y in zip(cpu.state_dict().values(), gpu.state_dict().values()))
 
 
 # --- a model's own parameters: a ViT's class token and position embedding -----------------------------------

@@ -157,6 +157,10 @@ class TrainParams(_FlowParams):
     hflip: bool | None = Field(
         None, description="Random horizontal flips; empty: off for digits (a mirrored digit is another digit), on else."
     )
+    cutmix: float = Field(
+        0.0, ge=0, le=100, description="CutMix's Beta alpha (1.0 in the DeiT/timm ViT recipe: a box of another "
+        "image pasted in, the label mixed by area); 0: off."
+    )
     seed: int = Field(0, ge=0, description="Seed of the initialisation, augmentation and batch order.")
     focus_mosaics: MosaicSetSpec = Field(
         default_factory=lambda: MosaicSetSpec(split="val", per_class=10),
@@ -203,8 +207,13 @@ class TrainParams(_FlowParams):
         return without_empty_database_url(handler(self))
 
     def recipe(self) -> dict[str, Any]:
-        """The training hyper-parameters with the per-dataset defaults filled in."""
+        """The training hyper-parameters with the per-dataset defaults filled in.
+
+        ``cutmix`` is in it only when on, so a run without CutMix keeps the key (:meth:`config_hash`) and the
+        stored recipe it had before CutMix existed.
+        """
         digits = self.dataset.kind == "digits"
+        cutmix = {"cutmix": self.cutmix} if self.cutmix > 0 else {}
         return {
             "epochs": self.epochs,
             "batch_size": self.batch_size,
@@ -212,6 +221,7 @@ class TrainParams(_FlowParams):
             "rotation": self.rotation if self.rotation is not None else (15.0 if digits else 30.0),
             "crop_padding": self.crop_padding if self.crop_padding is not None else (2 if digits else None),
             "hflip": self.hflip if self.hflip is not None else not digits,
+            **cutmix,
             "seed": self.seed,
         }
 

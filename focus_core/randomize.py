@@ -7,16 +7,26 @@ independent randomization of one layer.
 A *layer* is a module with parameters of its own (convolution, linear, BatchNorm...), named by
 its dotted name, listed input to output in registration order (the order in which
 ``named_modules`` visits them, which follows the forward pass for torchvision's CNNs and
-``DigitsCNN``). A *stage* is one weight layer (convolution or linear) together with the
-normalisation layers that directly follow it: a BatchNorm after a convolution belongs to the
-convolution's stage, because it only rescales that convolution's output. A BatchNorm without
-a preceding weight layer, or any other parametrised layer, is a stage of its own.
+``DigitsCNN``). The model's own parameters are one more layer, listed first: a vision
+transformer's class token, register tokens and position embedding (timm: ``cls_token``,
+``reg_token``, ``pos_embed``; torchvision: ``class_token``), which enter at the input. That layer
+is named by its parameters' names joined with ``+`` (``"cls_token+reg_token+pos_embed"``), so a
+ViT has one cascading stage more than its modules give, the last one (with the patch
+embedding's stage before it); a CNN's model owns no parameters and has no such layer.
+(torchvision's ``encoder.pos_embedding`` belongs to the layer ``encoder``.)
+
+A *stage* is one weight layer (convolution or linear) together with the normalisation layers
+that directly follow it: a BatchNorm after a convolution belongs to the convolution's stage,
+because it only rescales that convolution's output. A BatchNorm without a preceding weight
+layer, or any other parametrised layer, is a stage of its own.
 
 Layers are re-initialised with their own ``reset_parameters()`` (BatchNorm: weight 1, bias 0
 and fresh running statistics), on the CPU, under a generator seeded from ``seed`` and the
 layer's name, inside ``torch.random.fork_rng``: the same seed gives the same weights, a layer
 gets the same random weights in every test, and the caller's random state is untouched. A
-layer without ``reset_parameters`` gets ``N(0, 0.02)`` weights.
+layer without ``reset_parameters`` gets ``N(0, 0.02)`` weights, and so do the own parameters of
+a module with children (the model's own layer, torchvision's ``encoder.pos_embedding``): its
+``reset_parameters`` would re-initialise its children too, which are layers of their own.
 
 Examples
 --------
@@ -58,17 +68,20 @@ _WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 def parametrised_layers(model: nn.Module) -> list[str]:
     """Dotted names of the modules that own parameters or buffers, input to output.
 
+    The model's own parameters, if it has any, come first, named by :func:`_own_layer_name`.
+
     Examples
     --------
     >>> from focus_core.models import DigitsCNN
     >>> parametrised_layers(DigitsCNN())[:3]
     ['features.0', 'features.1', 'features.4']
+    >>> from torchvision.models import VisionTransformer
+    >>> vit = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=8)
+    >>> parametrised_layers(vit)[:3]
+    ['class_token', 'conv_proj', 'encoder']
     """
-    return [
-        name
-        for name, module in model.named_modules()
-        if name and _owns_tensors(module)
-    ]
+    own = _own_layer_name(model)
+    return [own] * bool(own) + [name for name, module in model.named_modules() if name and _owns_tensors(module)]
 
 
 def cascading_stage_layers(model: nn.Module) -> list[tuple[str, ...]]:
@@ -85,7 +98,7 @@ def cascading_stage_layers(model: nn.Module) -> list[tuple[str, ...]]:
     """
     stages: list[list[str]] = []
     for name in parametrised_layers(model):
-        module = model.get_submodule(name)
+        module = _layer(model, name)
         if stages and isinstance(module, _NORMS) and _is_weight_layer(model, stages[-1][-1]):
             stages[-1].append(name)
         else:
@@ -206,13 +219,26 @@ def _independent_layers(model: nn.Module, layer: str | None) -> list[str]:
     raise FocusError(f"The model has no parametrised layer {layer!r}: pass one of {shown}.")
 
 
+def _own_layer_name(model: nn.Module) -> str:
+    """The name of the model's own parameters as a layer: theirs joined with ``+``; ``""`` when it has none.
+
+    No module can take that name: a child's name cannot repeat an attribute's, nor contain ``+`` in practice.
+    """
+    return "+".join(name for name, _ in model.named_parameters(recurse=False))
+
+
+def _layer(model: nn.Module, name: str) -> nn.Module:
+    """The module that owns a layer's tensors: the model itself for its own layer."""
+    return model if name == _own_layer_name(model) else model.get_submodule(name)
+
+
 def _owns_tensors(module: nn.Module) -> bool:
     own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
     return len(own) > 0
 
 
 def _is_weight_layer(model: nn.Module, name: str) -> bool:
-    return isinstance(model.get_submodule(name), _WEIGHT_LAYERS)
+    return name != _own_layer_name(model) and isinstance(model.get_submodule(name), _WEIGHT_LAYERS)
 
 
 def _stage_index(stages: list[tuple[str, ...]], stage: int | str) -> int:
@@ -240,22 +266,22 @@ def _reinitialised_copy(model: nn.Module, layers: list[str], seed: int) -> nn.Mo
     new = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
         for name in layers:
-            _reinitialise(new.get_submodule(name), _layer_seed(seed, name))
+            _reinitialise(_layer(new, name), _layer_seed(seed, name))
     return new
 
 
 @torch.no_grad()
 def _reinitialise(module: nn.Module, seed: int) -> None:
     """Re-initialise one module's own parameters on the CPU, then put them back in place."""
+    torch.manual_seed(seed)
+    if not hasattr(module, "reset_parameters") or next(module.children(), None) is not None:
+        for parameter in module.parameters(recurse=False):
+            parameter.copy_(nn.init.normal_(torch.empty(parameter.shape, dtype=parameter.dtype), std=0.02))
+        return
     own = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
     placed = {key: (tensor.device, tensor.dtype) for key, tensor in own.items()}
     cpu = copy.deepcopy(module).cpu() if any(d.type != "cpu" for d, _ in placed.values()) else module
-    torch.manual_seed(seed)
-    if hasattr(cpu, "reset_parameters"):
-        cpu.reset_parameters()
-    else:
-        for parameter in cpu.parameters(recurse=False):
-            nn.init.normal_(parameter, std=0.02)
+    cpu.reset_parameters()
     if cpu is not module:
         fresh = dict(cpu.named_parameters(recurse=False)) | dict(cpu.named_buffers(recurse=False))
         for key, tensor in own.items():

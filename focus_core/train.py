@@ -5,6 +5,10 @@ sample: a rotation in ``[-rotation, rotation]`` degrees about the tile's centre,
 (the tile padded with zeros by ``crop_padding`` pixels on each side, then cropped back at a
 random offset: a whole-pixel shift) and, when ``hflip``, a horizontal flip with p = 0.5. All
 three are one affine resampling (``affine_grid`` + ``grid_sample``, bilinear, zeros outside).
+With ``cutmix > 0`` every augmented batch then goes through torchvision's ``transforms.v2.CutMix``
+(Yun et al. 2019, as in the DeiT/timm ViT recipe): a box of the batch's next image is pasted in,
+its area drawn from Beta(cutmix, cutmix), and the label mixed by area; the loss is the
+cross-entropy on those soft labels, and the training accuracy counts the label with the larger share.
 
 Training is seeded: batch order, augmentation and dropout of epoch ``e`` come from
 ``(config.seed, e)`` alone, so a run resumed at ``start_epoch`` continues exactly like an
@@ -81,6 +85,8 @@ class TrainConfig:
         ``"constant"`` or ``"cosine"`` (cosine decay to 0 over ``epochs``, stepped per batch).
     progress : bool
         Show a tqdm progress bar per epoch.
+    cutmix : float
+        CutMix's Beta parameter alpha (1.0 in DeiT's recipe); 0 turns CutMix off.
 
     Examples
     --------
@@ -100,16 +106,17 @@ class TrainConfig:
     num_workers: int = 0
     lr_schedule: str = "constant"
     progress: bool = False
+    cutmix: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise FocusError(f"Expected {key} to be a positive integer but got {value!r}: pass one.")
-        if not self.lr > 0 or self.weight_decay < 0 or self.rotation < 0:
+        if not self.lr > 0 or self.weight_decay < 0 or self.rotation < 0 or not self.cutmix >= 0:
             raise FocusError(
-                f"Expected lr > 0, weight_decay >= 0 and rotation >= 0 but got {self.lr}, "
-                f"{self.weight_decay} and {self.rotation}: pass valid values."
+                f"Expected lr > 0, weight_decay >= 0, rotation >= 0 and cutmix >= 0 but got {self.lr}, "
+                f"{self.weight_decay}, {self.rotation} and {self.cutmix}: pass valid values."
             )
         if self.crop_padding is not None and self.crop_padding < 0:
             raise FocusError(
@@ -204,6 +211,7 @@ def train_model(
         optimizer.load_state_dict(optimizer_state)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     padding = config.crop_padding if config.crop_padding is not None else dataset.tile_size // 8
+    cutmix = _cutmix(config.cutmix, len(dataset.classes))
     history: list[EpochMetrics] = []
     for epoch in range(start_epoch + 1, config.epochs + 1):
         started = time.perf_counter()
@@ -221,10 +229,16 @@ def train_model(
             for step, batch in enumerate(_progress(batches, config.progress, epoch), start=first_step):
                 x = _augment(dataset.tiles[batch], config, padding, generator, device)
                 y = dataset.labels[batch].to(device)
+                target = y
+                if cutmix is not None:
+                    x, target = cutmix(x, y)
+                    y = target.argmax(1)
                 _set_lr(optimizer, config, step, steps_per_epoch)
                 logits = model(dataset.normalize(x))
                 _check_outputs(logits, y)
-                loss = F.cross_entropy(logits, y)
+                if target.ndim == 2:  # soft labels over the dataset's classes, for a model with as many outputs or more
+                    target = F.pad(target, (0, logits.shape[1] - target.shape[1]))
+                loss = F.cross_entropy(logits, target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -344,6 +358,15 @@ def _augment(
     grid = F.affine_grid(theta, list(tiles.shape), align_corners=False)
     out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _cutmix(alpha: float, num_classes: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+    """torchvision's batch CutMix (it draws from torch's global generator, seeded per epoch), or None when off."""
+    if alpha == 0:
+        return None
+    from torchvision.transforms import v2
+
+    return v2.CutMix(alpha=alpha, num_classes=num_classes)
 
 
 def _progress(batches: list[torch.Tensor], enabled: bool, epoch: int) -> Any:

@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                 help="Random-crop padding (default 2 for digits, 1/8 of the tile else).")
     opts.option(p, "--hflip", field="hflip", action=argparse.BooleanOptionalAction, default=None,
                 help="Random horizontal flips (default off for digits, on else).")
+    opts.option(p, "--cutmix", field="cutmix", type=float, metavar="ALPHA",
+                help="CutMix with this Beta alpha (1.0 in the DeiT/timm ViT recipe; default 0: off).")
     opts.option(p, "--retries", field="retries", type=int, metavar="N",
                 help="Retries of a failed epoch, from the last checkpoint (default 1).")
     opts.option(p, "--figures-dir", field="figures_dir", convert=opts.absolute, metavar="DIR",

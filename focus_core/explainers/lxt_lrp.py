@@ -55,6 +55,16 @@ _ACTIVATIONS: tuple[type, ...] = (nn.GELU,)  # element-wise: the identity rule (
 _PASS_THROUGH = (nn.Linear, nn.Conv2d, nn.Identity, nn.Dropout, nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
+def _require_lxt() -> None:
+    """Refuse in one sentence where LXT is not installed (it comes with the ``timm`` extra)."""
+    try:
+        import lxt  # noqa: F401
+    except ImportError:
+        raise FocusError(
+            "Explainer 'attnlrp' needs the LXT package (lxt), which is not installed: pip install 'focus-audit[timm]'."
+        ) from None
+
+
 @functools.lru_cache(maxsize=1)
 def lxt_efficient() -> tuple[types.ModuleType, types.ModuleType, types.ModuleType]:
     """LXT 2.1's ``lxt.efficient.rules``, ``lxt.efficient.patches`` and ``lxt.efficient.zennit_patches`` modules.
@@ -63,7 +73,13 @@ def lxt_efficient() -> tuple[types.ModuleType, types.ModuleType, types.ModuleTyp
     (``transformers.modeling_attn_mask_utils``, gone in 5.x); the rules and patches need only torch. Where the
     package import fails for that reason, these three modules are imported from LXT's files under a bare package
     that is removed again, so ``import lxt.efficient`` elsewhere behaves as before.
+
+    Raises
+    ------
+    FocusError
+        Where LXT is not installed.
     """
+    _require_lxt()
     try:
         from lxt.efficient import patches, rules, zennit_patches
     except ImportError:
@@ -148,8 +164,9 @@ def check_lxt_support(model: nn.Module, attention: str = "cp") -> None:
     Raises
     ------
     FocusError
-        For a model that is not a timm or torchvision ``VisionTransformer``, one with a layer LXT has no rule for
-        here (a gated attention, SwiGLU, RoPE attention...), or ``attention="attnlrp"`` on torchvision's ViT.
+        Where LXT is not installed; for a model that is not a timm or torchvision ``VisionTransformer``, one with
+        a layer LXT has no rule for here (a gated attention, SwiGLU, RoPE attention...), or ``attention="attnlrp"``
+        on torchvision's ViT.
 
     Examples
     --------
@@ -159,6 +176,7 @@ def check_lxt_support(model: nn.Module, attention: str = "cp") -> None:
     ...
     focus_core.errors.FocusError: Explainer 'attnlrp' (LXT) explains vision transformers only ...: use 'lrp' for convolutional networks.
     """
+    _require_lxt()
     found = _library(model)
     if found is None:
         kind = "convolutional networks" if patch_geometry(model) is None else "other models"

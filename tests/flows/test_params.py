@@ -156,3 +156,15 @@ def test_the_audit_form_shows_neither_the_store_url_nor_an_internal_id():
     assert AuditParams(run={"database_url": "sqlite:///x.db"}).run.as_run_spec().database_url == "sqlite:///x.db"
     with pytest.raises(ValueError, match="password"):
         AuditParams(run={"database_url": "postgresql://me:secret@db/focus"})
+
+
+def test_cutmix_is_a_training_option_that_leaves_every_run_without_it_keyed_as_before():
+    from flows.cli.params import given
+    from flows.cli.parser import build_parser
+
+    plain, mixed = TrainParams(), TrainParams(cutmix=1.0)
+    assert "cutmix" not in plain.recipe() and mixed.recipe()["cutmix"] == 1.0
+    assert plain.config_hash() == TrainParams(cutmix=0.0).config_hash() != mixed.config_hash()
+    assert given(build_parser().parse_args(["train", "--cutmix", "1"]))["cutmix"] == 1.0
+    with pytest.raises(ValueError, match="cutmix"):
+        TrainParams(cutmix=-1.0)

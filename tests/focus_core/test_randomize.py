@@ -151,3 +151,70 @@ def test_gpu_model_gets_the_cpu_weights(trained_like):
     gpu = randomize_full(trained_like.cuda(), seed=4)
     assert gpu.features[0].weight.is_cuda
     assert all(torch.equal(x, y.cpu()) for x, y in zip(cpu.state_dict().values(), gpu.state_dict().values()))
+    vit = _vit("torchvision")[0].eval()
+    cpu, gpu = randomize_full(vit, seed=4), randomize_full(vit.cuda(), seed=4)  # the model's own layer too
+    assert gpu.class_token.is_cuda
+    assert all(torch.equal(x, y.cpu()) for x, y in zip(cpu.state_dict().values(), gpu.state_dict().values()))
+
+
+# --- a model's own parameters: a ViT's class token and position embedding -----------------------------------
+
+
+def _perturbed(model: nn.Module) -> nn.Module:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for tensor in model.parameters():
+            tensor.add_(torch.rand_like(tensor) + 0.5)
+    return model.eval()
+
+
+def _vit(library: str) -> tuple[nn.Module, str, tuple[str, ...]]:
+    """(a small ViT, its own layer's name, that layer's parameters) from torchvision or timm."""
+    torch.manual_seed(0)
+    if library == "torchvision":
+        import torchvision
+
+        vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                                   hidden_dim=8, mlp_dim=8, num_classes=3)
+        return vit, "class_token", ("class_token",)
+    timm = pytest.importorskip("timm")  # an optional extra
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, embed_dim=8,
+                            num_heads=2, num_classes=3, reg_tokens=2)
+    return vit, "cls_token+reg_token+pos_embed", ("cls_token", "reg_token", "pos_embed")
+
+
+@pytest.mark.parametrize("library", ["torchvision", "timm"])
+def test_a_vits_own_tokens_and_position_embedding_are_a_layer_randomized_last_in_the_cascade(library):
+    model, own, tensors = _vit(library)
+    model = _perturbed(model)
+    assert parametrised_layers(model)[0] == own and cascading_stage_layers(model)[-1] == (own,)
+    full = randomize_full(model, seed=0)
+    trained, random = dict(model.named_parameters()), dict(full.named_parameters())
+    assert [k for k in trained if torch.equal(trained[k], random[k])] == []  # every tensor re-initialised
+    assert all(random[k].abs().max() < 0.2 for k in tensors)  # N(0, 0.02)
+    last = randomize_cascading(model, own, seed=0)
+    assert all(torch.equal(x, y) for x, y in zip(full.state_dict().values(), last.state_dict().values()))
+    before_last = dict(randomize_cascading(model, len(cascading_stages(model)) - 2, seed=0).named_parameters())
+    assert [k for k in trained if torch.equal(trained[k], before_last[k])] == list(tensors)
+    alone = dict(randomize_independent(model, own, seed=0).named_parameters())
+    assert [k for k in trained if not torch.equal(trained[k], alone[k])] == list(tensors)
+
+
+def test_a_module_with_children_keeps_them_when_its_own_parameters_are_reset():
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.full((4,), 5.0))
+            self.inner = nn.Linear(4, 4)
+
+        def reset_parameters(self) -> None:  # resets its child too: not what one layer's randomization may do
+            nn.init.ones_(self.scale)
+            self.inner.reset_parameters()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x) * self.scale
+
+    model = nn.Sequential(Block(), nn.Linear(4, 2))
+    random = randomize_independent(model, "0", seed=0)
+    assert torch.equal(random[0].inner.weight, model[0].inner.weight)
+    assert random[0].scale.abs().max() < 0.2

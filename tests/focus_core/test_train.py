@@ -47,7 +47,8 @@ def test_defaults_are_the_papers_recipe():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"epochs": 0}, {"batch_size": -1}, {"lr": 0.0}, {"crop_padding": -2}, {"lr_schedule": "step"}]
+    "kwargs",
+    [{"epochs": 0}, {"batch_size": -1}, {"lr": 0.0}, {"crop_padding": -2}, {"lr_schedule": "step"}, {"cutmix": -1.0}],
 )
 def test_bad_config(kwargs):
     with pytest.raises(FocusError):
@@ -62,6 +63,36 @@ def test_same_seed_same_metrics_and_weights(small_digits):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     other = train_model(_tiny(), small_digits, replace(CONFIG, seed=1))
     assert strip(other) != strip(first)
+
+
+def test_cutmix_pastes_a_box_of_the_batchs_next_tile_and_is_seeded(small_digits):
+    """No rotation, crop or flip: without CutMix every training input is a tile; with it, most are two tiles, one
+    pasted into the other (torchvision's CutMix pairs each image with the one before it in the batch)."""
+    config = replace(CONFIG, rotation=0.0, crop_padding=0, cutmix=1.0)
+    assert TrainConfig().cutmix == 0.0  # off by default: every recipe so far trains as it did
+    seen: list[torch.Tensor] = []
+    model = _tiny()
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()) if module.training
+                                           else None)
+    history = train_model(model, small_digits, config)
+    hook.remove()
+    tiles = small_digits.normalize(small_digits.tiles[small_digits.indices("train")])
+    flat, mixed = tiles.flatten(1), 0
+    for batch in seen:
+        for image in batch:
+            if (flat == image.flatten()).all(1).any():  # a box of zero area, or two tiles alike there
+                continue
+            agree = (tiles == image).all(1)  # (N, h, w): where the image is each tile
+            first = agree.flatten(1).sum(1).argmax()
+            rest = ~agree[first]
+            second = (agree & rest).flatten(1).sum(1).argmax()
+            assert (agree[first] | agree[second]).all()  # two tiles, each over its own part of the image
+            mixed += 1
+    assert mixed > len(seen) * len(seen[0]) // 2
+    again = _tiny()
+    assert [replace(m, seconds=0.0) for m in train_model(again, small_digits, config)] == \
+        [replace(m, seconds=0.0) for m in history]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
 def test_metrics_callback_and_eval_mode(small_digits):

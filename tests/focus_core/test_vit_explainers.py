@@ -2,7 +2,7 @@
 
 Toy ViTs (timm and torchvision, random weights) check the token reshape against a slow per-sample reference, that
 prefix tokens (class and register tokens) are dropped, LXT's conservation, the refusals and that patching a model
-leaks nothing. A small timm ViT trained on the bundled digits checks Focus (marked ``training``; run with ``-s`` to
+leaks nothing. Small timm ViTs trained on the bundled digits check Focus (marked ``training``; run with ``-s`` to
 see the measured numbers).
 """
 
@@ -211,6 +211,25 @@ def test_lxt_refuses_what_it_cannot_explain_in_one_sentence():
     get_explainer("lrp").check_model(cnn)  # CNNs pass
 
 
+def test_attnlrp_without_lxt_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from focus_core.explainers import lxt_lrp
+
+    for name in [name for name in sys.modules if name == "lxt" or name.startswith("lxt.")] or ["lxt"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if LXT were not installed: importing it fails
+    lxt_lrp.lxt_efficient.cache_clear()
+    try:
+        explainer = get_explainer("attnlrp")  # building it needs no LXT: a stored run's method still parses
+        for refuse in (lambda: explainer.check_model(toy_vit()), lambda: explainer(toy_vit(), torch.randn(1, 1, 32, 32),
+                                                                                    torch.tensor([1]))):
+            with pytest.raises(FocusError, match=r"needs the LXT package .*pip install 'focus-audit\[timm\]'") as error:
+                refuse()
+            assert _one_sentence(str(error.value)), str(error.value)
+    finally:
+        lxt_lrp.lxt_efficient.cache_clear()
+
+
 def _hooks(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
@@ -253,19 +272,24 @@ def test_patch_alignment_refuses_tiles_that_cut_patches():
 
 # --- Focus of a small ViT trained on the digits --------------------------------------------------------------
 
-#: Two timm ViTs on 32-pixel digit tiles (64-pixel mosaics), no positional embedding and average pooling: a
-#: learned embedding of a tile's 4x4 grid is interpolated to the mosaic's 8x8 grid, which puts every tile's
-#: patches at the wrong positions (patch 8, class token: 0.40 mosaic accuracy, GradCAM Focus 0.52), and without it
-#: a tile's tokens are the same in a tile and in a mosaic. Patch 32 (one token per tile) is the model that reaches
-#: the issue's Focus; patch 16 (2x2 patches per tile) is held to what it measured (GradCAM 0.77, LRP 0.72).
-#: Randomized, the one-token-per-tile ViT scores below chance (GradCAM ~0.37, LRP ~0.45 over three seeds): its two
-#: target tiles are two tokens of one class, alike, among four; the bounds hold it inside [0.35, 0.65].
-VITS = {
-    "patch32": dict(patch_size=32, depth=4),
-    "patch16": dict(patch_size=16, depth=4),
-}
-#: (trained median at least, randomized median within)
-BOUNDS = {"patch32": (0.8, (0.35, 0.65)), "patch16": (0.68, (0.4, 0.6))}
+#: Three timm ViTs (depth 4, width 64) on 32-pixel digit tiles (64-pixel mosaics), no positional embedding and
+#: average pooling: a learned embedding of a tile's 4x4 grid is interpolated to the mosaic's 8x8 grid, which puts
+#: every tile's patches at the wrong positions (patch 8: 0.40 mosaic accuracy, GradCAM Focus 0.52), and without it
+#: a tile's tokens are the same in a tile and in a mosaic. Trained with CutMix (the DeiT/timm recipe: a box of
+#: another digit pasted in, the label mixed by area): patch 16 0.82 / 0.79 (GradCAM / LRP; 0.77 / 0.72 after 15
+#: epochs without CutMix), patch 8 0.66 / 0.68 (0.62 / 0.65 after 30 epochs without it).
+#: Patch 32 (one token per tile) reaches the issue's Focus (0.88 / 0.96); patch 16 (2x2 patches per tile) nearly;
+#: patch 8 (4x4 patches per tile, the issue's example) does not, and is held to what it measured. What did not lift
+#: patch 8 either (scratch runs, GradCAM / LRP): training on 2x2 mosaics of training tiles with mixed labels
+#: (0.59 / 0.62; with a learned 8x8 position embedding 0.61 / 0.64, after 40 epochs 0.63 / 0.71), per-token labels
+#: on those mosaics (with it 0.80 / 0.65: GradCAM follows the token labels, LRP shows the decision mixes tiles),
+#: max pooling (0.52 / 0.77), LayerScale 0.1 (0.64 / 0.69), RoPE (timm's Eva, GradCAM 0.58; LXT has no rule for it).
+#: Randomized (all tensors, the class token included: randomize_full), the ViTs with several tokens per tile
+#: score about 0.5; the one-token-per-tile ViT scores below chance (GradCAM ~0.36, LRP ~0.46 over three seeds):
+#: its two target tiles are two tokens of one class, alike, among four; its bounds hold it inside [0.3, 0.65].
+VITS = {"patch32": 32, "patch16": 16, "patch8": 8}
+#: (validation accuracy at least, trained median at least, randomized median within)
+BOUNDS = {"patch32": (0.95, 0.8, (0.3, 0.65)), "patch16": (0.95, 0.75, (0.4, 0.6)), "patch8": (0.88, 0.6, (0.4, 0.6))}
 METHODS = ("gradcam", "gradcam++", "attnlrp", "input_x_gradient")
 
 
@@ -277,22 +301,23 @@ def digits():
 @pytest.fixture(scope="module")
 def mosaics(digits):
     manifest = build_manifest(digits, split="test", per_class=20, seed=0)
-    return compose_normalized(digits.tiles, manifest.index_tensor(), digits), manifest.target_classes(), target_mask(manifest)
+    inputs = compose_normalized(digits.tiles, manifest.index_tensor(), digits)
+    return inputs, manifest.target_classes(), target_mask(manifest)
 
 
 @pytest.fixture(scope="module")
 def trained_vits(digits):
-    """Trained once per module: 15 epochs without rotation or crops, which a ViT this small does not learn through
-    in 15 epochs (patch 8: 0.49 validation accuracy with the CNN recipe's augmentation, 0.89 without)."""
+    """Trained once per module: 30 epochs with CutMix, without rotation or crops, which a ViT this small does not
+    learn through (patch 8, 15 epochs: 0.49 validation accuracy with the CNN recipe's augmentation, 0.89 without)."""
     out = {}
-    for name, overrides in VITS.items():
+    for name, patch_size in VITS.items():
         torch.manual_seed(0)
-        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, embed_dim=64, num_heads=4,
-                                  in_chans=1, num_classes=10, pos_embed="none", global_pool="avg",
-                                  dynamic_img_size=True, **overrides)
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=patch_size, depth=4,
+                                  embed_dim=64, num_heads=4, in_chans=1, num_classes=10, pos_embed="none",
+                                  global_pool="avg", dynamic_img_size=True)
         started = time.perf_counter()
-        history = train_model(model, digits, TrainConfig.digits(epochs=15, lr=1e-3, batch_size=32, rotation=0.0,
-                                                                crop_padding=0))
+        history = train_model(model, digits, TrainConfig.digits(epochs=30, lr=1e-3, batch_size=32, rotation=0.0,
+                                                                crop_padding=0, cutmix=1.0))
         out[name] = (model, history[-1].val_accuracy, time.perf_counter() - started)
     return out
 
@@ -314,8 +339,8 @@ def test_trained_vit_is_focused_and_a_random_one_is_not(trained_vits, mosaics, n
     random = {m: round(sum(medians) / len(medians), 3) for m, medians in per_seed.items()}
     print(f"\n{name}: val accuracy {accuracy:.3f}, trained in {seconds:.1f} s; median Focus trained {trained}, "
           f"randomized (mean of 3 seeds' medians) {random}, per seed {per_seed}")
-    at_least, (low, high) = BOUNDS[name]
-    assert accuracy >= 0.95
+    accurate, at_least, (low, high) = BOUNDS[name]
+    assert accuracy >= accurate
     for method in ("gradcam", "attnlrp"):
         assert trained[method] >= at_least, (method, trained[method])
         assert low <= random[method] <= high, (method, random[method])

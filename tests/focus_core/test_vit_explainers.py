@@ -17,7 +17,6 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from focus_core.data import load_digits
 from focus_core.errors import FocusError
 from focus_core.explainers import get_explainer
 from focus_core.explainers.lxt_lrp import check_lxt_support, lxt_rules
@@ -276,26 +275,31 @@ def test_patch_alignment_refuses_tiles_that_cut_patches():
 #: average pooling: a learned embedding of a tile's 4x4 grid is interpolated to the mosaic's 8x8 grid, which puts
 #: every tile's patches at the wrong positions (patch 8: 0.40 mosaic accuracy, GradCAM Focus 0.52), and without it
 #: a tile's tokens are the same in a tile and in a mosaic. Trained with CutMix (the DeiT/timm recipe: a box of
-#: another digit pasted in, the label mixed by area): patch 16 0.82 / 0.79 (GradCAM / LRP; 0.77 / 0.72 after 15
-#: epochs without CutMix), patch 8 0.66 / 0.68 (0.62 / 0.65 after 30 epochs without it).
-#: Patch 32 (one token per tile) reaches the issue's Focus (0.88 / 0.96); patch 16 (2x2 patches per tile) nearly;
-#: patch 8 (4x4 patches per tile, the issue's example) does not, and is held to what it measured. What did not lift
-#: patch 8 either (scratch runs, GradCAM / LRP): training on 2x2 mosaics of training tiles with mixed labels
+#: another digit pasted in, the label mixed by area). Patch 16 (2x2 patches per tile) reaches the issue's bar after
+#: 50 epochs: GradCAM / LRP 0.821 / 0.815 (training seeds 1 and 2: 0.819 / 0.809 and 0.830 / 0.808; after 30
+#: epochs 0.815 / 0.790, after 15 without CutMix 0.77 / 0.72; LXT's AttnLRP softmax rule 0.818-0.834).
+#: Patch 32 (one token per tile) 0.88 / 0.96 after 30. Patch 8 (4x4 patches per tile, the issue's example) does
+#: not reach it: 0.66 / 0.68 after 30 epochs (0.62 / 0.65 without CutMix), held to what it measured. What did not
+#: lift patch 8 either (scratch runs, GradCAM / LRP): training on 2x2 mosaics of training tiles with mixed labels
 #: (0.59 / 0.62; with a learned 8x8 position embedding 0.61 / 0.64, after 40 epochs 0.63 / 0.71), per-token labels
 #: on those mosaics (with it 0.80 / 0.65: GradCAM follows the token labels, LRP shows the decision mixes tiles),
-#: max pooling (0.52 / 0.77), LayerScale 0.1 (0.64 / 0.69), RoPE (timm's Eva, GradCAM 0.58; LXT has no rule for it).
+#: max pooling (0.52 / 0.77), LayerScale 0.1 (0.64 / 0.69), RoPE (timm's Eva, GradCAM 0.58; LXT has no rule for it),
+#: per-token norm before the pooling (fc_norm=False, 0.58 / 0.67). Patch 16 at depth 2 or 3, 2 heads, stochastic
+#: depth 0.1 or fc_norm=False stays within 0.77-0.83 after 30 epochs.
 #: Randomized (all tensors, the class token included: randomize_full), the ViTs with several tokens per tile
-#: score about 0.5; the one-token-per-tile ViT scores below chance (GradCAM ~0.36, LRP ~0.46 over three seeds):
-#: its two target tiles are two tokens of one class, alike, among four; its bounds hold it inside [0.3, 0.65].
-VITS = {"patch32": 32, "patch16": 16, "patch8": 8}
+#: score about 0.5 (patch 16: 0.516 / 0.491); the one-token-per-tile ViT scores below chance (GradCAM ~0.36, LRP
+#: ~0.46 over three seeds): its two target tiles are two tokens of one class, alike, among four; its bounds hold it
+#: inside [0.3, 0.65].
+#: name: (patch size, epochs)
+VITS = {"patch32": (32, 30), "patch16": (16, 50), "patch8": (8, 30)}
 #: (validation accuracy at least, trained median at least, randomized median within)
-BOUNDS = {"patch32": (0.95, 0.8, (0.3, 0.65)), "patch16": (0.95, 0.75, (0.4, 0.6)), "patch8": (0.88, 0.6, (0.4, 0.6))}
+BOUNDS = {"patch32": (0.95, 0.8, (0.3, 0.65)), "patch16": (0.95, 0.8, (0.4, 0.6)), "patch8": (0.88, 0.6, (0.4, 0.6))}
 METHODS = ("gradcam", "gradcam++", "attnlrp", "input_x_gradient")
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_digits(seed=0, tile_size=32)
+def digits(digits32):
+    return digits32
 
 
 @pytest.fixture(scope="module")
@@ -307,16 +311,16 @@ def mosaics(digits):
 
 @pytest.fixture(scope="module")
 def trained_vits(digits):
-    """Trained once per module: 30 epochs with CutMix, without rotation or crops, which a ViT this small does not
+    """Trained once per module: 30 or 50 epochs with CutMix, without rotation or crops, which a ViT this small does not
     learn through (patch 8, 15 epochs: 0.49 validation accuracy with the CNN recipe's augmentation, 0.89 without)."""
     out = {}
-    for name, patch_size in VITS.items():
+    for name, (patch_size, epochs) in VITS.items():
         torch.manual_seed(0)
         model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=patch_size, depth=4,
                                   embed_dim=64, num_heads=4, in_chans=1, num_classes=10, pos_embed="none",
                                   global_pool="avg", dynamic_img_size=True)
         started = time.perf_counter()
-        history = train_model(model, digits, TrainConfig.digits(epochs=30, lr=1e-3, batch_size=32, rotation=0.0,
+        history = train_model(model, digits, TrainConfig.digits(epochs=epochs, lr=1e-3, batch_size=32, rotation=0.0,
                                                                 crop_padding=0, cutmix=1.0))
         out[name] = (model, history[-1].val_accuracy, time.perf_counter() - started)
     return out

@@ -12,10 +12,11 @@ and drops the database:
 ``--sqlite`` does the same on SQLite files in a temporary folder (the plans from ``EXPLAIN QUERY PLAN``:
 a ``SCAN`` of a table is its full scan).
 
-The shape, per size: a training run ``digits`` with 5 epoch checkpoints (GradCAM on a validation
-mosaic set), its final checkpoint under 6 methods, trained and fully random, on the test mosaic set,
-and nightly audits (4 audited checkpoints x 6 methods on an audit mosaic set) for the remaining
-rows; every evaluation scores ``--mosaics`` mosaics. What a query asks for stays the same across
+The shape, per size: a training run ``demo-digits`` (the name the cookbook asks for) with 5 epoch
+checkpoints (GradCAM on a validation mosaic set, recorded as each epoch's Focus), its final checkpoint
+under 6 methods, trained and fully random, on the test mosaic set, and nightly audits (4 audited
+checkpoints x 6 methods on an audit mosaic set) for the remaining rows; every evaluation scores
+``--mosaics`` mosaics. What a query asks for stays the same across
 sizes (the latest audit, the test set, one training run); only the store grows.
 
 JSON (``--out``): ``{"machine", "database", "sizes": [{"rows", "fill_s", "queries": {name: {"median_ms",
@@ -56,6 +57,7 @@ EPOCHS = 5
 AUDITED = 4  # checkpoints per nightly audit
 CLASSES = 10
 IMAGES = 4000
+RUN_NAME = "demo-digits"  # the training run the README's cookbook names (written for what `make demo` records)
 CHUNK = 2500
 
 
@@ -113,17 +115,17 @@ class Filler:
         sets = {name: self._mosaic_set(dataset, layout, split) for name, layout, split in
                 (("val", "random", "val"), ("test", "random", "test"), ("audit", "top", "test"))}
         methods = {name: db.register_method(engine, name, {"bench": name}) for name in METHODS}
-        run = db.register_training_run(engine, uuid.uuid4().hex * 2, "digits_cnn", {"epochs": EPOCHS}, name="digits",
+        run = db.register_training_run(engine, uuid.uuid4().hex * 2, "digits_cnn", {"epochs": EPOCHS}, name=RUN_NAME,
                                        dataset_id=dataset.dataset_id)
         checkpoints = []
         for epoch in range(1, EPOCHS + 1):
             checkpoint = db.register_checkpoint(engine, uuid.uuid4().hex * 2, "digits_cnn", CLASSES,
                                                 training_run_id=run, epoch=epoch)
             checkpoints.append(checkpoint)
-            self.evaluate(checkpoint, methods["gradcam"], sets["val"], level=0.5 + 0.06 * epoch)
+            focus = self.evaluate(checkpoint, methods["gradcam"], sets["val"], level=0.5 + 0.06 * epoch)
             db.record_epoch(engine, run, epoch, train_loss=1.0 / epoch, val_loss=1.2 / epoch,
                             val_accuracy=0.5 + 0.08 * epoch, val_mean_class_accuracy=0.5 + 0.07 * epoch,
-                            focus_median=0.5 + 0.06 * epoch)
+                            focus_median=0.5 + 0.06 * epoch, evaluation_ids=[focus])
         db.finish_training_run(engine, run)
         final = {}
         for name, method in methods.items():
@@ -167,7 +169,7 @@ def queries(ids: dict[str, Any]) -> dict[str, Callable[[Engine], Any]]:
         "focus_regressions": lambda e: db.focus_regressions(e, 0.05, ids["audits"][-1]),
         "checkpoints_to_audit": db.checkpoints_to_audit,
         "randomization_medians": lambda e: db.randomization_medians(e, ids["final_checkpoint"], ids["test_set"]),
-        "latest_training_run": lambda e: db.latest_training_run(e, "digits"),
+        "latest_training_run": lambda e: db.latest_training_run(e, RUN_NAME),
         "finished_audit_runs": db.finished_audit_runs,
         "checkpoint_origin": lambda e: db.checkpoint_origin(e, ids["final_checkpoint"]),
         "checkpoint_origins": lambda e: db.checkpoint_origins(e, [ids["final_checkpoint"], *ids["audited"]]),

@@ -16,8 +16,8 @@ The shape, per size: a training run ``demo-digits`` (the name the cookbook asks 
 checkpoints (GradCAM on a validation mosaic set, recorded as each epoch's Focus), its final checkpoint
 under 6 methods, trained and fully random, on the test mosaic set, and nightly audits (4 audited
 checkpoints x 6 methods on an audit mosaic set) for the remaining rows; every evaluation scores
-``--mosaics`` mosaics. What a query asks for stays the same across
-sizes (the latest audit, the test set, one training run); only the store grows.
+``--mosaics`` mosaics. What a query asks for stays the same across sizes (the latest audit, the test set,
+one training run); only the store grows.
 
 JSON (``--out``): ``{"machine", "database", "sizes": [{"rows", "fill_s", "queries": {name: {"median_ms",
 "plan_has_seq_scan_on_mosaic_result", ...}}}], "growth": {name: largest_over_smallest}}``.

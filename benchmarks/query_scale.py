@@ -2,10 +2,10 @@
 
 For each size of ``--rows`` it creates a fresh PostgreSQL database on the ``--db`` server, fills it
 through the project's own write path (``db.register_*``, ``db.write_mosaic_results``,
-``db.finish_evaluation``) with the shape of a platform team's store, runs VACUUM (ANALYZE) (what
-autovacuum does on a live server; ANALYZE on SQLite), then times every README cookbook query and every
-public ``db.queries`` function (median of ``--repeat`` runs after one warm-up), checks each statement's
-plan with EXPLAIN and drops the database:
+``db.finish_evaluation``) with the shape of a platform team's store and runs VACUUM (ANALYZE) (what
+autovacuum does on a live server; ANALYZE on SQLite) and a CHECKPOINT. With every size filled, it times
+every README cookbook query and every public ``db.queries`` function on each size in turn (median of
+``--repeat`` runs after one warm-up), checks each statement's plan with EXPLAIN and drops the databases:
 
     .venv/bin/python benchmarks/query_scale.py --rows 1000000,10000000 --out benchmarks/results/query_scale.json
 
@@ -37,7 +37,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 
 import db
 from flows import analysis
@@ -282,38 +283,53 @@ def _settle(engine: Engine) -> None:
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.exec_driver_sql("VACUUM (ANALYZE)")
+            try:  # the fill's dirty pages written now, not by the checkpointer during the timings
+                connection.exec_driver_sql("CHECKPOINT")
+            except DBAPIError:  # CHECKPOINT needs a superuser or pg_checkpoint; the timings go on without it
+                pass
         return
     with engine.begin() as connection:
         connection.exec_driver_sql("ANALYZE")
 
 
-def one_size(server: str | None, rows: int, mosaics: int, repeat: int) -> dict[str, Any]:
-    """Fill one store of ``rows`` rows and measure every query (``server`` ``None``: SQLite)."""
-    with _database(server) as url:
-        db.upgrade(url)
-        engine = db.open_store(url)
-        try:
-            start = time.perf_counter()
-            filler = Filler(engine, mosaics)
-            ids = filler.fill(rows)
-            fill_s = time.perf_counter() - start
-            _settle(engine)
-            with engine.connect() as connection:
-                stored = connection.scalar(text("SELECT COUNT(*) FROM mosaic_result"))
-                if server is None:  # the whole file: SQLite keeps one table
-                    size, partitions = os.path.getsize(make_url(url).database), 1
-                else:
-                    size = connection.scalar(text(_PG_SIZE))
-                    partitions = connection.scalar(text("SELECT COUNT(*) FROM pg_partition_tree('mosaic_result') "
-                                                        "WHERE isleaf"))
-            results = {q: measure(engine, run, repeat) for q, run in queries(ids).items()}
-        finally:
-            engine.dispose()
-    return {"rows": int(stored), "requested_rows": rows, "evaluations": filler.rows // mosaics,
-            "mosaics_per_evaluation": mosaics, "audits": len(ids["audits"]), "partitions": int(partitions),
-            "mosaic_result_bytes": int(size), "fill_s": round(fill_s, 2),
-            "write_rows_per_s": round(filler.rows / filler.write_s), "load_after_fill": os.getloadavg()[0],
-            "queries": results}
+def fill_size(stack: ExitStack, server: str | None, rows: int, mosaics: int) -> tuple[Engine, dict, dict]:
+    """Fill one store of ``rows`` rows (``server`` ``None``: SQLite), kept open on ``stack`` (dropped when it
+    closes); returns its engine, the ids the queries ask about and its figures (``queries`` still empty)."""
+    url = stack.enter_context(_database(server))
+    db.upgrade(url)
+    engine = db.open_store(url)
+    stack.callback(engine.dispose)  # before the database is dropped
+    start = time.perf_counter()
+    filler = Filler(engine, mosaics)
+    ids = filler.fill(rows)
+    fill_s = time.perf_counter() - start
+    _settle(engine)
+    with engine.connect() as connection:
+        stored = connection.scalar(text("SELECT COUNT(*) FROM mosaic_result"))
+        if server is None:  # the whole file: SQLite keeps one table
+            size, partitions = os.path.getsize(make_url(url).database), 1
+        else:
+            size = connection.scalar(text(_PG_SIZE))
+            partitions = connection.scalar(text("SELECT COUNT(*) FROM pg_partition_tree('mosaic_result') "
+                                                "WHERE isleaf"))
+    figures = {"rows": int(stored), "requested_rows": rows, "evaluations": filler.rows // mosaics,
+               "mosaics_per_evaluation": mosaics, "audits": len(ids["audits"]), "partitions": int(partitions),
+               "mosaic_result_bytes": int(size), "fill_s": round(fill_s, 2),
+               "write_rows_per_s": round(filler.rows / filler.write_s), "load_after_fill": os.getloadavg()[0],
+               "queries": {}}
+    return engine, ids, figures
+
+
+def measure_sizes(server: str | None, sizes: list[int], mosaics: int, repeat: int) -> list[dict[str, Any]]:
+    """Fill every size first, then measure each query on every size in turn (the sizes of one query minutes
+    apart would compare two states of this shared machine, not two stores)."""
+    with ExitStack() as stack:
+        stores = [fill_size(stack, server, rows, mosaics) for rows in sizes]
+        plans = [queries(ids) for _engine, ids, _figures in stores]
+        for name in plans[0]:
+            for (engine, _ids, figures), named in zip(stores, plans, strict=True):
+                figures["queries"][name] = measure(engine, named[name], repeat)
+        return [figures for _engine, _ids, figures in stores]
 
 
 def _machine() -> dict[str, Any]:
@@ -347,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "machine": machine,
         "database": database,
-        "sizes": [one_size(server, rows, args.mosaics, args.repeat) for rows in sizes],
+        "sizes": measure_sizes(server, sizes, args.mosaics, args.repeat),
     }
     result["machine"]["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True,
                                                        check=False).stdout.strip()

@@ -2,21 +2,22 @@
 
 For each size of ``--rows`` it creates a fresh PostgreSQL database on the ``--db`` server, fills it
 through the project's own write path (``db.register_*``, ``db.write_mosaic_results``,
-``db.finish_evaluation``) with the shape of a platform team's store, runs ANALYZE (what autovacuum
-does on a live server), then times every README cookbook query and every public ``db.queries``
-function (median of ``--repeat`` runs after one warm-up), checks each statement's plan with EXPLAIN
-and drops the database:
+``db.finish_evaluation``) with the shape of a platform team's store and runs VACUUM (ANALYZE) (what
+autovacuum does on a live server; ANALYZE on SQLite) and a CHECKPOINT. With every size filled, it times
+every README cookbook query and every public ``db.queries`` function on each size in turn (median of
+``--repeat`` runs after one warm-up), checks each statement's plan with EXPLAIN and drops the databases:
 
     .venv/bin/python benchmarks/query_scale.py --rows 1000000,10000000 --out benchmarks/results/query_scale.json
 
 ``--sqlite`` does the same on SQLite files in a temporary folder (the plans from ``EXPLAIN QUERY PLAN``:
 a ``SCAN`` of a table is its full scan).
 
-The shape, per size: a training run ``digits`` with 5 epoch checkpoints (GradCAM on a validation
-mosaic set), its final checkpoint under 6 methods, trained and fully random, on the test mosaic set,
-and nightly audits (4 audited checkpoints x 6 methods on an audit mosaic set) for the remaining
-rows; every evaluation scores ``--mosaics`` mosaics. What a query asks for stays the same across
-sizes (the latest audit, the test set, one training run); only the store grows.
+The shape, per size: a training run ``demo-digits`` (the name the cookbook asks for) with 5 epoch
+checkpoints (GradCAM on a validation mosaic set, recorded as each epoch's Focus), its final checkpoint
+under 6 methods, trained and fully random, on the test mosaic set, and nightly audits (4 audited
+checkpoints x 6 methods on an audit mosaic set) for the remaining rows; every evaluation scores
+``--mosaics`` mosaics. What a query asks for stays the same across sizes (the latest audit, the test set,
+one training run); only the store grows.
 
 JSON (``--out``): ``{"machine", "database", "sizes": [{"rows", "fill_s", "queries": {name: {"median_ms",
 "plan_has_seq_scan_on_mosaic_result", ...}}}], "growth": {name: largest_over_smallest}}``.
@@ -36,7 +37,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 
 import db
 from flows import analysis
@@ -56,6 +58,7 @@ EPOCHS = 5
 AUDITED = 4  # checkpoints per nightly audit
 CLASSES = 10
 IMAGES = 4000
+RUN_NAME = "demo-digits"  # the training run the README's cookbook names (written for what `make demo` records)
 CHUNK = 2500
 
 
@@ -113,17 +116,17 @@ class Filler:
         sets = {name: self._mosaic_set(dataset, layout, split) for name, layout, split in
                 (("val", "random", "val"), ("test", "random", "test"), ("audit", "top", "test"))}
         methods = {name: db.register_method(engine, name, {"bench": name}) for name in METHODS}
-        run = db.register_training_run(engine, uuid.uuid4().hex * 2, "digits_cnn", {"epochs": EPOCHS}, name="digits",
+        run = db.register_training_run(engine, uuid.uuid4().hex * 2, "digits_cnn", {"epochs": EPOCHS}, name=RUN_NAME,
                                        dataset_id=dataset.dataset_id)
         checkpoints = []
         for epoch in range(1, EPOCHS + 1):
             checkpoint = db.register_checkpoint(engine, uuid.uuid4().hex * 2, "digits_cnn", CLASSES,
                                                 training_run_id=run, epoch=epoch)
             checkpoints.append(checkpoint)
-            self.evaluate(checkpoint, methods["gradcam"], sets["val"], level=0.5 + 0.06 * epoch)
+            focus = self.evaluate(checkpoint, methods["gradcam"], sets["val"], level=0.5 + 0.06 * epoch)
             db.record_epoch(engine, run, epoch, train_loss=1.0 / epoch, val_loss=1.2 / epoch,
                             val_accuracy=0.5 + 0.08 * epoch, val_mean_class_accuracy=0.5 + 0.07 * epoch,
-                            focus_median=0.5 + 0.06 * epoch)
+                            focus_median=0.5 + 0.06 * epoch, evaluation_ids=[focus])
         db.finish_training_run(engine, run)
         final = {}
         for name, method in methods.items():
@@ -167,7 +170,7 @@ def queries(ids: dict[str, Any]) -> dict[str, Callable[[Engine], Any]]:
         "focus_regressions": lambda e: db.focus_regressions(e, 0.05, ids["audits"][-1]),
         "checkpoints_to_audit": db.checkpoints_to_audit,
         "randomization_medians": lambda e: db.randomization_medians(e, ids["final_checkpoint"], ids["test_set"]),
-        "latest_training_run": lambda e: db.latest_training_run(e, "digits"),
+        "latest_training_run": lambda e: db.latest_training_run(e, RUN_NAME),
         "finished_audit_runs": db.finished_audit_runs,
         "checkpoint_origin": lambda e: db.checkpoint_origin(e, ids["final_checkpoint"]),
         "checkpoint_origins": lambda e: db.checkpoint_origins(e, [ids["final_checkpoint"], *ids["audited"]]),
@@ -220,6 +223,10 @@ def _plan_scans(connection: Any, statement: str, parameters: Any) -> list[str]:
     return scans
 
 
+# mosaic_result or one of its partitions; not mosaic_result_tile (empty for 2x2 grids, so a scan of it is free)
+_MOSAIC_RESULT = re.compile(r"mosaic_result(_p\d+)?")
+
+
 def measure(engine: Engine, run: Callable[[Engine], Any], repeat: int) -> dict[str, Any]:
     """Median wall time after a warm-up, and the relations each statement's plan reads with a Seq Scan."""
     statements: list[tuple[str, Any]] = []
@@ -244,7 +251,7 @@ def measure(engine: Engine, run: Callable[[Engine], Any], repeat: int) -> dict[s
                 continue
             scans += _plan_scans(connection, statement, parameters)
     return {"median_ms": statistics.median(times), "runs_ms": [round(t, 2) for t in times],
-            "plan_has_seq_scan_on_mosaic_result": any(s.startswith("mosaic_result") for s in scans),
+            "plan_has_seq_scan_on_mosaic_result": any(_MOSAIC_RESULT.fullmatch(s) for s in scans),
             "seq_scans": sorted(set(scans))}
 
 
@@ -270,34 +277,63 @@ _PG_SIZE = ("SELECT pg_total_relation_size('mosaic_result') + COALESCE((SELECT S
             "FROM pg_partition_tree('mosaic_result') WHERE isleaf), 0)")
 
 
-def one_size(server: str | None, rows: int, mosaics: int, repeat: int) -> dict[str, Any]:
-    """Fill one store of ``rows`` rows and measure every query (``server`` ``None``: SQLite)."""
-    with _database(server) as url:
-        db.upgrade(url)
-        engine = db.open_store(url)
-        try:
-            start = time.perf_counter()
-            filler = Filler(engine, mosaics)
-            ids = filler.fill(rows)
-            fill_s = time.perf_counter() - start
-            with engine.begin() as connection:  # committed: ANALYZE in a rolled-back transaction leaves no statistics
-                connection.exec_driver_sql("ANALYZE")
-            with engine.connect() as connection:
-                stored = connection.scalar(text("SELECT COUNT(*) FROM mosaic_result"))
-                if server is None:  # the whole file: SQLite keeps one table
-                    size, partitions = os.path.getsize(make_url(url).database), 1
-                else:
-                    size = connection.scalar(text(_PG_SIZE))
-                    partitions = connection.scalar(text("SELECT COUNT(*) FROM pg_partition_tree('mosaic_result') "
-                                                        "WHERE isleaf"))
-            results = {q: measure(engine, run, repeat) for q, run in queries(ids).items()}
-        finally:
-            engine.dispose()
-    return {"rows": int(stored), "requested_rows": rows, "evaluations": filler.rows // mosaics,
-            "mosaics_per_evaluation": mosaics, "audits": len(ids["audits"]), "partitions": int(partitions),
-            "mosaic_result_bytes": int(size), "fill_s": round(fill_s, 2),
-            "write_rows_per_s": round(filler.rows / filler.write_s), "load_after_fill": os.getloadavg()[0],
-            "queries": results}
+def _settle(engine: Engine) -> None:
+    """What autovacuum does on a live server, done before the timings instead of during them.
+
+    PostgreSQL: ``VACUUM (ANALYZE)``: statistics for the planner, and the fill's rows vacuumed and marked
+    all-visible, so autovacuum has no reason to vacuum millions of fresh rows during the timings, on the same cores.
+    SQLite: ``ANALYZE``, committed (in a rolled-back transaction it leaves no statistics).
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql("VACUUM (ANALYZE)")
+            try:  # the fill's dirty pages written now, not by the checkpointer during the timings
+                connection.exec_driver_sql("CHECKPOINT")
+            except DBAPIError:  # CHECKPOINT needs a superuser or pg_checkpoint; the timings go on without it
+                pass
+        return
+    with engine.begin() as connection:
+        connection.exec_driver_sql("ANALYZE")
+
+
+def fill_size(stack: ExitStack, server: str | None, rows: int, mosaics: int) -> tuple[Engine, dict, dict]:
+    """Fill one store of ``rows`` rows (``server`` ``None``: SQLite), kept open on ``stack`` (dropped when it
+    closes); returns its engine, the ids the queries ask about and its figures (``queries`` still empty)."""
+    url = stack.enter_context(_database(server))
+    db.upgrade(url)
+    engine = db.open_store(url)
+    stack.callback(engine.dispose)  # before the database is dropped
+    start = time.perf_counter()
+    filler = Filler(engine, mosaics)
+    ids = filler.fill(rows)
+    fill_s = time.perf_counter() - start
+    _settle(engine)
+    with engine.connect() as connection:
+        stored = connection.scalar(text("SELECT COUNT(*) FROM mosaic_result"))
+        if server is None:  # the whole file: SQLite keeps one table
+            size, partitions = os.path.getsize(make_url(url).database), 1
+        else:
+            size = connection.scalar(text(_PG_SIZE))
+            partitions = connection.scalar(text("SELECT COUNT(*) FROM pg_partition_tree('mosaic_result') "
+                                                "WHERE isleaf"))
+    figures = {"rows": int(stored), "requested_rows": rows, "evaluations": filler.rows // mosaics,
+               "mosaics_per_evaluation": mosaics, "audits": len(ids["audits"]), "partitions": int(partitions),
+               "mosaic_result_bytes": int(size), "fill_s": round(fill_s, 2),
+               "write_rows_per_s": round(filler.rows / filler.write_s), "load_after_fill": os.getloadavg()[0],
+               "queries": {}}
+    return engine, ids, figures
+
+
+def measure_sizes(server: str | None, sizes: list[int], mosaics: int, repeat: int) -> list[dict[str, Any]]:
+    """Fill every size first, then measure each query on every size in turn (the sizes of one query minutes
+    apart would compare two states of this shared machine, not two stores)."""
+    with ExitStack() as stack:
+        stores = [fill_size(stack, server, rows, mosaics) for rows in sizes]
+        plans = [queries(ids) for _engine, ids, _figures in stores]
+        for name in plans[0]:
+            for (engine, _ids, figures), named in zip(stores, plans, strict=True):
+                figures["queries"][name] = measure(engine, named[name], repeat)
+        return [figures for _engine, _ids, figures in stores]
 
 
 def _machine() -> dict[str, Any]:
@@ -331,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "machine": machine,
         "database": database,
-        "sizes": [one_size(server, rows, args.mosaics, args.repeat) for rows in sizes],
+        "sizes": measure_sizes(server, sizes, args.mosaics, args.repeat),
     }
     result["machine"]["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True,
                                                        check=False).stdout.strip()

@@ -159,6 +159,22 @@ def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     cursor.close()
 
 
+def _postgres_settings(dbapi_connection: Any, _record: Any) -> None:
+    """Every PostgreSQL connection runs with JIT off.
+
+    The store's queries read a few evaluations through their keys (milliseconds of work), but the planner's cost of
+    an index scan grows with the partition it reads, so at about 10M rows their estimates pass ``jit_above_cost``
+    and compiling the plan took 20-60 ms, more than the query itself (docs/scaling.md). A session setting, so it
+    works behind a connection pooler that refuses startup options.
+    """
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET jit = off")
+    cursor.close()
+    dbapi_connection.autocommit = autocommit
+
+
 def _sqrt(value: float | None) -> float | None:
     return None if value is None or value < 0 else math.sqrt(value)
 
@@ -201,7 +217,7 @@ def build_engine(url: str | URL | None = None) -> Engine:
     Returns
     -------
     Engine
-        SQLite engines run with foreign keys on, WAL and a busy timeout.
+        SQLite engines run with foreign keys on, WAL and a busy timeout; PostgreSQL ones with JIT off.
 
     Raises
     ------
@@ -227,4 +243,6 @@ def build_engine(url: str | URL | None = None) -> Engine:
         raise StoreError(f"Cannot use the database URL {mask_url(parsed)} ({exc}); check {ENV_VAR}.") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        event.listen(engine, "connect", _postgres_settings)
     return engine

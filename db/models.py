@@ -316,7 +316,10 @@ class AuditRun(Base):
     """One run of the audit (for example the nightly one)."""
 
     __tablename__ = "audit_run"
-    __table_args__ = (CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+        Index("ix_audit_run_started_at", "started_at", "id"),  # the latest audit in one probe (revision 0009)
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str | None] = mapped_column(String(200))

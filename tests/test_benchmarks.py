@@ -238,3 +238,15 @@ def test_query_scale_runs_on_sqlite(tmp_path) -> None:
     _check_query_scale(result, stdout)
     scans = {name for size in result["sizes"] for q in size["queries"].values() for name in q["seq_scans"]}
     assert "model_checkpoint" in scans  # SQLite's plans are read: checkpoints_to_audit scans the table
+
+
+def test_query_scale_flags_scans_of_mosaic_result_and_its_partitions_only() -> None:
+    """mosaic_result_tile (empty for 2x2 grids, so scanning it is free) is not mosaic_result."""
+    sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location("query_scale_under_test", QUERY_SCALE)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    flagged = {name: bool(loaded._MOSAIC_RESULT.fullmatch(name)) for name in (
+        "mosaic_result", "mosaic_result_p000003", "mosaic_result_tile", "mosaic_result_tile_p000000", "mosaic")}
+    assert flagged == {"mosaic_result": True, "mosaic_result_p000003": True, "mosaic_result_tile": False,
+                       "mosaic_result_tile_p000000": False, "mosaic": False}

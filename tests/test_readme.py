@@ -41,13 +41,42 @@ def sqlite_store(record, tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+# Cookbook 4 before it read the GradCAM-LRP pairs first (issue 14): the plain join, which hashed every GradCAM
+# evaluation's rows and every mosaic and image; the README's query must give the same rows.
+PLAIN_DISAGREEMENT = """
+SELECT mo.id AS mosaic_id, mo.target_class, a.focus AS gradcam_focus, b.focus AS lrp_focus,
+       ABS(a.focus - b.focus) AS disagreement,
+       tl.relpath AS top_left, tr.relpath AS top_right, bl.relpath AS bottom_left, br.relpath AS bottom_right
+FROM mosaic_result a
+JOIN evaluation ea ON ea.id = a.evaluation_id
+JOIN xai_method ma ON ma.id = ea.method_id AND ma.name = 'gradcam'
+JOIN evaluation eb ON eb.checkpoint_id = ea.checkpoint_id AND eb.mosaic_set_id = ea.mosaic_set_id
+                  AND eb.randomization = ea.randomization
+JOIN xai_method mb ON mb.id = eb.method_id AND mb.name IN ('lrp', 'lrp_fast')
+JOIN mosaic_result b ON b.evaluation_id = eb.id AND b.mosaic_id = a.mosaic_id
+JOIN mosaic mo ON mo.id = a.mosaic_id
+JOIN image tl ON tl.id = mo.image_tl
+JOIN image tr ON tr.id = mo.image_tr
+JOIN image bl ON bl.id = mo.image_bl
+JOIN image br ON br.id = mo.image_br
+WHERE ea.randomization = 'none' AND ea.audit_run_id IS NULL AND eb.audit_run_id IS NULL
+  AND a.focus IS NOT NULL AND b.focus IS NOT NULL
+ORDER BY disagreement DESC, mosaic_id
+"""
+
+
 def _run_cookbook(url: str) -> list[list[dict]]:
     engine = create_engine(url)
     try:
         with engine.connect() as connection:
-            return [[dict(row._mapping) for row in connection.execute(text(sql))] for sql in sql_blocks()]
+            answers = [[dict(row._mapping) for row in connection.execute(text(sql))] for sql in sql_blocks()]
+            plain = [dict(row._mapping) for row in connection.execute(text(PLAIN_DISAGREEMENT))]
     finally:
         engine.dispose()
+    gaps = [row["disagreement"] for row in answers[3]]
+    assert len(plain) > 10 and gaps[-1] > plain[10]["disagreement"], "the record's tenth largest gap is not a tie"
+    assert answers[3] == plain[:10]
+    return answers
 
 
 def _check_answers(answers: list[list[dict]]) -> None:
@@ -66,7 +95,8 @@ def _check_answers(answers: list[list[dict]]) -> None:
     assert [row["epoch"] for row in per_epoch] == list(range(1, EPOCHS + 1))
     fell = [row for row in regressions if row["median_change"] is not None and row["median_change"] < -0.05]
     assert [row["audit_name"] for row in fell] == ["nightly-2"]
-    assert {row["audit_name"] for row in regressions} == {"nightly-1", "nightly-2"}
+    assert {row["audit_name"] for row in regressions} == {"nightly-2"}  # the latest finished audit only
+    assert all(row["previous_median_focus"] is not None for row in regressions)  # against nightly-1
     assert len(disagreements) == 10
     gaps = [row["disagreement"] for row in disagreements]
     assert gaps == sorted(gaps, reverse=True) and gaps[0] > 0

@@ -131,6 +131,19 @@ def test_sqlite_runs_with_foreign_keys_wal_and_busy_timeout(sqlite_url):
         engine.dispose()
 
 
+def test_postgresql_connections_run_without_jit(pg_url):
+    """JIT compiling cost 20-60 ms of the store's millisecond queries once a partition's size raised their costs."""
+    db.upgrade(pg_url)
+    engine = db.open_store(pg_url)
+    try:
+        for _ in range(2):  # a new connection and one back from the pool, after a transaction
+            with engine.begin() as connection:
+                assert connection.exec_driver_sql("SHOW jit").scalar_one() == "off"
+                assert connection.exec_driver_sql("SELECT COUNT(*) FROM evaluation").scalar_one() == 0
+    finally:
+        engine.dispose()
+
+
 def test_empty_database_is_refused_with_the_upgrade_command(empty_url):
     with pytest.raises(db.StoreError, match=r"no focus-audit schema; run `focus db upgrade`"):
         db.open_store(empty_url)

@@ -142,6 +142,23 @@ def test_training_curve_one_row_per_epoch_and_method(engine, world, build_sums):
         db.record_epoch(engine, run, 2, evaluation_ids=[999_999])
 
 
+def test_training_curve_reads_the_stored_summaries(engine, world, build_sums):
+    """Revision 0009: an epoch's Focus is its evaluation's stored summary (the one ``finish_evaluation`` writes),
+    read by key; an evaluation linked while still open shows its method and no statistics until it is closed."""
+    run = db.register_training_run(engine, "s" * 64, "digits_cnn", {"epochs": 1}, name="toy")
+    gradcam = _evaluate(engine, world, build_sums, world.method_ids["gradcam"], [0.5, 0.4, 0.6, np.nan], [0] * 4,
+                        finish=False)
+    db.record_epoch(engine, run, 0, focus_median=0.3, evaluation_ids=[gradcam])
+    row = db.training_curve(engine, run).iloc[0]
+    assert row["method_name"] == "gradcam" and row["evaluation_id"] == gradcam
+    assert pd.isna(row["focus_median"]) and pd.isna(row["focus_n"])
+    assert db.evaluation_summary(engine, [gradcam])["median_focus"].iloc[0] == pytest.approx(0.5)  # live there
+    db.finish_evaluation(engine, gradcam)
+    row = db.training_curve(engine, run).iloc[0]
+    assert row["focus_median"] == pytest.approx(0.5) and row["focus_n"] == 4 and row["focus_n_defined"] == 3
+    assert (row["grid"], row["targets"], row["chance_level"]) == (2, 2, 0.5)
+
+
 def test_audit_history_and_regressions(engine, world, build_sums):
     gradcam = world.method_ids["gradcam"]
     t0 = dt.datetime(2025, 1, 1, 2, 0, tzinfo=dt.timezone.utc)

@@ -153,7 +153,8 @@ def upgrade() -> None:
     sa.Column('label', sa.Integer(), nullable=False),
     sa.Column('split', sa.String(length=8), nullable=False),
     sa.CheckConstraint("split IN ('train', 'val', 'test')", name=op.f('ck_image_split')),
-    sa.ForeignKeyConstraint(['dataset_id'], ['dataset.id'], name=op.f('fk_image_dataset_id_dataset'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['dataset_id'], ['dataset.id'],
+                            name=op.f('fk_image_dataset_id_dataset'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_image')),
     sa.UniqueConstraint('dataset_id', 'position', name=op.f('uq_image_dataset_id_position')),
     sa.UniqueConstraint('dataset_id', 'relpath', name=op.f('uq_image_dataset_id_relpath'))
@@ -201,7 +202,8 @@ def upgrade() -> None:
     sa.Column('audit', sa.Boolean(), nullable=False),
     sa.Column('label', sa.String(length=200), nullable=True),
     sa.Column('created_at', db.types.UTCDateTime(), nullable=False),
-    sa.ForeignKeyConstraint(['training_run_id'], ['training_run.id'], name=op.f('fk_model_checkpoint_training_run_id_training_run')),
+    sa.ForeignKeyConstraint(['training_run_id'], ['training_run.id'],
+                            name=op.f('fk_model_checkpoint_training_run_id_training_run')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_model_checkpoint')),
     sa.UniqueConstraint('sha256', name=op.f('uq_model_checkpoint_sha256'))
     )
@@ -220,7 +222,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['image_br'], ['image.id'], name=op.f('fk_mosaic_image_br_image')),
     sa.ForeignKeyConstraint(['image_tl'], ['image.id'], name=op.f('fk_mosaic_image_tl_image')),
     sa.ForeignKeyConstraint(['image_tr'], ['image.id'], name=op.f('fk_mosaic_image_tr_image')),
-    sa.ForeignKeyConstraint(['mosaic_set_id'], ['mosaic_set.id'], name=op.f('fk_mosaic_mosaic_set_id_mosaic_set'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['mosaic_set_id'], ['mosaic_set.id'],
+                            name=op.f('fk_mosaic_mosaic_set_id_mosaic_set'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_mosaic')),
     sa.UniqueConstraint('mosaic_set_id', 'position', name=op.f('uq_mosaic_mosaic_set_id_position'))
     )
@@ -237,7 +240,8 @@ def upgrade() -> None:
     sa.Column('focus_mean', sa.Double(), nullable=True),
     sa.Column('seconds', sa.Double(), nullable=True),
     sa.Column('recorded_at', db.types.UTCDateTime(), nullable=False),
-    sa.ForeignKeyConstraint(['training_run_id'], ['training_run.id'], name=op.f('fk_training_epoch_training_run_id_training_run'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['training_run_id'], ['training_run.id'],
+                            name=op.f('fk_training_epoch_training_run_id_training_run'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_training_epoch')),
     sa.UniqueConstraint('training_run_id', 'epoch', name=op.f('uq_training_epoch_training_run_id_epoch'))
     )
@@ -263,10 +267,12 @@ def upgrade() -> None:
     sa.Column('n_defined', sa.Integer(), nullable=True),
     sa.Column('focus_median', sa.Double(), nullable=True),
     sa.Column('focus_mean', sa.Double(), nullable=True),
-    sa.CheckConstraint("randomization IN ('none', 'full', 'cascading', 'independent')", name=op.f('ck_evaluation_randomization')),
+    sa.CheckConstraint("randomization IN ('none', 'full', 'cascading', 'independent')",
+                            name=op.f('ck_evaluation_randomization')),
     sa.CheckConstraint("status IN ('pending', 'running', 'finished', 'failed')", name=op.f('ck_evaluation_status')),
     sa.ForeignKeyConstraint(['audit_run_id'], ['audit_run.id'], name=op.f('fk_evaluation_audit_run_id_audit_run')),
-    sa.ForeignKeyConstraint(['checkpoint_id'], ['model_checkpoint.id'], name=op.f('fk_evaluation_checkpoint_id_model_checkpoint')),
+    sa.ForeignKeyConstraint(['checkpoint_id'], ['model_checkpoint.id'],
+                            name=op.f('fk_evaluation_checkpoint_id_model_checkpoint')),
     sa.ForeignKeyConstraint(['method_id'], ['xai_method.id'], name=op.f('fk_evaluation_method_id_xai_method')),
     sa.ForeignKeyConstraint(['mosaic_set_id'], ['mosaic_set.id'], name=op.f('fk_evaluation_mosaic_set_id_mosaic_set')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_evaluation')),
@@ -285,7 +291,8 @@ def upgrade() -> None:
     sa.Column('neg_br', sa.Double(), nullable=False),
     sa.Column('focus', sa.Double(), nullable=True),
     sa.Column('predicted_class', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['evaluation_id'], ['evaluation.id'], name=op.f('fk_mosaic_result_evaluation_id_evaluation'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['evaluation_id'], ['evaluation.id'],
+                            name=op.f('fk_mosaic_result_evaluation_id_evaluation'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('evaluation_id', 'mosaic_id', name=op.f('pk_mosaic_result'))
     )
     for _name, sql in VIEWS:

@@ -13,7 +13,8 @@ Create Date: 2026-12-02
 - ``audit_history`` reads it instead of computing ``LAG`` over every audited evaluation (revision 0003): the
   same columns in the same order and the same numbers (both evaluations' stored summaries, which are what
   ``evaluation_summary`` shows for a finished evaluation), so a query that names a checkpoint or an audit run
-  reads that one's rows through an index. 0003's window ordered ties within one audit arbitrarily; the evaluation's id now decides them.
+  reads that one's rows through an index. 0003's window ordered ties within one audit arbitrarily; the
+  evaluation's id now decides them.
 
 Only the audit tables and ``audit_history`` change: every other view is the previous revision's.
 """

@@ -30,10 +30,10 @@ than 2), with one sentence; otherwise nothing is lost but the confident protocol
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import context, op
-from alembic.script import ScriptDirectory
+from alembic import op
 
 from db.errors import StoreError
+from db.view_migrations import create_views, drop_views, revision_module
 
 revision = "0007"
 down_revision = "0006"
@@ -44,12 +44,8 @@ QUADRANTS = ("tl", "tr", "bl", "br")
 MAX_GRID = 5  # 25 tile bits in a 32-bit integer bitmask
 
 
-def _module(rev: str):
-    return ScriptDirectory.from_config(context.config).get_revision(rev).module
-
-
 def _previous_views(dialect: str) -> list[tuple[str, str]]:
-    return _module(down_revision).views(dialect)
+    return revision_module(down_revision).views(dialect)
 
 
 GRID_COLUMNS = ("grid", "targets", "chance_level")
@@ -58,7 +54,7 @@ _GRID_JOIN = "JOIN mosaic_set ms ON ms.id = e.mosaic_set_id"
 
 
 def _summary_live(dialect: str) -> str:
-    s = _module("0005")
+    s = revision_module("0005")
     keys = (("r.evaluation_id", "evaluation_id"),)
     if dialect == "postgresql":
         source = f"LEFT JOIN LATERAL ({s._stats_select(keys, s._PER_EVALUATION)}) l ON true"
@@ -73,7 +69,7 @@ def _summary_live(dialect: str) -> str:
 
 
 def _class_summary_live(dialect: str) -> str:
-    s = _module("0005")
+    s = revision_module("0005")
     keys = (("r.evaluation_id", "evaluation_id"), ("mo.target_class", "target_class"))
     if dialect == "postgresql":
         source = f"CROSS JOIN LATERAL ({s._stats_select(keys, s._PER_EVALUATION, per_class=True)}) l"
@@ -89,7 +85,7 @@ def _class_summary_live(dialect: str) -> str:
 
 def _summary(dialect: str) -> str:
     """0005's three branches (stored closed, stored running, live), each with the grid columns."""
-    s = _module("0005")
+    s = revision_module("0005")
     stored = (f"{', '.join(f'st.{c}' for c in s.STAT_COLUMNS)}, {_GRID_SELECT}\n"
               f"FROM evaluation e JOIN evaluation_stats st ON st.evaluation_id = e.id {_GRID_JOIN}")
     return (
@@ -154,7 +150,7 @@ def views(dialect: str) -> list[tuple[str, str]]:
 
 def _partition_function() -> str:
     """``focus_result_partition`` creating both partitions of an id (``mosaic_result`` and ``mosaic_result_tile``)."""
-    width = _module("0005").PARTITION_WIDTH
+    width = revision_module("0005").PARTITION_WIDTH
     return f"""
 CREATE OR REPLACE FUNCTION focus_result_partition(evaluation integer) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -182,19 +178,9 @@ $$
 """
 
 
-def _drop_views(definitions: list[tuple[str, str]]) -> None:
-    for name, _sql in reversed(definitions):
-        op.execute(f"DROP VIEW IF EXISTS {name}")
-
-
-def _create_views(definitions: list[tuple[str, str]]) -> None:
-    for _name, sql in definitions:
-        op.execute(sql)
-
-
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
-    _drop_views(_previous_views(dialect))
+    drop_views(_previous_views(dialect))
     with op.batch_alter_table("mosaic_set") as batch:
         batch.add_column(sa.Column("grid", sa.Integer(), server_default="2", nullable=False))
         batch.add_column(sa.Column("targets", sa.Integer(), server_default="2", nullable=False))
@@ -236,11 +222,11 @@ def upgrade() -> None:
         **({"postgresql_partition_by": "RANGE (evaluation_id)"} if dialect == "postgresql" else {}),
     )
     if dialect == "postgresql":
-        width = _module("0005").PARTITION_WIDTH
+        width = revision_module("0005").PARTITION_WIDTH
         op.execute(_partition_function())
         op.execute(f"SELECT focus_result_partition(k * {width}) FROM generate_series(0, "
                    f"(SELECT COALESCE(MAX(id), 0) FROM evaluation) / {width}) AS k")
-    _create_views(views(dialect))
+    create_views(views(dialect))
 
 
 def _refuse_grids() -> None:
@@ -256,9 +242,9 @@ def _refuse_grids() -> None:
 def downgrade() -> None:
     dialect = op.get_bind().dialect.name
     _refuse_grids()
-    _drop_views(views(dialect))
+    drop_views(views(dialect))
     if dialect == "postgresql":
-        body = _module("0005")._PARTITION_FUNCTION.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+        body = revision_module("0005")._PARTITION_FUNCTION.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
         op.execute(body)
     op.drop_table("mosaic_result_tile")  # its partitions go with it
     op.drop_table("mosaic_tile")
@@ -275,4 +261,4 @@ def downgrade() -> None:
         batch.drop_constraint(op.f("ck_mosaic_set_grid"), type_="check")
         for column in ("confident_model", "confident", "targets", "grid"):
             batch.drop_column(column)
-    _create_views(_previous_views(dialect))
+    create_views(_previous_views(dialect))

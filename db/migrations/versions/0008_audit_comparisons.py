@@ -22,8 +22,9 @@ Only the audit tables and ``audit_history`` change: every other view is the prev
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import context, op
-from alembic.script import ScriptDirectory
+from alembic import op
+
+from db.view_migrations import create_views, drop_views, views_as_of
 
 revision = "0008"
 down_revision = "0007"
@@ -76,13 +77,8 @@ _INDEXED = ("audit_run_id", "checkpoint_id", "previous_evaluation_id")
 
 
 def _previous_views(dialect: str) -> list[tuple[str, str]]:
-    """The views before this revision: those of the latest earlier revision that defines ``views`` (0006 and
-    other revisions that change no view define none)."""
-    script = ScriptDirectory.from_config(context.config)
-    found = script.get_revision(PREVIOUS)
-    while not hasattr(found.module, "views"):
-        found = script.get_revision(found.down_revision)
-    return found.module.views(dialect)
+    """The views before this revision."""
+    return views_as_of(PREVIOUS, dialect)
 
 
 def views(dialect: str) -> list[tuple[str, str]]:
@@ -91,19 +87,9 @@ def views(dialect: str) -> list[tuple[str, str]]:
     return [(name, AUDIT_HISTORY if name == "audit_history" else sql) for name, sql in _previous_views(dialect)]
 
 
-def _drop(definitions: list[tuple[str, str]]) -> None:
-    for name, _sql in reversed(definitions):
-        op.execute(f"DROP VIEW IF EXISTS {name}")
-
-
-def _create(definitions: list[tuple[str, str]]) -> None:
-    for _name, sql in definitions:
-        op.execute(sql)
-
-
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
-    _drop(_previous_views(dialect))
+    drop_views(_previous_views(dialect))
     op.create_table(
         "audit_comparison",
         sa.Column("evaluation_id", sa.Integer(), autoincrement=False, nullable=False),
@@ -123,13 +109,13 @@ def upgrade() -> None:
     for column in _INDEXED:
         op.create_index(op.f(f"ix_audit_comparison_{column}"), "audit_comparison", [column])
     op.execute(_BACKFILL)
-    _create(views(dialect))
+    create_views(views(dialect))
 
 
 def downgrade() -> None:
     dialect = op.get_bind().dialect.name
-    _drop(views(dialect))
+    drop_views(views(dialect))
     for column in reversed(_INDEXED):
         op.drop_index(op.f(f"ix_audit_comparison_{column}"), table_name="audit_comparison")
     op.drop_table("audit_comparison")
-    _create(_previous_views(dialect))
+    create_views(_previous_views(dialect))

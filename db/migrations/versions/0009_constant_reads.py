@@ -21,8 +21,9 @@ Every other view is the previous revision's.
 
 from __future__ import annotations
 
-from alembic import context, op
-from alembic.script import ScriptDirectory
+from alembic import op
+
+from db.view_migrations import create_views, drop_views, views_as_of
 
 revision = "0009"
 down_revision = "0008"
@@ -56,12 +57,8 @@ _AUDIT_RUN_INDEX = ("ix_audit_run_started_at", ["started_at", "id"])
 
 
 def _previous_views(dialect: str) -> list[tuple[str, str]]:
-    """The views before this revision: those of the latest earlier revision that defines ``views``."""
-    script = ScriptDirectory.from_config(context.config)
-    found = script.get_revision(PREVIOUS)
-    while not hasattr(found.module, "views"):
-        found = script.get_revision(found.down_revision)
-    return found.module.views(dialect)
+    """The views before this revision."""
+    return views_as_of(PREVIOUS, dialect)
 
 
 def views(dialect: str) -> list[tuple[str, str]]:
@@ -71,26 +68,16 @@ def views(dialect: str) -> list[tuple[str, str]]:
             for name, sql in _previous_views(dialect)]
 
 
-def _drop(definitions: list[tuple[str, str]]) -> None:
-    for name, _sql in reversed(definitions):
-        op.execute(f"DROP VIEW IF EXISTS {name}")
-
-
-def _create(definitions: list[tuple[str, str]]) -> None:
-    for _name, sql in definitions:
-        op.execute(sql)
-
-
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
-    _drop(_previous_views(dialect))
+    drop_views(_previous_views(dialect))
     name, columns = _AUDIT_RUN_INDEX
     op.create_index(op.f(name), "audit_run", columns)
-    _create(views(dialect))
+    create_views(views(dialect))
 
 
 def downgrade() -> None:
     dialect = op.get_bind().dialect.name
-    _drop(views(dialect))
+    drop_views(views(dialect))
     op.drop_index(op.f(_AUDIT_RUN_INDEX[0]), table_name="audit_run")
-    _create(_previous_views(dialect))
+    create_views(_previous_views(dialect))

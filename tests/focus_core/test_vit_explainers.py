@@ -27,13 +27,7 @@ from focus_core.randomize import randomize_full
 from focus_core.tokens import check_patch_alignment, patch_geometry, tokens_to_grid
 from focus_core.train import TrainConfig, train_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/focus_core/conftest.py
 
 
 def toy_vit(seed: int = 0, **overrides) -> nn.Module:

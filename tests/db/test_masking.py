@@ -42,3 +42,4 @@ def test_an_unencoded_at_sign_in_a_password_leaks_no_part_of_it(url):
 def test_a_well_formed_url_still_masks_as_before():
     assert mask_url("postgresql+psycopg://me:p%40ss@db:5432/focus") == "postgresql+psycopg://me:***@db:5432/focus"
     assert database_url("postgresql://me:p%40ss@db/focus").password == "p@ss"
+

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping
 from importlib.metadata import entry_points
@@ -82,6 +83,7 @@ ALLOWED_URLS_ENV = "FOCUS_ALLOWED_URLS"
 #: Schemes whose endpoint and credentials are the worker's own (never the URL's): allowed while no prefix is set.
 OBJECT_STORE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "models"})
 _HTTP = frozenset({"http", "https"})
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 _FLOW_RUN_ENV = "PREFECT__FLOW_RUN_ID"
 
 
@@ -149,9 +151,8 @@ def check_location(location: str | None, *, environ: Mapping[str, str] | None = 
 
 
 def _is_url(location: str) -> bool:
-    from flows.weight_store import is_url
-
-    return is_url(location)
+    """A URL as :func:`flows.weight_store.is_url` reads one (``scheme://``, two letters at least, or ``models:/``)."""
+    return bool(_URL.match(location)) or location.startswith("models:/")
 
 
 def _output_root(env: Mapping[str, str], is_worker: bool) -> Path | None:
@@ -220,7 +221,7 @@ def _check_url(url: str, env: Mapping[str, str], is_worker: bool, write: bool) -
 
 
 def _under(url: str, prefix: str) -> bool:
-    """Whether ``url`` is ``prefix`` or lies below it (``s3://models`` covers ``s3://models/a``, not ``s3://models2``)."""
+    """Whether ``url`` is ``prefix`` or lies below it (``s3://models`` covers ``s3://models/a``, not ``s3://m2``)."""
     if url == prefix or prefix.endswith("/") and url.startswith(prefix):
         return True
     return url.startswith(prefix.rstrip("/") + "/")
@@ -252,6 +253,6 @@ def _is_ip(host: str) -> bool:
 
 
 def _shown(url: str) -> str:
-    from flows.weight_store import redact
-
-    return repr(redact(url))
+    """The URL without user-info and query (either may hold a credential), for a message."""
+    parts = urlsplit(url)
+    return repr(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}")

@@ -27,7 +27,8 @@ def test_a_password_echoed_by_the_driver_is_masked(driver_text):
     assert "s3cr" not in message and "***" in message
 
 
-@pytest.mark.parametrize("url", ["postgresql+psycopg://focus:Xq7@Zr9@db/focus", "postgresql://focus:Ab1@Cd2@Ef3@db:5432/f"])
+@pytest.mark.parametrize("url", ["postgresql+psycopg://focus:Xq7@Zr9@db/focus",
+                                 "postgresql://focus:Ab1@Cd2@Ef3@db:5432/f"])
 def test_an_unencoded_at_sign_in_a_password_leaks_no_part_of_it(url):
     password = url.split("://", 1)[1].rsplit("@", 1)[0].split(":", 1)[1]
     assert has_secret(url)

@@ -1,4 +1,4 @@
-"""focus_core.arch_policy: which factories a confined process builds, checked before any import; keywords vs signature."""
+"""focus_core.arch_policy: the factories a confined process builds (before any import); keywords vs signature."""
 
 from __future__ import annotations
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sqlite3
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
@@ -40,10 +42,15 @@ _MASK = "***"
 
 
 def _parse(url: str | URL) -> URL | None:
+    """The parsed URL; ``None`` when it does not parse, or when an unencoded ``@`` makes its user-info ambiguous
+    (``user:p@ss@host`` parses as the password ``p`` at the host ``ss@host``: showing that host shows the secret)."""
     try:
-        return url if isinstance(url, URL) else make_url(str(url).strip())
+        parsed = url if isinstance(url, URL) else make_url(str(url).strip())
     except (ArgumentError, ValueError):
         return None
+    if "@" in (parsed.host or "") or "@" in (parsed.username or ""):
+        return None
+    return parsed
 
 
 def _secret_keys(parsed: URL) -> list[str]:
@@ -126,8 +133,9 @@ def database_url(url: str | URL | None = None) -> URL:
     if parsed is None:
         shown = "(not shown: it may hold a password)" if has_secret(raw) else repr(str(raw))
         raise StoreError(
-            f"The database URL {shown} is malformed; "
-            f"set {ENV_VAR} to a URL like postgresql+psycopg://user@host:5432/focus or sqlite:///focus.db."
+            f"The database URL {shown} is malformed; set {ENV_VAR} to a URL like "
+            "postgresql+psycopg://user@host:5432/focus or sqlite:///focus.db, with '@', ':' and '/' in a password "
+            "percent-encoded (%40, %3A, %2F)."
         ) from None
     backend, _, driver = parsed.drivername.partition("+")
     if backend not in _DIALECTS:
@@ -179,6 +187,22 @@ def _sqrt(value: float | None) -> float | None:
     return None if value is None or value < 0 else math.sqrt(value)
 
 
+def _scrub(text: str, url: URL) -> str:
+    """``text`` with the URL's secrets masked where a secret stands as a whole: in a URL's user-info
+    (``:secret@``), as the value of ``password=``, quoted or in brackets (plain or percent-encoded); never the same
+    letters inside a longer word (the password ``st`` leaves ``host`` alone).
+
+    Examples
+    --------
+    >>> _scrub('no host "host"; password=st, url me:st@db, value (st)', make_url("postgresql://me:st@db/f"))
+    'no host "host"; password=***, url me:***@db, value (***)'
+    """
+    for secret in sorted(_secret_values(url), key=len, reverse=True):
+        for form in {secret, quote(secret, safe="")}:
+            text = re.sub(rf"(?<!\w){re.escape(form)}(?!\w)", _MASK, text)
+    return text
+
+
 def connect_error(url: URL, exc: BaseException) -> StoreError:
     """Turn a driver's connection failure into one clear sentence, every secret of the URL hidden.
 
@@ -194,8 +218,7 @@ def connect_error(url: URL, exc: BaseException) -> StoreError:
     """
     reason = str(getattr(exc, "orig", exc) or exc).strip().splitlines()
     first = reason[0].rstrip(".") if reason else type(exc).__name__
-    for secret in sorted(_secret_values(url), key=len, reverse=True):
-        first = first.replace(secret, _MASK)
+    first = _scrub(first, url)
     if url.get_backend_name() == "sqlite":
         advice = f"{ENV_VAR}: it must name a SQLite file (or a new one in a folder that exists) this user may write"
     else:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from flows import weight_store
+from flows import confinement, weight_store
 from flows.params import (
     DatasetSpec,
     MethodSpec,
@@ -184,6 +184,7 @@ def build_model(spec: ModelSpec, dataset: DatasetSpec, weights_file: str | None 
         spec.architecture,
         num_classes=spec.num_classes or len(ds.classes),
         in_channels=spec.in_channels or int(ds.tiles.shape[1]),
+        factories=confinement.factory_policy(),  # a worker builds only the factories its operator allowed
     )
     if spec.weights:
         local = weights_file or weight_store.local_copy(spec.weights)

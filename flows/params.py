@@ -41,6 +41,7 @@ from flows.specs import (
     MethodSpec,
     ModelSpec,
     MosaicSetSpec,
+    OutputFolder,
     Precision,
     RandomizationSpec,
     RunName,
@@ -92,7 +93,7 @@ class EvaluateParams(_FlowParams):
         default_factory=RandomizationSpec, description="Evaluate a randomized copy of the checkpoint instead."
     )
     run: RunSpec = Field(default_factory=RunSpec, description="Device, batch size, chunking, retries, store.")
-    figures_dir: str | None = Field(None, description="Where the summary figures are written; empty: none.")
+    figures_dir: OutputFolder = Field(None, description="Where the summary figures are written; empty: none.")
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateParams:
@@ -123,7 +124,7 @@ class RandomizationParams(_FlowParams):
         "report judges 'a random model scores about 0.5' on their mean; empty: the one seed above."
     )
     run: RunSpec = Field(default_factory=RunSpec)
-    figures_dir: str | None = Field(None, description="Where the cascading-randomization figure is written; empty: none.")
+    figures_dir: OutputFolder = Field(None, description="Where the cascading-randomization figure is written; empty: none.")
 
     @model_validator(mode="after")
     def _check(self) -> RandomizationParams:
@@ -179,7 +180,7 @@ class TrainParams(_FlowParams):
         None, description="Register every epoch's checkpoint into this lineage, in epoch order (created when new)."
     )
     retries: int = Field(1, ge=0, le=10, description="Retries of a failed epoch (it restarts from the last checkpoint).")
-    figures_dir: str | None = Field(None, description="Where the training-curve figures are written; empty: none.")
+    figures_dir: OutputFolder = Field(None, description="Where the training-curve figures are written; empty: none.")
 
     @field_validator("focus_mosaics", mode="before")
     @classmethod

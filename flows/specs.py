@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from flows import confinement
 from focus_core.arch_string import canonical_architecture
 from focus_core.errors import FocusError
 from focus_core import layouts
@@ -46,6 +47,8 @@ __all__ = [
     "DatabaseUrl",
     "WeightsLocation",
     "CheckpointFolder",
+    "DataFolder",
+    "OutputFolder",
     "HiddenDatabaseUrl",
     "without_empty_database_url",
     "RunName",
@@ -105,8 +108,9 @@ class DatasetSpec(_Spec):
     kind: Literal["digits", "image_folder"] = Field(
         "digits", description="'digits' (bundled, 1 channel) or 'image_folder' (one sub-folder per class)."
     )
-    root: str | None = Field(
-        None, description="The ImageFolder directory on the worker (only for kind 'image_folder')."
+    root: DataFolder = Field(
+        None, description="The ImageFolder directory on the worker (only for kind 'image_folder'); on a worker it "
+        "lies in the operator's data roots."
     )
     tile_size: int | None = Field(
         None, ge=4, le=1024, description="Tile side in pixels; empty: 32 for digits, and for an ImageFolder the "
@@ -117,8 +121,9 @@ class DatasetSpec(_Spec):
         "8/7 of the tile (the paper's 256/224) when the tile size is the model's."
     )
     seed: int = Field(0, ge=0, description="Seed of the stratified train/val/test split.")
-    cache_dir: str | None = Field(
-        None, description="ImageFolder only: where decoded tiles are cached (empty: no cache)."
+    cache_dir: OutputFolder = Field(
+        None, description="ImageFolder only: where decoded tiles are cached (empty: no cache); on a worker under "
+        "the operator's output root."
     )
     mean: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
         None, min_length=3, max_length=3, description="ImageFolder only: per-channel mean (R, G, B, on the 0..1 "
@@ -243,9 +248,10 @@ class ModelSpec(_Spec):
     def _check_architecture(cls, value: str) -> str:
         """The canonical form (:func:`focus_core.arch_string.canonical_architecture`): one string per model.
 
-        A malformed string raises its ``FocusError`` (a ``ValueError``), whose sentence pydantic reports.
+        A malformed string raises its ``FocusError`` (a ``ValueError``), whose sentence pydantic reports; so does
+        a factory a worker may not build (:func:`flows.confinement.check_architecture`), before any import.
         """
-        return canonical_architecture(value)
+        return confinement.check_architecture(canonical_architecture(value))
 
 
 def _no_credentials(location: str | None) -> str | None:
@@ -254,10 +260,18 @@ def _no_credentials(location: str | None) -> str | None:
     return check_no_secret(location)
 
 
-#: A weights file or folder: a local path or an fsspec URL without credentials in it (they are the worker's).
-WeightsLocation = Annotated[str | None, AfterValidator(_no_credentials)]
-#: A folder for weights: a local path or an fsspec URL prefix, likewise without credentials.
-CheckpointFolder = Annotated[str, AfterValidator(_no_credentials)]
+#: A weights file or folder: a local path or an fsspec URL without credentials in it (they are the worker's); on a
+#: worker, in its roots or at a URL it may read (:func:`flows.confinement.check_location`).
+WeightsLocation = Annotated[str | None, AfterValidator(_no_credentials), AfterValidator(confinement.check_location)]
+#: A folder for weights: a local path or an fsspec URL prefix, likewise without credentials; on a worker, under its
+#: output root or at a URL it may write (:func:`flows.confinement.check_output`).
+CheckpointFolder = Annotated[str, AfterValidator(_no_credentials), AfterValidator(confinement.check_output)]
+#: A folder a flow writes into (tile caches, figures): on a worker, under the operator's output root.
+OutputFolder = Annotated[str | None, AfterValidator(confinement.check_output)]
+#: A folder a flow reads data from: on a worker, in the operator's data roots (or the output root).
+DataFolder = Annotated[str | None, AfterValidator(confinement.check_read_path)]
+
+
 def _checkpoint_schema() -> dict[str, Any]:
     """ModelSpec's JSON schema with ``weights`` required (a non-empty string): the form of a trained checkpoint."""
     schema = ModelSpec.model_json_schema()

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from flows import confinement
 from focus_core.errors import FocusError
 
 __all__ = [
@@ -420,6 +421,7 @@ def local_copy(location: str | os.PathLike, expected_sha256: str | None = None) 
         When the object store cannot be reached (worth a retry).
     """
     text = str(location)
+    confinement.check_location(text)  # a worker reads only where its operator allows
     if is_registry(text):
         return _registry_copy(text, expected_sha256)[1]
     if not is_url(text):

@@ -29,6 +29,7 @@ import torch
 import torchvision
 from torch import nn
 
+from focus_core.arch_policy import ANY_FACTORY, FactoryPolicy, check_keywords
 from focus_core.arch_string import Architecture, parse_architecture
 from focus_core.errors import FocusError, first_line
 from focus_core.timm_models import DataConfig, build_timm_model, timm_data_config
@@ -87,7 +88,8 @@ class DigitsCNN(nn.Module):
 
 
 def build_model(
-    arch: str, num_classes: int, in_channels: int = 3, pretrained: bool = False
+    arch: str, num_classes: int, in_channels: int = 3, pretrained: bool = False,
+    factories: FactoryPolicy = ANY_FACTORY,
 ) -> nn.Module:
     """Build a classifier with its head sized for ``num_classes`` and its stem for ``in_channels``.
 
@@ -111,6 +113,10 @@ def build_model(
     pretrained : bool
         Start from torchvision's default ImageNet weights, or timm's pretrained weights of the name
         (downloaded once; needs network).
+    factories : FactoryPolicy
+        Which ``package.module:factory`` paths may be imported and called (:mod:`focus_core.arch_policy`): every
+        one by default (your own code on your own machine); a worker passes the operator's list, and anything
+        else is refused before any import. An allowed factory's keywords are checked against its signature.
 
     Returns
     -------
@@ -120,9 +126,9 @@ def build_model(
     Raises
     ------
     FocusError
-        For an unknown or malformed architecture, a broken import path, a module or factory that raises (the
-        message names the factory and its error), keywords the builder refuses, a ``timm:`` architecture
-        without timm installed, or a failed weight download.
+        For an unknown or malformed architecture, a factory ``factories`` does not allow, a broken import path,
+        a module or factory that raises (the message names the factory and its error), keywords the builder
+        refuses, a ``timm:`` architecture without timm installed, or a failed weight download.
 
     Examples
     --------
@@ -133,6 +139,7 @@ def build_model(
     """
     _check_positive(num_classes=num_classes, in_channels=in_channels)
     parsed = parse_architecture(arch)
+    factories.check(parsed)  # before any import or call
     if parsed.kind == "timm":
         return build_timm_model(parsed, num_classes, in_channels, pretrained)
     if parsed.name == "digits_cnn":
@@ -252,6 +259,7 @@ def _call_factory(
 ) -> nn.Module:
     path = arch.name
     wanted = {"num_classes": num_classes, "in_channels": in_channels}
+    check_keywords(arch, factory)
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):

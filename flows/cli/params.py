@@ -333,7 +333,8 @@ def add_database_option(parser: argparse.ArgumentParser, field: str | None = Non
     """
     option(parser, "--database-url", metavar="URL", field=field, convert=_public_url,
            help="SQLAlchemy URL of focus-audit's store, e.g. postgresql+psycopg://user@host/focus "
-           "(default: $FOCUS_DATABASE_URL, else sqlite:///focus.db).")
+           "(default: $FOCUS_DATABASE_URL, else sqlite:///focus.db). Prefer FOCUS_DATABASE_URL for a URL with a "
+           "password: a command line shows in the process list of every user of the machine.")
 
 
 def database_url(namespace: argparse.Namespace) -> str | None:

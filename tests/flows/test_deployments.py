@@ -234,17 +234,46 @@ def test_process_template_derives_from_prefects_default():
 
     default = ProcessWorker.get_default_base_job_template()
     ours = json.loads(POOL_TEMPLATES["process"].read_text())
-    assert ours["job_configuration"] == default["job_configuration"]
-    assert set(ours["variables"]["properties"]) == set(default["variables"]["properties"])
+    variables = set(ours["variables"]["properties"])
+    assert variables == {"name", "labels", "stream_output"}  # a subset of Prefect's: no command, env, working_dir
+    assert variables < set(default["variables"]["properties"])
+    assert {k: v for k, v in ours["job_configuration"].items() if k in variables} == {
+        k: v for k, v in default["job_configuration"].items() if k in variables}
+    assert ours["job_configuration"]["env"] == {"PYTHONUNBUFFERED": "1"}  # fixed: the worker's environment is inherited
     assert "CUDA_VISIBLE_DEVICES" in ours["variables"]["description"]
+
+
+#: Job variables that would let whoever starts a run choose what a worker executes or which secrets it sees.
+EXECUTION_VARIABLES = {"command", "env", "image", "working_dir", "volumes", "privileged", "namespace", "networks",
+                       "network_mode", "service_account_name", "cluster_config", "container_create_kwargs",
+                       "database_secret", "object_store_secret"}
+
+
+@pytest.mark.parametrize("kind", sorted(POOL_TEMPLATES))
+def test_no_template_lets_a_run_choose_what_the_worker_executes(kind: str):
+    import jsonschema
+
+    template = json.loads(POOL_TEMPLATES[kind].read_text())
+    variables = template["variables"]
+    # a variable a run could set to choose the command, image, environment...: none, or fixed by a const (docker's
+    # env names Prefect Secret blocks, which only a variable's value may reference)
+    settable = {name for name, prop in variables["properties"].items() if "const" not in prop}
+    assert not EXECUTION_VARIABLES & settable, kind
+    assert not EXECUTION_VARIABLES & _placeholders(template["job_configuration"]) & settable, kind
+    for name in set(variables["properties"]) - settable:
+        assert variables["properties"][name]["const"] == variables["properties"][name]["default"]
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({name: {"PATH": "/tmp/evil"}}, variables)
+    assert variables["additionalProperties"] is False  # the server refuses any other job variable of a run
+    with pytest.raises(jsonschema.ValidationError, match="command"):
+        jsonschema.validate({"command": "sh -c 'id > /tmp/x'"}, variables)
 
 
 def test_docker_template_requests_one_gpu():
     docker_types = pytest.importorskip("docker.types")
 
     template = json.loads(POOL_TEMPLATES["docker"].read_text())
-    assert template["job_configuration"]["container_create_kwargs"] == "{{ container_create_kwargs }}"
-    kwargs = template["variables"]["properties"]["container_create_kwargs"]["default"]
+    kwargs = template["job_configuration"]["container_create_kwargs"]  # fixed: a run cannot change it
     (request,) = kwargs["device_requests"]
     parsed = docker_types.DeviceRequest(**request)  # what docker-py builds from the dict
     assert parsed.count == 1 and parsed.capabilities == [["gpu"]] and parsed.driver == "nvidia"
@@ -281,19 +310,20 @@ def test_kubernetes_template_takes_the_store_url_and_object_store_credentials_fr
     properties = template["variables"]["properties"]
     (container,) = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"]
     (database,) = [e for e in container["env"] if e["name"] == "FOCUS_DATABASE_URL"]
-    assert database["valueFrom"]["secretKeyRef"] == {"name": "{{ database_secret }}", "key": "FOCUS_DATABASE_URL"}
+    assert database["valueFrom"]["secretKeyRef"] == {"name": "focus-database", "key": "FOCUS_DATABASE_URL"}
     (object_store,) = container["envFrom"]
-    assert object_store["secretRef"]["name"] == "{{ object_store_secret }}"
+    assert object_store["secretRef"]["name"] == "focus-object-store"  # fixed by the operator, not a job variable
     assert object_store["secretRef"].get("optional") is True  # workload identity needs no Secret
-    assert template["job_configuration"]["env"] == "{{ env }}"  # the pool's and deployment's env still reach the Job
+    env = template["job_configuration"]["env"]  # fixed: a deployment or run cannot add to it
+    assert env["FOCUS_PROJECT_DIR"] == "/opt/focus-audit"
+    assert not {"FOCUS_DATABASE_URL", "AWS_SECRET_ACCESS_KEY"} & set(env)
     # the worker fills the placeholders with the variables' defaults (or a deployment's job_variables)
     defaults = {name: prop["default"] for name, prop in properties.items() if "default" in prop}
     (resolved,) = apply_values(template["job_configuration"], defaults)["job_manifest"]["spec"]["template"]["spec"][
         "containers"
     ]
     assert resolved["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "focus-database"
-    assert resolved["envFrom"][0]["secretRef"]["name"] == "focus-object-store"
-    assert not {"FOCUS_DATABASE_URL", "AWS_SECRET_ACCESS_KEY"} & set(properties["env"]["default"])
+    assert resolved["resources"]["limits"]["memory"] == properties["memory_limit"]["default"]
 
 
 SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "focus-test-key", "AWS_SECRET_ACCESS_KEY": "focus-test-secret"}
@@ -319,18 +349,15 @@ def test_docker_template_resolves_credentials_from_prefect_secret_blocks(prefect
         async with get_client() as client:  # the server accepts the template as a base job template
             await client.create_work_pool(WorkPoolCreate(name=f"docker-{uuid.uuid4().hex[:8]}", type="docker",
                                                          base_job_template=template))
-            # what the worker builds for a flow run: pool defaults, a deployment's env merged on top, blocks resolved
-            deployment_env = {"env": {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}}
-            merged = await BaseJobConfiguration.from_template_and_values(template, deployment_env, client=client)
-            no_keys = {"env": {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}}
-            dropped = await BaseJobConfiguration.from_template_and_values(template, no_keys, client=client)
-        return merged.env, dropped.env
+            # what the worker builds for a flow run: the pool's fixed env, blocks resolved (a run that asks for
+            # another env is refused by the server first: the variable is a const)
+            merged = await BaseJobConfiguration.from_template_and_values(template, {}, client=client)
+        return merged.env
 
-    merged, dropped = asyncio.run(check())
+    merged = asyncio.run(check())
     assert merged["FOCUS_DATABASE_URL"] == store_url
     assert {k: merged[k] for k in SECRET_KEYS} == SECRET_KEYS
-    assert merged["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and merged["FOCUS_PROJECT_DIR"] == "/opt/focus-audit"
-    assert dropped["FOCUS_DATABASE_URL"] == store_url and dropped.get("AWS_ACCESS_KEY_ID") is None
+    assert "AWS_ENDPOINT_URL" not in merged and merged["FOCUS_PROJECT_DIR"] == "/opt/focus-audit"
 
 
 def test_the_automation_matches_the_regressions_the_audit_emits():

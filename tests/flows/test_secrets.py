@@ -150,3 +150,14 @@ def test_no_command_leaks_a_secret_of_the_store_url(
     assert dump.returncode == 0, dump.stderr
     assert "mosaic_result" in dump.stdout and not _leaks(dump.stdout)
     assert not _leaks("\n".join(outputs))
+
+
+def test_the_database_option_says_to_prefer_the_environment_variable():
+    import argparse
+
+    from flows.cli.params import add_database_option
+
+    parser = argparse.ArgumentParser(prog="focus", formatter_class=lambda prog: argparse.HelpFormatter(prog, width=500))
+    add_database_option(parser)
+    text = parser.format_help()
+    assert "Prefer FOCUS_DATABASE_URL" in text and "process list" in text

@@ -93,9 +93,10 @@ def deployed(prefect_server: PrefectServer, store_url: str) -> PrefectServer:
     return prefect_server
 
 
-def worker_env(server: PrefectServer, store_url: str, gpu: str) -> dict[str, str]:
+def worker_env(server: PrefectServer, store_url: str, gpu: str, data_root: str) -> dict[str, str]:
     return {
         "FOCUS_PROJECT_DIR": str(PROJECT_ROOT),  # the deployments' pull step changes to it
+        "FOCUS_DATA_ROOTS": data_root,  # where a worker may read weights and data (the checkpoints' folder here)
         "FOCUS_DATABASE_URL": store_url,  # the workers' store; not a flow parameter
         "CUDA_VISIBLE_DEVICES": gpu,  # one worker per GPU ("" here: a CPU machine)
         "PREFECT_WORKER_QUERY_SECONDS": "2",
@@ -171,7 +172,8 @@ def test_evaluate_deployment_runs_on_a_worker_and_writes_postgres(
     import db
     from focus_core import models
 
-    deployed.start_worker("focus-gpu", "gpu-0", worker_env(deployed, store_url, gpu=""))
+    env = worker_env(deployed, store_url, gpu="", data_root=str(Path(checkpoints[0]).parent))
+    deployed.start_worker("focus-gpu", "gpu-0", env)
     with api(deployed):
         # a bad parameter is refused by the server's schema check before any work is scheduled
         bad = evaluate_parameters(checkpoints[0], ["gradcam"])
@@ -233,9 +235,10 @@ def test_two_workers_share_a_sweep_and_record_each_cell_once(
 
     import db
 
+    env = worker_env(deployed, store_url, gpu="", data_root=str(Path(checkpoints[0]).parent))
     if not any(name == "gpu-0" for name, _, _ in deployed.workers):
-        deployed.start_worker("focus-gpu", "gpu-0", worker_env(deployed, store_url, gpu=""))
-    deployed.start_worker("focus-gpu", "gpu-1", worker_env(deployed, store_url, gpu=""))
+        deployed.start_worker("focus-gpu", "gpu-0", env)
+    deployed.start_worker("focus-gpu", "gpu-1", env)
 
     methods = ["gradcam", "random"]
     command = [FOCUS, "sweep", "--deployment", "evaluate/evaluate", "--timeout", str(RUN_TIMEOUT_S),

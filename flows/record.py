@@ -27,13 +27,14 @@ from flows.params import (
     MosaicSetSpec,
     RandomizationSpec,
 )
-from focus_core import explainers
+from focus_core import explainers, mosaic_limits
 from focus_core.errors import FocusError
 
 __all__ = [
     "RegisteredInputs",
     "RegisteredMosaics",
     "check_recorded_checkpoint",
+    "check_request_size",
     "grid_fields",
     "open_evaluation",
     "register_checkpoint",
@@ -60,11 +61,29 @@ class RegisteredInputs(RegisteredMosaics):
     checkpoint_sha256: str
 
 
+def check_request_size(
+    dataset_spec: DatasetSpec, mosaic_spec: MosaicSetSpec, limit: int = mosaic_limits.MAX_MOSAICS
+) -> int:
+    """The number of mosaics the spec asks for (per class x target classes); ``FocusError`` above ``limit``
+    (:func:`focus_core.mosaic_limits.check_request_size`), before the manifest is drawn or any row written."""
+    classes = mosaic_spec.classes or range(len(caches.load_dataset(dataset_spec).classes))
+    return mosaic_limits.check_request_size(mosaic_spec.per_class, len(set(classes)), limit)
+
+
 def register_mosaics(
-    engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: MosaicSetSpec, model: ModelSpec | None = None
+    engine: Engine,
+    dataset_spec: DatasetSpec,
+    mosaic_spec: MosaicSetSpec,
+    model: ModelSpec | None = None,
+    *,
+    max_mosaics: int = mosaic_limits.MAX_MOSAICS,
 ) -> RegisteredMosaics:
     """Register the dataset with its images and the seeded mosaic set built from it (``model``: the checkpoint
-    whose predictions choose a confident set's tiles, :func:`flows.caches.load_manifest`)."""
+    whose predictions choose a confident set's tiles, :func:`flows.caches.load_manifest`).
+
+    A set of more than ``max_mosaics`` mosaics is refused before anything is written (:func:`check_request_size`).
+    """
+    check_request_size(dataset_spec, mosaic_spec, max_mosaics)
     dataset = caches.load_dataset(dataset_spec)
     registered = db.register_dataset(
         engine,
@@ -215,10 +234,16 @@ def register_checkpoint(
 
 
 def register_inputs(
-    engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: MosaicSetSpec, model: ModelSpec, **checkpoint: Any
+    engine: Engine,
+    dataset_spec: DatasetSpec,
+    mosaic_spec: MosaicSetSpec,
+    model: ModelSpec,
+    *,
+    max_mosaics: int = mosaic_limits.MAX_MOSAICS,
+    **checkpoint: Any,
 ) -> RegisteredInputs:
-    """Register the dataset, mosaic set and checkpoint of an evaluation request."""
-    mosaic_set = register_mosaics(engine, dataset_spec, mosaic_spec, model)
+    """Register the dataset, mosaic set and checkpoint of an evaluation request (at most ``max_mosaics`` mosaics)."""
+    mosaic_set = register_mosaics(engine, dataset_spec, mosaic_spec, model, max_mosaics=max_mosaics)
     checkpoint_id, sha = register_checkpoint(engine, model, dataset_spec, **checkpoint)
     return RegisteredInputs(**mosaic_set.__dict__, checkpoint_id=checkpoint_id, checkpoint_sha256=sha)
 

@@ -153,10 +153,14 @@ def check_recorded_checkpoint(
     it: weights read from a recorded URL must have the recorded sha256 (an object overwritten with
     other bytes is refused, on whichever worker reads it).
 
+    A record that no training run, lineage or stored result pins (every evaluation of it failed before its first
+    result, say under a wrong architecture) does not hold the file to its architecture: another one is accepted
+    and recorded by :func:`register_checkpoint` once the weights load into it.
+
     Returns
     -------
     bool
-        Whether the file is recorded (``False``: not yet).
+        Whether the file is recorded as the spec says (``False``: not yet, or recorded unproven as another model).
 
     Raises
     ------
@@ -180,6 +184,8 @@ def check_recorded_checkpoint(
     if (recorded[0], recorded[1]) != (model.architecture, num_classes) or (
         recorded[2] is not None and int(recorded[2]) != in_channels
     ):
+        if not row.proven:  # every evaluation of the recorded architecture failed before a result: not pinned
+            return False
         channels = "" if recorded[2] is None else f", {recorded[2]} input channel(s)"
         raise FocusError(
             f"The weights file {weight_store.redact(model.weights)!r} is recorded as a {recorded[0]} checkpoint with "
@@ -187,7 +193,8 @@ def check_recorded_checkpoint(
             f"input channel(s): pass --arch {recorded[0]} --num-classes {recorded[1]}, or a weights file saved for "
             f"{model.architecture}."
         )
-    _AGREED.add(agreed)
+    if row.proven:  # an unproven record may still be recorded again under another architecture
+        _AGREED.add(agreed)
     return True
 
 
@@ -207,7 +214,9 @@ def register_checkpoint(
     path means nothing on another worker); a registry alias is recorded as the version whose bytes were read
     (``models:/<name>/<version>``: the alias moves, the version does not). A file seen for the first time is loaded into the spec's
     architecture before it is recorded (so the store never records weights under the wrong
-    architecture); a file already recorded must be asked for with the recorded architecture and class count.
+    architecture); a file already recorded must be asked for with the recorded architecture and class count,
+    unless its record is unproven (:func:`check_recorded_checkpoint`): then the weights are loaded into the spec's
+    architecture and the record takes it.
 
     Raises
     ------

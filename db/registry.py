@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import insert, select, update
+from sqlalchemy import exists, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from db.errors import StoreError
 from db import keys
-from db.models import SPLITS, CheckpointOrigin, Dataset, Image, ModelCheckpoint, XaiMethod
+from db.models import SPLITS, CheckpointOrigin, Dataset, Evaluation, Image, ModelCheckpoint, MosaicResult, XaiMethod
 from db.transactions import Store, idempotent, transaction
 
 __all__ = [
@@ -39,12 +39,18 @@ class RegisteredDataset(NamedTuple):
 
 
 class RecordedCheckpoint(NamedTuple):
-    """What the store records about a weights file: its id, architecture, class count and input channels."""
+    """What the store records about a weights file: its id, architecture, class count and input channels.
+
+    ``proven`` is whether the record is pinned: the file was trained by a recorded run, joined a lineage, or an
+    evaluation of it stored a result. An unproven record (every evaluation of it failed before its first result)
+    may be recorded again with another architecture (:func:`register_checkpoint`).
+    """
 
     checkpoint_id: int
     architecture: str
     num_classes: int
     in_channels: int | None  # None where it was not recorded
+    proven: bool = True
 
 
 def check_split(split: str) -> None:
@@ -161,6 +167,11 @@ def register_checkpoint(
     another origin of the same checkpoint (the checkpoint's own ``training_run_id``, ``epoch`` and ``label``
     stay the first run's). Calling again with the same arguments writes nothing.
 
+    A file recorded with another architecture, class count or channel count keeps its record when the record is
+    proven (see :class:`RecordedCheckpoint`); an unproven record takes the new architecture, class count and
+    channels (the caller has loaded the weights into them), keeping its id, so the failed evaluations of the
+    wrong architecture, which stored no result, are run again under the right one.
+
     Examples
     --------
     >>> register_checkpoint(engine, "ab" * 32, "digits_cnn", 10, path="w.pt")  # doctest: +SKIP
@@ -175,9 +186,19 @@ def register_checkpoint(
     }  # fmt: skip
 
     def work(connection: Connection) -> int:
-        checkpoint_id = connection.scalar(select(ModelCheckpoint.id).where(ModelCheckpoint.sha256 == sha256))
-        if checkpoint_id is None:
-            checkpoint_id = connection.scalar(insert(ModelCheckpoint).values(values).returning(ModelCheckpoint.id))
+        c = ModelCheckpoint
+        row = connection.execute(
+            select(c.id, c.architecture, c.num_classes, c.in_channels).where(c.sha256 == sha256).with_for_update()
+        ).first()
+        if row is None:
+            checkpoint_id = connection.scalar(insert(c).values(values).returning(c.id))
+        else:
+            checkpoint_id = row.id
+            shape = {"architecture": architecture, "num_classes": int(num_classes), "in_channels": in_channels}
+            if (row.architecture, row.num_classes, row.in_channels) != tuple(shape.values()) and not _proven(
+                connection, checkpoint_id
+            ):
+                connection.execute(update(c).where(c.id == checkpoint_id).values(shape))
         if training_run_id is not None and epoch is not None:
             _record_origin(connection, checkpoint_id, int(training_run_id), int(epoch))
         return checkpoint_id
@@ -195,23 +216,38 @@ def _record_origin(connection: Connection, checkpoint_id: int, training_run_id: 
         connection.execute(insert(o).values(key))
 
 
+def _proven(connection: Connection, checkpoint_id: int) -> bool:
+    """Whether the checkpoint's record is pinned: a training origin, a lineage, or a stored result of it."""
+    c = ModelCheckpoint
+    pinned = connection.execute(
+        select(c.training_run_id, c.lineage_id).where(c.id == checkpoint_id)
+    ).one()
+    if pinned.training_run_id is not None or pinned.lineage_id is not None:
+        return True
+    if connection.scalar(select(exists().where(CheckpointOrigin.checkpoint_id == checkpoint_id))):
+        return True
+    evaluations = select(Evaluation.id).where(Evaluation.checkpoint_id == checkpoint_id)
+    return bool(connection.scalar(select(exists().where(MosaicResult.evaluation_id.in_(evaluations)))))
+
+
 def recorded_checkpoint(engine: Engine, sha256: str) -> RecordedCheckpoint | None:
     """The store's record of the weights file with this sha256, or ``None`` when it is not recorded.
 
     Examples
     --------
     >>> recorded_checkpoint(engine, "ab" * 32)  # doctest: +SKIP
-    RecordedCheckpoint(checkpoint_id=1, architecture='digits_cnn', num_classes=10, in_channels=1)
+    RecordedCheckpoint(checkpoint_id=1, architecture='digits_cnn', num_classes=10, in_channels=1, proven=True)
     """
     c = ModelCheckpoint
     with engine.connect() as connection:
         row = connection.execute(
             select(c.id, c.architecture, c.num_classes, c.in_channels).where(c.sha256 == sha256)
         ).first()
-    if row is None:
-        return None
+        if row is None:
+            return None
+        proven = _proven(connection, int(row.id))
     return RecordedCheckpoint(int(row.id), row.architecture, int(row.num_classes),
-                              None if row.in_channels is None else int(row.in_channels))
+                              None if row.in_channels is None else int(row.in_channels), proven)
 
 
 def recorded_sha256_at(engine: Engine, path: str) -> str | None:

@@ -106,7 +106,9 @@ def run_evaluation(
     device = preflight.check_request(params)
     engine = store.engine_for(params.run.database_url)
     started = time.perf_counter()
-    inputs = inputs or record.register_inputs(engine, params.dataset, params.mosaics, params.model)
+    inputs = inputs or record.register_inputs(
+        engine, params.dataset, params.mosaics, params.model, max_mosaics=params.run.max_mosaics
+    )
     rnd = params.randomization
     logger.info(
         "Evaluating checkpoint %s (%s) on mosaic set %s (%d mosaics) on %s; store %s",

@@ -23,7 +23,7 @@ __all__ = ["check_request"]
 
 def check_request(params: Any, randomization: RandomizationSpec | None = None) -> torch.device:
     """Check the device, the weights (they fit the architecture and the store's record), the randomization, the
-    mosaic set (it can be drawn: enough, and with ``confident`` enough confidently classified, images), the layers,
+    mosaic set (at most ``run.max_mosaics`` mosaics; it can be drawn: enough, and with ``confident`` enough confidently classified, images), the layers,
     that every method can explain the model (``check_model``: ``attnlrp`` only ViTs, ``lrp`` no ViT) and, for a
     vision transformer, that the tiles are whole patches (:func:`focus_core.tokens.check_patch_alignment`).
 
@@ -35,6 +35,7 @@ def check_request(params: Any, randomization: RandomizationSpec | None = None) -
     record.check_recorded_checkpoint(store.engine_for(params.run.database_url), params.model, params.dataset)
     rnd = randomization or getattr(params, "randomization", None) or RandomizationSpec()
     randomize.check_randomization(model, rnd.kind, rnd.stage, rnd.layer)
+    record.check_request_size(params.dataset, params.mosaics, params.run.max_mosaics)  # before drawing the set
     caches.load_manifest(params.dataset, params.mosaics, params.model)  # a set that cannot be drawn: before any row
     for method in params.methods:
         explainer = caches.make_explainer(method, params.model, grid=params.mosaics.grid)

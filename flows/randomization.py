@@ -71,7 +71,8 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
     preflight.check_request(params)  # its stages come from the model itself: nothing else to check
     logger = get_run_logger()
     engine = store.engine_for(params.run.database_url)
-    inputs = record.register_inputs(engine, params.dataset, params.mosaics, params.model)
+    inputs = record.register_inputs(engine, params.dataset, params.mosaics, params.model,
+                                    max_mosaics=params.run.max_mosaics)
     stages = []
     for label, spec in randomization_stages(params):
         outcome = evaluate(

@@ -27,13 +27,14 @@ from flows.params import (
     MosaicSetSpec,
     RandomizationSpec,
 )
-from focus_core import explainers
+from focus_core import explainers, mosaic_limits
 from focus_core.errors import FocusError
 
 __all__ = [
     "RegisteredInputs",
     "RegisteredMosaics",
     "check_recorded_checkpoint",
+    "check_request_size",
     "grid_fields",
     "open_evaluation",
     "register_checkpoint",
@@ -60,11 +61,29 @@ class RegisteredInputs(RegisteredMosaics):
     checkpoint_sha256: str
 
 
+def check_request_size(
+    dataset_spec: DatasetSpec, mosaic_spec: MosaicSetSpec, limit: int = mosaic_limits.MAX_MOSAICS
+) -> int:
+    """The number of mosaics the spec asks for (per class x target classes); ``FocusError`` above ``limit``
+    (:func:`focus_core.mosaic_limits.check_request_size`), before the manifest is drawn or any row written."""
+    classes = mosaic_spec.classes or range(len(caches.load_dataset(dataset_spec).classes))
+    return mosaic_limits.check_request_size(mosaic_spec.per_class, len(set(classes)), limit)
+
+
 def register_mosaics(
-    engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: MosaicSetSpec, model: ModelSpec | None = None
+    engine: Engine,
+    dataset_spec: DatasetSpec,
+    mosaic_spec: MosaicSetSpec,
+    model: ModelSpec | None = None,
+    *,
+    max_mosaics: int = mosaic_limits.MAX_MOSAICS,
 ) -> RegisteredMosaics:
     """Register the dataset with its images and the seeded mosaic set built from it (``model``: the checkpoint
-    whose predictions choose a confident set's tiles, :func:`flows.caches.load_manifest`)."""
+    whose predictions choose a confident set's tiles, :func:`flows.caches.load_manifest`).
+
+    A set of more than ``max_mosaics`` mosaics is refused before anything is written (:func:`check_request_size`).
+    """
+    check_request_size(dataset_spec, mosaic_spec, max_mosaics)
     dataset = caches.load_dataset(dataset_spec)
     registered = db.register_dataset(
         engine,
@@ -134,10 +153,14 @@ def check_recorded_checkpoint(
     it: weights read from a recorded URL must have the recorded sha256 (an object overwritten with
     other bytes is refused, on whichever worker reads it).
 
+    A record that no training run, lineage or stored result pins (every evaluation of it failed before its first
+    result, say under a wrong architecture) does not hold the file to its architecture: another one is accepted
+    and recorded by :func:`register_checkpoint` once the weights load into it.
+
     Returns
     -------
     bool
-        Whether the file is recorded (``False``: not yet).
+        Whether the file is recorded as the spec says (``False``: not yet, or recorded unproven as another model).
 
     Raises
     ------
@@ -161,6 +184,8 @@ def check_recorded_checkpoint(
     if (recorded[0], recorded[1]) != (model.architecture, num_classes) or (
         recorded[2] is not None and int(recorded[2]) != in_channels
     ):
+        if not row.proven:  # every evaluation of the recorded architecture failed before a result: not pinned
+            return False
         channels = "" if recorded[2] is None else f", {recorded[2]} input channel(s)"
         raise FocusError(
             f"The weights file {weight_store.redact(model.weights)!r} is recorded as a {recorded[0]} checkpoint with "
@@ -168,7 +193,8 @@ def check_recorded_checkpoint(
             f"input channel(s): pass --arch {recorded[0]} --num-classes {recorded[1]}, or a weights file saved for "
             f"{model.architecture}."
         )
-    _AGREED.add(agreed)
+    if row.proven:  # an unproven record may still be recorded again under another architecture
+        _AGREED.add(agreed)
     return True
 
 
@@ -188,7 +214,9 @@ def register_checkpoint(
     path means nothing on another worker); a registry alias is recorded as the version whose bytes were read
     (``models:/<name>/<version>``: the alias moves, the version does not). A file seen for the first time is loaded into the spec's
     architecture before it is recorded (so the store never records weights under the wrong
-    architecture); a file already recorded must be asked for with the recorded architecture and class count.
+    architecture); a file already recorded must be asked for with the recorded architecture and class count,
+    unless its record is unproven (:func:`check_recorded_checkpoint`): then the weights are loaded into the spec's
+    architecture and the record takes it.
 
     Raises
     ------
@@ -215,10 +243,16 @@ def register_checkpoint(
 
 
 def register_inputs(
-    engine: Engine, dataset_spec: DatasetSpec, mosaic_spec: MosaicSetSpec, model: ModelSpec, **checkpoint: Any
+    engine: Engine,
+    dataset_spec: DatasetSpec,
+    mosaic_spec: MosaicSetSpec,
+    model: ModelSpec,
+    *,
+    max_mosaics: int = mosaic_limits.MAX_MOSAICS,
+    **checkpoint: Any,
 ) -> RegisteredInputs:
-    """Register the dataset, mosaic set and checkpoint of an evaluation request."""
-    mosaic_set = register_mosaics(engine, dataset_spec, mosaic_spec, model)
+    """Register the dataset, mosaic set and checkpoint of an evaluation request (at most ``max_mosaics`` mosaics)."""
+    mosaic_set = register_mosaics(engine, dataset_spec, mosaic_spec, model, max_mosaics=max_mosaics)
     checkpoint_id, sha = register_checkpoint(engine, model, dataset_spec, **checkpoint)
     return RegisteredInputs(**mosaic_set.__dict__, checkpoint_id=checkpoint_id, checkpoint_sha256=sha)
 

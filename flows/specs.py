@@ -33,6 +33,7 @@ from focus_core.arch_string import canonical_architecture
 from focus_core.errors import FocusError
 from focus_core import layouts
 from focus_core.hashing import canonical_json
+from focus_core.mosaic_limits import MAX_MOSAICS
 
 __all__ = [
     "DEVICE_PATTERN",
@@ -488,6 +489,10 @@ class RunSpec(_Spec):
     retry_delay_seconds: float = Field(10.0, ge=0, description="First retry delay; later ones back off exponentially.")
     max_chunks: int | None = Field(
         None, ge=1, description="Run at most this many chunks now; the next identical request runs the rest."
+    )
+    max_mosaics: int = Field(
+        MAX_MOSAICS, ge=1, description="The most mosaics (per class x target classes) one request may ask for: a "
+        "larger request is refused before anything is written. Raise it for a deliberately large mosaic set.",
     )
     lease_seconds: float = Field(
         300.0, ge=1, le=86_400,

@@ -81,7 +81,8 @@ def sweep(params: SweepParams) -> dict[str, Any]:
     cells = sweep_cells(params)
     evaluation_ids, checkpoint_ids = [], []
     for cell in cells:
-        inputs = record.register_inputs(engine, cell.dataset, cell.mosaics, cell.model)
+        inputs = record.register_inputs(engine, cell.dataset, cell.mosaics, cell.model,
+                                        max_mosaics=cell.run.max_mosaics)
         checkpoint_ids.append(inputs.checkpoint_id)
         evaluation_id, _, _ = record.open_evaluation(engine, inputs, cell.methods[0], cell.model, cell.randomization,
                                                      precision=cell.run.dtype, grid=cell.mosaics.grid)

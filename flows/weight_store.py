@@ -9,6 +9,12 @@ A small index (``urls/<sha256 of the URL>.json``) remembers which bytes a URL he
 size and ETag (or modification time) then: a later run whose metadata request (HEAD) finds the object
 unchanged reads the cache without downloading it again; a changed object is downloaded and hashed anew.
 
+A download is bounded (:mod:`flows.weight_cache_limits`, set in the worker's environment): connect and read
+timeouts and a total deadline (a hanging or trickling server fails in their time, as a ``TimeoutError``), and a
+size cap (an object larger than ``FOCUS_WEIGHTS_MAX_BYTES`` is refused before, or while, it is downloaded). A
+download that fails for any reason leaves no partial file. The cache holds at most
+``FOCUS_WEIGHTS_CACHE_MAX_BYTES``: after each download the least recently used files are removed.
+
 Credentials come only from the worker's environment, as each filesystem reads them (s3fs/botocore:
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL`` for an
 S3-compatible server, ``AWS_PROFILE``...; gcsfs: ``GOOGLE_APPLICATION_CREDENTIALS``; adlfs:
@@ -44,11 +50,13 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from flows import confinement
+from flows.weight_cache_limits import ENV_VARS, DownloadLimits, evict_least_recent, mark_used
 from focus_core.errors import FocusError
 
 __all__ = [
@@ -188,8 +196,9 @@ def mismatch_error(location: str, found: str, expected: str) -> FocusError:
     )
 
 
-def _filesystem(url: str) -> tuple[Any, str]:
-    """``(fsspec filesystem, path inside it)`` of a URL; FocusError when its filesystem is not installed."""
+def _filesystem(url: str, limits: DownloadLimits | None = None) -> tuple[Any, str]:
+    """``(fsspec filesystem, path inside it)`` of a URL, with ``limits``' timeouts (the environment's by default);
+    FocusError when its filesystem is not installed."""
     if is_registry(url):
         raise FocusError(
             f"{url} is a model registry version, which focus-audit only reads: write weights and checkpoints to a "
@@ -197,8 +206,9 @@ def _filesystem(url: str) -> tuple[Any, str]:
         )
     import fsspec
 
+    options = (limits or DownloadLimits.from_environment()).storage_options(urlsplit(url).scheme.lower())
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **options)
     except ImportError as error:  # fsspec's message names the package to install ("Install s3fs to access S3")
         raise FocusError(
             f"Reading {redact(url)} needs a filesystem package this worker lacks ({error}): install it there, "
@@ -215,6 +225,49 @@ def _bucket_url(url: str) -> str:
     """The bucket (or container) part of a URL: ``s3://models/runs/w.pt`` -> ``s3://models``."""
     parts = urlsplit(redact(url))
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether ``error`` or an error it was raised from is a timeout (fsspec's HTTP reports one as not found)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, TimeoutError) or "Timeout" in type(error).__name__:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class _TimedOut(TimeoutError):
+    """A download that passed one of its time limits (its message names them); other timeouts are the library's."""
+
+
+def _timeout_error(url: str, limits: DownloadLimits) -> TimeoutError:
+    return _TimedOut(
+        f"Reading {redact(url)} timed out: the server did not connect within {limits.connect_seconds:g} s, sent "
+        f"nothing for {limits.read_seconds:g} s, or the download passed {limits.total_seconds:g} s; check the "
+        f"server, or raise {ENV_VARS['connect_seconds']}, {ENV_VARS['read_seconds']} or "
+        f"{ENV_VARS['total_seconds']} on the worker."
+    )
+
+
+def _too_large_error(url: str, limits: DownloadLimits, size: int | None = None) -> FocusError:
+    """The one sentence for an object over the size cap (``size``: its announced size; ``None``: found streaming)."""
+    found = f"are {_size(size)}" if size is not None else f"are more than {_size(limits.max_bytes)}"
+    return FocusError(
+        f"The weights at {redact(url)} {found}, larger than the {_size(limits.max_bytes)} a download may be: pass a "
+        f"state_dict of the model, or raise {ENV_VARS['max_bytes']} on the worker."
+    )
+
+
+def _size(count: int) -> str:
+    """``count`` bytes in the largest binary unit that keeps it at least 1 (``'1.5 GiB'``)."""
+    value, unit = float(count), "bytes"
+    for name in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, name
+    return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
 
 
 def _io_error(url: str, error: BaseException, action: str = "read") -> Exception:
@@ -236,12 +289,22 @@ def _io_error(url: str, error: BaseException, action: str = "read") -> Exception
     return OSError(f"Cannot {action} {redact(url)} ({type(error).__name__}); the object store may be unreachable")
 
 
-def _fingerprint(fs: Any, path: str) -> list[Any] | None:
-    """The object's size and ETag (or modification time) from one metadata request; ``None``: nothing to trust."""
+def _object_info(fs: Any, path: str) -> dict[str, Any]:
+    """The object's metadata, from one metadata request."""
     fs.invalidate_cache(path)
     info = fs.info(path)
     if info.get("type") == "directory":
         raise IsADirectoryError(path)
+    return info
+
+
+def _fingerprint(fs: Any, path: str) -> list[Any] | None:
+    """The object's size and ETag (or modification time) from one metadata request; ``None``: nothing to trust."""
+    return _fingerprint_of(_object_info(fs, path))
+
+
+def _fingerprint_of(info: dict[str, Any]) -> list[Any] | None:
+    """The size and ETag (or modification time) in an object's metadata; ``None``: nothing to trust."""
     tag = info.get("ETag") or info.get("etag") or info.get("generation") or info.get("md5Hash")
     when = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("updated")
     if tag is None and when is None:
@@ -324,15 +387,23 @@ def _remembered(url: str, fingerprint: list[Any] | None) -> str | None:
     return entry.get("sha256") if entry.get("fingerprint") == fingerprint else None
 
 
-def _download(fs: Any, path: str) -> str:
-    """Copy the object into the cache while hashing it (through a hidden partial file); return its sha256."""
+def _download(fs: Any, path: str, url: str, limits: DownloadLimits) -> str:
+    """Copy the object into the cache while hashing it (through a hidden partial file, removed on any failure);
+    return its sha256. More than ``limits.max_bytes`` bytes, or a download past ``limits.total_seconds``, stop it."""
     digest = hashlib.sha256()
     folder = cache_dir() / "sha256"
     folder.mkdir(parents=True, exist_ok=True)
+    deadline, received = time.monotonic() + limits.total_seconds, 0
+    streaming = {"block_size": 0} if urlsplit(url).scheme.lower() in ("http", "https") else {"block_size": 8 * _CHUNK}
     handle, partial = tempfile.mkstemp(dir=folder, prefix=".download-", suffix=".partial")
     try:
-        with os.fdopen(handle, "wb") as file, fs.open(path, "rb", block_size=8 * _CHUNK) as source:
-            for chunk in iter(lambda: source.read(8 * _CHUNK), b""):
+        with os.fdopen(handle, "wb") as file, fs.open(path, "rb", **streaming) as source:
+            for chunk in iter(lambda: source.read(_CHUNK), b""):
+                received += len(chunk)
+                if received > limits.max_bytes:
+                    raise _too_large_error(url, limits)
+                if time.monotonic() > deadline:
+                    raise _timeout_error(url, limits)
                 digest.update(chunk)
                 file.write(chunk)
         sha256 = digest.hexdigest()
@@ -348,21 +419,37 @@ def _download(fs: Any, path: str) -> str:
 
 
 def _fetch(url: str) -> tuple[str, Path]:
-    """``(sha256, cached file)`` of the bytes at ``url`` now: from the cache when the object is unchanged."""
-    fs, path = _filesystem(url)
+    """``(sha256, cached file)`` of the bytes at ``url`` now: from the cache when the object is unchanged.
+
+    A download is bounded by the environment's :class:`~flows.weight_cache_limits.DownloadLimits` and followed by
+    the cache's eviction of its least recently used files.
+    """
+    limits = DownloadLimits.from_environment()
+    fs, path = _filesystem(url, limits)
     try:
-        fingerprint = _fingerprint(fs, path)
+        info = _object_info(fs, path)
+        fingerprint = _fingerprint_of(info)
         known = _remembered(url, fingerprint)
         cached = _verified(known) if known else None
         if cached is not None:
+            mark_used(cached)
             return known, cached  # type: ignore[return-value]
-        sha256 = _download(fs, path)
-    except FocusError:
+        if isinstance(info.get("size"), int) and info["size"] > limits.max_bytes:
+            raise _too_large_error(url, limits, info["size"])  # announced: refused before a byte is read
+        sha256 = _download(fs, path, url, limits)
+    except (FocusError, _TimedOut):
         raise
     except Exception as error:  # noqa: BLE001 - every filesystem raises its own kinds
-        raise _io_error(url, error) from None
+        raise (_timeout_error(url, limits) if _timed_out(error) else _io_error(url, error)) from None
     _remember(url, fingerprint, sha256)
+    _evict(limits, keep=_cached_file(sha256))
     return sha256, _cached_file(sha256)
+
+
+def _evict(limits: DownloadLimits, keep: Path) -> None:
+    """Keep the cache's files under ``limits.cache_max_bytes``, least recently used first out (never ``keep``)."""
+    evict_least_recent(cache_dir() / "sha256", limits.cache_max_bytes, keep=keep,
+                       stale_after_seconds=2 * limits.total_seconds)
 
 
 def _hashed(path: Path) -> str:
@@ -489,4 +576,5 @@ def upload(local_file: str | os.PathLike, location: str | os.PathLike) -> str:
     if _verified(sha256) is None:
         _write_atomically(_cached_file(sha256), _copy_of(source))
     _remember(target, fingerprint, sha256)
+    _evict(DownloadLimits.from_environment(), keep=_cached_file(sha256))
     return sha256

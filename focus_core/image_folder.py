@@ -50,16 +50,39 @@ _CACHE_FORMAT = 1
 
 
 def _images_under(folder: Path) -> list[Path]:
-    """All image files below ``folder`` (recursively, hidden entries skipped), sorted."""
+    """All image files below ``folder`` (recursively, hidden entries skipped, symbolic links followed), sorted.
+
+    Raises
+    ------
+    FocusError
+        When a folder is reached twice through symbolic links (a link loop, which would be walked for ever, or a
+        link to a folder already listed, whose images would count twice).
+    """
     found = []
+    visited = {_identity(folder)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in dirnames:
+            identity = _identity(Path(dirpath, name))
+            if identity in visited:
+                raise FocusError(
+                    f"The folder '{Path(dirpath, name)}' is reached twice through symbolic links (it leads back to "
+                    f"'{os.path.realpath(Path(dirpath, name))}'): remove the link or make it point outside "
+                    f"'{folder}'."
+                )
+            visited.add(identity)
         found.extend(
             Path(dirpath, f)
             for f in filenames
             if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
         )
     return sorted(found)
+
+
+def _identity(folder: Path) -> tuple[int, int]:
+    """``(device, inode)`` of the folder ``folder`` leads to (links followed): the same for every way to reach it."""
+    status = os.stat(folder)
+    return status.st_dev, status.st_ino
 
 
 def _class_folders(folder: Path) -> list[Path]:
@@ -117,8 +140,15 @@ def _decode(path: Path, tile_size: int, resize: int) -> np.ndarray:
     from torchvision.transforms.v2 import functional as F
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only: a decompression bomb is refused before decoding
+            if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                raise Image.DecompressionBombError(path)  # PIL only warns up to twice its limit
             rgb = image.convert("RGB")
+    except Image.DecompressionBombError:
+        raise FocusError(
+            f"The image '{path}' claims more than {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb, or a "
+            "scan too large to tile): shrink it to a few megapixels or remove it."
+        ) from None
     except (UnidentifiedImageError, OSError) as error:
         raise FocusError(
             f"The file '{path}' cannot be read as an image ({error.__class__.__name__}): "

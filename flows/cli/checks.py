@@ -21,7 +21,7 @@ from typing import Any
 from flows.cli.errors import UsageError
 from focus_core.errors import FocusError
 
-__all__ = ["check_device", "check_inputs", "check_model"]
+__all__ = ["check_device", "check_inputs", "check_model", "check_request_size"]
 
 
 def _require_file(path: str | None, what: str, hint: str) -> None:
@@ -127,6 +127,22 @@ def check_model(params: Any) -> None:
 
     if patch_geometry(model) is not None:  # a ViT: the tiles must be whole patches
         check_patch_alignment(model, caches.load_dataset(dataset_spec).tile_size)
+
+
+def check_request_size(params: Any) -> None:
+    """Refuse a mosaic set of more than ``run.max_mosaics`` mosaics here, before Prefect starts (the worker checks
+    again: :func:`flows.preflight.check_request`)."""
+    mosaics, dataset_spec = getattr(params, "mosaics", None), getattr(params, "dataset", None)
+    limit = getattr(getattr(params, "run", None), "max_mosaics", None)
+    if mosaics is None or dataset_spec is None or limit is None:
+        return
+    from flows import record
+    from flows.specs import effective_dataset
+
+    model_spec = getattr(params, "model", None)
+    if model_spec is not None:
+        dataset_spec = effective_dataset(dataset_spec, model_spec)  # the dataset the flow loads (cached here)
+    record.check_request_size(dataset_spec, mosaics, limit)
 
 
 def _conv_block_hint(model: Any) -> str:

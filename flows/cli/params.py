@@ -27,6 +27,7 @@ from typing import Any
 
 from focus_core.errors import FocusError
 from focus_core.layouts import GRIDS, all_names
+from focus_core.mosaic_limits import MAX_MOSAICS
 
 __all__ = [
     "add_dataset_options",
@@ -235,6 +236,9 @@ def add_mosaic_options(parser: argparse.ArgumentParser, default_split: str = "te
            help=f"Held-out split the tiles come from (default {default_split}; never train: the model saw it).")
     option(group, "--per-class", type=int, metavar="N", field="mosaics.per_class",
            help=f"Mosaics per target class (default {default_per_class}).")
+    option(group, "--max-mosaics", type=int, metavar="N", field="run.max_mosaics",
+           help="Refuse a request of more than N mosaics (per class x target classes) before anything is written "
+           f"(default {MAX_MOSAICS:,}); raise it for a deliberately large mosaic set.")
     option(group, "--mosaic-seed", type=int, metavar="N", field="mosaics.seed",
            help="Seed of the mosaic set: same seed, same mosaics (default 0).")
     option(group, "--layout", choices=all_names(), field="mosaics.layout",

@@ -6,6 +6,11 @@ names them). ``--wide`` shows every column at full length; ``--columns a,b`` pic
 store names in every format. Whole numbers (ids, ``n``, a cascading ``stage``) stay integers, missing
 values are blank, other numbers have three decimals.
 
+What a user wrote (a label, a class or checkpoint name) is shown, never obeyed: the text format prints control
+characters (C0, DEL, C1: ESC among them) as ``\\xNN`` escapes (:func:`visible`), JSON escapes them itself, and
+CSV text cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab or a
+carriage return) get a leading ``'`` (:func:`csv_safe`, OWASP's rule); numbers stay numbers.
+
 Examples
 --------
 >>> import pandas as pd
@@ -20,12 +25,18 @@ id  method   stage  median
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "HEADERS", "Rendered", "integers", "records_json", "render", "select"]
+__all__ = ["COLUMNS", "HEADERS", "Rendered", "csv_safe", "integers", "records_json", "render", "select", "visible"]
+
+#: Control characters (C0, DEL, C1): a terminal obeys them (ESC starts an escape sequence that can clear it).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: First characters that make a spreadsheet read a cell as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 #: The columns of each table, most important first (the rest of a table's columns follow in store order).
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -100,6 +111,33 @@ def select(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return frame[columns]
 
 
+def visible(text: str) -> str:
+    r"""``text`` with every control character written as a ``\xNN`` escape, so a terminal shows it, never obeys it.
+
+    Examples
+    --------
+    >>> visible("cat\x1b[2J\x9b")
+    'cat\\x1b[2J\\x9b'
+    """
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``'`` before every text cell a spreadsheet would run as a formula; numbers untouched.
+
+    Examples
+    --------
+    >>> csv_safe(pd.DataFrame({"label": ["=HYPERLINK(1)", "ok", "-2+3"], "n": [-1, 2, 3]})).to_dict("list")
+    {'label': ["'=HYPERLINK(1)", 'ok', "'-2+3"], 'n': [-1, 2, 3]}
+    """
+    safe = frame.copy()
+    for column in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[column].dtype):
+            safe[column] = safe[column].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v)
+    return safe
+
+
 def _cell(value: Any, wide: bool) -> str:
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return ""
@@ -107,7 +145,7 @@ def _cell(value: Any, wide: bool) -> str:
         return f"{value:.3f}"
     if isinstance(value, pd.Timestamp):
         return value.strftime("%Y-%m-%d %H:%M")
-    text = str(value)
+    text = visible(str(value))
     return text if wide or len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 

@@ -69,7 +69,7 @@ def cmd_results(args: argparse.Namespace) -> None:
         except ValueError as error:
             raise UsageError(f"--columns: {error}.") from None
     if args.format == "csv":
-        text = frame.to_csv(index=False)
+        text = result_text.csv_safe(frame).to_csv(index=False)
     elif args.format == "json":
         text = result_text.records_json(frame)
     elif not len(frame):

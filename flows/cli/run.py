@@ -23,7 +23,7 @@ from typing import Any
 
 from flows import local_api, store
 from flows.cli import params as opts
-from flows.cli.checks import check_device, check_inputs, check_model
+from flows.cli.checks import check_device, check_inputs, check_model, check_request_size
 from flows.cli.console import chunk_moves, duration, epoch_moves, progress
 from flows.cli.errors import UsageError, info, quiet_user_error_tracebacks
 
@@ -71,7 +71,7 @@ def prefect_target() -> str:
 def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True) -> Any:
     """Run ``flows.<module>.<flow_name>(params=params)`` here (ephemeral mode or PREFECT_API_URL).
 
-    The device, paths, the model, its weights and GradCAM's layer are checked first, so a user's
+    The device, paths, the model, its weights, GradCAM's layer and the request's size are checked first, so a user's
     mistake ends in seconds with one line; then, without PREFECT_API_URL, the temporary Prefect API
     starts (:mod:`flows.local_api`, once per process); ``announce`` prints where the flow runs and
     how long it took.
@@ -83,6 +83,7 @@ def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True)
         if created and announce:
             info(f"created the schema (revision {created}) in the new store {store.describe(database_param(params))}")
     check_model(params)
+    check_request_size(params)
     local_api.ensure_started()
     flow = _load_flow(module, flow_name)
     quiet_user_error_tracebacks()

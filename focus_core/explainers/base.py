@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -293,7 +294,8 @@ def _target_range(targets: torch.Tensor) -> tuple[int, int]:
 
 
 class CheckedForward:
-    """``model`` as a function whose output is checked to be ``(N, K)`` logits with ``K`` above every target.
+    """``model`` as a function whose output is checked to be ``(N, K)`` logits with ``K`` above every target, and
+    finite on the model's first forward pass (NaN or Inf logits blame the model in one sentence, not the explainer).
 
     Made by :func:`checked_forward`. ``logits`` holds the (detached) output of the last call, so an explainer can
     hand back the logits of its forward pass on the clean inputs.
@@ -313,8 +315,36 @@ class CheckedForward:
                 f"Target class {self.largest} is out of range for a model with {logits.shape[1]} outputs: "
                 f"pass targets in [0, {logits.shape[1] - 1}]."
             )
+        if _unchecked(self.model):
+            if not bool(torch.isfinite(logits.detach()).all()):
+                raise FocusError(
+                    "The model's logits are NaN or infinite (its weights hold NaN or Inf, or its forward pass "
+                    "overflows): the model is at fault, not the explainer, so check the checkpoint or the model "
+                    "factory."
+                )
+            _mark_finite(self.model)
         self.logits = logits.detach()
         return logits
+
+
+#: Models whose logits were found finite once: checked on their first forward pass only (one device read each).
+_FINITE: weakref.WeakSet = weakref.WeakSet()
+
+
+def _unchecked(model: Any) -> bool:
+    """Whether ``model``'s logits are still to be checked (always for a model that cannot be weakly referenced,
+    such as a function made per batch)."""
+    try:
+        return model not in _FINITE
+    except TypeError:
+        return True
+
+
+def _mark_finite(model: Any) -> None:
+    try:
+        _FINITE.add(model)
+    except TypeError:
+        pass
 
 
 def checked_forward(model: nn.Module | Any, targets: torch.Tensor) -> CheckedForward:

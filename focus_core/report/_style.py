@@ -1,8 +1,9 @@
 """The shared look of the report figures: resolution, method colours, the Focus axis, saving.
 
-Every figure is written at :data:`DPI` on a white background, draws Focus from 0 to 1 with a
-dashed line at the chance level (the score of a random explanation: k/N² on N x N mosaics with k
-target tiles, 0.5 on 2x2 with 2) and gives each method the same colour.
+Every figure is written at :data:`DPI` on a white background with its texts as plain text (no
+mathtext), draws Focus from 0 to 1 with a dashed line at the chance level (the score of a random
+explanation: k/N² on N x N mosaics with k target tiles, 0.5 on 2x2 with 2) and gives each method
+the same colour.
 
 Examples
 --------
@@ -16,7 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from focus_core.errors import FocusError
 
@@ -89,8 +92,15 @@ def output_path(path: str | Path) -> Path:
 
 
 def save(fig: Figure, out: Path) -> Path:
-    """Write ``fig`` to ``out`` as a PNG at :data:`DPI`, release its artists and return ``out``."""
-    fig.savefig(out, dpi=DPI, format="png", facecolor="white")
+    """Write ``fig`` to ``out`` as a PNG at :data:`DPI`, release its artists and return ``out``.
+
+    Every text is drawn as plain text: a class name, label or method name such as ``$\\undefinedmacro$`` is shown
+    as written, never parsed as matplotlib mathtext (which would fail, or typeset it).
+    """
+    with matplotlib.rc_context({"text.parse_math": False}):  # texts created while drawing (tick labels) too
+        for text in fig.findobj(Text):
+            text.set_parse_math(False)
+        fig.savefig(out, dpi=DPI, format="png", facecolor="white")
     fig.clear()  # a pyplot-free Figure holds no global state: clearing releases its artists
     return out
 

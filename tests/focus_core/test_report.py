@@ -287,3 +287,29 @@ def test_the_chance_line_follows_the_grid(tmp_path: Path) -> None:
         assert_png(plot(*args, out, chance=1 / 3), out)
         with pytest.raises(FocusError, match="chance level"):
             plot(*args, out, chance=1.5)
+
+
+# --------------------------------------------------------------------------- labels as plain text
+
+MACRO = r"$\undefinedmacro$"  # mathtext would fail on it ("Unknown symbol")
+
+
+def test_every_figure_draws_labels_and_class_names_as_plain_text(tmp_path: Path, rng: np.random.Generator) -> None:
+    scores = rng.beta(8, 2, 40)
+    figures = {
+        "per-class": lambda out: report.plot_per_class_focus([MACRO, "1"], {MACRO: [0.9, 0.4]}, out),
+        "seeds": lambda out: report.plot_random_seeds({MACRO: [0.5, 0.4, 0.6]}, out, trained={MACRO: 0.9}),
+        "distributions": lambda out: report.plot_focus_distributions({MACRO: {MACRO: scores}}, out, {MACRO: 0.9}),
+        "trained-vs-random": lambda out: report.plot_trained_vs_random(scores, rng.beta(5, 5, 40), out, method=MACRO),
+        "layouts": lambda out: report.plot_layout_boxplots({MACRO: scores, "top": scores}, out),
+        "cascading": lambda out: report.plot_cascading_randomization([MACRO, "fc"], {MACRO: [0.9, 0.5]}, out),
+        "mosaic": lambda out: report.plot_mosaic_explanations(_mosaic_and_maps()[0], {MACRO: np.ones((32, 32))},
+                                                              out, (0, 3)),
+        "training": lambda out: report.plot_training_curves(
+            [{**row, f"focus_{MACRO}": row["focus_gradcam"]} for row in _epochs()], out),
+        "focus-vs-metrics": lambda out: report.plot_focus_vs_metrics(
+            [{**row, f"focus_{MACRO}": row["focus_gradcam"]} for row in _epochs()], out),
+    }
+    for name, draw in figures.items():
+        out = tmp_path / f"{name}.png"
+        assert_png(draw(out), out)

@@ -160,7 +160,7 @@ def focus_accuracy_correlations(engine: Any, training_run_id: int, metric: str =
 
 
 def random_seed_spread(engine: Any, checkpoint_id: int, mosaic_set_id: int, randomization: str = "full",
-                       chance: float = 0.5, tolerance: float = 0.1) -> pd.DataFrame:
+                       chance: float = 0.5) -> pd.DataFrame:
     """Mean and spread over seeds of the randomized models' median Focus (:func:`focus_core.stats.seed_summary`).
 
     "A random model scores about ``chance``" is judged on the mean over seeds (``about_chance``), since
@@ -174,8 +174,9 @@ def random_seed_spread(engine: Any, checkpoint_id: int, mosaic_set_id: int, rand
         The trained checkpoint whose randomized copies were evaluated, and the mosaic set.
     randomization
         ``"full"`` (default), ``"cascading"`` or ``"independent"``: one row per method and stage/layer.
-    chance, tolerance
-        What a random explanation scores (``k / N**2``: 0.5 on 2x2 mosaics) and the accepted distance.
+    chance
+        What a random explanation scores (``k / N**2``: 0.5 on 2x2 mosaics); the accepted distance is
+        :func:`focus_core.stats.chance_tolerance` of it.
 
     Returns
     -------
@@ -186,7 +187,7 @@ def random_seed_spread(engine: Any, checkpoint_id: int, mosaic_set_id: int, rand
     frame = db.randomization_medians(engine, checkpoint_id, mosaic_set_id, randomization)
     rows = []
     for (method, stage, layer), group in frame.groupby(["method", "stage", "layer"], dropna=False, sort=False):
-        summary = stats.seed_summary(group["median_focus"].to_numpy(float), chance, tolerance)
+        summary = stats.seed_summary(group["median_focus"].to_numpy(float), chance)
         rows.append({"method": method, "stage": None if pd.isna(stage) else int(stage),
                      "layer": None if pd.isna(layer) else layer, "seeds": [int(s) for s in group["seed"]],
                      **{k: summary[k] for k in SEED_SPREAD_COLUMNS[4:]}})
@@ -194,18 +195,17 @@ def random_seed_spread(engine: Any, checkpoint_id: int, mosaic_set_id: int, rand
 
 
 def seed_spread_of_stages(
-    stages: list[dict[str, Any]], methods: list[str], chance: float = 0.5, tolerance: float | None = None
+    stages: list[dict[str, Any]], methods: list[str], chance: float = 0.5
 ) -> dict[str, dict[str, Any]]:
     """Per method, :func:`focus_core.stats.seed_summary` of the fully random stages' medians (the flow's result).
 
-    ``chance`` is the mosaic set's chance level (``k / N²``: 0.5 on the paper's 2x2 mosaics); ``tolerance``
-    defaults to a fifth of it (0.1 there).
+    ``chance`` is the mosaic set's chance level (``k / N²``: 0.5 on the paper's 2x2 mosaics); "about chance"
+    is :func:`focus_core.stats.about_chance`.
     """
     spread = {}
     for method in methods:
         medians = [s["medians"].get(method) for s in stages if s["kind"] == "full"]
         if medians:
-            summary = stats.seed_summary([math.nan if m is None else m for m in medians], chance,
-                                         chance / 5 if tolerance is None else tolerance)
+            summary = stats.seed_summary([math.nan if m is None else m for m in medians], chance)
             spread[method] = {**summary, "seeds": [s["seed"] for s in stages if s["kind"] == "full"]}
     return spread

@@ -26,7 +26,7 @@ from focus_core.errors import FocusError
 
 __all__ = ["FOCUS_COLUMNS", "METRIC_COLUMNS", "REGRESSION_TEST_COLUMNS", "SEED_SPREAD_COLUMNS", "paired_comparison",
            "focus_regressions", "focus_accuracy_correlation", "focus_accuracy_correlations", "random_seed_spread",
-           "seed_spread_of_stages"]
+           "seed_spread_of_stages", "seed_spreads"]
 
 FOCUS_COLUMNS = ("focus_median", "focus_mean")
 METRIC_COLUMNS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy")
@@ -209,3 +209,24 @@ def seed_spread_of_stages(
             summary = stats.seed_summary([math.nan if m is None else m for m in medians], chance)
             spread[method] = {**summary, "seeds": [s["seed"] for s in stages if s["kind"] == "full"]}
     return spread
+
+
+def seed_spreads(stages: list[dict[str, Any]], methods: list[str], chance: float = 0.5) -> list[dict[str, Any]]:
+    """:func:`focus_core.stats.seed_summary` of every randomized stage over its seeds, one row per method and stage.
+
+    ``stages`` are the randomization flow's (``kind``, ``stage``, ``layer``, ``seed``, ``medians``); rows come in
+    the order the stages ran (full, then each cascading stage, then each independent layer), each with
+    ``method``, ``kind``, ``stage``, ``layer``, ``seeds`` and the summary's keys.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for s in stages:
+        if s["kind"] != "none":
+            groups.setdefault((s["kind"], s.get("stage"), s.get("layer")), []).append(s)
+    rows = []
+    for (kind, stage, layer), members in groups.items():
+        for method in methods:
+            medians = [m["medians"].get(method) for m in members]
+            summary = stats.seed_summary([math.nan if v is None else v for v in medians], chance)
+            rows.append({"method": method, "kind": kind, "stage": stage, "layer": layer,
+                         "seeds": [m["seed"] for m in members], **summary})
+    return rows

@@ -16,8 +16,11 @@ from flows.cli.summary import evaluation_ids, evaluation_table, register, store_
 
 __all__ = ["audit_summary", "evaluate_summary", "randomize_summary", "sweep_summary", "train_summary"]
 
-#: The line under every Focus table: how to read it.
-CHANCE = "(about 0.5 is chance, 1 is perfect; the interval: 95% bootstrap of the median)"
+def reading(chance: list[float]) -> str:
+    """The line under every Focus table: how to read it (``chance``: the mosaic sets' chance levels k/N²)."""
+    levels = " or ".join(f"{c:.3g}" for c in chance or [0.5]) + (" (per mosaic set)" if len(chance) > 1 else "")
+    return (f"(chance level {levels}, 1 is perfect; undefined: no positive relevance, left out of the median;\n"
+            " 95% bootstrap intervals of the median: over mosaics, and over target classes then mosaics)")
 #: At most this many epochs in the train summary (the first, then the last ones).
 EPOCH_ROWS = 12
 
@@ -95,7 +98,8 @@ def evaluate_summary(result: dict[str, Any], args: argparse.Namespace) -> list[A
              f"{result['num_mosaics']} mosaics (mosaic set {result['mosaic_set_id']}), "
              f"{rows_now} results computed now:")
     unfinished = [e for e in result.get("evaluations", []) if e.get("status") != "finished"]
-    lines: list[Any] = [title, evaluation_table(_engine(args), ids), CHANCE]
+    engine = _engine(args)
+    lines: list[Any] = [title, evaluation_table(engine, ids), reading(_chance_levels(engine, ids))]
     if unfinished:
         lines.append(f"{len(unfinished)} evaluation(s) not finished: run the same command again to finish them.")
     lines += [
@@ -108,19 +112,54 @@ def evaluate_summary(result: dict[str, Any], args: argparse.Namespace) -> list[A
 
 @register("randomize")
 def randomize_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]:
-    """Every stage's median Focus with its interval: a faithful method falls to about 0.5."""
+    """Every stage and seed with its median, both intervals, then the mean and spread over the seeds."""
+    engine = _engine(args)
     ids = evaluation_ids(result)
+    chance = _chance_levels(engine, ids)  # one mosaic set: one level
     title = (f"Randomization test of checkpoint {result['checkpoint_id']} on mosaic set {result['mosaic_set_id']}: "
-             "a faithful method falls to about 0.5:")
-    return [
-        title,
-        evaluation_table(_engine(args), ids),
-        CHANCE,
+             f"a faithful method falls to about chance ({chance[0]:.3g}):")
+    lines: list[Any] = [title, evaluation_table(engine, ids), reading(chance)]
+    spread = _seed_spread_table(result, chance[0])
+    if spread is not None:
+        lines += ["Over seeds (one random model's median is a handful of coin flips: judge the "
+                  "mean):", spread]
+    return lines + [
         store_line(opts.database_url(args)),
         f"Next: focus results compare --mosaic-set {result['mosaic_set_id']} --randomization cascading"
         f"{_database_flag(args)}",
         f"      focus report{_database_flag(args)}   (the cascading figure)",
     ]
+
+
+def _chance_levels(engine: Any, ids: list[int]) -> list[float]:
+    """The chance levels k/N² of the evaluations' mosaic sets, largest first (``[0.5]`` without rows)."""
+    import db
+
+    levels = db.evaluation_summary(engine, ids)["chance_level"].dropna() if ids else []
+    return sorted({round(float(c), 12) for c in levels}, reverse=True) or [0.5]
+
+
+def _seed_spread_table(result: dict[str, Any], chance: float) -> Any:
+    """Mean, sd, min and max over the seeds of each randomized stage and method; ``None`` with one seed."""
+    from rich.table import Table
+
+    from flows import analysis
+
+    stages = result.get("stages") or []
+    methods = list(dict.fromkeys(m for s in stages for m in s.get("medians", {})))
+    rows = [r for r in analysis.seed_spreads(stages, methods, chance) if len(r["seeds"]) > 1]
+    if not rows:
+        return None
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name, justify in (("method", "left"), ("model", "left"), ("seeds", "left"), ("mean", "right"),
+                          ("sd", "right"), ("min", "right"), ("max", "right"), ("about chance", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        model = "full" if r["kind"] == "full" else f"{r['kind']} {r['layer'] or r['stage']}"
+        about = "" if r["about_chance"] is None else ("yes" if r["about_chance"] else "no")
+        table.add_row(r["method"], model, ",".join(map(str, r["seeds"])), _fmt(r["mean"]), _fmt(r["std"]),
+                      _fmt(r["min"]), _fmt(r["max"]), f"{about} (±{_fmt(r['tolerance'])})")
+    return table
 
 
 @register("sweep")
@@ -131,7 +170,7 @@ def sweep_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
     return [
         title,
         evaluation_table(_engine(args), ids),
-        CHANCE,
+        reading(_chance_levels(_engine(args), ids)),
         store_line(opts.database_url(args)),
         f"Next: focus results evaluations {_ids_flags(ids[:4])}{' ...' if len(ids) > 4 else ''}"
         f"{_database_flag(args)}",

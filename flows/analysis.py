@@ -26,7 +26,7 @@ from focus_core.errors import FocusError
 
 __all__ = ["FOCUS_COLUMNS", "METRIC_COLUMNS", "REGRESSION_TEST_COLUMNS", "SEED_SPREAD_COLUMNS", "paired_comparison",
            "focus_regressions", "focus_accuracy_correlation", "focus_accuracy_correlations", "random_seed_spread",
-           "seed_spread_of_stages", "seed_spreads"]
+           "seed_spread_of_stages", "seed_spreads", "FEW_EPOCHS", "correlation_caveat"]
 
 FOCUS_COLUMNS = ("focus_median", "focus_mean")
 METRIC_COLUMNS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy")
@@ -149,6 +149,27 @@ def _method_rows(curve: pd.DataFrame, method: str | None) -> tuple[str | None, p
             return None, curve[curve["method_name"].isna()]
         method = str(measured.sort_values("evaluation_id")["method_name"].iloc[0])
     return method, curve[curve["method_name"] == method]
+
+
+#: Below this many epochs, a Pearson r over one training run is a description of that run, not evidence.
+FEW_EPOCHS = 10
+
+
+def correlation_caveat(n: int) -> str:
+    """What a Pearson r of Focus and accuracy over ``n`` consecutive epochs of one run can and cannot show.
+
+    Examples
+    --------
+    >>> correlation_caveat(7).startswith("With 7 epochs")
+    True
+    """
+    caveat = ("r describes how Focus and accuracy moved together during this one run; consecutive epochs are not "
+              "independent (both follow training), so the p-value overstates the evidence, and r says nothing about "
+              "other runs or models, nor whether Focus follows accuracy.")
+    if n < FEW_EPOCHS:
+        caveat = (f"With {n} epochs, one epoch can swing r (epoch 0 often does: compare r without it): read r as a "
+                  "description, not as a test. " + caveat[0].upper() + caveat[1:])
+    return caveat
 
 
 def focus_accuracy_correlations(engine: Any, training_run_id: int, metric: str = "val_accuracy") -> pd.DataFrame:

@@ -52,8 +52,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 @register("train")
 def train_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]:
-    """The epochs (loss, accuracy, median Focus), the correlation, the final checkpoint and what to run next."""
+    """The epochs (loss, accuracy, each method's median Focus with its undefined share), the correlations with their
+    epoch counts and what they can show, the final checkpoint and what to run next."""
     from rich.table import Table
+
+    from flows.analysis import correlation_caveat
 
     epochs = result.get("epochs") or []
     run_now = result.get("epochs_run") or []
@@ -61,18 +64,40 @@ def train_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
     done = (f"epochs {run_now[0]}-{run_now[-1]} trained now" if run_now
             else "every epoch was recorded (nothing retrained)")
     title = f"Training run {result['training_run_id']}: {done}"
+    methods = list(dict.fromkeys(m for row in epochs for m in (row.get("focus_stats") or {})))
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in ("epoch", "train loss", "val loss", "val accuracy", "median Focus"):
+    for name in ["epoch", "train loss", "val loss", "val accuracy"] + (methods or ["recorded Focus"]):
         table.add_column(name, justify="right")
+    sizes = set()
     for row in shown:
+        focus_stats = row.get("focus_stats") or {}
+        cells = []
+        for method in methods:
+            s = focus_stats.get(method)
+            if s is None:
+                cells.append("")
+                continue
+            sizes.add(s.get("n"))
+            share = s.get("share_undefined")
+            cells.append(_fmt(s.get("median")) + ("" if share is None else f" ({share:.0%})"))
+        if not methods:  # the run's own recorded median, without evaluations behind it
+            cells = [_fmt(row.get("focus_median"))]
         table.add_row(str(row["epoch"]), _fmt(row.get("train_loss")), _fmt(row.get("val_loss")),
-                      _fmt(row.get("val_accuracy")), _fmt(row.get("focus_median")))
-    correlation = result.get("correlation") or {}
-    r = _fmt(correlation.get("r"))
+                      _fmt(row.get("val_accuracy")), *cells)
     lines: list[Any] = [title, table]
-    if r:
-        lines.append(f"Pearson r(median Focus, val accuracy) = {r} over {correlation.get('n')} epochs "
-                     f"(p {_fmt(correlation.get('p_value'))})")
+    if methods:
+        n = ", ".join(str(v) for v in sorted(v for v in sizes if v is not None)) or "?"
+        lines.append(f"(median Focus of the defined maps per method, on {n} mosaics per epoch; in brackets the share of "
+                     "undefined maps)")
+    correlations = [c for c in result.get("correlations") or [result.get("correlation") or {}] if _fmt(c.get("r"))]
+    for c in correlations:
+        name = c.get("method") or "recorded Focus"
+        without = (f"; without epoch 0: r = {_fmt(c.get('r_without_epoch_0'))}, n = {c.get('n_without_epoch_0')}, "
+                   f"p = {_fmt(c.get('p_value_without_epoch_0'))}" if _fmt(c.get("r_without_epoch_0")) else "")
+        lines.append(f"Pearson r(median Focus of {name}, val accuracy) = {_fmt(c.get('r'))} over n = {c.get('n')} "
+                     f"epochs (p = {_fmt(c.get('p_value'))}){without}")
+    if correlations:
+        lines.append(correlation_caveat(min(int(c.get("n") or 0) for c in correlations)))
     weights = result["final_weights"]
     same = result.get("same_weights_as")
     if same:

@@ -95,3 +95,29 @@ def test_every_seed_reaches_every_section(url: str, tmp_path: Path) -> None:
         per_seed = [float(np.median(written["cascading"][(s, stage)][1])) for s in CASCADING_SEEDS]
         assert float(row_["attrs"]["seed-mean"]) == pytest.approx(np.mean(per_seed), abs=1e-12)
         assert float(row_["attrs"]["seed-std"]) == pytest.approx(np.std(per_seed, ddof=1), abs=1e-12)
+
+
+def test_random_models_shared_by_checkpoints_are_counted_once(sqlite_url: str, tmp_path: Path) -> None:
+    """Two checkpoints of one architecture: their fully random models of one seed are one network, listed once."""
+    from flows.report import build_report
+
+    written = _store(sqlite_url)
+    grid = written["grid"]
+    engine = db.open_store(sqlite_url)
+    try:
+        other = db.register_checkpoint(engine, "f" * 64, "digits_cnn", 3, path="other.pt")
+        twin = type(grid)(**{**grid.__dict__, "checkpoint_id": other})
+        _write(engine, twin, np.full(MOSAICS, 0.9))
+        for seed in (0, 1):  # the same network as the first checkpoint's seed: the same per-mosaic Focus
+            _write(engine, twin, written["full"][seed][1], randomization="full", seed=seed)
+    finally:
+        engine.dispose()
+    page_ = parse_page(build_report(tmp_path / "report", database_url=sqlite_url).read_text(encoding="utf-8"))
+    store.dispose_engines()
+    tables = {name: rows for name, rows in page_.tables.items() if name.startswith("seeds-")}
+    assert sorted(tables) == sorted(f"seeds-{c}-{grid.mosaic_set_id}" for c in (grid.checkpoint_id, other))
+    for (row_,) in tables.values():  # five random models for both checkpoints, each seed once
+        assert row_["attrs"]["seeds"] == ",".join(map(str, FULL_SEEDS)) and int(row_["attrs"]["n-seeds"]) == 5
+        assert len(set(row_["attrs"]["evaluations"].split(","))) == 5
+    note = next(n for n in page_.notes if "same networks" in n)
+    assert "5 random model(s), counted once" in note

@@ -74,7 +74,7 @@ def dataset_bounds(mean: list[float] | tuple[float, ...], std: list[float] | tup
     Examples
     --------
     >>> dataset_bounds([0.5], [0.25])
-    ([-2.0, 2.0], [2.0, 2.0])
+    ([-2.0], [2.0])
     """
     if len(mean) != len(std) or not mean:
         raise FocusError(f"Expected one mean and one std per channel but got {len(mean)} and {len(std)}.")

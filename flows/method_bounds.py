@@ -35,5 +35,6 @@ def method_with_dataset_bounds(method: MethodSpec, dataset: DatasetSpec) -> Meth
 
 def with_dataset_bounds(params: Params) -> Params:
     """A request (anything with ``methods`` and ``dataset``) whose LRP methods carry the dataset's z^B bounds."""
-    methods: list[Any] = [method_with_dataset_bounds(m, params.dataset) for m in params.methods]  # type: ignore[attr-defined]
-    return params.model_copy(update={"methods": methods})  # type: ignore[attr-defined]
+    request: Any = params
+    methods = [method_with_dataset_bounds(m, request.dataset) for m in request.methods]
+    return request.model_copy(update={"methods": methods})

@@ -87,8 +87,8 @@ def train_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
     lines: list[Any] = [title, table]
     if methods:
         n = ", ".join(str(v) for v in sorted(v for v in sizes if v is not None)) or "?"
-        lines.append(f"(median Focus of the defined maps per method, on {n} mosaics per epoch; in brackets the share of "
-                     "undefined maps)")
+        lines.append(f"(median Focus of the defined maps per method, on {n} mosaics per epoch; in brackets the "
+                     "share of undefined maps)")
     correlations = [c for c in result.get("correlations") or [result.get("correlation") or {}] if _fmt(c.get("r"))]
     for c in correlations:
         name = c.get("method") or "recorded Focus"

@@ -204,7 +204,8 @@ def _seed_row(method: str, by_seed: dict[int, EvaluationData], trained: Evaluati
     data = {"checkpoint_id": checkpoint_id, "mosaic_set_id": mosaic_set_id, "method": method, "chance_level": chance,
             "seeds": ",".join(map(str, seeds)), "evaluations": ",".join(str(by_seed[s].evaluation_id) for s in seeds),
             "n_seeds": spread["n_seeds"], "mean": spread["mean"],
-            "std": spread["std"], "min": spread["min"], "max": spread["max"], "tolerance": spread["tolerance"], "about_chance": spread["about_chance"]}
+            "std": spread["std"], "min": spread["min"], "max": spread["max"],
+            "tolerance": spread["tolerance"], "about_chance": spread["about_chance"]}
     decision_cells = [DASH, DASH, DASH, DASH, "no trained evaluation"]
     if trained is not None:
         position = {int(m): i for i, m in enumerate(trained.mosaic_ids)}

@@ -11,7 +11,6 @@ import io
 import re
 
 import numpy as np
-import pytest
 
 import db
 from flows.cli.summary import emit

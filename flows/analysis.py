@@ -26,7 +26,7 @@ from focus_core.errors import FocusError
 
 __all__ = ["FOCUS_COLUMNS", "METRIC_COLUMNS", "REGRESSION_TEST_COLUMNS", "SEED_SPREAD_COLUMNS", "paired_comparison",
            "focus_regressions", "focus_accuracy_correlation", "focus_accuracy_correlations", "random_seed_spread",
-           "seed_spread_of_stages"]
+           "seed_spread_of_stages", "seed_spreads", "FEW_EPOCHS", "correlation_caveat"]
 
 FOCUS_COLUMNS = ("focus_median", "focus_mean")
 METRIC_COLUMNS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy")
@@ -151,6 +151,27 @@ def _method_rows(curve: pd.DataFrame, method: str | None) -> tuple[str | None, p
     return method, curve[curve["method_name"] == method]
 
 
+#: Below this many epochs, a Pearson r over one training run is a description of that run, not evidence.
+FEW_EPOCHS = 10
+
+
+def correlation_caveat(n: int) -> str:
+    """What a Pearson r of Focus and accuracy over ``n`` consecutive epochs of one run can and cannot show.
+
+    Examples
+    --------
+    >>> correlation_caveat(7).startswith("With 7 epochs")
+    True
+    """
+    caveat = ("r describes how Focus and accuracy moved together during this one run; consecutive epochs are not "
+              "independent (both follow training), so the p-value overstates the evidence, and r says nothing about "
+              "other runs or models, nor whether Focus follows accuracy.")
+    if n < FEW_EPOCHS:
+        caveat = (f"With {n} epochs, one epoch can swing r (epoch 0 often does: compare r without it): read r as a "
+                  "description, not as a test. " + caveat[0].upper() + caveat[1:])
+    return caveat
+
+
 def focus_accuracy_correlations(engine: Any, training_run_id: int, metric: str = "val_accuracy") -> pd.DataFrame:
     """:func:`focus_accuracy_correlation` of median Focus for every method the run measured, one row each."""
     curve = db.training_curve(engine, training_run_id)
@@ -160,7 +181,7 @@ def focus_accuracy_correlations(engine: Any, training_run_id: int, metric: str =
 
 
 def random_seed_spread(engine: Any, checkpoint_id: int, mosaic_set_id: int, randomization: str = "full",
-                       chance: float = 0.5, tolerance: float = 0.1) -> pd.DataFrame:
+                       chance: float = 0.5) -> pd.DataFrame:
     """Mean and spread over seeds of the randomized models' median Focus (:func:`focus_core.stats.seed_summary`).
 
     "A random model scores about ``chance``" is judged on the mean over seeds (``about_chance``), since
@@ -174,8 +195,9 @@ def random_seed_spread(engine: Any, checkpoint_id: int, mosaic_set_id: int, rand
         The trained checkpoint whose randomized copies were evaluated, and the mosaic set.
     randomization
         ``"full"`` (default), ``"cascading"`` or ``"independent"``: one row per method and stage/layer.
-    chance, tolerance
-        What a random explanation scores (``k / N**2``: 0.5 on 2x2 mosaics) and the accepted distance.
+    chance
+        What a random explanation scores (``k / N**2``: 0.5 on 2x2 mosaics); the accepted distance is
+        :func:`focus_core.stats.chance_tolerance` of it.
 
     Returns
     -------
@@ -186,7 +208,7 @@ def random_seed_spread(engine: Any, checkpoint_id: int, mosaic_set_id: int, rand
     frame = db.randomization_medians(engine, checkpoint_id, mosaic_set_id, randomization)
     rows = []
     for (method, stage, layer), group in frame.groupby(["method", "stage", "layer"], dropna=False, sort=False):
-        summary = stats.seed_summary(group["median_focus"].to_numpy(float), chance, tolerance)
+        summary = stats.seed_summary(group["median_focus"].to_numpy(float), chance)
         rows.append({"method": method, "stage": None if pd.isna(stage) else int(stage),
                      "layer": None if pd.isna(layer) else layer, "seeds": [int(s) for s in group["seed"]],
                      **{k: summary[k] for k in SEED_SPREAD_COLUMNS[4:]}})
@@ -194,18 +216,38 @@ def random_seed_spread(engine: Any, checkpoint_id: int, mosaic_set_id: int, rand
 
 
 def seed_spread_of_stages(
-    stages: list[dict[str, Any]], methods: list[str], chance: float = 0.5, tolerance: float | None = None
+    stages: list[dict[str, Any]], methods: list[str], chance: float = 0.5
 ) -> dict[str, dict[str, Any]]:
     """Per method, :func:`focus_core.stats.seed_summary` of the fully random stages' medians (the flow's result).
 
-    ``chance`` is the mosaic set's chance level (``k / N²``: 0.5 on the paper's 2x2 mosaics); ``tolerance``
-    defaults to a fifth of it (0.1 there).
+    ``chance`` is the mosaic set's chance level (``k / N²``: 0.5 on the paper's 2x2 mosaics); "about chance"
+    is :func:`focus_core.stats.about_chance`.
     """
     spread = {}
     for method in methods:
         medians = [s["medians"].get(method) for s in stages if s["kind"] == "full"]
         if medians:
-            summary = stats.seed_summary([math.nan if m is None else m for m in medians], chance,
-                                         chance / 5 if tolerance is None else tolerance)
+            summary = stats.seed_summary([math.nan if m is None else m for m in medians], chance)
             spread[method] = {**summary, "seeds": [s["seed"] for s in stages if s["kind"] == "full"]}
     return spread
+
+
+def seed_spreads(stages: list[dict[str, Any]], methods: list[str], chance: float = 0.5) -> list[dict[str, Any]]:
+    """:func:`focus_core.stats.seed_summary` of every randomized stage over its seeds, one row per method and stage.
+
+    ``stages`` are the randomization flow's (``kind``, ``stage``, ``layer``, ``seed``, ``medians``); rows come in
+    the order the stages ran (full, then each cascading stage, then each independent layer), each with
+    ``method``, ``kind``, ``stage``, ``layer``, ``seeds`` and the summary's keys.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for s in stages:
+        if s["kind"] != "none":
+            groups.setdefault((s["kind"], s.get("stage"), s.get("layer")), []).append(s)
+    rows = []
+    for (kind, stage, layer), members in groups.items():
+        for method in methods:
+            medians = [m["medians"].get(method) for m in members]
+            summary = stats.seed_summary([math.nan if v is None else v for v in medians], chance)
+            rows.append({"method": method, "kind": kind, "stage": stage, "layer": layer,
+                         "seeds": [m["seed"] for m in members], **summary})
+    return rows

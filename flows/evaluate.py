@@ -38,6 +38,7 @@ from pydantic.json_schema import SkipJsonSchema
 import db
 import focus_core
 from flows import leases, preflight, record, store
+from flows.method_bounds import with_dataset_bounds
 from flows.params import EvaluateParams
 from flows.record import RegisteredInputs
 from flows.run_names import evaluate_name, named
@@ -103,6 +104,7 @@ def run_evaluation(
     """
     logger = get_run_logger()
     params = with_effective_dataset(params)  # the model's tile size and normalisation, recorded in the request
+    params = with_dataset_bounds(params)  # LRP's z^B bounds: the dataset's input domain unless the request names them
     device = preflight.check_request(params)
     engine = store.engine_for(params.run.database_url)
     started = time.perf_counter()

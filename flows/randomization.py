@@ -96,17 +96,23 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
     seeds = analysis.seed_spread_of_stages(stages, methods, params.mosaics.chance_level())
     if len(params.seed_list()) > 1:
         logger.info("Fully random models over seeds %s: %s", params.seed_list(), seeds)
-    first_seed = params.seed_list()[0]  # the figure draws one seed's cascade
-    cascade = [s for s in stages if s["kind"] == "none" or (s["kind"] == "cascading" and s["seed"] == first_seed)]
-    if params.figures_dir and len(cascade) > 1:
+    # the figure draws every seed: each cascading stage at the mean of its seeds' medians
+    spreads = [r for r in analysis.seed_spreads(stages, methods, params.mosaics.chance_level())
+               if r["kind"] == "cascading"]
+    layers = list(dict.fromkeys(r["layer"] for r in spreads))
+    if params.figures_dir and layers:
         path = Path(params.figures_dir) / f"cascading-randomization-{inputs.checkpoint_sha256[:12]}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
+        mean = {(r["method"], r["layer"]): r["mean"] for r in spreads}
         report.plot_cascading_randomization(
-            ["trained"] + [s["layer"] for s in cascade[1:]],
-            {m: [_nan(s["medians"].get(m)) for s in cascade] for m in methods},
+            ["trained"] + layers,
+            {m: [_nan(stages[0]["medians"].get(m))] + [_nan(mean.get((m, layer))) for layer in layers]
+             for m in methods},
             path,
         )
-        create_markdown_artifact(f"Cascading randomization: `{path}`", description="Randomization figure")
+        seeds = ", ".join(map(str, params.seed_list()))
+        create_markdown_artifact(f"Cascading randomization (each stage: the mean of the medians of seeds {seeds}): "
+                                 f"`{path}`", description="Randomization figure")
     return {"checkpoint_id": inputs.checkpoint_id, "mosaic_set_id": inputs.mosaic_set_id, "stages": stages,
             "seeds": seeds}
 

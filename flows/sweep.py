@@ -27,6 +27,7 @@ import db
 from flows import checkpoint_names, devices, record, store
 from flows.evaluate import evaluate
 from flows.jsonsafe import number
+from flows.method_bounds import with_dataset_bounds
 from flows.params import EvaluateParams, SweepParams
 from flows.run_names import evaluate_name, named, sweep_name
 from flows.specs import effective_dataset
@@ -38,10 +39,11 @@ POLL_SECONDS = 2.0
 
 def sweep_cells(params: SweepParams) -> list[EvaluateParams]:
     """The evaluate request of every cell, checkpoint-major, its dataset resolved for its checkpoint
-    (:func:`flows.specs.effective_dataset`)."""
+    (:func:`flows.specs.effective_dataset`) and LRP given that dataset's z^B bounds
+    (:func:`flows.method_bounds.with_dataset_bounds`, as ``evaluate`` does)."""
     return [
-        EvaluateParams(model=checkpoint, dataset=effective_dataset(params.dataset, checkpoint), mosaics=params.mosaics,
-                       methods=[method], run=params.run)
+        with_dataset_bounds(EvaluateParams(model=checkpoint, dataset=effective_dataset(params.dataset, checkpoint),
+                                           mosaics=params.mosaics, methods=[method], run=params.run))
         for checkpoint in params.checkpoints
         for method in params.methods
     ]

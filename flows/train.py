@@ -385,7 +385,7 @@ def _train_epochs(
                     f"over {correlation['n']} epochs, {correlation['r_without_epoch_0']:.3f} without epoch 0",
     )
     if params.figures_dir and epochs:
-        records = [{k: v for k, v in row.items() if k not in ("focus_median", "focus_mean", "focus")}
+        records = [{k: v for k, v in row.items() if k not in ("focus_median", "focus_mean", "focus", "focus_stats")}
                    | {f"focus_{m}": v for m, v in row["focus"].items()} for row in epochs]
         out = Path(params.figures_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -410,17 +410,22 @@ def _train_epochs(
 
 
 def _epoch_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One dict per epoch from the long curve: its metrics, ``focus`` ({method: median}) and the first method's
-    ``focus_median``/``focus_mean`` (the run's recorded ones for epochs without evaluations)."""
+    """One dict per epoch from the long curve: its metrics, ``focus`` ({method: median}), ``focus_stats``
+    ({method: {median, n, n_defined, share_undefined}}: every median with its n and undefined share) and the first
+    method's ``focus_median``/``focus_mean`` (the run's recorded ones for epochs without evaluations)."""
     epochs: dict[int, dict[str, Any]] = {}
     for row in sorted(rows, key=lambda r: (r["epoch"], r.get("evaluation_id") or 0)):
         record = epochs.get(row["epoch"])
         if record is None:
             record = epochs[row["epoch"]] = {k: v for k, v in row.items() if k not in (
                 "evaluation_id", "method_id", "method_name", "focus_n", "focus_n_defined", "focus_q1", "focus_q3")}
-            record["focus"] = {}
+            record["focus"], record["focus_stats"] = {}, {}
         if row.get("method_name"):
             record["focus"][row["method_name"]] = row["focus_median"]
+            n, defined = row.get("focus_n"), row.get("focus_n_defined")
+            record["focus_stats"][row["method_name"]] = {
+                "median": row["focus_median"], "n": n, "n_defined": defined,
+                "share_undefined": (n - defined) / n if n and defined is not None else None}
     return list(epochs.values())
 
 

@@ -121,6 +121,14 @@ def cascading_stages(model: nn.Module) -> list[str]:
 def randomize_full(model: nn.Module, seed: int = 0) -> nn.Module:
     """Return a copy of ``model`` with every parametrised layer re-initialised.
 
+    The new weights depend on the seed and the layers (names, shapes, types) only, never on the trained weights:
+    fully random copies of two checkpoints of one architecture with the same seed are the same network. This is
+    deliberate (a "fully random model" of an architecture is one thing per seed, whatever checkpoint it was
+    reached from; deriving the seed from the checkpoint would only relabel more seeds as "per checkpoint" and
+    would change the numbers behind every stored key). Whoever summarises random models over checkpoints must
+    count each seed once per architecture (the report does). Cascading and independent randomization keep the
+    checkpoint's other layers and so do differ per checkpoint.
+
     Examples
     --------
     >>> from focus_core.models import DigitsCNN

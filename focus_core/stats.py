@@ -32,7 +32,8 @@ from scipy import stats as _st
 from focus_core.errors import FocusError
 
 __all__ = ["as_scores", "summarize", "undefined_as_zero", "bootstrap_median_ci", "cluster_bootstrap_median_ci",
-           "pearson", "paired_test", "paired_test_by_class", "per_class_summary", "seed_summary",
+           "pearson", "paired_test", "paired_test_by_class", "per_class_summary", "chance_tolerance", "about_chance",
+           "seed_summary",
            "randomization_test", "UNDEFINED_CONVENTIONS"]
 
 #: The two ways of treating undefined maps: ``"exclude"`` (left out, this project's default) and
@@ -513,11 +514,56 @@ def paired_test_by_class(a: Any, b: Any, classes: Any) -> list[dict[str, Any]]:
              **paired_test(xs[labels == label], ys[labels == label])} for label in np.unique(labels)]
 
 
-def seed_summary(medians: Any, chance: float = 0.5, tolerance: float = 0.1) -> dict[str, Any]:
+def chance_tolerance(chance: float) -> float:
+    """How far a mean over random models may sit from the chance level and still be "about chance".
+
+    The rule: a fifth of the distance from the chance level ``k / N²`` to the nearer end of Focus's range
+    ``[0, 1]``, ``min(chance, 1 - chance) / 5``. Why this one:
+
+    - on the paper's mosaics (2x2, two target tiles: chance 0.5) it is the ±0.1 the paper's random models
+      are read against;
+    - it scales with the chance level, so a 3x3 mosaic with one target tile (chance 0.111) accepts 0.089 to
+      0.133, not 0.011 to 0.211, which a fixed ±0.1 would: that band reaches from "relevance avoids the
+      target" to "twice chance";
+    - it is symmetric in the room Focus has on either side, so the band never reaches 0 or 1 (a chance
+      level near 1, e.g. 8 target tiles of 9, does not accept a perfect score).
+
+    Raises
+    ------
+    FocusError
+        For a chance level outside ``(0, 1)``.
+
+    Examples
+    --------
+    >>> chance_tolerance(0.5), round(chance_tolerance(1 / 9), 4), round(chance_tolerance(8 / 9), 4)
+    (0.1, 0.0222, 0.0222)
+    """
+    if isinstance(chance, bool) or not isinstance(chance, (int, float)) or not 0 < chance < 1:
+        raise FocusError(f"Expected a chance level k/N² strictly between 0 and 1 but got {chance!r}.")
+    return min(float(chance), 1 - float(chance)) / 5
+
+
+def about_chance(value: float, chance: float) -> bool | None:
+    """Whether ``value`` (a mean over random models) is within :func:`chance_tolerance` of ``chance``.
+
+    ``None`` when ``value`` is undefined (NaN or ``None``).
+
+    Examples
+    --------
+    >>> about_chance(0.42, 0.5), about_chance(0.211, 1 / 9), about_chance(float("nan"), 0.5)
+    (True, False, None)
+    """
+    if value is None or math.isnan(float(value)):
+        return None
+    return bool(abs(float(value) - chance) <= chance_tolerance(chance) + 1e-12)
+
+
+def seed_summary(medians: Any, chance: float = 0.5) -> dict[str, Any]:
     """Mean and spread over randomization seeds of one statistic (e.g. each random model's median Focus).
 
-    "A random model scores about ``chance``" is judged on the mean over seeds: ``about_chance`` is
-    ``|mean - chance| <= tolerance``; one seed's median over a few classes is a handful of coin flips.
+    "A random model scores about ``chance``" is judged on the mean over seeds with :func:`about_chance`
+    (within :func:`chance_tolerance` of ``chance``); one seed's median over a few classes is a handful of coin
+    flips.
 
     Returns
     -------
@@ -528,20 +574,19 @@ def seed_summary(medians: Any, chance: float = 0.5, tolerance: float = 0.1) -> d
     Examples
     --------
     >>> s = seed_summary([0.45, 0.55, 0.5])
-    >>> s["n_seeds"], round(s["mean"], 3), round(s["std"], 3), s["about_chance"]
-    (3, 0.5, 0.05, True)
+    >>> s["n_seeds"], round(s["mean"], 3), round(s["std"], 3), s["about_chance"], s["tolerance"]
+    (3, 0.5, 0.05, True, 0.1)
     """
     array = as_scores(medians, "seed medians")
     defined = array[~np.isnan(array)]
     result: dict[str, Any] = {"n_seeds": int(defined.size), "mean": math.nan, "std": math.nan, "min": math.nan,
-                              "max": math.nan, "chance": float(chance), "tolerance": float(tolerance),
+                              "max": math.nan, "chance": float(chance), "tolerance": chance_tolerance(chance),
                               "about_chance": None}
     if defined.size == 0:
         return result
     mean = float(defined.mean())
     result.update(mean=mean, std=float(defined.std(ddof=1)) if defined.size > 1 else math.nan,
-                  min=float(defined.min()), max=float(defined.max()),
-                  about_chance=bool(abs(mean - chance) <= tolerance))
+                  min=float(defined.min()), max=float(defined.max()), about_chance=about_chance(mean, chance))
     return result
 
 

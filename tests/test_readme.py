@@ -115,3 +115,12 @@ def test_cookbook_on_postgresql(record, postgres_database: str) -> None:
         _check_answers(_run_cookbook(postgres_database))
     finally:
         store.dispose_engines()
+
+
+def test_the_quantus_comparison_names_its_limits() -> None:
+    """Where the README compares with Quantus: 2x2 only (silently wrong on 3x3) and undefined maps as 0."""
+    text_ = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = text_.index("Two limits of `quantus.Focus`")
+    paragraph = text_[start:text_.index("\n\n", start)]
+    for claim in ("only 2x2", "3x3 mask", "silently wrong", "up to 0.99", "undefined map", "as Focus 0"):
+        assert claim in " ".join(paragraph.split()), claim

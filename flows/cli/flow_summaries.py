@@ -16,8 +16,11 @@ from flows.cli.summary import evaluation_ids, evaluation_table, register, store_
 
 __all__ = ["audit_summary", "evaluate_summary", "randomize_summary", "sweep_summary", "train_summary"]
 
-#: The line under every Focus table: how to read it.
-CHANCE = "(about 0.5 is chance, 1 is perfect; the interval: 95% bootstrap of the median)"
+def reading(chance: list[float]) -> str:
+    """The line under every Focus table: how to read it (``chance``: the mosaic sets' chance levels k/N²)."""
+    levels = " or ".join(f"{c:.3g}" for c in chance or [0.5]) + (" (per mosaic set)" if len(chance) > 1 else "")
+    return (f"(chance level {levels}, 1 is perfect; undefined: no positive relevance, left out of the median;\n"
+            " 95% bootstrap intervals of the median: over mosaics, and over target classes then mosaics)")
 #: At most this many epochs in the train summary (the first, then the last ones).
 EPOCH_ROWS = 12
 
@@ -49,8 +52,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 @register("train")
 def train_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]:
-    """The epochs (loss, accuracy, median Focus), the correlation, the final checkpoint and what to run next."""
+    """The epochs (loss, accuracy, each method's median Focus with its undefined share), the correlations with their
+    epoch counts and what they can show, the final checkpoint and what to run next."""
     from rich.table import Table
+
+    from flows.analysis import correlation_caveat
 
     epochs = result.get("epochs") or []
     run_now = result.get("epochs_run") or []
@@ -58,18 +64,40 @@ def train_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
     done = (f"epochs {run_now[0]}-{run_now[-1]} trained now" if run_now
             else "every epoch was recorded (nothing retrained)")
     title = f"Training run {result['training_run_id']}: {done}"
+    methods = list(dict.fromkeys(m for row in epochs for m in (row.get("focus_stats") or {})))
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in ("epoch", "train loss", "val loss", "val accuracy", "median Focus"):
+    for name in ["epoch", "train loss", "val loss", "val accuracy"] + (methods or ["recorded Focus"]):
         table.add_column(name, justify="right")
+    sizes = set()
     for row in shown:
+        focus_stats = row.get("focus_stats") or {}
+        cells = []
+        for method in methods:
+            s = focus_stats.get(method)
+            if s is None:
+                cells.append("")
+                continue
+            sizes.add(s.get("n"))
+            share = s.get("share_undefined")
+            cells.append(_fmt(s.get("median")) + ("" if share is None else f" ({share:.0%})"))
+        if not methods:  # the run's own recorded median, without evaluations behind it
+            cells = [_fmt(row.get("focus_median"))]
         table.add_row(str(row["epoch"]), _fmt(row.get("train_loss")), _fmt(row.get("val_loss")),
-                      _fmt(row.get("val_accuracy")), _fmt(row.get("focus_median")))
-    correlation = result.get("correlation") or {}
-    r = _fmt(correlation.get("r"))
+                      _fmt(row.get("val_accuracy")), *cells)
     lines: list[Any] = [title, table]
-    if r:
-        lines.append(f"Pearson r(median Focus, val accuracy) = {r} over {correlation.get('n')} epochs "
-                     f"(p {_fmt(correlation.get('p_value'))})")
+    if methods:
+        n = ", ".join(str(v) for v in sorted(v for v in sizes if v is not None)) or "?"
+        lines.append(f"(median Focus of the defined maps per method, on {n} mosaics per epoch; in brackets the "
+                     "share of undefined maps)")
+    correlations = [c for c in result.get("correlations") or [result.get("correlation") or {}] if _fmt(c.get("r"))]
+    for c in correlations:
+        name = c.get("method") or "recorded Focus"
+        without = (f"; without epoch 0: r = {_fmt(c.get('r_without_epoch_0'))}, n = {c.get('n_without_epoch_0')}, "
+                   f"p = {_fmt(c.get('p_value_without_epoch_0'))}" if _fmt(c.get("r_without_epoch_0")) else "")
+        lines.append(f"Pearson r(median Focus of {name}, val accuracy) = {_fmt(c.get('r'))} over n = {c.get('n')} "
+                     f"epochs (p = {_fmt(c.get('p_value'))}){without}")
+    if correlations:
+        lines.append(correlation_caveat(min(int(c.get("n") or 0) for c in correlations)))
     weights = result["final_weights"]
     same = result.get("same_weights_as")
     if same:
@@ -95,7 +123,8 @@ def evaluate_summary(result: dict[str, Any], args: argparse.Namespace) -> list[A
              f"{result['num_mosaics']} mosaics (mosaic set {result['mosaic_set_id']}), "
              f"{rows_now} results computed now:")
     unfinished = [e for e in result.get("evaluations", []) if e.get("status") != "finished"]
-    lines: list[Any] = [title, evaluation_table(_engine(args), ids), CHANCE]
+    engine = _engine(args)
+    lines: list[Any] = [title, evaluation_table(engine, ids), reading(_chance_levels(engine, ids))]
     if unfinished:
         lines.append(f"{len(unfinished)} evaluation(s) not finished: run the same command again to finish them.")
     lines += [
@@ -108,19 +137,54 @@ def evaluate_summary(result: dict[str, Any], args: argparse.Namespace) -> list[A
 
 @register("randomize")
 def randomize_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]:
-    """Every stage's median Focus with its interval: a faithful method falls to about 0.5."""
+    """Every stage and seed with its median, both intervals, then the mean and spread over the seeds."""
+    engine = _engine(args)
     ids = evaluation_ids(result)
+    chance = _chance_levels(engine, ids)  # one mosaic set: one level
     title = (f"Randomization test of checkpoint {result['checkpoint_id']} on mosaic set {result['mosaic_set_id']}: "
-             "a faithful method falls to about 0.5:")
-    return [
-        title,
-        evaluation_table(_engine(args), ids),
-        CHANCE,
+             f"a faithful method falls to about chance ({chance[0]:.3g}):")
+    lines: list[Any] = [title, evaluation_table(engine, ids), reading(chance)]
+    spread = _seed_spread_table(result, chance[0])
+    if spread is not None:
+        lines += ["Over seeds (one random model's median is a handful of coin flips: judge the "
+                  "mean):", spread]
+    return lines + [
         store_line(opts.database_url(args)),
         f"Next: focus results compare --mosaic-set {result['mosaic_set_id']} --randomization cascading"
         f"{_database_flag(args)}",
         f"      focus report{_database_flag(args)}   (the cascading figure)",
     ]
+
+
+def _chance_levels(engine: Any, ids: list[int]) -> list[float]:
+    """The chance levels k/N² of the evaluations' mosaic sets, largest first (``[0.5]`` without rows)."""
+    import db
+
+    levels = db.evaluation_summary(engine, ids)["chance_level"].dropna() if ids else []
+    return sorted({round(float(c), 12) for c in levels}, reverse=True) or [0.5]
+
+
+def _seed_spread_table(result: dict[str, Any], chance: float) -> Any:
+    """Mean, sd, min and max over the seeds of each randomized stage and method; ``None`` with one seed."""
+    from rich.table import Table
+
+    from flows import analysis
+
+    stages = result.get("stages") or []
+    methods = list(dict.fromkeys(m for s in stages for m in s.get("medians", {})))
+    rows = [r for r in analysis.seed_spreads(stages, methods, chance) if len(r["seeds"]) > 1]
+    if not rows:
+        return None
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name, justify in (("method", "left"), ("model", "left"), ("seeds", "left"), ("mean", "right"),
+                          ("sd", "right"), ("min", "right"), ("max", "right"), ("about chance", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        model = "full" if r["kind"] == "full" else f"{r['kind']} {r['layer'] or r['stage']}"
+        about = "" if r["about_chance"] is None else ("yes" if r["about_chance"] else "no")
+        table.add_row(r["method"], model, ",".join(map(str, r["seeds"])), _fmt(r["mean"]), _fmt(r["std"]),
+                      _fmt(r["min"]), _fmt(r["max"]), f"{about} (±{_fmt(r['tolerance'])})")
+    return table
 
 
 @register("sweep")
@@ -131,7 +195,7 @@ def sweep_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
     return [
         title,
         evaluation_table(_engine(args), ids),
-        CHANCE,
+        reading(_chance_levels(_engine(args), ids)),
         store_line(opts.database_url(args)),
         f"Next: focus results evaluations {_ids_flags(ids[:4])}{' ...' if len(ids) > 4 else ''}"
         f"{_database_flag(args)}",

@@ -139,10 +139,13 @@ def _randomization(row: Any) -> str:
 
 
 def evaluation_table(engine: Any, ids: Iterable[int]) -> Any:
-    """A rich table of the evaluations ``ids``: method, model state, n, undefined share, median, 95% interval.
+    """A rich table of the evaluations ``ids``: method, model state and seed, n, undefined share, median, intervals.
 
-    The interval is :func:`focus_core.stats.bootstrap_median_ci` over the defined per-mosaic scores (the
-    report's); a checkpoint column appears only when the evaluations span several checkpoints.
+    Two 95% intervals of the median, as the report's: :func:`focus_core.stats.bootstrap_median_ci` over the
+    mosaics (which assumes them independent) and :func:`focus_core.stats.cluster_bootstrap_median_ci`, which
+    resamples target classes, then mosaics within them (mosaics of one class are not independent: this one is
+    the wider and the one to trust). A checkpoint column appears only when the evaluations span several
+    checkpoints; a model and a seed column only when one of them is randomized.
     """
     import db
     from focus_core import stats
@@ -166,21 +169,40 @@ def evaluation_table(engine: Any, ids: Iterable[int]) -> Any:
     table.add_column("method")
     if randomized:
         table.add_column("model")
-    for name in ("n", "undefined", "median Focus", "95% interval", "evaluation"):
+        table.add_column("seed", justify="right")
+    for name in ("n", "undefined", "median Focus", "95% mosaics", "95% classes", "evaluation"):
         table.add_column(name, justify="right")
     for row in frame.to_dict("records"):
         n, defined = int(row["n"] or 0), int(row["n_defined"] or 0)
-        scores = db.evaluation_results(engine, int(row["evaluation_id"]))["focus"].to_numpy(dtype=float)
+        results = db.evaluation_results(engine, int(row["evaluation_id"]))
+        scores = results["focus"].to_numpy(dtype=float)
+        classes = results["target_class"].to_numpy()
         low, high = (stats.bootstrap_median_ci(scores, CONFIDENCE, RESAMPLES, seed=0)
                      if len(scores) else (math.nan, math.nan))
-        interval = f"{_fmt(low)}-{_fmt(high)}" if _fmt(low) else ""
+        class_low, class_high = (stats.cluster_bootstrap_median_ci(scores, classes, CONFIDENCE, RESAMPLES, seed=0)
+                                 if len(scores) else (math.nan, math.nan))
         status = "" if row["status"] == "finished" else f" ({row['status']})"
         cells = [str(row["checkpoint_label"] or f"checkpoint {row['checkpoint_id']}")] if several else []
-        cells += [str(row["method"])] + ([_randomization(row)] if randomized else [])
-        cells += [str(n), f"{(n - defined) / n:.1%}" if n else "", _fmt(row["median_focus"]) + status, interval,
-                  str(int(row["evaluation_id"]))]
+        cells += [str(row["method"])]
+        if randomized:
+            seed = row.get("seed")
+            cells += [_randomization(row), "" if seed is None or row["randomization"] == "none" or _missing(seed)
+                      else str(int(seed))]
+        cells += [str(n), f"{(n - defined) / n:.1%}" if n else "", _fmt(row["median_focus"]) + status,
+                  _interval(low, high), _interval(class_low, class_high), str(int(row["evaluation_id"]))]
         table.add_row(*cells)
     return table
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+def _interval(low: float, high: float) -> str:
+    return f"{_fmt(low)}-{_fmt(high)}" if _fmt(low) else ""
 
 
 def store_line(url: str | None) -> str:

@@ -25,9 +25,9 @@ from flows.report.queries import EvaluationData
 from flows.report.selection import final_checkpoints, latest, method_key, slug
 from focus_core import report, stats
 
-__all__ = ["per_class_section", "seeds_section", "CHANCE", "TOLERANCE", "ALPHA"]
+__all__ = ["per_class_section", "seeds_section", "ALPHA"]
 
-CHANCE, TOLERANCE, ALPHA = 0.5, 0.1, 0.05  # CHANCE: the 2x2, k = 2 chance level, named in the text
+ALPHA = 0.05
 
 
 def _trained_groups(evals: Sequence[EvaluationData]) -> dict[tuple[int, int], dict[str, EvaluationData]]:
@@ -122,39 +122,69 @@ def seeds_section(evals: Sequence[EvaluationData], names: dict[int, str], figure
     """Random models over seeds (mean and spread), and per method whether the trained Focus is above theirs."""
     section = Section(
         "seeds", "Random models over seeds: the randomization test",
-        "Each seed re-initialises the checkpoint into another fully random model. One random model's median over a "
-        "few classes is a handful of coin flips, so 'a random model scores about the chance level' (k/N²: "
-        f"{CHANCE} on 2x2 mosaics with 2 target tiles) is judged on the mean over seeds (within ± {TOLERANCE}). "
+        "Each seed re-initialises the checkpoint into another fully random model; the new weights depend on the "
+        "architecture and the seed only, so checkpoints of one architecture share their random models (one set of "
+        "seeds, compared with each trained checkpoint). One random model's median over a "
+        "few classes is a handful of coin flips, so 'a random model scores about the chance level' (k/N²: 0.5 on "
+        "2x2 mosaics with 2 target tiles) is judged on the mean over seeds, within a fifth of the distance from the "
+        "chance level to the nearer end of [0, 1] (± 0.1 at chance 0.5, ± 0.022 at 1/9: the column 'within'). "
         "The decision: is the trained checkpoint's Focus significantly above "
         f"the random models' at {ALPHA}? Test: {stats.RANDOMIZATION_TEST}; both p-values must be below {ALPHA}.",
     )
-    random: dict[tuple[int, int], dict[str, dict[int, EvaluationData]]] = defaultdict(lambda: defaultdict(dict))
+    # a full re-initialisation depends on the architecture and the seed only, never on the trained weights: the
+    # fully random models of checkpoints of one architecture are the same networks, one set of seeds for all of them
+    random: dict[tuple, dict[str, dict[int, EvaluationData]]] = defaultdict(lambda: defaultdict(dict))
+    owners: dict[tuple, set[int]] = defaultdict(set)
     for e in sorted(evals, key=lambda e: e.evaluation_id):
         if e.randomization == "full" and e.n and e.audit_run_id is None:
-            random[(e.checkpoint_id, e.mosaic_set_id)][e.method][int(e.seed or 0)] = e
+            key = _random_network(e)
+            random[key][e.method][int(e.seed or 0)] = e
+            owners[key].add(e.checkpoint_id)
     if not random:
         section.missing = ("No fully random model is selected: run `focus randomize --kind full --seeds 0,1,2,3,4` "
                            "to judge the random models over seeds.")
         return section
     trained_groups = _trained_all(evals)
-    for (checkpoint_id, mosaic_set_id), methods in sorted(random.items()):
-        trained = trained_groups.get((checkpoint_id, mosaic_set_id), {})
-        title = f"{names[checkpoint_id]} on mosaic set #{mosaic_set_id}"
-        ordered = sorted(methods, key=method_key)
-        figures.draw(section, f"fig-seeds-{slug(names[checkpoint_id], mosaic_set_id)}",
-                     f"{title}: each dot one random model's median Focus; square and whisker their mean ± sd; "
-                     "diamond the trained checkpoint.", f"Random models over seeds of {title}",
-                     report.plot_random_seeds,
-                     {m: [methods[m][s].summary["median"] for s in sorted(methods[m])] for m in ordered},
-                     trained={m: trained[m].summary["median"] for m in ordered if m in trained},
-                     chance=methods[ordered[0]][min(methods[ordered[0]])].chance_level)
-        rows = [_seed_row(m, methods[m], trained.get(m), checkpoint_id, mosaic_set_id) for m in ordered]
-        section.blocks.append(f"<h3>{html.escape(title)}</h3>")
-        section.blocks.append('<div class="table-wrap">' + table(
-            ["method", "seeds", "random mean", "sd", "min", "max", "chance", "about chance", "trained median",
-             "p (mosaics)", "p (class medians)", "rank-biserial r", "trained above random"],
-            rows, table_id=f"seeds-{checkpoint_id}-{mosaic_set_id}") + "</div>")
+    for key, methods in sorted(random.items(), key=lambda kv: str(kv[0])):
+        checkpoints = sorted(owners[key])
+        if len(checkpoints) > 1:
+            seeds = sorted({s for by_seed in methods.values() for s in by_seed})
+            section.notes.append(
+                f"The fully random models of {', '.join(names[c] for c in checkpoints)} on mosaic set #{key[-1]} are "
+                f"the same networks (same architecture; a full re-initialisation does not depend on the trained "
+                f"weights): seed(s) {', '.join(map(str, seeds))} are {len(seeds)} random model(s), counted once and "
+                "compared with each trained checkpoint, not independent replicates per checkpoint.")
+        for checkpoint_id in checkpoints:
+            _seeds_block(section, figures, names, checkpoint_id, key[-1], methods,
+                         trained_groups.get((checkpoint_id, key[-1]), {}))
     return section
+
+
+def _random_network(e: EvaluationData) -> tuple:
+    """What a fully random model of ``e`` is made from (besides the seed): architecture, classes, channels; and the
+    mosaic set it was scored on."""
+    return (e.architecture, e.num_classes, e.in_channels, e.mosaic_set_id)
+
+
+def _seeds_block(section: Section, figures: FigureWriter, names: dict[int, str], checkpoint_id: int,
+                 mosaic_set_id: int, methods: dict[str, dict[int, EvaluationData]],
+                 trained: dict[str, EvaluationData]) -> None:
+    """One checkpoint's figure and table: its architecture's random models over seeds against its trained model."""
+    title = f"{names[checkpoint_id]} on mosaic set #{mosaic_set_id}"
+    ordered = sorted(methods, key=method_key)
+    figures.draw(section, f"fig-seeds-{slug(names[checkpoint_id], mosaic_set_id)}",
+                 f"{title}: each dot one random model's median Focus; square and whisker their mean ± sd; "
+                 "diamond the trained checkpoint.", f"Random models over seeds of {title}",
+                 report.plot_random_seeds,
+                 {m: [methods[m][s].summary["median"] for s in sorted(methods[m])] for m in ordered},
+                 trained={m: trained[m].summary["median"] for m in ordered if m in trained},
+                 chance=methods[ordered[0]][min(methods[ordered[0]])].chance_level)
+    rows = [_seed_row(m, methods[m], trained.get(m), checkpoint_id, mosaic_set_id) for m in ordered]
+    section.blocks.append(f"<h3>{html.escape(title)}</h3>")
+    section.blocks.append('<div class="table-wrap">' + table(
+        ["method", "seeds", "random mean", "sd", "min", "max", "chance", "within", "about chance", "trained median",
+         "p (mosaics)", "p (class medians)", "rank-biserial r", "trained above random"],
+        rows, table_id=f"seeds-{checkpoint_id}-{mosaic_set_id}") + "</div>")
 
 
 def _trained_all(evals: Sequence[EvaluationData]) -> dict[tuple[int, int], dict[str, EvaluationData]]:
@@ -170,10 +200,12 @@ def _seed_row(method: str, by_seed: dict[int, EvaluationData], trained: Evaluati
               checkpoint_id: int, mosaic_set_id: int) -> str:
     seeds = sorted(by_seed)
     chance = by_seed[seeds[0]].chance_level  # one mosaic set: one grid and target count
-    spread = stats.seed_summary([by_seed[s].summary["median"] for s in seeds], chance, TOLERANCE)
+    spread = stats.seed_summary([by_seed[s].summary["median"] for s in seeds], chance)
     data = {"checkpoint_id": checkpoint_id, "mosaic_set_id": mosaic_set_id, "method": method, "chance_level": chance,
-            "seeds": ",".join(map(str, seeds)), "n_seeds": spread["n_seeds"], "mean": spread["mean"],
-            "std": spread["std"], "min": spread["min"], "max": spread["max"], "about_chance": spread["about_chance"]}
+            "seeds": ",".join(map(str, seeds)), "evaluations": ",".join(str(by_seed[s].evaluation_id) for s in seeds),
+            "n_seeds": spread["n_seeds"], "mean": spread["mean"],
+            "std": spread["std"], "min": spread["min"], "max": spread["max"],
+            "tolerance": spread["tolerance"], "about_chance": spread["about_chance"]}
     decision_cells = [DASH, DASH, DASH, DASH, "no trained evaluation"]
     if trained is not None:
         position = {int(m): i for i, m in enumerate(trained.mosaic_ids)}
@@ -191,5 +223,6 @@ def _seed_row(method: str, by_seed: dict[int, EvaluationData], trained: Evaluati
                           fmt(test["rank_biserial"]), "yes" if test["significant"] else "no"]
     about = DASH if spread["about_chance"] is None else ("yes" if spread["about_chance"] else "no")
     cells = [method, ",".join(map(str, seeds)), fmt(spread["mean"]), fmt(spread["std"]), fmt(spread["min"]),
-             fmt(spread["max"]), fmt(chance), about, *decision_cells]
-    return row(data, cells, numeric=[False, False, True, True, True, True, True, False, True, True, True, True, False])
+             fmt(spread["max"]), fmt(chance), f"± {fmt(spread['tolerance'])}", about, *decision_cells]
+    return row(data, cells, numeric=[False, False, True, True, True, True, True, True, False, True, True, True, True,
+                                     False])

@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flows.report.page import Figure, Section, fmt
+import numpy as np
+
+from flows.report.page import DASH, Figure, Section, fmt, row, table
 from flows.report.queries import EvaluationData
 from flows.report.selection import final_checkpoints, latest, method_key, slug
-from focus_core import report
+from focus_core import report, stats
 from focus_core.errors import FocusError
 from focus_core.layouts import LAYOUTS
 
@@ -128,12 +130,15 @@ def distributions_section(evals: Sequence[EvaluationData], names: dict[int, str]
 
 
 def trained_vs_random_section(evals: Sequence[EvaluationData], names: dict[int, str], figures: FigureWriter) -> Section:
-    """Figure 3: per checkpoint, method and mosaic set, the trained model against its full randomization."""
+    """Figure 3: per checkpoint, method and mosaic set, the trained model against its full randomizations.
+
+    The random histogram pools the per-mosaic scores of every seed (each seed is another random model).
+    """
     section = Section(
         "randomization", "Trained vs random model",
-        "Focus of the trained model and of a fully randomized copy on the same mosaics (the paper's Figure 3): a "
-        "faithful method falls to about the chance level k/N² (0.5 on 2x2 mosaics with 2 target tiles) on the random "
-        "model.",
+        "Focus of the trained model and of its fully randomized copies on the same mosaics (the paper's Figure 3; "
+        "the random histogram pools every seed's mosaics): a faithful method falls to about the chance level k/N² "
+        "(0.5 on 2x2 mosaics with 2 target tiles) on the random models.",
     )
     trained: dict[tuple, list[EvaluationData]] = defaultdict(list)
     random: dict[tuple, list[EvaluationData]] = defaultdict(list)
@@ -151,23 +156,39 @@ def trained_vs_random_section(evals: Sequence[EvaluationData], names: dict[int, 
                            "mosaics): run `focus randomize` to add one.")
         return section
     for cid, method, set_id in pairs:
-        t, r = latest(trained[(cid, method, set_id)]), latest(random[(cid, method, set_id)])
+        t, seeds = latest(trained[(cid, method, set_id)]), _one_per_seed(random[(cid, method, set_id)])
+        pooled = np.concatenate([r.focus for r in seeds])
+        described = ", ".join(f"{r.evaluation_id} (seed {r.seed}, median {fmt(r.summary['median'])})" for r in seeds)
         caption = (f"{method} on {names[cid]}, mosaic set {set_id} ({t.grid_label}): trained evaluation "
-                   f"{t.evaluation_id} (median {fmt(t.summary['median'])}), random evaluation {r.evaluation_id} "
-                   f"(median {fmt(r.summary['median'])}); chance level {fmt(t.chance_level)}.")
+                   f"{t.evaluation_id} (median {fmt(t.summary['median'])}); random evaluation(s) {described}, "
+                   f"{len(seeds)} seed(s) pooled ({pooled.size} scores); chance level {fmt(t.chance_level)}.")
         figures.draw(section, f"fig3-{slug(names[cid], method, set_id)}", caption,
                      f"Trained vs random: {method} on {names[cid]}", report.plot_trained_vs_random,
-                     t.focus, r.focus, method=method, chance=t.chance_level)
+                     t.focus, pooled, method=method, chance=t.chance_level)
     return section
 
 
+def _one_per_seed(evals: Sequence[EvaluationData]) -> list[EvaluationData]:
+    """The latest evaluation of each randomization seed, by seed."""
+    by_seed: dict[int, list[EvaluationData]] = defaultdict(list)
+    for e in evals:
+        by_seed[int(e.seed or 0)].append(e)
+    return [latest(by_seed[s]) for s in sorted(by_seed)]
+
+
 def cascading_section(evals: Sequence[EvaluationData], names: dict[int, str], figures: FigureWriter) -> Section:
-    """The cascading randomization curve per checkpoint and mosaic set, the trained model as first stage."""
+    """The cascading randomization curve per checkpoint and mosaic set, the trained model as first stage.
+
+    Each stage pools the per-mosaic scores of every seed (its median and quartiles are over all of them); the
+    table under the figure gives, per stage and method, the seeds, the pooled ``n``, undefined share and median,
+    and the mean and standard deviation of the seeds' own medians.
+    """
     section = Section(
         "cascading", "Cascading randomization",
         "Median Focus (band: interquartile range) as the layers are re-initialised from the top down (Adebayo et "
         "al.): the first point is the trained model; Focus should fall to about the chance level k/N² (the dashed "
-        "line: 0.5 on 2x2 mosaics with 2 target tiles) once the top layer is random.",
+        "line: 0.5 on 2x2 mosaics with 2 target tiles) once the top layer is random. With several seeds, each stage "
+        "pools the mosaics of every seed; the table gives the spread of the seeds' own medians.",
     )
     groups: dict[tuple[int, int], list[EvaluationData]] = defaultdict(list)
     for e in evals:
@@ -183,24 +204,49 @@ def cascading_section(evals: Sequence[EvaluationData], names: dict[int, str], fi
         labels = ["trained"] + [layer_of.get(s) or f"stage {s}" for s in stages]
         methods = sorted({e.method for e in cascading}, key=method_key)
         medians, q1s, q3s = {}, {}, {}
+        rows = []
         for method in methods:
             series = []
             for stage in [None] + stages:
                 hits = [e for e in members if e.method == method and (
                     (stage is None and e.randomization == "none") or (e.randomization == "cascading" and e.stage == stage))]
-                series.append(latest(hits).summary if hits else None)
+                chosen = ([latest(hits)] if stage is None else _one_per_seed(hits)) if hits else []
+                pooled = stats.summarize(np.concatenate([e.focus for e in chosen])) if chosen else None
+                series.append(pooled)
+                if chosen:
+                    rows.append(_cascading_row(cid, set_id, method, stage, layer_of.get(stage), chosen, pooled))
             medians[method] = [math.nan if s is None else s["median"] for s in series]
             q1s[method] = [math.nan if s is None else s["q1"] for s in series]
             q3s[method] = [math.nan if s is None else s["q3"] for s in series]
         first = cascading[0]
+        seeds = sorted({int(e.seed or 0) for e in cascading})
         caption = (f"{names[cid]}, mosaic set {set_id} ({first.grid_label}, chance level {fmt(first.chance_level)}): "
-                   f"{len(stages)} stage(s), methods {', '.join(methods)}.")
+                   f"{len(stages)} stage(s), methods {', '.join(methods)}, seed(s) {', '.join(map(str, seeds))} "
+                   "pooled per stage.")
         drawn |= figures.draw(section, f"fig-cascading-{slug(names[cid], set_id)}", caption,
                               f"Cascading randomization of {names[cid]}", report.plot_cascading_randomization,
                               labels, medians, q1_by_method=q1s, q3_by_method=q3s, chance=first.chance_level)
+        section.blocks.append('<div class="table-wrap">' + table(
+            ["method", "stage", "seeds", "n", "undefined", "median (pooled)", "mean of seed medians", "sd"],
+            rows, table_id=f"cascading-{cid}-{set_id}") + "</div>")
     if not drawn and not section.notes:
         section.missing = "No cascading randomization stage is recorded for the selection: run `focus randomize` with kind cascading."
     return section
+
+
+def _cascading_row(cid: int, set_id: int, method: str, stage: int | None, layer: str | None,
+                   chosen: Sequence[EvaluationData], pooled: dict[str, Any]) -> str:
+    """One stage of one method: its seeds, the pooled statistics and the spread of the seeds' medians."""
+    seeds = [e.seed for e in chosen if e.seed is not None]
+    spread = stats.seed_summary([e.summary["median"] for e in chosen], chosen[0].chance_level)
+    name = "trained" if stage is None else f"{stage} ({layer})" if layer else str(stage)
+    data = {"checkpoint_id": cid, "mosaic_set_id": set_id, "method": method, "stage": stage, "layer": layer,
+            "seeds": ",".join(map(str, seeds)), "evaluations": ",".join(str(e.evaluation_id) for e in chosen),
+            "n": pooled["n"], "share_undefined": pooled["share_undefined"], "median": pooled["median"],
+            "seed_mean": spread["mean"], "seed_std": spread["std"]}
+    cells = [method, name, ",".join(map(str, seeds)) or DASH, fmt(pooled["n"]), fmt(pooled["share_undefined"]),
+             fmt(pooled["median"]), fmt(spread["mean"]), fmt(spread["std"])]
+    return row(data, cells, numeric=[False, False, False, True, True, True, True, True])
 
 
 def layout_section(evals: Sequence[EvaluationData], names: dict[int, str], figures: FigureWriter) -> Section:

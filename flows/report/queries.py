@@ -111,13 +111,15 @@ class EvaluationData:
 
     @property
     def randomization_label(self) -> str:
+        """``"none"``, ``"full, seed 3"``, ``"cascading 1 (fc), seed 0"``, ``"independent (fc), seed 2"``."""
         if self.randomization == "none":
             return "none"
+        seed = "" if self.seed is None else f", seed {self.seed}"
         if self.randomization == "cascading":
-            return f"cascading {self.stage}" + (f" ({self.layer})" if self.layer else "")
+            return f"cascading {self.stage}" + (f" ({self.layer})" if self.layer else "") + seed
         if self.randomization == "independent":
-            return f"independent ({self.layer})"
-        return self.randomization
+            return f"independent ({self.layer})" + seed
+        return self.randomization + seed
 
 
 def load_evaluations(engine: Engine, evaluations: Sequence[int] | None = None,

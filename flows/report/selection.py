@@ -67,12 +67,12 @@ def latest_per_cell(evals: Iterable[EvaluationData]) -> list[EvaluationData]:
     """The latest evaluation of each checkpoint x method x mosaic set x randomization (stage, layer, seed).
 
     An audit re-evaluates the same cell every night; the main tables and figures show the latest, the
-    audits section all of them.
+    audits section all of them. Each randomization seed is a cell of its own: every seed is kept.
     """
     cells: dict[tuple, list[EvaluationData]] = defaultdict(list)
     for e in evals:
         cells[(e.checkpoint_id, e.method, tuple(sorted(e.method_params.items(), key=str)), e.mosaic_set_id,
-               e.randomization, e.stage, e.layer)].append(e)
+               e.randomization, e.stage, e.layer, e.seed)].append(e)
     chosen = {latest(group).evaluation_id for group in cells.values()}
     return [e for e in evals if e.evaluation_id in chosen]
 

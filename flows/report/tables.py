@@ -90,7 +90,7 @@ def _summary_table(evals: Sequence[EvaluationData], names: dict[int, str], table
     rows = []
     order = (lambda e: 0) if keep_order else (lambda e: (
         e.checkpoint_id, e.mosaic_set_id, RANDOMIZATION_ORDER.get(e.randomization, 9), e.stage or 0, str(e.layer),
-        method_key(e.method), e.evaluation_id))
+        e.seed or 0, method_key(e.method), e.evaluation_id))
     for e in sorted(evals, key=order):
         s = e.summary
         checkpoint, checkpoint_tip = _checkpoint_cell(e, names)
@@ -106,7 +106,7 @@ def _summary_table(evals: Sequence[EvaluationData], names: dict[int, str], table
         rows.append(row(
             {"evaluation_id": e.evaluation_id, "checkpoint_id": e.checkpoint_id, "method": e.method,
              "mosaic_set_id": e.mosaic_set_id, "randomization": e.randomization, "stage": e.stage,
-             "audit_run_id": e.audit_run_id, "n": s["n"], "n_defined": s["n_defined"],
+             "seed": e.seed, "audit_run_id": e.audit_run_id, "n": s["n"], "n_defined": s["n_defined"],
              "share_undefined": s["share_undefined"], "median": s["median"], "grid": e.grid,
              "targets": e.target_tiles, "chance_level": e.chance_level,
              "median_undefined_as_zero": s.get("median_undefined_as_zero"), "ci_low": e.ci[0], "ci_high": e.ci[1],
@@ -169,10 +169,11 @@ def _paired_rows(evals: Sequence[EvaluationData], names: dict[int, str]) -> tupl
     groups: dict[tuple, dict[str, EvaluationData]] = defaultdict(dict)
     for e in sorted(evals, key=lambda e: e.evaluation_id):
         if e.n:
-            groups[(e.checkpoint_id, e.mosaic_set_id, e.randomization, e.stage, e.layer, e.audit_run_id)][e.method] = e
+            groups[(e.checkpoint_id, e.mosaic_set_id, e.randomization, e.stage, e.layer, e.seed,
+                    e.audit_run_id)][e.method] = e
     trained, randomized = [], []
     for key in sorted(groups, key=lambda k: (k[0], k[1], RANDOMIZATION_ORDER.get(k[2], 9), k[3] or 0, str(k[4]),
-                                             k[5] or 0)):
+                                             k[5] or 0, k[6] or 0)):
         methods = sorted(groups[key].values(), key=lambda e: method_key(e.method))
         for a, b in itertools.combinations(methods, 2):
             common, ia, ib = np.intersect1d(a.mosaic_ids, b.mosaic_ids, return_indices=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from flows.analysis import correlation_caveat
 from flows.report.figures import FigureWriter
 from flows.report.page import Section, fmt, fmt_p, row, table
 from flows.report.queries import EvaluationData
@@ -38,7 +39,7 @@ def training_section(evals: Sequence[EvaluationData], runs: dict[int, dict[str, 
     for run_id, run in sorted(runs.items()):
         info = run["run"]
         name = info.get("name") or f"run {run_id}"
-        records, source = _epoch_records(run, evals)
+        records, source, counts = _epoch_records(run, evals)
         section.blocks.append(f"<h3>{_esc(name)} ({_esc(info['architecture'])}, training run {run_id}, "
                               f"{len(records)} epoch(s), {_esc(info['status'])})</h3>")
         start = len(section.figures)
@@ -52,12 +53,17 @@ def training_section(evals: Sequence[EvaluationData], runs: dict[int, dict[str, 
         # keep each run's figures next to its heading
         section.blocks.append('<div class="figures">' + "\n".join(f.render() for f in section.figures[start:]) + "</div>")
         del section.figures[start:]
-        section.blocks.append(_epochs_table(run_id, records))
+        section.blocks.append(_epochs_table(run_id, records, counts))
     return section
 
 
-def _epoch_records(run: dict[str, Any], evals: Sequence[EvaluationData]) -> tuple[list[dict[str, Any]], str]:
-    """Figure 5/6 records of a run: epoch metrics plus Focus per method (from per-epoch evaluations when recorded)."""
+def _epoch_records(run: dict[str, Any], evals: Sequence[EvaluationData]
+                   ) -> tuple[list[dict[str, Any]], str, dict[tuple[int, str], dict[str, Any]]]:
+    """Figure 5/6 records of a run: epoch metrics plus Focus per method (from per-epoch evaluations when recorded).
+
+    Also ``{(epoch, method): summary}`` of the evaluations behind each median (its ``n`` and undefined share);
+    empty when the Focus is the run's own recorded median.
+    """
     run_id = run["run"]["id"]
     candidates = [e for e in evals
                   if e.epoch_in(run_id) is not None and e.randomization == "none" and e.n]
@@ -71,7 +77,7 @@ def _epoch_records(run: dict[str, Any], evals: Sequence[EvaluationData]) -> tupl
         for e in candidates:
             if e.mosaic_set_id == fixed:
                 per_epoch[(e.epoch_in(run_id), e.method)].append(e)
-    records, source = [], "per-epoch evaluations"
+    records, source, counts = [], "per-epoch evaluations", {}
     fallback = _recorded_focus_name(run["run"].get("config"))
     for epoch in run["epochs"]:
         record = {k: epoch.get(k) for k in ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy",
@@ -79,6 +85,7 @@ def _epoch_records(run: dict[str, Any], evals: Sequence[EvaluationData]) -> tupl
         methods = {m for (ep, m) in per_epoch if ep == epoch["epoch"]}
         for method in methods:
             s = latest(per_epoch[(epoch["epoch"], method)]).summary
+            counts[(epoch["epoch"], method)] = s
             record[f"focus_{method}"] = s["median"]
             record[f"focus_{method}_q1"] = s["q1"]
             record[f"focus_{method}_q3"] = s["q3"]
@@ -88,7 +95,7 @@ def _epoch_records(run: dict[str, Any], evals: Sequence[EvaluationData]) -> tupl
         for record, epoch in zip(records, run["epochs"]):
             if epoch.get("focus_median") is not None:
                 record[f"focus_{fallback}"] = epoch["focus_median"]
-    return records, source
+    return records, source, counts
 
 
 def _recorded_focus_name(config: Any) -> str:
@@ -105,21 +112,29 @@ def _esc(text: Any) -> str:
     return html.escape(str(text))
 
 
-def _epochs_table(run_id: int, records: list[dict[str, Any]]) -> str:
-    """The epochs table of a run and, per method, Pearson's r of Focus against val accuracy and loss."""
+def _epochs_table(run_id: int, records: list[dict[str, Any]], counts: dict[tuple[int, str], dict[str, Any]]) -> str:
+    """The epochs table of a run (each method's median with its n and undefined share) and Pearson's r per method."""
     methods = sorted({k[len("focus_"):] for r in records for k in r
                       if k.startswith("focus_") and not k.endswith(("_q1", "_q3"))}, key=method_key)
     headers = ["epoch", "train loss", "val loss", "train accuracy", "val accuracy", "val mean class accuracy"]
-    headers += [f"Focus median ({m})" for m in methods]
+    for m in methods:
+        headers += [f"Focus median ({m})", f"n ({m})", f"undefined ({m})"]
     rows = []
     for r in records:
         values = [r.get("train_loss"), r.get("val_loss"), r.get("train_accuracy"), r.get("val_accuracy"),
-                  r.get("val_mean_class_accuracy")] + [r.get(f"focus_{m}") for m in methods]
+                  r.get("val_mean_class_accuracy")]
         data = {"training_run_id": run_id, "epoch": r["epoch"], "val_accuracy": r.get("val_accuracy"),
                 "val_loss": r.get("val_loss")}
-        data.update({f"focus_{slug(m)}": r.get(f"focus_{m}") for m in methods})
+        for m in methods:
+            s = counts.get((r["epoch"], m), {})
+            values += [r.get(f"focus_{m}"), s.get("n"), s.get("share_undefined")]
+            data.update({f"focus_{slug(m)}": r.get(f"focus_{m}"), f"n_{slug(m)}": s.get("n"),
+                         f"share_undefined_{slug(m)}": s.get("share_undefined")})
         rows.append(row(data, [str(r["epoch"])] + [fmt(v) for v in values], numeric=[True] * (1 + len(values))))
     html_text = '<div class="table-wrap">' + table(headers, rows, table_id=f"epochs-{run_id}") + "</div>"
+    if methods and not counts:
+        html_text += ("<p class=\"caption\">Focus per epoch as the training run recorded it (no per-epoch evaluation "
+                      "is selected): its n and undefined share are not recorded.</p>")
     return html_text + _correlation_table(run_id, records, methods)
 
 
@@ -139,10 +154,11 @@ def _correlation_table(run_id: int, records: list[dict[str, Any]], methods: list
         return ""
     headers = ["method", "against", "epochs", "Pearson r", "p-value", "epochs without 0", "r without epoch 0",
                "p-value without epoch 0"]
+    fewest = min(int(n) for n in (_pearson_over(records, "val_accuracy", m)[0] for m in methods))
     return ('<div class="table-wrap">' + table(headers, corr_rows, table_id=f"correlation-{run_id}")
             + "</div><p class=\"caption\">Pearson r needs at least 3 epochs with both values (a dash otherwise). "
             "Epoch 0 is the model before its first optimisation step: one far point can carry r, so r is also "
-            "given without it.</p>")
+            f"given without it. {html.escape(correlation_caveat(fewest))}</p>")
 
 
 def _pearson_over(records: list[dict[str, Any]], key: str, method: str) -> tuple[int, float, float]:

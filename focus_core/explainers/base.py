@@ -139,6 +139,8 @@ def _canonical(explainer: str, key: str, kind: str, value: Any) -> Any:
     base = kind.removeprefix("optional_")
     if kind != base and value is None:
         return None
+    if kind == "optional_bounds" and value == "sample":  # z^B per sample: the same identity as None
+        return None
     if base == "float" or base == "bounds" and not isinstance(value, (list, tuple)):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
@@ -151,6 +153,9 @@ def _canonical(explainer: str, key: str, kind: str, value: Any) -> Any:
         return value
     expected = {"float": "a finite number", "int": "an integer", "str": "a string",
                 "bounds": "a number or a list of per-channel numbers"}[base]
+    if kind == "optional_bounds":
+        expected += ', "sample"'
+
     if kind != base:
         expected += " or None"
     raise FocusError(f"Parameter '{key}' of explainer '{explainer}' got {value!r}: pass {expected}.")

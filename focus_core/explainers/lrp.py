@@ -29,7 +29,10 @@ from focus_core.errors import FocusError
 from focus_core.explainers.base import ExplainerBase, Explanation, checked_forward
 from focus_core.tokens import patch_geometry
 
-__all__ = ["LRP", "CANONIZERS", "lrp_canonizers", "lrp_composite", "zbox_bounds"]
+__all__ = ["LRP", "CANONIZERS", "SAMPLE_BOUNDS", "dataset_bounds", "lrp_canonizers", "lrp_composite", "zbox_bounds"]
+
+#: The value of ``low`` and ``high`` that asks for each sample's own minimum and maximum (stored as ``None``).
+SAMPLE_BOUNDS = "sample"
 
 CANONIZERS = ("auto", "sequential_merge_batchnorm", "resnet", "none")
 """Canonizer choices: ``auto`` picks ``resnet`` for torchvision ResNets, else ``sequential_merge_batchnorm``."""
@@ -59,6 +62,23 @@ def lrp_composite(
     ]
     first_map = [(AnyLinear, ZBox(low=low, high=high))]
     return SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=first_map, canonizers=canonizers)
+
+
+def dataset_bounds(mean: list[float] | tuple[float, ...], std: list[float] | tuple[float, ...]
+                   ) -> tuple[list[float], list[float]]:
+    """The z^B bounds of a dataset's input domain after normalisation: ``(0 - mean) / std`` and ``(1 - mean) / std``.
+
+    ``mean`` and ``std`` are per channel on the ``[0, 1]`` pixel scale (what the tiles are normalised with), so the
+    bounds are the smallest and largest value any normalised pixel can take, one per channel.
+
+    Examples
+    --------
+    >>> dataset_bounds([0.5], [0.25])
+    ([-2.0], [2.0])
+    """
+    if len(mean) != len(std) or not mean:
+        raise FocusError(f"Expected one mean and one std per channel but got {len(mean)} and {len(std)}.")
+    return [(0.0 - m) / s for m, s in zip(mean, std)], [(1.0 - m) / s for m, s in zip(mean, std)]
 
 
 def zbox_bounds(
@@ -98,11 +118,14 @@ class LRP(ExplainerBase):
     epsilon : float, optional
         Stabiliser of the epsilon rule on linear layers (default ``1e-6``, zennit's default: the near-pure
         LRP-0 rule of the official code, which conserves relevance).
-    low, high : float, list of float or None, optional
-        z^B bounds of the first layer's input in the normalised space: one number, or one per channel (e.g.
-        ``(0 - mean) / std`` and ``(1 - mean) / std``). ``None`` (default, both) uses each sample's own minimum
-        and maximum over all channels and pixels, which keeps the maps batch-invariant; flows pass the dataset's
-        bounds for reproducibility across data.
+    low, high : float, list of float, "sample" or None, optional
+        z^B bounds of the first layer's input in the normalised space: one number, or one per channel, such as
+        the dataset's input domain ``(0 - mean) / std`` and ``(1 - mean) / std`` (:func:`dataset_bounds`: the
+        paper's rule, and what the flows pass unless the method's parameters name bounds). ``"sample"``
+        (:data:`SAMPLE_BOUNDS`) or ``None`` (default, both) uses each sample's own minimum and maximum over all
+        channels and pixels; both are stored as ``None``, the identity (and hash) of every evaluation recorded
+        with per-sample bounds, so those keep their keys, while dataset bounds are numbers in the parameters and
+        so a different key.
     canonizer : str, optional
         One of ``"auto"`` (default), ``"sequential_merge_batchnorm"``, ``"resnet"``, ``"none"``.
     """

@@ -38,7 +38,7 @@ def test_evaluate_prints_one_screen_and_json_on_request(prefect_api, capfd: pyte
     assert len(lines) <= 40, out
     assert "{" not in out and "evaluation_id" not in out  # no JSON
     header = next(line for line in lines if line.startswith("method"))
-    for column in ("n", "undefined", "median Focus", "95% interval"):
+    for column in ("n", "undefined", "median Focus", "95% mosaics", "95% classes"):
         assert column in header
     gradcam = next(line for line in lines if line.startswith("gradcam")).split()
     assert gradcam[1] == "20" and gradcam[2].endswith("%") and "-" in gradcam[4]

@@ -239,6 +239,8 @@ def check_structure(page_: _Page, out: Path) -> None:
     assert sum(Path(s).name.startswith("fig3-") for s in page_.images) == 2
     epochs = next(rows for name, rows in page_.tables.items() if name.startswith("epochs-"))
     assert [int(r["attrs"]["epoch"]) for r in epochs] == [1, 2, 3]
+    # every per-epoch median travels with its n and undefined share
+    assert all(r["attrs"]["n-gradcam"] != "" and r["attrs"]["share-undefined-gradcam"] != "" for r in epochs)
     correlation = next(rows for name, rows in page_.tables.items() if name.startswith("correlation-"))
     assert all(r["attrs"]["r"] != "" for r in correlation)
     per_class = next(rows for name, rows in page_.tables.items() if name.startswith("per-class-"))

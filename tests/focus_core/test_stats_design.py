@@ -112,6 +112,42 @@ def test_seed_summary() -> None:
     assert stats.seed_summary([None])["about_chance"] is None
 
 
+@pytest.mark.parametrize(("grid", "targets", "tolerance"), [
+    (2, 2, 0.1),  # the paper's mosaics: chance 0.5, ± 0.1
+    (2, 1, 0.05),  # chance 0.25: a fifth of it
+    (3, 1, 1 / 45),  # chance 1/9: a fifth of it
+    (3, 3, 1 / 15),  # chance 1/3: a fifth of it
+    (3, 8, 1 / 45),  # chance 8/9: a fifth of the room above it, so a perfect score is never "about chance"
+])
+def test_about_chance_scales_with_the_chance_level(grid: int, targets: int, tolerance: float) -> None:
+    from focus_core.layouts import chance_level
+
+    chance = chance_level(grid, targets)
+    assert stats.chance_tolerance(chance) == pytest.approx(tolerance)
+    inside, outside = chance + 0.99 * tolerance, chance - 1.01 * tolerance
+    assert stats.about_chance(inside, chance) is True and stats.about_chance(outside, chance) is False
+    summary = stats.seed_summary([inside, inside], chance)
+    assert summary["about_chance"] is True and summary["tolerance"] == pytest.approx(tolerance)
+    assert stats.seed_summary([outside], chance)["about_chance"] is False
+
+
+def test_about_chance_on_3x3_one_target_refuses_what_a_fixed_tenth_accepted() -> None:
+    chance = 1 / 9
+    assert stats.about_chance(chance + 0.09, chance) is False
+    assert stats.about_chance(chance - 0.09, chance) is False
+    assert stats.about_chance(1.0, 8 / 9) is False
+    with pytest.raises(FocusError, match="strictly between 0 and 1"):
+        stats.chance_tolerance(1.0)
+
+
+def test_the_flows_use_the_one_rule() -> None:
+    from flows import analysis
+
+    stages = [{"kind": "full", "seed": 0, "medians": {"m": 0.99}}]
+    spread = analysis.seed_spread_of_stages(stages, ["m"], chance=8 / 9)
+    assert spread["m"]["about_chance"] is False and spread["m"]["tolerance"] == pytest.approx(1 / 45)
+
+
 def test_randomization_test_decides_on_mosaics_and_classes() -> None:
     rng = np.random.default_rng(1)
     classes = np.repeat(np.arange(6), 10)

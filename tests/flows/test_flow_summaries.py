@@ -1,0 +1,107 @@
+"""What ``focus randomize`` and ``focus train`` print: every seed, both intervals, every method with its n.
+
+The randomization summary reads a real store (SQLite) holding a trained evaluation, five fully random and
+three cascading seeds (:mod:`tests.flows.test_report_seeds`), with the result the randomization flow returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+
+import numpy as np
+
+import db
+from flows.cli.summary import emit
+from focus_core import stats
+from tests.flows.test_report_seeds import CASCADING_SEEDS, FULL_SEEDS, _store
+
+
+def _flow_result(written: dict) -> dict:
+    """The randomization flow's result for the stored evaluations (trained, full seeds, cascading seeds)."""
+    grid = written["grid"]
+    stages = [{"label": "trained", "kind": "none", "stage": None, "layer": None, "seed": 0,
+               "medians": {}, "evaluation_ids": {"gradcam": written["trained"]}}]
+    for seed in FULL_SEEDS:
+        evaluation, focus = written["full"][seed]
+        stages.append({"label": f"full (seed {seed})", "kind": "full", "stage": None, "layer": None, "seed": seed,
+                       "medians": {"gradcam": float(np.median(focus))}, "evaluation_ids": {"gradcam": evaluation}})
+    for seed in CASCADING_SEEDS:
+        for stage, layer in enumerate(("fc", "conv")):
+            evaluation, focus = written["cascading"][(seed, stage)]
+            stages.append({"label": f"cascading to {layer} (seed {seed})", "kind": "cascading", "stage": stage,
+                           "layer": layer, "seed": seed, "medians": {"gradcam": float(np.median(focus))},
+                           "evaluation_ids": {"gradcam": evaluation}})
+    return {"checkpoint_id": grid.checkpoint_id, "mosaic_set_id": grid.mosaic_set_id, "stages": stages}
+
+
+def test_randomize_shows_each_seed_both_intervals_and_the_spread_over_seeds(sqlite_url: str) -> None:
+    written = _store(sqlite_url)
+    out = io.StringIO()
+    emit("randomize", _flow_result(written), argparse.Namespace(database_url=sqlite_url, format="text"), out)
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 100 for line in lines if not line.startswith(("Results", "Next", "   "))), out.getvalue()
+    header = next(i for i, line in enumerate(lines) if line.startswith("method") and "seed" in line)
+    assert re.split(r"\s{2,}", lines[header].strip())[:8] == [
+        "method", "model", "seed", "n", "undefined", "median Focus", "95% mosaics", "95% classes"]
+    engine = db.open_store(sqlite_url)
+    try:
+        for seed in FULL_SEEDS:  # one row per seed, with the interval that resamples target classes
+            evaluation, _ = written["full"][seed]
+            row = next(line.split() for line in lines[header + 1:] if line.split()[-1:] == [str(evaluation)])
+            assert row[:3] == ["gradcam", "full", str(seed)]
+            results = db.evaluation_results(engine, evaluation)
+            low, high = stats.cluster_bootstrap_median_ci(results["focus"].to_numpy(float),
+                                                          results["target_class"].to_numpy(), 0.95, 1000, seed=0)
+            assert row[-2] == f"{low:.3f}-{high:.3f}"
+    finally:
+        engine.dispose()
+    assert any("chance level 0.333" in line for line in lines)
+    # the mean and spread over seeds, for the fully random models and each cascading stage
+    medians = [float(np.median(written["full"][s][1])) for s in FULL_SEEDS]
+    spread = next(line.split() for line in lines if line.startswith("gradcam") and ",".join(map(str, FULL_SEEDS))
+                  in line)
+    assert spread[1:3] == ["full", "0,1,2,3,4"]
+    assert spread[3:7] == [f"{v:.3f}" for v in (np.mean(medians), np.std(medians, ddof=1), min(medians),
+                                                max(medians))]
+    assert spread[7] == "no" and spread[8] == "(±0.067)"
+    assert sum(line.startswith("gradcam") and "0,1,2 " in line for line in lines) == 2  # two cascading stages
+
+
+def _train_result() -> dict:
+    """The training flow's result for three epochs and two methods, lrp_fast with most maps undefined at epoch 3."""
+    from flows.train import _epoch_records
+
+    rows = []
+    for epoch, (grad, lrp, lrp_defined) in enumerate([(0.51, 0.50, 20), (0.62, 0.58, 18), (0.70, 0.65, 15),
+                                                       (0.74, 0.733, 8)]):
+        for evaluation, (method, median, defined) in enumerate([("gradcam", grad, 20), ("lrp_fast", lrp, lrp_defined)]):
+            rows.append({"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "val_loss": 1.1 / (epoch + 1),
+                         "val_accuracy": 0.1 + 0.2 * epoch, "evaluation_id": 10 * epoch + evaluation,
+                         "method_name": method, "focus_n": 20, "focus_n_defined": defined, "focus_median": median,
+                         "focus_mean": median})
+    correlations = [{"method": m, "n": 4, "r": 0.98, "p_value": 0.02, "n_without_epoch_0": 3,
+                     "r_without_epoch_0": 0.97, "p_value_without_epoch_0": 0.15} for m in ("gradcam", "lrp_fast")]
+    return {"training_run_id": 5, "epochs_run": [1, 2, 3], "epochs": _epoch_records(rows),
+            "correlation": correlations[0], "correlations": correlations, "final_checkpoint_id": 9,
+            "final_weights": "/tmp/w.pt", "final_sha256": "ab" * 32}
+
+
+def test_train_names_every_method_with_its_undefined_share_and_says_what_r_can_show(sqlite_url: str) -> None:
+    result = _train_result()
+    assert result["epochs"][3]["focus_stats"]["lrp_fast"] == {"median": 0.733, "n": 20, "n_defined": 8,
+                                                              "share_undefined": 0.6}
+    out = io.StringIO()
+    emit("train", result, argparse.Namespace(database_url=sqlite_url, format="text"), out)
+    text_ = out.getvalue()
+    lines = text_.splitlines()
+    header = next(line for line in lines if line.startswith("epoch"))
+    assert header.split()[-2:] == ["gradcam", "lrp_fast"] and "median Focus" not in header
+    epoch_3 = next(line for line in lines if line.split()[:1] == ["3"])
+    assert epoch_3.split()[-4:] == ["0.740", "(0%)", "0.733", "(60%)"]
+    assert "on 20 mosaics per epoch" in text_ and "share of undefined maps" in text_
+    for method in ("gradcam", "lrp_fast"):
+        line = next(line for line in lines if f"median Focus of {method}" in line)
+        assert "over n = 4 epochs (p = 0.020)" in line and "without epoch 0: r = 0.970, n = 3" in line
+    assert "With 4 epochs, one epoch can swing r" in text_ and "not independent" in text_

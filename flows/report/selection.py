@@ -13,6 +13,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -71,7 +72,7 @@ def latest_per_cell(evals: Iterable[EvaluationData]) -> list[EvaluationData]:
     """
     cells: dict[tuple, list[EvaluationData]] = defaultdict(list)
     for e in evals:
-        cells[(e.checkpoint_id, e.method, tuple(sorted(e.method_params.items(), key=str)), e.mosaic_set_id,
+        cells[(e.checkpoint_id, e.method, json.dumps(e.method_params, sort_keys=True, default=str), e.mosaic_set_id,
                e.randomization, e.stage, e.layer, e.seed)].append(e)
     chosen = {latest(group).evaluation_id for group in cells.values()}
     return [e for e in evals if e.evaluation_id in chosen]

@@ -121,3 +121,23 @@ def test_random_models_shared_by_checkpoints_are_counted_once(sqlite_url: str, t
         assert len(set(row_["attrs"]["evaluations"].split(","))) == 5
     note = next(n for n in page_.notes if "same networks" in n)
     assert "5 random model(s), counted once" in note
+
+
+def test_a_method_with_list_parameters_is_one_cell_per_value() -> None:
+    """LRP's per-channel bounds are lists: each value is its own cell, and a rerun of one is kept once."""
+    from flows.report.queries import EvaluationData
+    from flows.report.selection import latest_per_cell
+
+    def evaluation(evaluation_id: int, low: list[float]) -> EvaluationData:
+        return EvaluationData(
+            evaluation_id=evaluation_id, status="finished", randomization="none", stage=None, layer=None,
+            audit_run_id=None, finished_at=None, metadata=None, checkpoint_id=1, architecture="digits_cnn",
+            checkpoint_label=None, sha256="ab" * 32, weights_path=None, num_classes=10, in_channels=1,
+            training_run_id=None, epoch=None, method="lrp", method_params={"low": low, "high": [2.8]},
+            mosaic_set_id=1, layout="random", split="test", set_seed=0, per_class=2, dataset_id=1,
+            dataset_name="digits", dataset_fingerprint="f", dataset_tile_size=32,
+        )
+
+    kept = latest_per_cell([evaluation(1, [-0.4]), evaluation(2, [-0.4]), evaluation(3, [-1.0])])
+
+    assert [e.evaluation_id for e in kept] == [2, 3]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU run behind benchmarks/README.md's "Measured" tables, as sent to a lent GPU machine.
+# The GPU run behind benchmarks/README.md's GPU figures, as sent to a lent GPU machine.
 #
 # The machine has Python 3.12 and torch but neither the project's other dependencies nor PostgreSQL nor
 # internet: the wheels travel in .whl/ (pip download ... on a machine with a registry, see benchmarks/README.md), the

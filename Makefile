@@ -12,7 +12,7 @@ FAST   := not (server or training or demo or slow)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch and torchvision first, pinned, so pip takes the builds on this disk (see README)
+	# torch and torchvision first, pinned, so pip takes the builds on this disk (README.md, "Two commands")
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)

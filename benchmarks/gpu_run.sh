@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU run behind benchmarks/README.md's "Measured" tables, as sent to a lent GPU machine.
+# The GPU run behind benchmarks/README.md's GPU figures, as sent to a lent GPU machine.
 #
 # The machine has Python 3.12 and torch but neither the project's other dependencies nor PostgreSQL nor
-# internet: the wheels travel in .whl/ (pip download ... on a machine with a registry, see the README), the
+# internet: the wheels travel in .whl/ (pip download ... on a machine with a registry, see benchmarks/README.md), the
 # PostgreSQL server is the pgserver wheel's, started by throwaway_postgres.py. Results go to $OUT (one JSON,
 # one log and the profiles per architecture), written as each architecture finishes.
 #

@@ -4,8 +4,9 @@ For each size of ``--rows`` it creates a fresh PostgreSQL database on the ``--db
 through the project's own write path (``db.register_*``, ``db.write_mosaic_results``,
 ``db.finish_evaluation``) with the shape of a platform team's store and runs VACUUM (ANALYZE) (what
 autovacuum does on a live server; ANALYZE on SQLite) and a CHECKPOINT. With every size filled, it times
-every README cookbook query and every public ``db.queries`` function on each size in turn (median of
-``--repeat`` runs after one warm-up), checks each statement's plan with EXPLAIN and drops the databases:
+every query of the SQL cookbook (docs/sql-cookbook.md) and every public ``db.queries`` function on each size
+in turn (median of ``--repeat`` runs after one warm-up), checks each statement's plan with EXPLAIN and drops the
+databases:
 
     .venv/bin/python benchmarks/query_scale.py --rows 1000000,10000000 --out benchmarks/results/query_scale.json
 
@@ -58,13 +59,14 @@ EPOCHS = 5
 AUDITED = 4  # checkpoints per nightly audit
 CLASSES = 10
 IMAGES = 4000
-RUN_NAME = "demo-digits"  # the training run the README's cookbook names (written for what `make demo` records)
+RUN_NAME = "demo-digits"  # the training run the SQL cookbook names (written for what `make demo` records)
 CHUNK = 2500
 
 
 def cookbook() -> dict[str, str]:
-    """The README's SQL cookbook, by name."""
-    blocks = re.findall(r"```sql\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    """The SQL cookbook's queries (docs/sql-cookbook.md), by name."""
+    page = (ROOT / "docs" / "sql-cookbook.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```sql\n(.*?)```", page, flags=re.S)
     names = ("cookbook_1_median_per_method", "cookbook_2_epoch_curve", "cookbook_3_lost_focus",
              "cookbook_4_disagreement")
     return {name: block.strip().rstrip(";") for name, block in zip(names, blocks, strict=False)}

@@ -28,7 +28,7 @@ slightly negative).
   captum's ``LayerGradCam`` on the same layer, upsampled bilinearly) on the same model and mosaics.
 
 Every figure is the median of ``--repeats`` timed runs after one warm-up run, with ``torch.cuda.synchronize``
-around each run on CUDA. It prints a table and the ratios the performance issue sets targets for, and writes
+around each run on CUDA. It prints a table and the ratios with their targets (``TARGETS``), and writes
 everything as JSON (``--out``). ``--profile DIR`` also runs the pipeline once more per method under
 ``torch.profiler`` and writes ``DIR/profile_<arch>_<method>.txt`` (the pipeline's and the explainer's own
 operator tables). Inputs: the bundled digits for ``digits_cnn``; for the ImageNet architectures a
@@ -101,7 +101,7 @@ LIMITS: dict[str, tuple[str, str | None]] = {
 }
 #: methods with an ``internal_batch_size``: set to ``--batch`` unless given, so each pass is as big as the limit's
 CHUNKED = ("smoothgrad", "integrated_gradients")
-#: the issue's targets: ratio name -> lowest acceptable value (db share: highest)
+#: the performance targets: ratio name -> lowest acceptable value (db share: highest)
 TARGETS = {"forward": 0.8, "forward_backward": 0.8, "lrp": 0.5, "quantus": 100.0, "db_write_share": 0.05,
            "db_cost_in_flow": 0.05}
 #: chunks the mosaics are split into by default for the flow figures (rounded up to whole batches)
@@ -688,7 +688,7 @@ def measure_quantus(inputs: dict[str, Any], args: argparse.Namespace, gradcam_fo
 
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
-    """The issue's ratios (figures above 1 mean faster than the reference)."""
+    """The ratios the targets apply to (figures above 1 mean faster than the reference)."""
     limits = results["limits"]
     out: dict[str, Any] = {"pipeline_over_limit": {}, "db_write_share": {}, "db_cost_in_flow": {},
                            "explainer_over_limit": {}, "pipeline_over_limit_paired": {}, "db_cost_in_flow_paired": {}}
@@ -716,7 +716,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         out["pipeline_over_quantus"] = ours / quantus["mosaics_per_s"]
     if "mosaics_per_s" in quantus:
         # the most any GradCAM could be ahead of Quantus on this machine: one forward pass per mosaic and nothing
-        # else (on a CPU the model's own passes bound both, so the issue's 100x is a figure for accelerators)
+        # else (on a CPU the model's own passes bound both, so the 100x target is a figure for accelerators)
         out["quantus_ceiling"] = limits["forward"]["mosaics_per_s"] / quantus["mosaics_per_s"]
     return out
 

@@ -186,7 +186,7 @@ class TrainParams(_FlowParams):
     @classmethod
     def _validation_defaults(cls, value: Any) -> Any:
         """A ``focus_mosaics`` that names no split (``focus train --grid 3``) starts from the default set: 'val',
-        10 per class (without a split it used to be refused)."""
+        10 per class."""
         if isinstance(value, dict) and "split" not in value:
             value = {"split": "val", "per_class": 10, **value}
         return value

@@ -1,6 +1,6 @@
-"""The README's SQL cookbook runs against a real store, on PostgreSQL and on SQLite.
+"""The SQL cookbook (docs/sql-cookbook.md) runs against a real store, on PostgreSQL and on SQLite.
 
-Every ```sql block of README.md is executed on a small, real record (trained model, real Focus
+Every ```sql block of docs/sql-cookbook.md is executed on a small, real record (trained model, real Focus
 scores, two audit runs; see :mod:`tests.recorded_store`), so the cookbook never drifts from the
 schema. Each query must return rows, and the answers are checked against the record.
 """
@@ -16,15 +16,17 @@ from sqlalchemy import create_engine, text
 import db
 from tests.recorded_store import EPOCHS, build_record, write_record
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+COOKBOOK = ROOT / "docs" / "sql-cookbook.md"
+RESULTS = ROOT / "docs" / "results.md"
 
 
 def sql_blocks() -> list[str]:
-    blocks = re.findall(r"```sql\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    blocks = re.findall(r"```sql\n(.*?)```", COOKBOOK.read_text(encoding="utf-8"), flags=re.S)
     return [block.strip().rstrip(";") for block in blocks]
 
 
-def test_the_readme_has_a_cookbook() -> None:
+def test_the_cookbook_has_its_queries() -> None:
     assert len(sql_blocks()) >= 5
 
 
@@ -41,8 +43,8 @@ def sqlite_store(record, tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-# Cookbook 4 before it read the GradCAM-LRP pairs first (issue 14): the plain join, which hashed every GradCAM
-# evaluation's rows and every mosaic and image; the README's query must give the same rows.
+# Cookbook 4 written as the plain join (every GradCAM evaluation's rows joined with every mosaic and image): the
+# cookbook's query, which reads the GradCAM-LRP pairs first, must give the same rows.
 PLAIN_DISAGREEMENT = """
 SELECT mo.id AS mosaic_id, mo.target_class, a.focus AS gradcam_focus, b.focus AS lrp_focus,
        ABS(a.focus - b.focus) AS disagreement,
@@ -118,9 +120,30 @@ def test_cookbook_on_postgresql(record, postgres_database: str) -> None:
 
 
 def test_the_quantus_comparison_names_its_limits() -> None:
-    """Where the README compares with Quantus: 2x2 only (silently wrong on 3x3) and undefined maps as 0."""
-    text_ = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    """Where docs/results.md compares with Quantus: 2x2 only (silently wrong on 3x3) and undefined maps as 0."""
+    text_ = RESULTS.read_text(encoding="utf-8")
     start = text_.index("Two limits of `quantus.Focus`")
     paragraph = text_[start:text_.index("\n\n", start)]
     for claim in ("only 2x2", "3x3 mask", "silently wrong", "up to 0.99", "undefined map", "as Focus 0"):
         assert claim in " ".join(paragraph.split()), claim
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_the_readme_is_a_start_that_links_to_every_page() -> None:
+    """The README stays short (at most 12 KB) and links to every page of docs/ and to benchmarks/README.md."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.encode("utf-8")) <= 12_000
+    linked = {(ROOT / target).resolve() for target in LINK.findall(readme)}
+    pages = {*ROOT.joinpath("docs").glob("*.md"), ROOT / "benchmarks" / "README.md"}
+    assert {page.resolve() for page in pages} <= linked, sorted(str(p) for p in pages - linked)
+
+
+def test_every_relative_link_of_the_docs_names_a_file_that_exists() -> None:
+    """No page of README.md, docs/ or benchmarks/README.md links to a file that is not there."""
+    pages = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *ROOT.joinpath("docs").glob("*.md")]
+    broken = [f"{page.relative_to(ROOT)}: {target}" for page in pages
+              for target in LINK.findall(page.read_text(encoding="utf-8"))
+              if "://" not in target and not (page.parent / target).exists()]
+    assert not broken, broken

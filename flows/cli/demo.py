@@ -26,7 +26,7 @@ Examples
 --------
 ::
 
-    focus demo            # the real demo (minutes on a CPU; README.md has a dated, timed run)
+    focus demo            # the real demo (minutes on a CPU; docs/results.md gives a timed run)
     focus demo --quick    # a one-epoch smoke run on a few mosaics (tests)
 """
 

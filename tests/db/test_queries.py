@@ -121,7 +121,7 @@ def test_training_curve(engine):
 
 
 def test_training_curve_one_row_per_epoch_and_method(engine, world, build_sums):
-    """Issue 15: every method the training run measures, epoch 0 included, from the epoch's evaluations."""
+    """Every method the training run measures, epoch 0 included, from the epoch's evaluations."""
     run = db.register_training_run(engine, "w" * 64, "digits_cnn", {"epochs": 1}, name="toy")
     gradcam = _evaluate(engine, world, build_sums, world.method_ids["gradcam"], [0.5, 0.4, 0.6, np.nan], [0] * 4)
     lrp = _evaluate(engine, world, build_sums, world.method_ids["lrp"], [0.9, 0.8, 0.7, 1.0], [0] * 4)
@@ -207,7 +207,7 @@ def test_audit_history_and_regressions(engine, world, build_sums):
 
 
 def test_db_imports_no_statistics_library():
-    """Statistics live in focus_core.stats; db stores and returns values (it used to import scipy)."""
+    """Statistics live in focus_core.stats; db stores and returns values and imports no scipy."""
     code = "import sys, db; print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'focus_core')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})

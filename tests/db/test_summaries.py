@@ -105,7 +105,7 @@ def test_class_summary_per_target_class(engine, world, build_sums):
 
 
 def test_rows_written_after_closing_store_the_summary_again(engine, world, build_sums):
-    """A stored summary always describes the rows stored (the old code's view recomputed at every query)."""
+    """A stored summary always describes the rows stored, also rows written after the evaluation was closed."""
     evaluation = db.get_or_create_evaluation(engine, world.checkpoint_id, world.method_ids["gradcam"],
                                              world.mosaic_set_id)
     first = np.array([0.2, 0.4, 0.6, 0.8])

@@ -1,7 +1,7 @@
 """flows.analysis: statistics over stored results, on both databases, against scipy used directly.
 
-The statistics used to be computed inside ``db.queries`` (``focus_accuracy_correlation``,
-``paired_test``, the test columns of ``focus_regressions``); these are those assertions, moved.
+``focus_accuracy_correlation``, ``paired_test`` and the test columns of ``focus_regressions`` combine
+``db.queries`` (values) with ``focus_core.stats`` (the statistics); each answer must equal scipy's on the same values.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def test_focus_accuracy_correlation_over_the_epochs_with_focus(engine):
 
 
 def test_focus_accuracy_correlation_needs_three_epochs(engine):
-    """focus_core.stats.pearson's rule: two epochs give no correlation (db used to answer +-1 with p = 1)."""
+    """focus_core.stats.pearson's rule: two epochs give no correlation, never +-1 with p = 1."""
     run = db.register_training_run(engine, "u" * 64, "digits_cnn", {"epochs": 2}, name="short")
     for epoch, (f, a) in enumerate(zip([0.5, 0.7], [0.3, 0.6])):
         db.record_epoch(engine, run, epoch, val_accuracy=a, focus_median=f)

@@ -148,7 +148,7 @@ def test_weights_of_another_architecture_fail_clearly(capsys: pytest.CaptureFixt
 
 def test_checkpoint_recorded_as_another_architecture(prefect_api, capsys: pytest.CaptureFixture, sqlite_url: str,
                                                      digits_weights: str):
-    """`--arch alexnet` with weights recorded as digits_cnn used to reuse the digits_cnn evaluations silently."""
+    """`--arch alexnet` with weights recorded as digits_cnn is refused in one sentence: nothing is reused."""
     from flows import record
     from flows.params import DatasetSpec, ModelSpec
     from focus_core.errors import FocusError
@@ -172,8 +172,7 @@ def test_checkpoint_recorded_as_another_architecture(prefect_api, capsys: pytest
 def test_training_a_model_without_a_known_gradcam_layer_fails_before_any_row(
         prefect_api, capsys: pytest.CaptureFixture, sqlite_url: str, image_folder: Path, tmp_path: Path):
     """``focus train`` of an own model with GradCAM as its per-epoch method: the layer is checked on the model as
-    built, before Prefect starts (it failed in the epoch-0 task, after the run, a checkpoint and an evaluation
-    were recorded)."""
+    built, before Prefect starts and before a training run, a checkpoint or an evaluation is recorded."""
     code, out, err = run(capsys, "train", "--dataset", str(image_folder), "--tile-size", "32", "--resize", "32",
                          "--arch", FACTORY, "--epochs", "1", "--method", "gradcam", "--checkpoint-dir",
                          str(tmp_path / "ckpt"), "--database-url", sqlite_url)

@@ -119,7 +119,7 @@ def test_quick_demo_records_everything_and_reuses_it(prefect_api, demo_dir: Path
     # the README's sample output has the structure of a fresh demo's (its numbers come from a real, full run)
     assert _shape(_readme_demo_block()) == _shape(out)
 
-    # the README's SQL cookbook is written for what the demo records: every query returns rows on its store
+    # the SQL cookbook (docs/sql-cookbook.md) is written for what the demo records: every query returns rows on its store
     from tests.test_readme import sql_blocks
 
     with engine.connect() as connection:

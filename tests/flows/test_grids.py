@@ -1,4 +1,4 @@
-"""N x N mosaic sets through the flows (issue 16): specs, command line, caches and the chunk's per-tile sums.
+"""N x N mosaic sets through the flows: specs, command line, caches and the chunk's per-tile sums.
 
 The store (migration 0007) that records sums of (M, T, 2) with T != 4 is another change: until it lands, these
 tests follow a grid != 2 request up to the sums a chunk computes (``flows.tasks.explain_chunk``), and the one

@@ -44,7 +44,7 @@ def test_randomization_records_each_stage_and_focus_falls(prefect_api, sqlite_ur
 
 
 def test_several_seeds_each_their_own_evaluation_judged_on_their_mean(prefect_api, sqlite_url, digits_weights):
-    """Issue 15: five random digits models per method; the spread is real and the mean is about 0.5."""
+    """Five random digits models per method; the spread is real and the mean is about 0.5."""
     import numpy as np
 
     import db

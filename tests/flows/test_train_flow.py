@@ -64,7 +64,7 @@ def test_training_records_every_epoch_with_focus_and_resumes_after_a_crash(
     assert untrained["train_loss"].isna().all() and untrained["val_accuracy"].iloc[0] < 0.4  # 10 classes, untrained
     assert abs(untrained.loc["gradcam", "focus_median"] - 0.5) < 0.15  # an untrained model points anywhere
     assert db.training_curve(engine, outcome["training_run_id"], method="lrp")["epoch"].tolist() == [0, 1, 2]
-    # three epochs with epoch 0; without it two, too few for focus_core.stats.pearson (db used to answer +-1)
+    # three epochs with epoch 0; without it two, too few for focus_core.stats.pearson, which answers NaN for them
     correlation = outcome["correlation"]
     assert correlation["method"] == "gradcam" and correlation["n"] == 3 and not math.isnan(correlation["r"])
     assert correlation["n_without_epoch_0"] == 2 and math.isnan(correlation["r_without_epoch_0"])

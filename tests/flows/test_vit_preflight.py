@@ -1,4 +1,4 @@
-"""A vision transformer through ``focus evaluate``: what the worker refuses before it writes a row (issue 16).
+"""A vision transformer through ``focus evaluate``: what the worker refuses before it writes a row.
 
 The ViT is a timm model named by its architecture string (``--arch "timm:vit_tiny_patch16_224(...)"``, patch 16)
 on the bundled digits: tiles of 24 pixels cut its patches, ``lrp`` has CNN rules only; each ends with one line, exit 2, and an

@@ -1,4 +1,4 @@
-"""The grid pointing game's protocol (issue 16): confidently, correctly classified images only, in the identity."""
+"""The grid pointing game's protocol: confidently, correctly classified images only, in the identity."""
 
 from __future__ import annotations
 

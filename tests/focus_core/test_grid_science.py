@@ -1,4 +1,4 @@
-"""The grid pointing game on the bundled digits: 3x3 mosaics with one target tile (issue 16).
+"""The grid pointing game on the bundled digits: 3x3 mosaics with one target tile.
 
 A ``DigitsCNN`` trained with ``TrainConfig.digits`` (seed 0, as ``test_science.py`` trains it) puts most of its
 GradCAM and LRP relevance on the one target tile of 3x3 mosaics, far above the chance level 1/9; the same

@@ -1,4 +1,4 @@
-"""N x N mosaics (issue 16): grids of 2, 3 or 4 tiles per side with k target tiles.
+"""N x N mosaics: grids of 2, 3 or 4 tiles per side with k target tiles.
 
 The 2x2 two-target case must stay bit for bit what it was before grids existed: manifests (JSON and hash, pinned
 below from the code before the change), composed mosaics (pinned), the target mask (pinned) and the sums, Focus

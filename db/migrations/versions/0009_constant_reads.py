@@ -13,7 +13,7 @@ Create Date: 2026-12-03
   evaluation stores its summary in the same transaction, so the stored row is what ``evaluation_summary``
   shows. An evaluation linked while still open (only possible through ``db.record_epoch`` called by hand) shows
   its method but no statistics until it is closed.
-- ``ix_audit_run_started_at`` on ``audit_run (started_at, id)``: the latest audit (the README's third cookbook
+- ``ix_audit_run_started_at`` on ``audit_run (started_at, id)``: the latest audit (the SQL cookbook's third
   query, ``ORDER BY started_at DESC, id DESC LIMIT 1``) is one index probe at any number of audits.
 
 Every other view is the previous revision's.

@@ -114,6 +114,7 @@ def run_evaluation(
         len(inputs.mosaic_ids), device, store.describe(params.run.database_url),
     )
     owner, lease = leases.run_owner(), params.run.lease_seconds
+    leases.hold(engine, owner)
     records, requests = _plan(params, inputs, engine, owner, audit_run_id=audit_run_id, device=str(device))
     logger.info(LOG_PLANNED, len(requests), sum(r.chunks_skipped for r in records))
     try:
@@ -189,6 +190,9 @@ def _plan(
             metadata=_request_metadata(params), precision=params.run.dtype,
             grid=params.mosaics.grid,
         )
+        for dead in leases.take_over_dead(engine, [evaluation_id], owner, params.run.lease_seconds):
+            logger.warning("The run %s working on evaluation %d has stopped; taking its work over at once", dead,
+                           evaluation_id)
         for stale in db.leases.expire_stale_runs(engine, [evaluation_id]):
             logger.warning("Evaluation %d was left running by a run that stopped; marked crashed, taking it over", stale)
         finished_ids = db.finished_mosaic_ids(engine, evaluation_id)
@@ -269,17 +273,20 @@ def _run_chunks(
             logger.info(LOG_CHUNK_DONE, done, len(requests))
             if progress_id is not None:
                 update_progress_artifact(progress_id, progress=100.0 * done / len(requests))
-        pending = _wait_for_others(engine, held_elsewhere, params.run.lease_seconds)
+        pending = _wait_for_others(engine, held_elsewhere, requests[0].lease_owner, params.run.lease_seconds)
     return first_error
 
 
-def _wait_for_others(engine: Any, held: list[ChunkRequest], lease_seconds: float) -> list[ChunkRequest]:
-    """Wait until each chunk another run holds is finished there or its lease expires; return the latter."""
+def _wait_for_others(engine: Any, held: list[ChunkRequest], owner: str | None, lease_seconds: float
+                     ) -> list[ChunkRequest]:
+    """Wait until each chunk another run holds is finished there, or is free (its run stopped); return the latter."""
     if not held:
         return []
     get_run_logger().info("%d chunk(s) are being computed by another run of this request; waiting", len(held))
     while True:
         time.sleep(min(2.0, lease_seconds / 4))
+        if owner is not None:  # a run that stops while we wait is taken over at once, not when its lease expires
+            leases.take_over_dead(engine, sorted({r.evaluation_id for r in held}), owner, lease_seconds)
         waiting, free = [], []
         finished = {e: db.finished_mosaic_ids(engine, e) for e in {r.evaluation_id for r in held}}  # once a poll
         for request in held:

@@ -25,7 +25,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field
 
 import db
-from flows import caches, devices, faults, store
+from flows import caches, devices, faults, leases, store
 from flows.params import (
     DatasetSpec,
     MethodSpec,
@@ -360,7 +360,7 @@ def evaluate_chunk(request: ChunkRequest) -> ChunkResult:
     engine = store.engine_for(request.database_url)
     owner = request.lease_owner
     if owner is not None:
-        if not db.leases.claim_chunk(engine, request.evaluation_id, request.chunk, owner, request.lease_seconds):
+        if not _claim(engine, request, owner):
             return ChunkResult(evaluation_id=request.evaluation_id, chunk=request.chunk, rows=0, seconds=0.0,
                                computed=False, held_elsewhere=True)
         request = _still_missing(engine, request)
@@ -377,6 +377,16 @@ def evaluate_chunk(request: ChunkRequest) -> ChunkResult:
     return ChunkResult(
         evaluation_id=request.evaluation_id, chunk=request.chunk, rows=rows, seconds=time.perf_counter() - started,
         batch_size=getattr(scores, "batch_size", request.batch_size),
+    )
+
+
+def _claim(engine: Any, request: ChunkRequest, owner: str) -> bool:
+    """Claim the chunk for ``owner``; a claim whose run has stopped is taken over at once (``flows.leases``)."""
+    evaluation_id, chunk, seconds = request.evaluation_id, request.chunk, request.lease_seconds
+    if db.leases.claim_chunk(engine, evaluation_id, chunk, owner, seconds):
+        return True
+    return bool(leases.take_over_dead(engine, [evaluation_id], owner, seconds)) and db.leases.claim_chunk(
+        engine, evaluation_id, chunk, owner, seconds
     )
 
 

@@ -1,0 +1,175 @@
+"""Faults that end cleanly and fast: a dead run's claims are taken over at once, a live run's are waited for.
+
+A run that holds leases is a real process (``python -c`` with the real lease functions) killed with ``SIGKILL``;
+the next run is a real ``evaluate`` flow against the session's Prefect API and a real store. Its default lease
+(300 s) would make the old behaviour, waiting for the dead run's leases to expire, fail the time limits below.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+import db
+from flows import leases, store, tasks
+from flows.evaluate import evaluate
+from tests.flows.test_evaluate import ChunkSpy, _params, _rows
+
+REPO = Path(__file__).resolve().parents[2]
+LEASE_SECONDS = 300.0
+#: The next run computes its first chunk this soon after the fault, far below LEASE_SECONDS (seconds, loaded CI).
+PROMPT_S = 45.0
+
+#: A run that starts evaluation ``argv[2]`` and claims its chunk 1 under owner ``argv[3]``, then works forever.
+HOLDER = """
+import sys, time
+import db
+from flows import leases, store
+url, evaluation_id, owner, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+engine = store.engine_for(url)
+leases.hold(engine, owner)
+db.start_evaluation(engine, evaluation_id, owner=owner, lease_seconds=seconds)
+assert db.leases.claim_chunk(engine, evaluation_id, 1, owner, seconds)
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+class TimedChunks(ChunkSpy):
+    """A ``ChunkSpy`` that notes when the first chunk started computing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_at: float | None = None
+
+    def __call__(self, request: tasks.ChunkRequest):
+        with self._lock:
+            self.first_at = self.first_at or time.monotonic()
+        return super().__call__(request)
+
+
+def _hold_in_a_process(url: str, evaluation_id: int, owner: str, seconds: float) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, url, str(evaluation_id), owner, str(seconds)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    assert line.strip() == "holding", process.stderr.read() if process.poll() is not None else line
+    return process
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    process.kill()  # SIGKILL: no hook, no cleanup
+    process.wait(timeout=30)
+
+
+def _count(url: str, table: str) -> int:
+    with store.engine_for(url).connect() as connection:
+        return connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+
+
+@pytest.mark.parametrize("store_url", ["pg_url", "sqlite_url"])
+def test_a_killed_runs_claims_are_taken_over_at_once(prefect_api, store_url, digits_weights, monkeypatch, request):
+    url = request.getfixturevalue(store_url)
+    (first,) = evaluate(_params(digits_weights, url, max_chunks=1))["evaluations"]  # chunk 0 written
+    evaluation_id = first["evaluation_id"]
+    holder = _hold_in_a_process(url, evaluation_id, "killed-run", LEASE_SECONDS)
+    _kill(holder)
+    killed = time.monotonic()
+
+    spy = TimedChunks()
+    monkeypatch.setattr(tasks, "explain_chunk", spy)
+    (record,) = evaluate(_params(digits_weights, url, lease_seconds=LEASE_SECONDS))["evaluations"]
+    assert record["status"] == "finished" and record["chunks_run"] == [1, 2]
+    assert sorted(spy.attempts) == [1, 2]  # the dead run's chunk computed once, by this run
+    print(f"fault to first computed chunk: {spy.first_at - killed:.1f} s")
+    assert spy.first_at - killed < PROMPT_S
+    assert _rows(url, evaluation_id) == (20, 20)
+    assert _count(url, "chunk_lease") == 0 and _count(url, "lease_holder") == 0
+
+
+def test_a_live_runs_claim_is_waited_for(prefect_api, pg_url, digits_weights, monkeypatch):
+    (first,) = evaluate(_params(digits_weights, pg_url, max_chunks=1))["evaluations"]
+    evaluation_id = first["evaluation_id"]
+    holder = _hold_in_a_process(pg_url, evaluation_id, "live-run", 4.0)  # alive, but never renews: expires in 4 s
+    try:
+        spy = ChunkSpy()
+        monkeypatch.setattr(tasks, "explain_chunk", spy)
+        started = time.monotonic()
+        (record,) = evaluate(_params(digits_weights, pg_url, lease_seconds=30))["evaluations"]
+        assert time.monotonic() - started >= 3.0  # chunk 1 was left to its live holder until its lease ran out
+        assert holder.poll() is None
+    finally:
+        _kill(holder)
+    assert record["status"] == "finished" and sorted(spy.attempts) == [1, 2]
+    assert _rows(pg_url, evaluation_id) == (20, 20)
+
+
+def test_a_run_on_another_host_whose_flow_run_crashed_is_taken_over_at_once(
+    prefect_api, pg_url, digits_weights, monkeypatch
+):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    @flow(name="lost-worker")
+    def lost_worker() -> None:
+        pass
+
+    with get_client(sync_client=True) as client:
+        crashed = client.create_flow_run(lost_worker, state=Crashed())
+    (first,) = evaluate(_params(digits_weights, pg_url, max_chunks=1))["evaluations"]
+    evaluation_id = first["evaluation_id"]
+    engine = store.engine_for(pg_url)
+    db.leases.register_holder(engine, "remote-run", host="another-host", pid=os.getpid(), process_started="1",
+                              flow_run_id=str(crashed.id))
+    db.start_evaluation(engine, evaluation_id, owner="remote-run", lease_seconds=LEASE_SECONDS)
+    assert db.leases.claim_chunk(engine, evaluation_id, 1, "remote-run", LEASE_SECONDS)
+
+    spy = TimedChunks()
+    monkeypatch.setattr(tasks, "explain_chunk", spy)
+    started = time.monotonic()
+    (record,) = evaluate(_params(digits_weights, pg_url, lease_seconds=LEASE_SECONDS))["evaluations"]
+    assert record["status"] == "finished" and sorted(spy.attempts) == [1, 2]
+    assert spy.first_at - started < PROMPT_S
+
+
+def test_a_holder_that_cannot_be_judged_keeps_its_claim(prefect_api, pg_url, digits_weights):
+    """Another host, no flow run, or a flow run still running: only the lease's expiry frees its chunks."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    @flow(name="busy-worker")
+    def busy_worker() -> None:
+        pass
+
+    with get_client(sync_client=True) as client:
+        running = client.create_flow_run(busy_worker, state=Running())
+    (first,) = evaluate(_params(digits_weights, pg_url, max_chunks=1))["evaluations"]
+    evaluation_id = first["evaluation_id"]
+    engine = store.engine_for(pg_url)
+    for chunk, flow_run_id in [(1, None), (2, str(running.id))]:
+        owner = f"remote-{chunk}"
+        db.leases.register_holder(engine, owner, host="another-host", pid=1, flow_run_id=flow_run_id)
+        assert db.leases.claim_chunk(engine, evaluation_id, chunk, owner, LEASE_SECONDS)
+    assert leases.take_over_dead(engine, [evaluation_id], "me", LEASE_SECONDS) == []
+    assert not db.leases.claim_chunk(engine, evaluation_id, 1, "me", LEASE_SECONDS)
+    assert not db.leases.claim_chunk(engine, evaluation_id, 2, "me", LEASE_SECONDS)
+
+
+def test_a_pid_reused_by_another_process_counts_as_gone():
+    from flows import processes
+
+    me = processes.this_process()
+    assert processes.is_gone(me.host, me.pid, me.started) is False
+    assert processes.is_gone(me.host, me.pid, str(int(me.started) + 1)) is True  # same pid, other start time
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert processes.is_gone(me.host, child.pid, None) is True

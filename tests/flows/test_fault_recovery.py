@@ -173,3 +173,36 @@ def test_a_pid_reused_by_another_process_counts_as_gone():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert processes.is_gone(me.host, child.pid, None) is True
+
+
+def test_four_identical_requests_at_once_all_succeed(prefect_api, pg_url, digits_weights, monkeypatch):
+    import threading
+
+    from tests.flows.test_leases import SlowChunks
+
+    spy = SlowChunks(0.3)
+    monkeypatch.setattr(tasks, "explain_chunk", spy)
+    request = _params(digits_weights, pg_url, chunk_size=4)  # 5 chunks
+    start = threading.Barrier(4)
+    outcomes: list[dict] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        start.wait()
+        try:
+            outcomes.append(evaluate(request))
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert errors == [] and len(outcomes) == 4
+    records = [outcome["evaluations"][0] for outcome in outcomes]
+    assert {r["evaluation_id"] for r in records} == {records[0]["evaluation_id"]}
+    assert all(r["status"] == "finished" and r["summary"]["n"] == 20 for r in records)
+    assert sorted(set(spy.attempts)) == list(range(5))
+    assert _rows(pg_url, records[0]["evaluation_id"]) == (20, 20)
+    assert _count(pg_url, "chunk_lease") == 0 and _count(pg_url, "lease_holder") == 0

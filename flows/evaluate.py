@@ -38,6 +38,7 @@ from pydantic.json_schema import SkipJsonSchema
 import db
 import focus_core
 from flows import leases, preflight, record, store
+from flows.artifacts import best_effort
 from flows.params import EvaluateParams
 from flows.record import RegisteredInputs
 from flows.run_names import evaluate_name, named
@@ -238,7 +239,8 @@ def _run_chunks(
     """
     logger = get_run_logger()
     by_id = {r.evaluation_id: r for r in records}
-    progress_id = create_progress_artifact(0.0, description="Chunks of mosaics explained") if artifacts and requests else None
+    progress_id = (best_effort(create_progress_artifact, 0.0, description="Chunks of mosaics explained")
+                   if artifacts and requests else None)
     task = evaluate_chunk.with_options(
         retries=params.run.retries, retry_delay_seconds=retry_delays(params.run.retry_delay_seconds)
     )
@@ -272,7 +274,7 @@ def _run_chunks(
             done += 1
             logger.info(LOG_CHUNK_DONE, done, len(requests))
             if progress_id is not None:
-                update_progress_artifact(progress_id, progress=100.0 * done / len(requests))
+                best_effort(update_progress_artifact, progress_id, progress=100.0 * done / len(requests))
         pending = _wait_for_others(engine, held_elsewhere, requests[0].lease_owner, params.run.lease_seconds)
     return first_error
 
@@ -323,7 +325,8 @@ def _report(params: EvaluateParams, inputs: RegisteredInputs, records: list[Eval
         })
     rnd = params.randomization
     suffix = "" if rnd.kind == "none" else f"-{rnd.kind}{'' if rnd.stage is None else rnd.stage}"
-    create_table_artifact(
+    best_effort(
+        create_table_artifact,
         table,
         key=f"focus-{inputs.checkpoint_sha256[:12]}-{inputs.manifest_hash[:12]}{suffix}".lower().replace("_", "-"),
         description=f"Focus of {params.model.architecture} ({inputs.checkpoint_sha256[:12]}) on mosaic set "
@@ -338,7 +341,8 @@ def _report(params: EvaluateParams, inputs: RegisteredInputs, records: list[Eval
             path = Path(params.figures_dir) / f"focus-{inputs.checkpoint_sha256[:12]}{suffix}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             report.plot_focus_distributions({params.model.label or params.model.architecture: scores}, path)
-            create_markdown_artifact(f"Focus distributions: `{path}`", description="Figures of this evaluation")
+            best_effort(create_markdown_artifact, f"Focus distributions: `{path}`",
+                        description="Figures of this evaluation")
 
 
 def _rounded(value: Any) -> float | None:

@@ -206,3 +206,55 @@ def test_four_identical_requests_at_once_all_succeed(prefect_api, pg_url, digits
     assert sorted(set(spy.attempts)) == list(range(5))
     assert _rows(pg_url, records[0]["evaluation_id"]) == (20, 20)
     assert _count(pg_url, "chunk_lease") == 0 and _count(pg_url, "lease_holder") == 0
+
+
+@pytest.mark.server
+def test_losing_the_prefect_api_mid_run_keeps_the_evaluation_finished(pg_url, digits_weights, tmp_path):
+    """The Prefect server is killed while `focus evaluate` runs and started again: the run ends finished, n right."""
+    import json
+
+    from tests.flows.server import PREFECT, free_port, server_env, start_process, stop_process, wait_healthy
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    env = server_env(home, free_port())
+    port = env["PREFECT_SERVER_API_PORT"]
+
+    def start_server() -> subprocess.Popen:
+        server = start_process([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port, "--no-ui"],
+                               env=env, log_path=tmp_path / "server.log", cwd=tmp_path)
+        wait_healthy(env["PREFECT_API_URL"], server, tmp_path / "server.log", 120)
+        return server
+
+    server = start_server()
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"run": {"chunk_size": 2, "batch_size": 2}}))
+    focus = str(Path(sys.executable).with_name("focus"))
+    command = [focus, "evaluate", "--params", str(params), "--weights", digits_weights, "--per-class", "20",
+               "--method", "smoothgrad:n_samples=8"]
+    # no client retries: the first call while the server is down raises ConnectError (the default retries
+    # for about a minute first, which only moves the failure later)
+    run = start_process(command, env={**env, "FOCUS_DATABASE_URL": pg_url, "PYTHONPATH": str(REPO),
+                                      "PREFECT_CLIENT_MAX_RETRIES": "0"},
+                        log_path=tmp_path / "evaluate.log", cwd=REPO)
+    try:
+        deadline = time.monotonic() + 180
+        while _count(pg_url, "mosaic_result") == 0 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert run.poll() is None, "the evaluation ended before the server could be killed: make it longer"
+        server.kill()  # SIGKILL: the API is gone at once
+        server.wait(timeout=30)
+        lost_at = _count(pg_url, "mosaic_result")
+        time.sleep(3)
+        assert run.poll() is None, (tmp_path / "evaluate.log").read_text()[-3000:]
+        server = start_server()
+        run.wait(timeout=600)
+    finally:
+        stop_process(run)
+        stop_process(server)
+    log = (tmp_path / "evaluate.log").read_text()
+    with store.engine_for(pg_url).connect() as connection:
+        status, n = connection.execute(text("SELECT status, n FROM evaluation")).one()
+    assert lost_at < 200, "every row was written before the API went away"
+    assert (status, n) == ("finished", 200), log[-3000:]
+    assert run.returncode == 0, log[-3000:]

@@ -14,6 +14,7 @@ Examples
 
 from db import (
     audit_comparisons,
+    connection_faults,
     errors,
     evaluations,
     keys,
@@ -91,6 +92,7 @@ from db.transactions import Store
 __all__ = [
     # modules
     "audit_comparisons",
+    "connection_faults",
     "errors",
     "models",
     "queries",

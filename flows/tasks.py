@@ -314,16 +314,17 @@ def can_succeed_on_retry(task: Any, task_run: Any, state: Any) -> bool:
 
     A ``ValueError`` (``FocusError``, ``StoreError``, a pydantic validation error: a bad
     parameter, a missing file, a wrong schema) or a ``TypeError``, ``LookupError`` or ``AttributeError`` (a bug) fails
-    the same way on every try, and so does a full, read-only or forbidden filesystem
-    (:func:`flows.faults.is_storage_fault`: ENOSPC, EDQUOT, EROFS, EACCES, ...); a lost database
-    connection, a CUDA error or an out-of-memory error may not.
+    the same way on every try, and so do a full, read-only or forbidden filesystem
+    (:func:`flows.faults.is_storage_fault`: ENOSPC, EDQUOT, EROFS, EACCES, ...) and a store that is gone
+    (:func:`db.connection_faults.is_gone`); a lost database connection, a CUDA error or an out-of-memory error
+    may not.
     """
     try:
         state.result()
     except (ValueError, TypeError, LookupError, AttributeError, NotImplementedError):
         return False
     except Exception as error:  # noqa: BLE001 - anything else is worth another try
-        return not faults.is_storage_fault(error)
+        return not (faults.is_storage_fault(error) or db.connection_faults.is_gone(error))
     return True
 
 
@@ -358,6 +359,11 @@ def evaluate_chunk(request: ChunkRequest) -> ChunkResult:
     """
     started = time.perf_counter()
     engine = store.engine_for(request.database_url)
+    with db.connection_faults.reachable(engine):  # a store that is gone: its StoreError, never retried
+        return _evaluate_chunk(engine, request, started)
+
+
+def _evaluate_chunk(engine: Any, request: ChunkRequest, started: float) -> ChunkResult:
     owner = request.lease_owner
     if owner is not None:
         if not _claim(engine, request, owner):

@@ -258,3 +258,78 @@ def test_losing_the_prefect_api_mid_run_keeps_the_evaluation_finished(pg_url, di
     assert lost_at < 200, "every row was written before the API went away"
     assert (status, n) == ("finished", 200), log[-3000:]
     assert run.returncode == 0, log[-3000:]
+
+
+def _admin():
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from tests.postgres import SERVER_URL
+
+    return psycopg.connect(make_url(SERVER_URL).set(drivername="postgresql").render_as_string(hide_password=False),
+                           autocommit=True)
+
+
+class TerminateOnce:
+    """Terminates the connection of the first statement that contains ``marker``, just before it runs.
+
+    A real ``pg_terminate_backend`` of the store's own connection, so the statement fails the way it does when a
+    database administrator (or a failover) ends the session mid-run.
+    """
+
+    def __init__(self, marker: str) -> None:
+        self.marker, self.fired = marker, False
+
+    def __call__(self, conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        if self.fired or self.marker not in statement:
+            return
+        self.fired = True
+        pid = conn.connection.dbapi_connection.info.backend_pid
+        with _admin() as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
+                time.sleep(0.01)
+
+
+@pytest.mark.parametrize("phase, marker", [
+    ("mosaic-set registration", "INSERT INTO mosaic_set "),
+    ("planning", "INSERT INTO evaluation "),
+    ("chunks", "INSERT INTO chunk_lease "),
+    ("close", "INSERT INTO evaluation_stats "),
+])
+def test_a_terminated_connection_in_any_phase_is_retried(prefect_api, pg_url, digits_weights, phase, marker):
+    from sqlalchemy import event
+
+    engine = store.engine_for(pg_url)
+    fault = TerminateOnce(marker)
+    event.listen(engine, "before_cursor_execute", fault)
+    try:
+        (record,) = evaluate(_params(digits_weights, pg_url, retries=1, retry_delay_seconds=0))["evaluations"]
+    finally:
+        event.remove(engine, "before_cursor_execute", fault)
+    assert fault.fired, f"no statement of the {phase} contained {marker!r}"
+    assert record["status"] == "finished" and record["summary"]["n"] == 20
+    assert _rows(pg_url, record["evaluation_id"]) == (20, 20)
+
+
+def test_a_store_dropped_mid_run_stops_it_at_once_in_one_sentence(prefect_api, pg_url, digits_weights, monkeypatch):
+    from sqlalchemy.engine import make_url
+
+    name = make_url(pg_url).database
+    dropped: dict[str, float] = {}
+    real = tasks.explain_chunk
+
+    def drop_then_explain(request: tasks.ChunkRequest):
+        if request.chunk == 1 and not dropped:
+            with _admin() as admin:
+                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            dropped["at"] = time.monotonic()
+        return real(request)
+
+    monkeypatch.setattr(tasks, "explain_chunk", drop_then_explain)
+    with pytest.raises(db.StoreError) as stopped:
+        evaluate(_params(digits_weights, pg_url, chunk_size=2, retries=2, retry_delay_seconds=1))  # 10 chunks
+    print(f"store dropped to run stopped: {time.monotonic() - dropped['at']:.1f} s")
+    assert time.monotonic() - dropped["at"] < PROMPT_S / 3
+    message = str(stopped.value)
+    assert f'database "{name}" does not exist' in message and "\n" not in message

@@ -88,11 +88,24 @@ def gone_error(store: Engine | Connection, exc: BaseException) -> StoreError | N
 
 @contextmanager
 def reachable(store: Engine | Connection) -> Iterator[None]:
-    """Raise :func:`gone_error`'s ``StoreError`` (not the driver's error) when the store turns out to be gone."""
+    """Raise :func:`gone_error`'s ``StoreError`` (not the driver's error) when the store turns out to be gone.
+
+    A transient error is checked with one new connection first: a database dropped under a running statement
+    ends its connection (57P01) before anything says it is gone, and only the next connection tells.
+    """
     try:
         yield
     except DBAPIError as exc:
-        problem = gone_error(store, exc)
+        problem = gone_error(store, exc) or (_probe(store) if is_transient(exc) else None)
         if problem is None:
             raise
         raise problem from None
+
+
+def _probe(store: Engine | Connection) -> StoreError | None:
+    """The gone store's ``StoreError`` if a new connection says it is gone, else ``None``."""
+    try:
+        with store.engine.connect():
+            return None
+    except DBAPIError as exc:
+        return gone_error(store, exc)

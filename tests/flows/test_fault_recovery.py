@@ -333,3 +333,49 @@ def test_a_store_dropped_mid_run_stops_it_at_once_in_one_sentence(prefect_api, p
     assert time.monotonic() - dropped["at"] < PROMPT_S / 3
     message = str(stopped.value)
     assert f'database "{name}" does not exist' in message and "\n" not in message
+
+
+@pytest.mark.slow  # real `focus` processes in local mode
+def test_a_run_stopped_by_a_full_sqlite_disk_is_taken_over_at_once(small_tmpfs, digits_weights):
+    """The store's disk fills up while chunks are claimed, leaving no room to mark the evaluation or free its
+    leases: the next run (after space is freed) takes them over at once instead of waiting for them to expire."""
+    import sqlite3
+
+    from tests import disk
+
+    folder = small_tmpfs("4m")
+    path = folder / "focus.db"
+    url = f"sqlite:///{path}"
+    db.upgrade(url)
+    focus = str(Path(sys.executable).with_name("focus"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "FOCUS_DATABASE_URL")}
+    env["PYTHONPATH"] = str(REPO)
+    command = [focus, "evaluate", "--weights", digits_weights, "--per-class", "10", "--database-url", url,
+               "--chunk-size", "2", "--batch-size", "2", "--method", "smoothgrad:n_samples=8"]
+    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    filler = None
+    try:
+        deadline = time.monotonic() + 180
+        while filler is None and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            with sqlite3.connect(path, timeout=30) as connection:
+                if connection.execute("SELECT COUNT(*) FROM chunk_lease").fetchone()[0]:
+                    filler = disk.fill_up(folder, leave_bytes=0)
+        assert filler is not None, "no chunk was claimed before the run ended"
+        assert run.wait(timeout=300) == 2, run.stderr.read()[-3000:]
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    filler.unlink()  # reading SQLite needs room too (its shared-memory index)
+    with sqlite3.connect(path) as connection:
+        left = connection.execute("SELECT status, run_owner IS NOT NULL FROM evaluation").fetchall()
+        leases = connection.execute("SELECT COUNT(*) FROM chunk_lease").fetchone()[0]
+    print("after the full disk:", left, leases, "chunk lease(s)")
+    started = time.monotonic()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(f"re-run after the full disk: {time.monotonic() - started:.1f} s")
+    assert time.monotonic() - started < LEASE_SECONDS / 3
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT status, n FROM evaluation").fetchall() == [("finished", 100)]

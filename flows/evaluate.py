@@ -246,7 +246,7 @@ def _run_chunks(
     params: EvaluateParams, engine: Any, records: list[EvaluationRecord], requests: list[ChunkRequest],
     artifacts: bool,
 ) -> BaseException | None:
-    """Run the chunk tasks; wait for chunks another run holds, and take them over if its lease expires.
+    """Run the chunk tasks; wait for chunks another live run holds, take them over when it stops or its lease expires.
 
     Returns the first error of a failed chunk (the others still run and are recorded), except that a chunk
     that failed because the store cannot be used (a ``StoreError``: gone, full, read-only) stops the run at once:

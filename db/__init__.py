@@ -8,12 +8,13 @@ Examples
 --------
 >>> import db
 >>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
-'0009'
+'0010'
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
 from db import (
     audit_comparisons,
+    connection_faults,
     errors,
     evaluations,
     keys,
@@ -91,6 +92,7 @@ from db.transactions import Store
 __all__ = [
     # modules
     "audit_comparisons",
+    "connection_faults",
     "errors",
     "models",
     "queries",

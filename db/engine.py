@@ -203,6 +203,11 @@ def _scrub(text: str, url: URL) -> str:
     return text
 
 
+#: libpq's lead-in to why a connection failed ('connection failed: connection to server at "h", port 5432 failed:
+#: FATAL:  database "x" does not exist'): the reason is what follows.
+_LIBPQ_PREFIX = re.compile(r"^(connection failed: )?(connection to server (at|on) .*? failed: )?(FATAL:\s+)?")
+
+
 def connect_error(url: URL, exc: BaseException) -> StoreError:
     """Turn a driver's connection failure into one clear sentence, every secret of the URL hidden.
 
@@ -218,11 +223,12 @@ def connect_error(url: URL, exc: BaseException) -> StoreError:
     """
     reason = str(getattr(exc, "orig", exc) or exc).strip().splitlines()
     first = reason[0].rstrip(".") if reason else type(exc).__name__
+    first = _LIBPQ_PREFIX.sub("", first) or first  # the URL names the server already
     first = _scrub(first, url)
     if url.get_backend_name() == "sqlite":
         advice = f"{ENV_VAR}: it must name a SQLite file (or a new one in a folder that exists) this user may write"
     else:
-        advice = f"{ENV_VAR} and that the server is running"
+        advice = f"{ENV_VAR}, that the database exists and that the server is running"
     return StoreError(f"Cannot open the database at {mask_url(url)} ({first}); check {advice}.")
 
 

@@ -7,6 +7,10 @@ work of a run that died is taken over once its leases expire. A running evaluati
 shows as ``crashed`` in the ``evaluation_summary`` view; :func:`release_run` marks a run's evaluations at once
 when the run knows it is ending badly (a crash, a cancellation, a failure).
 
+A run records the process behind its owner id first (:func:`register_holder`: host, pid, start time, Prefect flow
+run); :func:`holders` lists those of the owners holding leases on some evaluations, so that a caller that knows the
+process is gone takes its leases over at once (:func:`take_over`) instead of waiting for them to expire.
+
 Claims are one conditional upsert (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``): the row is taken only
 when it is free, expired or already the caller's, atomically on PostgreSQL and on SQLite.
 """
@@ -15,19 +19,85 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select, union, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 
-from db.models import ChunkLease, Evaluation
+from db.models import Base, ChunkLease, Evaluation, LeaseHolder
 from db.transactions import Store, transaction
 from db.types import utcnow
 
-__all__ = ["claim_chunk", "release_chunk", "chunk_lease_live", "renew", "release_run", "expire_stale_runs"]
+__all__ = [
+    "Holder",
+    "register_holder",
+    "holders",
+    "claim_chunk",
+    "release_chunk",
+    "chunk_lease_live",
+    "renew",
+    "release_run",
+    "take_over",
+    "expire_stale_runs",
+]
+
+
+class Holder(NamedTuple):
+    """The process behind a lease owner, as :func:`register_holder` recorded it."""
+
+    owner: str
+    host: str
+    pid: int
+    process_started: str | None
+    flow_run_id: str | None
 
 
 def _until(seconds: float) -> dt.datetime:
     return utcnow() + dt.timedelta(seconds=float(seconds))
+
+
+def _upsert(connection: Connection, table: type[Base]) -> Any:
+    """The dialect's ``INSERT`` (it has ``ON CONFLICT``) into ``table``."""
+    return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def register_holder(
+    store: Store, owner: str, *, host: str, pid: int, process_started: str | None = None,
+    flow_run_id: str | None = None,
+) -> None:
+    """Record (or replace) the process behind ``owner``: call it before ``owner`` takes its first lease."""
+    values = {"owner": owner, "host": host[:255], "pid": int(pid), "process_started": process_started,
+              "flow_run_id": flow_run_id, "since": utcnow()}
+    with transaction(store) as connection:
+        statement = _upsert(connection, LeaseHolder).values(values)
+        connection.execute(statement.on_conflict_do_update(
+            index_elements=[LeaseHolder.owner], set_={k: v for k, v in values.items() if k != "owner"}
+        ))
+
+
+def holders(store: Store, evaluation_ids: Sequence[int]) -> list[Holder]:
+    """The recorded processes of the owners that hold a lease on one of ``evaluation_ids``.
+
+    An owner holds a lease when it claimed a chunk of one of them, or runs one of them; expired leases count
+    too (they are free already, but their holder's row tells whether its evaluation can be marked at once).
+    Owners without a recorded process are left out: their leases are only taken over when they expire.
+    """
+    if not evaluation_ids:
+        return []
+    ids = list(evaluation_ids)
+    owners = union(
+        select(ChunkLease.owner.label("owner")).where(ChunkLease.evaluation_id.in_(ids)),
+        select(Evaluation.run_owner.label("owner")).where(Evaluation.id.in_(ids), Evaluation.status == "running",
+                                                          Evaluation.run_owner.is_not(None)),
+    ).subquery()
+    with transaction(store) as connection:
+        rows = connection.execute(
+            select(LeaseHolder.owner, LeaseHolder.host, LeaseHolder.pid, LeaseHolder.process_started,
+                   LeaseHolder.flow_run_id)
+            .where(LeaseHolder.owner.in_(select(owners.c.owner))).order_by(LeaseHolder.owner)
+        ).all()
+    return [Holder(*row) for row in rows]
 
 
 def claim_chunk(store: Store, evaluation_id: int, chunk: int, owner: str, seconds: float) -> bool:
@@ -37,8 +107,7 @@ def claim_chunk(store: Store, evaluation_id: int, chunk: int, owner: str, second
     """
     now = utcnow()
     with transaction(store) as connection:
-        insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-        statement = insert(ChunkLease).values(
+        statement = _upsert(connection, ChunkLease).values(
             evaluation_id=evaluation_id, chunk=chunk, owner=owner, expires_at=_until(seconds)
         )
         statement = statement.on_conflict_do_update(
@@ -104,10 +173,11 @@ def expire_stale_runs(store: Store, evaluation_ids: Sequence[int]) -> list[int]:
 
 
 def release_run(store: Store, owner: str, status: str = "running") -> list[int]:
-    """End ``owner``'s leases: its running evaluations get ``status`` and no owner; its chunk leases go.
+    """End ``owner``'s leases: its running evaluations get ``status`` and no owner; its chunk leases and its holder go.
 
     ``running`` (the default) leaves them resumable by the next run of the request (a run stopped by
-    ``max_chunks``); a run's state hooks pass ``crashed`` or ``failed``. Returns the ids of the evaluations.
+    ``max_chunks``); a run's state hooks pass ``crashed`` or ``failed``, and so does the run that takes over
+    from a dead one. Idempotent. Returns the ids of the evaluations.
     """
     with transaction(store) as connection:
         ids = list(connection.scalars(
@@ -119,4 +189,25 @@ def release_run(store: Store, owner: str, status: str = "running") -> list[int]:
                 .values(status=status, run_owner=None, run_expires_at=None)
             )
         connection.execute(delete(ChunkLease).where(ChunkLease.owner == owner))
+        connection.execute(delete(LeaseHolder).where(LeaseHolder.owner == owner))
+    return sorted(ids)
+
+
+def take_over(store: Store, owner: str, successor: str, seconds: float) -> list[int]:
+    """Hand a stopped ``owner``'s leases to ``successor`` at once; return the ids of the evaluations handed over.
+
+    ``owner``'s running evaluations stay ``running`` under ``successor`` for ``seconds``, its chunk leases go (the
+    chunks are free to claim) and so does its holder row. Idempotent: a second call finds nothing of ``owner``.
+    """
+    with transaction(store) as connection:
+        ids = list(connection.scalars(
+            select(Evaluation.id).where(Evaluation.run_owner == owner, Evaluation.status == "running")
+        ))
+        if ids:
+            connection.execute(
+                update(Evaluation).where(Evaluation.id.in_(ids), Evaluation.run_owner == owner)
+                .values(run_owner=successor, run_expires_at=_until(seconds))
+            )
+        connection.execute(delete(ChunkLease).where(ChunkLease.owner == owner))
+        connection.execute(delete(LeaseHolder).where(LeaseHolder.owner == owner))
     return sorted(ids)

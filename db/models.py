@@ -55,6 +55,7 @@ __all__ = [
     "EvaluationStats",
     "EvaluationClassStats",
     "ChunkLease",
+    "LeaseHolder",
     "SPLITS",
     "RANDOMIZATIONS",
     "EVALUATION_STATUSES",
@@ -482,6 +483,25 @@ class ChunkLease(Base):
     chunk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     owner: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[dt.datetime]
+
+
+class LeaseHolder(Base):
+    """The process behind a lease owner (``evaluation.run_owner``, ``chunk_lease.owner``), for telling a dead run.
+
+    ``host`` names the machine and its process namespace, ``pid`` and ``process_started`` the process (its start
+    time tells a reused pid apart; NULL where the system does not say), ``flow_run_id`` the Prefect flow run, when
+    there is one. A run writes its row before it takes a lease and deletes it with its leases; a lease whose holder
+    is known to be gone is taken over at once instead of when it expires (``db.leases``, revision 0010).
+    """
+
+    __tablename__ = "lease_holder"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    process_started: Mapped[str | None] = mapped_column(String(32))
+    flow_run_id: Mapped[str | None] = mapped_column(String(36))
+    since: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class AuditComparison(Base):

@@ -11,10 +11,10 @@ closes it (``db.evaluations.finish_evaluation``).
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.engine import Connection
 
-from db.models import EvaluationClassStats, EvaluationStats
+from db.models import Evaluation, EvaluationClassStats, EvaluationStats
 from db.types import UTCDateTime, utcnow
 
 __all__ = ["SUMMARY_COLUMNS", "CLASS_SUMMARY_COLUMNS", "store_summary"]
@@ -40,12 +40,18 @@ def store_summary(connection: Connection, evaluation_id: int) -> bool:
     such evaluations) and written after their parent row. Cost: one ranking of this evaluation's
     rows, through the primary key of ``mosaic_result``.
 
+    Concurrent calls for one evaluation take turns: the evaluation's row is locked first (``FOR UPDATE`` on
+    PostgreSQL; SQLite has one writer at a time), so each replaces the summary the previous one committed.
+
     Returns
     -------
     bool
         False when there is no evaluation with that id (nothing is written).
     """
     params = {"evaluation_id": int(evaluation_id)}
+    locked = select(Evaluation.id).where(Evaluation.id == params["evaluation_id"]).with_for_update()
+    if connection.execute(locked).scalar_one_or_none() is None:
+        return False
     for statement in _DELETE:
         connection.execute(statement, params)
     classes = connection.execute(

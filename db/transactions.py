@@ -13,6 +13,7 @@ from typing import TypeVar
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from db.connection_faults import gone_error
 from db.engine import mask_url
 from db.errors import StoreError
 
@@ -30,7 +31,8 @@ def transaction(store: Store) -> Iterator[Connection]:
     ------
     StoreError
         When the database cannot be written at all (SQLite: its disk is full or the file is read-only;
-        PostgreSQL: the server's disk is full or it is read-only); the transaction is rolled back.
+        PostgreSQL: the server's disk is full or it is read-only), or is gone (dropped, renamed, its server
+        refusing connections: ``db.connection_faults``); the transaction is rolled back.
     """
     try:
         if isinstance(store, Engine):
@@ -43,7 +45,7 @@ def transaction(store: Store) -> Iterator[Connection]:
             with store.begin():
                 yield store
     except DBAPIError as exc:  # disk full: OperationalError; PostgreSQL's read-only transaction: InternalError
-        problem = storage_error(store, exc)
+        problem = storage_error(store, exc) or gone_error(store, exc)
         if problem is None:
             raise
         if isinstance(store, Engine) and store.url.get_backend_name() == "sqlite":

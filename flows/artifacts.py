@@ -1,8 +1,10 @@
-"""Keys of the flows' Prefect artifacts, derived safely from names and hashes.
+"""The flows' Prefect artifacts: keys derived safely from names and hashes, and calls that cannot fail a run.
 
 Prefect refuses an artifact key with anything but lowercase letters, digits and dashes, and it refuses it
 when the artifact is created, at the end of a flow whose work is done. :func:`artifact_key` turns any text
-into a valid key, so a name can never fail a finished run.
+into a valid key, so a name can never fail a finished run. Artifacts (tables, figures, progress) describe
+work that is already in the store: :func:`best_effort` makes a call that the API refuses or never answers
+(a server restarting, a lost network) a warning, never a failed or mislabelled run.
 
 Examples
 --------
@@ -13,9 +15,14 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-__all__ = ["MAX_KEY_LENGTH", "artifact_key"]
+__all__ = ["MAX_KEY_LENGTH", "artifact_key", "best_effort"]
+
+T = TypeVar("T")
 
 #: Longer keys are cut and end in a hash of the whole text, so two long names keep two keys.
 MAX_KEY_LENGTH = 120
@@ -49,3 +56,39 @@ def artifact_key(*parts: object) -> str:
         digest = hashlib.sha256(text.encode()).hexdigest()[:12]
         key = f"{key[:MAX_KEY_LENGTH - len(digest) - 1].rstrip('-')}-{digest}"
     return key
+
+
+def best_effort(create: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Call the Prefect artifact function ``create``; when it fails, log a warning and return ``None``.
+
+    For ``create_table_artifact``, ``create_progress_artifact``, ``update_progress_artifact`` and the like,
+    whose failure (``httpx.ConnectError``, an HTTP error status, a timeout) says nothing about the stored work.
+
+    Examples
+    --------
+    >>> def unreachable(progress: float) -> None:
+    ...     raise ConnectionError("All connection attempts failed")
+    >>> best_effort(unreachable, 50.0) is None
+    True
+    """
+    try:
+        return create(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - an artifact never fails the work it describes
+        _logger().warning("Prefect artifact not recorded (%s: %s); the results are stored all the same",
+                          type(error).__name__, " ".join(str(error).split())[:200] or "no message")
+        return None
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger inside a flow or task run, else this module's."""
+    try:
+        from prefect import get_run_logger
+        from prefect.exceptions import MissingContextError
+
+        try:
+            return get_run_logger()
+        except MissingContextError:
+            pass
+    except ImportError:  # pragma: no cover - prefect is a dependency
+        pass
+    return logging.getLogger(__name__)

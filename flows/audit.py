@@ -51,6 +51,7 @@ from flows.evaluate import evaluate
 from flows.jsonsafe import number
 from flows.params import AuditParams, EvaluateParams, ModelSpec
 from flows.run_names import audit_name, named
+from flows.artifacts import best_effort
 from focus_core.errors import FocusError
 
 __all__ = ["audit", "REGRESSED_EVENT", "COMPLETED_EVENT", "KINDS", "REGRESSION_KEYS", "checkpoint_resource",
@@ -245,7 +246,8 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
                         metadata={"regressions": regressions, "failures": failures,
                                   **({"followed": followed} if params.follow_alias else {})})
     if results:
-        create_table_artifact(
+        best_effort(
+            create_table_artifact,
             [{k: _round(v) for k, v in r.items() if k not in ("checkpoint", "compared_with", "threshold")}
              for r in results],
             key="focus-audit",

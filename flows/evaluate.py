@@ -38,6 +38,7 @@ from pydantic.json_schema import SkipJsonSchema
 import db
 import focus_core
 from flows import leases, preflight, record, store
+from flows.artifacts import best_effort
 from flows.method_bounds import with_dataset_bounds
 from flows.params import EvaluateParams
 from flows.record import RegisteredInputs
@@ -108,8 +109,10 @@ def run_evaluation(
     device = preflight.check_request(params)
     engine = store.engine_for(params.run.database_url)
     started = time.perf_counter()
-    inputs = inputs or record.register_inputs(
-        engine, params.dataset, params.mosaics, params.model, max_mosaics=params.run.max_mosaics
+    inputs = inputs or store.retrying(
+        engine, lambda: record.register_inputs(
+            engine, params.dataset, params.mosaics, params.model, max_mosaics=params.run.max_mosaics
+        )
     )
     rnd = params.randomization
     logger.info(
@@ -118,41 +121,29 @@ def run_evaluation(
         len(inputs.mosaic_ids), device, store.describe(params.run.database_url),
     )
     owner, lease = leases.run_owner(), params.run.lease_seconds
-    records, requests = _plan(params, inputs, engine, owner, audit_run_id=audit_run_id, device=str(device))
+    store.retrying(engine, lambda: leases.hold(engine, owner))
+    records, requests = store.retrying(
+        engine, lambda: _plan(params, inputs, engine, owner, audit_run_id=audit_run_id, device=str(device))
+    )
     logger.info(LOG_PLANNED, len(requests), sum(r.chunks_skipped for r in records))
     try:
         with leases.LeaseKeeper(engine, owner, [r.evaluation_id for r in records], lease):
             first_error = _run_chunks(params, engine, records, requests, artifacts)
     except BaseException as error:
         # the rows written are kept; the flow's state hooks mark a crash the same way
-        leases.release_run(params.run.database_url, owner, "failed" if isinstance(error, Exception) else "crashed")
+        status = "failed" if isinstance(error, Exception) else "crashed"
+        try:
+            leases.release_run(params.run.database_url, owner, status)
+        except Exception:  # noqa: BLE001 - the store may be the fault: the error that stopped the run is raised
+            logger.warning("The evaluations of this run could not be marked %s; the next run takes them over", status)
         raise
 
     metadata = _request_metadata(params)
     for entry in records:
         entry.chunks_run.sort()
         entry.chunks_failed.sort()
-        missing = len(inputs.mosaic_ids) - len(db.finished_mosaic_ids(engine, entry.evaluation_id))
-        # the request, and the batch sizes the chunks run now finished with (halved after running out of memory)
-        closing = {**metadata, "batch_size": entry.batch_size_metadata(params.run.batch_size)}
-        stored = db.evaluation_state(engine, entry.evaluation_id) if missing == 0 and not entry.chunks_run else None
-        if missing == 0:  # chunks another run of the request computed meanwhile count as skipped too
-            entry.chunks_skipped = entry.chunks_total - len(entry.chunks_run)
-        if stored is not None and stored["status"] == "finished":
-            entry.status = "finished"  # nothing done now: the record stays as the run that finished it wrote it
-            entry.summary = stored["summary"]
-        elif missing == 0:
-            entry.status = "finished"
-            entry.summary = db.finish_evaluation(
-                engine, entry.evaluation_id, status="finished", seconds=time.perf_counter() - started,
-                metadata=closing,
-            )
-        elif entry.chunks_failed:
-            entry.status = "failed"
-            db.finish_evaluation(engine, entry.evaluation_id, status="failed", metadata=closing)
-        else:
-            entry.status = "running"  # stopped by max_chunks: the next identical request finishes it
-    leases.release_run(params.run.database_url, owner, "running")  # what is left open is resumable
+        store.retrying(engine, lambda entry=entry: _close(engine, entry, inputs, params, metadata, started))
+    store.retrying(engine, lambda: leases.release_run(params.run.database_url, owner, "running"))  # resumable
 
     outcome = {
         "checkpoint_id": inputs.checkpoint_id,
@@ -174,6 +165,30 @@ def run_evaluation(
     return outcome
 
 
+def _close(engine: Any, entry: EvaluationRecord, inputs: RegisteredInputs, params: EvaluateParams,
+           metadata: dict[str, Any], started: float) -> None:
+    """Close ``entry``'s evaluation: finished when every mosaic has a row, failed when a chunk failed (idempotent)."""
+    missing = len(inputs.mosaic_ids) - len(db.finished_mosaic_ids(engine, entry.evaluation_id))
+    # the request, and the batch sizes the chunks run now finished with (halved after running out of memory)
+    closing = {**metadata, "batch_size": entry.batch_size_metadata(params.run.batch_size)}
+    stored = db.evaluation_state(engine, entry.evaluation_id) if missing == 0 and not entry.chunks_run else None
+    if missing == 0:  # chunks another run of the request computed meanwhile count as skipped too
+        entry.chunks_skipped = entry.chunks_total - len(entry.chunks_run)
+    if stored is not None and stored["status"] == "finished":
+        entry.status = "finished"  # nothing done now: the record stays as the run that finished it wrote it
+        entry.summary = stored["summary"]
+    elif missing == 0:
+        entry.status = "finished"
+        entry.summary = db.finish_evaluation(
+            engine, entry.evaluation_id, status="finished", seconds=time.perf_counter() - started, metadata=closing,
+        )
+    elif entry.chunks_failed:
+        entry.status = "failed"
+        db.finish_evaluation(engine, entry.evaluation_id, status="failed", metadata=closing)
+    else:
+        entry.status = "running"  # stopped by max_chunks: the next identical request finishes it
+
+
 def _request_metadata(params: EvaluateParams) -> dict[str, Any]:
     return {"request": params.model_dump(mode="json", exclude={"run": {"database_url"}})}
 
@@ -193,6 +208,9 @@ def _plan(
             metadata=_request_metadata(params), precision=params.run.dtype,
             grid=params.mosaics.grid,
         )
+        for dead in leases.take_over_dead(engine, [evaluation_id], owner, params.run.lease_seconds):
+            logger.warning("The run %s working on evaluation %d has stopped; taking its work over at once", dead,
+                           evaluation_id)
         for stale in db.leases.expire_stale_runs(engine, [evaluation_id]):
             logger.warning("Evaluation %d was left running by a run that stopped; marked crashed, taking it over", stale)
         finished_ids = db.finished_mosaic_ids(engine, evaluation_id)
@@ -232,13 +250,16 @@ def _run_chunks(
     params: EvaluateParams, engine: Any, records: list[EvaluationRecord], requests: list[ChunkRequest],
     artifacts: bool,
 ) -> BaseException | None:
-    """Run the chunk tasks; wait for chunks another run holds, and take them over if its lease expires.
+    """Run the chunk tasks; wait for chunks another live run holds, take them over when it stops or its lease expires.
 
-    Returns the first error of a failed chunk (the others still run and are recorded).
+    Returns the first error of a failed chunk (the others still run and are recorded), except that a chunk
+    that failed because the store cannot be used (a ``StoreError``: gone, full, read-only) stops the run at once:
+    the chunks not started yet are cancelled.
     """
     logger = get_run_logger()
     by_id = {r.evaluation_id: r for r in records}
-    progress_id = create_progress_artifact(0.0, description="Chunks of mosaics explained") if artifacts and requests else None
+    progress_id = (best_effort(create_progress_artifact, 0.0, description="Chunks of mosaics explained")
+                   if artifacts and requests else None)
     task = evaluate_chunk.with_options(
         retries=params.run.retries, retry_delay_seconds=retry_delays(params.run.retry_delay_seconds)
     )
@@ -256,6 +277,9 @@ def _run_chunks(
                 entry.chunks_failed.append(request.chunk)
                 first_error = first_error or error
                 logger.error("Chunk %d of evaluation %d failed: %s", request.chunk, request.evaluation_id, error)
+                if isinstance(error, db.StoreError):  # the store is gone or full: no other chunk could be stored
+                    _cancel_waiting(futures)
+                    return error
             else:
                 if result.held_elsewhere:
                     held_elsewhere.append(request)
@@ -272,34 +296,52 @@ def _run_chunks(
             done += 1
             logger.info(LOG_CHUNK_DONE, done, len(requests))
             if progress_id is not None:
-                update_progress_artifact(progress_id, progress=100.0 * done / len(requests))
-        pending = _wait_for_others(engine, held_elsewhere, params.run.lease_seconds)
+                best_effort(update_progress_artifact, progress_id, progress=100.0 * done / len(requests))
+        pending = _wait_for_others(engine, held_elsewhere, requests[0].lease_owner, params.run.lease_seconds)
     return first_error
 
 
-def _wait_for_others(engine: Any, held: list[ChunkRequest], lease_seconds: float) -> list[ChunkRequest]:
-    """Wait until each chunk another run holds is finished there or its lease expires; return the latter."""
+def _cancel_waiting(futures: dict[Any, ChunkRequest]) -> None:
+    """Cancel the chunk tasks that have not started yet (those running finish on their own)."""
+    for future in futures:
+        wrapped = getattr(future, "wrapped_future", None)
+        if wrapped is not None:
+            wrapped.cancel()
+
+
+def _wait_for_others(engine: Any, held: list[ChunkRequest], owner: str | None, lease_seconds: float
+                     ) -> list[ChunkRequest]:
+    """Wait until each chunk another run holds is finished there, or is free (its run stopped); return the latter."""
     if not held:
         return []
     get_run_logger().info("%d chunk(s) are being computed by another run of this request; waiting", len(held))
     while True:
         time.sleep(min(2.0, lease_seconds / 4))
-        waiting, free = [], []
-        finished = {e: db.finished_mosaic_ids(engine, e) for e in {r.evaluation_id for r in held}}  # once a poll
-        for request in held:
-            if all(mosaic_id in finished[request.evaluation_id] for mosaic_id in request.mosaic_ids):
-                continue
-            (waiting if db.leases.chunk_lease_live(engine, request.evaluation_id, request.chunk) else free).append(
-                request
-            )
+        waiting, free = store.retrying(engine, lambda: _poll_held(engine, held, owner, lease_seconds))
         if free or not waiting:
             return free + waiting  # the waiting ones are claimed again: each attempt either waits or computes
         held = waiting
 
 
+def _poll_held(engine: Any, held: list[ChunkRequest], owner: str | None, lease_seconds: float
+               ) -> tuple[list[ChunkRequest], list[ChunkRequest]]:
+    """The held chunks not finished yet, split into those a live run holds and those free to claim."""
+    evaluation_ids = sorted({r.evaluation_id for r in held})
+    if owner is not None:  # a run that stops while we wait is taken over at once, not when its lease expires
+        leases.take_over_dead(engine, evaluation_ids, owner, lease_seconds)
+    finished = {e: db.finished_mosaic_ids(engine, e) for e in evaluation_ids}  # once a poll
+    waiting, free = [], []
+    for request in held:
+        if all(mosaic_id in finished[request.evaluation_id] for mosaic_id in request.mosaic_ids):
+            continue
+        live = db.leases.chunk_lease_live(engine, request.evaluation_id, request.chunk)
+        (waiting if live else free).append(request)
+    return waiting, free
+
+
 def _report(params: EvaluateParams, inputs: RegisteredInputs, records: list[EvaluationRecord], engine: Any) -> None:
     """Summary table artifact (and figures when ``figures_dir`` is set); flow-level only."""
-    frame = db.evaluation_summary(engine, [r.evaluation_id for r in records])
+    frame = store.retrying(engine, lambda: db.evaluation_summary(engine, [r.evaluation_id for r in records]))
     table = []
     by_id = {r.evaluation_id: r for r in records}
     for row in frame.itertuples():
@@ -320,7 +362,8 @@ def _report(params: EvaluateParams, inputs: RegisteredInputs, records: list[Eval
         })
     rnd = params.randomization
     suffix = "" if rnd.kind == "none" else f"-{rnd.kind}{'' if rnd.stage is None else rnd.stage}"
-    create_table_artifact(
+    best_effort(
+        create_table_artifact,
         table,
         key=f"focus-{inputs.checkpoint_sha256[:12]}-{inputs.manifest_hash[:12]}{suffix}".lower().replace("_", "-"),
         description=f"Focus of {params.model.architecture} ({inputs.checkpoint_sha256[:12]}) on mosaic set "
@@ -328,14 +371,16 @@ def _report(params: EvaluateParams, inputs: RegisteredInputs, records: list[Eval
     )
     if params.figures_dir:
         scores = {
-            r.method: db.evaluation_results(engine, r.evaluation_id)["focus"].to_numpy(dtype=float)
+            r.method: store.retrying(engine, lambda r=r: db.evaluation_results(engine, r.evaluation_id))["focus"]
+            .to_numpy(dtype=float)
             for r in records if r.status == "finished"
         }
         if scores:
             path = Path(params.figures_dir) / f"focus-{inputs.checkpoint_sha256[:12]}{suffix}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             report.plot_focus_distributions({params.model.label or params.model.architecture: scores}, path)
-            create_markdown_artifact(f"Focus distributions: `{path}`", description="Figures of this evaluation")
+            best_effort(create_markdown_artifact, f"Focus distributions: `{path}`",
+                        description="Figures of this evaluation")
 
 
 def _rounded(value: Any) -> float | None:

@@ -1,10 +1,12 @@
-"""Who works on an evaluation: the run's owner id, the thread that keeps its leases alive, the state hooks.
+"""Who works on an evaluation: the run's owner id, its process, the thread that keeps its leases alive, the hooks.
 
 A run of the evaluating flows owns the evaluations it starts and the chunks it claims (:mod:`db.leases`)
-under its Prefect flow-run id. While it works, :class:`LeaseKeeper` renews its leases; when the run ends
-badly, the flows' state hooks (:data:`STATE_HOOKS`) mark its evaluations ``crashed`` or ``failed`` at once.
-A run that dies without running them (``kill -9``, a lost worker) stops renewing: its evaluations show as
-``crashed`` once their lease expires, and the next run of the request takes the work over.
+under its Prefect flow-run id, and records the process behind that id first (:func:`hold`). While it works,
+:class:`LeaseKeeper` renews its leases; when the run ends badly, the flows' state hooks (:data:`STATE_HOOKS`)
+mark its evaluations ``crashed`` or ``failed`` at once. A run that dies without running them (``kill -9``, a
+lost worker, a full disk) stops renewing: the next run of the request takes its work over at once when it can
+tell the holder is gone (:func:`take_over_dead`: the process is gone from this host, or its Prefect flow run
+has ended), else once its leases expire. A live run's claims are always waited for.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import db
-from flows import store
+from flows import processes, store
 
-__all__ = ["run_owner", "LeaseKeeper", "release_run", "STATE_HOOKS"]
+__all__ = ["run_owner", "hold", "take_over_dead", "LeaseKeeper", "release_run", "STATE_HOOKS"]
 
 
 def run_owner() -> str:
@@ -26,6 +28,47 @@ def run_owner() -> str:
     from prefect.runtime import flow_run
 
     return str(flow_run.id or uuid.uuid4())
+
+
+def hold(engine: Any, owner: str) -> None:
+    """Record this process (and the current Prefect flow run, if any) as the holder of ``owner``'s leases."""
+    from prefect.runtime import flow_run
+
+    me = processes.this_process()
+    db.leases.register_holder(engine, owner, host=me.host, pid=me.pid, process_started=me.started,
+                              flow_run_id=str(flow_run.id) if flow_run.id else None)
+
+
+def _flow_run_ended(flow_run_id: str) -> bool | None:
+    """Whether the Prefect flow run has reached a final state; ``None`` when the API cannot say."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(uuid.UUID(flow_run_id)).state
+    except Exception:  # noqa: BLE001 - no API, an unknown run: nothing is certain, the lease's expiry decides
+        return None
+    return True if state is not None and state.is_final() else None
+
+
+def _gone(holder: db.leases.Holder) -> bool:
+    """Whether ``holder`` has certainly stopped: its process is gone from this host, or its flow run has ended."""
+    gone = processes.is_gone(holder.host, holder.pid, holder.process_started)
+    if gone is None and holder.flow_run_id:
+        gone = _flow_run_ended(holder.flow_run_id)
+    return bool(gone)
+
+
+def take_over_dead(engine: Any, evaluation_ids: Sequence[int], owner: str, seconds: float) -> list[str]:
+    """Take over at once the leases on ``evaluation_ids`` whose holder has certainly stopped; return those owners.
+
+    Their running evaluations pass to ``owner`` for ``seconds`` and their chunks are freed
+    (``db.leases.take_over``), so ``owner`` claims them now. Holders that may be alive keep their leases.
+    """
+    dead = [h.owner for h in db.leases.holders(engine, evaluation_ids) if h.owner != owner and _gone(h)]
+    for stopped in dead:
+        db.leases.take_over(engine, stopped, owner, seconds)
+    return dead
 
 
 class LeaseKeeper:

@@ -26,6 +26,7 @@ from flows.jsonsafe import number
 from flows.params import EvaluateParams, RandomizationParams, RandomizationSpec
 from flows.run_names import named, randomization_name
 from flows.specs import with_effective_dataset
+from flows.artifacts import best_effort
 from focus_core import randomize, report
 
 __all__ = ["randomization", "randomization_stages"]
@@ -86,7 +87,8 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
         logger.info("Stage %s: median Focus %s", label, medians)
 
     methods = list(stages[0]["medians"])
-    create_table_artifact(
+    best_effort(
+        create_table_artifact,
         [{"stage": s["label"], "kind": s["kind"], **{m: number(s["medians"].get(m), digits=4) for m in methods}}
          for s in stages],
         key=f"randomization-{inputs.checkpoint_sha256[:12]}-{inputs.manifest_hash[:12]}",
@@ -110,9 +112,9 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
              for m in methods},
             path,
         )
-        seeds = ", ".join(map(str, params.seed_list()))
-        create_markdown_artifact(f"Cascading randomization (each stage: the mean of the medians of seeds {seeds}): "
-                                 f"`{path}`", description="Randomization figure")
+        seed_names = ", ".join(map(str, params.seed_list()))
+        best_effort(create_markdown_artifact, f"Cascading randomization (each stage: the mean of the medians of "
+                    f"seeds {seed_names}): `{path}`", description="Randomization figure")
     return {"checkpoint_id": inputs.checkpoint_id, "mosaic_set_id": inputs.mosaic_set_id, "stages": stages,
             "seeds": seeds}
 

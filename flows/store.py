@@ -1,5 +1,8 @@
 """One engine per database URL per process, opened with the schema check, logged without its password.
 
+A flow's steps that read or write the store run through :func:`retrying`: a connection lost for a moment is
+retried, a store that is gone stops the run at once in one sentence (``db.connection_faults``).
+
 Examples
 --------
 >>> describe("postgresql+psycopg://me:secret@db/focus")
@@ -8,12 +11,21 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
+from db.connection_faults import is_transient, reachable
 from db.engine import Engine, database_url, mask_url
 from db.migrate import create_if_fresh, get_engine
 
-__all__ = ["engine_for", "describe", "dispose_engines", "prepare"]
+__all__ = ["engine_for", "describe", "dispose_engines", "prepare", "retrying", "RETRY_DELAYS_S"]
+
+T = TypeVar("T")
+#: The waits before each new try of a step whose connection was lost (about 15 s in all).
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 _ENGINES: dict[str, Engine] = {}
 _LOCK = threading.Lock()
@@ -57,3 +69,26 @@ def dispose_engines() -> None:
         for engine in _ENGINES.values():
             engine.dispose()
         _ENGINES.clear()
+
+
+def retrying(engine: Engine, step: Callable[[], T], delays: tuple[float, ...] = RETRY_DELAYS_S) -> T:
+    """Run ``step`` (idempotent work on ``engine``'s store); after a transient connection fault, run it again.
+
+    A transient fault (``db.connection_faults.is_transient``: a terminated connection, a server restarting) is
+    retried after each of ``delays``; the last one is raised. A store that is gone raises its one-sentence
+    ``StoreError`` at once, and any other error is raised as it is.
+    """
+    for delay in delays:
+        try:
+            with reachable(engine):
+                return step()
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            logging.getLogger(__name__).warning(
+                "Lost the connection to the store at %s (%s); trying again in %.1f s", mask_url(engine.url),
+                " ".join(str(getattr(error, "orig", error)).split())[:200], delay,
+            )
+            time.sleep(delay)
+    with reachable(engine):
+        return step()

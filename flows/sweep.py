@@ -31,6 +31,7 @@ from flows.method_bounds import with_dataset_bounds
 from flows.params import EvaluateParams, SweepParams
 from flows.run_names import evaluate_name, named, sweep_name
 from flows.specs import effective_dataset
+from flows.artifacts import best_effort
 
 __all__ = ["sweep", "sweep_cells"]
 
@@ -131,7 +132,8 @@ def sweep(params: SweepParams) -> dict[str, Any]:
             "median_focus": number(found.get("median_focus"), digits=4),
             "mean_focus": number(found.get("mean_focus"), digits=4),
         })
-    create_table_artifact(rows, key="focus-sweep", description=f"Sweep of {len(cells)} cell(s): median Focus per cell")
+    best_effort(create_table_artifact, rows, key="focus-sweep",
+                description=f"Sweep of {len(cells)} cell(s): median Focus per cell")
     failed = [r for r in rows if r["state"] != "COMPLETED"]
     if failed:
         raise RuntimeError(

@@ -25,7 +25,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field
 
 import db
-from flows import caches, devices, faults, store
+from flows import caches, devices, faults, leases, store
 from flows.params import (
     DatasetSpec,
     MethodSpec,
@@ -314,16 +314,17 @@ def can_succeed_on_retry(task: Any, task_run: Any, state: Any) -> bool:
 
     A ``ValueError`` (``FocusError``, ``StoreError``, a pydantic validation error: a bad
     parameter, a missing file, a wrong schema) or a ``TypeError``, ``LookupError`` or ``AttributeError`` (a bug) fails
-    the same way on every try, and so does a full, read-only or forbidden filesystem
-    (:func:`flows.faults.is_storage_fault`: ENOSPC, EDQUOT, EROFS, EACCES, ...); a lost database
-    connection, a CUDA error or an out-of-memory error may not.
+    the same way on every try, and so do a full, read-only or forbidden filesystem
+    (:func:`flows.faults.is_storage_fault`: ENOSPC, EDQUOT, EROFS, EACCES, ...) and a store that is gone
+    (:func:`db.connection_faults.is_gone`); a lost database connection, a CUDA error or an out-of-memory error
+    may not.
     """
     try:
         state.result()
     except (ValueError, TypeError, LookupError, AttributeError, NotImplementedError):
         return False
     except Exception as error:  # noqa: BLE001 - anything else is worth another try
-        return not faults.is_storage_fault(error)
+        return not (faults.is_storage_fault(error) or db.connection_faults.is_gone(error))
     return True
 
 
@@ -358,9 +359,14 @@ def evaluate_chunk(request: ChunkRequest) -> ChunkResult:
     """
     started = time.perf_counter()
     engine = store.engine_for(request.database_url)
+    with db.connection_faults.reachable(engine):  # a store that is gone: its StoreError, never retried
+        return _evaluate_chunk(engine, request, started)
+
+
+def _evaluate_chunk(engine: Any, request: ChunkRequest, started: float) -> ChunkResult:
     owner = request.lease_owner
     if owner is not None:
-        if not db.leases.claim_chunk(engine, request.evaluation_id, request.chunk, owner, request.lease_seconds):
+        if not _claim(engine, request, owner):
             return ChunkResult(evaluation_id=request.evaluation_id, chunk=request.chunk, rows=0, seconds=0.0,
                                computed=False, held_elsewhere=True)
         request = _still_missing(engine, request)
@@ -377,6 +383,16 @@ def evaluate_chunk(request: ChunkRequest) -> ChunkResult:
     return ChunkResult(
         evaluation_id=request.evaluation_id, chunk=request.chunk, rows=rows, seconds=time.perf_counter() - started,
         batch_size=getattr(scores, "batch_size", request.batch_size),
+    )
+
+
+def _claim(engine: Any, request: ChunkRequest, owner: str) -> bool:
+    """Claim the chunk for ``owner``; a claim whose run has stopped is taken over at once (``flows.leases``)."""
+    evaluation_id, chunk, seconds = request.evaluation_id, request.chunk, request.lease_seconds
+    if db.leases.claim_chunk(engine, evaluation_id, chunk, owner, seconds):
+        return True
+    return bool(leases.take_over_dead(engine, [evaluation_id], owner, seconds)) and db.leases.claim_chunk(
+        engine, evaluation_id, chunk, owner, seconds
     )
 
 

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict
 
 import db
 from flows import analysis, caches, devices, lineages, record, store, weight_store
-from flows.artifacts import artifact_key
+from flows.artifacts import artifact_key, best_effort
 from flows.jsonsafe import number
 from flows.params import NAME_PATTERN, RandomizationSpec, TrainParams
 from flows.record import RegisteredInputs, RegisteredMosaics
@@ -377,7 +377,8 @@ def _train_epochs(
 
     rows = [_plain(row) for row in curve.to_dict("records")]
     epochs = _epoch_records(rows)
-    create_table_artifact(
+    best_effort(
+        create_table_artifact,
         [{k: row.get(k) for k in ("epoch", "method_name", "train_loss", "val_loss", "val_accuracy",
                                   "val_mean_class_accuracy", "focus_median", "focus_mean")} for row in rows],
         key=artifact_key("training", params.name, config_hash[:12]),
@@ -391,7 +392,8 @@ def _train_epochs(
         out.mkdir(parents=True, exist_ok=True)
         paths = [report.plot_training_curves(records, out / f"training-{params.name}.png"),
                  report.plot_focus_vs_metrics(records, out / f"focus-vs-metrics-{params.name}.png")]
-        create_markdown_artifact("\n".join(f"- `{p}`" for p in paths), description="Training figures")
+        best_effort(create_markdown_artifact, "\n".join(f"- `{p}`" for p in paths),
+                    description="Training figures")
     return {
         "training_run_id": training_run_id,
         "run_dir": str(run_dir),

@@ -43,3 +43,46 @@ def test_postgresql_disk_full_is_recognised_and_other_errors_are_not(pg_url):
     duplicate = IntegrityError("INSERT", {}, psycopg.errors.UniqueViolation("duplicate key"))
     assert storage_error(engine, duplicate) is None
     engine.dispose()
+
+
+def _admin():
+    from tests.postgres import SERVER_URL
+
+    from sqlalchemy.engine import make_url
+
+    conninfo = make_url(SERVER_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(conninfo, autocommit=True)
+
+
+def test_a_terminated_connection_is_transient_and_a_dropped_database_is_gone_in_one_sentence(pg_url):
+    from sqlalchemy import text
+
+    from db.connection_faults import is_gone, is_transient
+
+    db.upgrade(pg_url)
+    engine = db.get_engine(pg_url, check=False)
+    try:
+        with engine.connect() as connection, _admin() as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [connection.connection.dbapi_connection.info.backend_pid])
+            with pytest.raises(OperationalError) as terminated:
+                connection.execute(text("SELECT 1"))
+        assert is_transient(terminated.value) and not is_gone(terminated.value)
+        name = engine.url.database
+        with _admin() as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        with pytest.raises(db.StoreError) as gone:
+            db.start_audit_run(engine, name="nightly")
+    finally:
+        engine.dispose()
+    message = str(gone.value)
+    assert f'database "{name}" does not exist' in message and "\n" not in message
+    assert message.startswith("Cannot open the database at postgresql+psycopg://")
+
+
+def test_a_server_that_refuses_connections_is_gone():
+    engine = db.get_engine("postgresql+psycopg://focus@127.0.0.1:1/focus", check=False)
+    try:
+        with pytest.raises(db.StoreError, match="Connection refused.*that the server is running"):
+            db.start_audit_run(engine, name="nightly")
+    finally:
+        engine.dispose()

@@ -93,7 +93,8 @@ def test_mosaic_tiles(engine, world):
 
 
 def test_recorded_checkpoint(engine, world):
-    assert db.recorded_checkpoint(engine, "c" * 64) == (world.checkpoint_id, "digits_cnn", 2, None)
+    # no result, training run or lineage holds either record to its architecture yet: both are unproven
+    assert db.recorded_checkpoint(engine, "c" * 64) == (world.checkpoint_id, "digits_cnn", 2, None, False)
     other = db.register_checkpoint(engine, "d" * 64, "resnet18", 5, in_channels=3)
-    assert db.recorded_checkpoint(engine, "d" * 64) == db.RecordedCheckpoint(other, "resnet18", 5, 3)
+    assert db.recorded_checkpoint(engine, "d" * 64) == db.RecordedCheckpoint(other, "resnet18", 5, 3, False)
     assert db.recorded_checkpoint(engine, "e" * 64) is None

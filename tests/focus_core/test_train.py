@@ -8,15 +8,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from focus_core.data import load_digits
+from focus_core.data import TileDataset
 from focus_core.errors import FocusError
 from focus_core.models import DigitsCNN
 from focus_core.train import EpochMetrics, TrainConfig, _augment, evaluate_accuracy, train_model
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_digits(seed=0, tile_size=16)
+def digits(digits_at) -> TileDataset:
+    return digits_at(16)
 
 
 @pytest.fixture(scope="module")

@@ -208,20 +208,27 @@ class TrainParams(_FlowParams):
         return without_empty_database_url(handler(self))
 
     def recipe(self) -> dict[str, Any]:
-        """The training hyper-parameters with the per-dataset defaults filled in.
+        """The training hyper-parameters: the given ones over focus_core's recipe, at a constant learning rate.
 
-        ``cutmix`` is in it only when on, so a run without CutMix keeps the key (:meth:`config_hash`) and the
-        stored recipe it had before CutMix existed.
+        The defaults come from :meth:`focus_core.train.TrainConfig.digits` for the bundled digits and from the
+        paper's :class:`~focus_core.train.TrainConfig` else. The learning-rate schedule is the one difference
+        from ``TrainConfig.digits`` (cosine decay over all epochs): a run is keyed without ``epochs``
+        (:meth:`config_hash`), so that asking for more epochs continues it, and a cosine rate at epoch ``e``
+        depends on how many epochs follow; a constant rate gives epoch ``e`` the same weights whatever the total.
+        ``lr_schedule`` is not in the dict (``TrainConfig``'s default, ``"constant"``, applies) and ``cutmix`` is
+        in it only when on, so every run keeps the key and the stored recipe it was recorded with.
         """
-        digits = self.dataset.kind == "digits"
+        from focus_core.train import TrainConfig  # torch: loaded where a run is trained or keyed, not for a form
+
+        base = TrainConfig.digits() if self.dataset.kind == "digits" else TrainConfig()
         cutmix = {"cutmix": self.cutmix} if self.cutmix > 0 else {}
         return {
             "epochs": self.epochs,
             "batch_size": self.batch_size,
-            "lr": self.lr if self.lr is not None else (3e-3 if digits else 1e-3),
-            "rotation": self.rotation if self.rotation is not None else (15.0 if digits else 30.0),
-            "crop_padding": self.crop_padding if self.crop_padding is not None else (2 if digits else None),
-            "hflip": self.hflip if self.hflip is not None else not digits,
+            "lr": self.lr if self.lr is not None else base.lr,
+            "rotation": self.rotation if self.rotation is not None else base.rotation,
+            "crop_padding": self.crop_padding if self.crop_padding is not None else base.crop_padding,
+            "hflip": self.hflip if self.hflip is not None else base.hflip,
             **cutmix,
             "seed": self.seed,
         }

@@ -129,6 +129,11 @@ class TrainConfig:
     def digits(cls, **overrides: Any) -> TrainConfig:
         """The measured recipe for ``DigitsCNN`` on the bundled digits; keywords override it.
 
+        The training flow (``focus train``, the demo) takes this recipe with ``lr_schedule="constant"``
+        (:meth:`flows.params.TrainParams.recipe`): its runs are keyed without ``epochs`` so that more epochs
+        continue a run, and a cosine rate at epoch ``e`` depends on how many epochs follow (the two measured:
+        benchmarks/README.md, section "The digits training recipe").
+
         Examples
         --------
         >>> TrainConfig.digits(seed=2).hflip

@@ -158,6 +158,21 @@ def test_the_audit_form_shows_neither_the_store_url_nor_an_internal_id():
         AuditParams(run={"database_url": "postgresql://me:secret@db/focus"})
 
 
+def test_a_training_run_takes_focus_core_recipe_at_a_constant_rate():
+    """One recipe: the flow's differs from focus_core's only in its schedule (the reason: TrainParams.recipe)."""
+    from dataclasses import replace
+
+    from focus_core.train import TrainConfig
+
+    digits = TrainParams(epochs=3)
+    folder = TrainParams(dataset={"kind": "image_folder", "root": "data/shapes"}, epochs=3)
+    assert TrainConfig(**digits.recipe()) == replace(TrainConfig.digits(), epochs=3, lr_schedule="constant")
+    assert TrainConfig(**folder.recipe()) == replace(TrainConfig(), epochs=3)
+    given = TrainParams(lr=0.01, rotation=5.0, crop_padding=0, hflip=True, seed=4, batch_size=32)
+    assert TrainConfig(**given.recipe()) == TrainConfig.digits(
+        epochs=10, lr=0.01, rotation=5.0, crop_padding=0, hflip=True, seed=4, batch_size=32, lr_schedule="constant")
+
+
 def test_cutmix_is_a_training_option_that_leaves_every_run_without_it_keyed_as_before():
     from flows.cli.params import given
     from flows.cli.parser import build_parser

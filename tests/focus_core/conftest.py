@@ -1,7 +1,8 @@
-"""Fixtures the science tests share: one thread, the 32-pixel digits, and digit CNNs trained once per session."""
+"""Fixtures the science tests share: one thread, the digits per tile size, and digit CNNs trained once per session."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -23,8 +24,17 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def digits32() -> TileDataset:
-    return load_digits(seed=0, tile_size=32)
+def digits_at() -> Callable[[int], TileDataset]:
+    """``digits_at(tile_size)``: the bundled digits (split seed 0) at that tile size, loaded once per session and size.
+
+    Every test that asks for one size gets the same dataset: read its tensors, never change them in place.
+    """
+    return functools.cache(lambda tile_size: load_digits(seed=0, tile_size=tile_size))
+
+
+@pytest.fixture(scope="session")
+def digits32(digits_at: Callable[[int], TileDataset]) -> TileDataset:
+    return digits_at(32)
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from focus_core.confident import confident_indices
-from focus_core.data import TileDataset, load_digits
+from focus_core.data import TileDataset
 from focus_core.errors import FocusError
 from focus_core.mosaics import MosaicManifest, build_manifest
 
 
 @pytest.fixture(scope="module")
-def digits() -> TileDataset:
-    return load_digits(seed=0, tile_size=8)
+def digits(digits_at) -> TileDataset:
+    return digits_at(8)
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
 
 
 @pytest.fixture(scope="module")
-def digits() -> TileDataset:
-    return load_digits(seed=0, tile_size=32)
+def digits(digits_at) -> TileDataset:
+    return digits_at(32)
 
 
 def write_images(root: Path, counts: dict[str, int], size: tuple[int, int] = (40, 30)) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from focus_core.data import TileDataset
 from focus_core.errors import FocusError
 from focus_core.explainers import get_explainer
 from focus_core.layouts import chance_level
@@ -24,8 +25,8 @@ GRID, TARGETS = 3, 1
 
 
 @pytest.fixture(scope="module")
-def digits(digits32):
-    return digits32
+def digits(digits_at) -> TileDataset:
+    return digits_at(32)
 
 
 @pytest.fixture(scope="module")

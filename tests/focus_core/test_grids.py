@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from focus_core import layouts, metric
-from focus_core.data import TileDataset, load_digits
+from focus_core.data import TileDataset
 from focus_core.errors import FocusError
 from focus_core.explainers import get_explainer
 from focus_core.explainers.lime import grid_mask, tile_feature_masks
@@ -59,8 +59,8 @@ def _sha(t: torch.Tensor) -> str:
 
 
 @pytest.fixture(scope="module")
-def digits() -> TileDataset:
-    return load_digits(seed=0, tile_size=8)
+def digits(digits_at) -> TileDataset:
+    return digits_at(8)
 
 
 # --- the code before grids existed, verbatim -----------------------------------------------------------------

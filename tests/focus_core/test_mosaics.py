@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from focus_core.data import TileDataset, load_digits
+from focus_core.data import TileDataset
 from focus_core.image_folder import load_image_folder
 from focus_core.errors import FocusError
 from focus_core.mosaics import (
@@ -27,8 +27,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(scope="module")
-def digits() -> TileDataset:
-    return load_digits(seed=0, tile_size=12)
+def digits(digits_at) -> TileDataset:
+    return digits_at(12)
 
 
 def paste_reference(tiles: torch.Tensor, rows: list[list[int]]) -> torch.Tensor:

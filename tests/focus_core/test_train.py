@@ -8,15 +8,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from focus_core.data import load_digits
+from focus_core.data import TileDataset
 from focus_core.errors import FocusError
 from focus_core.models import DigitsCNN
 from focus_core.train import EpochMetrics, TrainConfig, _augment, evaluate_accuracy, train_model
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_digits(seed=0, tile_size=16)
+def digits(digits_at) -> TileDataset:
+    return digits_at(16)
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,18 @@ def test_empty_split_is_refused(small_digits):
     no_val = replace(small_digits, splits=tuple("train" if s == "val" else s for s in small_digits.splits))
     with pytest.raises(FocusError, match="has no 'val' images"):
         train_model(_tiny(), no_val, CONFIG)
+
+
+@pytest.mark.parametrize("schedule, same", [("constant", True), ("cosine", False)])
+def test_only_a_constant_rate_trains_an_epoch_the_same_whatever_the_total(small_digits, schedule, same):
+    """Why the training flow, whose runs continue when asked for more epochs, trains at a constant rate."""
+    after_epoch_1 = []
+
+    def keep_epoch_1(metrics: EpochMetrics, model: torch.nn.Module) -> None:
+        if metrics.epoch == 1:
+            after_epoch_1.append([p.detach().clone() for p in model.parameters()])
+
+    for total in (1, 3):
+        train_model(_tiny(), small_digits, replace(CONFIG, epochs=total, lr_schedule=schedule), on_epoch=keep_epoch_1)
+    short, long = after_epoch_1
+    assert all(torch.equal(a, b) for a, b in zip(short, long)) is same

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from focus_core.data import TileDataset
 from focus_core.errors import FocusError
 from focus_core.explainers import get_explainer
 from focus_core.explainers.lxt_lrp import check_lxt_support, lxt_rules
@@ -276,8 +277,8 @@ METHODS = ("gradcam", "gradcam++", "attnlrp", "input_x_gradient")
 
 
 @pytest.fixture(scope="module")
-def digits(digits32):
-    return digits32
+def digits(digits_at) -> TileDataset:
+    return digits_at(32)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ __all__ = ["check_device", "check_inputs", "check_model", "check_request_size"]
 
 
 def _require_file(path: str | None, what: str, hint: str) -> None:
-    from flows.weight_store import is_url
+    from flows.weights.weight_store import is_url
 
     if is_url(path):  # read (and checked) through the worker's cache by check_model and the flow
         return
@@ -53,7 +53,7 @@ def check_device(params: Any) -> None:
     run = getattr(params, "run", None)
     device = getattr(run, "device", None) if run is not None else getattr(params, "device", None)
     if device:
-        from flows.devices import require_device
+        from flows.worker.devices import require_device
 
         require_device(device)
 
@@ -79,7 +79,7 @@ def _database_param(params: Any) -> str | None:
 
 def check_model(params: Any) -> None:
     """Build the checkpoint's model, find GradCAM's layer, ask every method whether it explains the model and check
-    that a ViT's patches fit the tiles, here, before Prefect starts (the worker checks again: flows/preflight.py).
+    that a ViT's patches fit the tiles, here, before Prefect starts (the worker checks again: flows/worker/preflight.py).
     A training run's model is checked as built, for its per-epoch methods.
 
     A weights file for another architecture (or recorded as another one), a broken
@@ -96,7 +96,7 @@ def check_model(params: Any) -> None:
     dataset_spec = effective_dataset(dataset_spec, model_spec)  # what the flow loads: the model's size and stats
     if not model_spec.weights and not getattr(params, "focus_methods", None):
         return  # nothing to load, nothing explained: a training run without per-epoch Focus
-    from flows import caches, record, store
+    from flows.worker import caches, record, store
     from focus_core import randomize
     from focus_core.explainers.gradcam import resolve_layer
 
@@ -131,12 +131,12 @@ def check_model(params: Any) -> None:
 
 def check_request_size(params: Any) -> None:
     """Refuse a mosaic set of more than ``run.max_mosaics`` mosaics here, before Prefect starts (the worker checks
-    again: :func:`flows.preflight.check_request`)."""
+    again: :func:`flows.worker.preflight.check_request`)."""
     mosaics, dataset_spec = getattr(params, "mosaics", None), getattr(params, "dataset", None)
     limit = getattr(getattr(params, "run", None), "max_mosaics", None)
     if mosaics is None or dataset_spec is None or limit is None:
         return
-    from flows import record
+    from flows.worker import record
     from flows.specs import effective_dataset
 
     model_spec = getattr(params, "model", None)

@@ -21,7 +21,8 @@ import os
 import time
 from typing import Any
 
-from flows import local_api, store
+from flows.cli import local_api
+from flows.worker import store
 from flows.cli import params as opts
 from flows.cli.checks import check_device, check_inputs, check_model, check_request_size
 from flows.cli.console import chunk_moves, duration, epoch_moves, progress
@@ -73,7 +74,7 @@ def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True)
 
     The device, paths, the model, its weights, GradCAM's layer and the request's size are checked first, so a user's
     mistake ends in seconds with one line; then, without PREFECT_API_URL, the temporary Prefect API
-    starts (:mod:`flows.local_api`, once per process); ``announce`` prints where the flow runs and
+    starts (:mod:`flows.cli.local_api`, once per process); ``announce`` prints where the flow runs and
     how long it took.
     """
     check_device(params)
@@ -105,7 +106,7 @@ def database_param(params: Any) -> str | None:
 
 
 def prepare_store(url: str | None) -> str | None:
-    """:func:`flows.store.prepare`: a fresh SQLite file gets the schema, any other store is checked, before Prefect."""
+    """:func:`flows.worker.store.prepare` before Prefect: a fresh SQLite file gets the schema, another is checked."""
     return store.prepare(url)
 
 
@@ -134,7 +135,7 @@ def print_result(result: Any) -> None:
 
 def _json_safe(value: Any) -> Any:
     """NaN and infinities as null, so the printed result is valid JSON."""
-    from flows.jsonsafe import json_safe
+    from flows.results.artifacts import json_safe
 
     return json_safe(value)
 

@@ -17,7 +17,8 @@ from PIL import Image
 from sqlalchemy import text
 from torch import nn
 
-from flows import cli, store
+from flows import cli
+from flows.worker import store
 from focus_core import models
 
 pytestmark = pytest.mark.timeout(240)
@@ -149,7 +150,7 @@ def test_weights_of_another_architecture_fail_clearly(capsys: pytest.CaptureFixt
 def test_checkpoint_recorded_as_another_architecture(prefect_api, capsys: pytest.CaptureFixture, sqlite_url: str,
                                                      digits_weights: str):
     """`--arch alexnet` with weights recorded as digits_cnn is refused in one sentence: nothing is reused."""
-    from flows import record
+    from flows.worker import record
     from flows.params import DatasetSpec, ModelSpec
     from focus_core.errors import FocusError
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from flows import caches, devices, record, store
+from flows.worker import caches, devices, record, store
 from flows.params import RandomizationSpec
 from focus_core import randomize
 from focus_core.explainers.gradcam import resolve_layer

@@ -1,8 +1,8 @@
 """The ``focus`` commands that run a flow: train, evaluate, randomize, sweep and audit.
 
 Each command builds the flow's pydantic parameters (:mod:`flows.params`) from its options (over
-the ``--params`` file), checks them (:mod:`flows.cli.checks`) and runs the flow in this process
-with :func:`run_flow`.
+the ``--params`` file), checks them (:mod:`flows.cli.checks`, then the worker's :mod:`flows.worker.preflight`)
+and runs the flow in this process with :func:`run_flow`.
 
 Examples
 --------
@@ -24,7 +24,7 @@ from typing import Any
 from flows.cli import local_api
 from flows.worker import store
 from flows.cli import params as opts
-from flows.cli.checks import check_device, check_inputs, check_model, check_request_size
+from flows.cli.checks import check_device, check_inputs
 from flows.cli.console import chunk_moves, duration, epoch_moves, progress
 from flows.cli.errors import UsageError, info, quiet_user_error_tracebacks
 
@@ -80,11 +80,14 @@ def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True)
     check_device(params)
     check_inputs(params)
     if not getattr(params, "deployment", None):  # a sweep fanned out writes to its workers' stores
-        created = prepare_store(database_param(params))
+        url = store.database_param(params)
+        created = prepare_store(url)
         if created and announce:
-            info(f"created the schema (revision {created}) in the new store {store.describe(database_param(params))}")
-    check_model(params)
-    check_request_size(params)
+            info(f"created the schema (revision {created}) in the new store {store.describe(url)}")
+    from flows.worker import preflight  # the worker's own pre-flight, here before Prefect starts (imports torch)
+
+    preflight.check_model(params)
+    preflight.check_request_size(params)
     local_api.ensure_started()
     flow = _load_flow(module, flow_name)
     quiet_user_error_tracebacks()
@@ -97,12 +100,6 @@ def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True)
         result = flow(params=params)
     info(f"flow {flow_name!r} finished in {duration(time.monotonic() - started)}")
     return result
-
-
-def database_param(params: Any) -> str | None:
-    """The store a flow's parameters name (``run.database_url`` or ``database_url``), else ``None`` (the default)."""
-    run = getattr(params, "run", None)
-    return getattr(run, "database_url", None) if run is not None else getattr(params, "database_url", None)
 
 
 def prepare_store(url: str | None) -> str | None:

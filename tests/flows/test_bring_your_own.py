@@ -183,3 +183,20 @@ def test_training_a_model_without_a_known_gradcam_layer_fails_before_any_row(
         counts = [connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
                   for table in ("training_run", "model_checkpoint", "evaluation")]
     assert counts == [0, 0, 0]
+
+
+def test_the_worker_and_the_command_refuse_with_the_same_sentence(capsys: pytest.CaptureFixture, sqlite_url: str,
+                                                                   image_folder: Path, tiny_weights: str):
+    """A deployment's run reaches the worker unchecked: its pre-flight is the command's, sentence for sentence."""
+    import db
+    from flows.cli.run import _parameters
+    from flows.worker import preflight
+
+    argv = _evaluate_args(image_folder, tiny_weights, sqlite_url)
+    code, _, err = run(capsys, *argv)
+    assert code == 2, err
+    params = _parameters(cli.build_parser().parse_args(argv), "EvaluateParams")
+    with pytest.raises(ValueError) as refused:
+        preflight.check_request(params)
+    assert str(refused.value) in err and "--gradcam-layer" in str(refused.value) and "act2" in str(refused.value)
+    assert db.evaluation_summary(store.engine_for(sqlite_url)).empty

@@ -8,7 +8,7 @@ correlation of Focus with a training metric. Nothing here writes to the store.
 
 Examples
 --------
->>> from flows import analysis
+>>> from flows.results import analysis
 >>> analysis.paired_comparison(engine, 12, 7)["p_value"]  # doctest: +SKIP
 0.0009765625
 """

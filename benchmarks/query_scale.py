@@ -50,7 +50,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 import db
-from flows import analysis
+from flows.results import analysis
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_URL = os.environ.get("FOCUS_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

@@ -4,7 +4,7 @@ In one process, on one random-weight model and one set of mosaics, it measures i
 
 - the **forward limit**: ``model(x)`` under ``no_grad`` on the composed, normalised mosaics;
 - the **forward + backward limit**: the forward pass and the gradient of the target logits to the input
-  (parameters frozen, as :func:`flows.caches.load_model` leaves them);
+  (parameters frozen, as :func:`flows.worker.caches.load_model` leaves them);
 - per method, the **explainer alone** on the same ready-made batches, the **pipeline**: the project's own
   :func:`flows.tasks.explain_chunk` (tiles cached on the device -> ``compose_normalized`` -> explainer ->
   quadrant sums (GradCAM's from its small map) -> ``focus_from_sums`` -> predicted class), the pipeline and its
@@ -76,7 +76,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 import db  # noqa: E402
-from flows import caches, devices, store  # noqa: E402
+from flows.worker import caches, devices, store  # noqa: E402
 from flows.evaluate import CHUNK_THREADS  # noqa: E402
 from flows.params import DatasetSpec, MethodSpec, ModelSpec, MosaicSetSpec  # noqa: E402
 from flows.tasks import ChunkRequest, evaluate_chunk, explain_chunk  # noqa: E402

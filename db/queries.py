@@ -4,7 +4,7 @@ Each function reads the views created by the migrations (``evaluation_summary``,
 ``training_epoch_focus``, ``audit_history``) or the tables, with bound parameters only, and
 returns the same columns on PostgreSQL and SQLite (timestamps as UTC ``datetime64``).
 Statistics over these values (correlations, paired tests) are computed by ``focus_core.stats``
-in ``flows.analysis``: this module only reads.
+in ``flows.results.analysis``: this module only reads.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def focus_regressions(engine: Engine, threshold: float = 0.05, audit_run_id: int
 
     The rows of ``audit_history`` (each evaluation of an audit next to the same checkpoint x
     method x mosaic set in the previous audit) with ``median_change < -threshold``, oldest first.
-    :func:`flows.analysis.focus_regressions` adds the paired test on the mosaics both scored.
+    :func:`flows.results.analysis.focus_regressions` adds the paired test on the mosaics both scored.
 
     Examples
     --------
@@ -241,7 +241,7 @@ def randomization_medians(engine: Engine, checkpoint_id: int, mosaic_set_id: int
 
     Columns: ``evaluation_id``, ``method_id``, ``method``, ``randomization``, ``stage``, ``layer``, ``seed``,
     ``n``, ``n_defined``, ``median_focus``, ``mean_focus``; ordered by method, stage, seed. Audit
-    evaluations are left out. :func:`flows.analysis.random_seed_spread` summarises them over seeds.
+    evaluations are left out. :func:`flows.results.analysis.random_seed_spread` summarises them over seeds.
     """
     return _read(
         engine,

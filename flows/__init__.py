@@ -13,18 +13,22 @@ flow              module                      parameters
 ``sweep``         :mod:`flows.sweep`          :class:`flows.params.SweepParams`
 ================  ==========================  ==========================================
 
-Supporting modules: :mod:`flows.tasks` (the chunk task and the retry rule), :mod:`flows.caches`
-(what a worker loads once: data, tiles, manifests, models), :mod:`flows.devices` (the device check
-and the turns on a device), :mod:`flows.record` (registering inputs in the store), :mod:`flows.store`
-(one engine per database URL), :mod:`flows.leases` (who works on an evaluation), :mod:`flows.preflight`
-(what a worker checks before it writes), :mod:`flows.faults` (a full, read-only or forbidden disk: not
-retried, one line), :mod:`flows.artifacts` (artifact keys from names), :mod:`flows.analysis` (statistics
-over stored results). Import the module that holds a thing, e.g. ``from flows.evaluate import evaluate``;
+At the top sit the flows, :mod:`flows.tasks` (the chunk task and the retry rule) and the parameters
+(:mod:`flows.params`, :mod:`flows.specs`). The rest lives in rooms named after what they hold:
+
+- :mod:`flows.worker`: what a worker needs for one chunk (store, record, caches, device, lease, pre-flight,
+  storage faults, confinement);
+- :mod:`flows.weights`: model weights (the weight store and its cache limits, the MLflow source, lineages);
+- :mod:`flows.results`: statistics over stored results, run and checkpoint names, artifacts, JSON-safe numbers;
+- :mod:`flows.cli`: the ``focus`` command; :mod:`flows.report`: the HTML report.
+
+Import the module that holds a thing, e.g. ``from flows.evaluate import evaluate``;
 this package imports nothing eagerly, so ``import flows.params`` stays light.
 """
 
 __all__ = [
-    "params", "evaluate", "randomization", "train", "audit", "sweep", "tasks", "caches", "devices", "record", "store",
+    "params", "specs", "evaluate", "randomization", "train", "audit", "sweep", "tasks", "worker", "weights", "results",
+    "cli", "report",
 ]
 
 

@@ -8,12 +8,12 @@ Each run opens one audit run and evaluates the standard methods on the audit mos
 
 With ``params.follow_alias`` (``focus audit --follow-alias champion``), each run first asks the MLflow
 registry which version that alias points at now, for each lineage to audit whose source is a registered
-model (:func:`flows.lineages.follow_alias`), and registers it into the lineage when it is new, so the
+model (:func:`flows.weights.lineages.follow_alias`), and registers it into the lineage when it is new, so the
 newest checkpoint is the alias's version; an unreachable server or a missing alias stops the run, in one
 sentence, before anything is written.
 
 Each evaluation is then compared, on the same mosaics (median change and a paired Wilcoxon test from
-:mod:`flows.analysis`), with one earlier evaluation:
+:mod:`flows.results.analysis`), with one earlier evaluation:
 
 - ``same_checkpoint``: the checkpoint's own previous audit, which catches drift from code, library or
   data changes; this is the comparison whenever the checkpoint was audited before;
@@ -46,12 +46,15 @@ from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 
 import db
-from flows import analysis, checkpoint_names, devices, lineages, store, weight_store
+from flows.results import analysis
+from flows.results.names import names_of
+from flows.weights import lineages, weight_store
+from flows.worker import devices, store
 from flows.evaluate import evaluate
-from flows.jsonsafe import number
+from flows.results.artifacts import number
 from flows.params import AuditParams, EvaluateParams, ModelSpec
-from flows.run_names import audit_name, named
-from flows.artifacts import best_effort
+from flows.results.names import audit_name, named
+from flows.results.artifacts import best_effort
 from focus_core.errors import FocusError
 
 __all__ = ["audit", "REGRESSED_EVENT", "COMPLETED_EVENT", "KINDS", "REGRESSION_KEYS", "checkpoint_resource",
@@ -122,7 +125,7 @@ class _Target:
 def _marked_checkpoints(engine: Any, params: AuditParams) -> list[_Target]:
     rows = db.checkpoints_to_audit(engine).to_dict("records")
     # a checkpoint several training runs produced byte for byte is named by all of them
-    names = checkpoint_names.names_of(engine, {int(r["checkpoint_id"]): r.get("label") for r in rows})
+    names = names_of(engine, {int(r["checkpoint_id"]): r.get("label") for r in rows})
     rows = [{**r, "label": names[int(r["checkpoint_id"])]} for r in rows]
     if params.checkpoints:
         wanted = set(params.checkpoints)

@@ -37,12 +37,12 @@ from pydantic.json_schema import SkipJsonSchema
 
 import db
 import focus_core
-from flows import leases, preflight, record, store
-from flows.artifacts import best_effort
-from flows.method_bounds import with_dataset_bounds
+from flows.worker import leases, preflight, record, store
+from flows.results.artifacts import best_effort
+from flows.worker.method_bounds import with_dataset_bounds
 from flows.params import EvaluateParams
-from flows.record import RegisteredInputs
-from flows.run_names import evaluate_name, named
+from flows.worker.record import RegisteredInputs
+from flows.results.names import evaluate_name, named
 from flows.specs import with_effective_dataset
 from flows.tasks import (
     ChunkRequest,
@@ -98,8 +98,8 @@ def run_evaluation(
 
     Its dataset is first resolved for the model (:func:`flows.specs.effective_dataset`: a timm model's input
     size and normalisation on an ImageFolder), and the request is checked before anything is written
-    (:func:`flows.preflight.check_request`). The run owns
-    the evaluations it starts and the chunks it computes (:mod:`flows.leases`): an identical request running
+    (:func:`flows.worker.preflight.check_request`). The run owns
+    the evaluations it starts and the chunks it computes (:mod:`flows.worker.leases`): an identical request running
     at the same time computes the other chunks, and this run waits for those (or takes them over when their
     run dies) before it closes the evaluations.
     """
@@ -384,7 +384,7 @@ def _report(params: EvaluateParams, inputs: RegisteredInputs, records: list[Eval
 
 
 def _rounded(value: Any) -> float | None:
-    from flows.jsonsafe import number
+    from flows.results.artifacts import number
 
     return number(value, digits=4)
 

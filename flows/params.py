@@ -11,7 +11,7 @@ constraints live in two places, and both reject a bad value before any work star
   Prefect validates the parameters when the flow run starts, before the flow's first line.
 
 Whether the requested device exists is checked by the flow itself, on the worker
-(:func:`flows.devices.require_device`), because the machine that fills in the form is not the
+(:func:`flows.worker.devices.require_device`), because the machine that fills in the form is not the
 one that runs it.
 
 Examples

@@ -20,13 +20,14 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows import analysis, caches, preflight, record, store
+from flows.results import analysis
+from flows.worker import caches, preflight, record, store
 from flows.evaluate import evaluate
-from flows.jsonsafe import number
+from flows.results.artifacts import number
 from flows.params import EvaluateParams, RandomizationParams, RandomizationSpec
-from flows.run_names import named, randomization_name
+from flows.results.names import named, randomization_name
 from flows.specs import with_effective_dataset
-from flows.artifacts import best_effort
+from flows.results.artifacts import best_effort
 from focus_core import randomize, report
 
 __all__ = ["randomization", "randomization_stages"]

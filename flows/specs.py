@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from flows import confinement
+from flows.worker import confinement
 from focus_core.arch_string import canonical_architecture
 from focus_core.errors import FocusError
 from focus_core import layouts
@@ -250,22 +250,22 @@ class ModelSpec(_Spec):
         """The canonical form (:func:`focus_core.arch_string.canonical_architecture`): one string per model.
 
         A malformed string raises its ``FocusError`` (a ``ValueError``), whose sentence pydantic reports; so does
-        a factory a worker may not build (:func:`flows.confinement.check_architecture`), before any import.
+        a factory a worker may not build (:func:`flows.worker.confinement.check_architecture`), before any import.
         """
         return confinement.check_architecture(canonical_architecture(value))
 
 
 def _no_credentials(location: str | None) -> str | None:
-    from flows.weight_store import check_no_secret
+    from flows.weights.weight_store import check_no_secret
 
     return check_no_secret(location)
 
 
 #: A weights file or folder: a local path or an fsspec URL without credentials in it (they are the worker's); on a
-#: worker, in its roots or at a URL it may read (:func:`flows.confinement.check_location`).
+#: worker, in its roots or at a URL it may read (:func:`flows.worker.confinement.check_location`).
 WeightsLocation = Annotated[str | None, AfterValidator(_no_credentials), AfterValidator(confinement.check_location)]
 #: A folder for weights: a local path or an fsspec URL prefix, likewise without credentials; on a worker, under its
-#: output root or at a URL it may write (:func:`flows.confinement.check_output`).
+#: output root or at a URL it may write (:func:`flows.worker.confinement.check_output`).
 CheckpointFolder = Annotated[str, AfterValidator(_no_credentials), AfterValidator(confinement.check_output)]
 #: A folder a flow writes into (tile caches, figures): on a worker, under the operator's output root.
 OutputFolder = Annotated[str | None, AfterValidator(confinement.check_output)]

@@ -24,14 +24,15 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
 import db
-from flows import checkpoint_names, devices, record, store
+from flows.results.names import checkpoint_name, origins_of
+from flows.worker import devices, record, store
 from flows.evaluate import evaluate
-from flows.jsonsafe import number
-from flows.method_bounds import with_dataset_bounds
+from flows.results.artifacts import number
+from flows.worker.method_bounds import with_dataset_bounds
 from flows.params import EvaluateParams, SweepParams
-from flows.run_names import evaluate_name, named, sweep_name
+from flows.results.names import evaluate_name, named, sweep_name
 from flows.specs import effective_dataset
-from flows.artifacts import best_effort
+from flows.results.artifacts import best_effort
 
 __all__ = ["sweep", "sweep_cells"]
 
@@ -41,7 +42,7 @@ POLL_SECONDS = 2.0
 def sweep_cells(params: SweepParams) -> list[EvaluateParams]:
     """The evaluate request of every cell, checkpoint-major, its dataset resolved for its checkpoint
     (:func:`flows.specs.effective_dataset`) and LRP given that dataset's z^B bounds
-    (:func:`flows.method_bounds.with_dataset_bounds`, as ``evaluate`` does)."""
+    (:func:`flows.worker.method_bounds.with_dataset_bounds`, as ``evaluate`` does)."""
     return [
         with_dataset_bounds(EvaluateParams(model=checkpoint, dataset=effective_dataset(params.dataset, checkpoint),
                                            mosaics=params.mosaics, methods=[method], run=params.run))
@@ -116,11 +117,11 @@ def sweep(params: SweepParams) -> dict[str, Any]:
 
     summary = db.evaluation_summary(engine, evaluation_ids)
     by_id = {int(r["evaluation_id"]): r for r in summary.to_dict("records")}
-    origins = checkpoint_names.origins_of(engine, checkpoint_ids)
+    origins = origins_of(engine, checkpoint_ids)
     rows = []
     for cell, evaluation_id, checkpoint_id, state in zip(cells, evaluation_ids, checkpoint_ids, states, strict=True):
         found = by_id.get(evaluation_id, {})
-        name = checkpoint_names.checkpoint_name(cell.model.label, origins.get(checkpoint_id, []))
+        name = checkpoint_name(cell.model.label, origins.get(checkpoint_id, []))
         rows.append({
             "checkpoint": name or cell.model.weights,
             "architecture": cell.model.architecture,

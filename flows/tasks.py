@@ -1,6 +1,6 @@
 """The units of retry: explaining and recording one chunk of mosaics.
 
-A task takes ids and specs (never tensors), loads what it needs through :mod:`flows.caches`
+A task takes ids and specs (never tensors), loads what it needs through :mod:`flows.worker.caches`
 (once per process), and writes its rows in one transaction, so running it twice leaves the same
 rows. Tasks make no artifact or event calls: those stay in the flows.
 
@@ -25,7 +25,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field
 
 import db
-from flows import caches, devices, faults, leases, store
+from flows.worker import caches, devices, faults, leases, store
 from flows.params import (
     DatasetSpec,
     MethodSpec,
@@ -138,7 +138,7 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     reading back to the host; Focus and the copy to the host happen once per chunk. ``request.dtype == "bf16"``
     runs the model and the explainer under ``torch.autocast(bfloat16)``; sums and Focus stay fp32.
 
-    The device work is one turn on the device (:func:`flows.devices.device_turn`; on CUDA in the process's
+    The device work is one turn on the device (:func:`flows.worker.devices.device_turn`; on CUDA in the process's
     one thread for the device): the chunks of the flow's threads take turns instead of interleaving batch by
     batch, so one chunk's database write runs while the next chunk computes. On CUDA the host copy is queued
     before the turn ends and waited for after it, so the device never drains between chunks.
@@ -315,7 +315,7 @@ def can_succeed_on_retry(task: Any, task_run: Any, state: Any) -> bool:
     A ``ValueError`` (``FocusError``, ``StoreError``, a pydantic validation error: a bad
     parameter, a missing file, a wrong schema) or a ``TypeError``, ``LookupError`` or ``AttributeError`` (a bug) fails
     the same way on every try, and so do a full, read-only or forbidden filesystem
-    (:func:`flows.faults.is_storage_fault`: ENOSPC, EDQUOT, EROFS, EACCES, ...) and a store that is gone
+    (:func:`flows.worker.faults.is_storage_fault`: ENOSPC, EDQUOT, EROFS, EACCES, ...) and a store that is gone
     (:func:`db.connection_faults.is_gone`); a lost database connection, a CUDA error or an out-of-memory error
     may not.
     """
@@ -387,7 +387,7 @@ def _evaluate_chunk(engine: Any, request: ChunkRequest, started: float) -> Chunk
 
 
 def _claim(engine: Any, request: ChunkRequest, owner: str) -> bool:
-    """Claim the chunk for ``owner``; a claim whose run has stopped is taken over at once (``flows.leases``)."""
+    """Claim the chunk for ``owner``; a claim whose run has stopped is taken over at once (``flows.worker.leases``)."""
     evaluation_id, chunk, seconds = request.evaluation_id, request.chunk, request.lease_seconds
     if db.leases.claim_chunk(engine, evaluation_id, chunk, owner, seconds):
         return True

@@ -15,7 +15,7 @@ the epochs, with and without epoch 0.
 The checkpoint folder may be a URL (``s3://bucket/prefix``, ``gs://``, ``az://``, ``file://``): each epoch's
 files are then written to a local staging folder and uploaded (weights first, then the resume checkpoint,
 so a checkpoint found means its weights are there), the store records their URLs, and a resumed run on
-any worker downloads the last checkpoint (:mod:`flows.weight_store`).
+any worker downloads the last checkpoint (:mod:`flows.weights.weight_store`).
 
 Examples
 --------
@@ -43,12 +43,14 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 import db
-from flows import analysis, caches, devices, lineages, record, store, weight_store
-from flows.artifacts import artifact_key, best_effort
-from flows.jsonsafe import number
+from flows.results import analysis
+from flows.worker import caches, devices, record, store
+from flows.weights import lineages, weight_store
+from flows.results.artifacts import artifact_key, best_effort
+from flows.results.artifacts import number
 from flows.params import NAME_PATTERN, RandomizationSpec, TrainParams
-from flows.record import RegisteredInputs, RegisteredMosaics
-from flows.run_names import named, train_name
+from flows.worker.record import RegisteredInputs, RegisteredMosaics
+from flows.results.names import named, train_name
 from flows.specs import with_effective_dataset
 from flows.tasks import ChunkRequest, can_succeed_on_retry, explain_chunk, retry_delays
 from focus_core import models, report

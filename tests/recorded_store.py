@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import db
-from flows import store
+from flows.worker import store
 from flows.params import DatasetSpec
 from focus_core import data, explainers, metric, models, mosaics, randomize, train
 

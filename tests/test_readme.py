@@ -109,7 +109,7 @@ def test_cookbook_on_sqlite(sqlite_store: str) -> None:
 
 
 def test_cookbook_on_postgresql(record, postgres_database: str) -> None:
-    from flows import store
+    from flows.worker import store
 
     db.upgrade(postgres_database)
     try:

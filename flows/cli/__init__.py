@@ -2,7 +2,7 @@
 
 Each command builds the flow's pydantic parameters (:mod:`flows.params`) from its options and
 runs the flow in this process. Without ``PREFECT_API_URL`` the command starts a temporary Prefect
-API for its flows and stops it when it ends (:mod:`flows.local_api`); with it, the run is recorded
+API for its flows and stops it when it ends (:mod:`flows.cli.local_api`); with it, the run is recorded
 on that server (and shows in its UI). To run on a work pool's workers instead, trigger the
 deployment (``prefect deployment run`` or the UI).
 
@@ -43,7 +43,7 @@ from flows.cli import flow_summaries as _flow_summaries  # noqa: F401 - register
 from flows.cli import summary
 from flows.cli.console import quiet_prefect_console
 from flows.cli.parser import build_parser
-from flows.local_api import LocalApiError
+from flows.cli.local_api import LocalApiError
 
 __all__ = ["main", "build_parser", "UsageError", "prefect_target", "run_flow"]
 
@@ -58,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``focus`` command and return its exit status: 0, 1 (failed), 2 (a user mistake) or 130 (Ctrl-C)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # the local mode's temporary server (flows.local_api): on a busy laptop it needs more than Prefect's 20 s default
+    # the local mode's temporary server (flows.cli.local_api): on a busy laptop it needs more than Prefect's
+    # 20 s default
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,12 +1,12 @@
 """``focus checkpoint``: register checkpoints trained elsewhere into lineages, and list them.
 
 ``focus checkpoint register`` hashes the weights once and loads them once into the architecture
-(:mod:`flows.lineages`); a second registration of the same weights changes nothing and says so.
+(:mod:`flows.weights.lineages`); a second registration of the same weights changes nothing and says so.
 ``focus checkpoint list`` prints the lineages' checkpoints, by lineage and version.
 
 ``--weights`` also takes an MLflow Model Registry URI, ``models:/<name>@<alias>`` or ``models:/<name>/<version>``:
 the version is resolved through ``MLFLOW_TRACKING_URI`` and the checkpoint records its pinned URI
-``models:/<name>/<version>`` (see :mod:`flows.lineages`).
+``models:/<name>/<version>`` (see :mod:`flows.weights.lineages`).
 
 Examples
 --------
@@ -103,7 +103,7 @@ def _name(text: str) -> str:
 def _check_local_weights(location: str) -> None:
     from pathlib import Path
 
-    from flows.weight_store import is_url
+    from flows.weights.weight_store import is_url
 
     if is_url(location):  # read (and checked) through the cache or the registry by the registration
         return
@@ -115,7 +115,8 @@ def _check_local_weights(location: str) -> None:
 
 
 def cmd_checkpoint_register(args: argparse.Namespace) -> dict[str, Any]:
-    from flows import lineages, store
+    from flows.weights import lineages
+    from flows.worker import store
     from flows.params import ModelSpec
 
     _check_local_weights(args.weights)
@@ -135,7 +136,7 @@ def cmd_checkpoint_register(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_checkpoint_list(args: argparse.Namespace) -> None:
     import db
-    from flows import store
+    from flows.worker import store
     from flows.cli import result_text
 
     frame = db.lineage_checkpoints(store.engine_for(opts.database_url(args)), args.lineage)

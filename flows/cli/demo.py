@@ -203,12 +203,12 @@ def run_demo(args: argparse.Namespace) -> DemoOutcome:
     """
     plan = plan_demo(args)
     started = time.monotonic()
-    from flows.devices import require_device
+    from flows.worker.devices import require_device
 
     require_device(plan.device)  # before the store and Prefect: a machine without it fails in seconds
 
     import db
-    from flows import store
+    from flows.worker import store
     from flows.cli.run import prefect_target, run_flow
     from flows.params import EvaluateParams, MethodSpec, MosaicSetSpec, RandomizationParams, TrainParams
     from flows.report import build_report

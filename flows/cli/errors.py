@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 
-from flows import faults
+from flows.worker import faults
 from focus_core.errors import FocusError
 
 __all__ = [
@@ -49,7 +49,7 @@ def user_cause(error: BaseException) -> BaseException | None:
     """The user's mistake behind a failure, if any.
 
     A flow re-raises a chunk's FocusError or StoreError as its cause; a full, read-only or forbidden
-    filesystem (:func:`flows.faults.storage_fault`) counts wherever it is in the chain.
+    filesystem (:func:`flows.worker.faults.storage_fault`) counts wherever it is in the chain.
     """
     from db.errors import StoreError
 

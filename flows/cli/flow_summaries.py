@@ -26,7 +26,7 @@ EPOCH_ROWS = 12
 
 
 def _engine(args: argparse.Namespace) -> Any:
-    from flows import store
+    from flows.worker import store
 
     return store.engine_for(opts.database_url(args))
 
@@ -44,7 +44,7 @@ def _ids_flags(ids: list[int]) -> str:
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
-    from flows.jsonsafe import number
+    from flows.results.artifacts import number
 
     value = number(value)
     return "" if value is None else f"{value:.{digits}f}"
@@ -56,7 +56,7 @@ def train_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
     epoch counts and what they can show, the final checkpoint and what to run next."""
     from rich.table import Table
 
-    from flows.analysis import correlation_caveat
+    from flows.results.analysis import correlation_caveat
 
     epochs = result.get("epochs") or []
     run_now = result.get("epochs_run") or []
@@ -168,7 +168,7 @@ def _seed_spread_table(result: dict[str, Any], chance: float) -> Any:
     """Mean, sd, min and max over the seeds of each randomized stage and method; ``None`` with one seed."""
     from rich.table import Table
 
-    from flows import analysis
+    from flows.results import analysis
 
     stages = result.get("stages") or []
     methods = list(dict.fromkeys(m for s in stages for m in s.get("medians", {})))

@@ -91,7 +91,7 @@ def absolute(path: str) -> str:
     >>> absolute("s3://models/r18.pt"), absolute("/models/../models/r18.pt")
     ('s3://models/r18.pt', '/models/r18.pt')
     """
-    from flows.weight_store import canonical, is_url
+    from flows.weights.weight_store import canonical, is_url
 
     return path if is_url(path) else canonical(path)  # a registry alias stays one: the flow pins what it read
 

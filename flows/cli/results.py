@@ -24,7 +24,7 @@ RESULT_TABLES = ("evaluations", "compare", "epochs", "regressions", "checkpoints
 def _results_table(args: argparse.Namespace) -> Any:
     """The DataFrame of ``focus results <table>`` from the store's queries."""
     import db
-    from flows import store
+    from flows.worker import store
 
     engine = store.engine_for(opts.database_url(args))  # StoreError (one sentence) for an old schema
     if args.table == "evaluations":
@@ -43,11 +43,11 @@ def _results_table(args: argparse.Namespace) -> Any:
             info(f"epochs of the latest training run, {run} (--training-run ID or NAME picks another)")
         return db.training_curve(engine, run)
     if args.table == "regressions":
-        from flows import analysis  # db returns the rows, focus_core.stats tests them
+        from flows.results import analysis  # db returns the rows, focus_core.stats tests them
 
         return analysis.focus_regressions(engine, threshold=args.threshold if args.threshold is not None else 0.05)
     if args.table == "checkpoints":
-        from flows.checkpoint_names import names_of  # a checkpoint several runs produced: named by all of them
+        from flows.results.names import names_of  # a checkpoint several runs produced: named by all of them
 
         frame = db.checkpoints_to_audit(engine)
         named = names_of(engine, {int(c): label for c, label in zip(frame["checkpoint_id"], frame["label"])})
@@ -91,7 +91,7 @@ def _nothing(args: argparse.Namespace) -> str:
     """What an empty table means: nothing recorded yet, or (regressions) audits that found none."""
     if args.table == "regressions":
         import db
-        from flows import store
+        from flows.worker import store
 
         audits = db.finished_audit_runs(store.engine_for(opts.database_url(args)))
         if audits:

@@ -1,8 +1,8 @@
 """The ``focus`` commands that run a flow: train, evaluate, randomize, sweep and audit.
 
 Each command builds the flow's pydantic parameters (:mod:`flows.params`) from its options (over
-the ``--params`` file), checks them (:mod:`flows.cli.checks`) and runs the flow in this process
-with :func:`run_flow`.
+the ``--params`` file), checks them (:mod:`flows.cli.checks`, then the worker's :mod:`flows.worker.preflight`)
+and runs the flow in this process with :func:`run_flow`.
 
 Examples
 --------
@@ -21,9 +21,10 @@ import os
 import time
 from typing import Any
 
-from flows import local_api, store
+from flows.cli import local_api
+from flows.worker import store
 from flows.cli import params as opts
-from flows.cli.checks import check_device, check_inputs, check_model, check_request_size
+from flows.cli.checks import check_device, check_inputs
 from flows.cli.console import chunk_moves, duration, epoch_moves, progress
 from flows.cli.errors import UsageError, info, quiet_user_error_tracebacks
 
@@ -73,17 +74,20 @@ def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True)
 
     The device, paths, the model, its weights, GradCAM's layer and the request's size are checked first, so a user's
     mistake ends in seconds with one line; then, without PREFECT_API_URL, the temporary Prefect API
-    starts (:mod:`flows.local_api`, once per process); ``announce`` prints where the flow runs and
+    starts (:mod:`flows.cli.local_api`, once per process); ``announce`` prints where the flow runs and
     how long it took.
     """
     check_device(params)
     check_inputs(params)
     if not getattr(params, "deployment", None):  # a sweep fanned out writes to its workers' stores
-        created = prepare_store(database_param(params))
+        url = store.database_param(params)
+        created = prepare_store(url)
         if created and announce:
-            info(f"created the schema (revision {created}) in the new store {store.describe(database_param(params))}")
-    check_model(params)
-    check_request_size(params)
+            info(f"created the schema (revision {created}) in the new store {store.describe(url)}")
+    from flows.worker import preflight  # the worker's own pre-flight, here before Prefect starts (imports torch)
+
+    preflight.check_model(params)
+    preflight.check_request_size(params)
     local_api.ensure_started()
     flow = _load_flow(module, flow_name)
     quiet_user_error_tracebacks()
@@ -98,14 +102,8 @@ def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True)
     return result
 
 
-def database_param(params: Any) -> str | None:
-    """The store a flow's parameters name (``run.database_url`` or ``database_url``), else ``None`` (the default)."""
-    run = getattr(params, "run", None)
-    return getattr(run, "database_url", None) if run is not None else getattr(params, "database_url", None)
-
-
 def prepare_store(url: str | None) -> str | None:
-    """:func:`flows.store.prepare`: a fresh SQLite file gets the schema, any other store is checked, before Prefect."""
+    """:func:`flows.worker.store.prepare` before Prefect: a fresh SQLite file gets the schema, another is checked."""
     return store.prepare(url)
 
 
@@ -134,7 +132,7 @@ def print_result(result: Any) -> None:
 
 def _json_safe(value: Any) -> Any:
     """NaN and infinities as null, so the printed result is valid JSON."""
-    from flows.jsonsafe import json_safe
+    from flows.results.artifacts import json_safe
 
     return json_safe(value)
 

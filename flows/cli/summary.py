@@ -72,7 +72,7 @@ def wants_json(args: argparse.Namespace) -> bool:
 
 def emit(command: str, result: Any, args: argparse.Namespace, stream: Any = None) -> None:
     """Print ``result`` of ``command``: JSON with ``--format json`` (or no summary registered), else the summary."""
-    from flows.jsonsafe import json_safe
+    from flows.results.artifacts import json_safe
 
     stream = stream if stream is not None else sys.stdout
     if result is None:
@@ -157,7 +157,7 @@ def evaluation_table(engine: Any, ids: Iterable[int]) -> Any:
     frame = frame.assign(_order=frame["evaluation_id"].map(order)).sort_values("_order")
     several = frame["checkpoint_id"].nunique() > 1
     if several:  # a checkpoint several training runs produced byte for byte is named by all of them
-        from flows.checkpoint_names import names_of
+        from flows.results.names import names_of
 
         labels = {int(r["checkpoint_id"]): r["checkpoint_label"] for r in frame.to_dict("records")}
         named = names_of(engine, labels)
@@ -207,7 +207,7 @@ def _interval(low: float, high: float) -> str:
 
 def store_line(url: str | None) -> str:
     """Where the results are, in words a reader can paste (a SQLite path, or the masked URL)."""
-    from flows import store
+    from flows.worker import store
 
     from pathlib import Path
 

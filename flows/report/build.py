@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 import focus_core
-from flows import store
+from flows.worker import store
 from flows.report.design import per_class_section, seeds_section
 from flows.report.figures import (
     FigureWriter,
@@ -24,7 +24,7 @@ from flows.report.figures import (
     trained_vs_random_section,
 )
 from flows.report.page import page
-from flows.checkpoint_names import shared_weights_notes
+from flows.results.names import shared_weights_notes
 from flows.report.queries import EvaluationData, audit_outcome, load_evaluations, training_runs
 from flows.report.sample import sample_section
 from flows.report.selection import checkpoint_names, latest_per_cell, method_key

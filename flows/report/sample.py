@@ -18,7 +18,7 @@ import numpy as np
 
 import db
 from db import Engine
-from flows import weight_store
+from flows.weights import weight_store
 from flows.report.figures import FigureWriter
 from flows.report.page import Section, fmt, row, table
 from flows.report.queries import EvaluationData
@@ -113,7 +113,7 @@ def _sample_choice(evals: Sequence[EvaluationData]) -> tuple[list[EvaluationData
 
 def _load_dataset_for(sample: EvaluationData) -> Any:
     """The dataset the evaluation used: from its recorded request, else the bundled digits by name."""
-    from flows import caches
+    from flows.worker import caches
     from flows.params import DatasetSpec
     from focus_core import data
 

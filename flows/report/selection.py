@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from flows.checkpoint_names import checkpoint_name
+from flows.results.names import checkpoint_name
 from flows.report.queries import EvaluationData
 
 __all__ = ["RANDOMIZATION_ORDER", "method_key", "slug", "checkpoint_names", "latest", "latest_per_cell",
@@ -45,7 +45,7 @@ def checkpoint_names(evals: Sequence[EvaluationData]) -> dict[int, str]:
     """A short unique name per checkpoint: its label, else its architecture (and id when shared).
 
     A checkpoint that several training runs produced byte for byte is named by all of them
-    (``demo-digits epoch 8 = digits epoch 8``, :func:`flows.checkpoint_names.checkpoint_name`).
+    (``demo-digits epoch 8 = digits epoch 8``, :func:`flows.results.names.checkpoint_name`).
     """
     base = {}
     for e in evals:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from flows.analysis import correlation_caveat
+from flows.results.analysis import correlation_caveat
 from flows.report.figures import FigureWriter
 from flows.report.page import Section, fmt, fmt_p, row, table
 from flows.report.queries import EvaluationData

@@ -202,7 +202,7 @@ class ExplainerBase:
     def check_model(self, model: nn.Module) -> None:
         """Raise :class:`FocusError` for a model this method cannot explain (override where needed).
 
-        Cheap and without a forward pass: flows call it before they write anything (``flows/preflight.py``).
+        Cheap and without a forward pass: flows call it before they write anything (``flows/worker/preflight.py``).
         """
 
     def _attribute(

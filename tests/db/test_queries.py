@@ -112,7 +112,7 @@ def test_training_curve(engine):
     assert curve["focus_median"].tolist()[:3] == pytest.approx([0.5, 0.6, 0.8])
     assert np.isnan(curve["focus_median"].iloc[3])
     assert curve["train_loss"].tolist() == pytest.approx([2.0, 1.5, 1.0, 0.5])
-    # the correlation of these epochs: tests/flows/test_analysis.py (flows.analysis + focus_core.stats)
+    # the correlation of these epochs: tests/flows/test_analysis.py (flows.results.analysis + focus_core.stats)
     with engine.connect() as connection:
         epochs = connection.execute(
             text("SELECT epoch, focus_median FROM training_epoch_focus WHERE training_run_id = :r ORDER BY epoch"),
@@ -189,7 +189,7 @@ def test_audit_history_and_regressions(engine, world, build_sums):
     assert (row["audit_run_id"], row["previous_audit_run_id"], row["method_name"]) == (audits[2], audits[1], "gradcam")
     assert (row["evaluation_id"], row["previous_evaluation_id"]) == (evaluations[2], evaluations[1])
     assert row["median_change"] == pytest.approx(-0.3)
-    # db returns the rows; the paired test is flows.analysis.focus_regressions (tests/flows/test_analysis.py)
+    # db returns the rows; the paired test is flows.results.analysis.focus_regressions (tests/flows/test_analysis.py)
     assert not {"n_paired", "statistic", "p_value"} & set(regressions.columns)
     pairs = db.paired_focus(engine, evaluations[2], evaluations[1])  # mosaic 1 is undefined in the last audit
     assert pairs["mosaic_id"].tolist() == [world.mosaic_ids[i] for i in (0, 2, 3)]

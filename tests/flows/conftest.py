@@ -42,7 +42,7 @@ def sqlite_url(tmp_path: Path) -> Iterator[str]:
     url = f"sqlite:///{tmp_path / 'focus.db'}"
     db.upgrade(url)
     yield url
-    from flows import store
+    from flows.worker import store
 
     store.dispose_engines()
 
@@ -57,7 +57,7 @@ def pg_url() -> Iterator[str]:
         db.upgrade(url)
         yield url
     finally:
-        from flows import store
+        from flows.worker import store
 
         store.dispose_engines()
         postgres.drop_database(url)

@@ -1,4 +1,4 @@
-"""flows.analysis: statistics over stored results, on both databases, against scipy used directly.
+"""flows.results.analysis: statistics over stored results, on both databases, against scipy used directly.
 
 ``focus_accuracy_correlation``, ``paired_test`` and the test columns of ``focus_regressions`` combine
 ``db.queries`` (values) with ``focus_core.stats`` (the statistics); each answer must equal scipy's on the same values.
@@ -15,7 +15,8 @@ import pytest
 from scipy import stats
 
 import db
-from flows import analysis, cli
+from flows.results import analysis
+from flows import cli
 from tests.db.conftest import make_world, sums_for
 from tests.db.test_queries import _evaluate
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prefect.artifacts import Artifact
 
-from flows.artifacts import MAX_KEY_LENGTH, artifact_key
+from flows.results.artifacts import MAX_KEY_LENGTH, artifact_key
 
 NAMES = ["digits", "x y", "My_Run.v2", "../../tmp/x", "Zürich", "n" * 500, "--", "a\nb"]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import db
 from flows import audit as audit_module
-from flows import record, store, tasks
+from flows.worker import record, store
+from flows import tasks
 from flows.params import AuditParams, DatasetSpec, ModelSpec
 
 

@@ -17,7 +17,8 @@ from PIL import Image
 from sqlalchemy import text
 from torch import nn
 
-from flows import cli, store
+from flows import cli
+from flows.worker import store
 from focus_core import models
 
 pytestmark = pytest.mark.timeout(240)
@@ -149,7 +150,7 @@ def test_weights_of_another_architecture_fail_clearly(capsys: pytest.CaptureFixt
 def test_checkpoint_recorded_as_another_architecture(prefect_api, capsys: pytest.CaptureFixture, sqlite_url: str,
                                                      digits_weights: str):
     """`--arch alexnet` with weights recorded as digits_cnn is refused in one sentence: nothing is reused."""
-    from flows import record
+    from flows.worker import record
     from flows.params import DatasetSpec, ModelSpec
     from focus_core.errors import FocusError
 
@@ -182,3 +183,20 @@ def test_training_a_model_without_a_known_gradcam_layer_fails_before_any_row(
         counts = [connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
                   for table in ("training_run", "model_checkpoint", "evaluation")]
     assert counts == [0, 0, 0]
+
+
+def test_the_worker_and_the_command_refuse_with_the_same_sentence(capsys: pytest.CaptureFixture, sqlite_url: str,
+                                                                   image_folder: Path, tiny_weights: str):
+    """A deployment's run reaches the worker unchecked: its pre-flight is the command's, sentence for sentence."""
+    import db
+    from flows.cli.run import _parameters
+    from flows.worker import preflight
+
+    argv = _evaluate_args(image_folder, tiny_weights, sqlite_url)
+    code, _, err = run(capsys, *argv)
+    assert code == 2, err
+    params = _parameters(cli.build_parser().parse_args(argv), "EvaluateParams")
+    with pytest.raises(ValueError) as refused:
+        preflight.check_request(params)
+    assert str(refused.value) in err and "--gradcam-layer" in str(refused.value) and "act2" in str(refused.value)
+    assert db.evaluation_summary(store.engine_for(sqlite_url)).empty

@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import text
 
 import db
-from flows import cli, store
+from flows import cli
+from flows.worker import store
 
 
 def _focus(capsys, *argv: str) -> tuple[int, str, str]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sqlalchemy import text
 
-from flows import store
+from flows.worker import store
 from flows.evaluate import evaluate
 from flows.params import EvaluateParams
 from focus_core.architectures import DigitsCNN

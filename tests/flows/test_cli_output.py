@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from flows import cli, local_api
+from flows import cli
+from flows.cli import local_api
 from flows.cli.console import Bar
 
 PREFECT_LINE = ("Finished in state", "Created task run", "Beginning flow run")
@@ -126,7 +127,7 @@ def test_an_empty_postgresql_database_is_never_created_silently(capfd: pytest.Ca
         assert code == 2 and "focus db upgrade" in err and "running flow" not in err, err
         assert db.current(url) is None
     finally:
-        from flows import store
+        from flows.worker import store
 
         store.dispose_engines()
         postgres.drop_database(url)
@@ -207,7 +208,7 @@ def test_results_epochs_needs_no_id(recorded_url: str, capfd: pytest.CaptureFixt
 def test_an_empty_regressions_table_says_whether_audits_ran(sqlite_url: str, capfd: pytest.CaptureFixture):
     """Before: "(no regressions recorded yet)" even after two audits that found none."""
     import db
-    from flows import store
+    from flows.worker import store
 
     code, out, _ = _run(capfd, "results", "regressions", "--database-url", sqlite_url)
     assert code == 0 and "no audit has run yet" in out
@@ -245,7 +246,7 @@ def test_two_runs_with_the_same_weights_are_told_apart(prefect_api, capfd: pytes
 
     # Every run that produced the weights is recorded, and named wherever the checkpoint is named.
     import db
-    from flows import store
+    from flows.worker import store
     from flows.audit import _marked_checkpoints
     from flows.params import AuditParams
     from flows.report import build_report

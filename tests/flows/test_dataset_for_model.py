@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from flows import caches, cli, record, store
+from flows.worker import caches, record, store
+from flows import cli
 from flows.specs import DatasetSpec, ModelSpec, MosaicSetSpec, effective_dataset, spec_key, with_effective_dataset
 from focus_core import models
 from focus_core.errors import FocusError

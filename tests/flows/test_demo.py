@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from flows import cli, store
+from flows import cli
+from flows.worker import store
 from flows.cli import demo as cli_demo
 
 pytestmark = pytest.mark.timeout(300)

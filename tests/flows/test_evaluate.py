@@ -7,7 +7,8 @@ import threading
 import pytest
 from sqlalchemy import text
 
-from flows import store, tasks
+from flows.worker import store
+from flows import tasks
 from flows.evaluate import evaluate
 from flows.params import EvaluateParams
 from focus_core.errors import FocusError

@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import text
 
 import db
-from flows import leases, store, tasks
+from flows.worker import leases, store
+from flows import tasks
 from flows.evaluate import evaluate
 from tests.flows.test_evaluate import ChunkSpy, _params, _rows
 
@@ -31,7 +32,7 @@ PROMPT_S = 45.0
 HOLDER = """
 import sys, time
 import db
-from flows import leases, store
+from flows.worker import leases, store
 url, evaluation_id, owner, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 engine = store.engine_for(url)
 leases.hold(engine, owner)
@@ -165,7 +166,7 @@ def test_a_holder_that_cannot_be_judged_keeps_its_claim(prefect_api, pg_url, dig
 
 
 def test_a_pid_reused_by_another_process_counts_as_gone():
-    from flows import processes
+    from flows.worker import processes
 
     me = processes.this_process()
     assert processes.is_gone(me.host, me.pid, me.started) is False

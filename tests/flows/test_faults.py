@@ -18,7 +18,7 @@ import pytest
 from prefect.states import Failed
 
 import db
-from flows import faults, processes
+from flows.worker import faults, processes
 from flows.cli.errors import is_user_error, one_line, user_cause
 from flows.tasks import can_succeed_on_retry
 from focus_core import models

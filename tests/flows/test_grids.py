@@ -15,7 +15,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from flows import caches, tasks
+from flows.worker import caches
+from flows import tasks
 from flows.cli import run as cli_run
 from flows.cli.errors import one_line
 from flows.cli.parser import build_parser

@@ -16,7 +16,8 @@ import pytest
 import torch
 from sqlalchemy import text
 
-from flows import caches, devices, store, tasks
+from flows.worker import caches, devices, store
+from flows import tasks
 from flows.evaluate import evaluate
 from flows.params import (
     DatasetSpec,

@@ -1,4 +1,4 @@
-"""flows.jsonsafe: the one NaN-to-None, checked against the helpers each flow had before it (kept here)."""
+"""flows.results.artifacts: the one NaN-to-None, checked against the helpers each flow had before it (kept here)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.jsonsafe import json_safe, number
+from flows.results.artifacts import json_safe, number
 
 VALUES = [0.0, -0.0, 0.123456789, 1 / 3, 0.99995, -2.5, 7, np.float64(0.56789), np.float32(0.25), np.int64(3),
           math.nan, np.nan, np.float32("nan"), None, math.inf, -math.inf]

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import text
 
 import db
-from flows import store, tasks
+from flows.worker import store
+from flows import tasks
 from flows.evaluate import evaluate
 from flows.params import EvaluateParams
 from focus_core.errors import FocusError

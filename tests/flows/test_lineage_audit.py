@@ -15,7 +15,8 @@ import torch
 
 import db
 from flows import audit as audit_module
-from flows import cli, store
+from flows import cli
+from flows.worker import store
 from flows import train as train_module
 from flows.params import TrainParams
 from focus_core import architectures, models

@@ -2,7 +2,7 @@
 
 Each test runs the real ``focus`` console script as a subprocess on a fresh PREFECT_HOME, in a session of
 its own (as a shell runs a foreground job), so a signal to its process group is what a terminal's Ctrl-C
-sends. The temporary Prefect API it starts (:mod:`flows.local_api`) is found as its child through /proc.
+sends. The temporary Prefect API it starts (:mod:`flows.cli.local_api`) is found as its child through /proc.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from flows import cli, local_api
+from flows import cli
+from flows.cli import local_api
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows import caches
-from flows.method_bounds import method_with_dataset_bounds, with_dataset_bounds
+from flows.worker import caches
+from flows.worker.method_bounds import method_with_dataset_bounds, with_dataset_bounds
 from flows.params import DatasetSpec, EvaluateParams, MethodSpec, ModelSpec, SweepParams
 from flows.sweep import sweep_cells
 from focus_core.explainers import get_explainer

@@ -1,4 +1,4 @@
-"""flows.mlflow_source: models:/ URIs resolved through a real ``mlflow server`` (SQLite, local artifacts).
+"""flows.weights.mlflow_source: models:/ URIs resolved through a real ``mlflow server`` (SQLite, local artifacts).
 
 The server tests register a tiny digits CNN's ``state_dict`` three ways (a file artifact, a folder written by
 ``mlflow.pytorch.log_state_dict``, a logged pickled model), point an alias at a version, resolve both URI forms,
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows import mlflow_source
-from flows.mlflow_source import is_registry_uri, parse_registry_uri, resolve, version_for_alias
+from flows.weights import mlflow_source
+from flows.weights.mlflow_source import is_registry_uri, parse_registry_uri, resolve, version_for_alias
 from focus_core.architectures import DigitsCNN
 from focus_core.errors import FocusError
 from focus_core.models import load_weights, save_weights

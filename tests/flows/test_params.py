@@ -11,7 +11,7 @@ import torch
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools import ValidationError, validate
 
-from flows import record
+from flows.worker import record
 from flows.audit import audit
 from flows.evaluate import evaluate
 from flows.params import AuditParams, EvaluateParams, TrainParams

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from flows import store
+from flows.worker import store
 from flows.params import RandomizationParams
 from flows.randomization import randomization
 
@@ -48,7 +48,7 @@ def test_several_seeds_each_their_own_evaluation_judged_on_their_mean(prefect_ap
     import numpy as np
 
     import db
-    from flows import analysis
+    from flows.results import analysis
     from focus_core import stats
 
     params = RandomizationParams(

@@ -23,7 +23,9 @@ from sqlalchemy import text
 
 import db
 from flows import audit as audit_module
-from flows import caches, cli, lineages, store, weight_store
+from flows.worker import caches, store
+from flows import cli
+from flows.weights import lineages, weight_store
 from flows.audit import audit
 from flows.params import AuditParams
 from focus_core import architectures, models

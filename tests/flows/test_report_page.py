@@ -28,7 +28,7 @@ from scipy import stats as scipy_stats
 from sqlalchemy import text
 
 import db
-from flows import store
+from flows.worker import store
 from focus_core import models, stats
 from focus_core.errors import FocusError
 from tests import postgres

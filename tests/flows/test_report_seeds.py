@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import db
-from flows import store
+from flows.worker import store
 from focus_core import stats
 from tests.db.test_grids import make_grid, tile_sums
 from tests.flows.test_report_page import parse_page

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from flows import cli, store
+from flows import cli
+from flows.worker import store
 from flows.params import EvaluateParams
 
 
@@ -69,7 +70,7 @@ def test_the_limit_is_a_run_setting_with_a_default_and_no_part_of_the_mosaic_set
 
 def test_the_worker_refuses_the_request_too_before_any_row(pg_url: str, digits_weights: str):
     """A deployment's run reaches the worker unchecked: its preflight and the registration refuse it as well."""
-    from flows import preflight, record
+    from flows.worker import preflight, record
     from focus_core.errors import FocusError
 
     params = EvaluateParams(model={"weights": digits_weights}, mosaics={"per_class": 3},

@@ -9,7 +9,8 @@ import io
 import pytest
 
 import db
-from flows import cli, store
+from flows import cli
+from flows.worker import store
 
 HOSTILE = "\x1b[2J\x1b]0;pwned\x07=HYPERLINK(\"http://x\")\x9b"
 

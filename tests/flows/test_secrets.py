@@ -59,7 +59,7 @@ def _files_with_secrets(folder: Path) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def secret_url(postgres_url: str) -> str:
     yield _with_secrets(postgres_url)
-    from flows import store
+    from flows.worker import store
 
     store.dispose_engines()
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 import db
 from db.models import XaiMethod
-from flows import record, store
+from flows.worker import record, store
 from flows.params import DatasetSpec, MethodSpec, ModelSpec, MosaicSetSpec, RandomizationSpec, TrainParams, spec_key
 from focus_core import data, image_folder, mosaics
 from focus_core.errors import FocusError

@@ -12,7 +12,8 @@ import json
 
 import pytest
 
-from flows import cli, store
+from flows import cli
+from flows.worker import store
 from tests.focus_core.test_timm_models import TINY_VIT, TINY_VIT_SPELT
 
 pytest.importorskip("timm")

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 
 import db
-from flows import store
+from flows.worker import store
 from flows import train as train_module
 from flows.params import TrainParams
 from focus_core.errors import FocusError

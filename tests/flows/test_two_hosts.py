@@ -136,7 +136,7 @@ def store_url(postgres_url: str) -> Iterator[str]:
 
     db.upgrade(postgres_url)
     yield postgres_url
-    from flows import store
+    from flows.worker import store
 
     store.dispose_engines()
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from flows import cli, store
+from flows import cli
+from flows.worker import store
 from focus_core import models
 
 pytestmark = pytest.mark.timeout(240)

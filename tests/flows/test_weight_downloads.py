@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from flows import weight_store
-from flows.weight_cache_limits import DownloadLimits, evict_least_recent
+from flows.weights import weight_store
+from flows.weights.cache_limits import DownloadLimits, evict_least_recent
 from focus_core.errors import FocusError
 
 BODY = bytes(range(256)) * 16  # 4 KiB

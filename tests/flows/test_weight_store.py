@@ -13,7 +13,8 @@ import torch
 from pydantic import ValidationError
 
 import db
-from flows import caches, record, store, weight_store
+from flows.worker import caches, record, store
+from flows.weights import weight_store
 from flows import train as train_module
 from flows.cli.params import absolute
 from flows.params import DatasetSpec, EvaluateParams, ModelSpec, TrainParams

@@ -23,7 +23,8 @@ import torch
 from sqlalchemy import text
 
 import db
-from flows import store, weight_store
+from flows.worker import store
+from flows.weights import weight_store
 from flows import train as train_module
 from flows.params import TrainParams
 from focus_core import models

@@ -34,7 +34,7 @@ def store_url(postgres_url: str):
 
     db.upgrade(postgres_url)
     yield postgres_url
-    from flows import store
+    from flows.worker import store
 
     store.dispose_engines()
 

@@ -1,4 +1,4 @@
-"""flows.confinement through the parameter models: what a form may make a worker import, read and write.
+"""flows.worker.confinement through the parameter models: what a form may make a worker import, read and write.
 
 A worker is confined by its environment (``PREFECT__FLOW_RUN_ID``, which a worker sets for every flow run, or
 ``FOCUS_CONFINED=1``); each attack of a form is refused in one sentence by the parameter models, before any work.
@@ -12,7 +12,7 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from flows import confinement
+from flows.worker import confinement
 from flows.params import EvaluateParams, TrainParams
 
 ATTACK = "os:system(command='id > {target}')"
@@ -135,7 +135,7 @@ def test_the_command_line_is_confined_only_to_roots_it_sets(monkeypatch, tmp_pat
 def test_opening_weights_is_checked_too(worker):
     from focus_core.errors import FocusError
 
-    from flows import weight_store
+    from flows.weights import weight_store
 
     with pytest.raises(FocusError, match="outside the folders this worker reads"):
         weight_store.local_copy("/etc/shadow")  # a location stored earlier, opened on a worker

@@ -141,7 +141,7 @@ def test_about_chance_on_3x3_one_target_refuses_what_a_fixed_tenth_accepted() ->
 
 
 def test_the_flows_use_the_one_rule() -> None:
-    from flows import analysis
+    from flows.results import analysis
 
     stages = [{"kind": "full", "seed": 0, "medians": {"m": 0.99}}]
     spread = analysis.seed_spread_of_stages(stages, ["m"], chance=8 / 9)

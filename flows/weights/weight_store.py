@@ -9,7 +9,7 @@ A small index (``urls/<sha256 of the URL>.json``) remembers which bytes a URL he
 size and ETag (or modification time) then: a later run whose metadata request (HEAD) finds the object
 unchanged reads the cache without downloading it again; a changed object is downloaded and hashed anew.
 
-A download is bounded (:mod:`flows.weight_cache_limits`, set in the worker's environment): connect and read
+A download is bounded (:mod:`flows.weights.cache_limits`, set in the worker's environment): connect and read
 timeouts and a total deadline (a hanging or trickling server fails in their time, as a ``TimeoutError``), and a
 size cap (an object larger than ``FOCUS_WEIGHTS_MAX_BYTES`` is refused before, or while, it is downloaded). A
 download that fails for any reason leaves no partial file. The cache holds at most
@@ -24,7 +24,7 @@ S3-compatible server, ``AWS_PROFILE``...; gcsfs: ``GOOGLE_APPLICATION_CREDENTIAL
 
 An MLflow Model Registry URI (``models:/<name>/<version>``, or ``models:/<name>@<alias>``) is a location too
 (:func:`is_url` is true for it, :func:`is_registry` says which): :func:`local_copy` and :func:`sha256_of`
-resolve it through the tracking server in ``MLFLOW_TRACKING_URI`` (:mod:`flows.mlflow_source`, imported only
+resolve it through the tracking server in ``MLFLOW_TRACKING_URI`` (:mod:`flows.weights.mlflow_source`, imported only
 then: mlflow is the ``mlflow`` extra), which downloads the version's ``state_dict`` once per machine, and
 check its sha256 like a URL's. What the store records of a registry version is its pinned URI
 ``models:/<name>/<version>``. Such a location is read-only: nothing is written to it.
@@ -55,8 +55,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from flows import confinement
-from flows.weight_cache_limits import ENV_VARS, DownloadLimits, evict_least_recent, mark_used
+from flows.worker import confinement
+from flows.weights.cache_limits import ENV_VARS, DownloadLimits, evict_least_recent, mark_used
 from focus_core.errors import FocusError
 
 __all__ = [
@@ -156,7 +156,7 @@ def canonical(location: str | os.PathLike, sha256: str | None = None) -> str:
     ------
     FocusError
         For an alias: when the alias now names other bytes than ``sha256``, and as
-        :func:`flows.mlflow_source.resolve` (no tracking server, an unknown alias...).
+        :func:`flows.weights.mlflow_source.resolve` (no tracking server, an unknown alias...).
     """
     text = str(location)
     if is_registry(text) and "@" in text:
@@ -421,7 +421,7 @@ def _download(fs: Any, path: str, url: str, limits: DownloadLimits) -> str:
 def _fetch(url: str) -> tuple[str, Path]:
     """``(sha256, cached file)`` of the bytes at ``url`` now: from the cache when the object is unchanged.
 
-    A download is bounded by the environment's :class:`~flows.weight_cache_limits.DownloadLimits` and followed by
+    A download is bounded by the environment's :class:`~flows.weights.cache_limits.DownloadLimits` and followed by
     the cache's eviction of its least recently used files.
     """
     limits = DownloadLimits.from_environment()
@@ -472,7 +472,7 @@ def _registry_copy(uri: str, expected_sha256: str | None = None) -> tuple[str, P
     A download whose bytes are not ``expected_sha256`` is fetched again once (a damaged copy heals); the
     same bytes again mean the registry's artifact (or the alias) changed: refused in one sentence.
     """
-    from flows import mlflow_source  # mlflow is an optional extra: imported when a models:/ URI is read
+    from flows.weights import mlflow_source  # mlflow is an optional extra: imported when a models:/ URI is read
 
     found = mlflow_source.resolve(uri)
     sha256 = _hashed(found.path)
@@ -503,7 +503,7 @@ def local_copy(location: str | os.PathLike, expected_sha256: str | None = None) 
         When the bytes' sha256 is not ``expected_sha256`` (one sentence naming the location and both
         hashes' prefixes: never a silent load), when the object does not exist, when the worker's
         credentials do not give access, or when the URL's filesystem package is not installed; for a
-        registry URI, as :func:`flows.mlflow_source.resolve` (no tracking server, an unknown version...).
+        registry URI, as :func:`flows.weights.mlflow_source.resolve` (no tracking server, an unknown version...).
     OSError
         When the object store cannot be reached (worth a retry).
     """

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from flows import caches
+from flows.worker import caches
 from flows.specs import DatasetSpec, MethodSpec
 from focus_core import explainers
 from focus_core.explainers.lrp import dataset_bounds

@@ -15,13 +15,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from db.connection_faults import is_transient, reachable
 from db.engine import Engine, database_url, mask_url
 from db.migrate import create_if_fresh, get_engine
 
-__all__ = ["engine_for", "describe", "dispose_engines", "prepare", "retrying", "RETRY_DELAYS_S"]
+__all__ = [
+    "database_param", "engine_for", "describe", "dispose_engines", "prepare", "retrying", "RETRY_DELAYS_S",
+]
 
 T = TypeVar("T")
 #: The waits before each new try of a step whose connection was lost (about 15 s in all).
@@ -29,6 +31,12 @@ RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 _ENGINES: dict[str, Engine] = {}
 _LOCK = threading.Lock()
+
+
+def database_param(params: Any) -> str | None:
+    """The store a flow's parameters name (``run.database_url`` or ``database_url``), else ``None`` (the default)."""
+    run = getattr(params, "run", None)
+    return getattr(run, "database_url", None) if run is not None else getattr(params, "database_url", None)
 
 
 def engine_for(url: str | None = None) -> Engine:

@@ -1,6 +1,6 @@
 """This process's identity, and whether a process recorded with such an identity is gone.
 
-A lease holder (:mod:`flows.leases`) is recorded as ``(host, pid, started)``. ``host`` is the host name and, on
+A lease holder (:mod:`flows.worker.leases`) is recorded as ``(host, pid, started)``. ``host`` is the host name and, on
 Linux, its boot and its pid namespace, so two containers with one host name, or the same machine after a reboot,
 never compare equal; ``started`` is the process's start time in clock ticks since boot (``/proc/<pid>/stat``), so
 a pid reused by a new process is told apart. Only a process of this host and namespace can be judged, and only

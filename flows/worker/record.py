@@ -19,7 +19,8 @@ import numpy as np
 import db
 import focus_core
 from db import Engine
-from flows import caches, weight_store
+from flows.worker import caches
+from flows.weights import weight_store
 from flows.params import (
     DatasetSpec,
     MethodSpec,
@@ -79,7 +80,7 @@ def register_mosaics(
     max_mosaics: int = mosaic_limits.MAX_MOSAICS,
 ) -> RegisteredMosaics:
     """Register the dataset with its images and the seeded mosaic set built from it (``model``: the checkpoint
-    whose predictions choose a confident set's tiles, :func:`flows.caches.load_manifest`).
+    whose predictions choose a confident set's tiles, :func:`flows.worker.caches.load_manifest`).
 
     A set of more than ``max_mosaics`` mosaics is refused before anything is written (:func:`check_request_size`).
     """
@@ -273,7 +274,7 @@ def open_evaluation(
     """Register the method (its explicit parameters) and get or create the evaluation.
 
     ``grid`` is the mosaic set's tiles per side: a method whose parameters follow it (LIME) is recorded with
-    the parameters it runs with (:func:`flows.caches.make_explainer`).
+    the parameters it runs with (:func:`flows.worker.caches.make_explainer`).
 
     Relevance computed under bf16 autocast is not the fp32 relevance (Focus differs by up to a
     few hundredths), so a ``precision`` other than fp32 is part of the method's recorded

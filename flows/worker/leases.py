@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import db
-from flows import processes, store
+from flows.worker import processes, store
 
 __all__ = ["run_owner", "hold", "take_over_dead", "LeaseKeeper", "release_run", "STATE_HOOKS"]
 

@@ -1,6 +1,6 @@
 """What a weights download may cost and how large the weights cache may grow, read from the worker's environment.
 
-A download through :mod:`flows.weight_store` is bounded in time and size, and the cache folder in bytes:
+A download through :mod:`flows.weights.weight_store` is bounded in time and size, and the cache folder in bytes:
 
 =====================================  ==========  =============================================================
 Environment variable                   Default     Bound

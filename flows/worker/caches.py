@@ -4,7 +4,7 @@ Tasks receive specs (small pydantic models), never tensors; they call these func
 cache by the spec's canonical JSON, so a process loads a dataset, moves its tiles to the device
 and reads a weights file once however many chunks and checks it runs. :func:`build_model` and
 :func:`make_explainer` turn a spec into a fresh model or explainer (uncached). Everything here is thread-safe: Prefect's
-default task runner runs tasks in threads. Where the work runs: :mod:`flows.devices`.
+default task runner runs tasks in threads. Where the work runs: :mod:`flows.worker.devices`.
 
 Examples
 --------
@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from flows import confinement, weight_store
+from flows.worker import confinement
+from flows.weights import weight_store
 from flows.params import (
     DatasetSpec,
     MethodSpec,
@@ -177,7 +178,7 @@ def build_model(spec: ModelSpec, dataset: DatasetSpec, weights_file: str | None 
     """A fresh model of ``spec`` sized for ``dataset``, with the spec's weights when it has some (yours to change).
 
     The weights are read from ``weights_file`` when given (a local copy of ``spec.weights``), else from
-    ``spec.weights``: a local path, or a URL read through :func:`flows.weight_store.local_copy`.
+    ``spec.weights``: a local path, or a URL read through :func:`flows.weights.weight_store.local_copy`.
     """
     ds = load_dataset(dataset)
     model = models.build_model(
@@ -221,7 +222,7 @@ def checked_model(spec: ModelSpec, dataset: DatasetSpec) -> nn.Module:
     The checks before any work (the weights fit the architecture, the randomization's layers exist, GradCAM's
     layer is found) and the chunks' device copies (:func:`load_model`) all start from this one model, so an
     evaluation reads its weights file once. A weights file rewritten in place is loaded again. ``spec.weights``
-    may be a URL: it is read through the worker's cache (:func:`flows.weight_store.local_copy`), one metadata
+    may be a URL: it is read through the worker's cache (:func:`flows.weights.weight_store.local_copy`), one metadata
     request per call, a download only when the object changed; or a registry URI (``models:/<name>/<version>``),
     resolved through the MLflow tracking server on each call, downloaded once per machine.
 
@@ -245,7 +246,7 @@ def _checked_model(
 def weights_sha256(path: str) -> str:
     """The sha256 of the weights at a local path (read once per process, again when rewritten) or a URL.
 
-    A URL's hash comes from the worker's cache (:func:`flows.weight_store.sha256_of`): a metadata request,
+    A URL's hash comes from the worker's cache (:func:`flows.weights.weight_store.sha256_of`): a metadata request,
     and a download only when the object changed.
     """
     if weight_store.is_url(path):

@@ -2,12 +2,12 @@
 
 A lineage (:mod:`db.lineages`) holds one model; :func:`check_lineage_model` refuses another one in one
 sentence before anything is written, and :func:`register_into_lineage` records a checkpoint trained
-elsewhere: its weights are hashed once and loaded once into the architecture (through :mod:`flows.caches`,
+elsewhere: its weights are hashed once and loaded once into the architecture (through :mod:`flows.worker.caches`,
 which also reads URLs), then the checkpoint is registered and put into the lineage. The same weights again
 change nothing and say so.
 
 Weights given as an MLflow Model Registry URI (``models:/<name>@<alias>`` or ``models:/<name>/<version>``)
-are resolved first (:mod:`flows.mlflow_source`): the checkpoint records the pinned ``models:/<name>/<version>``
+are resolved first (:mod:`flows.weights.mlflow_source`): the checkpoint records the pinned ``models:/<name>/<version>``
 URI of the version found (any worker fetches it again from there) and the sha256 of its ``state_dict``; a
 lineage created so says where it comes from, ``mlflow:<name>`` (``mlflow:<name>@<alias>`` when reached through
 an alias). :func:`follow_alias` registers, into each such lineage, the version an alias points at now.
@@ -25,7 +25,8 @@ from typing import Any
 
 import db
 from db import Engine
-from flows import caches, record, weight_store
+from flows.worker import caches, record
+from flows.weights import weight_store
 from flows.params import DatasetSpec, ModelSpec
 from focus_core.errors import FocusError
 
@@ -97,7 +98,7 @@ def register_into_lineage(
     ------
     FocusError
         When the weights do not fit the architecture, the store records them as another model, or the
-        lineage holds another model; for a registry URI, as :func:`flows.mlflow_source.resolve` (no tracking
+        lineage holds another model; for a registry URI, as :func:`flows.weights.mlflow_source.resolve` (no tracking
         server, an unknown model, alias or version); :class:`db.StoreError` for a taken version or another
         lineage.
     """
@@ -106,7 +107,7 @@ def register_into_lineage(
                          "channels: pass --weights, --arch, --num-classes and --in-channels.")
     check_lineage_model(engine, name, model.architecture, model.num_classes, model.in_channels)
     if weight_store.is_registry(model.weights):
-        from flows import mlflow_source  # mlflow is an optional extra
+        from flows.weights import mlflow_source  # mlflow is an optional extra
 
         found = mlflow_source.resolve(model.weights)
         model = model.model_copy(update={"weights": found.uri})  # the version found, pinned
@@ -160,7 +161,7 @@ def follow_alias(engine: Engine, alias: str, names: list[str] | None = None) -> 
         server, a registered model or an alias that is gone.
     """
     chosen = _registry_lineages(engine, names)
-    from flows import mlflow_source  # mlflow is an optional extra
+    from flows.weights import mlflow_source  # mlflow is an optional extra
 
     found = [(lineage, mlflow_source.version_for_alias(model_name, alias)) for lineage, model_name in chosen]
     entries = []

@@ -8,7 +8,7 @@ correlation of Focus with a training metric. Nothing here writes to the store.
 
 Examples
 --------
->>> from flows import analysis
+>>> from flows.results import analysis
 >>> analysis.paired_comparison(engine, 12, 7)["p_value"]  # doctest: +SKIP
 0.0009765625
 """
@@ -40,7 +40,7 @@ def paired_comparison(engine: Any, evaluation_a: int, evaluation_b: int) -> dict
     Parameters
     ----------
     engine
-        The results store's engine (:func:`flows.store.engine_for`).
+        The results store's engine (:func:`flows.worker.store.engine_for`).
     evaluation_a, evaluation_b
         Evaluation ids; the differences are ``a - b`` (e.g. this audit minus the previous one).
 
@@ -60,7 +60,7 @@ def focus_regressions(engine: Any, threshold: float = 0.05, audit_run_id: int | 
     Parameters
     ----------
     engine
-        The results store's engine (:func:`flows.store.engine_for`).
+        The results store's engine (:func:`flows.worker.store.engine_for`).
     threshold
         A row is a regression when median Focus fell by more than this since the previous audit.
     audit_run_id
@@ -100,7 +100,7 @@ def focus_accuracy_correlation(
     Parameters
     ----------
     engine
-        The results store's engine (:func:`flows.store.engine_for`).
+        The results store's engine (:func:`flows.worker.store.engine_for`).
     training_run_id
         The training run whose epochs :func:`db.training_curve` returns.
     focus
@@ -190,7 +190,7 @@ def random_seed_spread(engine: Any, checkpoint_id: int, mosaic_set_id: int, rand
     Parameters
     ----------
     engine
-        The results store's engine (:func:`flows.store.engine_for`).
+        The results store's engine (:func:`flows.worker.store.engine_for`).
     checkpoint_id, mosaic_set_id
         The trained checkpoint whose randomized copies were evaluated, and the mosaic set.
     randomization

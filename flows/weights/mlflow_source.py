@@ -120,7 +120,7 @@ def resolve(uri: str, cache_dir: str | os.PathLike | None = None, *, refresh: bo
     """The model version ``uri`` points at now, with its ``state_dict`` downloaded to a local file.
 
     A version is downloaded once per cache folder; ``refresh`` drops the cached copy and downloads it again
-    (what :func:`flows.weight_store.local_copy` does once when the bytes are not the recorded ones).
+    (what :func:`flows.weights.weight_store.local_copy` does once when the bytes are not the recorded ones).
 
     Raises
     ------

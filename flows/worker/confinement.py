@@ -151,7 +151,10 @@ def check_location(location: str | None, *, environ: Mapping[str, str] | None = 
 
 
 def _is_url(location: str) -> bool:
-    """A URL as :func:`flows.weight_store.is_url` reads one (``scheme://``, two letters at least, or ``models:/``)."""
+    """A URL as :func:`flows.weights.weight_store.is_url` reads one.
+
+    ``scheme://`` with a scheme of two letters or more, or ``models:/``.
+    """
     return bool(_URL.match(location)) or location.startswith("models:/")
 
 

@@ -86,6 +86,7 @@ from db.registry import (
     set_checkpoint_audit,
 )
 from db.results import finished_mosaic_ids, write_mosaic_results
+from db.shared_networks import copy_results, shared_network_twin
 from db.runs import finish_audit_run, finish_training_run, record_epoch, register_training_run, start_audit_run
 from db.transactions import Store
 
@@ -149,6 +150,8 @@ __all__ = [
     "evaluation_state",
     "write_mosaic_results",
     "finished_mosaic_ids",
+    "shared_network_twin",
+    "copy_results",
     # queries
     "evaluation_summary",
     "class_summary",

@@ -214,6 +214,8 @@ def _plan(
         for stale in db.leases.expire_stale_runs(engine, [evaluation_id]):
             logger.warning("Evaluation %d was left running by a run that stopped; marked crashed, taking it over", stale)
         finished_ids = db.finished_mosaic_ids(engine, evaluation_id)
+        if params.randomization.kind == "full" and len(finished_ids) < len(inputs.mosaic_ids):
+            finished_ids = _reuse_shared_network(engine, evaluation_id, finished_ids, params.randomization.seed)
         finished_positions = [p for p, mid in enumerate(inputs.mosaic_ids) if mid in finished_ids]
         plan = plan_chunks(len(inputs.mosaic_ids), params.run.chunk_size, finished_positions)
         total = -(-len(inputs.mosaic_ids) // params.run.chunk_size)
@@ -244,6 +246,20 @@ def _plan(
                 )
             )
     return records, requests
+
+
+def _reuse_shared_network(engine: Any, evaluation_id: int, finished_ids: set[int], seed: int | None) -> set[int]:
+    """Fill a ``full`` evaluation with the rows of the same fully random network measured on another checkpoint of
+    the architecture (:mod:`db.shared_networks`); return the finished mosaic ids after it."""
+    twin = db.shared_network_twin(engine, evaluation_id)
+    if twin is None:
+        return finished_ids
+    copied = db.copy_results(engine, twin, evaluation_id)
+    get_run_logger().info(
+        "Evaluation %d: the fully random network of seed %s is the one evaluation %d measured on another checkpoint "
+        "of this architecture; %d rows reused, not computed again", evaluation_id, seed, twin, copied,
+    )
+    return db.finished_mosaic_ids(engine, evaluation_id)
 
 
 def _run_chunks(

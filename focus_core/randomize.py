@@ -126,8 +126,9 @@ def randomize_full(model: nn.Module, seed: int = 0) -> nn.Module:
     deliberate (a "fully random model" of an architecture is one thing per seed, whatever checkpoint it was
     reached from; deriving the seed from the checkpoint would only relabel more seeds as "per checkpoint" and
     would change the numbers behind every stored key). Whoever summarises random models over checkpoints must
-    count each seed once per architecture (the report does). Cascading and independent randomization keep the
-    checkpoint's other layers and so do differ per checkpoint.
+    count each seed once per architecture (the report does), and the flows measure such a network once: a second
+    checkpoint's evaluation of it takes the first one's rows (``db.shared_networks``). Cascading and independent
+    randomization keep the checkpoint's other layers and so do differ per checkpoint.
 
     Examples
     --------

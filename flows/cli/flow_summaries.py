@@ -14,7 +14,7 @@ from typing import Any
 from flows.cli import params as opts
 from flows.cli.summary import evaluation_ids, evaluation_table, register, store_line
 
-__all__ = ["audit_summary", "evaluate_summary", "randomize_summary", "sweep_summary", "train_summary"]
+__all__ = ["audit_summary", "evaluate_summary", "randomize_summary", "small_set", "sweep_summary", "train_summary"]
 
 def reading(chance: list[float]) -> str:
     """The line under every Focus table: how to read it (``chance``: the mosaic sets' chance levels k/N²)."""
@@ -23,6 +23,18 @@ def reading(chance: list[float]) -> str:
             " 95% bootstrap intervals of the median: over mosaics, and over target classes then mosaics)")
 #: At most this many epochs in the train summary (the first, then the last ones).
 EPOCH_ROWS = 12
+#: Fewer test images per class than this, and a summary says the set is small.
+SMALL_SET = 10
+
+
+def small_set(engine: Any, mosaic_set_id: int) -> list[str]:
+    """One line when the mosaic set's split has fewer than :data:`SMALL_SET` images in some class, else none."""
+    import db
+
+    fewest = db.split_images_per_class(engine, mosaic_set_id)
+    if fewest is None or fewest >= SMALL_SET:
+        return []
+    return [f"Small set: {fewest} test images per class (the fewest); medians over so few images are coin flips."]
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -124,7 +136,8 @@ def evaluate_summary(result: dict[str, Any], args: argparse.Namespace) -> list[A
              f"{rows_now} results computed now:")
     unfinished = [e for e in result.get("evaluations", []) if e.get("status") != "finished"]
     engine = _engine(args)
-    lines: list[Any] = [title, evaluation_table(engine, ids), reading(_chance_levels(engine, ids))]
+    lines: list[Any] = [title, evaluation_table(engine, ids), reading(_chance_levels(engine, ids)),
+                        *small_set(engine, result["mosaic_set_id"])]
     if unfinished:
         lines.append(f"{len(unfinished)} evaluation(s) not finished: run the same command again to finish them.")
     lines += [
@@ -143,7 +156,8 @@ def randomize_summary(result: dict[str, Any], args: argparse.Namespace) -> list[
     chance = _chance_levels(engine, ids)  # one mosaic set: one level
     title = (f"Randomization test of checkpoint {result['checkpoint_id']} on mosaic set {result['mosaic_set_id']}: "
              f"a faithful method falls to about chance ({chance[0]:.3g}):")
-    lines: list[Any] = [title, evaluation_table(engine, ids), reading(chance)]
+    lines: list[Any] = [title, evaluation_table(engine, ids), reading(chance),
+                        *small_set(engine, result["mosaic_set_id"])]
     spread = _seed_spread_table(result, chance[0])
     if spread is not None:
         lines += ["Over seeds (one random model's median is a handful of coin flips: judge the "

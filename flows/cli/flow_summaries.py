@@ -14,7 +14,7 @@ from typing import Any
 from flows.cli import params as opts
 from flows.cli.summary import evaluation_ids, evaluation_table, register, store_line
 
-__all__ = ["audit_summary", "evaluate_summary", "randomize_summary", "small_set", "sweep_summary", "train_summary"]
+__all__ = ["audit_summary", "evaluate_command", "evaluate_summary", "randomize_summary", "small_set", "sweep_summary", "train_summary"]
 
 def reading(chance: list[float]) -> str:
     """The line under every Focus table: how to read it (``chance``: the mosaic sets' chance levels k/N²)."""
@@ -49,6 +49,31 @@ def _database_flag(args: argparse.Namespace) -> str:
     if not url or opts.has_secret(url):
         return ""
     return f" --database-url {shlex.quote(url)}"
+
+
+def evaluate_command(args: argparse.Namespace, weights: str) -> str:
+    """``focus evaluate`` of ``weights`` with the data and model flags of the training run ``args`` started.
+
+    The architecture, channels and classes, the data folder, its split seed, tile size, resize, mean and std
+    (those the run was given: evaluate fills the rest with the same defaults), so the command runs as printed.
+    """
+    from flows.cli.run import training_params
+
+    params = training_params(args)
+    data, model = params.dataset, params.model
+    flags = [("--weights", weights), ("--arch", model.architecture), ("--in-channels", model.in_channels),
+             ("--num-classes", model.num_classes)]
+    if data.kind == "image_folder":
+        flags.append(("--data", str(data.root)))
+    flags += [("--data-seed", data.seed or None), ("--tile-size", data.tile_size), ("--resize", data.resize),
+              ("--mean", _floats(data.mean)), ("--std", _floats(data.std)),
+              ("--cache-dir", None if data.cache_dir is None else str(data.cache_dir))]
+    words = " ".join(f"{flag} {shlex.quote(str(value))}" for flag, value in flags if value is not None)
+    return f"focus evaluate {words}{_database_flag(args)}"
+
+
+def _floats(values: list[float] | None) -> str | None:
+    return None if values is None else ",".join(repr(float(v)) for v in values)
 
 
 def _ids_flags(ids: list[int]) -> str:
@@ -120,7 +145,7 @@ def train_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
     lines += [
         f"Final checkpoint {result['final_checkpoint_id']} (sha256 {str(result['final_sha256'])[:12]}): {weights}",
         store_line(opts.database_url(args)),
-        f"Next: focus evaluate --weights {shlex.quote(weights)}{_database_flag(args)}",
+        f"Next: {evaluate_command(args, weights)}",
         f"      focus results epochs --training-run {result['training_run_id']}{_database_flag(args)}",
     ]
     return lines

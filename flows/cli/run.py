@@ -145,7 +145,7 @@ def _parameters(args: argparse.Namespace, model_name: str, **fields: Any) -> Any
 
 def training_params(args: argparse.Namespace) -> Any:
     """The validated ``TrainParams`` of a ``focus train`` command line (its options over its ``--params`` file)."""
-    return _parameters(args, "TrainParams")
+    return _build("TrainParams", opts.given(args), getattr(args, "params", None))
 
 
 def cmd_train(args: argparse.Namespace) -> Any:

@@ -236,8 +236,7 @@ def sweep_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
         evaluation_table(_engine(args), ids),
         reading(_chance_levels(_engine(args), ids)),
         store_line(opts.database_url(args)),
-        f"Next: focus results evaluations {_ids_flags(ids[:4])}{' ...' if len(ids) > 4 else ''}"
-        f"{_database_flag(args)}",
+        f"Next: focus results evaluations {_ids_flags(ids)}{_database_flag(args)}",
         f"      focus report{_database_flag(args)}",
     ]
 

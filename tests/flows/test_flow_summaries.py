@@ -130,3 +130,19 @@ def test_a_small_test_split_gets_a_word_in_the_summary(sqlite_url: str) -> None:
         assert small_set(engine, written["grid"].mosaic_set_id) != []
     finally:
         engine.dispose()
+
+
+def test_the_sweep_next_step_names_every_evaluation_it_ran(sqlite_url: str) -> None:
+    """A command that runs as printed: every evaluation id, no trailing "..." that the parser would refuse."""
+    import shlex
+
+    from flows.cli.parser import build_parser
+
+    written = _store(sqlite_url)
+    ids = [written["trained"], *(written["full"][s][0] for s in FULL_SEEDS)]
+    out = io.StringIO()
+    emit("sweep", {"cells": [{"evaluation_id": i} for i in ids]},
+         argparse.Namespace(database_url=sqlite_url, format="text"), out)
+    printed = next(line for line in out.getvalue().splitlines() if line.startswith("Next: "))
+    args = build_parser().parse_args(shlex.split(printed.removeprefix("Next: focus ")))
+    assert args.evaluations == ids and args.database_url == sqlite_url

@@ -73,6 +73,7 @@ from db.queries import (
     latest_training_run,
     paired_focus,
     randomization_medians,
+    split_images_per_class,
     training_curve,
 )
 from db.registry import (
@@ -174,6 +175,7 @@ __all__ = [
     "finished_audit_runs",
     "checkpoint_origin",
     "checkpoint_origins",
+    "split_images_per_class",
     "RecordedCheckpoint",
     "recorded_checkpoint",
     "recorded_sha256_at",

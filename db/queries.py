@@ -33,10 +33,12 @@ __all__ = [
     "finished_audit_runs",
     "checkpoint_origin",
     "checkpoint_origins",
+    "split_images_per_class",
 ]
 
 _SUMMARY_COLUMNS = (
     "s.evaluation_id, s.checkpoint_id, c.architecture, c.label AS checkpoint_label, "
+    "COALESCE(c.label, tr.name || ' epoch ' || c.epoch) AS checkpoint_name, d.name AS dataset, ms.tile_size, "
     "s.method_id, m.name AS method, s.mosaic_set_id, s.randomization, s.stage, s.layer, s.seed, s.audit_run_id, "
     "s.status, s.n, s.n_defined, s.mean_focus, s.median_focus, s.q1_focus, s.q3_focus, "
     "s.min_focus, s.max_focus, s.mosaic_accuracy, s.std_focus, s.undefined_share, s.median_focus_undefined_as_zero, "
@@ -44,7 +46,8 @@ _SUMMARY_COLUMNS = (
 )
 _SUMMARY_FROM = (
     "FROM evaluation_summary s JOIN model_checkpoint c ON c.id = s.checkpoint_id "
-    "JOIN xai_method m ON m.id = s.method_id"
+    "JOIN xai_method m ON m.id = s.method_id JOIN mosaic_set ms ON ms.id = s.mosaic_set_id "
+    "JOIN dataset d ON d.id = ms.dataset_id LEFT JOIN training_run tr ON tr.id = c.training_run_id"
 )
 
 
@@ -69,7 +72,9 @@ def evaluation_summary(
     (undefined) scores count in ``n`` but not in ``n_defined`` or the statistics. Also
     ``std_focus`` (sample standard deviation), ``undefined_share`` and
     ``median_focus_undefined_as_zero`` (undefined maps counted as 0, Quantus's convention), and the mosaic
-    set's ``grid`` (N), ``targets`` (k) and ``chance_level`` (k / N², what a random explanation scores). A
+    set's ``grid`` (N), ``targets`` (k) and ``chance_level`` (k / N², what a random explanation scores), and what
+    tells rows apart: ``checkpoint_name`` (the label, else "training run epoch N"), ``architecture``, ``dataset``
+    (its name) and the mosaic set's ``tile_size``. A
     closed evaluation's row is its stored summary (``db.summaries``); the others are computed from their rows.
 
     Examples
@@ -90,6 +95,17 @@ def evaluation_summary(
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     return _read(engine, f"SELECT {_SUMMARY_COLUMNS} {_SUMMARY_FROM}{clause} ORDER BY s.evaluation_id", params,
                  expanding=expanding)
+
+
+def split_images_per_class(engine: Engine, mosaic_set_id: int) -> int | None:
+    """The fewest images any class has in the split a mosaic set draws from (``None``: no such set or no images)."""
+    frame = _read(
+        engine,
+        "SELECT COUNT(*) AS images FROM image i JOIN mosaic_set ms ON ms.dataset_id = i.dataset_id "
+        "AND ms.split = i.split WHERE ms.id = :mosaic_set_id GROUP BY i.label ORDER BY images LIMIT 1",
+        {"mosaic_set_id": int(mosaic_set_id)},
+    )
+    return int(frame["images"].iloc[0]) if len(frame) else None
 
 
 def class_summary(engine: Engine, evaluation_ids: list[int]) -> pd.DataFrame:

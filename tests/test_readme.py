@@ -87,6 +87,8 @@ def _check_answers(answers: list[list[dict]]) -> None:
     trained = {row["method"]: row["median_focus"] for row in per_method if row["randomization"] == "none"}
     assert {"gradcam", "lrp", "random"} <= set(trained)
     assert {(row["grid"], row["targets"], row["chance_level"]) for row in per_method} == {(2, 2, 0.5)}
+    assert all(row["checkpoint"] and row["architecture"] == "digits_cnn" and row["dataset"] == "digits"
+               and row["tile_size"] for row in per_method), per_method[0]
     by_method: dict[str, list[dict]] = {}
     for row in tile_shares:  # the demo's 2x2 sums, unpivoted by mosaic_result_tiles: four positions per method
         by_method.setdefault(row["method"], []).append(row)

@@ -14,7 +14,7 @@ from typing import Any
 from flows.cli import params as opts
 from flows.cli.summary import evaluation_ids, evaluation_table, register, store_line
 
-__all__ = ["audit_summary", "evaluate_summary", "randomize_summary", "sweep_summary", "train_summary"]
+__all__ = ["audit_summary", "evaluate_command", "evaluate_summary", "randomize_summary", "small_set", "sweep_summary", "train_summary"]
 
 def reading(chance: list[float]) -> str:
     """The line under every Focus table: how to read it (``chance``: the mosaic sets' chance levels k/N²)."""
@@ -23,6 +23,18 @@ def reading(chance: list[float]) -> str:
             " 95% bootstrap intervals of the median: over mosaics, and over target classes then mosaics)")
 #: At most this many epochs in the train summary (the first, then the last ones).
 EPOCH_ROWS = 12
+#: Fewer test images per class than this, and a summary says the set is small.
+SMALL_SET = 10
+
+
+def small_set(engine: Any, mosaic_set_id: int) -> list[str]:
+    """One line when the mosaic set's split has fewer than :data:`SMALL_SET` images in some class, else none."""
+    import db
+
+    fewest = db.split_images_per_class(engine, mosaic_set_id)
+    if fewest is None or fewest >= SMALL_SET:
+        return []
+    return [f"Small set: {fewest} test images per class (the fewest); medians over so few images are coin flips."]
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -37,6 +49,31 @@ def _database_flag(args: argparse.Namespace) -> str:
     if not url or opts.has_secret(url):
         return ""
     return f" --database-url {shlex.quote(url)}"
+
+
+def evaluate_command(args: argparse.Namespace, weights: str) -> str:
+    """``focus evaluate`` of ``weights`` with the data and model flags of the training run ``args`` started.
+
+    The architecture, channels and classes, the data folder, its split seed, tile size, resize, mean and std
+    (those the run was given: evaluate fills the rest with the same defaults), so the command runs as printed.
+    """
+    from flows.cli.run import training_params
+
+    params = training_params(args)
+    data, model = params.dataset, params.model
+    flags = [("--weights", weights), ("--arch", model.architecture), ("--in-channels", model.in_channels),
+             ("--num-classes", model.num_classes)]
+    if data.kind == "image_folder":
+        flags.append(("--data", str(data.root)))
+    flags += [("--data-seed", data.seed or None), ("--tile-size", data.tile_size), ("--resize", data.resize),
+              ("--mean", _floats(data.mean)), ("--std", _floats(data.std)),
+              ("--cache-dir", None if data.cache_dir is None else str(data.cache_dir))]
+    words = " ".join(f"{flag} {shlex.quote(str(value))}" for flag, value in flags if value is not None)
+    return f"focus evaluate {words}{_database_flag(args)}"
+
+
+def _floats(values: list[float] | None) -> str | None:
+    return None if values is None else ",".join(repr(float(v)) for v in values)
 
 
 def _ids_flags(ids: list[int]) -> str:
@@ -108,7 +145,7 @@ def train_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
     lines += [
         f"Final checkpoint {result['final_checkpoint_id']} (sha256 {str(result['final_sha256'])[:12]}): {weights}",
         store_line(opts.database_url(args)),
-        f"Next: focus evaluate --weights {shlex.quote(weights)}{_database_flag(args)}",
+        f"Next: {evaluate_command(args, weights)}",
         f"      focus results epochs --training-run {result['training_run_id']}{_database_flag(args)}",
     ]
     return lines
@@ -124,7 +161,8 @@ def evaluate_summary(result: dict[str, Any], args: argparse.Namespace) -> list[A
              f"{rows_now} results computed now:")
     unfinished = [e for e in result.get("evaluations", []) if e.get("status") != "finished"]
     engine = _engine(args)
-    lines: list[Any] = [title, evaluation_table(engine, ids), reading(_chance_levels(engine, ids))]
+    lines: list[Any] = [title, evaluation_table(engine, ids), reading(_chance_levels(engine, ids)),
+                        *small_set(engine, result["mosaic_set_id"])]
     if unfinished:
         lines.append(f"{len(unfinished)} evaluation(s) not finished: run the same command again to finish them.")
     lines += [
@@ -143,7 +181,8 @@ def randomize_summary(result: dict[str, Any], args: argparse.Namespace) -> list[
     chance = _chance_levels(engine, ids)  # one mosaic set: one level
     title = (f"Randomization test of checkpoint {result['checkpoint_id']} on mosaic set {result['mosaic_set_id']}: "
              f"a faithful method falls to about chance ({chance[0]:.3g}):")
-    lines: list[Any] = [title, evaluation_table(engine, ids), reading(chance)]
+    lines: list[Any] = [title, evaluation_table(engine, ids), reading(chance),
+                        *small_set(engine, result["mosaic_set_id"])]
     spread = _seed_spread_table(result, chance[0])
     if spread is not None:
         lines += ["Over seeds (one random model's median is a handful of coin flips: judge the "
@@ -197,8 +236,7 @@ def sweep_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
         evaluation_table(_engine(args), ids),
         reading(_chance_levels(_engine(args), ids)),
         store_line(opts.database_url(args)),
-        f"Next: focus results evaluations {_ids_flags(ids[:4])}{' ...' if len(ids) > 4 else ''}"
-        f"{_database_flag(args)}",
+        f"Next: focus results evaluations {_ids_flags(ids)}{_database_flag(args)}",
         f"      focus report{_database_flag(args)}",
     ]
 

@@ -41,10 +41,11 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 #: The columns of each table, most important first (the rest of a table's columns follow in store order).
 COLUMNS: dict[str, tuple[str, ...]] = {
     "evaluations": ("evaluation_id", "method", "randomization", "stage", "n", "n_defined", "median_focus",
-                    "q1_focus", "q3_focus", "mosaic_accuracy", "status", "checkpoint_id", "checkpoint_label",
-                    "architecture", "mosaic_set_id", "audit_run_id"),
-    "compare": ("evaluation_id", "checkpoint_id", "method", "n", "n_defined", "median_focus", "q1_focus",
-                "q3_focus", "mosaic_accuracy", "status", "checkpoint_label", "architecture", "audit_run_id"),
+                    "checkpoint_name", "architecture", "dataset", "tile_size", "q1_focus", "q3_focus",
+                    "mosaic_accuracy", "status", "checkpoint_id", "checkpoint_label", "mosaic_set_id", "audit_run_id"),
+    "compare": ("evaluation_id", "checkpoint_id", "method", "n", "n_defined", "median_focus", "checkpoint_name",
+                "architecture", "dataset", "tile_size", "q1_focus", "q3_focus", "mosaic_accuracy", "status",
+                "checkpoint_label", "audit_run_id"),
     "epochs": ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy",
                "focus_median", "focus_mean", "seconds", "training_run_id", "training_run_name"),
     "regressions": ("audit_run_id", "checkpoint_id", "method_name", "median_focus", "previous_median_focus",
@@ -53,7 +54,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 #: Short headers of the text format (the store's names elsewhere).
 HEADERS = {
-    "evaluation_id": "id", "checkpoint_id": "checkpoint", "checkpoint_label": "label", "architecture": "arch",
+    "evaluation_id": "id", "checkpoint_id": "checkpoint", "checkpoint_label": "label", "checkpoint_name": "checkpoint",
+    "tile_size": "tile", "architecture": "arch",
     "randomization": "randomized", "n_defined": "defined", "median_focus": "median", "q1_focus": "q1",
     "q3_focus": "q3", "mosaic_accuracy": "accuracy", "mosaic_set_id": "mosaic set", "audit_run_id": "audit",
     "train_loss": "train loss", "train_accuracy": "train acc", "val_loss": "val loss", "val_accuracy": "val acc",
@@ -63,7 +65,8 @@ HEADERS = {
     "audit_started_at": "started",
 }
 #: Whole-number columns: shown without decimals even when a missing value made pandas store them as floats.
-INTEGER_COLUMNS = frozenset({"stage", "seed", "n", "n_defined", "n_paired", "epoch", "num_classes", "in_channels"})
+INTEGER_COLUMNS = frozenset({"stage", "seed", "n", "n_defined", "n_paired", "epoch", "num_classes", "in_channels",
+                             "tile_size"})
 #: Text cells longer than this are cut (``--wide`` shows them whole).
 MAX_CELL = 40
 

@@ -28,11 +28,11 @@ def _results_table(args: argparse.Namespace) -> Any:
 
     engine = store.engine_for(opts.database_url(args))  # StoreError (one sentence) for an old schema
     if args.table == "evaluations":
-        return db.evaluation_summary(engine, args.evaluations, mosaic_set_id=args.mosaic_set)
+        return _named(engine, db.evaluation_summary(engine, args.evaluations, mosaic_set_id=args.mosaic_set))
     if args.table == "compare":
         if args.mosaic_set is None:
             raise UsageError("`focus results compare` needs --mosaic-set ID (see `focus results evaluations`).")
-        return db.compare_methods(engine, args.mosaic_set, randomization=args.randomization or "none")
+        return _named(engine, db.compare_methods(engine, args.mosaic_set, randomization=args.randomization or "none"))
     if args.table == "epochs":
         run = db.latest_training_run(engine, args.training_run)
         if run is None:
@@ -53,6 +53,16 @@ def _results_table(args: argparse.Namespace) -> Any:
         named = names_of(engine, {int(c): label for c, label in zip(frame["checkpoint_id"], frame["label"])})
         return frame.assign(label=[named[int(c)] for c in frame["checkpoint_id"]])
     raise UsageError(f"Unknown table {args.table!r}: use one of {', '.join(RESULT_TABLES)}.")  # pragma: no cover
+
+
+def _named(engine: Any, frame: Any) -> Any:
+    """``frame`` with each ``checkpoint_name`` naming every training run that produced the weights."""
+    from flows.results.names import names_of
+
+    if not len(frame):
+        return frame
+    named = names_of(engine, {int(c): n for c, n in zip(frame["checkpoint_id"], frame["checkpoint_name"])})
+    return frame.assign(checkpoint_name=[named[int(c)] for c in frame["checkpoint_id"]])
 
 
 def cmd_results(args: argparse.Namespace) -> None:

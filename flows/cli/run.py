@@ -35,6 +35,7 @@ __all__ = [
     "cmd_sweep",
     "cmd_train",
     "prefect_target",
+    "training_params",
     "print_result",
     "run_flow",
 ]
@@ -142,8 +143,13 @@ def _parameters(args: argparse.Namespace, model_name: str, **fields: Any) -> Any
     return _build(model_name, {**opts.given(args), **fields}, args.params)
 
 
+def training_params(args: argparse.Namespace) -> Any:
+    """The validated ``TrainParams`` of a ``focus train`` command line (its options over its ``--params`` file)."""
+    return _build("TrainParams", opts.given(args), getattr(args, "params", None))
+
+
 def cmd_train(args: argparse.Namespace) -> Any:
-    return run_flow("train", "train", _parameters(args, "TrainParams"))
+    return run_flow("train", "train", training_params(args))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> Any:

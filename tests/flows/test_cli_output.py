@@ -176,6 +176,8 @@ def test_results_fit_100_columns_with_integers_and_blanks(recorded_url: str, cap
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:4] == ["id", "method", "randomized", "stage"]
+    assert {"checkpoint", "arch", "dataset", "tile"} <= set(lines[0].split()), lines[0]  # rows a person tells apart
+    assert all(" digits_cnn " in line and " digits " in line for line in lines[1:]), out
     assert max(map(len, lines)) <= 100 and "--wide" in err
     assert not any(word in out for word in ("NaN", "nan", "None", "<NA>"))
     cascading = [line.split() for line in lines if " cascading " in line]

@@ -105,3 +105,44 @@ def test_train_names_every_method_with_its_undefined_share_and_says_what_r_can_s
         line = next(line for line in lines if f"median Focus of {method}" in line)
         assert "over n = 4 epochs (p = 0.020)" in line and "without epoch 0: r = 0.970, n = 3" in line
     assert "With 4 epochs, one epoch can swing r" in text_ and "not independent" in text_
+
+
+def test_a_small_test_split_gets_a_word_in_the_summary(sqlite_url: str) -> None:
+    """Fewer than ten test images in a class: the summary says so; ten or more: no word."""
+    from flows.cli.flow_summaries import SMALL_SET, small_set
+    from tests.db.test_grids import PER_CLASS_TEST
+
+    written = _store(sqlite_url)
+    out = io.StringIO()
+    emit("randomize", _flow_result(written), argparse.Namespace(database_url=sqlite_url, format="text"), out)
+    assert PER_CLASS_TEST < SMALL_SET
+    assert f"Small set: {PER_CLASS_TEST} test images per class" in out.getvalue(), out.getvalue()
+    engine = db.open_store(sqlite_url)
+    try:
+        relpaths = [f"c{c}/{i:03d}.png" for c in range(2) for i in range(SMALL_SET)]
+        ds = db.register_dataset(engine, "big", "b" * 64, ["a", "b"], relpaths, [c for c in range(2)
+                                 for _ in range(SMALL_SET)], ["test"] * (2 * SMALL_SET), tile_size=8)
+        ids = np.asarray(ds.image_ids)
+        rows = np.array([[ids[0], ids[1], ids[SMALL_SET], ids[SMALL_SET + 1]]])
+        ms = db.register_mosaic_set(engine, "s" * 64, ds.dataset_id, "test", 0, 1, "random", rows, np.array([0]),
+                                    np.array([[True, True, False, False]]), tile_size=8)
+        assert small_set(engine, ms.mosaic_set_id) == []
+        assert small_set(engine, written["grid"].mosaic_set_id) != []
+    finally:
+        engine.dispose()
+
+
+def test_the_sweep_next_step_names_every_evaluation_it_ran(sqlite_url: str) -> None:
+    """A command that runs as printed: every evaluation id, no trailing "..." that the parser would refuse."""
+    import shlex
+
+    from flows.cli.parser import build_parser
+
+    written = _store(sqlite_url)
+    ids = [written["trained"], *(written["full"][s][0] for s in FULL_SEEDS)]
+    out = io.StringIO()
+    emit("sweep", {"cells": [{"evaluation_id": i} for i in ids]},
+         argparse.Namespace(database_url=sqlite_url, format="text"), out)
+    printed = next(line for line in out.getvalue().splitlines() if line.startswith("Next: "))
+    args = build_parser().parse_args(shlex.split(printed.removeprefix("Next: focus ")))
+    assert args.evaluations == ids and args.database_url == sqlite_url

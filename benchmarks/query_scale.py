@@ -166,6 +166,7 @@ def queries(ids: dict[str, Any]) -> dict[str, Callable[[Engine], Any]]:
         "evaluation_results": lambda e: db.evaluation_results(e, latest[0]),
         "evaluation_tile_sums": lambda e: db.evaluation_tile_sums(e, latest[0]),
         "compare_methods": lambda e: db.compare_methods(e, ids["test_set"]),
+        "split_images_per_class": lambda e: db.split_images_per_class(e, ids["test_set"]),
         "training_curve": lambda e: db.training_curve(e, ids["run"]),
         "checkpoint_history": lambda e: db.checkpoint_history(e, ids["audited"][0], "gradcam"),
         "paired_focus": lambda e: db.paired_focus(e, final[("gradcam", "none")], final[("lrp", "none")]),

@@ -12,6 +12,7 @@ computed again: :func:`shared_network_twin` finds the finished evaluation of the
 from __future__ import annotations
 
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from db.transactions import Store, idempotent
 
@@ -75,11 +76,13 @@ def shared_network_twin(store: Store, evaluation_id: int) -> int | None:
     7
     """
 
-    def work(connection) -> int | None:
-        found = connection.execute(_TWIN, {"evaluation_id": evaluation_id}).scalar()
-        return None if found is None else int(found)
-
-    return idempotent(store, work)
+    params = {"evaluation_id": int(evaluation_id)}
+    if isinstance(store, Engine):
+        with store.connect() as connection:
+            found = connection.execute(_TWIN, params).scalar()
+    else:
+        found = store.execute(_TWIN, params).scalar()
+    return None if found is None else int(found)
 
 
 def copy_results(store: Store, source: int, target: int) -> int:

@@ -220,6 +220,6 @@ def test_on_3x3_mosaics_gradcam_and_lrp_rank_tiles_as_the_model_does_and_the_ran
         gap = explainer_gap(focus_score(maps, mask), own)
         medians[method] = (float(agreement.nanmedian()), float(gap.nanmedian()))
     print(f"\n3x3, 3 targets: model Focus median {float(own.nanmedian()):.3f}; (Spearman, gap) medians {medians}")
-    # measured: GradCAM 0.80, LRP 0.82, random 0.03
+    # measured on these 50 mosaics: GradCAM 0.85, LRP 0.82, random -0.08
     assert medians["gradcam"][0] >= 0.6 and medians["lrp"][0] >= 0.6
     assert abs(medians["random"][0]) <= 0.2

@@ -169,10 +169,12 @@ class DisconnectedModel(nn.Module):
 
     Examples
     --------
-    >>> DisconnectedModel(torchvision.models.vit_b_16(num_classes=2), 2)
-    Traceback (most recent call last):
-    ...
-    focus_core.errors.FocusError: The disconnected setting cannot be built for the vision transformer VisionTransformer: its attention joins every patch to every other, so no tile passes through it on its own; use the digits CNN, a torchvision ResNet or a VGG.
+    >>> vit = torchvision.models.VisionTransformer(32, 16, num_layers=1, num_heads=1, hidden_dim=8, mlp_dim=8)
+    >>> try:
+    ...     DisconnectedModel(vit, 2)
+    ... except FocusError as error:
+    ...     print(str(error)[:76])
+    The disconnected setting cannot be built for the vision transformer VisionTr
     """
 
     def __init__(self, model: nn.Module, grid: int) -> None:

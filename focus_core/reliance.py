@@ -198,6 +198,7 @@ def tile_reliance(
             f"Expected ({inputs.shape[0]},) non-negative integer targets, one per mosaic: pass the target classes."
         )
     variants = grid * grid + 1
+    largest = int(targets.max()) if targets.numel() else -1  # read once: no device-to-host copy per batch
     targets = targets.to(device=inputs.device, dtype=torch.int64)
     logits = torch.empty(inputs.shape[0] * variants, device=inputs.device, dtype=torch.float32)
     with torch.no_grad():
@@ -205,18 +206,18 @@ def tile_reliance(
         for start in range(0, logits.shape[0], batch_size):
             rows = torch.arange(start, min(start + batch_size, logits.shape[0]), device=inputs.device)
             out = model(occluded_batch(inputs, base, rows, grid))
-            logits[rows] = _target_logits(out, targets[rows // variants], model)
+            logits[rows] = _target_logits(out, targets[rows // variants], largest, model)
     table = logits.view(-1, variants)
     return TileReliance(intact=table[:, 0].clone(), drops=table[:, :1] - table[:, 1:])
 
 
-def _target_logits(out: object, targets: torch.Tensor, model: nn.Module) -> torch.Tensor:
+def _target_logits(out: object, targets: torch.Tensor, largest: int, model: nn.Module) -> torch.Tensor:
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != targets.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise FocusError(f"{type(model).__name__} returned {shape}, not (n, classes) logits: pass a classifier.")
-    if int(targets.max()) >= out.shape[1]:
+    if largest >= out.shape[1]:
         raise FocusError(
-            f"A target class is {int(targets.max())} but {type(model).__name__} has {out.shape[1]} outputs: "
+            f"A target class is {largest} but {type(model).__name__} has {out.shape[1]} outputs: "
             f"pass targets below {out.shape[1]}."
         )
     return out.gather(1, targets[:, None])[:, 0].float()

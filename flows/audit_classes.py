@@ -153,7 +153,8 @@ def report(rows: list[dict[str, Any]], audit_run_id: int, logger: Any,
         related = [
             {"prefect.resource.id": f"focus.audit-run.{audit_run_id}", "prefect.resource.role": "audit-run"},
             {"prefect.resource.id": f"focus.checkpoint.{row['checkpoint']}", "prefect.resource.role": "checkpoint"},
-            {"prefect.resource.id": f"focus.checkpoint.{row['compared_with']}", "prefect.resource.role": "compared-with"},
+            {"prefect.resource.id": f"focus.checkpoint.{row['compared_with']}",
+             "prefect.resource.role": "compared-with"},
         ]
         emit_event(event=REGRESSED_EVENT, resource=resource(row, labels), related=related,
                    payload={k: row[k] for k in (*CLASS_REGRESSION_KEYS, *_PAYLOAD_EXTRA)})

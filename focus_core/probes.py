@@ -127,7 +127,7 @@ def bright_fill(normalize: Any, channels: int, dtype: torch.dtype, device: torch
 
 
 def stamp(mosaics: torch.Tensor, codes: torch.Tensor, size: int, fill: torch.Tensor) -> torch.Tensor:
-    """Stamp a ``size`` x ``size`` square of ``fill`` into the corner ``codes`` names of each tile (no loop over mosaics).
+    """Stamp a ``size`` x ``size`` square of ``fill`` into the corner ``codes`` names of each tile, all mosaics at once.
 
     Parameters
     ----------

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flows.specs import DatasetSpec, MosaicSetSpec
 
@@ -52,9 +52,14 @@ class ProbeSetSpec(BaseModel):
             raise ValueError(f"The probe name {CLEAN!r} names the audit's clean mosaic set: choose another name.")
         if self.patch is None and self.dataset is None and self.mosaics is None:
             raise ValueError(f"Probe {self.name!r} changes nothing: give it a patch, a dataset or mosaics.")
-        if self.patch is not None:
-            MosaicSetSpec(probe=self.patch)  # one sentence on a bad patch
         return self
+
+    @field_validator("patch")
+    @classmethod
+    def _check_patch(cls, patch: dict[str, Any] | None) -> dict[str, Any] | None:
+        from focus_core.probes import CornerPatch  # torch: only a patch needs it
+
+        return None if patch is None else CornerPatch.parse(patch).to_dict()  # FocusError: one sentence
 
     def mosaic_set(self, audit_mosaics: MosaicSetSpec) -> MosaicSetSpec:
         """The probe's mosaic set: its own, or the audit's, with ``patch`` stamped when given."""

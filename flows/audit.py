@@ -253,7 +253,8 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
     )
     db.finish_audit_run(engine, audit_run_id, status="failed" if failures else "finished",
                         metadata={"regressions": regressions, "failures": failures,
-                                  **({"followed": followed} if params.follow_alias else {})})
+                                  **({"followed": followed} if params.follow_alias else {}),
+                                  "class_regressions": class_regressions})
     if results:
         best_effort(
             create_table_artifact,

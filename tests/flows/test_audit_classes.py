@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 import db
+from db.models import AuditRun
 from db import class_comparisons
 from flows import audit as audit_module
 from flows import audit_classes, tasks
@@ -83,6 +85,9 @@ def test_a_class_that_falls_on_a_probe_set_fires_an_event_naming_class_and_probe
     assert fired[0]["resource"]["prefect.resource.id"] == f"focus.checkpoint.{sha}"
     assert fired[0]["payload"]["class"] == 3 and fired[0]["payload"]["probe"] == "corner"
     assert audit_classes.REGRESSED_EVENT == audit_module.REGRESSED_EVENT
+    with engine.connect() as connection:  # the audit run's record names them too
+        stored = connection.scalar(select(AuditRun.metadata_).where(AuditRun.id == second["audit_run_id"]))
+    assert [(r["probe"], r["class"]) for r in stored["class_regressions"]] == [("corner", SHORTCUT_CLASS)]
 
 
 @pytest.mark.parametrize("kind", ["postgres", "sqlite"])

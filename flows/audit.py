@@ -46,6 +46,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 
 import db
+from flows import audit_classes
 from flows.results import analysis
 from flows.results.names import names_of
 from flows.weights import lineages, weight_store
@@ -208,6 +209,7 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
 
     results: list[dict[str, Any]] = []
     failures: list[str] = []
+    class_results: list[dict[str, Any]] = []  # per target class, clean and probe sets (flows.audit_classes)
     for target in targets:
         try:
             _check_weights(target)
@@ -230,6 +232,9 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
                                "(the data changed): no paired comparison; this audit is the new baseline",
                                target.name, result["method"])
             results.append(result)
+        rows, failed = audit_classes.compare_target(engine, target, spec, [r for r in results if r["checkpoint"] ==
+                                                    target.sha256], audit_run_id, params)
+        class_results, failures = class_results + rows, failures + failed
 
     regressed = [r for r in results if r["regressed"]]
     for result in regressed:
@@ -238,6 +243,7 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
                        result["method"], -result["median_change"], result["compared_with_name"], result["kind"],
                        params.threshold)
     regressions = [{k: result[k] for k in REGRESSION_KEYS} for result in regressed]
+    class_regressions = audit_classes.report(class_results, audit_run_id, logger, _class_resource)
     emit_event(
         event=COMPLETED_EVENT,
         resource={"prefect.resource.id": f"focus.audit-run.{audit_run_id}"},
@@ -247,7 +253,8 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
     )
     db.finish_audit_run(engine, audit_run_id, status="failed" if failures else "finished",
                         metadata={"regressions": regressions, "failures": failures,
-                                  **({"followed": followed} if params.follow_alias else {})})
+                                  **({"followed": followed} if params.follow_alias else {}),
+                                  "class_regressions": class_regressions})
     if results:
         best_effort(
             create_table_artifact,
@@ -258,7 +265,8 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
         )
     if failures:
         raise RuntimeError(f"The audit of {len(failures)} checkpoint(s) failed: {'; '.join(failures)}")
-    return {"audit_run_id": audit_run_id, "results": results, "regressions": regressions, "followed": followed}
+    return {"audit_run_id": audit_run_id, "results": results, "regressions": regressions, "followed": followed,
+            "class_results": class_results, "class_regressions": class_regressions}
 
 
 def _baseline(engine: Any, target: _Target, method_id: int, audit_run_id: int) -> tuple[str | None, dict | None, list]:
@@ -335,6 +343,12 @@ def _emit_regression(result: dict[str, Any], audit_run_id: int) -> None:
     ]
     emit_event(event=REGRESSED_EVENT, resource=resource, related=related,
                payload={k: result[k] for k in (*REGRESSION_KEYS, *_PAYLOAD_EXTRA)})
+
+
+def _class_resource(row: dict[str, Any], labels: dict[str, str]) -> dict[str, str]:
+    if row["lineage"] is not None:
+        return lineage_resource(row["lineage"], **labels)
+    return checkpoint_resource(row["checkpoint"], row["checkpoint_name"], **labels)
 
 
 def _methods(params: AuditParams) -> str:

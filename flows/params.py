@@ -50,6 +50,7 @@ from flows.specs import (
     spec_key,
     without_empty_database_url,
 )
+from flows.probe_sets import ProbeSets
 from focus_core.hashing import canonical_hash
 
 __all__ = [
@@ -291,6 +292,10 @@ class AuditParams(_FlowParams):
     )
     name: RunName | None = Field(None, description="Name of the audit run (e.g. 'nightly'): letters, digits, '.', "
                                  "'_' and '-', starting with a letter or digit.")
+    probes: ProbeSets = Field(
+        default_factory=list, max_length=16, description="Probe mosaic sets besides the clean one, compared per "
+        "target class like it (flows.audit_classes): e.g. [{'name': 'corner', 'patch': {'kind': 'corner_patch', "
+        "'size': 3}}].")
     run: AuditRunSpec = Field(default_factory=AuditRunSpec)
 
 

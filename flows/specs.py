@@ -316,11 +316,22 @@ class MosaicSetSpec(_Spec):
         None, gt=0, le=1, description="The grid pointing game's protocol: only images the checkpoint classifies "
         "correctly with at least this softmax probability (e.g. 0.99) become tiles; empty: every image."
     )
+    probe: dict[str, Any] | None = Field(
+        None, description="A probe set: {'kind': 'corner_patch', 'size': 3, 'seed': 0} stamps a bright square in a "
+        "corner (seeded per tile, or 'corner': 'tl'|'tr'|'bl'|'br') of every non-target tile; empty: clean mosaics."
+    )
 
     @model_validator(mode="after")
     def _check_grid(self) -> MosaicSetSpec:
         layouts.check(self.layout, self.grid, self.targets)  # FocusError (a ValueError): one sentence
         return self
+
+    @field_validator("probe")
+    @classmethod
+    def _check_probe(cls, probe: dict[str, Any] | None) -> dict[str, Any] | None:
+        from focus_core.probes import CornerPatch  # torch: only a probe set needs it
+
+        return None if probe is None else CornerPatch.parse(probe).to_dict()  # every key given: one identity
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
@@ -337,7 +348,7 @@ class MosaicSetSpec(_Spec):
 
 
 #: MosaicSetSpec's fields that are left out of its dump while they have these values.
-_GRID_DEFAULTS: dict[str, Any] = {"grid": 2, "targets": 2, "confident": None}
+_GRID_DEFAULTS: dict[str, Any] = {"grid": 2, "targets": 2, "confident": None, "probe": None}
 
 
 class MethodSpec(_Spec):

@@ -35,7 +35,7 @@ from flows.params import (
     RandomizationSpec,
     spec_key,
 )
-from focus_core import metric, mosaics
+from focus_core import metric, mosaics, probes
 from focus_core.errors import FocusError
 from focus_core.explainers.base import Explanation
 
@@ -167,6 +167,7 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     positions = _positions(request, len(table.targets))
     indices = table.indices.index_select(0, positions)  # stays on the CPU
     targets = table.targets.index_select(0, positions)  # checked on the CPU per batch
+    stamps = None if table.stamps is None else table.stamps.index_select(0, positions)  # a probe set's corners
     work = _work_key(request)
     if not len(positions):
         size = caches.fitting_batch_size(work, request.batch_size)
@@ -175,7 +176,7 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     masks = table.masks.index_select(0, positions)
 
     def turn() -> tuple[Callable[[], list[np.ndarray]], int]:  # holds the model too (explainers hook into it)
-        sums, predicted, size = _explain_batches(request, model, dataset, tiles, indices, targets, work)
+        sums, predicted, size = _explain_batches(request, model, dataset, tiles, indices, targets, work, stamps)
         focus = metric.focus_from_sums(sums, masks.to(device, non_blocking=True))
         return _copy_to_host(sums, focus, predicted), size
 
@@ -192,6 +193,7 @@ def _explain_batches(
     indices: torch.Tensor,
     targets: torch.Tensor,
     work: str,
+    stamps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Tile sums ``(M, grid², 2)`` and predicted classes ``(M,)`` on the device, and the batch size that fitted."""
     size = caches.fitting_batch_size(work, request.batch_size)
@@ -203,7 +205,8 @@ def _explain_batches(
         stop = start + size
         try:
             batch_sums, batch_predicted = _explain_batch(
-                explainer, model, dataset, tiles, indices[start:stop], targets[start:stop], request.dtype, grid
+                explainer, model, dataset, tiles, indices[start:stop], targets[start:stop], request.dtype, grid,
+                None if stamps is None else (request.mosaics.probe["size"], stamps[start:stop]),
             )
         except torch.OutOfMemoryError as error:  # torch.cuda.OutOfMemoryError is the same class
             if size == 1:
@@ -269,9 +272,15 @@ def _explain_batch(
     targets: torch.Tensor,
     dtype: str,
     grid: int = 2,
+    stamps: tuple[int, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tile sums ``(B, grid², 2)`` (fp32) and predicted classes ``(B,)`` of one batch, left on the device."""
+    """Tile sums ``(B, grid², 2)`` (fp32) and predicted classes ``(B,)`` of one batch, left on the device.
+
+    ``stamps``: a probe set's patch size and corner codes for the batch (:func:`focus_core.probes.stamp`).
+    """
     x = mosaics.compose_normalized(tiles, indices, dataset)
+    if stamps is not None:
+        x = probes.stamp(x, stamps[1], stamps[0], probes.bright_fill(dataset.normalize, x.shape[1], x.dtype, x.device))
     with _precision(dtype, x.device):
         explanation = _explain(explainer, model, x, targets)
         logits = explanation.logits

@@ -47,6 +47,7 @@ from focus_core.errors import FocusError
 from focus_core.hashing import canonical_hash, canonical_json
 from focus_core import layouts
 from focus_core.layouts import LAYOUTS  # re-exported: mosaics.LAYOUTS
+from focus_core.probes import CornerPatch, corner_codes
 
 __all__ = [
     "LAYOUTS",
@@ -106,6 +107,7 @@ class MosaicManifest:
     targets: int = 2
     confident: float | None = None
     confident_model: str | None = None
+    probe: CornerPatch | None = None
 
     def __len__(self) -> int:
         return len(self.mosaics)
@@ -127,6 +129,8 @@ class MosaicManifest:
         for key, default in _DEFAULTS.items():  # only where not the 2x2 paper's: its bytes stay as they were
             if getattr(self, key) != default:
                 payload[key] = getattr(self, key)
+        if self.probe is not None:  # a probe set (focus_core.probes); a clean set's bytes stay as they were
+            payload["probe"] = self.probe.to_dict()
         payload["mosaics"] = [
                 {
                     "image_indices": list(m.image_indices),
@@ -156,6 +160,7 @@ class MosaicManifest:
                 targets=targets,
                 confident=None if confident is None else float(confident),
                 confident_model=None if confident_model is None else str(confident_model),
+                probe=None if payload.get("probe") is None else CornerPatch.parse(payload["probe"]),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise FocusError(
@@ -176,6 +181,11 @@ class MosaicManifest:
     def target_classes(self) -> torch.Tensor:
         """Return the target class of every mosaic as ``int64`` of shape ``(M,)``."""
         return torch.tensor([m.target_class for m in self.mosaics], dtype=torch.int64)
+
+    def probe_codes(self) -> torch.Tensor | None:
+        """The probe's corner per tile, int8 ``(M, N²)`` (:func:`focus_core.probes.corner_codes`); ``None`` without
+        a probe."""
+        return None if self.probe is None else corner_codes(self.probe, target_mask(self))
 
 
 #: The trailing fields of a manifest and their defaults (the paper's 2x2 mosaics with two targets, every image).
@@ -234,6 +244,7 @@ def build_manifest(
     eligible: torch.Tensor | np.ndarray | Sequence[int] | None = None,
     confident: float | None = None,
     confident_model: str | None = None,
+    probe: dict[str, Any] | CornerPatch | None = None,
 ) -> MosaicManifest:
     """Draw ``per_class`` mosaics for every target class from one held-out split.
 
@@ -266,6 +277,10 @@ def build_manifest(
         :func:`focus_core.confident.confident_indices`); every image of the split by default.
     confident, confident_model : optional
         The threshold and the weights' sha256 that chose ``eligible``: recorded in the manifest (and its hash).
+    probe : dict or CornerPatch, optional
+        A probe set's transformation of the non-target tiles (:class:`focus_core.probes.CornerPatch`, e.g.
+        ``{"kind": "corner_patch", "size": 3, "seed": 0}``): recorded in the manifest (and its hash), stamped
+        when the mosaics are composed; the same draws choose the tiles with or without it.
 
     Returns
     -------
@@ -277,7 +292,8 @@ def build_manifest(
     FocusError
         For the training split, an unknown split, class, or a layout, grid or target count that does not fit
         (:func:`focus_core.layouts.check`), a class with fewer than ``targets`` (eligible) images in the split,
-        or fewer than ``grid² - targets`` (eligible) images of other classes.
+        or fewer than ``grid² - targets`` (eligible) images of other classes, or a probe that is unknown or does
+        not fit in a tile's corner.
 
     Examples
     --------
@@ -305,6 +321,9 @@ def build_manifest(
             "A confident mosaic set needs its threshold, the sha256 of the weights that chose its images and those "
             "images: pass confident, confident_model and eligible together."
         )
+    patch = None if probe is None else CornerPatch.parse(probe)
+    if patch is not None:
+        patch.check_tile(int(dataset.tiles.shape[2]), int(dataset.tiles.shape[3]))
     target_classes = _resolve_classes(dataset, classes)
     members = dataset.indices(split).numpy()
     if eligible is not None:
@@ -362,6 +381,7 @@ def build_manifest(
         targets=int(targets),
         confident=None if confident is None else float(confident),
         confident_model=confident_model,
+        probe=patch,
     )
 
 

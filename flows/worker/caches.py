@@ -120,6 +120,7 @@ def _load_manifest(dataset_key: str, mosaics_key: str, chooser: tuple[str, str] 
         eligible=eligible,
         confident=spec.confident,
         confident_model=sha,
+        probe=spec.probe,
     )
 
 
@@ -157,6 +158,7 @@ class ManifestTensors(NamedTuple):
     indices: torch.Tensor  # int64 (M, N²) tile indices, row-major (2x2: TL, TR, BL, BR)
     targets: torch.Tensor  # int64 (M,) target classes
     masks: torch.Tensor  # bool (M, N²) target tiles
+    stamps: torch.Tensor | None = None  # int8 (M, N²) a probe set's corner per tile (focus_core.probes), else None
 
 
 def manifest_tensors(dataset: DatasetSpec, spec: MosaicSetSpec, model: ModelSpec | None = None) -> ManifestTensors:
@@ -171,7 +173,8 @@ def manifest_tensors(dataset: DatasetSpec, spec: MosaicSetSpec, model: ModelSpec
 @functools.lru_cache(maxsize=16)
 def _manifest_tensors(dataset_key: str, mosaics_key: str, chooser: tuple[str, str] | None) -> ManifestTensors:
     manifest = _load_manifest(dataset_key, mosaics_key, chooser)
-    return ManifestTensors(manifest.index_tensor(), manifest.target_classes(), mosaics.target_mask(manifest))
+    return ManifestTensors(manifest.index_tensor(), manifest.target_classes(), mosaics.target_mask(manifest),
+                           manifest.probe_codes())
 
 
 def build_model(spec: ModelSpec, dataset: DatasetSpec, weights_file: str | None = None) -> nn.Module:

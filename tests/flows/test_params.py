@@ -183,3 +183,17 @@ def test_cutmix_is_a_training_option_that_leaves_every_run_without_it_keyed_as_b
     assert given(build_parser().parse_args(["train", "--cutmix", "1"]))["cutmix"] == 1.0
     with pytest.raises(ValueError, match="cutmix"):
         TrainParams(cutmix=-1.0)
+
+
+def test_audit_probes_are_checked_in_one_sentence_each() -> None:
+    import pydantic
+
+    probe = {"name": "corner", "patch": {"kind": "corner_patch", "size": 3}}
+    params = AuditParams(probes=[probe])
+    assert params.probes[0].patch == {"kind": "corner_patch", "size": 3, "seed": 0, "corner": "random"}
+    assert params.probes[0].mosaic_set(params.mosaics).probe == params.probes[0].patch
+    assert AuditParams().probes == [] and "probe" not in AuditParams().mosaics.model_dump()
+    for bad, words in (([probe, probe], "more than once"), ([{"name": "clean", "patch": probe["patch"]}], "clean"),
+                       ([{"name": "x"}], "changes nothing"), ([{"name": "x", "patch": {"kind": "blur"}}], "blur")):
+        with pytest.raises(pydantic.ValidationError, match=words):
+            AuditParams(probes=bad)

@@ -1,0 +1,83 @@
+"""End to end: a lineage's new version with a corner shortcut for "3" fires one event naming class 3 and the probe.
+
+v1 is a digits CNN; v2 is v1 fine-tuned on stamped copies of other digits labelled 3 (the shortcut of
+``tests/focus_core/test_shortcut_science.py``). The audit of v2 (compared with v1, ``previous_checkpoint``) on a
+real Prefect API and a real PostgreSQL store carries a corner-patch probe set: the overall comparison stays quiet
+and the per-class comparison names class 3 (and no other class) on the ``corner`` probe, where it falls further than
+on the clean mosaics.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import db
+from flows import audit as audit_module
+from flows import audit_classes
+from flows.params import AuditParams, DatasetSpec, ModelSpec
+from flows.worker import record, store
+from focus_core import data, models
+from focus_core.train import TrainConfig, train_model
+from tests.focus_core.test_shortcut_science import SHORTCUT, _shortcut_training_set
+
+pytestmark = pytest.mark.training
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    db.upgrade(postgres_database)
+    return postgres_database
+
+
+def _shortcut_copy(weights: str, path) -> str:
+    model = models.load_weights(models.build_model("digits_cnn", num_classes=10, in_channels=1), weights)
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_model(model, _shortcut_training_set(data.load_digits(seed=0, tile_size=32)),
+                    TrainConfig.digits(seed=0, epochs=3, lr=1e-3))
+    finally:
+        torch.set_num_threads(threads)
+    models.save_weights(model, path)
+    return str(path)
+
+
+def test_the_audit_names_the_class_and_the_probe_of_a_shortcut(prefect_api, postgres_url, digits_weights, tmp_path,
+                                                                 monkeypatch):
+    engine = store.engine_for(postgres_url)
+    events: list[dict] = []
+    for module in (audit_module, audit_classes):
+        real = module.emit_event
+        monkeypatch.setattr(module, "emit_event", lambda real=real, **kw: (events.append(kw), real(**kw))[1])
+    params = AuditParams(
+        methods=[{"name": "gradcam"}], mosaics={"split": "test", "per_class": 15, "seed": 0}, threshold=0.05,
+        lineages=["digits-prod"], probes=[{"name": "corner", "patch": {"kind": "corner_patch", "size": 4, "seed": 7}}],
+        run={"device": "cpu", "batch_size": 64, "chunk_size": 256, "database_url": postgres_url},
+    )
+    v1, _ = record.register_checkpoint(engine, ModelSpec(weights=digits_weights), DatasetSpec())
+    db.register_lineage_checkpoint(engine, "digits-prod", v1)
+    db.set_lineage_audit(engine, "digits-prod")
+    audit_module.audit(params)
+
+    shortcut = _shortcut_copy(digits_weights, tmp_path / "v2.pt")
+    v2, sha2 = record.register_checkpoint(engine, ModelSpec(weights=shortcut), DatasetSpec())
+    db.register_lineage_checkpoint(engine, "digits-prod", v2)
+    events.clear()
+    second = audit_module.audit(params)
+
+    (overall,) = second["results"]
+    print(f"\noverall GradCAM median change {overall['median_change']:+.3f} (p {overall['p_value']:.2g}); "
+          f"class regressions {second['class_regressions']}")
+    assert overall["kind"] == "previous_checkpoint" and not overall["regressed"]
+    regressions = {r["probe"]: r for r in second["class_regressions"]}
+    assert {r["class"] for r in second["class_regressions"]} == {SHORTCUT} and "corner" in regressions
+    corner = regressions["corner"]
+    assert corner["lineage"] == "digits-prod" and corner["checkpoint"] == sha2 and corner["median_change"] < -0.1
+    if "clean" in regressions:  # the shortcut may show on clean mosaics too; the probe shows it more
+        assert corner["median_change"] < regressions["clean"]["median_change"]
+    fired = [e for e in events if e["event"] == audit_module.REGRESSED_EVENT]
+    assert len(fired) == len(regressions)
+    assert all(e["resource"]["prefect.resource.id"] == "focus.lineage.digits-prod" for e in fired)
+    assert ("corner", SHORTCUT) in {(e["payload"]["probe"], e["payload"]["class"]) for e in fired}

@@ -11,7 +11,8 @@ A run records the process behind its owner id first (:func:`register_holder`: ho
 run); :func:`holders` lists those of the owners holding leases on some evaluations, so that a caller that knows the
 process is gone takes its leases over at once (:func:`take_over`) instead of waiting for them to expire.
 :func:`running_holders` lists the owners of every running evaluation, chunk lease and audit run, so that a sweep
-marks the rows of the dead ones ``crashed`` (:func:`release_run`) even when no run of their request comes again.
+marks the rows of the dead ones ``crashed`` (:func:`release_run`, ``db.runs.crash_audit_runs``) even when no run of
+their request comes again.
 
 Claims are one conditional upsert (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``): the row is taken only
 when it is free, expired or already the caller's, atomically on PostgreSQL and on SQLite.
@@ -201,9 +202,8 @@ def release_run(store: Store, owner: str, status: str = "running") -> list[int]:
     """End ``owner``'s leases: its running evaluations get ``status`` and no owner; its chunk leases and its holder go.
 
     ``running`` (the default) leaves them resumable by the next run of the request (a run stopped by
-    ``max_chunks``); a run's state hooks pass ``crashed`` or ``failed``, and so does a sweep of dead runs. A final
-    ``status`` closes ``owner``'s running audit runs too (``running`` leaves them open). Idempotent. Returns the ids of
-    the evaluations.
+    ``max_chunks``); a run's state hooks pass ``crashed`` or ``failed``, and so does a sweep of dead runs.
+    Idempotent. Returns the ids of the evaluations.
     """
     with transaction(store) as connection:
         ids = list(connection.scalars(
@@ -213,11 +213,6 @@ def release_run(store: Store, owner: str, status: str = "running") -> list[int]:
             connection.execute(
                 update(Evaluation).where(Evaluation.id.in_(ids))
                 .values(status=status, run_owner=None, run_expires_at=None)
-            )
-        if status != "running":
-            connection.execute(
-                update(AuditRun).where(AuditRun.run_owner == owner, AuditRun.status == "running")
-                .values(status=status, run_owner=None, finished_at=utcnow())
             )
         connection.execute(delete(ChunkLease).where(ChunkLease.owner == owner))
         connection.execute(delete(LeaseHolder).where(LeaseHolder.owner == owner))

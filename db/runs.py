@@ -2,7 +2,7 @@
 
 An audit run is ``running`` under the lease owner of the run that opened it (``run_owner``, its process in
 ``lease_holder``) until :func:`finish_audit_run` closes it; a run that dies first leaves it to the next audit, which
-marks it ``crashed`` (``db.leases.release_run``).
+marks it ``crashed`` (:func:`crash_audit_runs`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from db.models import AuditRun, LeaseHolder, TrainingEpoch, TrainingEpochEvaluat
 from db.transactions import Store, error_reason, idempotent, transaction
 from db.types import optional_float, utcnow
 
-__all__ = ["register_training_run", "record_epoch", "finish_training_run", "start_audit_run", "finish_audit_run"]
+__all__ = ["register_training_run", "record_epoch", "finish_training_run", "start_audit_run", "finish_audit_run",
+           "crash_audit_runs"]
 
 _EPOCH_METRICS = (
     "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy",
@@ -141,3 +142,20 @@ def finish_audit_run(
         connection.execute(update(AuditRun).where(AuditRun.id == audit_run_id).values(values))
         if owner is not None:
             connection.execute(delete(LeaseHolder).where(LeaseHolder.owner == owner))
+
+
+def crash_audit_runs(store: Store, owner: str) -> list[int]:
+    """Mark ``crashed`` the audit runs still ``running`` under ``owner``, a run that has stopped; return their ids.
+
+    Their metadata is kept; ``owner``'s holder row is left to ``db.leases.release_run``. Idempotent.
+    """
+    with transaction(store) as connection:
+        ids = list(connection.scalars(
+            select(AuditRun.id).where(AuditRun.run_owner == owner, AuditRun.status == "running")
+        ))
+        if ids:
+            connection.execute(
+                update(AuditRun).where(AuditRun.id.in_(ids)).values(status="crashed", run_owner=None,
+                                                                     finished_at=utcnow())
+            )
+    return sorted(ids)

@@ -79,9 +79,10 @@ def take_over_dead(engine: Any, evaluation_ids: Sequence[int], owner: str, secon
 
 
 class Swept(NamedTuple):
-    """What :func:`sweep_dead_runs` marked ``crashed``: evaluation ids, and the owners whose runs had stopped."""
+    """What :func:`sweep_dead_runs` marked ``crashed`` (evaluation and audit run ids), and the owners that stopped."""
 
     evaluations: list[int]
+    audit_runs: list[int]
     owners: list[str]
 
 
@@ -94,9 +95,13 @@ def sweep_dead_runs(engine: Any, *, keep: str | None = None) -> Swept:
     Idempotent; safe while other runs work.
     """
     owners = [h.owner for h in db.leases.running_holders(engine) if h.owner != keep and _gone(h)]
-    evaluations = [i for owner in owners for i in db.leases.release_run(engine, owner, "crashed")]
+    evaluations: list[int] = []
+    audit_runs: list[int] = []
+    for owner in owners:  # the audit runs first: release_run drops the holder row, which a retry needs
+        audit_runs += db.runs.crash_audit_runs(engine, owner)
+        evaluations += db.leases.release_run(engine, owner, "crashed")
     evaluations += db.leases.expire_stale_runs(engine)
-    return Swept(sorted(evaluations), owners)
+    return Swept(sorted(evaluations), sorted(audit_runs), owners)
 
 
 def _warn(message: str, *args: Any) -> None:
@@ -120,9 +125,10 @@ def open_audit_run(engine: Any, **audit_run: Any) -> int:
     """
     owner = run_owner()
     swept = sweep_dead_runs(engine, keep=owner)
-    if swept.owners or swept.evaluations:
-        _warn("Runs that stopped without closing their rows (%s) left evaluations %s and their audit runs "
-              "running: marked crashed", ", ".join(swept.owners) or "expired leases", swept.evaluations)
+    if swept.evaluations or swept.audit_runs:
+        _warn("Runs that stopped without closing their rows left them running: marked crashed audit run(s) %s and "
+              "evaluation(s) %s (lease owners %s)", swept.audit_runs or "-", swept.evaluations or "-",
+              ", ".join(swept.owners) or "- (expired leases)")
     hold(engine, owner)
     return db.start_audit_run(engine, owner=owner, **audit_run)
 

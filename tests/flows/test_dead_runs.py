@@ -95,13 +95,14 @@ def test_the_next_audit_marks_a_killed_audits_rows_crashed_and_leaves_a_live_one
         assert _status(pg_url, "audit_run", next_audit) == ("finished", None)
         assert _rows(pg_url, f"SELECT pid FROM lease_holder WHERE owner = '{owner}'") == []
         # a holder whose process lives on is never swept; the sweep is idempotent
-        assert leases.sweep_dead_runs(engine) == leases.Swept([], [])
+        assert leases.sweep_dead_runs(engine) == leases.Swept([], [], [])
     finally:
         alive.kill()
         alive.wait(timeout=30)
     # once the live run is killed as well, a sweep closes its rows too
     swept = leases.sweep_dead_runs(engine)
-    assert swept.evaluations == [live_evaluation] and len(swept.owners) == 2  # its audit's owner and its evaluate's
+    assert (swept.evaluations, swept.audit_runs) == ([live_evaluation], [live_audit])
+    assert len(swept.owners) == 2  # its audit's owner and its evaluate's
     assert _status(pg_url, "audit_run", live_audit)[0] == "crashed"
     assert _rows(pg_url, "SELECT status, COUNT(*) FROM audit_run GROUP BY status ORDER BY status") == [
         ("crashed", 2), ("finished", 1)]
@@ -117,6 +118,6 @@ def test_a_running_evaluation_whose_lease_expired_without_a_holder_is_marked_cra
     db.start_evaluation(engine, evaluation, owner="an-old-client", lease_seconds=0)
     other = db.get_or_create_evaluation(engine, world.checkpoint_id, world.method_ids["lrp"], world.mosaic_set_id)
     db.start_evaluation(engine, other, owner="a-live-client", lease_seconds=LEASE_SECONDS)
-    assert leases.sweep_dead_runs(engine) == leases.Swept([evaluation], [])
+    assert leases.sweep_dead_runs(engine) == leases.Swept([evaluation], [], [])
     assert _status(pg_url, "evaluation", evaluation) == ("crashed", None)
     assert _status(pg_url, "evaluation", other) == ("running", "a-live-client")

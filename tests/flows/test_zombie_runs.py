@@ -1,4 +1,4 @@
-"""A worker killed mid-evaluate on a real Prefect server: its flow run ends Crashed, the next nightly runs, no row hangs.
+"""A worker killed mid-evaluate on a real Prefect server: its run ends Crashed, the next nightly runs, no row hangs.
 
 1. The automations of deployments/automations.yaml load into a real server as `prefect automation create` reads them.
 2. The ``nightly`` deployment of deployments/prefect.yaml (concurrency limit 1) runs the audit on a process worker
@@ -45,9 +45,9 @@ HEARTBEAT_S = 30  # the shortest heartbeat frequency Prefect accepts
 WITHIN_S = 90  # three heartbeats, as in Prefect's own example
 DEADLINE_S = 480.0  # generous: a verdict never depends on it, only a hang ends there
 PARAMS = {  # the nightly's form, on the CPU: a slow first audit (LIME, killed mid-way), a quick second one
-    "killed": {"name": "nightly", "dataset": {"kind": "digits"}, "mosaics": {"split": "test", "per_class": 30, "seed": 0},
-               "methods": [{"name": "lime"}], "threshold": 0.05,
-               "run": {"device": "cpu", "batch_size": 8, "chunk_size": 4, "retries": 0}},
+    "killed": {"name": "nightly", "dataset": {"kind": "digits"},
+               "mosaics": {"split": "test", "per_class": 30, "seed": 0}, "methods": [{"name": "lime"}],
+               "threshold": 0.05, "run": {"device": "cpu", "batch_size": 8, "chunk_size": 4, "retries": 0}},
     "next": {"name": "nightly", "dataset": {"kind": "digits"}, "mosaics": {"split": "test", "per_class": 1, "seed": 0},
              "methods": [{"name": "gradcam"}], "threshold": 0.05,
              "run": {"device": "cpu", "batch_size": 8, "chunk_size": 8, "retries": 0}},

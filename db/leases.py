@@ -10,6 +10,9 @@ when the run knows it is ending badly (a crash, a cancellation, a failure).
 A run records the process behind its owner id first (:func:`register_holder`: host, pid, start time, Prefect flow
 run); :func:`holders` lists those of the owners holding leases on some evaluations, so that a caller that knows the
 process is gone takes its leases over at once (:func:`take_over`) instead of waiting for them to expire.
+:func:`running_holders` lists the owners of every running evaluation, chunk lease and audit run, so that a sweep
+marks the rows of the dead ones ``crashed`` (:func:`release_run`, ``db.runs.crash_audit_runs``) even when no run of
+their request comes again.
 
 Claims are one conditional upsert (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``): the row is taken only
 when it is free, expired or already the caller's, atomically on PostgreSQL and on SQLite.
@@ -25,7 +28,7 @@ from sqlalchemy import and_, delete, or_, select, union, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from db.models import Base, ChunkLease, Evaluation, LeaseHolder
+from db.models import AuditRun, Base, ChunkLease, Evaluation, LeaseHolder
 from db.transactions import Store, transaction
 from db.types import utcnow
 
@@ -33,6 +36,7 @@ __all__ = [
     "Holder",
     "register_holder",
     "holders",
+    "running_holders",
     "claim_chunk",
     "release_chunk",
     "chunk_lease_live",
@@ -100,6 +104,26 @@ def holders(store: Store, evaluation_ids: Sequence[int]) -> list[Holder]:
     return [Holder(*row) for row in rows]
 
 
+def running_holders(store: Store) -> list[Holder]:
+    """The recorded processes of every owner of a running evaluation, a chunk lease or a running audit run.
+
+    Owners without a recorded process are left out (see :func:`holders`).
+    """
+    owners = union(
+        select(ChunkLease.owner.label("owner")),
+        select(Evaluation.run_owner.label("owner")).where(Evaluation.status == "running",
+                                                          Evaluation.run_owner.is_not(None)),
+        select(AuditRun.run_owner.label("owner")).where(AuditRun.status == "running", AuditRun.run_owner.is_not(None)),
+    ).subquery()
+    with transaction(store) as connection:
+        rows = connection.execute(
+            select(LeaseHolder.owner, LeaseHolder.host, LeaseHolder.pid, LeaseHolder.process_started,
+                   LeaseHolder.flow_run_id)
+            .where(LeaseHolder.owner.in_(select(owners.c.owner))).order_by(LeaseHolder.owner)
+        ).all()
+    return [Holder(*row) for row in rows]
+
+
 def claim_chunk(store: Store, evaluation_id: int, chunk: int, owner: str, seconds: float) -> bool:
     """Claim chunk ``chunk`` of an evaluation for ``owner`` for ``seconds``; whether the claim was granted.
 
@@ -153,15 +177,17 @@ def renew(store: Store, owner: str, evaluation_ids: Sequence[int], seconds: floa
             )
 
 
-def expire_stale_runs(store: Store, evaluation_ids: Sequence[int]) -> list[int]:
-    """Mark ``crashed`` those of ``evaluation_ids`` still ``running`` under a run whose lease has expired.
+def expire_stale_runs(store: Store, evaluation_ids: Sequence[int] | None = None) -> list[int]:
+    """Mark ``crashed`` those of ``evaluation_ids`` (``None``: every evaluation) still ``running`` under a run whose
+    lease has expired.
 
     Returns the ids marked; their rows are kept, and the caller may take them over.
     """
-    if not evaluation_ids:
+    if evaluation_ids is not None and not evaluation_ids:
         return []
-    stale = and_(Evaluation.id.in_(list(evaluation_ids)), Evaluation.status == "running",
-                 Evaluation.run_expires_at < utcnow())
+    stale = and_(Evaluation.status == "running", Evaluation.run_expires_at < utcnow())
+    if evaluation_ids is not None:
+        stale = and_(Evaluation.id.in_(list(evaluation_ids)), stale)
     with transaction(store) as connection:
         ids = list(connection.scalars(select(Evaluation.id).where(stale)))
         if ids:
@@ -176,8 +202,8 @@ def release_run(store: Store, owner: str, status: str = "running") -> list[int]:
     """End ``owner``'s leases: its running evaluations get ``status`` and no owner; its chunk leases and its holder go.
 
     ``running`` (the default) leaves them resumable by the next run of the request (a run stopped by
-    ``max_chunks``); a run's state hooks pass ``crashed`` or ``failed``, and so does the run that takes over
-    from a dead one. Idempotent. Returns the ids of the evaluations.
+    ``max_chunks``); a run's state hooks pass ``crashed`` or ``failed``, and so does a sweep of dead runs.
+    Idempotent. Returns the ids of the evaluations.
     """
     with transaction(store) as connection:
         ids = list(connection.scalars(

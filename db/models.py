@@ -59,6 +59,7 @@ __all__ = [
     "SPLITS",
     "RANDOMIZATIONS",
     "EVALUATION_STATUSES",
+    "AUDIT_RUN_STATUSES",
     "QUADRANTS",
     "MAX_GRID",
 ]
@@ -75,6 +76,7 @@ SPLITS = ("train", "val", "test")
 RANDOMIZATIONS = ("none", "full", "cascading", "independent")
 EVALUATION_STATUSES = ("pending", "running", "finished", "failed", "crashed")
 RUN_STATUSES = ("running", "finished", "failed")
+AUDIT_RUN_STATUSES = (*RUN_STATUSES, "crashed")
 QUADRANTS = ("tl", "tr", "bl", "br")
 MAX_GRID = 5  # N x N tiles, N <= 5: the target bitmask (bit p for tile p) fits a 32-bit integer
 
@@ -314,11 +316,15 @@ class XaiMethod(Base):
 
 
 class AuditRun(Base):
-    """One run of the audit (for example the nightly one)."""
+    """One run of the audit (for example the nightly one).
+
+    A ``running`` audit run names the run that opened it (``run_owner``, whose ``lease_holder`` row names its
+    process and Prefect flow run); ``crashed`` means that run died before closing it (revision 0015).
+    """
 
     __tablename__ = "audit_run"
     __table_args__ = (
-        CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+        CheckConstraint(_in("status", AUDIT_RUN_STATUSES), name="status"),
         Index("ix_audit_run_started_at", "started_at", "id"),  # the latest audit in one probe (revision 0009)
     )
 
@@ -329,6 +335,7 @@ class AuditRun(Base):
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None]
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
+    run_owner: Mapped[str | None] = mapped_column(String(64))
 
 
 class Evaluation(Base):
@@ -486,7 +493,8 @@ class ChunkLease(Base):
 
 
 class LeaseHolder(Base):
-    """The process behind a lease owner (``evaluation.run_owner``, ``chunk_lease.owner``), for telling a dead run.
+    """The process behind a lease owner (``evaluation.run_owner``, ``chunk_lease.owner``, ``audit_run.run_owner``),
+    for telling a dead run.
 
     ``host`` names the machine and its process namespace, ``pid`` and ``process_started`` the process (its start
     time tells a reused pid apart; NULL where the system does not say), ``flow_run_id`` the Prefect flow run, when

@@ -1,4 +1,9 @@
-"""Training runs with their per-epoch metrics, and audit runs."""
+"""Training runs with their per-epoch metrics, and audit runs.
+
+An audit run is ``running`` under the lease owner of the run that opened it (``run_owner``, its process in
+``lease_holder``) until :func:`finish_audit_run` closes it; a run that dies first leaves it to the next audit, which
+marks it ``crashed`` (:func:`crash_audit_runs`).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from db.errors import StoreError
-from db.models import AuditRun, TrainingEpoch, TrainingEpochEvaluation, TrainingRun
+from db.models import AuditRun, LeaseHolder, TrainingEpoch, TrainingEpochEvaluation, TrainingRun
 from db.transactions import Store, error_reason, idempotent, transaction
 from db.types import optional_float, utcnow
 
-__all__ = ["register_training_run", "record_epoch", "finish_training_run", "start_audit_run", "finish_audit_run"]
+__all__ = ["register_training_run", "record_epoch", "finish_training_run", "start_audit_run", "finish_audit_run",
+           "crash_audit_runs"]
 
 _EPOCH_METRICS = (
     "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy",
@@ -107,12 +113,17 @@ def start_audit_run(
     threshold: float | None = None,
     metadata: dict[str, Any] | None = None,
     started_at: dt.datetime | None = None,
+    owner: str | None = None,
 ) -> int:
-    """Open an audit run and return its id."""
+    """Open an audit run and return its id; ``owner``: the lease owner of the run that opens it.
+
+    Record ``owner``'s process first (``db.leases.register_holder``), so that a later audit can tell when it died.
+    """
     with transaction(store) as connection:
         return connection.scalar(
             insert(AuditRun)
-            .values(name=name, threshold=threshold, metadata_=metadata, started_at=started_at or utcnow())
+            .values(name=name, threshold=threshold, metadata_=metadata, started_at=started_at or utcnow(),
+                    **({"run_owner": owner} if owner is not None else {}))
             .returning(AuditRun.id)
         )
 
@@ -120,9 +131,31 @@ def start_audit_run(
 def finish_audit_run(
     store: Store, audit_run_id: int, status: str = "finished", metadata: dict[str, Any] | None = None
 ) -> None:
-    """Close an audit run with its status (and, optionally, replace its metadata)."""
+    """Close an audit run with its status (and, optionally, replace its metadata); its owner's holder row goes."""
     values: dict[str, Any] = {"status": status, "finished_at": utcnow()}
     if metadata is not None:
         values["metadata_"] = metadata
     with transaction(store) as connection:
+        owner = connection.scalar(select(AuditRun.run_owner).where(AuditRun.id == audit_run_id))
+        if owner is not None:
+            values["run_owner"] = None
         connection.execute(update(AuditRun).where(AuditRun.id == audit_run_id).values(values))
+        if owner is not None:
+            connection.execute(delete(LeaseHolder).where(LeaseHolder.owner == owner))
+
+
+def crash_audit_runs(store: Store, owner: str) -> list[int]:
+    """Mark ``crashed`` the audit runs still ``running`` under ``owner``, a run that has stopped; return their ids.
+
+    Their metadata is kept; ``owner``'s holder row is left to ``db.leases.release_run``. Idempotent.
+    """
+    with transaction(store) as connection:
+        ids = list(connection.scalars(
+            select(AuditRun.id).where(AuditRun.run_owner == owner, AuditRun.status == "running")
+        ))
+        if ids:
+            connection.execute(
+                update(AuditRun).where(AuditRun.id.in_(ids)).values(status="crashed", run_owner=None,
+                                                                     finished_at=utcnow())
+            )
+    return sorted(ids)

@@ -50,7 +50,7 @@ from flows import audit_classes
 from flows.results import analysis
 from flows.results.names import names_of
 from flows.weights import lineages, weight_store
-from flows.worker import devices, store
+from flows.worker import devices, leases, store
 from flows.evaluate import evaluate
 from flows.results.artifacts import number
 from flows.params import AuditParams, EvaluateParams, ModelSpec
@@ -197,7 +197,7 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
             logger.warning("Alias %r names version %d of lineage %r, not its newest (%s): the audit follows the "
                            "newest", params.follow_alias, entry["version"], entry["lineage"],
                            newest[entry["lineage"]])
-    audit_run_id = db.start_audit_run(
+    audit_run_id = leases.open_audit_run(
         engine, name=params.name, threshold=params.threshold,
         metadata={"methods": [m.model_dump(mode="json") for m in params.methods],
                   "mosaics": params.mosaics.model_dump(mode="json"), "dataset": params.dataset.model_dump(mode="json"),

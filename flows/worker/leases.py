@@ -7,20 +7,27 @@ mark its evaluations ``crashed`` or ``failed`` at once. A run that dies without 
 lost worker, a full disk) stops renewing: the next run of the request takes its work over at once when it can
 tell the holder is gone (:func:`take_over_dead`: the process is gone from this host, or its Prefect flow run
 has ended), else once its leases expire. A live run's claims are always waited for.
+
+Rows that no later run of their request takes over (an audit's evaluations belong to that audit run, and the
+audit run itself) are closed by :func:`sweep_dead_runs`, which the audit runs as it opens its audit run
+(:func:`open_audit_run`): every running evaluation and audit run whose holder has certainly stopped, or whose lease
+has expired, becomes ``crashed``, so no row of a killed run stays ``running``.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import db
 from flows.worker import processes, store
 
-__all__ = ["run_owner", "hold", "take_over_dead", "LeaseKeeper", "release_run", "STATE_HOOKS"]
+__all__ = ["run_owner", "hold", "take_over_dead", "Swept", "sweep_dead_runs", "open_audit_run", "LeaseKeeper",
+           "release_run", "STATE_HOOKS"]
 
 
 def run_owner() -> str:
@@ -69,6 +76,61 @@ def take_over_dead(engine: Any, evaluation_ids: Sequence[int], owner: str, secon
     for stopped in dead:
         db.leases.take_over(engine, stopped, owner, seconds)
     return dead
+
+
+class Swept(NamedTuple):
+    """What :func:`sweep_dead_runs` marked ``crashed`` (evaluation and audit run ids), and the owners that stopped."""
+
+    evaluations: list[int]
+    audit_runs: list[int]
+    owners: list[str]
+
+
+def sweep_dead_runs(engine: Any, *, keep: str | None = None) -> Swept:
+    """Mark ``crashed`` every running evaluation and audit run left by a run that has certainly stopped.
+
+    A run has stopped when its holder is gone (its process is gone from this host, or its Prefect flow run has
+    ended: :func:`take_over_dead`'s test), or, for an evaluation, when its lease has expired; its chunk leases and
+    holder row go too. A holder that may be alive keeps its rows, and so does ``keep`` (the caller's own owner).
+    Idempotent; safe while other runs work.
+    """
+    owners = [h.owner for h in db.leases.running_holders(engine) if h.owner != keep and _gone(h)]
+    evaluations: list[int] = []
+    audit_runs: list[int] = []
+    for owner in owners:  # the audit runs first: release_run drops the holder row, which a retry needs
+        audit_runs += db.runs.crash_audit_runs(engine, owner)
+        evaluations += db.leases.release_run(engine, owner, "crashed")
+    evaluations += db.leases.expire_stale_runs(engine)
+    return Swept(sorted(evaluations), sorted(audit_runs), owners)
+
+
+def _warn(message: str, *args: Any) -> None:
+    """A warning in the flow run's log (this module's logger outside a flow run)."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        logger: Any = get_run_logger()
+    except MissingContextError:
+        logger = logging.getLogger(__name__)
+    logger.warning(message, *args)
+
+
+def open_audit_run(engine: Any, **audit_run: Any) -> int:
+    """Sweep the runs that died (:func:`sweep_dead_runs`), then open an audit run held by this run; return its id.
+
+    ``audit_run`` are :func:`db.start_audit_run`'s keywords. The audit run is ``running`` under this run's owner
+    (:func:`run_owner`, with its process recorded first: :func:`hold`) until ``db.finish_audit_run`` closes it;
+    if this run dies first, the next audit's sweep marks it ``crashed``.
+    """
+    owner = run_owner()
+    swept = sweep_dead_runs(engine, keep=owner)
+    if swept.evaluations or swept.audit_runs:
+        _warn("Runs that stopped without closing their rows left them running: marked crashed audit run(s) %s and "
+              "evaluation(s) %s (lease owners %s)", swept.audit_runs or "-", swept.evaluations or "-",
+              ", ".join(swept.owners) or "- (expired leases)")
+    hold(engine, owner)
+    return db.start_audit_run(engine, owner=owner, **audit_run)
 
 
 class LeaseKeeper:

@@ -239,7 +239,8 @@ def test_process_template_derives_from_prefects_default():
     assert variables < set(default["variables"]["properties"])
     assert {k: v for k, v in ours["job_configuration"].items() if k in variables} == {
         k: v for k, v in default["job_configuration"].items() if k in variables}
-    assert ours["job_configuration"]["env"] == {"PYTHONUNBUFFERED": "1"}  # fixed: the worker's environment is inherited
+    # fixed: the worker's environment is inherited, with the heartbeats the zombie automation expects
+    assert ours["job_configuration"]["env"] == {"PYTHONUNBUFFERED": "1", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "60"}
     assert "CUDA_VISIBLE_DEVICES" in ours["variables"]["description"]
 
 
@@ -291,13 +292,19 @@ def test_kubernetes_template_limits_one_gpu():
     assert any(t["key"] == "nvidia.com/gpu" for t in pod.get("tolerations", []))
 
 
+def _automation(text: str, name: str) -> dict:
+    """The automation called ``name`` in the text of automations.yaml."""
+    (data,) = [a for a in yaml.safe_load(text)["automations"] if a["name"] == name]
+    return data
+
+
 def test_automation_triggers_on_regression_and_notifies():
     from prefect.events.schemas.automations import AutomationCore
 
     text = (DEPLOYMENTS / "automations.yaml").read_text()
     assert "${FOCUS_NOTIFICATION_BLOCK_ID}" in text
     filled = text.replace("${FOCUS_NOTIFICATION_BLOCK_ID}", str(uuid.uuid4()))
-    (data,) = yaml.safe_load(filled)["automations"]
+    data = _automation(filled, "focus-audit-regressed")
     automation = AutomationCore.model_validate(data)
     assert automation.trigger.expect == {"focus.audit.regressed"}
     assert [action.type for action in automation.actions] == ["send-notification"]
@@ -370,7 +377,7 @@ def test_the_automation_matches_the_regressions_the_audit_emits():
     from flows.audit import COMPLETED_EVENT, REGRESSED_EVENT, checkpoint_resource, lineage_resource
 
     text = (DEPLOYMENTS / "automations.yaml").read_text().replace("${FOCUS_NOTIFICATION_BLOCK_ID}", str(uuid.uuid4()))
-    (data,) = yaml.safe_load(text)["automations"]
+    data = _automation(text, "focus-audit-regressed")
     trigger = EventTrigger.model_validate(data["trigger"])
 
     def event(name: str, resource: dict) -> ReceivedEvent:
@@ -381,3 +388,56 @@ def test_the_automation_matches_the_regressions_the_audit_emits():
     assert trigger.covers(event(REGRESSED_EVENT, checkpoint_resource("ab" * 32, "nightly", **labels)))
     assert not trigger.covers(event(COMPLETED_EVENT, {"prefect.resource.id": "focus.audit-run.3"}))
     assert trigger.for_each == {"prefect.resource.id", "focus.method"}
+
+
+def _prefects_default_heartbeat() -> int:
+    """Prefect's heartbeat frequency where nothing sets PREFECT_FLOWS_HEARTBEAT_FREQUENCY (a `focus` command)."""
+    from prefect.settings.models.flows import FlowsSettings
+
+    return FlowsSettings.model_fields["heartbeat_frequency"].default
+
+
+def _pool_heartbeat(template: dict) -> int:
+    configuration = template["job_configuration"]
+    env = configuration.get("env")
+    if not isinstance(env, dict):  # docker: the fixed env is the variable's const
+        env = template["variables"]["properties"]["env"]["const"]
+    return int(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])
+
+
+def test_every_pool_sends_heartbeats_that_the_zombie_automation_expects():
+    from prefect.events.schemas.automations import AutomationCore
+
+    text = (DEPLOYMENTS / "automations.yaml").read_text().replace("${FOCUS_NOTIFICATION_BLOCK_ID}", str(uuid.uuid4()))
+    automation = AutomationCore.model_validate(_automation(text, "focus-crash-zombie-flow-runs"))
+    within = automation.trigger.within.total_seconds()
+    heartbeats = {kind: _pool_heartbeat(json.loads(path.read_text())) for kind, path in POOL_TEMPLATES.items()}
+    assert set(heartbeats.values()) == {60}, heartbeats
+    # a live run is never crashed: `within` leaves room for late beats at every pool's frequency and at Prefect's
+    # default (a run outside the pools: a `focus` command, the focus-cpu pool made without a template)
+    for frequency in (*heartbeats.values(), _prefects_default_heartbeat()):
+        assert within >= frequency + 120, frequency
+    docker = json.loads(POOL_TEMPLATES["docker"].read_text())["variables"]["properties"]["env"]
+    assert docker["default"] == docker["const"]  # a run cannot change the container's env
+
+
+def test_the_zombie_automation_crashes_a_flow_run_that_stopped_sending_heartbeats():
+    """Prefect's "detect zombie flows": after a heartbeat, any event of that flow run within `within`, else Crashed."""
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.server.events.schemas.automations import EventTrigger
+
+    text = (DEPLOYMENTS / "automations.yaml").read_text().replace("${FOCUS_NOTIFICATION_BLOCK_ID}", str(uuid.uuid4()))
+    data = _automation(text, "focus-crash-zombie-flow-runs")
+    automation = AutomationCore.model_validate(data)
+    trigger = EventTrigger.model_validate(data["trigger"])
+    assert trigger.posture == "Proactive" and trigger.threshold == 1
+    assert trigger.starts_after("prefect.flow-run.heartbeat") and not trigger.starts_after("prefect.flow-run.Running")
+    # a heartbeat, any state (a custom state name too) keeps the run alive; other resources' events do not count
+    for event in ("prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Crashed",
+                  "prefect.flow-run.Cancelling", "prefect.flow-run.SuccessfullyProcessed"):
+        assert trigger.expects(event), event
+    assert not trigger.expects("focus.audit.regressed")
+    assert trigger.for_each == {"prefect.resource.id"}
+    assert data["trigger"]["match"] == {"prefect.resource.id": "prefect.flow-run.*"}
+    (action,) = automation.actions
+    assert action.type == "change-flow-run-state" and action.state == "CRASHED" and action.message

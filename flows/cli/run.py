@@ -22,7 +22,6 @@ import time
 from typing import Any
 
 from flows.cli import local_api
-from flows.worker import store
 from flows.cli import params as opts
 from flows.cli.checks import check_device, check_inputs
 from flows.cli.console import chunk_moves, duration, epoch_moves, progress
@@ -78,10 +77,12 @@ def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True)
     starts (:mod:`flows.cli.local_api`, once per process); ``announce`` prints where the flow runs and
     how long it took.
     """
+    from flows.worker import store  # the store's modules (SQLAlchemy, pandas): loaded when a flow runs, not for --help
+
     check_device(params)
     check_inputs(params)
     if not getattr(params, "deployment", None):  # a sweep fanned out writes to its workers' stores
-        url = store.database_param(params)
+        url = params.run.database_url
         created = prepare_store(url)
         if created and announce:
             info(f"created the schema (revision {created}) in the new store {store.describe(url)}")
@@ -105,6 +106,8 @@ def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True)
 
 def prepare_store(url: str | None) -> str | None:
     """:func:`flows.worker.store.prepare` before Prefect: a fresh SQLite file gets the schema, another is checked."""
+    from flows.worker import store
+
     return store.prepare(url)
 
 

@@ -365,11 +365,16 @@ class MethodSpec(_Spec):
 
     @model_validator(mode="after")
     def _check_registry(self) -> MethodSpec:
-        from focus_core import explainers
+        """An unknown name is refused before the registry (and torch) is imported: a method registered at run time
+        is in the registry only once it is imported; a known one's parameters are checked by the registry."""
+        import sys
 
-        available = explainers.available_explainers()
+        registry = sys.modules.get("focus_core.explainers")
+        available = registry.available_explainers() if registry is not None else list(BUILT_IN_METHODS)
         if self.name not in available:
             raise ValueError(f"Unknown method {self.name!r}: use one of {', '.join(available)}.")
+        from focus_core import explainers
+
         explainers.get_explainer(self.name, **self.params)  # FocusError (a ValueError) on a bad parameter
         return self
 

@@ -41,7 +41,6 @@ from flows.cli.errors import (
 )
 from flows.cli import flow_summaries as _flow_summaries  # noqa: F401 - registers the flows' summaries
 from flows.cli import summary
-from flows.cli.console import quiet_prefect_console
 from flows.cli.params import given_flags
 from flows.cli.parser import build_parser, command_of
 from flows.cli.local_api import LocalApiError
@@ -78,10 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], Any] = args.handler
     try:
         _use_database(args)
-        if args.command in summary.SUMMARIES:
-            with quiet_prefect_console(bool(getattr(args, "verbose", False))):
-                result = handler(args)
-            summary.emit(args.command, result, args)
+        if args.command in summary.SUMMARIES:  # the flow commands: Prefect's console kept quiet by run_flow
+            summary.emit(args.command, handler(args), args)
         else:
             handler(args)
     except LocalApiError as error:  # the command was right; the same command may succeed on a calmer machine

@@ -70,12 +70,10 @@ def is_user_error(error: BaseException | None) -> bool:
     if isinstance(error, OSError) and faults.is_storage_fault(error):
         return True
     user_errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError]
-    try:
+    if "prefect" in sys.modules:  # a Prefect error comes from a loaded Prefect: a mistake found before, none loaded
         from prefect.exceptions import ParameterTypeError, SignatureMismatchError
 
         user_errors += [ParameterTypeError, SignatureMismatchError]
-    except ImportError:  # pragma: no cover - prefect is a dependency
-        pass
     return isinstance(error, tuple(user_errors))
 
 

@@ -69,8 +69,8 @@ def test_train_options_set_the_nested_run_settings() -> None:
     assert (params.run.device, params.run.retries, params.batch_size) == ("cuda", 0, 8)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["train", "--help"], ["audit", "--help"]])
-def test_a_help_page_imports_neither_torch_nor_prefect(argv: list[str]) -> None:
+def _heavy_modules(argv: list[str]) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run ``focus argv`` in a fresh interpreter; its output and which heavy libraries it imported."""
     code = (
         "import sys\nfrom flows.cli import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
@@ -79,5 +79,17 @@ def test_a_help_page_imports_neither_torch_nor_prefect(argv: list[str]) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "--debug" in done.stdout
-    assert done.stderr.strip().splitlines()[-1] == "[]"
+    return done, eval(done.stderr.strip().splitlines()[-1])  # noqa: S307 - our own printed list
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["train", "--help"], ["audit", "--help"]])
+def test_a_help_page_imports_neither_torch_nor_prefect(argv: list[str]) -> None:
+    done, heavy = _heavy_modules(argv)
+    assert "--debug" in done.stdout and heavy == []
+
+
+def test_a_misspelt_method_is_refused_before_torch_or_prefect_loads(tmp_path: Path) -> None:
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"only its name matters here")
+    done, heavy = _heavy_modules(["evaluate", "--weights", str(weights), "--method", "gradcm"])
+    assert "--method gradcm: Unknown method 'gradcm'" in done.stderr and heavy == []

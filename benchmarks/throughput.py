@@ -78,7 +78,8 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 import db  # noqa: E402
 from flows.worker import caches, devices, store  # noqa: E402
 from flows.evaluate import CHUNK_THREADS  # noqa: E402
-from flows.params import DatasetSpec, MethodSpec, ModelSpec, MosaicSetSpec  # noqa: E402
+from db.engine import has_secret  # noqa: E402
+from flows.params import DatasetSpec, EvaluationSpecs, MethodSpec, ModelSpec, MosaicSetSpec, RunSpec  # noqa: E402
 from flows.tasks import ChunkRequest, evaluate_chunk, explain_chunk  # noqa: E402
 from focus_core import explainers, models, mosaics  # noqa: E402
 
@@ -510,20 +511,14 @@ def evaluation_request(
         engine, inputs["checkpoint_id"], method_id, inputs["mosaic_set_id"], device=str(inputs["device"]),
         metadata={"benchmark": "benchmarks/throughput.py"},
     )
-    request = ChunkRequest(
-        evaluation_id=evaluation_id,
-        chunk=0,
-        positions=list(range(inputs["total"])),
-        mosaic_ids=inputs["mosaic_ids"],
-        dataset=inputs["dataset"],
-        mosaics=inputs["mosaic_spec"],
-        model=inputs["model_spec"],
-        method=method,
-        device=args.device,
-        batch_size=args.batch,
-        dtype=args.dtype,  # explain_chunk runs the explainer under autocast itself for bf16
-        database_url=url,
-    )
+    if has_secret(url):  # a flow parameter never carries a password: the chunk reads the URL from the environment
+        os.environ["FOCUS_DATABASE_URL"] = url
+    # explain_chunk runs the explainer under autocast itself for bf16
+    run = RunSpec(device=args.device, batch_size=args.batch, dtype=args.dtype,
+                  database_url=None if has_secret(url) else url)
+    specs = EvaluationSpecs(dataset=inputs["dataset"], mosaics=inputs["mosaic_spec"], model=inputs["model_spec"],
+                            run=run)
+    request = ChunkRequest.of(specs, method, evaluation_id, inputs["mosaic_ids"])
     return explainer, request
 
 
@@ -582,7 +577,7 @@ def bf16_figures(request: ChunkRequest, scores: tuple[np.ndarray, np.ndarray, np
     """The fp32 pipeline on the same mosaics: bf16's speed-up and its largest Focus difference."""
     _, focus, predicted = scores
     reference: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    fp32_request = request.model_copy(update={"dtype": "fp32"})
+    fp32_request = request.model_copy(update={"run": request.run.model_copy(update={"dtype": "fp32"})})
     fp32 = rate(timed(lambda: reference.append(explain_chunk(fp32_request)), inputs["device"], args.repeats),
                 inputs["total"])
     diff = np.abs(focus - reference[-1][1])

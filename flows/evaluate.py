@@ -226,25 +226,8 @@ def _plan(
         for chunk, positions in plan:
             if budget is not None and len(requests) >= budget:
                 break
-            requests.append(
-                ChunkRequest(
-                    evaluation_id=evaluation_id,
-                    chunk=chunk,
-                    positions=positions,
-                    mosaic_ids=[inputs.mosaic_ids[p] for p in positions],
-                    dataset=params.dataset,
-                    mosaics=params.mosaics,
-                    model=params.model,
-                    randomization=params.randomization,
-                    method=method,
-                    device=params.run.device,
-                    batch_size=params.run.batch_size,
-                    dtype=params.run.dtype,
-                    database_url=params.run.database_url,
-                    lease_owner=owner,
-                    lease_seconds=params.run.lease_seconds,
-                )
-            )
+            requests.append(ChunkRequest.of(params, method, evaluation_id, [inputs.mosaic_ids[p] for p in positions],
+                                            chunk=chunk, positions=positions, lease_owner=owner))
     return records, requests
 
 

@@ -25,19 +25,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flows.specs import (
     DEVICE_PATTERN,
     NAME_MAX_LENGTH,
     NAME_PATTERN,
     STANDARD_METHODS,
-    BatchSize,
     Checkpoint,
     CheckpointFolder,
     HiddenDatabaseUrl,
     DatasetSpec,
-    Device,
+    EvaluationSpecs,
     MethodSpec,
     ModelSpec,
     MosaicSetSpec,
@@ -46,9 +45,10 @@ from flows.specs import (
     RandomizationSpec,
     RunName,
     RunSpec,
+    TrainRunSpec,
     check_name,
+    nest_run_fields,
     spec_key,
-    without_empty_database_url,
 )
 from flows.probe_sets import ProbeSets
 from focus_core.hashing import canonical_hash
@@ -65,7 +65,9 @@ __all__ = [
     "MosaicSetSpec",
     "MethodSpec",
     "RandomizationSpec",
+    "EvaluationSpecs",
     "RunSpec",
+    "TrainRunSpec",
     "Precision",
     "EvaluateParams",
     "RandomizationParams",
@@ -147,8 +149,9 @@ class TrainParams(_FlowParams):
                           "starting with a letter or digit (it names the run's checkpoint folder).")
     model: ModelSpec = Field(default_factory=ModelSpec, description="Architecture (weights: optional start).")
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
-    epochs: int = Field(10, ge=1, le=10_000)
-    batch_size: BatchSize = 64
+    epochs: int = Field(10, ge=1, le=10_000, description="Number of epochs.")
+    batch_size: int = Field(64, ge=1, le=65_536, description="Images per optimisation step (part of the recipe: "
+                            "Focus after each epoch is measured in batches of the same size).")
     lr: float | None = Field(None, gt=0, le=10, description="AMSGrad learning rate; empty: 3e-3 for digits, 1e-3 else.")
     rotation: float | None = Field(
         None, ge=0, le=180, description="Maximum rotation in degrees; empty: 15 for digits, the paper's 30 else."
@@ -173,15 +176,19 @@ class TrainParams(_FlowParams):
         "checkpoints", description="Where per-epoch checkpoints (weights, model + optimizer) go: a folder on the "
         "worker or a URL (s3://bucket/prefix, gs://, az://, file://) written with the worker's own credentials."
     )
-    device: Device = "cpu"
-    database_url: HiddenDatabaseUrl = None
+    run: TrainRunSpec = Field(default_factory=TrainRunSpec, description="Device, retries of an epoch, store.")
     audit: bool = Field(False, description="Mark the final checkpoint (with a lineage: the lineage) for the nightly "
                         "audit.")
     lineage: RunName | None = Field(
         None, description="Register every epoch's checkpoint into this lineage, in epoch order (created when new)."
     )
-    retries: int = Field(1, ge=0, le=10, description="Retries of a failed epoch (it restarts from the last checkpoint).")
     figures_dir: OutputFolder = Field(None, description="Where the training-curve figures are written; empty: none.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_run(cls, value: Any) -> Any:
+        """The flat form (``device``, ``database_url``, ``retries`` beside ``epochs``) is read into ``run``."""
+        return nest_run_fields(value, TrainRunSpec)
 
     @field_validator("focus_mosaics", mode="before")
     @classmethod
@@ -203,10 +210,6 @@ class TrainParams(_FlowParams):
                 "every epoch's weights: leave confident out of focus_mosaics (use it with focus evaluate)."
             )
         return value
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: Any) -> dict[str, Any]:
-        return without_empty_database_url(handler(self))
 
     def recipe(self) -> dict[str, Any]:
         """The training hyper-parameters: the given ones over focus_core's recipe, at a constant learning rate.
@@ -233,6 +236,12 @@ class TrainParams(_FlowParams):
             **cutmix,
             "seed": self.seed,
         }
+
+    def focus_specs(self, model: ModelSpec) -> EvaluationSpecs:
+        """The specs of an epoch's Focus evaluation of ``model`` (that epoch's checkpoint): the fixed validation
+        mosaic set, explained on the run's device and store in batches of the training batch size."""
+        run = RunSpec(device=self.run.device, batch_size=self.batch_size, database_url=self.run.database_url)
+        return EvaluationSpecs(dataset=self.dataset, mosaics=self.focus_mosaics, model=model, run=run)
 
     def config_hash(self) -> str:
         """sha256 of everything that determines the weights of each epoch (the training run's natural key).

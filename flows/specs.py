@@ -40,6 +40,7 @@ __all__ = [
     "NAME_MAX_LENGTH",
     "NAME_PATTERN",
     "STANDARD_METHODS",
+    "BUILT_IN_METHODS",
     "LAYOUT_NAMES",
     "Layout",
     "Device",
@@ -64,6 +65,9 @@ __all__ = [
     "MethodSpec",
     "RandomizationSpec",
     "RunSpec",
+    "TrainRunSpec",
+    "EvaluationSpecs",
+    "nest_run_fields",
 ]
 
 #: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
@@ -74,6 +78,13 @@ DEVICE_PATTERN = r"^(cpu|cuda(:[0-9]+)?|mps)$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 NAME_MAX_LENGTH = 100
 _NAME = re.compile(NAME_PATTERN)  # used with fullmatch: a trailing newline does not pass
+#: The explainer registry's built-in names, in its order, readable without importing it (and torch): the help of
+#: ``--method`` and the form's description list them; a test holds them equal to
+#: :func:`focus_core.explainers.available_explainers`.
+BUILT_IN_METHODS: tuple[str, ...] = (
+    "gradcam", "gradcam++", "lrp", "lrp_fast", "smoothgrad", "integrated_gradients", "gradient", "input_x_gradient",
+    "lime", "random", "attnlrp",
+)
 #: The paper's three methods plus the random control: what the audit evaluates by default.
 STANDARD_METHODS: tuple[str, ...] = ("gradcam", "lrp", "smoothgrad")
 
@@ -356,8 +367,7 @@ class MethodSpec(_Spec):
 
     name: str = Field(
         "gradcam",
-        description="A registered method: gradcam, gradcam++, lrp, lrp_fast, smoothgrad, integrated_gradients, "
-        "gradient, input_x_gradient, lime, random.",
+        description=f"A registered method: {', '.join(BUILT_IN_METHODS)}.",
         json_schema_extra=lambda schema: _method_enum(schema),
     )
     params: dict[str, Any] = Field(
@@ -366,11 +376,16 @@ class MethodSpec(_Spec):
 
     @model_validator(mode="after")
     def _check_registry(self) -> MethodSpec:
-        from focus_core import explainers
+        """An unknown name is refused before the registry (and torch) is imported: a method registered at run time
+        is in the registry only once it is imported; a known one's parameters are checked by the registry."""
+        import sys
 
-        available = explainers.available_explainers()
+        registry = sys.modules.get("focus_core.explainers")
+        available = registry.available_explainers() if registry is not None else list(BUILT_IN_METHODS)
         if self.name not in available:
             raise ValueError(f"Unknown method {self.name!r}: use one of {', '.join(available)}.")
+        from focus_core import explainers
+
         explainers.get_explainer(self.name, **self.params)  # FocusError (a ValueError) on a bad parameter
         return self
 
@@ -388,7 +403,10 @@ def _method_enum(schema: dict[str, Any]) -> None:
 class RandomizationSpec(_Spec):
     """How the evaluated model is altered: not at all, fully, or layers from the top (Adebayo et al.)."""
 
-    kind: Literal["none", "full", "cascading", "independent"] = "none"
+    kind: Literal["none", "full", "cascading", "independent"] = Field(
+        "none", description="Evaluate the checkpoint ('none') or a randomized copy of it: fully random, cascading "
+        "from the top layer (with stage), or one layer (with layer)."
+    )
     stage: int | None = Field(None, ge=0, description="Cascading: layers [0, stage] of cascading_stages() re-initialised.")
     layer: str | None = Field(None, description="Independent: the one re-initialised layer; cascading: the deepest.")
     seed: int = Field(0, ge=0, description="Seed of the re-initialisation.")
@@ -515,3 +533,57 @@ class RunSpec(_Spec):
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
         return without_empty_database_url(handler(self))
+
+
+class TrainRunSpec(_Spec):
+    """How a training run runs: device, retries of an epoch, store (``TrainParams.run``).
+
+    The batch size is no field here: a training run's batch size changes its weights, so it belongs to the
+    recipe (``TrainParams.batch_size``, part of the run's key), unlike :class:`RunSpec`'s.
+    """
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # a refused database_url may hold a password
+
+    device: Device = "cpu"
+    retries: int = Field(1, ge=0, le=10, description="Retries of a failed epoch (it restarts from the last checkpoint).")
+    database_url: HiddenDatabaseUrl = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        return without_empty_database_url(handler(self))
+
+
+def nest_run_fields(value: Any, spec: type[BaseModel]) -> Any:
+    """A flow's raw parameters with the top-level keys that are fields of ``spec`` moved into ``value["run"]``.
+
+    Reads a flat form (``{"device": "cuda", "epochs": 3}``) as the nested one (``{"run": {"device": "cuda"},
+    "epochs": 3}``); a key given both ways keeps its nested value. Anything but a dict is returned as it is.
+
+    Examples
+    --------
+    >>> nest_run_fields({"device": "cuda", "epochs": 3, "run": {"retries": 0}}, TrainRunSpec)
+    {'epochs': 3, 'run': {'device': 'cuda', 'retries': 0}}
+    """
+    if not isinstance(value, dict):
+        return value
+    flat = {key: value[key] for key in spec.model_fields if key in value}
+    if not flat:
+        return value
+    run = value.get("run") or {}
+    if isinstance(run, BaseModel):
+        run = run.model_dump(exclude_unset=True)
+    rest = {key: item for key, item in value.items() if key not in flat and key != "run"}
+    return {**rest, "run": {**flat, **run}}
+
+
+class EvaluationSpecs(_Spec):
+    """What every chunk of one evaluation shares: its data, mosaic set, checkpoint, randomization and run settings.
+
+    An ``EvaluateParams`` has these fields too; :meth:`flows.tasks.ChunkRequest.of` reads either.
+    """
+
+    dataset: DatasetSpec
+    mosaics: MosaicSetSpec
+    model: ModelSpec
+    randomization: RandomizationSpec = RandomizationSpec()
+    run: RunSpec = Field(default_factory=RunSpec)

@@ -22,17 +22,19 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import db
 from flows.worker import caches, devices, faults, leases, store
-from flows.params import (
+from flows.specs import (
     DatasetSpec,
+    EvaluationSpecs,
     MethodSpec,
     ModelSpec,
     MosaicSetSpec,
-    Precision,
     RandomizationSpec,
+    RunSpec,
+    nest_run_fields,
     spec_key,
 )
 from focus_core import metric, mosaics, probes
@@ -52,7 +54,13 @@ __all__ = [
 
 
 class ChunkRequest(BaseModel):
-    """Everything a chunk task needs, as ids and specs."""
+    """Everything a chunk task needs, as ids and specs: its mosaics, and its evaluation's specs and run settings.
+
+    Build one with :meth:`of` from an evaluation's :class:`~flows.specs.EvaluationSpecs` (an ``EvaluateParams``
+    is one). The run settings a chunk reads (device, batch size, precision, store, lease length) are those of
+    ``run``, also readable as attributes of the request (``request.device`` is ``request.run.device``). The flat
+    form (``device=...``, ``batch_size=...`` beside the specs) is read into ``run``.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -65,14 +73,50 @@ class ChunkRequest(BaseModel):
     model: ModelSpec
     randomization: RandomizationSpec = RandomizationSpec()
     method: MethodSpec
-    device: str
-    batch_size: int
-    dtype: Precision = "fp32"
-    database_url: str | None = None
+    run: RunSpec = Field(default_factory=RunSpec, description="Device, batch size, precision, store, lease length.")
     lease_owner: str | None = Field(
         None, description="The run that claims the chunk in the store before computing it; empty: no claim."
     )
-    lease_seconds: float = Field(300.0, gt=0, description="How long a claim lasts unless renewed.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_run(cls, value: Any) -> Any:
+        return nest_run_fields(value, RunSpec)
+
+    @classmethod
+    def of(cls, specs: EvaluationSpecs | Any, method: MethodSpec, evaluation_id: int, mosaic_ids: list[int], *,
+           chunk: int = 0, positions: list[int] | None = None, lease_owner: str | None = None) -> ChunkRequest:
+        """The request of one chunk of the evaluation of ``method`` under ``specs``.
+
+        ``specs`` is an :class:`~flows.specs.EvaluationSpecs` or anything with its fields (an ``EvaluateParams``);
+        ``positions`` (the manifest positions of ``mosaic_ids``) default to ``0 .. len(mosaic_ids) - 1``.
+        """
+        return cls(
+            evaluation_id=evaluation_id, chunk=chunk, mosaic_ids=list(mosaic_ids),
+            positions=list(range(len(mosaic_ids))) if positions is None else list(positions),
+            dataset=specs.dataset, mosaics=specs.mosaics, model=specs.model, randomization=specs.randomization,
+            method=method, run=specs.run, lease_owner=lease_owner,
+        )
+
+    @property
+    def device(self) -> str:
+        return self.run.device
+
+    @property
+    def batch_size(self) -> int:
+        return self.run.batch_size
+
+    @property
+    def dtype(self) -> str:
+        return self.run.dtype
+
+    @property
+    def database_url(self) -> str | None:
+        return self.run.database_url
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.run.lease_seconds
 
 
 class ChunkResult(BaseModel):

@@ -161,8 +161,8 @@ def train_epoch(request: EpochRequest) -> dict[str, Any]:
     trained again: its stored weights and metrics are used.
     """
     params = request.params
-    device = devices.require_device(params.device)
-    engine = store.engine_for(params.database_url)
+    device = devices.require_device(params.run.device)
+    engine = store.engine_for(params.run.database_url)
     dataset = caches.load_dataset(params.dataset)
 
     weights = weights_path(request.run_dir, request.epoch)
@@ -181,11 +181,7 @@ def train_epoch(request: EpochRequest) -> dict[str, Any]:
     for method in params.focus_methods:
         evaluation_id, name, _ = record.open_evaluation(engine, inputs, method, spec, RandomizationSpec(),
                                                         device=str(device), grid=params.focus_mosaics.grid)
-        chunk = ChunkRequest(
-            evaluation_id=evaluation_id, chunk=0, positions=list(range(len(request.mosaic_ids))),
-            mosaic_ids=request.mosaic_ids, dataset=params.dataset, mosaics=params.focus_mosaics, model=spec,
-            method=method, device=params.device, batch_size=params.batch_size, database_url=params.database_url,
-        )
+        chunk = ChunkRequest.of(params.focus_specs(spec), method, evaluation_id, request.mosaic_ids)
         started = time.perf_counter()
         db.start_evaluation(engine, evaluation_id)
         db.write_mosaic_results(engine, evaluation_id, request.mosaic_ids, *explain_chunk(chunk))
@@ -302,9 +298,9 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
     Focus (``epochs``, from epoch 0), the final checkpoint and the Pearson correlation of Focus and
     validation accuracy per method, with and without epoch 0.
     """
-    devices.require_device(params.device)
+    devices.require_device(params.run.device)
     params = with_effective_dataset(params)  # the model's tile size and normalisation (flows.specs)
-    engine = store.engine_for(params.database_url)
+    engine = store.engine_for(params.run.database_url)
     if params.lineage:  # a lineage holds one model: refused before anything is trained or written
         lineages.check_lineage_spec(engine, params.lineage, params.model, params.dataset)
     mosaic_set: RegisteredMosaics = record.register_mosaics(engine, params.dataset, params.focus_mosaics)
@@ -339,7 +335,7 @@ def _train_epochs(
     if done:
         logger.info(LOG_RESUMED, training_run_id, done, weight_store.redact(checkpoint_path(run_dir, done)))
     untrained = [] if 0 in set(db.training_curve(engine, training_run_id)["epoch"]) else [0]
-    epoch_task = train_epoch.with_options(retries=params.retries, retry_delay_seconds=retry_delays(5.0))
+    epoch_task = train_epoch.with_options(retries=params.run.retries, retry_delay_seconds=retry_delays(5.0))
     epochs_run = []
     for epoch in untrained + list(range(done + 1, params.epochs + 1)):
         result = epoch_task(EpochRequest(

@@ -41,11 +41,16 @@ from flows.cli.errors import (
 )
 from flows.cli import flow_summaries as _flow_summaries  # noqa: F401 - registers the flows' summaries
 from flows.cli import summary
-from flows.cli.console import quiet_prefect_console
-from flows.cli.parser import build_parser
+from flows.cli.params import given_flags
+from flows.cli.parser import build_parser, command_of
 from flows.cli.local_api import LocalApiError
 
 __all__ = ["main", "build_parser", "UsageError", "prefect_target", "run_flow"]
+
+
+def _given_url(args: argparse.Namespace) -> str | None:
+    """The ``--database-url`` given, else ``None``."""
+    return getattr(args, "database_url", None)
 
 
 def _use_database(args: argparse.Namespace) -> None:
@@ -61,8 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the local mode's temporary server (flows.cli.local_api): on a busy laptop it needs more than Prefect's
     # 20 s default
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = command_of(argv)
+    args = build_parser({command} if command else set()).parse_args(argv)
     debug = bool(args.debug or os.environ.get("FOCUS_DEBUG"))
     if debug:
         os.environ["FOCUS_DEBUG"] = "1"
@@ -71,10 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], Any] = args.handler
     try:
         _use_database(args)
-        if args.command in summary.SUMMARIES:
-            with quiet_prefect_console(bool(getattr(args, "verbose", False))):
-                result = handler(args)
-            summary.emit(args.command, result, args)
+        if args.command in summary.SUMMARIES:  # the flow commands: Prefect's console kept quiet by run_flow
+            summary.emit(args.command, handler(args), args)
         else:
             handler(args)
     except LocalApiError as error:  # the command was right; the same command may succeed on a calmer machine
@@ -88,12 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if debug:
             raise
+        flags = given_flags(args) | ({"database_url": ("--database-url", None)} if _given_url(args) else {})
         if is_user_error(error):
-            print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+            print(f"{prog}: error: {one_line(error, flags)}", file=sys.stderr)
             return EXIT_USAGE
         cause = user_cause(error)
         if cause is not None:
-            print(f"{prog}: error: {one_line(cause)}", file=sys.stderr)
+            print(f"{prog}: error: {one_line(cause, flags)}", file=sys.stderr)
             return EXIT_USAGE
         print(
             f"{prog}: failed: {type(error).__name__}: {one_line(error)} (run with --debug for the traceback)",

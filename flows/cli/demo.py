@@ -237,9 +237,10 @@ def run_demo(args: argparse.Namespace) -> DemoOutcome:
                     f"Focus (gradcam) on {FOCUS_PER_CLASS * 10} validation mosaics after each epoch")
         with progress("epochs", "epoch", plan.epochs, _epoch_moves(), prefix="focus demo:"):
             trained = run_flow("train", "train", TrainParams(
-                name=DEMO_NAME, epochs=plan.epochs, device=plan.device, checkpoint_dir=str(plan.checkpoint_dir),
+                name=DEMO_NAME, epochs=plan.epochs, checkpoint_dir=str(plan.checkpoint_dir),
                 focus_mosaics=MosaicSetSpec(split="val", per_class=FOCUS_PER_CLASS),
-                focus_methods=[MethodSpec(name="gradcam")], audit=True, database_url=plan.database_param,
+                focus_methods=[MethodSpec(name="gradcam")], audit=True,
+                run={"device": plan.device, "database_url": plan.database_param},
             ), announce=False)
         final = trained["epochs"][-1] if trained["epochs"] else {}
         scores = (f"val accuracy {final.get('val_accuracy', float('nan')):.3f}, "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 from flows.worker import faults
 from focus_core.errors import FocusError
@@ -69,25 +70,39 @@ def is_user_error(error: BaseException | None) -> bool:
     if isinstance(error, OSError) and faults.is_storage_fault(error):
         return True
     user_errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError]
-    try:
+    if "prefect" in sys.modules:  # a Prefect error comes from a loaded Prefect: a mistake found before, none loaded
         from prefect.exceptions import ParameterTypeError, SignatureMismatchError
 
         user_errors += [ParameterTypeError, SignatureMismatchError]
-    except ImportError:  # pragma: no cover - prefect is a dependency
-        pass
     return isinstance(error, tuple(user_errors))
 
 
-def one_line(error: BaseException) -> str:
-    """The error as one line; a pydantic ValidationError names the field and what is wrong."""
+def one_line(error: BaseException, flags: dict[str, tuple[str, Any]] | None = None) -> str:
+    """The error as one line; a pydantic ValidationError names the field and what is wrong.
+
+    ``flags`` (:func:`flows.cli.params.given_flags`: ``{field: (flag, value)}`` of the options given) makes an
+    error about a field the user set with an option name that option (``--per-class 0``, ``--method gradcm``)
+    instead of the field's path (``mosaics.per_class``, ``methods.0``); and with ``--database-url`` given, advice
+    to check FOCUS_DATABASE_URL says ``--database-url``.
+
+    Examples
+    --------
+    >>> from flows.params import EvaluateParams
+    >>> try:
+    ...     EvaluateParams(model={"weights": "w.pt"}, mosaics={"per_class": 0})
+    ... except ValueError as error:
+    ...     print(one_line(error, {"mosaics.per_class": ("--per-class", 0)}))
+    invalid parameters: --per-class 0: Input should be greater than or equal to 1
+    """
     try:
         from pydantic import ValidationError
     except ImportError:  # pragma: no cover
         ValidationError = ()  # type: ignore[assignment,misc]
+    flags = flags or {}
     if isinstance(error, ValidationError):
         problems = []
         for item in error.errors():
-            where = ".".join(str(part) for part in item.get("loc", ())) or "parameters"
+            where = _where(tuple(item.get("loc", ())), flags)
             message = str(item.get("msg", "")).removeprefix("Value error, ")
             problems.append(f"{where}: {message}")
         shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
@@ -95,7 +110,35 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and faults.is_storage_fault(error):
         return faults.describe(error)
     text = " ".join(str(error).split()) or type(error).__name__
+    if "run.database_url" in flags or "database_url" in flags:
+        text = text.replace("check FOCUS_DATABASE_URL", "check --database-url")
     return text
+
+
+def _where(loc: tuple[Any, ...], flags: dict[str, tuple[str, Any]]) -> str:
+    """The option the user gave for the field at ``loc`` (with its value), else the field's dotted path."""
+    path = ".".join(str(part) for part in loc) or "parameters"
+    for end in range(len(loc), 0, -1):
+        field = ".".join(str(part) for part in loc[:end])
+        if field not in flags:
+            continue
+        flag, value = flags[field]
+        rest = loc[end:]
+        if rest and isinstance(rest[0], int) and isinstance(value, list) and rest[0] < len(value):
+            value, rest = value[rest[0]], rest[1:]
+        shown = _shown(value) if "database_url" not in field else None
+        return " ".join(filter(None, [flag, shown])) + (f" ({'.'.join(map(str, rest))})" if rest else "")
+    return path
+
+
+def _shown(value: Any) -> str | None:
+    """A value as the user typed it: a number, a short word, a method ``name[:key=value,...]``; else ``None``."""
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        params = ",".join(f"{k}={v}" for k, v in (value.get("params") or {}).items())
+        return value["name"] + (f":{params}" if params else "")
+    if isinstance(value, (int, float)) or (isinstance(value, str) and len(value) <= 80 and " " not in value):
+        return str(value)
+    return None
 
 
 class _NoUserErrorTraceback(logging.Filter):

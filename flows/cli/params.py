@@ -9,7 +9,9 @@ run), which options override.
 Examples
 --------
 >>> import argparse
+>>> from flows.params import EvaluateParams
 >>> parser = argparse.ArgumentParser()
+>>> use_model(parser, EvaluateParams)
 >>> add_model_options(parser)
 >>> add_run_options(parser)
 >>> given(parser.parse_args(["--arch", "resnet18", "--weights", "/models/r18.pt", "--device", "cuda"]))
@@ -26,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from focus_core.errors import FocusError
-from focus_core.layouts import GRIDS, all_names
-from focus_core.mosaic_limits import MAX_MOSAICS
+from focus_core.layouts import GRIDS
 
 __all__ = [
     "add_dataset_options",
@@ -40,6 +41,7 @@ __all__ = [
     "RegistryHelpFormatter",
     "deep_merge",
     "given",
+    "given_flags",
     "has_secret",
     "load_params_file",
     "method_specs",
@@ -47,10 +49,20 @@ __all__ = [
     "parse_method",
     "run_fields",
     "seed_list",
+    "use_model",
 ]
 
 #: The namespace attribute that maps each option's dest to its field and converter (set by :func:`option`).
 FIELDS = "_param_fields"
+
+
+#: The namespace attribute that holds the flow's parameter model of a command (set by :func:`use_model`).
+MODEL = "_param_model"
+
+
+def use_model(parser: argparse.ArgumentParser, model: type[Any]) -> None:
+    """Make ``model`` (a ``*Params`` class) the source of the help, type and choices of ``parser``'s options."""
+    parser.set_defaults(**{MODEL: model})
 
 
 def option(parser: Any, *flags: str, field: str | None = None, convert: Callable[[Any], Any] | None = None,
@@ -58,18 +70,30 @@ def option(parser: Any, *flags: str, field: str | None = None, convert: Callable
     """``parser.add_argument(*flags, **kwargs)`` for the option that sets the parameter ``field`` (dotted).
 
     ``convert`` turns the given value into the field's (an absolute path, ...); a dict it returns is
-    merged into ``field``, ``None`` leaves the field out. ``parser`` may be an argument group.
+    merged into ``field``, ``None`` leaves the field out. ``parser`` may be an argument group. Under a parser
+    with a model (:func:`use_model`), an option without ``help`` shows the field's description and default
+    (:func:`flows.cli.fields.field_help`; ``default_shown`` overrides the default in that text), and one without
+    ``type``, ``choices``, ``action`` or ``convert`` takes the field's type or choices.
     """
+    model = parser.get_default(MODEL)
+    shown = kwargs.pop("default_shown", None)
+    if model is not None and field is not None:
+        from flows.cli.fields import field_argument, field_help
+
+        if kwargs.get("help") is None:
+            kwargs["help"] = field_help(model, field, shown)
+        if convert is None and not {"type", "choices"} & set(kwargs) and kwargs.get("action") in (None, "append"):
+            kwargs.update(field_argument(model, field))
     action = parser.add_argument(*flags, **kwargs)
     if field is not None:
-        parser.set_defaults(**{FIELDS: {**(parser.get_default(FIELDS) or {}), action.dest: (field, convert)}})
+        parser.set_defaults(**{FIELDS: {**(parser.get_default(FIELDS) or {}), action.dest: (field, convert, flags[0])}})
     return action
 
 
 def given(namespace: argparse.Namespace) -> dict[str, Any]:
     """The nested parameter fields of every option the user gave (``None``: not given)."""
     fields: dict[str, Any] = {}
-    for dest, (field, convert) in (getattr(namespace, FIELDS, None) or {}).items():
+    for dest, (field, convert, _) in (getattr(namespace, FIELDS, None) or {}).items():
         value = getattr(namespace, dest, None)
         if value is not None and convert is not None:
             value = convert(value)
@@ -81,6 +105,27 @@ def given(namespace: argparse.Namespace) -> dict[str, Any]:
             node = node.setdefault(parent, {})
         node[name] = deep_merge(node.get(name, {}), value) if isinstance(value, dict) else value
     return fields
+
+
+def given_flags(namespace: argparse.Namespace) -> dict[str, tuple[str, Any]]:
+    """``{field: (flag, value)}`` of every option the user gave that sets a parameter: what an error about
+    ``field`` names instead of its path (:func:`flows.cli.errors.one_line`).
+
+    Examples
+    --------
+    >>> from flows.params import EvaluateParams
+    >>> parser = argparse.ArgumentParser()
+    >>> use_model(parser, EvaluateParams)
+    >>> add_mosaic_options(parser)
+    >>> given_flags(parser.parse_args(["--per-class", "0"]))
+    {'mosaics.per_class': ('--per-class', 0)}
+    """
+    flags = {}
+    for dest, (field, _, flag) in (getattr(namespace, FIELDS, None) or {}).items():
+        value = getattr(namespace, dest, None)
+        if value is not None:
+            flags[field] = (flag, value)
+    return flags
 
 
 def absolute(path: str) -> str:
@@ -196,68 +241,40 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
            convert=lambda root: {"kind": "image_folder", "root": absolute(root)},
            help="ImageFolder directory (one sub-folder per class; train/val/test sub-folders are used as splits). "
            "Default: the bundled digits.")
-    option(group, "--tile-size", type=int, metavar="PX", field="dataset.tile_size",
-           help="Tile side in pixels (default: 32 digits; an ImageFolder: the model's input size where timm defines "
-           "one, else 224).")
-    option(group, "--resize", type=int, metavar="PX", field="dataset.resize",
-           help="ImageFolder: shorter side before the centre crop (default 256; 8/7 of a timm model's input size "
-           "when the tiles take that size).")
-    option(group, "--mean", type=_float_list, metavar="R,G,B", field="dataset.mean",
-           help="ImageFolder: per-channel mean on the [0, 1] scale, with --std (default: the timm model's, else "
-           "ImageNet's).")
-    option(group, "--std", type=_float_list, metavar="R,G,B", field="dataset.std",
-           help="ImageFolder: per-channel standard deviation, with --mean (default: the timm model's, else ImageNet's).")
-    option(group, "--data-seed", type=int, metavar="N", field="dataset.seed",
-           help="Seed of the stratified train/val/test split (default 0).")
-    option(group, "--cache-dir", metavar="DIR", field="dataset.cache_dir",
-           help="ImageFolder: cache decoded tiles here (default: no cache).")
+    option(group, "--tile-size", metavar="PX", field="dataset.tile_size")
+    option(group, "--resize", metavar="PX", field="dataset.resize")
+    option(group, "--mean", type=_float_list, metavar="R,G,B", field="dataset.mean")
+    option(group, "--std", type=_float_list, metavar="R,G,B", field="dataset.std")
+    option(group, "--data-seed", metavar="N", field="dataset.seed")
+    option(group, "--cache-dir", metavar="DIR", field="dataset.cache_dir")
 
 
 def add_model_options(parser: argparse.ArgumentParser, weights_help: str | None = None) -> None:
     group = parser.add_argument_group("model")
-    option(group, "--arch", metavar="NAME", field="model.architecture",
-           help="Architecture: digits_cnn, alexnet, vgg16, resnet18, another torchvision name, "
-           "a timm model 'timm:<name>' (extra timm), or your own 'package.module:factory'; keywords in brackets, "
-           "e.g. 'timm:vit_tiny_patch16_224(patch_size=16,img_size=32)' (default digits_cnn).")
-    option(group, "--weights", metavar="PATH_OR_URL", field="model.weights", convert=absolute,
-           help=weights_help or "Weights file (a state_dict) of the checkpoint.")
-    option(group, "--num-classes", type=int, metavar="N", field="model.num_classes",
-           help="Number of classes (default: the dataset's).")
-    option(group, "--in-channels", type=int, metavar="N", field="model.in_channels",
-           help="Input channels (default: the dataset's).")
-    option(group, "--gradcam-layer", metavar="MODULE", field="model.gradcam_layer",
-           help="Dotted module name for GradCAM when it cannot be inferred (e.g. features.11).")
-    option(group, "--label", metavar="TEXT", field="model.label", help="A human name for this checkpoint.")
+    option(group, "--arch", metavar="NAME", field="model.architecture")
+    option(group, "--weights", metavar="PATH_OR_URL", field="model.weights", convert=absolute, help=weights_help)
+    option(group, "--num-classes", metavar="N", field="model.num_classes")
+    option(group, "--in-channels", metavar="N", field="model.in_channels")
+    option(group, "--gradcam-layer", metavar="MODULE", field="model.gradcam_layer")
+    option(group, "--label", metavar="TEXT", field="model.label")
 
 
-def add_mosaic_options(parser: argparse.ArgumentParser, default_split: str = "test", default_per_class: int = 20) -> None:
+def add_mosaic_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("mosaics")
-    option(group, "--split", choices=("val", "test"), field="mosaics.split",
-           help=f"Held-out split the tiles come from (default {default_split}; never train: the model saw it).")
-    option(group, "--per-class", type=int, metavar="N", field="mosaics.per_class",
-           help=f"Mosaics per target class (default {default_per_class}).")
-    option(group, "--max-mosaics", type=int, metavar="N", field="run.max_mosaics",
-           help="Refuse a request of more than N mosaics (per class x target classes) before anything is written "
-           f"(default {MAX_MOSAICS:,}); raise it for a deliberately large mosaic set.")
-    option(group, "--mosaic-seed", type=int, metavar="N", field="mosaics.seed",
-           help="Seed of the mosaic set: same seed, same mosaics (default 0).")
-    option(group, "--layout", choices=all_names(), field="mosaics.layout",
-           help="Where the target tiles go: random per mosaic (default) or one fixed arrangement (positional test; "
-           "2x2 with two targets: top ... antidiagonal, otherwise contiguous or scattered).")
-    option(group, "--classes", type=_int_list, metavar="I,J,...", field="mosaics.classes",
-           help="Target classes only (default: every class).")
+    option(group, "--split", field="mosaics.split")
+    option(group, "--per-class", metavar="N", field="mosaics.per_class")
+    option(group, "--max-mosaics", metavar="N", field="run.max_mosaics")
+    option(group, "--mosaic-seed", metavar="N", field="mosaics.seed")
+    option(group, "--layout", field="mosaics.layout")
+    option(group, "--classes", type=_int_list, metavar="I,J,...", field="mosaics.classes")
     add_grid_options(group, "mosaics")
-    option(group, "--confident", type=float, metavar="P", field="mosaics.confident",
-           help="The grid pointing game's protocol: only images the checkpoint classifies correctly with softmax "
-           "probability >= P (e.g. 0.99) become tiles; a mosaic set of its own (default: every image).")
+    option(group, "--confident", metavar="P", field="mosaics.confident")
 
 
 def add_grid_options(group: Any, field: str) -> None:
     """``--grid`` and ``--targets``, setting ``<field>.grid`` and ``<field>.targets`` (a mosaic set's)."""
-    option(group, "--grid", type=int, choices=GRIDS, metavar="N", field=f"{field}.grid",
-           help="Tiles per side of a mosaic: 2 (default, the paper's), 3 or 4.")
-    option(group, "--targets", type=int, metavar="K", field=f"{field}.targets",
-           help="Target tiles per mosaic, 1 to N²-1 (default 2); a method that points anywhere scores K/N².")
+    option(group, "--grid", type=int, choices=GRIDS, metavar="N", field=f"{field}.grid")
+    option(group, "--targets", metavar="K", field=f"{field}.targets")
 
 
 #: Where a help text lists the registered attribution methods (:class:`RegistryHelpFormatter` fills it in).
@@ -265,23 +282,34 @@ METHODS_PLACEHOLDER = "{registered methods}"
 
 
 class RegistryHelpFormatter(argparse.HelpFormatter):
-    """argparse's formatter that lists :func:`focus_core.explainers.available_explainers` where a help says
-    :data:`METHODS_PLACEHOLDER`; the registry (and torch) is imported only when a help page is printed."""
+    """argparse's formatter that lists the registered attribution methods where a help says
+    :data:`METHODS_PLACEHOLDER`: :data:`flows.specs.BUILT_IN_METHODS` (no import of the registry, and so of
+    torch, for a help page), and every name the registry holds when this process has imported it already."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = super()._get_help_string(action)
         if text and METHODS_PLACEHOLDER in text:
-            from focus_core.explainers import available_explainers
+            import sys
 
-            text = text.replace(METHODS_PLACEHOLDER, ", ".join(available_explainers()))
+            from flows.specs import BUILT_IN_METHODS
+
+            registry = sys.modules.get("focus_core.explainers")
+            names = list(BUILT_IN_METHODS)
+            if registry is not None:
+                names += [name for name in registry.available_explainers() if name not in names]
+            text = text.replace(METHODS_PLACEHOLDER, ", ".join(names))
         return text
 
 
-def add_method_options(parser: argparse.ArgumentParser, default: str = "gradcam", dest: str = "methods") -> None:
+def add_method_options(parser: argparse.ArgumentParser, default: str | None, dest: str = "methods") -> None:
+    """``--method``, repeatable, setting the list ``dest``; ``default`` names the model's default methods (a test
+    holds it to them: building that default would import the explainer registry, and torch, for a help page);
+    ``None``: the model has none, at least one is required."""
     option(parser, "--method", dest=dest, action="append", type=parse_method, metavar="NAME[:KEY=VALUE,...]",
            field=dest,
            help=f"Attribution method, repeatable: {METHODS_PLACEHOLDER}; parameters after a colon, e.g. "
-           f"smoothgrad:n_samples=10 or lime:n_samples=500,mask=slic (default {default}).")
+           f"smoothgrad:n_samples=10 or lime:n_samples=500,mask=slic "
+           + (f"(default {default})." if default else "(at least one is required)."))
 
 
 def method_specs(namespace: argparse.Namespace, dest: str = "methods") -> list[dict[str, Any]] | None:
@@ -290,16 +318,12 @@ def method_specs(namespace: argparse.Namespace, dest: str = "methods") -> list[d
 
 def add_run_options(parser: argparse.ArgumentParser, chunks: bool = True) -> None:
     group = parser.add_argument_group("execution")
-    option(group, "--device", metavar="DEV", field="run.device",
-           help="cpu, cuda, cuda:N or mps (default cpu); a machine without it fails at once.")
-    option(group, "--batch-size", type=int, metavar="N", field="run.batch_size",
-           help="Mosaics per forward/backward pass (default 64).")
+    option(group, "--device", metavar="DEV", field="run.device")
+    option(group, "--batch-size", metavar="N", field="run.batch_size")
     if chunks:
-        option(group, "--chunk-size", type=int, metavar="N", field="run.chunk_size",
-               help="Mosaics per task: the unit of retry and of one transaction (default 512).")
-        option(group, "--retries", type=int, metavar="N", field="run.retries", help="Retries of a failed chunk (default 2).")
-        option(group, "--max-chunks", type=int, metavar="N", field="run.max_chunks",
-               help="Run at most N chunks now; the same command later runs the rest.")
+        option(group, "--chunk-size", metavar="N", field="run.chunk_size")
+        option(group, "--retries", metavar="N", field="run.retries")
+        option(group, "--max-chunks", metavar="N", field="run.max_chunks")
 
 
 def run_fields(namespace: argparse.Namespace) -> dict[str, Any]:

@@ -15,6 +15,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -22,10 +23,9 @@ import time
 from typing import Any
 
 from flows.cli import local_api
-from flows.worker import store
 from flows.cli import params as opts
 from flows.cli.checks import check_device, check_inputs
-from flows.cli.console import chunk_moves, duration, epoch_moves, progress
+from flows.cli.console import chunk_moves, duration, epoch_moves, progress, quiet_prefect_console
 from flows.cli.errors import UsageError, info, quiet_user_error_tracebacks
 
 __all__ = [
@@ -70,18 +70,22 @@ def prefect_target() -> str:
     return f"the Prefect API at {url}" if url else "Prefect's local mode (a temporary API that this command starts)"
 
 
-def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True) -> Any:
+def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True, verbose: bool | None = None) -> Any:
     """Run ``flows.<module>.<flow_name>(params=params)`` here (ephemeral mode or PREFECT_API_URL).
 
     The device, paths, the model, its weights, GradCAM's layer and the request's size are checked first, so a user's
     mistake ends in seconds with one line; then, without PREFECT_API_URL, the temporary Prefect API
     starts (:mod:`flows.cli.local_api`, once per process); ``announce`` prints where the flow runs and
-    how long it took.
+    how long it took. ``verbose`` False keeps Prefect's console lines below warnings from the moment Prefect is
+    loaded (:func:`flows.cli.console.quiet_prefect_console`; a mistake found before never loads it); ``None``
+    leaves the console as the caller set it.
     """
+    from flows.worker import store  # the store's modules (SQLAlchemy, pandas): loaded when a flow runs, not for --help
+
     check_device(params)
     check_inputs(params)
     if not getattr(params, "deployment", None):  # a sweep fanned out writes to its workers' stores
-        url = store.database_param(params)
+        url = params.run.database_url
         created = prepare_store(url)
         if created and announce:
             info(f"created the schema (revision {created}) in the new store {store.describe(url)}")
@@ -89,6 +93,12 @@ def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True)
 
     preflight.check_model(params)
     preflight.check_request_size(params)
+    with quiet_prefect_console(verbose) if verbose is not None else contextlib.nullcontext():
+        return _run_here(module, flow_name, params, announce)
+
+
+def _run_here(module: str, flow_name: str, params: Any, announce: bool) -> Any:
+    """Start the local API if needed and run the flow (announced, with its progress bar)."""
     local_api.ensure_started()
     flow = _load_flow(module, flow_name)
     quiet_user_error_tracebacks()
@@ -105,6 +115,8 @@ def run_flow(module: str, flow_name: str, params: Any, *, announce: bool = True)
 
 def prepare_store(url: str | None) -> str | None:
     """:func:`flows.worker.store.prepare` before Prefect: a fresh SQLite file gets the schema, another is checked."""
+    from flows.worker import store
+
     return store.prepare(url)
 
 
@@ -143,21 +155,27 @@ def _parameters(args: argparse.Namespace, model_name: str, **fields: Any) -> Any
     return _build(model_name, {**opts.given(args), **fields}, args.params)
 
 
+def _verbose(args: argparse.Namespace) -> bool:
+    """``--verbose``: Prefect's own console lines too."""
+    return bool(getattr(args, "verbose", False))
+
+
 def training_params(args: argparse.Namespace) -> Any:
     """The validated ``TrainParams`` of a ``focus train`` command line (its options over its ``--params`` file)."""
     return _build("TrainParams", opts.given(args), getattr(args, "params", None))
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
-    return run_flow("train", "train", training_params(args))
+    return run_flow("train", "train", training_params(args), verbose=_verbose(args))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> Any:
-    return run_flow("evaluate", "evaluate", _parameters(args, "EvaluateParams"))
+    return run_flow("evaluate", "evaluate", _parameters(args, "EvaluateParams"), verbose=_verbose(args))
 
 
 def cmd_randomize(args: argparse.Namespace) -> Any:
-    return run_flow("randomization", "randomization", _parameters(args, "RandomizationParams"))
+    return run_flow("randomization", "randomization", _parameters(args, "RandomizationParams"),
+                    verbose=_verbose(args))
 
 
 def _checkpoint_spec(text: str, default_arch: str | None) -> dict[str, Any]:
@@ -180,11 +198,11 @@ def cmd_sweep(args: argparse.Namespace) -> Any:
             "--deployment fans the cells out to a work pool, which needs a Prefect server: set PREFECT_API_URL "
             "(e.g. http://127.0.0.1:4200/api) or leave --deployment out to run the cells here."
         )
-    return run_flow("sweep", "sweep", params)
+    return run_flow("sweep", "sweep", params, verbose=_verbose(args))
 
 
 def cmd_audit(args: argparse.Namespace) -> Any:
-    result = run_flow("audit", "audit", _parameters(args, "AuditParams"))
+    result = run_flow("audit", "audit", _parameters(args, "AuditParams"), verbose=_verbose(args))
     if getattr(args, "format", "text") != "json":
         return result  # the summary (flows.cli.flow_summaries.audit_summary)
     from flows.audit import REGRESSION_KEYS

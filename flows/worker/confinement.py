@@ -43,6 +43,7 @@ import ipaddress
 import os
 import re
 import socket
+import sys
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -92,7 +93,7 @@ def confined(*, environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     if env.get(_FLOW_RUN_ENV) or env.get(CONFINED_ENV, "").strip() == "1":
         return True
-    if environ is not None:
+    if environ is not None or "prefect.context" not in sys.modules:  # no Prefect loaded: no flow run to be in
         return False
     from prefect.context import FlowRunContext
 

@@ -34,9 +34,8 @@ _LOCK = threading.Lock()
 
 
 def database_param(params: Any) -> str | None:
-    """The store a flow's parameters name (``run.database_url`` or ``database_url``), else ``None`` (the default)."""
-    run = getattr(params, "run", None)
-    return getattr(run, "database_url", None) if run is not None else getattr(params, "database_url", None)
+    """The store a flow's parameters name (``run.database_url``), else ``None`` (the default)."""
+    return params.run.database_url
 
 
 def engine_for(url: str | None = None) -> Engine:

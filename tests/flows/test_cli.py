@@ -143,10 +143,19 @@ def test_a_mistake_in_the_model_is_one_line_and_exit_2(
     assert says in err and "does not exist" not in err and "failed:" not in err
 
 
-def test_validation_error_names_the_field(capsys: pytest.CaptureFixture, weights_file: str):
+def test_validation_error_names_the_flag(capsys: pytest.CaptureFixture, weights_file: str):
     code, _, err = run(capsys, "evaluate", "--weights", weights_file, "--per-class", "0")
     assert code == 2
-    assert "mosaics.per_class" in err
+    assert "--per-class 0:" in err and "mosaics.per_class" not in err
+    code, _, err = run(capsys, "evaluate", "--weights", weights_file, "--method", "gradcam", "--method", "gradcm")
+    assert code == 2
+    assert "--method gradcm: Unknown method 'gradcm'" in err and "methods.1" not in err
+
+
+def test_a_store_given_with_the_flag_is_named_by_the_flag(capsys: pytest.CaptureFixture, tmp_path: Path):
+    url = f"sqlite:///{tmp_path}/no/such/folder/focus.db"
+    code, _, err = run(capsys, "db", "current", "--database-url", url)
+    assert code == 2 and "check --database-url" in err and "FOCUS_DATABASE_URL" not in err
 
 
 def test_params_file_and_options(tmp_path: Path, weights_file: str):

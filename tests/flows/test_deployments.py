@@ -171,7 +171,7 @@ def test_the_hidden_fields_stay_usable_from_code():
     from flows.params import RunSpec, TrainParams
 
     assert RunSpec(database_url="sqlite:///focus.db").database_url == "sqlite:///focus.db"
-    assert TrainParams(database_url="postgresql+psycopg://focus@db/focus").database_url.endswith("@db/focus")
+    assert TrainParams(database_url="postgresql+psycopg://focus@db/focus").run.database_url.endswith("@db/focus")
     with pytest.raises(ValueError, match="password"):  # still refused with a secret, only not shown
         RunSpec(database_url="postgresql+psycopg://focus:hunter2@db/focus")
     assert "audit_run_id" in inspect.signature(evaluate.fn).parameters

@@ -28,6 +28,7 @@ from flows.params import (
     ModelSpec,
     MosaicSetSpec,
     RandomizationParams,
+    RunSpec,
     TrainParams,
     spec_key,
 )
@@ -50,7 +51,7 @@ def _request(weights: str, method: str, spec: MosaicSetSpec = NINE, **params) ->
     return tasks.ChunkRequest(
         evaluation_id=1, chunk=0, positions=list(range(20)), mosaic_ids=list(range(1, 21)),
         dataset=DATASET, mosaics=spec, model=ModelSpec(architecture="digits_cnn", weights=weights),
-        method=MethodSpec(name=method, params=params), device="cpu", batch_size=8,
+        method=MethodSpec(name=method, params=params), run=RunSpec(device="cpu", batch_size=8),
     )
 
 

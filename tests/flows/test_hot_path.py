@@ -25,6 +25,7 @@ from flows.params import (
     MethodSpec,
     ModelSpec,
     MosaicSetSpec,
+    RunSpec,
 )
 from focus_core import metric, mosaics
 from focus_core.errors import FocusError
@@ -47,7 +48,7 @@ def _request(weights: str, method: str, batch_size: int = 8, **params: Any) -> t
     return tasks.ChunkRequest(
         evaluation_id=1, chunk=0, positions=list(range(20)), mosaic_ids=list(range(1, 21)),
         dataset=DATASET, mosaics=MOSAICS, model=ModelSpec(architecture="digits_cnn", weights=weights),
-        method=MethodSpec(name=method, params=params), device="cpu", batch_size=batch_size,
+        method=MethodSpec(name=method, params=params), run=RunSpec(device="cpu", batch_size=batch_size),
     )
 
 
@@ -203,7 +204,7 @@ def test_on_cuda_turns_run_in_one_device_thread_and_the_queued_host_copy_gives_t
     current = torch.cuda.current_device()
     assert devices.device_worker(torch.device("cuda", current)).submit(torch.cuda.current_device).result() == current
     for scores, request in zip(together, requests):
-        on_cpu = tasks.explain_chunk(request.model_copy(update={"device": "cpu"}))
+        on_cpu = tasks.explain_chunk(request.model_copy(update={"run": request.run.model_copy(update={"device": "cpu"})}))
         np.testing.assert_allclose(scores.sums, on_cpu.sums, rtol=1e-4, atol=1e-5 * np.abs(on_cpu.sums).max())
         np.testing.assert_allclose(scores.focus, on_cpu.focus, rtol=1e-4, atol=1e-5, equal_nan=True)
 
@@ -286,7 +287,7 @@ def test_the_evaluation_records_the_halved_batch_and_every_row(
 
 def test_bf16_runs_the_chunk_under_autocast_with_fp32_sums(digits_weights):
     fp32 = tasks.explain_chunk(_request(digits_weights, "gradcam"))
-    request = _request(digits_weights, "gradcam").model_copy(update={"dtype": "bf16"})
+    request = _request(digits_weights, "gradcam").model_copy(update={"run": RunSpec(batch_size=8, dtype="bf16")})
     bf16 = tasks.explain_chunk(request)
     assert bf16.sums.dtype == np.float64 and np.isfinite(bf16.sums).all()
     both = np.isfinite(fp32.focus) & np.isfinite(bf16.focus)

@@ -197,3 +197,33 @@ def test_audit_probes_are_checked_in_one_sentence_each() -> None:
                        ([{"name": "x"}], "changes nothing"), ([{"name": "x", "patch": {"kind": "blur"}}], "blur")):
         with pytest.raises(pydantic.ValidationError, match=words):
             AuditParams(probes=bad)
+
+
+def test_train_nests_its_run_settings_like_every_flow_and_reads_the_flat_form():
+    nested = TrainParams(run={"device": "cuda:1", "retries": 0, "database_url": "sqlite:///f.db"}, epochs=2)
+    flat = TrainParams(device="cuda:1", retries=0, database_url="sqlite:///f.db", epochs=2)
+    assert flat == nested and (flat.run.device, flat.run.retries, flat.run.database_url) == ("cuda:1", 0, "sqlite:///f.db")
+    assert TrainParams(device="cuda", run={"device": "cpu"}).run.device == "cpu"  # the nested value wins
+    assert flat.config_hash() == TrainParams(epochs=2).config_hash()  # how it runs is no part of the run's key
+    assert "device" not in TrainParams().model_dump() and TrainParams().model_dump()["run"] == {"device": "cpu",
+                                                                                              "retries": 1}
+    for params in (nested, EvaluateParams(model={"weights": "w.pt"}), AuditParams()):
+        assert params.run.device  # one way to read a flow's device
+    with pytest.raises(ValueError, match="retries"):
+        TrainParams(retries=11)
+
+
+def test_a_chunk_request_carries_its_evaluations_specs_and_run_settings():
+    from flows.params import MethodSpec, RunSpec
+    from flows.tasks import ChunkRequest
+
+    params = EvaluateParams(model={"weights": "w.pt"}, run={"device": "cpu", "batch_size": 8, "dtype": "bf16"})
+    request = ChunkRequest.of(params, MethodSpec(name="gradcam"), 7, [11, 12], chunk=3, positions=[30, 31])
+    assert (request.run, request.mosaics, request.model) == (params.run, params.mosaics, params.model)
+    assert (request.device, request.batch_size, request.dtype, request.lease_seconds) == ("cpu", 8, "bf16", 300.0)
+    flat = ChunkRequest(evaluation_id=7, chunk=3, positions=[30, 31], mosaic_ids=[11, 12], dataset=params.dataset,
+                        mosaics=params.mosaics, model=params.model, method=MethodSpec(name="gradcam"),
+                        device="cpu", batch_size=8, dtype="bf16")
+    assert flat == request and flat.run == RunSpec(batch_size=8, dtype="bf16")
+    focus = TrainParams(batch_size=16, device="cuda").focus_specs(params.model)
+    assert (focus.run.batch_size, focus.run.device, focus.mosaics.split) == (16, "cuda", "val")

@@ -1,0 +1,87 @@
+"""Mistakes that need no model and no data end in one sentence before anything heavy is imported or written.
+
+A mistyped method or parameter is refused without importing an explainer (torch, captum, torchvision), target
+classes are counted against the ImageFolder before Prefect starts, a missing database or SQLite file says so (and
+no read creates one), a GradCAM layer or an architecture the model does not have names the ones it has.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows import cli
+from focus_core.explainers.specs import METHODS
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "captum", "torchvision", "zennit")
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_light_method_table_is_the_registry():
+    """:data:`METHODS` (read without torch) lists the registry's classes, in order, with their own specs."""
+    from focus_core.explainers import registry
+
+    built_in = [name for name in registry.EXPLAINERS if name in METHODS]
+    assert built_in == list(METHODS)
+    assert set(METHODS) <= set(registry.EXPLAINERS)
+    for name, schema in METHODS.items():
+        cls = registry.EXPLAINERS[name]
+        assert (cls.spec, cls.runtime_spec) == (schema.spec, schema.runtime_spec), name
+
+
+def _focus_in_a_fresh_process(tmp_path: Path, *argv: str) -> dict:
+    """Run ``focus argv`` in a new interpreter; its exit status, stderr and which heavy modules it imported."""
+    script = (
+        "import json, sys\n"
+        "from flows.cli import main\n"
+        f"code = main({list(argv)!r})\n"
+        f"print(json.dumps({{'code': code, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
+    )
+    (tmp_path / "home").mkdir(exist_ok=True)
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "DO_NOT_TRACK": "1",
+           "FOCUS_DATABASE_URL": f"sqlite:///{tmp_path / 'work' / 'focus.db'}"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path / "work", env=env, capture_output=True,
+                          text=True, timeout=600)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**result, "err": done.stderr}
+
+
+@pytest.mark.parametrize(
+    ("method", "says"),
+    [("gradcm", "Unknown method 'gradcm'"), ("gradcam:bogus=1", "has no parameter 'bogus'"),
+     ("smoothgrad:n_samples=x", "pass an integer")],
+    ids=["name", "parameter", "kind"],
+)
+def test_a_mistyped_method_is_refused_without_importing_an_explainer(tmp_path: Path, method: str, says: str):
+    """Before: ~26 s importing captum, torch's compiler (through fast_lrp) and torchvision ops to say so."""
+    (tmp_path / "work").mkdir()
+    weights = tmp_path / "work" / "w.pt"
+    weights.write_bytes(b"only its existence is checked first")
+    result = _focus_in_a_fresh_process(tmp_path, "evaluate", "--weights", str(weights), "--method", method)
+    assert result["code"] == 2, result["err"]
+    assert says in result["err"] and len(result["err"].strip().splitlines()) == 1, result["err"]
+    assert result["heavy"] == [], result
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["w.pt"]  # nothing written, not even the store
+
+
+def test_a_mistyped_method_names_the_closest_one():
+    from focus_core.errors import FocusError
+    from focus_core.explainers import get_explainer
+
+    with pytest.raises(FocusError, match=r"Unknown explainer 'gradcm' \(did you mean 'gradcam'\?\): choose one of"):
+        get_explainer("gradcm")
+    with pytest.raises(FocusError, match=r"no parameter 'n_sample' \(did you mean 'n_samples'\?\)"):
+        get_explainer("smoothgrad", n_sample=3)

@@ -85,3 +85,42 @@ def test_a_mistyped_method_names_the_closest_one():
         get_explainer("gradcm")
     with pytest.raises(FocusError, match=r"no parameter 'n_sample' \(did you mean 'n_samples'\?\)"):
         get_explainer("smoothgrad", n_sample=3)
+
+
+@pytest.mark.parametrize("argv", [["results"], ["results", "compare", "--mosaic-set", "1"], ["report", "--out", "r"]],
+                         ids=["results", "compare", "report"])
+def test_a_read_of_a_misspelt_sqlite_file_says_so_and_creates_nothing(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str]
+):
+    """Before: an empty misspelt.db was left behind, and the message said to run `focus db upgrade` on it."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv, "--database-url", "sqlite:///misspelt.db")
+    assert code == 2 and out == "", err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"There is no SQLite file '{tmp_path / 'misspelt.db'}'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_db_current_of_a_missing_sqlite_file_creates_nothing(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "db", "current", "--database-url", "sqlite:///misspelt.db")
+    assert code == 0 and "no focus-audit schema" in out and "no file at" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["results"], ["db", "upgrade"]], ids=["results", "db upgrade"])
+def test_a_missing_postgresql_database_gets_the_createdb_command(capsys: pytest.CaptureFixture, argv: list[str]):
+    """Before: libpq's words ("database ... does not exist") and "check FOCUS_DATABASE_URL", no way to make it."""
+    from sqlalchemy.engine import make_url
+
+    from tests import postgres
+
+    url = make_url(postgres.create_database("focus_gone"))  # skips (locally) when no server answers
+    postgres.drop_database(url.render_as_string(hide_password=False))
+    code, out, err = run(capsys, *argv, "--database-url", url.render_as_string(hide_password=False))
+    assert code == 2 and out == "", err
+    assert len(err.strip().splitlines()) == 1 and "FATAL" not in err, err
+    assert f"has no database {url.database!r}: create it with `createdb -h {url.host} -p {url.port}" in err
+    assert f"{url.database}`, then run `focus db upgrade`" in err

@@ -124,3 +124,46 @@ def test_a_missing_postgresql_database_gets_the_createdb_command(capsys: pytest.
     assert len(err.strip().splitlines()) == 1 and "FATAL" not in err, err
     assert f"has no database {url.database!r}: create it with `createdb -h {url.host} -p {url.port}" in err
     assert f"{url.database}`, then run `focus db upgrade`" in err
+
+
+@pytest.fixture
+def untrained_digits(tmp_path: Path) -> str:
+    """An untrained digits CNN's weights (its layers are what the checks read, not its numbers)."""
+    from focus_core import models
+
+    path = tmp_path / "digits.pt"
+    models.save_weights(models.build_model("digits_cnn", num_classes=10, in_channels=1), path)
+    return str(path)
+
+
+def test_a_gradcam_layer_the_model_lacks_names_layers_it_has(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, sqlite_url: str, untrained_digits: str
+):
+    """Before: "such as 'features.30' or 'layer4.1'", names that a digits CNN does not have."""
+    from focus_core import models
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    code, out, err = run(capsys, "evaluate", "--weights", untrained_digits, "--gradcam-layer", "features.99",
+                         "--database-url", sqlite_url)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "'features.99' is not a submodule of DigitsCNN" in err and "--gradcam-layer" in err
+    named = dict(models.build_model("digits_cnn", num_classes=10, in_channels=1).named_modules())
+    suggested = err.split("(did you mean ")[1].split("?")[0].strip("'")
+    listed = err.rsplit("(", 1)[1].split(")")[0].split(", ")
+    assert suggested in named and listed and all(name in named for name in listed), err
+
+
+def test_an_unknown_architecture_on_recorded_weights_says_it_is_unknown(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, sqlite_url: str, untrained_digits: str
+):
+    """Before: "recorded as a digits_cnn checkpoint ..., or a weights file saved for digits_cnm", a model that
+    does not exist."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    code, _, err = run(capsys, "checkpoint", "register", "--lineage", "digits", "--weights", untrained_digits,
+                       "--arch", "digits_cnn", "--num-classes", "10", "--in-channels", "1", "--database-url", sqlite_url)
+    assert code == 0, err
+    code, out, err = run(capsys, "evaluate", "--weights", untrained_digits, "--arch", "digits_cnm",
+                         "--database-url", sqlite_url)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "Unknown architecture 'digits_cnm' (did you mean 'digits_cnn'?): pass --arch with one of" in err
+    assert "recorded" not in err

@@ -167,3 +167,55 @@ def test_an_unknown_architecture_on_recorded_weights_says_it_is_unknown(
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
     assert "Unknown architecture 'digits_cnm' (did you mean 'digits_cnn'?): pass --arch with one of" in err
     assert "recorded" not in err
+
+
+@pytest.fixture
+def six_classes(tmp_path: Path) -> Path:
+    """An ImageFolder of 6 classes x 3 images of 8 x 8 pixels."""
+    from PIL import Image
+
+    root = tmp_path / "six"
+    for label in range(6):
+        (root / f"class{label}").mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * label, 10 * i, 0)).save(root / f"class{label}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [(["evaluate", "--weights", "{weights}", "--classes", "1,9"],
+      "--classes 9 is not a class of the ImageFolder '{root}', which has 6 classes: pass indices from 0 to 5."),
+     (["randomize", "--weights", "{weights}", "--classes", "6"], "--classes 6 is not a class"),
+     (["train", "--num-classes", "4"],
+      "--num-classes 4 is fewer than the 6 classes of the ImageFolder '{root}': pass --num-classes 6 or leave it out.")],
+    ids=["evaluate", "randomize", "train"],
+)
+def test_classes_the_folder_lacks_are_refused_before_prefect_starts(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, six_classes: Path,
+    argv: list[str], says: str,
+):
+    """Before: caught inside the flow, after Prefect started, with its ERROR lines on stderr."""
+    import flows.cli.local_api as local_api
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(local_api, "ensure_started", lambda: pytest.fail("Prefect was started"))
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"only its existence is checked first")
+    store = tmp_path / "focus.db"
+    argv = [a.replace("{weights}", str(weights)) for a in argv]
+    code, out, err = run(capsys, *argv, "--data", str(six_classes), "--tile-size", "8", "--resize", "8",
+                         "--database-url", f"sqlite:///{store}")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert says.replace("{root}", str(six_classes)) in err
+    assert not store.exists()  # refused before the store is opened
+
+
+def test_class_names_read_the_listing_of_either_layout(tmp_path: Path, six_classes: Path):
+    from focus_core.folder_classes import class_names
+    from focus_core.image_folder import load_image_folder
+
+    assert class_names(six_classes) == list(load_image_folder(six_classes, tile_size=8, resize=8).classes)
+    for split, name in [("train", "a"), ("train", "b"), ("val", "b"), ("val", "c")]:
+        (tmp_path / "split" / split / name).mkdir(parents=True)
+    assert class_names(tmp_path / "split") == ["a", "b", "c"]

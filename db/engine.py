@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
 import sqlite3
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +27,8 @@ __all__ = [
     "mask_url",
     "build_engine",
     "connect_error",
+    "missing_sqlite_file",
+    "require_existing",
 ]
 
 ENV_VAR = "FOCUS_DATABASE_URL"
@@ -208,11 +212,26 @@ def _scrub(text: str, url: URL) -> str:
 _LIBPQ_PREFIX = re.compile(r"^(connection failed: )?(connection to server (at|on) .*? failed: )?(FATAL:\s+)?")
 
 
+#: PostgreSQL's reason for a database name the server does not have.
+_MISSING_DATABASE = re.compile(r'^database "(?P<name>.*)" does not exist$')
+
+
+def _createdb(url: URL) -> str:
+    """The ``createdb`` command that makes the database ``url`` names, on its server, as its user."""
+    words = ["createdb"]
+    for flag, value in (("-h", url.host), ("-p", url.port), ("-U", url.username)):
+        if value:
+            words += [flag, str(value)]
+    return shlex.join([*words, str(url.database)])
+
+
 def connect_error(url: URL, exc: BaseException) -> StoreError:
     """Turn a driver's connection failure into one clear sentence, every secret of the URL hidden.
 
     The driver's first line is kept with the URL's secrets scrubbed from it too; the advice
-    fits the backend (a server that runs for PostgreSQL, a file's folder for SQLite).
+    fits the backend (a server that runs for PostgreSQL, a file's folder for SQLite). A PostgreSQL database that
+    does not exist gets the ``createdb`` command that makes it (the server's own words, libpq's ``FATAL``, stay
+    out).
 
     Examples
     --------
@@ -220,11 +239,22 @@ def connect_error(url: URL, exc: BaseException) -> StoreError:
     ... # doctest: +NORMALIZE_WHITESPACE
     Cannot open the database at sqlite:////no/dir/f.db (unable to open database file); check FOCUS_DATABASE_URL:
     it must name a SQLite file (or a new one in a folder that exists) this user may write.
+    >>> print(connect_error(make_url("postgresql+psycopg://me@db:5432/focsu"), OSError(
+    ...     'connection failed: connection to server at "db", port 5432 failed: FATAL:  database "focsu" does not exist')))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    The PostgreSQL server at db:5432 has no database 'focsu': create it with
+    `createdb -h db -p 5432 -U me focsu`, then run `focus db upgrade` to give it the schema.
     """
     reason = str(getattr(exc, "orig", exc) or exc).strip().splitlines()
     first = reason[0].rstrip(".") if reason else type(exc).__name__
     first = _LIBPQ_PREFIX.sub("", first) or first  # the URL names the server already
     first = _scrub(first, url)
+    if url.get_backend_name() != "sqlite" and _MISSING_DATABASE.match(first) and url.database:
+        return StoreError(
+            f"The PostgreSQL server at {url.host or 'localhost'}{f':{url.port}' if url.port else ''} has no database "
+            f"{url.database!r}: create it "
+            f"with `{_createdb(url)}`, then run `focus db upgrade` to give it the schema."
+        )
     if url.get_backend_name() == "sqlite":
         advice = f"{ENV_VAR}: it must name a SQLite file (or a new one in a folder that exists) this user may write"
     else:
@@ -275,3 +305,46 @@ def build_engine(url: str | URL | None = None) -> Engine:
     else:
         event.listen(engine, "connect", _postgres_settings)
     return engine
+
+
+def missing_sqlite_file(url: str | URL | None = None) -> Path | None:
+    """The file a SQLite URL names, when it does not exist (connecting would create it empty); else ``None``.
+
+    ``None`` too for other databases, an in-memory SQLite database and a URL with SQLite's own ``mode``.
+
+    Examples
+    --------
+    >>> missing_sqlite_file("sqlite:////no/such/focus.db")
+    PosixPath('/no/such/focus.db')
+    >>> missing_sqlite_file("sqlite://") is None, missing_sqlite_file("postgresql://u@db/focus") is None
+    (True, True)
+    """
+    parsed = database_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:") or parsed.query.get("mode"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path.absolute()
+
+
+def require_existing(url: str | URL | None = None) -> None:
+    """Refuse to read a SQLite store whose file does not exist, before a connection would create it empty.
+
+    Raises
+    ------
+    StoreError
+        Naming the file, for a missing SQLite file (other databases pass: the server says what is missing).
+
+    Examples
+    --------
+    >>> require_existing("sqlite:////no/such/focus.db")
+    Traceback (most recent call last):
+    ...
+    db.errors.StoreError: There is no SQLite file '/no/such/focus.db' (the database URL sqlite:////no/such/focus.db): \
+check the URL, or create the store there with `focus db upgrade`.
+    """
+    missing = missing_sqlite_file(url)
+    if missing is not None:
+        raise StoreError(
+            f"There is no SQLite file '{missing}' (the database URL {mask_url(database_url(url))}): check the URL, "
+            "or create the store there with `focus db upgrade`."
+        )

@@ -38,6 +38,7 @@ import torch
 
 from focus_core.data import TileDataset, check_fractions, check_tile_size, stratified_splits
 from focus_core.errors import FocusError
+from focus_core.folder_classes import class_folders, split_folders
 from focus_core.hashing import canonical_hash
 
 
@@ -85,31 +86,12 @@ def _identity(folder: Path) -> tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
-def _class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def _list_image_folder(root: Path) -> tuple[list[Path], list[str], list[str], list[str | None]]:
     """Return (paths, class name per image, class names, split per image or None)."""
-    names = {p.name for p in _class_folders(root)}
-    held_out = [s for s in ("val", "valid", "test") if s in names]
-    if "val" in names and "valid" in names:
-        raise FocusError(f"The folder '{root}' has both val/ and valid/: keep only one of them.")
-    if "train" in names and not held_out:
-        raise FocusError(
-            f"The folder '{root}' has a train/ folder but no val/, valid/ or test/ folder: add one, "
-            f"or point root at '{root / 'train'}' for a seeded split."
-        )
-    if "train" in names:
-        groups = [("train", root / "train")] + [
-            ("val" if s == "valid" else s, root / s) for s in held_out
-        ]
-    else:
-        groups = [(None, root)]
     per_class: dict[str, int] = {}
     records: list[tuple[Path, str, str | None]] = []
-    for split, folder in groups:
-        for class_dir in _class_folders(folder):
+    for split, folder in split_folders(root):
+        for class_dir in class_folders(folder):
             images = _images_under(class_dir)
             per_class[class_dir.name] = per_class.get(class_dir.name, 0) + len(images)
             records.extend((path, class_dir.name, split) for path in images)

@@ -1,4 +1,4 @@
-"""The command's own checks of a flow's parameters: this machine's device and paths.
+"""The command's own checks of a flow's parameters: this machine's device, paths and an ImageFolder's classes.
 
 They run in this process before Prefect starts, so a user's mistake ends in seconds with one
 line (a :class:`~flows.cli.errors.UsageError`) instead of a failed flow run. The model, its weights,
@@ -71,3 +71,29 @@ def check_inputs(params: Any) -> None:
     dataset = getattr(params, "dataset", None)
     if dataset is not None and dataset.kind == "image_folder":
         _require_dir(dataset.root, "ImageFolder directory")
+        _check_class_counts(params, dataset.root)
+
+
+def _check_class_counts(params: Any, root: str) -> None:
+    """Target classes (``--classes``) and a model's class count (``--num-classes``) against the folder's classes,
+    counted from its listing (:func:`focus_core.folder_classes.class_names`: no image is opened)."""
+    from focus_core.folder_classes import class_names
+
+    count = len(class_names(root))
+    if count < 2:
+        return  # the flow's loader says what the folder lacks
+    mosaics = getattr(params, "mosaics", None) or getattr(params, "focus_mosaics", None)
+    outside = [c for c in (getattr(mosaics, "classes", None) or []) if not 0 <= c < count]
+    if outside:
+        raise UsageError(
+            f"--classes {outside[0]} is not a class of the ImageFolder {root!r}, which has {count} classes: pass "
+            f"indices from 0 to {count - 1}."
+        )
+    models = [getattr(params, "model", None), *(getattr(params, "checkpoints", None) or [])]
+    for model in models:
+        num_classes = getattr(model, "num_classes", None)
+        if num_classes is not None and num_classes < count:
+            raise UsageError(
+                f"--num-classes {num_classes} is fewer than the {count} classes of the ImageFolder {root!r}: pass "
+                f"--num-classes {count} or leave it out."
+            )

@@ -1,5 +1,8 @@
 """The ``focus`` commands that read the store: results tables, the HTML report and the schema.
 
+A read never creates the store: a SQLite file that does not exist is named in one sentence (and ``focus db current``
+says it is empty) instead of being created empty.
+
 Examples
 --------
 >>> RESULT_TABLES[0]
@@ -24,8 +27,10 @@ RESULT_TABLES = ("evaluations", "compare", "epochs", "regressions", "checkpoints
 def _results_table(args: argparse.Namespace) -> Any:
     """The DataFrame of ``focus results <table>`` from the store's queries."""
     import db
+    from db.engine import require_existing
     from flows.worker import store
 
+    require_existing(opts.database_url(args))  # a read never creates the store (a misspelt SQLite path)
     engine = store.engine_for(opts.database_url(args))  # StoreError (one sentence) for an old schema
     if args.table == "evaluations":
         return _named(engine, db.evaluation_summary(engine, args.evaluations, mosaic_set_id=args.mosaic_set))
@@ -113,8 +118,10 @@ def _nothing(args: argparse.Namespace) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> Path:
+    from db.engine import require_existing
     from flows.report import build_report
 
+    require_existing(opts.database_url(args))  # a read never creates the store
     path = build_report(Path(args.out), database_url=opts.database_url(args), evaluations=args.evaluations)
     print(path)
     return path
@@ -134,11 +141,16 @@ def cmd_db_upgrade(args: argparse.Namespace) -> None:
 
 def cmd_db_current(args: argparse.Namespace) -> None:
     import db
+    from db.engine import missing_sqlite_file
 
     url = opts.database_url(args)
-    revision = db.current(url)
+    missing = missing_sqlite_file(url)  # reading it would create it
+    revision = None if missing else db.current(url)
     head = db.head()
-    if revision is None:
+    if missing:
+        print(f"(empty) - no focus-audit schema, no file at '{missing}'; run `focus db upgrade` to create it at "
+              f"revision {head}.")
+    elif revision is None:
         print(f"(empty) - no focus-audit schema; run `focus db upgrade` to create revision {head}.")
     elif revision == head:
         print(f"{revision} (head)")

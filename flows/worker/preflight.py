@@ -7,9 +7,9 @@ only the worker can see (its device, its files). Every check raises a one-senten
 ``ValueError``: not retried), so a bad request leaves no dataset, mosaic set, checkpoint or evaluation behind.
 
 The steps, in order: the device (:func:`check_request`; the command checks it on its own, for every flow), the
-store's record of the weights, the model built from them, the randomization, every method (``attnlrp`` only
-ViTs, ``lrp`` no ViT; GradCAM's layer), a vision transformer's patches against the tiles, the request's size, and
-(on the worker) that the mosaic set can be drawn.
+architecture's name, the store's record of the weights, the model built from them, the randomization, every method
+(``attnlrp`` only ViTs, ``lrp`` no ViT; GradCAM's layer), a vision transformer's patches against the tiles, the
+request's size, and (on the worker) that the mosaic set can be drawn.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ import torch
 from flows.specs import effective_dataset
 from flows.worker import caches, devices, record, store
 from focus_core import randomize
+from focus_core.arch_string import parse_architecture
 from focus_core.errors import FocusError
 from focus_core.explainers.gradcam import resolve_layer
+from focus_core.explainers.specs import close_match
+from focus_core.models import ARCHITECTURES
 from focus_core.tokens import check_patch_alignment, patch_geometry
 
 __all__ = ["check_model", "check_request", "check_request_size"]
@@ -48,6 +51,7 @@ def check_model(params: Any, randomization: Any = None) -> None:
     model_spec, dataset_spec = getattr(params, "model", None), getattr(params, "dataset", None)
     if model_spec is None or dataset_spec is None:
         return
+    _check_architecture_name(model_spec.architecture)  # before the store's record of the weights speaks of it
     dataset_spec = effective_dataset(dataset_spec, model_spec)  # what the flow loads: the model's size and stats
     focus_methods = list(getattr(params, "focus_methods", None) or [])
     methods = list(getattr(params, "methods", None) or []) + focus_methods
@@ -108,12 +112,34 @@ def _check_gradcam_layer(model: torch.nn.Module, layer: str | None, architecture
         resolve_layer(model, layer)
     except FocusError:
         if layer is not None:
-            raise
+            closest = close_match(layer, [name for name, _ in model.named_modules() if name])
+            raise FocusError(
+                f"The layer {layer!r} is not a submodule of {type(model).__name__} ({architecture}){closest}: "
+                f"pass --gradcam-layer with the dotted name of one of its modules, such as its last convolutional "
+                f"blocks ({_conv_block_hint(model)})."
+            ) from None
         raise FocusError(
             f"Cannot infer GradCAM's layer for {type(model).__name__} ({architecture}): pass "
             "--gradcam-layer with the dotted name of its last convolutional block's output "
             f"(one of: {_conv_block_hint(model)})."
         ) from None
+
+
+def _check_architecture_name(architecture: str) -> None:
+    """Refuse a plain architecture name that neither :data:`focus_core.models.ARCHITECTURES` nor torchvision has
+    (``resnet181``), naming the closest one; ``timm:`` names and factories are checked where they are built."""
+    parsed = parse_architecture(architecture)
+    if parsed.kind != "name" or parsed.name in ARCHITECTURES:
+        return
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if parsed.name not in known:
+        raise FocusError(
+            f"Unknown architecture {architecture!r}{close_match(parsed.name, [*ARCHITECTURES, *known])}: pass --arch "
+            f"with one of {', '.join(ARCHITECTURES)}, a torchvision model name, 'timm:<name>' or a "
+            "'package.module:factory' import path."
+        )
 
 
 def _conv_block_hint(model: torch.nn.Module) -> str:

@@ -11,7 +11,6 @@ pay for a second forward pass). The families live in their own modules (:mod:`.g
 from __future__ import annotations
 
 import functools
-import math
 import weakref
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from focus_core.errors import FocusError
+from focus_core.explainers.specs import canonical_params
 from focus_core.hashing import canonical_hash
 
 __all__ = ["Explainer", "ExplainerBase", "Explanation", "CheckedForward", "params_hash", "checked_forward"]
@@ -134,33 +134,6 @@ def params_hash(name: str, params: Mapping[str, Any]) -> str:
     return canonical_hash({"name": name, "params": dict(params)})
 
 
-def _canonical(explainer: str, key: str, kind: str, value: Any) -> Any:
-    """Check one parameter against its kind and return it in canonical (JSON) form."""
-    base = kind.removeprefix("optional_")
-    if kind != base and value is None:
-        return None
-    if kind == "optional_bounds" and value == "sample":  # z^B per sample: the same identity as None
-        return None
-    if base == "float" or base == "bounds" and not isinstance(value, (list, tuple)):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-    elif base == "bounds" and value:  # one number per input channel
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
-            return [float(v) for v in value]
-    elif base == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return int(value)
-    elif base == "str" and isinstance(value, str):
-        return value
-    expected = {"float": "a finite number", "int": "an integer", "str": "a string",
-                "bounds": "a number or a list of per-channel numbers"}[base]
-    if kind == "optional_bounds":
-        expected += ', "sample"'
-
-    if kind != base:
-        expected += " or None"
-    raise FocusError(f"Parameter '{key}' of explainer '{explainer}' got {value!r}: pass {expected}.")
-
-
 class ExplainerBase:
     """Parameter handling and the model-safe call shared by the explainers.
 
@@ -182,15 +155,7 @@ class ExplainerBase:
     runtime_spec: ClassVar[dict[str, tuple[str, Any]]] = {}
 
     def __init__(self, **params: Any) -> None:
-        known = {**self.spec, **self.runtime_spec}
-        unknown = sorted(set(params) - set(known))
-        if unknown:
-            names = ", ".join(known) or "none"
-            raise FocusError(
-                f"Explainer '{self.name}' has no parameter '{unknown[0]}': use one of its parameters ({names})."
-            )
-        values = {key: _canonical(self.name, key, kind, params.get(key, default))
-                  for key, (kind, default) in known.items()}
+        values = canonical_params(self.name, self.spec, self.runtime_spec, params)
         self._check(values)
         self.params: dict[str, Any] = {key: values[key] for key in self.spec}
         self.runtime: dict[str, Any] = {key: values[key] for key in self.runtime_spec}

@@ -31,6 +31,7 @@ from pydantic.json_schema import SkipJsonSchema
 from flows.worker import confinement
 from focus_core.arch_string import canonical_architecture
 from focus_core.errors import FocusError
+from focus_core.explainers import specs as method_table
 from focus_core import layouts
 from focus_core.hashing import canonical_json
 from focus_core.mosaic_limits import MAX_MOSAICS
@@ -78,13 +79,9 @@ DEVICE_PATTERN = r"^(cpu|cuda(:[0-9]+)?|mps)$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 NAME_MAX_LENGTH = 100
 _NAME = re.compile(NAME_PATTERN)  # used with fullmatch: a trailing newline does not pass
-#: The explainer registry's built-in names, in its order, readable without importing it (and torch): the help of
-#: ``--method`` and the form's description list them; a test holds them equal to
-#: :func:`focus_core.explainers.available_explainers`.
-BUILT_IN_METHODS: tuple[str, ...] = (
-    "gradcam", "gradcam++", "lrp", "lrp_fast", "smoothgrad", "integrated_gradients", "gradient", "input_x_gradient",
-    "lime", "random", "attnlrp",
-)
+#: The explainer registry's built-in names, in its order, read from its torch-free table
+#: (:data:`focus_core.explainers.specs.METHODS`): the help of ``--method`` and the form's description list them.
+BUILT_IN_METHODS: tuple[str, ...] = tuple(method_table.METHODS)
 #: The paper's three methods plus the random control: what the audit evaluates by default.
 STANDARD_METHODS: tuple[str, ...] = ("gradcam", "lrp", "smoothgrad")
 
@@ -376,17 +373,18 @@ class MethodSpec(_Spec):
 
     @model_validator(mode="after")
     def _check_registry(self) -> MethodSpec:
-        """An unknown name is refused before the registry (and torch) is imported: a method registered at run time
-        is in the registry only once it is imported; a known one's parameters are checked by the registry."""
-        import sys
+        """An unknown name, or a parameter of the wrong name or kind, is refused from the methods' torch-free table
+        (and the registry's names, which include methods registered at run time); the values' ranges are checked
+        by building the explainer, which imports it."""
+        from focus_core.explainers import registry
 
-        registry = sys.modules.get("focus_core.explainers")
-        available = registry.available_explainers() if registry is not None else list(BUILT_IN_METHODS)
+        available = registry.available_explainers()
         if self.name not in available:
-            raise ValueError(f"Unknown method {self.name!r}: use one of {', '.join(available)}.")
-        from focus_core import explainers
-
-        explainers.get_explainer(self.name, **self.params)  # FocusError (a ValueError) on a bad parameter
+            hint = method_table.close_match(self.name, available)
+            raise ValueError(f"Unknown method {self.name!r}{hint}: use one of {', '.join(available)}.")
+        if self.name in method_table.METHODS:
+            method_table.check_method(self.name, self.params)
+        registry.get_explainer(self.name, **self.params)  # FocusError (a ValueError) on a bad value
         return self
 
 

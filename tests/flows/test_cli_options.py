@@ -74,7 +74,7 @@ def _heavy_modules(argv: list[str]) -> tuple[subprocess.CompletedProcess, list[s
     code = (
         "import sys\nfrom flows.cli import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in ('torch', 'prefect', 'captum', 'focus_core.explainers', 'sqlalchemy') "
+        "print(sorted(m for m in ('torch', 'prefect', 'captum', 'focus_core.explainers.base', 'sqlalchemy') "
         "if m in sys.modules), file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)

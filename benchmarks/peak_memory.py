@@ -122,8 +122,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         work = Path(tmp)
         folder = make_folder(work / "photos", args.images_per_class, args.image_size)
         weights = make_weights(work / "weights.pt", args.arch)
-        runs = [run_evaluate(work, folder, weights, args, n, None) for n in sizes]
-        runs += [run_evaluate(work, folder, weights, args, n, "1T") for n in unbounded]
+        runs = []
+        for n, budget in [(n, None) for n in sizes] + [(n, "1T") for n in unbounded]:
+            runs.append(run_evaluate(work, folder, weights, args, n, budget))
+            print(json.dumps(runs[-1]), flush=True)  # each figure as soon as it is measured
     result = {
         "config": {"arch": args.arch, "methods": args.methods, "tile_size": args.tile_size,
                    "mosaic_px": 2 * args.tile_size, "batch_size": args.batch_size, "mosaics": sizes,

@@ -83,7 +83,8 @@ class ChunkResult(BaseModel):
     rows: int
     seconds: float
     batch_size: int | None = Field(
-        None, description="The batch size the chunk finished with: below the request's to fit the memory (budget or device)."
+        None, description="The batch size the chunk finished with: below the request's to fit the memory budget "
+        "or the device's memory."
     )
     computed: bool = Field(True, description="False when another run had written every mosaic of it already.")
     held_elsewhere: bool = Field(False, description="Another live run holds the chunk: nothing was computed here.")

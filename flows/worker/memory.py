@@ -116,11 +116,12 @@ def activation_bytes(model: nn.Module, x: torch.Tensor, context: Callable[[], co
     """Bytes of every module's output, and of ``x``, in one forward pass of ``x`` under ``no_grad`` (per ``x``).
 
     ``x`` is a batch of one mosaic for the cost of one; ``context`` is the precision the explainer runs under
-    (bf16 autocast halves the outputs). Outputs a module hands on unchanged (the same storage) count once.
+    (bf16 autocast halves the outputs). Outputs a module hands on unchanged (the same storage) count once: below,
+    the input's 256 bytes and two outputs of 512, then one output of 512 that the in-place ReLU writes over.
 
     Examples
     --------
-    >>> activation_bytes(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()), torch.zeros(1, 1, 8, 8))  # 256 + 2 x 512
+    >>> activation_bytes(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()), torch.zeros(1, 1, 8, 8))
     1280
     >>> activation_bytes(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(inplace=True)), torch.zeros(1, 1, 8, 8))
     768

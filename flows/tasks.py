@@ -144,9 +144,11 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     batch, so one chunk's database write runs while the next chunk computes. On CUDA the host copy is queued
     before the turn ends and waited for after it, so the device never drains between chunks.
 
-    When the device runs out of memory, the cache is emptied and the batch is halved (down to 1) and the
-    same mosaics are tried again; the chunk continues at the smaller size, and later chunks of the same work
-    in this process start there.
+    A batch holds at most what fits the memory budget (:mod:`flows.worker.memory`: on the CPU, the smaller of
+    2 GiB and a quarter of the available memory unless ``FOCUS_MEMORY_BUDGET`` says otherwise), so the chunk's
+    memory does not grow with its number of mosaics. When the device runs out of memory all the same, the cache
+    is emptied and the batch is halved (down to 1) and the same mosaics are tried again; the chunk continues at
+    the smaller size, and later chunks of the same work in this process start there.
 
     Returns
     -------

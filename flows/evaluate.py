@@ -78,7 +78,7 @@ class EvaluationRecord:
     batch_sizes: dict[int, int] = field(default_factory=dict)  # chunk -> batch size it finished with
 
     def batch_size_metadata(self, requested: int) -> dict[str, Any]:
-        """The batch sizes of the chunks run now, for the evaluation's metadata (below ``requested``: out of memory)."""
+        """The batch sizes of the chunks run now, for the evaluation's metadata (below ``requested``: to fit memory)."""
         reduced = {str(chunk): size for chunk, size in sorted(self.batch_sizes.items()) if size < requested}
         used = min(self.batch_sizes.values(), default=requested)
         return {"requested": requested, "used": used, "reduced_chunks": reduced}
@@ -289,8 +289,9 @@ def _run_chunks(
                     entry.batch_sizes[result.chunk] = result.batch_size or request.batch_size
                 if entry.batch_sizes.get(result.chunk, request.batch_size) < request.batch_size:
                     logger.warning(
-                        "Chunk %d of evaluation %d ran out of device memory at batch size %d and finished at %d",
-                        result.chunk, result.evaluation_id, request.batch_size, entry.batch_sizes[result.chunk],
+                        "Chunk %d of evaluation %d finished at batch size %d instead of %d to fit the memory budget "
+                        "(FOCUS_MEMORY_BUDGET) or the device's memory",
+                        result.chunk, result.evaluation_id, entry.batch_sizes[result.chunk], request.batch_size,
                     )
             done += 1
             logger.info(LOG_CHUNK_DONE, done, len(requests))

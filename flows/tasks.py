@@ -25,7 +25,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import db
-from flows.worker import caches, devices, faults, leases, store
+from flows.worker import caches, devices, faults, leases, memory, store
 from flows.specs import (
     DatasetSpec,
     EvaluationSpecs,
@@ -127,7 +127,8 @@ class ChunkResult(BaseModel):
     rows: int
     seconds: float
     batch_size: int | None = Field(
-        None, description="The batch size the chunk finished with: below the request's after running out of memory."
+        None, description="The batch size the chunk finished with: below the request's to fit the memory budget "
+        "or the device's memory."
     )
     computed: bool = Field(True, description="False when another run had written every mosaic of it already.")
     held_elsewhere: bool = Field(False, description="Another live run holds the chunk: nothing was computed here.")
@@ -187,9 +188,11 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     batch, so one chunk's database write runs while the next chunk computes. On CUDA the host copy is queued
     before the turn ends and waited for after it, so the device never drains between chunks.
 
-    When the device runs out of memory, the cache is emptied and the batch is halved (down to 1) and the
-    same mosaics are tried again; the chunk continues at the smaller size, and later chunks of the same work
-    in this process start there.
+    A batch holds at most what fits the memory budget (:mod:`flows.worker.memory`: on the CPU, the smaller of
+    2 GiB and a quarter of the available memory unless ``FOCUS_MEMORY_BUDGET`` says otherwise), so the chunk's
+    memory does not grow with its number of mosaics. When the device runs out of memory all the same, the cache
+    is emptied and the batch is halved (down to 1) and the same mosaics are tried again; the chunk continues at
+    the smaller size, and later chunks of the same work in this process start there.
 
     Returns
     -------
@@ -239,8 +242,13 @@ def _explain_batches(
     work: str,
     stamps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Tile sums ``(M, grid², 2)`` and predicted classes ``(M,)`` on the device, and the batch size that fitted."""
-    size = caches.fitting_batch_size(work, request.batch_size)
+    """Tile sums ``(M, grid², 2)`` and predicted classes ``(M,)`` on the device, and the batch size that fitted.
+
+    The first batch is the request's batch size, at most what fits the memory budget
+    (:func:`_budget_batch_size`) and what this process fitted before; a batch that runs out of memory is halved.
+    """
+    size = min(caches.fitting_batch_size(work, request.batch_size),
+               _budget_batch_size(request, model, dataset, tiles, indices, work))
     grid = request.mosaics.grid
     explainer = caches.make_explainer(request.method, request.model, size, request.batch_size, grid)
     sums, predicted = [], []
@@ -252,7 +260,9 @@ def _explain_batches(
                 explainer, model, dataset, tiles, indices[start:stop], targets[start:stop], request.dtype, grid,
                 None if stamps is None else (request.mosaics.probe["size"], stamps[start:stop]),
             )
-        except torch.OutOfMemoryError as error:  # torch.cuda.OutOfMemoryError is the same class
+        except (torch.OutOfMemoryError, RuntimeError) as error:  # torch.cuda.OutOfMemoryError is the same class
+            if not _out_of_memory(error):
+                raise
             if size == 1:
                 raise FocusError(
                     f"The device {request.device} ran out of memory explaining a single mosaic with "
@@ -273,6 +283,30 @@ def _explain_batches(
         predicted.append(batch_predicted)
         start = stop
     return torch.cat(sums), torch.cat(predicted), size
+
+
+def _budget_batch_size(
+    request: ChunkRequest, model: torch.nn.Module, dataset: Any, tiles: torch.Tensor, indices: torch.Tensor, work: str
+) -> int:
+    """The largest batch of ``work`` that fits :func:`flows.worker.memory.memory_budget`, at most the request's.
+
+    The cost of a mosaic is measured once per work in this process, on the chunk's first mosaic
+    (:func:`flows.worker.memory.activation_bytes`); without a budget (CUDA) it is the request's batch size.
+    """
+    budget = memory.memory_budget(tiles.device)
+    if budget is None or not len(indices):
+        return request.batch_size
+
+    def measure() -> int:
+        one = mosaics.compose_normalized(tiles, indices[:1], dataset)
+        return memory.activation_bytes(model, one, lambda: _precision(request.dtype, one.device))
+
+    return memory.batch_for_budget(memory.mosaic_cost(work, measure), budget, request.batch_size)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says the device ran out of memory (the CPU allocator raises a plain ``RuntimeError``)."""
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 def _copy_to_host(*tensors: torch.Tensor) -> Callable[[], list[np.ndarray]]:

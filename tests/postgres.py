@@ -53,5 +53,5 @@ def drop_database(url: str) -> None:
     from sqlalchemy.engine import make_url
 
     name = make_url(url).database
-    with psycopg.connect(_conninfo(SERVER_URL), autocommit=True, connect_timeout=5) as admin:
+    with psycopg.connect(_conninfo(SERVER_URL), autocommit=True, connect_timeout=60) as admin:  # 60 s: a hang
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

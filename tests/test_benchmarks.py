@@ -250,3 +250,23 @@ def test_query_scale_flags_scans_of_mosaic_result_and_its_partitions_only() -> N
         "mosaic_result", "mosaic_result_p000003", "mosaic_result_tile", "mosaic_result_tile_p000000", "mosaic")}
     assert flagged == {"mosaic_result": True, "mosaic_result_p000003": True, "mosaic_result_tile": False,
                        "mosaic_result_tile_p000000": False, "mosaic": False}
+
+
+PEAK_MEMORY = ROOT / "benchmarks" / "peak_memory.py"
+
+
+@pytest.mark.slow  # runs the script: one `focus evaluate` of 6 mosaics of 64 px in a child process
+def test_peak_memory_reports_the_child_peak_and_the_batches_it_ran(tmp_path) -> None:
+    out = tmp_path / "peak_memory.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    completed = subprocess.run([sys.executable, str(PEAK_MEMORY), "--quick", "--out", str(out)], cwd=tmp_path,
+                               env=env, capture_output=True, text=True, timeout=1800, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["config"]["mosaic_px"] == 64 and result["machine"]["cpus"] >= 1
+    (run,) = result["runs"]
+    assert (run["mosaics"], run["budget"], run["rows_written"]) == (6, "default", 12)  # 6 mosaics x 2 methods
+    assert _positive(run["peak_rss_mb"]) and _positive(run["seconds"])
+    assert set(run["batch_sizes"]) == {"lrp", "gradcam"}
+    assert all(1 <= size <= 64 for sizes in run["batch_sizes"].values() for size in sizes)
+    assert "peak RSS MB" in completed.stdout  # the table

@@ -18,6 +18,7 @@ from sqlalchemy import inspect, text
 
 import db
 from db.migrate import alembic_config
+from tests import waits
 
 T0 = dt.datetime(2026, 1, 1, 2, 0, tzinfo=dt.timezone.utc)
 # audit started_at in days after T0, in id order: the third audit started before the second, the last two tie
@@ -220,9 +221,9 @@ def test_concurrent_closes_of_one_group_leave_it_right(pg_url, build_world, buil
             db.finish_evaluation(connection, last)  # sees the first only: the middle one is not finished yet
             thread = threading.Thread(target=close_middle)
             thread.start()
-            waited = _waits_on_a_lock(engine)
+            waited = waits.lock_wait_before_end(engine, thread)
             transaction.commit()
-        thread.join(timeout=60)
+        waits.joined(thread)
         assert waited, "closing the middle evaluation did not wait for the open transaction"
         assert "error" not in outcome, outcome.get("error")
         history = _assert_same_history(engine).set_index("evaluation_id")
@@ -230,17 +231,3 @@ def test_concurrent_closes_of_one_group_leave_it_right(pg_url, build_world, buil
                                                                             last: middle}, nan_ok=True)
     finally:
         engine.dispose()
-
-
-def _waits_on_a_lock(engine, timeout_s: float = 30.0) -> bool:
-    import time
-
-    query = text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
-                 "AND wait_event_type = 'Lock'")
-    deadline = time.monotonic() + timeout_s
-    with engine.connect() as connection:
-        while time.monotonic() < deadline:
-            if connection.execute(query).scalar_one():
-                return True
-            time.sleep(0.05)
-    return False

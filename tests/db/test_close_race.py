@@ -11,6 +11,7 @@ import numpy as np
 from sqlalchemy import text
 
 import db
+from tests import waits
 
 TRIALS = 30
 CLOSERS = 4
@@ -32,7 +33,7 @@ def _close_at_once(engine: db.Engine, evaluation_id: int, closers: int) -> list[
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        waits.joined(thread)
     return errors
 
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
-from sqlalchemy import text
-
 import db
+from tests import waits
 
 
 def test_overlapping_writers_both_commit(pg_url, build_world, build_sums):
@@ -23,7 +21,6 @@ def test_overlapping_writers_both_commit(pg_url, build_world, build_sums):
         focus = np.array([0.9, 0.8, 0.7, 0.6])
         sums = build_sums(focus, world.masks)
         outcome: dict[str, object] = {}
-        done = threading.Event()
 
         def second_writer() -> None:
             try:
@@ -32,19 +29,18 @@ def test_overlapping_writers_both_commit(pg_url, build_world, build_sums):
                 outcome["sees_first"] = len(db.finished_mosaic_ids(engine, evaluations[0]))
             except Exception as exc:  # reported by the assertion below
                 outcome["error"] = exc
-            finally:
-                done.set()
 
         with engine.connect() as first:
             transaction = first.begin()
             db.write_mosaic_results(first, evaluations[0], world.mosaic_ids[:2], sums[:2], focus[:2], [0, 0])
             thread = threading.Thread(target=second_writer)
             thread.start()
-            # the second writer's whole transaction runs while the first one is still open
-            finished_while_first_open = done.wait(timeout=30)
+            # the second writer's whole transaction runs while the first one is still open: it ends without
+            # waiting on a lock (were it blocked by the first writer, a session would wait on a lock until the commit)
+            finished_while_first_open = not waits.lock_wait_before_end(engine, thread)
             db.write_mosaic_results(first, evaluations[0], world.mosaic_ids[2:], sums[2:], focus[2:], [0, 0])
             transaction.commit()
-        thread.join(timeout=60)
+        waits.joined(thread)
         assert finished_while_first_open, "the second writer waited for the first writer's transaction"
         assert "error" not in outcome, outcome.get("error")
         assert outcome["written"] == 4
@@ -53,18 +49,6 @@ def test_overlapping_writers_both_commit(pg_url, build_world, build_sums):
         assert db.finished_mosaic_ids(engine, evaluations[1]) == set(world.mosaic_ids)
     finally:
         engine.dispose()
-
-
-def _waits_on_a_lock(engine, timeout_s: float = 30.0) -> bool:
-    query = text("SELECT COUNT(*) FROM pg_stat_activity "
-                 "WHERE datname = current_database() AND wait_event_type = 'Lock'")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with engine.connect() as connection:
-            if connection.execute(query).scalar_one():
-                return True
-        time.sleep(0.05)
-    return False
 
 
 def test_two_first_writes_of_one_chunk_leave_one_row_per_mosaic(pg_url, build_world, build_sums, write_paths):
@@ -91,9 +75,9 @@ def test_two_first_writes_of_one_chunk_leave_one_row_per_mosaic(pg_url, build_wo
                                     [0] * 4)
             thread = threading.Thread(target=second_writer)
             thread.start()
-            assert _waits_on_a_lock(engine), "the second writer never waited on the first one's rows"
+            assert waits.lock_wait_before_end(engine, thread), "the second writer never waited on the first one's rows"
             transaction.commit()
-        thread.join(timeout=60)
+        waits.joined(thread)
         assert "error" not in outcome, outcome.get("error")
         assert outcome["written"] == 4
         assert write_paths == ["insert", "insert", "upsert"]  # first writer; second writer's COPY, then its upsert

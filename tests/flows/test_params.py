@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -112,10 +111,8 @@ def test_cuda_on_a_worker_without_a_gpu_fails_at_once(prefect_api, tmp_path, flo
         run = lambda: evaluate(EvaluateParams(**GOOD, run={"device": "cuda", "database_url": url}))  # noqa: E731
     else:
         run = lambda: train(TrainParams(device="cuda:1", database_url=url, checkpoint_dir=str(tmp_path)))  # noqa: E731
-    started = time.monotonic()
     with pytest.raises(FocusError, match="no CUDA GPU") as raised:
-        run()
-    assert time.monotonic() - started < 15
+        run()  # at once: before the store is opened (checked below), so before any chunk or epoch
     assert "run on a GPU worker or pass device 'cpu'" in str(raised.value)
     assert not (tmp_path / "never.db").exists()
 

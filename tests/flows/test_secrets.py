@@ -26,11 +26,12 @@ try:  # the fixtures live next to this file; import them explicitly
 except ImportError:  # pragma: no cover - tests/ imported as a package
     from tests.flows.server import PROJECT_ROOT, PrefectServer, postgres_url, prefect_server  # noqa: F401
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+#: Deadlines only bound a hang (twelve `focus` commands and the store's teardown on a loaded machine): never a verdict
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 FOCUS = str(Path(sys.executable).with_name("focus"))
 SECRETS = ("SEKRET1user", "SEKRET2query", "SEKRET3ssl")
-COMMAND_TIMEOUT_S = 240
+COMMAND_TIMEOUT_S = 900
 
 
 def _with_secrets(url: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -34,10 +33,9 @@ def test_a_symlink_loop_is_refused_in_one_sentence_at_once(tmp_path: Path) -> No
     root = tmp_path / "data"
     write_images(root, {"cat": 3, "dog": 3})
     os.symlink(root / "cat", root / "cat" / "again")  # cat/again/again/... for ever
-    started = time.monotonic()
     with pytest.raises(FocusError, match=r"'.*cat/again' is reached twice through symbolic links.*remove the link") as e:
-        load_image_folder(root, tile_size=8, resize=8)
-    assert time.monotonic() - started < 10 and "\n" not in str(e.value)
+        load_image_folder(root, tile_size=8, resize=8)  # at the first repeat: the message names cat/again, once
+    assert "\n" not in str(e.value) and "again/again" not in str(e.value)
 
 
 def test_a_link_to_a_folder_outside_the_class_is_followed(tmp_path: Path) -> None:

@@ -214,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
         "audit",
         "Audit every checkpoint marked for auditing; emit focus.audit.regressed when Focus falls.",
         "Evaluate the standard methods on each audited checkpoint's audit mosaic set, compare with its previous "
-        "audit on the same mosaics (paired test) and emit the Prefect event focus.audit.regressed when median Focus "
-        "falls by more than the threshold (an automation in deployments/automations.yaml turns it into a notification).",
+        "audit and with its lineage's reference on the same mosaics (paired test) and emit the Prefect event "
+        "focus.audit.regressed when median Focus falls by more than the threshold, significantly at alpha (an "
+        "automation in deployments/automations.yaml turns it into a notification).",
     )
     opts.add_params_file_option(p)
     opts.add_method_options(p, default="gradcam, lrp and smoothgrad")
@@ -224,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     opts.option(p, "--threshold", field="threshold", type=float, metavar="DROP",
                 help="Regression: median Focus falls by more than this (default 0.05).")
     opts.option(p, "--alpha", field="alpha", type=float, metavar="P",
-                help="Significance level of the paired test (default 0.05).")
+                help="Significance level of the paired test: a fall alerts only when significant (default 0.05).")
+    opts.option(p, "--alert-on", field="alert_on", dest="alert_on", action="append", choices=("previous", "reference"),
+                help="Emit focus.audit.regressed for this comparison, repeatable (default: previous and reference, "
+                "the lineage's pinned or first audited version).")
     opts.option(
         p,
         "--checkpoint",

@@ -228,7 +228,7 @@ def test_the_audit_follows_the_alias_to_a_worse_version(prefect_api, worker, sql
     second = follow()
     (regression,) = second["regressions"]
     assert (regression["lineage"], regression["kind"], regression["method"]) == (
-        "digits-prod", "previous_checkpoint", "gradcam")
+        "digits-prod", "previous", "gradcam")
     assert (regression["checkpoint"], regression["compared_with"]) == (worker["sha"][v2], worker["sha"][v1])
     assert regression["median_change"] < -0.05 and 0 <= regression["p_value"] < 0.05
     (event,) = [e for e in emitted if e["event"] == audit_module.REGRESSED_EVENT]

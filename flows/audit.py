@@ -287,6 +287,9 @@ def _reference(engine: Any, target: _Target, entries: list[dict[str, Any]], para
             (entry,) = lineages.follow_alias(engine, target.reference_alias, [str(target.lineage)])
             version = int(entry["version"])
         reference = db.reference_checkpoint(engine, target.lineage_id, version)
+        if reference is None and version is not None:
+            raise FocusError(f"The pinned reference, version {version} of lineage {target.lineage!r}, is not there: "
+                             "pin another with focus checkpoint pin.")
         if reference is None or reference["checkpoint_id"] == target.checkpoint_id or not entries:
             return reference
         method_ids = sorted({int(e["method_id"]) for e in entries})

@@ -27,6 +27,7 @@ def test_a_cached_pinned_version_is_audited_while_mlflow_is_down(prefect_api, sq
     import mlflow
     from mlflow import MlflowClient
 
+    (tmp_path / "mlflow").mkdir()
     server, process = start_mlflow_server(tmp_path / "mlflow")
     try:
         for key, value in server.env().items():

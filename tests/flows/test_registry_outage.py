@@ -27,6 +27,9 @@ def test_a_cached_pinned_version_is_audited_while_mlflow_is_down(prefect_api, sq
     import mlflow
     from mlflow import MlflowClient
 
+    from tests import mlflow_server
+
+    monkeypatch.setattr(mlflow_server, "START_TIMEOUT_S", 300.0)  # a busy machine starts it slowly
     (tmp_path / "mlflow").mkdir()
     server, process = start_mlflow_server(tmp_path / "mlflow")
     try:
@@ -53,9 +56,11 @@ def test_a_cached_pinned_version_is_audited_while_mlflow_is_down(prefect_api, sq
         assert {r["kind"] for r in first["results"]} == {"previous", "reference"}
     finally:
         stop_mlflow_server(process)
-        mlflow.set_tracking_uri(None)
 
-    second = audit_module.audit(params)  # the server is gone; the version's download is on this worker
+    try:  # MLFLOW_TRACKING_URI still names the stopped server
+        second = audit_module.audit(params)  # the server is gone; the version's download is on this worker
+    finally:
+        mlflow.set_tracking_uri(None)
     previous = next(r for r in second["results"] if r["kind"] == "previous")
     assert previous["previous_evaluation_id"] == first["results"][0]["evaluation_id"]
     assert previous["median_change"] == pytest.approx(0.0) and second["regressions"] == []

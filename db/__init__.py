@@ -8,7 +8,7 @@ Examples
 --------
 >>> import db
 >>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
-'0010'
+'0013'
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
@@ -41,7 +41,9 @@ from db.lineages import (
     find_lineage,
     lineage_checkpoints,
     lineages_to_audit,
+    pin_lineage_reference,
     previous_audited_checkpoint,
+    reference_checkpoint,
     register_lineage_checkpoint,
     register_training_epochs,
     set_lineage_audit,
@@ -169,6 +171,8 @@ __all__ = [
     "lineage_checkpoints",
     "lineages_to_audit",
     "previous_audited_checkpoint",
+    "reference_checkpoint",
+    "pin_lineage_reference",
     "AuditedEvaluation",
     "audit_evaluations",
     "latest_training_run",

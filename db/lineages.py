@@ -4,7 +4,9 @@ A lineage holds one model: one architecture, class count and input channel count
 checkpoint. Registering a checkpoint into a lineage is idempotent (the same checkpoint again returns its
 version), refuses a checkpoint of another model and a version another checkpoint holds, and gives the next
 version when none is asked for. The audit follows the newest checkpoint (highest version) of every lineage
-marked for auditing and compares it with the lineage's previous audited checkpoint.
+marked for auditing and compares it with the lineage's previous audited checkpoint and with its reference:
+the version :func:`pin_lineage_reference` pinned (or the MLflow alias it named), else the first audited one
+(:func:`reference_checkpoint`).
 
 Examples
 --------
@@ -35,6 +37,8 @@ __all__ = [
     "lineage_checkpoints",
     "lineages_to_audit",
     "previous_audited_checkpoint",
+    "reference_checkpoint",
+    "pin_lineage_reference",
     "audit_evaluations",
     "set_lineage_audit",
 ]
@@ -257,7 +261,8 @@ def lineages_to_audit(engine: Engine, names: list[str] | None = None) -> pd.Data
     With ``names``, those lineages only, whether marked or not (asking for a lineage by name audits it).
 
     Columns: ``lineage_id``, ``lineage``, ``version`` and the checkpoint's ``checkpoint_id``, ``sha256``,
-    ``architecture``, ``num_classes``, ``in_channels``, ``path``, ``label``.
+    ``architecture``, ``num_classes``, ``in_channels``, ``path``, ``label``; the lineage's pinned reference,
+    ``reference_version`` and ``reference_alias`` (both None: its first audited version), and ``source``.
 
     Raises
     ------
@@ -266,7 +271,8 @@ def lineages_to_audit(engine: Engine, names: list[str] | None = None) -> pd.Data
     """
     sql = (
         "SELECT l.id AS lineage_id, l.name AS lineage, c.version, c.id AS checkpoint_id, c.sha256, c.architecture, "
-        "c.num_classes, c.in_channels, c.path, c.label FROM lineage l JOIN model_checkpoint c ON c.lineage_id = l.id "
+        "c.num_classes, c.in_channels, c.path, c.label, l.reference_version, l.reference_alias, l.source "
+        "FROM lineage l JOIN model_checkpoint c ON c.lineage_id = l.id "
         "WHERE c.version = (SELECT MAX(v.version) FROM model_checkpoint v WHERE v.lineage_id = l.id)"
     )
     params: dict[str, Any] = {}
@@ -299,6 +305,58 @@ def previous_audited_checkpoint(engine: Engine, lineage_id: int, version: int) -
     if row is None:
         return None
     return {"checkpoint_id": int(row.id), "sha256": row.sha256, "version": int(row.version), "label": row.label}
+
+
+def reference_checkpoint(engine: Engine, lineage_id: int, version: int | None = None) -> dict[str, Any] | None:
+    """The lineage's reference: its checkpoint ``version`` (a pin), else its lowest version an audit evaluated.
+
+    Returns a dict with ``checkpoint_id``, ``sha256``, ``version``, ``label``, ``path``, ``architecture``,
+    ``num_classes`` and ``in_channels``, or ``None`` (no such version; with no pin, no audited version yet).
+    """
+    c, e = ModelCheckpoint, Evaluation
+    query = select(c.id, c.sha256, c.version, c.label, c.path, c.architecture, c.num_classes, c.in_channels).where(
+        c.lineage_id == int(lineage_id))
+    if version is not None:
+        query = query.where(c.version == int(version))
+    else:
+        audited = select(e.id).where(e.checkpoint_id == c.id, e.audit_run_id.is_not(None), e.status == "finished")
+        query = query.where(audited.exists()).order_by(c.version).limit(1)
+    with engine.connect() as connection:
+        row = connection.execute(query).first()
+    if row is None:
+        return None
+    return {"checkpoint_id": int(row.id), "sha256": row.sha256, "version": int(row.version), "label": row.label,
+            "path": row.path, "architecture": row.architecture, "num_classes": int(row.num_classes),
+            "in_channels": None if row.in_channels is None else int(row.in_channels)}
+
+
+def pin_lineage_reference(store: Store, name: str, *, version: int | None = None, alias: str | None = None) -> None:
+    """Pin the reference of the lineage ``name``: one of its versions, or an MLflow alias; neither: unpin.
+
+    Unpinned, the reference is the lineage's first audited version. An alias is stored as given (the audit
+    resolves it each night); a version must be in the lineage.
+
+    Raises
+    ------
+    StoreError
+        When there is no lineage ``name``, ``version`` is not one of its versions, or both are given.
+    """
+    if version is not None and alias is not None:
+        raise StoreError("Pin a version or an alias as the lineage's reference, not both.")
+    with transaction(store) as connection:
+        lineage_id = connection.scalar(select(Lineage.id).where(Lineage.name == name))
+        if lineage_id is None:
+            raise StoreError(f"No lineage named {name!r}; see `focus checkpoint list` for the lineages there are.")
+        if version is not None:
+            c = ModelCheckpoint
+            held = connection.scalar(select(c.id).where(c.lineage_id == lineage_id, c.version == int(version)))
+            if held is None:
+                raise StoreError(f"Lineage {name!r} has no version {version}: pin one that `focus checkpoint list "
+                                 f"--lineage {name}` shows.")
+        pinned = version is not None or alias is not None
+        connection.execute(update(Lineage).where(Lineage.id == lineage_id).values(
+            reference_version=None if version is None else int(version), reference_alias=alias,
+            reference_pinned_at=utcnow() if pinned else None))
 
 
 def audit_evaluations(

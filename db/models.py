@@ -181,9 +181,14 @@ class Lineage(Base):
 
     ``audit`` marks it for the nightly audit (which follows its newest checkpoint); ``source`` says where its
     checkpoints come from: ``training``, ``registered`` or a model registry (``mlflow:<name>@<alias>``).
+    ``reference_version`` or ``reference_alias`` (an MLflow alias, resolved at each audit; at most one is set)
+    pins the reference every audit also compares with; neither: the first audited version (revision 0011).
     """
 
     __tablename__ = "lineage"
+    __table_args__ = (
+        CheckConstraint("reference_version IS NULL OR reference_alias IS NULL", name="one_reference"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -193,6 +198,9 @@ class Lineage(Base):
     audit: Mapped[bool] = mapped_column(Boolean, default=False)
     source: Mapped[str] = mapped_column(String(300), default="registered")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    reference_version: Mapped[int | None]
+    reference_alias: Mapped[str | None] = mapped_column(String(255))
+    reference_pinned_at: Mapped[dt.datetime | None]
 
 
 class ModelCheckpoint(Base):
@@ -319,7 +327,7 @@ class AuditRun(Base):
     """One run of the audit (for example the nightly one).
 
     A ``running`` audit run names the run that opened it (``run_owner``, whose ``lease_holder`` row names its
-    process and Prefect flow run); ``crashed`` means that run died before closing it (revision 0015).
+    process and Prefect flow run); ``crashed`` means that run died before closing it (revision 0013).
     """
 
     __tablename__ = "audit_run"

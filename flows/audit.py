@@ -12,22 +12,17 @@ model (:func:`flows.weights.lineages.follow_alias`), and registers it into the l
 newest checkpoint is the alias's version; an unreachable server or a missing alias stops the run, in one
 sentence, before anything is written.
 
-Each evaluation is then compared, on the same mosaics (median change and a paired Wilcoxon test from
-:mod:`flows.results.analysis`), with one earlier evaluation:
-
-- ``same_checkpoint``: the checkpoint's own previous audit, which catches drift from code, library or
-  data changes; this is the comparison whenever the checkpoint was audited before;
-- ``previous_checkpoint``: on the first audit of a lineage's new checkpoint, the lineage's previous
-  audited checkpoint (the highest version below it that an audit evaluated), which catches a worse model.
-
-When the data changed (a new dataset fingerprint gives a new mosaic set) the earlier evaluation is on other
-mosaics: the result says so (``mosaic_set_changed``), no paired comparison is made, and this audit is the
-baseline of the next. A comparison whose median Focus fell by more than the threshold emits the Prefect
-event ``focus.audit.regressed``, one per lineage (or checkpoint) and method, whose resource is
+Each evaluation is then compared, on the same mosaics, with the checkpoint's previous audit (or the lineage's
+previous audited version) and with the lineage's reference (kinds ``previous`` and ``reference``, see
+:mod:`flows.audit_baselines`); the audit first evaluates the reference checkpoint when it has no audit on
+these mosaics yet. A comparison regressed when median Focus fell by more than the threshold and the paired
+test is significant at ``alpha``; one whose kind is in ``params.alert_on`` emits the Prefect event
+``focus.audit.regressed``, one per lineage (or checkpoint), method and kind (a reference comparison with the
+same earlier evaluation as the previous one emits none of its own), whose resource is
 ``focus.lineage.<name>`` (``focus.checkpoint.<sha256>`` outside a lineage) labelled with ``focus.method``
-and ``focus.comparison``; its payload names the lineage, both checkpoints, the method, the change, the
-p-value and the comparison (``kind``). Automations match the event name and labels
-(``deployments/automations.yaml``); the audit decides "regressed" itself.
+and ``focus.comparison`` (the kind); its payload names the lineage, both checkpoints, the method, the change,
+the p-value and the kind. Automations match the event name and labels (``deployments/automations.yaml``);
+the audit decides "regressed" itself.
 
 Examples
 --------
@@ -46,8 +41,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 
 import db
+from flows import audit_baselines as baselines
 from flows import audit_classes
-from flows.results import analysis
 from flows.results.names import names_of
 from flows.weights import lineages, weight_store
 from flows.worker import devices, leases, store
@@ -63,12 +58,18 @@ __all__ = ["audit", "REGRESSED_EVENT", "COMPLETED_EVENT", "KINDS", "REGRESSION_K
 
 REGRESSED_EVENT = "focus.audit.regressed"
 COMPLETED_EVENT = "focus.audit.completed"
-#: Which earlier evaluation a result is compared with.
-KINDS = ("previous_checkpoint", "same_checkpoint")
+#: Which earlier evaluation a result is compared with (:mod:`flows.audit_baselines`).
+KINDS = baselines.KINDS
 #: The keys of each regression in the flow's result, the event's payload and ``focus audit --format json``.
 REGRESSION_KEYS = ("lineage", "checkpoint", "compared_with", "method", "median_change", "p_value", "kind")
 _PAYLOAD_EXTRA = ("checkpoint_version", "compared_with_version", "median_focus", "previous_median_focus", "n_paired",
-                  "significant", "threshold")
+                  "significant", "threshold", "alpha", "same_checkpoint")
+#: The audit table artifact's columns: the verdict first, internal ids last (the rest of a result follows them).
+_TABLE_FIRST = ("significant", "regressed", "median_change", "p_value", "method", "kind", "lineage",
+                "checkpoint_name", "compared_with_name", "median_focus", "previous_median_focus", "n_paired")
+_TABLE_LAST = ("checkpoint_version", "compared_with_version", "evaluation_id", "previous_evaluation_id",
+               "mosaic_set_id")
+_NOT_SHOWN = ("checkpoint", "compared_with", "threshold", "alpha")
 
 
 def checkpoint_resource(sha256: str, name: str | None = None, **labels: str) -> dict[str, str]:
@@ -101,6 +102,8 @@ class _Target:
     lineage: str | None = None
     lineage_id: int | None = None
     version: int | None = None
+    reference_version: int | None = None
+    reference_alias: str | None = None
 
     @property
     def name(self) -> str:
@@ -120,7 +123,8 @@ class _Target:
 
         return cls(int(row["checkpoint_id"]), row["sha256"], row["architecture"], int(row["num_classes"]),
                    optional("in_channels"), text("path"), text("label"), text("lineage"),
-                   optional("lineage_id"), optional("version"))
+                   optional("lineage_id"), optional("version"), optional("reference_version"),
+                   text("reference_alias"))
 
 
 def _marked_checkpoints(engine: Any, params: AuditParams) -> list[_Target]:
@@ -183,7 +187,7 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
     Args:
         params: Methods, audit mosaic set, regression threshold, which lineages and checkpoints, how to run.
 
-    Returns a dict with the audit run id, one result per checkpoint and method (the comparison made, the
+    Returns a dict with the audit run id, one result per checkpoint, method and comparison kind (the
     median Focus, its change, the paired test, whether it regressed) and the regressions (``REGRESSION_KEYS``).
     """
     devices.require_device(params.run.device)
@@ -212,43 +216,44 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
     class_results: list[dict[str, Any]] = []  # per target class, clean and probe sets (flows.audit_classes)
     for target in targets:
         try:
-            _check_weights(target)
-            spec = ModelSpec(architecture=target.architecture, weights=target.path, num_classes=target.num_classes,
-                             in_channels=target.in_channels, label=target.label)
-            evaluate.with_options(flow_run_name=f"evaluate {target.name} {_methods(params)} (audit {audit_run_id})")(
-                EvaluateParams(model=spec, dataset=params.dataset, mosaics=params.mosaics, methods=params.methods,
-                               run=params.run.as_run_spec()),
-                audit_run_id=audit_run_id,
-            )
+            _evaluate(target, params, audit_run_id)
         except Exception as error:  # noqa: BLE001 - one broken checkpoint must not stop the nightly audit
             failures.append(f"{target.name}: {error}")
             logger.error("Audit of %s failed: %s", target.name, error)
             continue
         history = db.checkpoint_history(engine, target.checkpoint_id)
-        for entry in history[history["audit_run_id"] == audit_run_id].to_dict("records"):
-            result = _compare(engine, target, entry, audit_run_id, params)
-            if result["mosaic_set_changed"]:
-                logger.warning("%s with %s: the audit mosaic set changed since the evaluation it is compared with "
-                               "(the data changed): no paired comparison; this audit is the new baseline",
-                               target.name, result["method"])
-            results.append(result)
-        rows, failed = audit_classes.compare_target(engine, target, spec, [r for r in results if r["checkpoint"] ==
-                                                    target.sha256], audit_run_id, params)
+        entries = history[history["audit_run_id"] == audit_run_id].to_dict("records")
+        reference = _reference(engine, target, entries, params, audit_run_id, failures, logger)
+        for entry in entries:
+            method_id = int(entry["method_id"])
+            for baseline in (baselines.previous_baseline(engine, target, method_id, audit_run_id),
+                             baselines.reference_baseline(engine, target, reference, method_id, audit_run_id,
+                                                          int(entry["evaluation_id"]))):
+                result = baselines.compare(engine, target, entry, baseline, params)
+                if result["mosaic_set_changed"]:
+                    logger.warning("%s with %s: the audit mosaic set changed since the evaluation it is compared "
+                                   "with (%s, the data changed): no paired comparison; this audit is the new "
+                                   "baseline", target.name, result["method"], result["kind"])
+                results.append(result)
+        rows, failed = audit_classes.compare_target(engine, target, _model_spec(target), [
+            r for r in results if r["checkpoint"] == target.sha256], audit_run_id, params)
         class_results, failures = class_results + rows, failures + failed
 
-    regressed = [r for r in results if r["regressed"]]
-    for result in regressed:
+    alerts = _alerts(results, params)
+    for result in alerts:
         _emit_regression(result, audit_run_id)
-        logger.warning("Focus of %s with %s fell by %.3f since %s (%s, threshold %.3f)", result["checkpoint_name"],
-                       result["method"], -result["median_change"], result["compared_with_name"], result["kind"],
-                       params.threshold)
-    regressions = [{k: result[k] for k in REGRESSION_KEYS} for result in regressed]
+    for result in (r for r in results if r["regressed"]):
+        logger.warning("Focus of %s with %s fell by %.3f since %s (%s, threshold %.3f, p = %.2g)%s",
+                       result["checkpoint_name"], result["method"], -result["median_change"],
+                       result["compared_with_name"], result["kind"], params.threshold, result["p_value"],
+                       "" if any(r is result for r in alerts) else ": no event (see alert_on)")
+    regressions = [{k: result[k] for k in REGRESSION_KEYS} for result in alerts]
     class_regressions = audit_classes.report(class_results, audit_run_id, logger, _class_resource)
     emit_event(
         event=COMPLETED_EVENT,
         resource={"prefect.resource.id": f"focus.audit-run.{audit_run_id}"},
         payload={"lineages": sum(t.lineage is not None for t in targets),
-                 "checkpoints": sum(t.lineage is None for t in targets), "regressions": len(regressed),
+                 "checkpoints": sum(t.lineage is None for t in targets), "regressions": len(alerts),
                  "failures": len(failures)},
     )
     db.finish_audit_run(engine, audit_run_id, status="failed" if failures else "finished",
@@ -256,75 +261,79 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
                                   **({"followed": followed} if params.follow_alias else {}),
                                   "class_regressions": class_regressions})
     if results:
-        best_effort(
-            create_table_artifact,
-            [{k: _round(v) for k, v in r.items() if k not in ("checkpoint", "compared_with", "threshold")}
-             for r in results],
-            key="focus-audit",
-            description=f"Audit run {audit_run_id}: {len(regressed)} regression(s) beyond {params.threshold}",
-        )
+        best_effort(create_table_artifact, [_table_row(r) for r in results], key="focus-audit",
+                    description=f"Audit run {audit_run_id}: {len(alerts)} regression(s) beyond {params.threshold} "
+                    f"significant at alpha {params.alpha} (alerting on {', '.join(params.alert_on)})")
     if failures:
         raise RuntimeError(f"The audit of {len(failures)} checkpoint(s) failed: {'; '.join(failures)}")
     return {"audit_run_id": audit_run_id, "results": results, "regressions": regressions, "followed": followed,
             "class_results": class_results, "class_regressions": class_regressions}
 
 
-def _baseline(engine: Any, target: _Target, method_id: int, audit_run_id: int) -> tuple[str | None, dict | None, list]:
-    """Which comparison applies and the earlier audit evaluations it may use (newest first)."""
-    own = db.audit_evaluations(engine, target.checkpoint_id, method_id, before_audit_run=audit_run_id)
-    if own:
-        return "same_checkpoint", {"sha256": target.sha256, "version": target.version, "label": target.label}, own
-    if target.lineage_id is None or target.version is None:
-        return None, None, []
-    previous = db.previous_audited_checkpoint(engine, target.lineage_id, target.version)
-    if previous is None:
-        return None, None, []
-    earlier = db.audit_evaluations(engine, previous["checkpoint_id"], method_id, before_audit_run=audit_run_id)
-    return ("previous_checkpoint", previous, earlier) if earlier else (None, None, [])
+def _model_spec(target: _Target) -> ModelSpec:
+    """The model of an audited checkpoint, as its evaluations name it."""
+    return ModelSpec(architecture=target.architecture, weights=target.path, num_classes=target.num_classes,
+                     in_channels=target.in_channels, label=target.label)
 
 
-def _compare(engine: Any, target: _Target, entry: dict[str, Any], audit_run_id: int,
-             params: AuditParams) -> dict[str, Any]:
-    """This audit's evaluation against the earlier one it is compared with (see the module's docstring)."""
-    evaluation_id, mosaic_set_id = int(entry["evaluation_id"]), int(entry["mosaic_set_id"])
-    kind, compared, earlier = _baseline(engine, target, int(entry["method_id"]), audit_run_id)
-    same_mosaics = [e for e in earlier if e.mosaic_set_id == mosaic_set_id]
-    baseline = same_mosaics[0] if same_mosaics else None
-    test: dict[str, Any] = {"n": 0, "median_difference": None, "p_value": None}
-    if baseline is not None:
-        test = analysis.paired_comparison(engine, evaluation_id, baseline.evaluation_id)
-    median = number(entry.get("median_focus"))
-    previous_median = None if baseline is None else number(baseline.median_focus)
-    change = None if median is None or previous_median is None else median - previous_median
-    p_value = number(test["p_value"])
-    compared_name = None
-    if compared is not None:
-        compared_name = (f"{target.lineage}-v{compared['version']}" if target.lineage is not None
-                         else compared.get("label") or f"{target.architecture}-{compared['sha256'][:12]}")
-    return {
-        "lineage": target.lineage,
-        "checkpoint": target.sha256,
-        "checkpoint_name": target.name,
-        "checkpoint_version": target.version,
-        "method": entry["method_name"],
-        "evaluation_id": evaluation_id,
-        "mosaic_set_id": mosaic_set_id,
-        "kind": kind,
-        "compared_with": None if compared is None else compared["sha256"],
-        "compared_with_name": compared_name,
-        "compared_with_version": None if compared is None else compared.get("version"),
-        "previous_evaluation_id": None if baseline is None else baseline.evaluation_id,
-        "mosaic_set_changed": bool(earlier) and baseline is None,
-        "median_focus": median,
-        "previous_median_focus": previous_median,
-        "median_change": change,
-        "n_paired": int(test["n"]),
-        "median_paired_difference": number(test["median_difference"]),
-        "p_value": p_value,
-        "significant": p_value is not None and p_value < params.alpha,
-        "threshold": params.threshold,
-        "regressed": change is not None and change < -params.threshold,
-    }
+def _evaluate(target: _Target, params: AuditParams, audit_run_id: int) -> None:
+    """Evaluate the audit's methods on ``target``'s weights (checked first), as part of the audit run."""
+    _check_weights(target)
+    spec = _model_spec(target)
+    evaluate.with_options(flow_run_name=f"evaluate {target.name} {_methods(params)} (audit {audit_run_id})")(
+        EvaluateParams(model=spec, dataset=params.dataset, mosaics=params.mosaics, methods=params.methods,
+                       run=params.run.as_run_spec()),
+        audit_run_id=audit_run_id,
+    )
+
+
+def _reference(engine: Any, target: _Target, entries: list[dict[str, Any]], params: AuditParams,
+               audit_run_id: int, failures: list[str], logger: Any) -> dict[str, Any] | None:
+    """The reference checkpoint ``target`` is compared with, evaluated in this audit when it has no audit on
+    these mosaics yet; ``None`` (and a failure recorded) when it cannot be found or evaluated."""
+    if target.lineage_id is None:  # a checkpoint outside a lineage: its own first audit
+        return {"checkpoint_id": target.checkpoint_id, "sha256": target.sha256, "version": None,
+                "label": target.label}
+    try:
+        version = target.reference_version
+        if target.reference_alias:  # the version the pinned alias names now, registered when new
+            (entry,) = lineages.follow_alias(engine, target.reference_alias, [str(target.lineage)])
+            version = int(entry["version"])
+        reference = db.reference_checkpoint(engine, target.lineage_id, version)
+        if reference is None and version is not None:
+            raise FocusError(f"The pinned reference, version {version} of lineage {target.lineage!r}, is not there: "
+                             "pin another with focus checkpoint pin.")
+        if reference is None or reference["checkpoint_id"] == target.checkpoint_id or not entries:
+            return reference
+        method_ids = sorted({int(e["method_id"]) for e in entries})
+        if baselines.reference_missing(engine, reference, method_ids, int(entries[0]["mosaic_set_id"]),
+                                       audit_run_id):
+            logger.info("Evaluating the reference of lineage %r, version %d: it has no audit on these mosaics",
+                        target.lineage, reference["version"])
+            _evaluate(_Target.of({**reference, "lineage": target.lineage, "lineage_id": target.lineage_id}),
+                      params, audit_run_id)
+        return reference
+    except Exception as error:  # noqa: BLE001 - the previous comparison still runs
+        failures.append(f"{target.name} (its reference): {error}")
+        logger.error("The reference of %s could not be evaluated: %s", target.name, error)
+        return None
+
+
+def _alerts(results: list[dict[str, Any]], params: AuditParams) -> list[dict[str, Any]]:
+    """The regressed results whose kind is in ``params.alert_on``, one per earlier evaluation compared with."""
+    alerts, seen = [], set()
+    for result in results:
+        key = (result["evaluation_id"], result["previous_evaluation_id"])
+        if result["regressed"] and result["kind"] in params.alert_on and key not in seen:
+            seen.add(key)
+            alerts.append(result)
+    return alerts
+
+
+def _table_row(result: dict[str, Any]) -> dict[str, Any]:
+    """One row of the audit table artifact: the verdict first, names and numbers, internal ids last."""
+    middle = [k for k in result if k not in (*_TABLE_FIRST, *_TABLE_LAST, *_NOT_SHOWN)]
+    return {k: _round(result[k]) for k in (*_TABLE_FIRST, *middle, *_TABLE_LAST) if k in result}
 
 
 def _emit_regression(result: dict[str, Any], audit_run_id: int) -> None:

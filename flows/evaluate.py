@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
-    create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
@@ -38,6 +36,7 @@ from pydantic.json_schema import SkipJsonSchema
 import db
 import focus_core
 from flows.worker import leases, preflight, record, store
+from flows.results import figure_store
 from flows.results.artifacts import best_effort
 from flows.worker.method_bounds import with_dataset_bounds
 from flows.params import EvaluateParams
@@ -376,11 +375,11 @@ def _report(params: EvaluateParams, inputs: RegisteredInputs, records: list[Eval
             for r in records if r.status == "finished"
         }
         if scores:
-            path = Path(params.figures_dir) / f"focus-{inputs.checkpoint_sha256[:12]}{suffix}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            report.plot_focus_distributions({params.model.label or params.model.architecture: scores}, path)
-            best_effort(create_markdown_artifact, f"Focus distributions: `{path}`",
-                        description="Figures of this evaluation")
+            where = figure_store.save_figure(
+                params.figures_dir, f"focus-{inputs.checkpoint_sha256[:12]}{suffix}.png",
+                lambda path: report.plot_focus_distributions({params.model.label or params.model.architecture: scores},
+                                                             path))
+            figure_store.show_figures([where], "Focus distributions of this evaluation")
 
 
 def _rounded(value: Any) -> float | None:

@@ -284,7 +284,14 @@ class AuditParams(_FlowParams):
     threshold: float = Field(
         0.05, gt=0, le=1, description="Emit focus.audit.regressed when median Focus falls by more than this."
     )
-    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired test.")
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="Significance level of the paired test: a fall only alerts when significant."
+    )
+    alert_on: list[Literal["previous", "reference"]] = Field(
+        default_factory=lambda: ["previous", "reference"], min_length=1,
+        description="Which comparisons emit focus.audit.regressed: 'previous' (the previous audit or audited version) "
+        "and 'reference' (the lineage's pinned or first audited version; a checkpoint's first audit).",
+    )
     lineages: list[str] | None = Field(
         None, description="Names of the lineages to audit (marked or not); empty: every lineage marked for auditing "
         "(and, unless checkpoints are named, every marked checkpoint outside a lineage)."

@@ -14,13 +14,12 @@ Examples
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 
-from flows.results import analysis
+from flows.results import analysis, figure_store
 from flows.worker import caches, preflight, record, store
 from flows.evaluate import evaluate
 from flows.results.artifacts import number
@@ -104,18 +103,18 @@ def randomization(params: RandomizationParams) -> dict[str, Any]:
                if r["kind"] == "cascading"]
     layers = list(dict.fromkeys(r["layer"] for r in spreads))
     if params.figures_dir and layers:
-        path = Path(params.figures_dir) / f"cascading-randomization-{inputs.checkpoint_sha256[:12]}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
         mean = {(r["method"], r["layer"]): r["mean"] for r in spreads}
-        report.plot_cascading_randomization(
-            ["trained"] + layers,
-            {m: [_nan(stages[0]["medians"].get(m))] + [_nan(mean.get((m, layer))) for layer in layers]
-             for m in methods},
-            path,
-        )
+        where = figure_store.save_figure(
+            params.figures_dir, f"cascading-randomization-{inputs.checkpoint_sha256[:12]}.png",
+            lambda path: report.plot_cascading_randomization(
+                ["trained"] + layers,
+                {m: [_nan(stages[0]["medians"].get(m))] + [_nan(mean.get((m, layer))) for layer in layers]
+                 for m in methods},
+                path,
+            ))
         seed_names = ", ".join(map(str, params.seed_list()))
-        best_effort(create_markdown_artifact, f"Cascading randomization (each stage: the mean of the medians of "
-                    f"seeds {seed_names}): `{path}`", description="Randomization figure")
+        figure_store.show_figures([where], f"Cascading randomization (each stage: the mean of the medians of seeds "
+                                  f"{seed_names})")
     return {"checkpoint_id": inputs.checkpoint_id, "mosaic_set_id": inputs.mosaic_set_id, "stages": stages,
             "seeds": seeds}
 

@@ -13,6 +13,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Self
@@ -49,6 +50,8 @@ __all__ = [
     "explain_chunk",
     "evaluate_chunk",
     "retry_delays",
+    "outage_delays",
+    "OUTAGE_ENV_VARS",
     "can_succeed_on_retry",
 ]
 
@@ -418,6 +421,33 @@ def can_succeed_on_retry(task: Any, task_run: Any, state: Any) -> bool:
 def retry_delays(first_delay: float) -> Any:
     """Exponential back-off starting at ``first_delay`` seconds (0: retry at once)."""
     return exponential_backoff(backoff_factor=first_delay) if first_delay > 0 else 0
+
+
+#: The first back-off delay and the least time all retries span, in seconds (what :func:`outage_delays` reads).
+OUTAGE_ENV_VARS = ("FOCUS_RETRY_FIRST_DELAY_S", "FOCUS_RETRY_WINDOW_S")
+_OUTAGE_DEFAULTS = (5.0, 60.0)  # an object store or database restarting is away for about half a minute
+
+
+def outage_delays(retries: int, environ: Any = None) -> list[float]:
+    """Delays before each of ``retries`` retries: doubling from the first, the last stretched so that all of them
+    together span at least the window, so a task that fails while a store restarts (~30 s) succeeds on a retry.
+
+    ``FOCUS_RETRY_FIRST_DELAY_S`` (default 5) and ``FOCUS_RETRY_WINDOW_S`` (default 60) set both, e.g. smaller
+    in tests.
+
+    Examples
+    --------
+    >>> outage_delays(1, {}), outage_delays(3, {}), outage_delays(0, {})
+    ([60.0], [5.0, 10.0, 45.0], [])
+    >>> outage_delays(2, {"FOCUS_RETRY_FIRST_DELAY_S": "0.5", "FOCUS_RETRY_WINDOW_S": "4"})
+    [0.5, 3.5]
+    """
+    env = os.environ if environ is None else environ
+    first, window = (float(env.get(name) or default) for name, default in zip(OUTAGE_ENV_VARS, _OUTAGE_DEFAULTS))
+    delays = [first * 2**i for i in range(retries)]
+    if delays:
+        delays[-1] = max(delays[-1], window - sum(delays[:-1]))
+    return delays
 
 
 def _chunk_run_name() -> str:

@@ -52,7 +52,7 @@ from flows.params import NAME_PATTERN, RandomizationSpec, TrainParams
 from flows.worker.record import RegisteredInputs, RegisteredMosaics
 from flows.results.names import named, train_name
 from flows.specs import with_effective_dataset
-from flows.tasks import ChunkRequest, can_succeed_on_retry, explain_chunk, retry_delays
+from flows.tasks import ChunkRequest, can_succeed_on_retry, explain_chunk, outage_delays
 from focus_core import models, report
 from focus_core import train as recipe
 from focus_core.errors import FocusError
@@ -335,7 +335,8 @@ def _train_epochs(
     if done:
         logger.info(LOG_RESUMED, training_run_id, done, weight_store.redact(checkpoint_path(run_dir, done)))
     untrained = [] if 0 in set(db.training_curve(engine, training_run_id)["epoch"]) else [0]
-    epoch_task = train_epoch.with_options(retries=params.run.retries, retry_delay_seconds=retry_delays(5.0))
+    epoch_task = train_epoch.with_options(retries=params.run.retries,
+                                          retry_delay_seconds=outage_delays(params.run.retries))
     epochs_run = []
     for epoch in untrained + list(range(done + 1, params.epochs + 1)):
         result = epoch_task(EpochRequest(

@@ -2,7 +2,10 @@
 
 ``focus checkpoint register`` hashes the weights once and loads them once into the architecture
 (:mod:`flows.weights.lineages`); a second registration of the same weights changes nothing and says so.
-``focus checkpoint list`` prints the lineages' checkpoints, by lineage and version.
+``focus checkpoint list`` prints the lineages' checkpoints, by lineage and version. ``focus checkpoint pin``
+pins the lineage's reference, the version every audit also compares the newest one with (default: the first
+audited version): ``--version V``, ``--alias champion`` (an MLflow alias of a lineage from the registry, resolved
+at each audit) or ``--first`` (back to the default).
 
 ``--weights`` also takes an MLflow Model Registry URI, ``models:/<name>@<alias>`` or ``models:/<name>/<version>``:
 the version is resolved through ``MLFLOW_TRACKING_URI`` and the checkpoint records its pinned URI
@@ -17,6 +20,7 @@ Examples
     focus checkpoint register --lineage resnet18-prod --weights models:/resnet18-prod@champion \\
         --arch resnet18 --num-classes 10 --audit
     focus checkpoint list --lineage resnet18-prod --format json
+    focus checkpoint pin --lineage resnet18-prod --version 3
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from typing import Any
 from flows.cli import params as opts
 from flows.cli.errors import UsageError, info
 
-__all__ = ["add_checkpoint_command", "cmd_checkpoint_list", "cmd_checkpoint_register", "weights_location"]
+__all__ = ["add_checkpoint_command", "cmd_checkpoint_list", "cmd_checkpoint_pin", "cmd_checkpoint_register",
+           "weights_location"]
 
 
 def weights_location(text: str) -> str:
@@ -53,7 +58,7 @@ def _positive(text: str) -> int:
 
 
 def add_checkpoint_command(commands: Any, add_command: Any, parser_class: type) -> None:
-    """``focus checkpoint register`` and ``focus checkpoint list`` under ``commands``."""
+    """``focus checkpoint register``, ``list`` and ``pin`` under ``commands``."""
     p = add_command(commands, "checkpoint", "Register checkpoints trained elsewhere into lineages, and list them.",
                     "A lineage is a named, ordered series of checkpoints of one model (one architecture, class count "
                     "and input channels), e.g. resnet18-prod; the nightly audit follows its newest checkpoint.")
@@ -90,6 +95,20 @@ def add_checkpoint_command(commands: Any, add_command: Any, parser_class: type) 
     opts.add_database_option(q)
     q.set_defaults(handler=cmd_checkpoint_list)
 
+    q = add_command(actions, "pin", "Pin the reference of a lineage: the version every audit also compares with.",
+                    "The nightly audit compares a lineage's newest checkpoint with the previous audited one and with "
+                    "the lineage's reference: by default its first audited version. Pin another version (e.g. once "
+                    "a regression is understood and accepted), an MLflow alias of a lineage from the registry "
+                    "(resolved at each audit), or go back to the first audited version with --first.")
+    q.add_argument("--lineage", required=True, metavar="NAME", help="The lineage, e.g. resnet18-prod.")
+    which = q.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", type=_positive, metavar="V", help="Pin this version of the lineage.")
+    which.add_argument("--alias", metavar="ALIAS", type=_alias, help="Pin the version this MLflow alias (e.g. "
+                       "champion) names at each audit.")
+    which.add_argument("--first", action="store_true", help="Unpin: the first audited version is the reference.")
+    opts.add_database_option(q)
+    q.set_defaults(handler=cmd_checkpoint_pin)
+
 
 def _name(text: str) -> str:
     from flows.params import check_name
@@ -98,6 +117,15 @@ def _name(text: str) -> str:
         return check_name(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _alias(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", text):
+        raise argparse.ArgumentTypeError(f"expected an MLflow alias such as champion (letters, digits, '_' and "
+                                         f"'-'), got {text!r}")
+    return text
 
 
 def _check_local_weights(location: str) -> None:
@@ -131,7 +159,25 @@ def cmd_checkpoint_register(args: argparse.Namespace) -> dict[str, Any]:
     else:
         print(f"Checkpoint {entry['sha256'][:12]}{found} is already version {entry['version']} of lineage "
               f"{args.lineage!r}: nothing to do.")
+    if args.label:
+        _say_when_label_kept(engine, args.lineage, entry, args.label)
     return entry
+
+
+def _say_when_label_kept(engine: Any, lineage: str, entry: dict[str, Any], label: str) -> None:
+    """One sentence when ``--label`` did not become the checkpoint's label (the store kept its first record's)."""
+    import db
+    from flows.results.names import names_of
+
+    frame = db.lineage_checkpoints(engine, lineage)
+    labels = frame[frame["checkpoint_id"] == entry["checkpoint_id"]]["label"].tolist()
+    kept = labels[0] if labels and isinstance(labels[0], str) else None
+    if kept == label:
+        return
+    name = names_of(engine, {int(entry["checkpoint_id"]): kept})[int(entry["checkpoint_id"])]
+    recorded = f"as {name!r}" if name else "without a label"
+    info(f"--label {label!r} was not recorded: these weights were recorded before ({recorded}), and a checkpoint "
+         "keeps the name its first record gave it (see `focus checkpoint list`).")
 
 
 def cmd_checkpoint_list(args: argparse.Namespace) -> None:
@@ -156,3 +202,29 @@ def cmd_checkpoint_list(args: argparse.Namespace) -> None:
          "registered_at", "lineage_audit", "path"]
     ]
     sys.stdout.write(shown.rename(columns={"lineage_audit": "audit"}).to_string(index=False) + "\n")
+
+
+def cmd_checkpoint_pin(args: argparse.Namespace) -> None:
+    import db
+    from flows.weights.lineages import registered_model_of
+    from flows.worker import store
+
+    engine = store.engine_for(opts.database_url(args))
+    lineage = db.find_lineage(engine, args.lineage)
+    if lineage is None:
+        raise UsageError(f"No lineage named {args.lineage!r}: see `focus checkpoint list` for the lineages there are.")
+    if args.alias and registered_model_of(lineage["source"]) is None:
+        raise UsageError(f"Lineage {args.lineage!r} does not come from the MLflow Model Registry (its source is "
+                         f"{lineage['source']!r}): pin one of its versions with --version.")
+    try:
+        db.pin_lineage_reference(engine, args.lineage, version=args.version, alias=args.alias)
+    except db.StoreError as error:
+        raise UsageError(str(error)) from None
+    if args.version is not None:
+        print(f"The reference of lineage {args.lineage!r} is version {args.version}: each audit compares the newest "
+              "version with it.")
+    elif args.alias:
+        print(f"The reference of lineage {args.lineage!r} is the version MLflow alias {args.alias!r} names at each "
+              "audit.")
+    else:
+        print(f"The reference of lineage {args.lineage!r} is its first audited version.")

@@ -249,19 +249,24 @@ def audit_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
     results = result.get("results") or []
     regressions = result.get("regressions") or []
     count = len(regressions) if isinstance(regressions, list) else int(regressions)
-    title = f"Audit run {result['audit_run_id']}: {len(results)} checkpoint x method result(s), {count} regression(s)"
+    title = (f"Audit run {result['audit_run_id']}: {len(results)} checkpoint x method x comparison result(s), "
+             f"{count} regression(s)")
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name, justify in (("checkpoint", "left"), ("method", "left"), ("median Focus", "right"),
-                          ("compared with", "left"), ("previous", "right"), ("change", "right"), ("p", "right"),
-                          ("verdict", "left")):
+                          ("compared with", "left"), ("as", "left"), ("before", "right"), ("change", "right"),
+                          ("p", "right"), ("verdict", "left")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in results:
         verdict = "REGRESSED" if row.get("regressed") else ("first audit" if row.get("previous_evaluation_id") is None
                                                           else "ok")
+        if not row.get("regressed") and row.get("significant") is False and (row.get("median_change") or 0) < -(
+                row.get("threshold") or 0):
+            verdict = "fell, not significant"
         if row.get("mosaic_set_changed"):
             verdict = "new mosaic set"
         table.add_row(str(row.get("checkpoint_name") or row["checkpoint"]), str(row["method"]),
                       _fmt(row.get("median_focus")), str(row.get("compared_with_name") or ""),
+                      str(row.get("kind") or ""),
                       _fmt(row.get("previous_median_focus")), _fmt(row.get("median_change")),
                       _fmt(row.get("p_value")), verdict)
     nothing = ("No lineage or checkpoint is marked for auditing "

@@ -80,7 +80,7 @@ def cmd_results(args: argparse.Namespace) -> None:
     columns = [c.strip() for c in (getattr(args, "columns", None) or "").split(",") if c.strip()]
     if columns:
         try:
-            frame = result_text.select(frame, columns)
+            frame = result_text.select(frame, [_column_named(frame, c) for c in columns])
         except ValueError as error:
             raise UsageError(f"--columns: {error}.") from None
     if args.format == "csv":
@@ -100,6 +100,16 @@ def cmd_results(args: argparse.Namespace) -> None:
         info(f"wrote {len(frame)} rows to {args.output}")
     else:
         sys.stdout.write(text)
+
+
+def _column_named(frame: Any, name: str) -> str:
+    """The column ``name`` names: a column of ``frame``, else the first whose header in the text table is ``name``
+    (``id``, ``randomized``, ``median``...), else ``name`` itself (refused by ``select``, listing the columns)."""
+    from flows.cli.result_text import HEADERS
+
+    if name in frame.columns:
+        return name
+    return next((c for c in frame.columns if HEADERS.get(c) == name), name)
 
 
 def _nothing(args: argparse.Namespace) -> str:

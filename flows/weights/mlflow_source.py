@@ -4,7 +4,9 @@ A registry URI is resolved through the tracking server named by ``MLFLOW_TRACKIN
 come from MLflow's own environment variables such as ``MLFLOW_TRACKING_TOKEN``, never from a flow parameter) into
 the model version it points at *now* and a local ``state_dict`` file of that version. Versions are immutable in
 MLflow, so each version is downloaded once per machine into ``$FOCUS_MLFLOW_CACHE`` (default
-``~/.cache/focus-audit/mlflow``); an alias is asked of the server every time, so moving it moves what is resolved.
+``~/.cache/focus-audit/mlflow``), and a pinned version already there is read without the server
+(:func:`cached`): an MLflow outage does not stop the audit of a version it evaluated before. An alias is asked of
+the server every time, so moving it moves what is resolved.
 
 The accepted artifacts (nothing here unpickles code; the weights are later read with ``weights_only=True``):
 
@@ -48,6 +50,7 @@ from focus_core.errors import FocusError
 __all__ = [
     "CACHE_ENV_VAR",
     "RegistryVersion",
+    "cached",
     "is_registry_uri",
     "parse_registry_uri",
     "resolve",
@@ -140,6 +143,29 @@ def resolve(uri: str, cache_dir: str | os.PathLike | None = None, *, refresh: bo
     path = _download(name, str(found.version), source, server, cache_dir, refresh)
     return RegistryVersion(name=name, version=str(found.version), alias=alias, run_id=found.run_id or None,
                            source=source, path=path)
+
+
+def cached(uri: str, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local ``state_dict`` file of the pinned version ``models:/<name>/<version>`` when this machine downloaded
+    it before from the server ``MLFLOW_TRACKING_URI`` names, else ``None`` (an alias, another server, not cached).
+
+    Asks no server: a version's artifacts never change, so its download is its bytes. Callers that know the sha256
+    those bytes must have check it (:func:`flows.weights.weight_store.local_copy`).
+    """
+    try:
+        name, version, alias = parse_registry_uri(uri)
+    except FocusError:
+        return None
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if version is None or alias is not None or not tracking_uri:
+        return None
+    target = _cache_root(cache_dir) / _cache_key(_redacted(tracking_uri), name, version)
+    if not target.is_dir():
+        return None
+    try:
+        return _state_dict_file(target, f"{name}/{version}")
+    except FocusError:
+        return None
 
 
 def version_for_alias(name: str, alias: str, cache_dir: str | os.PathLike | None = None) -> RegistryVersion:
@@ -245,12 +271,17 @@ def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
     return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "focus-audit" / "mlflow").expanduser()
 
 
+def _cache_key(server: str, name: str, version: str) -> str:
+    """The cache folder's name of a version on a server (the server as :func:`_redacted` writes it)."""
+    return hashlib.sha256(f"{server}\n{name}\n{version}".encode()).hexdigest()[:32]
+
+
 def _download(name: str, version: str, source: str, server: str, cache_dir: str | os.PathLike | None,
               refresh: bool = False) -> Path:
     """The version's ``state_dict`` file, downloaded once into the cache (a folder renamed into place when complete)."""
     import mlflow.artifacts
 
-    key = hashlib.sha256(f"{server}\n{name}\n{version}".encode()).hexdigest()[:32]
+    key = _cache_key(server, name, version)
     target = _cache_root(cache_dir) / key
     if refresh and target.is_dir():  # renamed away first: a reader never sees half a folder
         stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=target.parent))

@@ -469,11 +469,20 @@ def _hashed(path: Path) -> str:
 def _registry_copy(uri: str, expected_sha256: str | None = None) -> tuple[str, Path]:
     """``(sha256, local state_dict file)`` of the registry version ``uri`` names now, checked against a hash.
 
-    A download whose bytes are not ``expected_sha256`` is fetched again once (a damaged copy heals); the
-    same bytes again mean the registry's artifact (or the alias) changed: refused in one sentence.
+    A pinned version this machine downloaded before is read from its download, without the server, when its
+    bytes are ``expected_sha256`` (or none is expected: a version never changes). A download whose bytes are not
+    ``expected_sha256`` is fetched again once (a damaged copy heals); the same bytes again mean the registry's
+    artifact (or the alias) changed: refused in one sentence.
     """
     from flows.weights import mlflow_source  # mlflow is an optional extra: imported when a models:/ URI is read
 
+    offline = mlflow_source.cached(uri)
+    if offline is not None:
+        sha256 = _hashed(offline)
+        if expected_sha256 is None or sha256 == expected_sha256:
+            with _LOCK:
+                _PINNED[(uri, sha256)] = uri
+            return sha256, offline
     found = mlflow_source.resolve(uri)
     sha256 = _hashed(found.path)
     if expected_sha256 is not None and sha256 != expected_sha256:
@@ -550,12 +559,12 @@ def exists(location: str | os.PathLike) -> bool:
         raise _io_error(text, error) from None
 
 
-def upload(local_file: str | os.PathLike, location: str | os.PathLike) -> str:
+def upload(local_file: str | os.PathLike, location: str | os.PathLike, *, cache: bool = True) -> str:
     """Put ``local_file`` at ``location`` whole (a reader never sees half a file); return its sha256.
 
     A local destination is written through a hidden partial file and renamed; an object store's upload
-    appears whole by itself. The uploaded bytes also go into the cache, so reading them back on this
-    worker downloads nothing.
+    appears whole by itself. With ``cache`` (weights), the uploaded bytes also go into the cache, so reading
+    them back on this worker downloads nothing; ``cache=False`` for files no flow reads back (figures).
     """
     source, target = Path(local_file), str(location)
     sha256 = _file_sha256(source)
@@ -573,6 +582,8 @@ def upload(local_file: str | os.PathLike, location: str | os.PathLike) -> str:
         fingerprint = _fingerprint(fs, path)
     except Exception as error:  # noqa: BLE001
         raise _io_error(target, error, action="write") from None
+    if not cache:
+        return sha256
     if _verified(sha256) is None:
         _write_atomically(_cached_file(sha256), _copy_of(source))
     _remember(target, fingerprint, sha256)

@@ -383,7 +383,7 @@ def test_the_automation_matches_the_regressions_the_audit_emits():
     def event(name: str, resource: dict) -> ReceivedEvent:
         return ReceivedEvent(occurred=dt.datetime.now(dt.timezone.utc), event=name, resource=resource, id=uuid.uuid4())
 
-    labels = {"focus.method": "gradcam", "focus.comparison": "previous_checkpoint"}
+    labels = {"focus.method": "gradcam", "focus.comparison": "reference"}
     assert trigger.covers(event(REGRESSED_EVENT, lineage_resource("resnet18-prod", **labels)))
     assert trigger.covers(event(REGRESSED_EVENT, checkpoint_resource("ab" * 32, "nightly", **labels)))
     assert not trigger.covers(event(COMPLETED_EVENT, {"prefect.resource.id": "focus.audit-run.3"}))

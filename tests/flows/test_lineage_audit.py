@@ -1,4 +1,4 @@
-"""The audit follows lineages: a worse new version of a model regresses against the previous audited one.
+"""The audit follows lineages: a worse new version regresses against the previous audited one and the reference.
 
 A real Prefect API (the session's test harness) and real stores (SQLite and PostgreSQL): ``focus train
 --lineage`` registers its epochs, ``focus checkpoint register`` adds a worse model trained "elsewhere" (the
@@ -95,7 +95,7 @@ def test_a_worse_version_regresses_against_the_previous_audited_one(
     second = _audit(capsys, url)
     (regression,) = second["regressions"]
     worse_sha = models.weights_sha256(worse)
-    assert regression["lineage"] == "digits-prod" and regression["kind"] == "previous_checkpoint"
+    assert regression["lineage"] == "digits-prod" and regression["kind"] == "previous"
     assert regression["checkpoint"] == worse_sha and regression["compared_with"] == trained["final_sha256"]
     assert regression["method"] == "gradcam" and regression["median_change"] < -0.05
     assert 0 <= regression["p_value"] < 0.05
@@ -103,13 +103,14 @@ def test_a_worse_version_regresses_against_the_previous_audited_one(
     (event,) = [e for e in events if e["event"] == audit_module.REGRESSED_EVENT]
     assert event["resource"]["prefect.resource.id"] == "focus.lineage.digits-prod"
     assert event["resource"]["focus.method"] == "gradcam"
-    assert event["resource"]["focus.comparison"] == "previous_checkpoint"
+    assert event["resource"]["focus.comparison"] == "previous"
     assert {k: event["payload"][k] for k in audit_module.REGRESSION_KEYS} == regression
     assert event["payload"]["checkpoint_version"] == 2 and event["payload"]["compared_with_version"] == 1
 
-    third = _audit(capsys, url)  # nothing new: version 2 against its own audit, the same numbers
-    assert third["regressions"] == []
-    assert len([e for e in events if e["event"] == audit_module.REGRESSED_EVENT]) == 1
+    third = _audit(capsys, url)  # nothing new: version 2 against its own audit, 0.000; against version 1 it fell
+    (again,) = third["regressions"]
+    assert (again["kind"], again["compared_with"]) == ("reference", trained["final_sha256"])
+    assert len([e for e in events if e["event"] == audit_module.REGRESSED_EVENT]) == 2
 
     engine = store.engine_for(url)
     history = db.checkpoint_history(engine, int(db.lineages_to_audit(engine)["checkpoint_id"][0]))
@@ -122,10 +123,13 @@ def test_a_worse_version_regresses_against_the_previous_audited_one(
     fourth = audit_module.audit({"lineages": ["digits-prod"], "methods": [{"name": "gradcam"}],
                                  "dataset": {"kind": "digits", "tile_size": TILE, "seed": 3},
                                  "mosaics": {"per_class": 3, "seed": 5}, "run": {"database_url": url}})
-    (result,) = fourth["results"]
-    assert result["kind"] == "same_checkpoint" and result["mosaic_set_changed"]
+    result, reference = fourth["results"]
+    assert (result["kind"], result["same_checkpoint"]) == ("previous", True) and result["mosaic_set_changed"]
     assert result["previous_evaluation_id"] is None and result["median_change"] is None and result["n_paired"] == 0
-    assert fourth["regressions"] == []
+    # the reference (version 1) had no audit on the new mosaics: this audit evaluated it there, and compares
+    assert reference["kind"] == "reference" and reference["compared_with_version"] == 1
+    assert reference["n_paired"] > 0 and not reference["mosaic_set_changed"]
+    assert all(r["kind"] == "reference" for r in fourth["regressions"])
     listed = json.loads(_focus(capsys, "checkpoint", "list", "--lineage", "digits-prod", "--format", "json",
                                "--database-url", url)[1])
     assert [(row["version"], row["sha256"]) for row in listed] == [(1, trained["final_sha256"]), (2, worse_sha)]

@@ -14,8 +14,9 @@ server, and two process workers, ``host-a`` and ``host-b``, each with its own ch
 4. On host B's disk, the trained weights with the classifier re-initialised (a worse model), uploaded to S3 as a
    platform team's pipeline would, and registered as version 2 with ``focus checkpoint register`` run as host B.
 5. ``nightly`` on host A, which never had those weights on its disk: ``focus.audit.regressed`` for the lineage,
-   ``previous_checkpoint``, read back from the server's events API.
-6. ``nightly`` on host B with nothing new: no second regressed event.
+   comparison ``previous``, read back from the server's events API.
+6. ``nightly`` on host B with nothing new: version 2 against itself is quiet, against the lineage's reference
+   (version 1) it still fell: one more regressed event, comparison ``reference``.
 
 Every run completes on the worker of its queue, and no worker's or the server's log shows the S3 secret.
 
@@ -320,18 +321,19 @@ def test_a_worse_model_registered_on_one_host_regresses_in_an_audit_on_the_other
     payload = dict(event.payload)
     print(f"[two hosts] {REGRESSED} resource {dict(event.resource)}\n[two hosts] payload {json.dumps(payload)}")
     assert event.resource.id == f"focus.lineage.{LINEAGE}"
-    assert event.resource["focus.comparison"] == "previous_checkpoint"
-    assert payload["lineage"] == LINEAGE and payload["kind"] == "previous_checkpoint"
+    assert event.resource["focus.comparison"] == "previous"
+    assert payload["lineage"] == LINEAGE and payload["kind"] == "previous"
     assert payload["checkpoint"] == worse_sha and payload["compared_with"] == trained["sha256"]
     assert payload["checkpoint_version"] == 2 and payload["compared_with_version"] == 1
     assert payload["method"] == "gradcam" and payload["median_change"] < -AUDIT["threshold"]
     assert 0 <= payload["p_value"] < AUDIT["alpha"]
 
-    # 6. the third audit, on host B, with nothing new: no regressed event
+    # 6. the third audit, on host B, with nothing new: still below the reference, one event of that kind only
     steps.run("audit 3 on host-b (nothing new)", "audit/nightly", AUDIT, host_b)
     completed = _wait_for(prefect_server, COMPLETED, since, 3)
-    assert [e.payload["regressions"] for e in completed] == [0, 1, 0], [e.payload for e in completed]
-    assert len(_events(prefect_server, REGRESSED, since)) == 1
+    assert [e.payload["regressions"] for e in completed] == [0, 1, 1], [e.payload for e in completed]
+    regressed = _wait_for(prefect_server, REGRESSED, since, 2)
+    assert sorted(e.resource["focus.comparison"] for e in regressed) == ["previous", "reference"]
 
     # the object store's secret reached the workers through their environment only: no log shows it
     for name, _, log_path in prefect_server.workers:

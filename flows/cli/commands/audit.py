@@ -11,8 +11,9 @@ __all__ = ["HELP", "DESCRIPTION", "add_options"]
 HELP = "Audit every checkpoint marked for auditing; emit focus.audit.regressed when Focus falls."
 DESCRIPTION = (
     "Evaluate the standard methods on each audited checkpoint's audit mosaic set, compare with its previous "
-    "audit on the same mosaics (paired test) and emit the Prefect event focus.audit.regressed when median Focus "
-    "falls by more than the threshold (an automation in deployments/automations.yaml turns it into a notification)."
+    "audit and with its lineage's reference on the same mosaics (paired test) and emit the Prefect event "
+    "focus.audit.regressed when median Focus falls by more than the threshold, significantly at alpha (an "
+    "automation in deployments/automations.yaml turns it into a notification)."
 )
 
 
@@ -27,6 +28,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     opts.add_mosaic_options(p)
     opts.option(p, "--threshold", field="threshold", metavar="DROP")
     opts.option(p, "--alpha", field="alpha", metavar="P")
+    opts.option(p, "--alert-on", field="alert_on", dest="alert_on", action="append", choices=("previous", "reference"))
     opts.option(p, "--checkpoint", field="checkpoints", dest="checkpoints", action="append", metavar="SHA256")
     opts.option(p, "--lineage", field="lineages", dest="lineages", action="append", metavar="NAME")
     opts.option(p, "--follow-alias", field="follow_alias", metavar="ALIAS")

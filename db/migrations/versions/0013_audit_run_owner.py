@@ -1,7 +1,7 @@
 """The process behind a running audit run, and ``crashed`` audit runs.
 
-Revision ID: 0015
-Revises: 0010
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-07
 
 - ``audit_run.run_owner``: the lease owner of the run that opened the audit run (its ``lease_holder`` row
@@ -21,8 +21,8 @@ from alembic import op
 
 from db.view_migrations import create_views, drop_views, views_as_of
 
-revision = "0015"
-down_revision = "0010"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

@@ -148,6 +148,7 @@ def register_mosaic_set(
     target_masks: Sequence[Any] | np.ndarray,
     *,
     tile_size: int | None = None,
+    resize: int | None = None,
     grid: int = 2,
     targets: int = 2,
     confident: float | None = None,
@@ -165,6 +166,9 @@ def register_mosaic_set(
     target_masks
         ``(M, grid²)`` bool (True where a tile holds a target image) or ``(M,)`` bitmasks
         (bit ``p`` for tile ``p``); exactly ``targets`` target tiles per mosaic.
+    tile_size, resize
+        How the images became tiles: the shorter side resized to ``resize`` (``None``: not resized), the centre
+        ``tile_size`` square cropped.
     grid, targets
         N of the N x N mosaics (2 to :data:`db.models.MAX_GRID`) and the number k of target tiles.
     confident, confident_model
@@ -187,6 +191,7 @@ def register_mosaic_set(
     grid_values |= {"targets": targets} if targets != 2 else {}
     grid_values |= {"confident": float(confident)} if confident is not None else {}
     grid_values |= {"confident_model": confident_model} if confident_model is not None else {}
+    grid_values |= {"resize": int(resize)} if resize is not None else {}
 
     def work(connection: Connection) -> RegisteredMosaicSet:
         existing = connection.scalar(select(MosaicSet.id).where(MosaicSet.manifest_hash == manifest_hash))

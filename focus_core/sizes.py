@@ -14,8 +14,9 @@ Examples
 (256, 73, 36)
 >>> round(crop_share(64, 256), 4)
 0.0625
->>> print(size_warning(64, 256, smallest_side=64, upscaled=240, images=240))
-Resizing to 256 px upscales 240 of 240 images (the smallest side is 64 px: 4.0x) and the 64 px centre crop keeps 6% of each resized image's centre square: pass --resize 64.
+>>> print(size_warning(64, 256, smallest_side=64, upscaled=240, images=240))  # doctest: +NORMALIZE_WHITESPACE
+Resizing to 256 px upscales 240 of 240 images (the smallest side is 64 px: 4.0x) and the 64 px centre crop
+keeps 6% of each resized image's centre square: pass --resize 64.
 >>> size_warning(224, 256, smallest_side=300, upscaled=0, images=10) is None
 True
 """

@@ -213,7 +213,8 @@ def test_an_empty_resize_is_8_7_of_the_tile_for_every_architecture(image_folder:
             resolved = effective_dataset(given, ModelSpec(architecture=arch))
             assert (resolved.tile_size, resolved.resize) == (tile, resize)
             assert effective_dataset(resolved, ModelSpec(architecture=arch)) is resolved  # idempotent
-            assert effective_dataset(_folder(image_folder, tile_size=tile), ModelSpec(architecture=arch)).resize == resize
+            bare = _folder(image_folder, tile_size=tile)
+            assert effective_dataset(bare, ModelSpec(architecture=arch)).resize == resize
     # 224-pixel tiles keep an empty resize (the loader's 256): the specs, keys and runs of the default are unchanged
     assert effective_dataset(_folder(image_folder), ModelSpec(architecture="resnet18")).resize is None
     assert caches.load_dataset(_folder(image_folder, tile_size=16, resize=18)).resize == 18

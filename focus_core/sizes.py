@@ -70,7 +70,7 @@ def size_warning(tile_size: int, resize: int, *, smallest_side: int | None, upsc
     if not parts:
         return None
     if small and smallest_side < tile_size:  # type: ignore[operator]
-        fix = f"a smaller tile, --tile-size {smallest_side * 7 // 8} --resize {smallest_side}"  # type: ignore[operator]
+        fix = f"a tile no larger than the images, --tile-size {smallest_side} --resize {smallest_side}"
     else:
         better = min(default_resize(tile_size), smallest_side) if small else default_resize(tile_size)
         fix = f"--resize {better}" + (" (8/7 of the tile size)" if better == default_resize(tile_size) else "")

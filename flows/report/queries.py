@@ -124,8 +124,9 @@ class EvaluationData:
     @property
     def set_description(self) -> str:
         """Everything that identifies the mosaic set, in words (the label's tooltip)."""
-        resize = (f"images resized to {self.resize} px (shorter side), centre {self.tile_size or self.dataset_tile_size}"
-                  f" px crop" if self.resize else f"{self.sizes_label or 'tiles'} as recorded")
+        tile = self.tile_size or self.dataset_tile_size
+        resize = (f"images resized to {self.resize} px (shorter side), centre {tile} px crop" if self.resize
+                  else f"{self.sizes_label or 'tiles'} as recorded")
         return (f"mosaic set #{self.mosaic_set_id}: dataset {self.dataset_name} ({resize}), {self.split} split, "
                 f"{self.per_class} mosaics per class, seed {self.set_seed}, layout {self.layout}, {self.grid}x"
                 f"{self.grid} tiles with {self.target_tiles} of the target class (chance level "

@@ -45,7 +45,7 @@ def test_the_warning_names_what_happens_and_a_fix() -> None:
     assert cropped == ("The 100 px centre crop keeps 25% of each resized image's centre square: pass --resize 114 "
                        "(8/7 of the tile size).")
     smaller = size_warning(224, 256, smallest_side=64, upscaled=3, images=9)
-    assert smaller is not None and smaller.endswith("pass a smaller tile, --tile-size 56 --resize 64.")
+    assert smaller is not None and smaller.endswith("no larger than the images, --tile-size 64 --resize 64.")
     assert crop_share(100, 141) >= MIN_CROP_SHARE and size_warning(100, 141, smallest_side=141, upscaled=0,
                                                                    images=1) is None
 

@@ -251,7 +251,8 @@ class MosaicSet(Base):
     ``grid`` is N of its N x N mosaics and ``targets`` the number k of target tiles in each (a random
     explanation scores k / N², the views' ``chance_level``); ``confident`` and ``confident_model`` name the
     confident protocol (tiles the model classifies correctly with at least that probability; the sha256 of
-    its weights), NULL when not used.
+    its weights), NULL when not used. ``tile_size`` and ``resize`` say how its images became tiles (shorter side
+    resized to ``resize``, centre ``tile_size`` crop; ``resize`` NULL for data that is not resized).
     """
 
     __tablename__ = "mosaic_set"
@@ -274,6 +275,7 @@ class MosaicSet(Base):
     targets: Mapped[int] = mapped_column(Integer, server_default="2")
     confident: Mapped[float | None] = mapped_column(Double)
     confident_model: Mapped[str | None] = mapped_column(String(64))
+    resize: Mapped[int | None]  # revision 0012: the ImageFolder's shorter side before the crop; NULL: not resized
     # k / N², as the views' chance_level (revision 0007): what a random explanation scores on these mosaics
     chance_level: Mapped[float] = column_property(cast(targets, Double) / (grid * grid))
 

@@ -14,17 +14,18 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from db.errors import StoreError
-from db.models import MAX_GRID, Image, Mosaic, MosaicSet, MosaicTile
+from db.models import MAX_GRID, Dataset, Evaluation, Image, Mosaic, MosaicSet, MosaicTile, TrainingEpochEvaluation
 from db.pg_copy import copy_into
 from db.registry import check_split
 from db.transactions import Store, error_reason, idempotent
 
-__all__ = ["MosaicTiles", "RegisteredMosaicSet", "mosaic_tiles", "register_mosaic_set"]
+__all__ = ["MosaicSetData", "MosaicTiles", "RegisteredMosaicSet", "mosaic_set_data", "mosaic_tiles",
+           "register_mosaic_set", "training_mosaic_set"]
 
 _CORNERS = ("image_tl", "image_tr", "image_bl", "image_br")
 
@@ -52,6 +53,18 @@ class MosaicTiles(NamedTuple):
     def target_positions(self) -> list[int]:
         """The row-major positions of the target tiles."""
         return [p for p in range(self.grid ** 2) if self.target_mask >> p & 1]
+
+
+class MosaicSetData(NamedTuple):
+    """What a mosaic set was made of: its dataset, how the images became tiles, its split and every split's size."""
+
+    mosaic_set_id: int
+    dataset: str
+    classes: int
+    tile_size: int | None
+    resize: int | None  # None: the images were not resized (the bundled digits)
+    split: str  # the split the mosaics are drawn from
+    images_per_split: dict[str, int]  # train, val, test: the dataset's images in each (splits without images left out)
 
 
 class _Mosaics(NamedTuple):
@@ -148,6 +161,7 @@ def register_mosaic_set(
     target_masks: Sequence[Any] | np.ndarray,
     *,
     tile_size: int | None = None,
+    resize: int | None = None,
     grid: int = 2,
     targets: int = 2,
     confident: float | None = None,
@@ -165,6 +179,9 @@ def register_mosaic_set(
     target_masks
         ``(M, grid²)`` bool (True where a tile holds a target image) or ``(M,)`` bitmasks
         (bit ``p`` for tile ``p``); exactly ``targets`` target tiles per mosaic.
+    tile_size, resize
+        How the images became tiles: the shorter side resized to ``resize`` (``None``: not resized), the centre
+        ``tile_size`` square cropped.
     grid, targets
         N of the N x N mosaics (2 to :data:`db.models.MAX_GRID`) and the number k of target tiles.
     confident, confident_model
@@ -187,6 +204,7 @@ def register_mosaic_set(
     grid_values |= {"targets": targets} if targets != 2 else {}
     grid_values |= {"confident": float(confident)} if confident is not None else {}
     grid_values |= {"confident_model": confident_model} if confident_model is not None else {}
+    grid_values |= {"resize": int(resize)} if resize is not None else {}
 
     def work(connection: Connection) -> RegisteredMosaicSet:
         existing = connection.scalar(select(MosaicSet.id).where(MosaicSet.manifest_hash == manifest_hash))
@@ -235,3 +253,37 @@ def mosaic_tiles(engine: Engine, mosaic_id: int) -> MosaicTiles:
         relpaths = dict(connection.execute(select(Image.id, Image.relpath).where(Image.id.in_(image_ids))).all())
     return MosaicTiles(int(mosaic.id), int(mosaic.target_class), int(mosaic.target_mask),
                        [relpaths[i] for i in image_ids], grid)
+
+
+def mosaic_set_data(engine: Engine, mosaic_set_id: int) -> MosaicSetData | None:
+    """The dataset, tile size, resize, split and split sizes of a mosaic set (``None``: no such set).
+
+    Examples
+    --------
+    >>> mosaic_set_data(engine, 3)  # doctest: +SKIP
+    MosaicSetData(mosaic_set_id=3, dataset='shapes', classes=6, tile_size=64, resize=73, split='test',
+                  images_per_split={'train': 168, 'val': 36, 'test': 36})
+    """
+    with engine.connect() as connection:
+        found = connection.execute(
+            select(Dataset.id, Dataset.name, Dataset.classes, MosaicSet.tile_size, MosaicSet.resize, MosaicSet.split)
+            .join(Dataset, Dataset.id == MosaicSet.dataset_id).where(MosaicSet.id == int(mosaic_set_id))
+        ).first()
+        if found is None:
+            return None
+        counts = dict(connection.execute(
+            select(Image.split, func.count()).where(Image.dataset_id == found.id).group_by(Image.split)).all())
+    order = ("train", "val", "test")
+    per_split = {s: int(counts[s]) for s in order if counts.get(s)} | {
+        str(s): int(n) for s, n in sorted(counts.items()) if s not in order}
+    return MosaicSetData(int(mosaic_set_id), str(found.name), len(found.classes or []), found.tile_size,
+                         found.resize, str(found.split), per_split)
+
+
+def training_mosaic_set(engine: Engine, training_run_id: int) -> int | None:
+    """The mosaic set a training run measures each epoch's Focus on (``None``: it measures none)."""
+    with engine.connect() as connection:
+        return connection.scalar(
+            select(Evaluation.mosaic_set_id)
+            .join(TrainingEpochEvaluation, TrainingEpochEvaluation.evaluation_id == Evaluation.id)
+            .where(TrainingEpochEvaluation.training_run_id == int(training_run_id)).limit(1))

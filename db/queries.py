@@ -38,7 +38,7 @@ __all__ = [
 
 _SUMMARY_COLUMNS = (
     "s.evaluation_id, s.checkpoint_id, c.architecture, c.label AS checkpoint_label, "
-    "COALESCE(c.label, tr.name || ' epoch ' || c.epoch) AS checkpoint_name, d.name AS dataset, ms.tile_size, "
+    "COALESCE(c.label, tr.name || ' epoch ' || c.epoch) AS checkpoint_name, d.name AS dataset, ms.tile_size, ms.resize, "
     "s.method_id, m.name AS method, s.mosaic_set_id, s.randomization, s.stage, s.layer, s.seed, s.audit_run_id, "
     "s.status, s.n, s.n_defined, s.mean_focus, s.median_focus, s.q1_focus, s.q3_focus, "
     "s.min_focus, s.max_focus, s.mosaic_accuracy, s.std_focus, s.undefined_share, s.median_focus_undefined_as_zero, "
@@ -74,7 +74,7 @@ def evaluation_summary(
     ``median_focus_undefined_as_zero`` (undefined maps counted as 0, Quantus's convention), and the mosaic
     set's ``grid`` (N), ``targets`` (k) and ``chance_level`` (k / N², what a random explanation scores), and what
     tells rows apart: ``checkpoint_name`` (the label, else "training run epoch N"), ``architecture``, ``dataset``
-    (its name) and the mosaic set's ``tile_size``. A
+    (its name) and the mosaic set's ``tile_size`` and ``resize`` (``None`` when not resized). A
     closed evaluation's row is its stored summary (``db.summaries``); the others are computed from their rows.
 
     Examples

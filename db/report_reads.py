@@ -70,7 +70,8 @@ def evaluation_records(engine: Engine, evaluation_ids: Sequence[int] | None = No
         architecture, checkpoint_label, sha256, weights_path, num_classes, in_channels,
         training_run_id, epoch`` (its checkpoint), ``method, method_params``, ``mosaic_set_id,
         layout, split, set_seed, per_class, grid, target_tiles, chance_level`` (N of the N x N mosaics, the
-        number k of target tiles and k / N², what a random explanation scores) and ``dataset_id, dataset_name,
+        number k of target tiles and k / N², what a random explanation scores), ``tile_size, resize`` (how its images
+        became tiles; ``resize`` ``None`` when not resized) and ``dataset_id, dataset_name,
         dataset_fingerprint, dataset_tile_size``. JSON columns come back as Python values and
         ``finished_at`` as a UTC ``datetime`` (or ``None``).
     """
@@ -83,7 +84,7 @@ def evaluation_records(engine: Engine, evaluation_ids: Sequence[int] | None = No
             c.path.label("weights_path"), c.num_classes, c.in_channels, c.training_run_id, c.epoch,
             m.name.label("method"), m.params.label("method_params"),
             s.id.label("mosaic_set_id"), s.layout, s.split, s.seed.label("set_seed"), s.per_class,
-            s.grid, s.targets.label("target_tiles"), s.chance_level.label("chance_level"),
+            s.grid, s.targets.label("target_tiles"), s.chance_level.label("chance_level"), s.tile_size, s.resize,
             d.id.label("dataset_id"), d.name.label("dataset_name"), d.fingerprint.label("dataset_fingerprint"),
             d.tile_size.label("dataset_tile_size"),
         )

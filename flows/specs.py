@@ -35,6 +35,7 @@ from focus_core.explainers import specs as method_table
 from focus_core import layouts
 from focus_core.hashing import canonical_json
 from focus_core.mosaic_limits import MAX_MOSAICS
+from focus_core.sizes import default_resize
 
 __all__ = [
     "DEVICE_PATTERN",
@@ -126,8 +127,8 @@ class DatasetSpec(_Spec):
         "model's input size where it defines one (a timm model), else 224."
     )
     resize: int | None = Field(
-        None, ge=4, le=2048, description="ImageFolder only: shorter side before the centre crop; empty: 256, or "
-        "8/7 of the tile (the paper's 256/224) when the tile size is the model's."
+        None, ge=4, le=2048, description="ImageFolder only: shorter side before the centre crop; empty: 8/7 of the "
+        "tile size (the paper's 256 for 224)."
     )
     seed: int = Field(0, ge=0, description="Seed of the stratified train/val/test split.")
     cache_dir: OutputFolder = Field(
@@ -175,8 +176,9 @@ def effective_dataset(dataset: DatasetSpec, model: ModelSpec) -> DatasetSpec:
     randomization, sweep, audit, train) and the command line's checks resolve their request with it before anything
     is loaded or recorded, so the recorded request shows the resolved spec. For an ImageFolder:
 
-    - an empty ``tile_size`` becomes the model's (square) input size, and an empty ``resize`` then 8/7 of it (the
-      paper's 256/224, timm's ``crop_pct`` 0.875); a given ``tile_size`` is kept, with the usual default resize;
+    - an empty ``tile_size`` becomes the model's (square) input size; an empty ``resize`` becomes 8/7 of the tile
+      size (:func:`focus_core.sizes.default_resize`: the paper's 256/224, timm's ``crop_pct`` 0.875) for every
+      architecture, and stays empty where that is 256 (224-pixel tiles: the loader's 256);
     - empty ``mean`` and ``std`` become the model's (instead of ImageNet's); given ones are kept.
 
     The bundled digits are returned unchanged: they keep their 32-pixel tiles and their training split's statistics
@@ -200,8 +202,10 @@ def effective_dataset(dataset: DatasetSpec, model: ModelSpec) -> DatasetSpec:
     >>> vit.tile_size, vit.resize, vit.mean  # doctest: +SKIP
     (224, 256, [0.5, 0.5, 0.5])
     """
-    if dataset.kind != "image_folder" or (dataset.tile_size is not None and dataset.mean is not None):
-        return dataset  # the digits keep their own; nothing left to fill (and timm is not imported)
+    if dataset.kind != "image_folder":
+        return dataset  # the digits keep their own
+    if dataset.tile_size is not None and dataset.mean is not None:
+        return _with_default_resize(dataset)  # nothing else left to fill (and timm is not imported)
     from focus_core.models import model_data_config
 
     config = model_data_config(model.architecture, in_channels=3)  # an ImageFolder's tiles are RGB
@@ -215,12 +219,19 @@ def effective_dataset(dataset: DatasetSpec, model: ModelSpec) -> DatasetSpec:
             )
         update["tile_size"] = size[0]
         if dataset.resize is None:
-            update["resize"] = size[0] * 8 // 7
+            update["resize"] = default_resize(size[0])
     if dataset.mean is None and config.mean is not None and config.std is not None:
         update.update(mean=list(config.mean), std=list(config.std))
     if not update:
+        return _with_default_resize(dataset)
+    return _with_default_resize(DatasetSpec.model_validate({**dataset.model_dump(), **update}))
+
+
+def _with_default_resize(dataset: DatasetSpec) -> DatasetSpec:
+    """``dataset`` with an empty ``resize`` filled with 8/7 of its tile size where that is not the loader's 256."""
+    if dataset.resize is not None or dataset.tile_size is None or default_resize(dataset.tile_size) == 256:
         return dataset
-    return DatasetSpec.model_validate({**dataset.model_dump(), **update})
+    return dataset.model_copy(update={"resize": default_resize(dataset.tile_size)})
 
 
 def with_effective_dataset(params: Any) -> Any:

@@ -27,6 +27,8 @@ Examples
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -40,9 +42,12 @@ from focus_core.data import TileDataset, check_fractions, check_tile_size, strat
 from focus_core.errors import FocusError
 from focus_core.folder_classes import class_folders, split_folders
 from focus_core.hashing import canonical_hash
+from focus_core.sizes import default_resize, size_warning
 
 
 __all__ = ["load_image_folder"]
+
+_LOG = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -116,8 +121,11 @@ def _list_image_folder(root: Path) -> tuple[list[Path], list[str], list[str], li
     return list(paths), list(labels), classes, list(splits)
 
 
-def _decode(path: Path, tile_size: int, resize: int) -> np.ndarray:
-    """Decode one image as RGB, resize its shorter side to ``resize`` and centre-crop ``tile_size``."""
+def _decode(path: Path, tile_size: int, resize: int) -> tuple[np.ndarray, int]:
+    """Decode one image as RGB, resize its shorter side to ``resize`` and centre-crop ``tile_size``.
+
+    Returns the tile and the image's own shorter side.
+    """
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as F
 
@@ -137,8 +145,46 @@ def _decode(path: Path, tile_size: int, resize: int) -> np.ndarray:
             f"replace or remove it."
         ) from None
     tensor = F.pil_to_tensor(rgb)
+    side = min(rgb.width, rgb.height)
     tensor = F.resize(tensor, [resize], antialias=True)
-    return F.center_crop(tensor, [tile_size, tile_size]).numpy()
+    return F.center_crop(tensor, [tile_size, tile_size]).numpy(), side
+
+
+def _shorter_sides(paths: list[Path]) -> np.ndarray:
+    """Every image's shorter side, read from the file headers only (nothing is decoded)."""
+    from PIL import Image
+
+    def side(path: Path) -> int:
+        with Image.open(path) as image:
+            return min(image.size)
+
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        return np.fromiter(pool.map(side, paths), dtype=np.int64, count=len(paths))
+
+
+def _size_facts(sides: np.ndarray, resize: int) -> dict[str, int]:
+    """What :func:`focus_core.sizes.size_warning` judges: the smallest shorter side and how many are upscaled."""
+    return {"smallest": int(sides.min()), "upscaled": int((sides < resize).sum()), "images": int(sides.size)}
+
+
+def _facts_file(cache_file: Path) -> Path:
+    """The image sizes beside a cached tile array (its tiles no longer tell them)."""
+    return cache_file.with_name(cache_file.stem + ".sizes.json")
+
+
+def _read_facts(cache_file: Path) -> dict[str, int] | None:
+    try:
+        facts = json.loads(_facts_file(cache_file).read_text())
+        return {key: int(facts[key]) for key in ("smallest", "upscaled", "images")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _warn_about_sizes(tile_size: int, resize: int, facts: dict[str, int]) -> None:
+    message = size_warning(tile_size, resize, smallest_side=facts["smallest"], upscaled=facts["upscaled"],
+                           images=facts["images"])
+    if message:
+        _LOG.warning(message)
 
 
 def _cache_key(root: Path, paths: list[Path], tile_size: int, resize: int) -> str:
@@ -173,10 +219,12 @@ def _save_cached(path: Path, tiles: np.ndarray) -> None:
     os.replace(partial, path)
 
 
-def _decode_all(paths: list[Path], tile_size: int, resize: int) -> np.ndarray:
+def _decode_all(paths: list[Path], tile_size: int, resize: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tiles ``(N, 3, tile_size, tile_size)`` and every image's own shorter side ``(N,)``."""
     from tqdm.auto import tqdm
 
     tiles = np.empty((len(paths), 3, tile_size, tile_size), dtype=np.uint8)
+    sides = np.empty(len(paths), dtype=np.int64)
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
         decoded = pool.map(lambda p: _decode(p, tile_size, resize), paths)
@@ -187,16 +235,16 @@ def _decode_all(paths: list[Path], tile_size: int, resize: int) -> np.ndarray:
             unit="img",
             disable=len(paths) < 256 or not sys.stderr.isatty(),
         )
-        for i, tile in enumerate(progress):
-            tiles[i] = tile
-    return tiles
+        for i, (tile, side) in enumerate(progress):
+            tiles[i], sides[i] = tile, side
+    return tiles, sides
 
 
 def load_image_folder(
     root: str | os.PathLike[str],
     seed: int = 0,
     tile_size: int = 224,
-    resize: int = 256,
+    resize: int | None = None,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     cache_dir: str | os.PathLike[str] | None = None,
     mean: Sequence[float] | None = None,
@@ -205,7 +253,9 @@ def load_image_folder(
     """Load an ImageFolder directory (one sub-folder per class) as three-channel uint8 tiles.
 
     Every image is converted to RGB, its shorter side resized to ``resize`` and the centre
-    ``tile_size`` square cropped (the paper: 256 then 224, 448x448 mosaics). A root with
+    ``tile_size`` square cropped (the paper: 256 then 224, 448x448 mosaics). One warning line (logger
+    ``focus_core.image_folder``) says when resizing upscales images or the crop keeps less than half of each
+    resized square (:func:`focus_core.sizes.size_warning`). A root with
     ``train/`` and ``val/`` (or ``valid/``) and/or ``test/`` sub-folders, each holding class
     folders, uses those as the splits; otherwise the split is stratified per class and seeded.
 
@@ -217,8 +267,9 @@ def load_image_folder(
         Seed of the stratified split (unused with predefined split folders).
     tile_size : int
         Side of the centre crop in pixels.
-    resize : int
-        The shorter side after resizing, before cropping (``>= tile_size``).
+    resize : int, optional
+        The shorter side after resizing, before cropping (``>= tile_size``); ``None``: 8/7 of ``tile_size``
+        (:func:`focus_core.sizes.default_resize`, 256 for 224).
     fractions : sequence of float
         Shares of the train, val and test splits.
     cache_dir : path, optional
@@ -252,6 +303,7 @@ def load_image_folder(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FocusError(f"The folder '{root}' does not exist: pass an ImageFolder directory.")
+    resize = default_resize(tile_size) if resize is None else resize
     check_tile_size(tile_size, resize)
     fractions = check_fractions(fractions)
     mean, std = _normalisation(mean, std)
@@ -264,17 +316,25 @@ def load_image_folder(
         splits = tuple(str(s) for s in given_splits)
 
     shape = (len(paths), 3, tile_size, tile_size)
-    tiles = None
+    tiles, facts = None, None
     cache_file = None
     if cache_dir is not None:
         key = _cache_key(root, paths, tile_size, resize)
         cache_file = Path(cache_dir).expanduser() / f"tiles-{key}.npy"
         tiles = _load_cached(cache_file, shape)
+        if tiles is not None:
+            facts = _read_facts(cache_file)
+            if facts is None:  # a cache written without its sizes: the headers tell them
+                facts = _size_facts(_shorter_sides(paths), resize)
+                _facts_file(cache_file).write_text(json.dumps(facts))
     if tiles is None:
-        array = _decode_all(paths, tile_size, resize)
+        array, sides = _decode_all(paths, tile_size, resize)
+        facts = _size_facts(sides, resize)
         if cache_file is not None:
             _save_cached(cache_file, array)
+            _facts_file(cache_file).write_text(json.dumps(facts))
         tiles = torch.from_numpy(array)
+    _warn_about_sizes(tile_size, resize, facts)
     return TileDataset(
         name=root.resolve().name,
         tiles=tiles,

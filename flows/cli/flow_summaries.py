@@ -14,7 +14,8 @@ from typing import Any
 from flows.cli import params as opts
 from flows.cli.summary import evaluation_ids, evaluation_table, register, store_line
 
-__all__ = ["audit_summary", "evaluate_command", "evaluate_summary", "randomize_summary", "small_set", "sweep_summary", "train_summary"]
+__all__ = ["audit_summary", "data_line", "evaluate_command", "evaluate_summary", "randomize_summary", "small_set",
+           "sweep_summary", "train_summary"]
 
 def reading(chance: list[float]) -> str:
     """The line under every Focus table: how to read it (``chance``: the mosaic sets' chance levels k/N²)."""
@@ -35,6 +36,24 @@ def small_set(engine: Any, mosaic_set_id: int) -> list[str]:
     if fewest is None or fewest >= SMALL_SET:
         return []
     return [f"Small set: {fewest} test images per class (the fewest); medians over so few images are coin flips."]
+
+
+def data_line(engine: Any, mosaic_set_id: int | None) -> list[str]:
+    """One line: the dataset, its classes and split sizes, how its images became tiles, the split of the mosaics.
+
+    E.g. ``Data: shapes, 6 classes, 168 train / 36 val / 36 test images; each image resized to 73 px (shorter
+    side), centre 64 px crop; mosaics from the test images.``; none for an unknown set.
+    """
+    import db
+
+    found = None if mosaic_set_id is None else db.mosaic_sets.mosaic_set_data(engine, int(mosaic_set_id))
+    if found is None:
+        return []
+    splits = " / ".join(f"{n} {split}" for split, n in found.images_per_split.items())
+    tiles = (f"each image resized to {found.resize} px (shorter side), centre {found.tile_size} px crop"
+             if found.resize else f"{found.tile_size} px tiles")
+    return [f"Data: {found.dataset}, {found.classes} classes, {splits} images; {tiles}; mosaics from the "
+            f"{found.split} images."]
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -121,7 +140,10 @@ def train_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
             cells = [_fmt(row.get("focus_median"))]
         table.add_row(str(row["epoch"]), _fmt(row.get("train_loss")), _fmt(row.get("val_loss")),
                       _fmt(row.get("val_accuracy")), *cells)
-    lines: list[Any] = [title, table]
+    import db
+
+    lines: list[Any] = [title, *data_line(_engine(args), db.mosaic_sets.training_mosaic_set(
+        _engine(args), int(result["training_run_id"]))), table]
     if methods:
         n = ", ".join(str(v) for v in sorted(v for v in sizes if v is not None)) or "?"
         lines.append(f"(median Focus of the defined maps per method, on {n} mosaics per epoch; in brackets the "
@@ -161,8 +183,8 @@ def evaluate_summary(result: dict[str, Any], args: argparse.Namespace) -> list[A
              f"{rows_now} results computed now:")
     unfinished = [e for e in result.get("evaluations", []) if e.get("status") != "finished"]
     engine = _engine(args)
-    lines: list[Any] = [title, evaluation_table(engine, ids), reading(_chance_levels(engine, ids)),
-                        *small_set(engine, result["mosaic_set_id"])]
+    lines: list[Any] = [title, *data_line(engine, result["mosaic_set_id"]), evaluation_table(engine, ids),
+                        reading(_chance_levels(engine, ids)), *small_set(engine, result["mosaic_set_id"])]
     if unfinished:
         lines.append(f"{len(unfinished)} evaluation(s) not finished: run the same command again to finish them.")
     lines += [
@@ -181,8 +203,8 @@ def randomize_summary(result: dict[str, Any], args: argparse.Namespace) -> list[
     chance = _chance_levels(engine, ids)  # one mosaic set: one level
     title = (f"Randomization test of checkpoint {result['checkpoint_id']} on mosaic set {result['mosaic_set_id']}: "
              f"a faithful method falls to about chance ({chance[0]:.3g}):")
-    lines: list[Any] = [title, evaluation_table(engine, ids), reading(chance),
-                        *small_set(engine, result["mosaic_set_id"])]
+    lines: list[Any] = [title, *data_line(engine, result["mosaic_set_id"]), evaluation_table(engine, ids),
+                        reading(chance), *small_set(engine, result["mosaic_set_id"])]
     spread = _seed_spread_table(result, chance[0])
     if spread is not None:
         lines += ["Over seeds (one random model's median is a handful of coin flips: judge the "

@@ -41,10 +41,10 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 #: The columns of each table, most important first (the rest of a table's columns follow in store order).
 COLUMNS: dict[str, tuple[str, ...]] = {
     "evaluations": ("evaluation_id", "method", "randomization", "stage", "n", "n_defined", "median_focus",
-                    "checkpoint_name", "architecture", "dataset", "tile_size", "q1_focus", "q3_focus",
-                    "mosaic_accuracy", "status", "checkpoint_id", "checkpoint_label", "mosaic_set_id", "audit_run_id"),
+                    "checkpoint_name", "architecture", "dataset", "tile_size", "resize", "q1_focus",
+                    "q3_focus", "mosaic_accuracy", "status", "checkpoint_id", "checkpoint_label", "mosaic_set_id", "audit_run_id"),
     "compare": ("evaluation_id", "checkpoint_id", "method", "n", "n_defined", "median_focus", "checkpoint_name",
-                "architecture", "dataset", "tile_size", "q1_focus", "q3_focus", "mosaic_accuracy", "status",
+                "architecture", "dataset", "tile_size", "resize", "q1_focus", "q3_focus", "mosaic_accuracy", "status",
                 "checkpoint_label", "audit_run_id"),
     "epochs": ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy",
                "focus_median", "focus_mean", "seconds", "training_run_id", "training_run_name"),
@@ -66,7 +66,7 @@ HEADERS = {
 }
 #: Whole-number columns: shown without decimals even when a missing value made pandas store them as floats.
 INTEGER_COLUMNS = frozenset({"stage", "seed", "n", "n_defined", "n_paired", "epoch", "num_classes", "in_channels",
-                             "tile_size"})
+                             "tile_size", "resize"})
 #: Text cells longer than this are cut (``--wide`` shows them whole).
 MAX_CELL = 40
 

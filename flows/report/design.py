@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from flows.report.figures import FigureWriter
-from flows.report.page import DASH, Section, fmt, fmt_p, row, table
+from flows.report.page import DASH, Section, count, fmt, fmt_p, row, seed_list, table
 from flows.report.queries import EvaluationData
 from flows.report.selection import final_checkpoints, latest, method_key, slug
 from focus_core import report, stats
@@ -152,7 +152,7 @@ def seeds_section(evals: Sequence[EvaluationData], names: dict[int, str], figure
             section.notes.append(
                 f"The fully random models of {', '.join(names[c] for c in checkpoints)} on mosaic set #{key[-1]} are "
                 f"the same networks (same architecture; a full re-initialisation does not depend on the trained "
-                f"weights): seed(s) {', '.join(map(str, seeds))} are {len(seeds)} random model(s), counted once and "
+                f"weights): {seed_list(seeds)} are {count(len(seeds), 'random model')}, counted once and "
                 "compared with each trained checkpoint, not independent replicates per checkpoint.")
         for checkpoint_id in checkpoints:
             _seeds_block(section, figures, names, checkpoint_id, key[-1], methods,
@@ -222,7 +222,7 @@ def _seed_row(method: str, by_seed: dict[int, EvaluationData], trained: Evaluati
         decision_cells = [fmt(trained.summary["median"]), fmt_p(test["p_value"]), fmt_p(test["p_value_classes"]),
                           fmt(test["rank_biserial"]), "yes" if test["significant"] else "no"]
     about = DASH if spread["about_chance"] is None else ("yes" if spread["about_chance"] else "no")
-    cells = [method, ",".join(map(str, seeds)), fmt(spread["mean"]), fmt(spread["std"]), fmt(spread["min"]),
+    cells = [method, seed_list(seeds), fmt(spread["mean"]), fmt(spread["std"]), fmt(spread["min"]),
              fmt(spread["max"]), fmt(chance), f"± {fmt(spread['tolerance'])}", about, *decision_cells]
     return row(data, cells, numeric=[False, False, True, True, True, True, True, True, False, True, True, True, True,
                                      False])

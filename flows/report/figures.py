@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from flows.report.page import DASH, Figure, Section, fmt, row, table
+from flows.report.page import DASH, Figure, Section, count, fmt, row, seed_list, table
 from flows.report.queries import EvaluationData
 from flows.report.selection import final_checkpoints, latest, method_key, slug
 from focus_core import report, stats
@@ -160,8 +160,8 @@ def trained_vs_random_section(evals: Sequence[EvaluationData], names: dict[int, 
         pooled = np.concatenate([r.focus for r in seeds])
         described = ", ".join(f"{r.evaluation_id} (seed {r.seed}, median {fmt(r.summary['median'])})" for r in seeds)
         caption = (f"{method} on {names[cid]}, mosaic set {set_id} ({t.grid_label}): trained evaluation "
-                   f"{t.evaluation_id} (median {fmt(t.summary['median'])}); random evaluation(s) {described}, "
-                   f"{len(seeds)} seed(s) pooled ({pooled.size} scores); chance level {fmt(t.chance_level)}.")
+                   f"{t.evaluation_id} (median {fmt(t.summary['median'])}); random: {described}, "
+                   f"{count(len(seeds), 'seed')} pooled ({pooled.size} scores); chance level {fmt(t.chance_level)}.")
         figures.draw(section, f"fig3-{slug(names[cid], method, set_id)}", caption,
                      f"Trained vs random: {method} on {names[cid]}", report.plot_trained_vs_random,
                      t.focus, pooled, method=method, chance=t.chance_level)
@@ -221,8 +221,8 @@ def cascading_section(evals: Sequence[EvaluationData], names: dict[int, str], fi
         first = cascading[0]
         seeds = sorted({int(e.seed or 0) for e in cascading})
         caption = (f"{names[cid]}, mosaic set {set_id} ({first.grid_label}, chance level {fmt(first.chance_level)}): "
-                   f"{len(stages)} stage(s), methods {', '.join(methods)}, seed(s) {', '.join(map(str, seeds))} "
-                   "pooled per stage.")
+                   f"{count(len(stages), 'stage')}, methods {', '.join(methods)}, {seed_list(seeds)} pooled per "
+                   "stage.")
         drawn |= figures.draw(section, f"fig-cascading-{slug(names[cid], set_id)}", caption,
                               f"Cascading randomization of {names[cid]}", report.plot_cascading_randomization,
                               labels, medians, q1_by_method=q1s, q3_by_method=q3s, chance=first.chance_level)
@@ -244,7 +244,7 @@ def _cascading_row(cid: int, set_id: int, method: str, stage: int | None, layer:
             "seeds": ",".join(map(str, seeds)), "evaluations": ",".join(str(e.evaluation_id) for e in chosen),
             "n": pooled["n"], "share_undefined": pooled["share_undefined"], "median": pooled["median"],
             "seed_mean": spread["mean"], "seed_std": spread["std"]}
-    cells = [method, name, ",".join(map(str, seeds)) or DASH, fmt(pooled["n"]), fmt(pooled["share_undefined"]),
+    cells = [method, name, seed_list(seeds) if seeds else DASH, fmt(pooled["n"]), fmt(pooled["share_undefined"]),
              fmt(pooled["median"]), fmt(spread["mean"]), fmt(spread["std"])]
     return row(data, cells, numeric=[False, False, False, True, True, True, True, True])
 

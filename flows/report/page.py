@@ -28,12 +28,14 @@ __all__ = [
     "CSS",
     "DASH",
     "Figure",
+    "count",
     "Section",
     "data_value",
     "fmt",
     "fmt_p",
     "page",
     "row",
+    "seed_list",
     "table",
 ]
 
@@ -92,6 +94,35 @@ def fmt(value: Any, decimals: int = 3) -> str:
     if math.isnan(number):
         return DASH
     return f"{number:.{decimals}f}"
+
+
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun`` in the number it takes: ``"1 seed"``, ``"10 epochs"``, ``"0 seeds"``.
+
+    Examples
+    --------
+    >>> count(1, "seed"), count(5, "seed"), count(2, "random model")
+    ('1 seed', '5 seeds', '2 random models')
+    """
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def seed_list(seeds: Sequence[int]) -> str:
+    """Seeds as their count and their ids, runs of consecutive ids shortened: ``"1 seed (0)"``, ``"5 seeds (0–4)"``.
+
+    Examples
+    --------
+    >>> seed_list([0]), seed_list([0, 1, 2, 3, 4]), seed_list([0, 1, 2, 7])
+    ('1 seed (0)', '5 seeds (0–4)', '4 seeds (0–2, 7)')
+    """
+    runs: list[list[int]] = []
+    for s in sorted(seeds):
+        if runs and s == runs[-1][-1] + 1:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    ids = ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}{DASH}{r[-1]}" for r in runs)
+    return f"{count(len(seeds), 'seed')} ({ids})"
 
 
 def fmt_p(value: Any) -> str:

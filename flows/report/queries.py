@@ -72,6 +72,8 @@ class EvaluationData:
     grid: int = 2  # N of the mosaic set's N x N mosaics
     target_tiles: int = 2  # k target tiles per mosaic
     chance_level: float = 0.5  # k / N² (from the store): what a random explanation scores
+    tile_size: int | None = None  # the mosaic set's tiles (None: recorded without; the dataset's then)
+    resize: int | None = None  # the shorter side its images were resized to before the crop (None: not resized)
     mosaic_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     focus: np.ndarray = field(default_factory=lambda: np.zeros(0))  # NaN where undefined
@@ -100,6 +102,35 @@ class EvaluationData:
     def grid_label(self) -> str:
         """``"2x2, k=2"``: the grid and the number of target tiles."""
         return f"{self.grid}x{self.grid}, k={self.target_tiles}"
+
+    @property
+    def sizes_label(self) -> str:
+        """``"64/73 px"`` (tile size / resize), ``"32 px"`` without a resize, empty when neither is recorded."""
+        tile = self.tile_size or self.dataset_tile_size
+        if tile is None:
+            return ""
+        return f"{tile}/{self.resize} px" if self.resize else f"{tile} px"
+
+    @property
+    def set_label(self) -> str:
+        """A short name of the mosaic set: ``"#3 shapes 64/73 px"``, then its split, layout and grid where they are
+        not the usual test split, random positions and 2x2 with 2 targets (:attr:`set_description` says all)."""
+        parts = [f"#{self.mosaic_set_id}", self.dataset_name, self.sizes_label]
+        parts += [self.split] if self.split != "test" else []
+        parts += [self.layout] if self.layout != "random" else []
+        parts += [self.grid_label] if (self.grid, self.target_tiles) != (2, 2) else []
+        return " ".join(p for p in parts if p)
+
+    @property
+    def set_description(self) -> str:
+        """Everything that identifies the mosaic set, in words (the label's tooltip)."""
+        tile = self.tile_size or self.dataset_tile_size
+        resize = (f"images resized to {self.resize} px (shorter side), centre {tile} px crop" if self.resize
+                  else f"{self.sizes_label or 'tiles'} as recorded")
+        return (f"mosaic set #{self.mosaic_set_id}: dataset {self.dataset_name} ({resize}), {self.split} split, "
+                f"{self.per_class} mosaics per class, seed {self.set_seed}, layout {self.layout}, {self.grid}x"
+                f"{self.grid} tiles with {self.target_tiles} of the target class (chance level "
+                f"{self.chance_level:.3f})")
 
     @property
     def n(self) -> int:

@@ -26,13 +26,16 @@ __all__ = ["audits_section", "paired_section", "summary_section"]
 _SUMMARY_TITLES = {
     "checkpoint": "label (every training run's when several produced the same weights), else architecture and "
                   "epoch; hover for the sha256 of the weights",
-    "mosaic set": "id, split, layout, grid (N x N tiles), k target tiles and the chance level k/N² (what a random "
-                  "explanation scores: compare the median with it); hover for the dataset and mosaics per class",
+    "mosaic set": "id, dataset, tile size / resize in pixels (each image's shorter side resized, then the centre tile "
+                  "cropped), and the split, layout and grid where not the test split, random positions and 2x2 with "
+                  "2 target tiles; hover for all of it",
+    "chance": "chance level k/N²: what a random explanation scores on these mosaics (k target tiles of N x N); "
+              "compare the median with it",
     "audit": "audit run id",
     "n": "mosaics scored",
     "undefined": "share of mosaics without positive relevance (Focus undefined)",
     "median": "median Focus of the defined scores (undefined maps left out: they say nothing about where relevance "
-              "went); the chance level k/N² to compare it with is in the mosaic set column",
+              "went); compare it with the chance level (its column, or the note above the table)",
     "median, undefined as 0": "median Focus with undefined maps counted as 0: Quantus's convention, the one to compare "
                               "with quantus.Focus",
     f"{int(CONFIDENCE * 100)}% CI of median": f"percentile bootstrap over mosaics, {BOOTSTRAP_RESAMPLES} resamples, "
@@ -57,8 +60,19 @@ def summary_section(evals: Sequence[EvaluationData], names: dict[int, str]) -> S
         "it again, see Audits). Statistics are over the defined Focus scores; the confidence interval of the "
         "median is a percentile bootstrap. Hover a header or a checkpoint for details.",
     )
+    section.notes += _one_chance_level(evals)
     section.blocks.append(_summary_table(evals, names, "summary-table"))
     return section
+
+
+def _one_chance_level(evals: Sequence[EvaluationData]) -> list[str]:
+    """The note that names the chance level when every row shares it (the table then has no chance column)."""
+    levels = {round(e.chance_level, 12) for e in evals}
+    if len(levels) != 1:
+        return []
+    e = evals[0]
+    return [f"Chance level {fmt(e.chance_level)} for every row ({e.grid}x{e.grid} mosaics with {e.target_tiles} "
+            "target tiles): what a random explanation scores; compare each median with it."]
 
 
 def audits_section(evals: Sequence[EvaluationData], names: dict[int, str], outcome: str | None = None) -> Section:
@@ -83,8 +97,10 @@ def _summary_table(evals: Sequence[EvaluationData], names: dict[int, str], table
                    keep_order: bool = False) -> str:
     with_architecture = any(e.checkpoint_label for e in evals)
     with_audit = any(e.audit_run_id is not None for e in evals)
+    with_chance = len({round(e.chance_level, 12) for e in evals}) > 1  # else one note says it
     headers = (["evaluation", "checkpoint"] + (["architecture"] if with_architecture else [])
-               + ["method", "mosaic set", "randomization"] + (["audit"] if with_audit else [])
+               + ["method", "mosaic set"] + (["chance"] if with_chance else []) + ["randomization"]
+               + (["audit"] if with_audit else [])
                + ["n", "undefined", "median", "median, undefined as 0", f"{int(CONFIDENCE * 100)}% CI of median",
                   "cluster CI", "mean", "q1", "q3", "mosaic acc."])
     rows = []
@@ -96,7 +112,7 @@ def _summary_table(evals: Sequence[EvaluationData], names: dict[int, str], table
         checkpoint, checkpoint_tip = _checkpoint_cell(e, names)
         mosaic_set, mosaic_set_tip = _mosaic_set_cell(e)
         cells = ([str(e.evaluation_id), checkpoint] + ([e.architecture] if with_architecture else [])
-                 + [e.method, mosaic_set, e.randomization_label]
+                 + [e.method, mosaic_set] + ([fmt(e.chance_level)] if with_chance else []) + [e.randomization_label]
                  + ([DASH if e.audit_run_id is None else str(e.audit_run_id)] if with_audit else [])
                  + [fmt(s["n"]), fmt(s["share_undefined"]), fmt(s["median"]), fmt(s.get("median_undefined_as_zero")),
                     _ci_text(e.ci), _ci_text(e.cluster_ci), fmt(s["mean"]), fmt(s["q1"]), fmt(s["q3"]),
@@ -108,7 +124,8 @@ def _summary_table(evals: Sequence[EvaluationData], names: dict[int, str], table
              "mosaic_set_id": e.mosaic_set_id, "randomization": e.randomization, "stage": e.stage,
              "seed": e.seed, "audit_run_id": e.audit_run_id, "n": s["n"], "n_defined": s["n_defined"],
              "share_undefined": s["share_undefined"], "median": s["median"], "grid": e.grid,
-             "targets": e.target_tiles, "chance_level": e.chance_level,
+             "targets": e.target_tiles, "chance_level": e.chance_level, "tile_size": e.tile_size,
+             "resize": e.resize,
              "median_undefined_as_zero": s.get("median_undefined_as_zero"), "ci_low": e.ci[0], "ci_high": e.ci[1],
              "cluster_ci_low": e.cluster_ci[0], "cluster_ci_high": e.cluster_ci[1],
              "mean": s["mean"], "q1": s["q1"], "q3": s["q3"], "mosaic_accuracy": e.mosaic_accuracy},
@@ -153,9 +170,8 @@ def _checkpoint_cell(e: EvaluationData, names: dict[int, str]) -> tuple[str, str
 
 
 def _mosaic_set_cell(e: EvaluationData) -> tuple[str, str]:
-    return (f"#{e.mosaic_set_id} {e.split}, {e.layout}, {e.grid_label}, chance {fmt(e.chance_level)}",
-            f"dataset {e.dataset_name}, {e.per_class} mosaics per class, seed {e.set_seed}, {e.grid}x{e.grid} tiles "
-            f"with {e.target_tiles} of the target class: chance level {fmt(e.chance_level)}")
+    """The short label of the set (id, dataset, tile size / resize) and its whole identity for the tooltip."""
+    return e.set_label, e.set_description
 
 
 def _ci_text(ci: tuple[float, float]) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from flows.results.analysis import correlation_caveat
 from flows.report.figures import FigureWriter
-from flows.report.page import Section, fmt, fmt_p, row, table
+from flows.report.page import Section, count, fmt, fmt_p, row, table
 from flows.report.queries import EvaluationData
 from flows.report.selection import latest, method_key, slug
 from focus_core import report, stats
@@ -41,7 +41,7 @@ def training_section(evals: Sequence[EvaluationData], runs: dict[int, dict[str, 
         name = info.get("name") or f"run {run_id}"
         records, source, counts = _epoch_records(run, evals)
         section.blocks.append(f"<h3>{_esc(name)} ({_esc(info['architecture'])}, training run {run_id}, "
-                              f"{len(records)} epoch(s), {_esc(info['status'])})</h3>")
+                              f"{_epochs_text(records)}, {_esc(info['status'])})</h3>")
         start = len(section.figures)
         figures.draw(section, f"fig5-{slug(name, run_id)}", f"Training run {run_id}; Focus from {source}.",
                      f"Training curves of {name}", report.plot_training_curves, records)
@@ -55,6 +55,20 @@ def training_section(evals: Sequence[EvaluationData], runs: dict[int, dict[str, 
         del section.figures[start:]
         section.blocks.append(_epochs_table(run_id, records, counts))
     return section
+
+
+def _epochs_text(records: Sequence[dict[str, Any]]) -> str:
+    """How many epochs were trained (epoch 0 is the untrained model, recorded before the first): ``"10 epochs"``,
+    ``"10 epochs after the untrained epoch 0"``.
+
+    Examples
+    --------
+    >>> _epochs_text([{"epoch": e} for e in range(11)]), _epochs_text([{"epoch": 1}])
+    ('10 epochs after the untrained epoch 0', '1 epoch')
+    """
+    trained = sum(1 for r in records if (r.get("epoch") or 0) > 0)
+    untrained = any(r.get("epoch") == 0 for r in records)
+    return count(trained, "epoch") + (" after the untrained epoch 0" if untrained else "")
 
 
 def _epoch_records(run: dict[str, Any], evals: Sequence[EvaluationData]

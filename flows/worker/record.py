@@ -112,6 +112,7 @@ def register_mosaics(
         table.targets.numpy(),
         table.masks.numpy(),
         tile_size=int(dataset.tiles.shape[-1]),
+        resize=dataset.resize,
         **grid_fields(manifest),
     )
     return RegisteredMosaics(registered.dataset_id, mosaic_set.mosaic_set_id, manifest.hash, list(mosaic_set.mosaic_ids))

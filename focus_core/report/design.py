@@ -21,15 +21,20 @@ from focus_core.report._inputs import check_fraction, non_empty_mapping
 from focus_core.report._style import focus_axis, method_color, output_path, save
 from focus_core.stats import as_scores
 
-__all__ = ["plot_per_class_focus", "plot_random_seeds"]
+__all__ = ["MAX_WIDTH_INCHES", "plot_per_class_focus", "plot_random_seeds"]
+
+#: The per-class figure's widest size (1320 px at the report's 110 dpi: the page's width at 1400 px).
+MAX_WIDTH_INCHES = 12.0
 
 
 def plot_per_class_focus(classes: Sequence[str], medians_by_method: Mapping[str, Sequence[float]],
                          path: str | Path, title: str = "Median Focus per target class", chance: float = 0.5) -> Path:
-    """Median Focus per target class, one bar group per class and one bar per method.
+    """Median Focus per target class: one panel per method (stacked, classes on a shared axis), one bar per class.
 
     A class far below the others is one the explanations (or the model) miss: the extended paper's
-    bias angle. NaN (a class without a defined score) draws no bar but the word "undefined".
+    bias angle. NaN (a class without a defined score) draws no bar but the word "undefined". The figure is at most
+    :data:`MAX_WIDTH_INCHES` wide whatever the number of classes and methods (each method adds a panel's height), so
+    the page shows it near its own size and its labels stay readable.
 
     Parameters
     ----------
@@ -58,26 +63,30 @@ def plot_per_class_focus(classes: Sequence[str], medians_by_method: Mapping[str,
     if not labels:
         raise FocusError("The classes are empty: pass the target classes whose median Focus to draw.")
     methods = non_empty_mapping(medians_by_method, "medians by method")
-    x = np.arange(len(labels))
-    width = 0.8 / len(methods)
-    fig = Figure(figsize=(max(5.0, 1.5 + 0.45 * len(labels) * len(methods)), 4.0), layout="constrained")
-    ax = fig.subplots()
-    for i, (method, medians) in enumerate(methods.items()):
+    checked = {}
+    for method, medians in methods.items():
         values = as_scores(medians, f"medians of '{method}'")
         if values.size != len(labels):
             raise FocusError(f"The medians of '{method}' have {values.size} values for {len(labels)} classes: "
                              "pass one per class.")
         check_fraction(values, f"medians of '{method}'")
-        centres = x - 0.4 + width * (i + 0.5)
-        ax.bar(centres, values, width, color=method_color(method), label=method)  # NaN: no bar, marked below
-        for centre in centres[np.isnan(values)]:
-            ax.text(centre, 0.02, "undefined", rotation=90, ha="center", va="bottom", fontsize=6, color="0.4")
+        checked[method] = values
+    x = np.arange(len(labels))
     long_names = max(len(label) for label in labels) > 3
-    ax.set_xticks(x, labels, rotation=45 if long_names else 0, ha="right" if long_names else "center", fontsize=8)
-    ax.set_xlabel("target class")
-    focus_axis(ax, label="Focus median", chance=chance)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    width = min(MAX_WIDTH_INCHES, max(5.0, 1.5 + 0.3 * len(labels)))
+    fig = Figure(figsize=(width, 0.6 + 1.7 * len(checked) + (0.6 if long_names else 0.2)), layout="constrained")
+    axes = fig.subplots(len(checked), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (method, values) in zip(axes, checked.items()):
+        ax.bar(x, values, 0.7, color=method_color(method))  # NaN: no bar, marked below
+        for centre in x[np.isnan(values)]:
+            ax.text(centre, 0.02, "undefined", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
+        focus_axis(ax, label="median", chance=chance)
+        ax.set_title(method, loc="left", fontsize=9)
+    fontsize = 8 if len(labels) <= 40 else 6
+    axes[-1].set_xticks(x, labels, rotation=45 if long_names else 0, ha="right" if long_names else "center",
+                        fontsize=fontsize)
+    axes[-1].set_xlabel("target class")
+    fig.suptitle(title)
     return save(fig, out)
 
 
@@ -126,7 +135,8 @@ def plot_random_seeds(medians_by_method: Mapping[str, Sequence[float]], path: st
         if values.size:
             spread = values.std(ddof=1) if values.size > 1 else 0.0
             ax.errorbar([i], [values.mean()], yerr=[spread], fmt="s", color=color, capsize=6, markersize=8,
-                        label=f"{method}: mean {values.mean():.3f} +- {spread:.3f} over {values.size} seed(s)")
+                        label=f"{method}: mean {values.mean():.3f} +- {spread:.3f} over {values.size} "
+                              f"seed{'' if values.size == 1 else 's'}")
             jitter = np.linspace(-0.12, 0.12, values.size) if values.size > 1 else np.zeros(1)
             ax.scatter(i + 0.25 + jitter, values, color=color, s=18, alpha=0.7)
         if trained and method in trained and trained[method] is not None and not np.isnan(trained[method]):

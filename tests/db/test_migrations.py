@@ -256,3 +256,34 @@ def test_0006_backfills_checkpoint_origins_from_the_checkpoints(empty_url):
         assert db.upgrade(empty_url) == db.head()
     finally:
         engine.dispose()
+
+
+def test_0012_fills_each_mosaic_set_resize_from_its_recorded_request(empty_url, build_world):
+    """A set's resize comes from the request its evaluations recorded: the given one, 256 for an ImageFolder request
+    without one (what the loader used), NULL for the digits and for a set without a recorded request."""
+    assert db.upgrade(empty_url, "0010") == "0010"
+    engine = db.get_engine(empty_url, check=False)
+    try:
+        world = build_world(engine)
+        ids = np.asarray(world.image_ids)[world.image_index]
+        sets = [world.mosaic_set_id] + [
+            db.register_mosaic_set(engine, f"{i}" * 64, world.dataset_id, "test", i, 2, "random", ids,
+                                   world.targets, world.masks).mosaic_set_id for i in range(1, 4)]
+        requests = [{"kind": "image_folder", "root": "/data/shapes", "tile_size": 64, "resize": 73},
+                    {"kind": "image_folder", "root": "/data/shapes", "tile_size": 64, "resize": None},
+                    {"kind": "digits", "tile_size": None}]
+        for set_id, dataset in zip(sets, requests):
+            for method_id in world.method_ids.values():
+                db.get_or_create_evaluation(engine, world.checkpoint_id, method_id, set_id,
+                                            metadata={"request": {"dataset": dataset}})
+        assert db.upgrade(empty_url) == db.head()
+        with engine.connect() as connection:
+            from sqlalchemy import text
+
+            found = dict(connection.execute(text("SELECT id, resize FROM mosaic_set")).all())
+        assert [found[s] for s in sets] == [73, 256, None, None]
+        assert db.downgrade(empty_url, "0010") == "0010"
+        assert "resize" not in {c["name"] for c in inspect(engine).get_columns("mosaic_set")}
+        assert db.upgrade(empty_url) == db.head()
+    finally:
+        engine.dispose()

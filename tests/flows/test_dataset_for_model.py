@@ -67,9 +67,11 @@ def test_a_timm_model_with_its_own_config_gets_its_size_and_normalisation(image_
 
 
 def test_a_torchvision_model_or_a_factory_keeps_imagenet(image_folder: Path):
-    folder = _folder(image_folder, tile_size=32)
+    folder = _folder(image_folder, tile_size=32, resize=36)
     for arch in ("resnet18", "digits_cnn", "tests.flows.test_bring_your_own:make_model"):
         assert effective_dataset(folder, ModelSpec(architecture=arch)) is folder  # same spec, key and caches
+        default = _folder(image_folder, tile_size=224)
+        assert effective_dataset(default, ModelSpec(architecture=arch)) is default  # 256 stays empty
     loaded = caches.load_dataset(folder)
     assert loaded.mean == IMAGENET_MEAN and loaded.std == IMAGENET_STD
     assert effective_dataset(_folder(image_folder), ModelSpec(architecture="resnet18")).tile_size is None  # 224
@@ -80,12 +82,12 @@ def test_a_torchvision_model_or_a_factory_keeps_imagenet(image_folder: Path):
 
 def test_a_given_tile_size_or_normalisation_is_kept(image_folder: Path):
     sized = effective_dataset(_folder(image_folder, tile_size=40), ModelSpec(architecture=TINY_VIT))
-    assert (sized.tile_size, sized.resize, sized.mean) == (40, None, HALF)  # your tile, the model's statistics
+    assert (sized.tile_size, sized.resize, sized.mean) == (40, 45, HALF)  # your tile, 8/7 of it, the model's statistics
     own = _folder(image_folder, mean=[0.4, 0.4, 0.4], std=[0.2, 0.3, 0.2])
     normalised = effective_dataset(own, ModelSpec(architecture=TINY_VIT))
     assert (normalised.tile_size, normalised.mean, normalised.std) == (32, [0.4, 0.4, 0.4], [0.2, 0.3, 0.2])
     assert caches.load_dataset(normalised).std == (0.2, 0.3, 0.2)
-    given = _folder(image_folder, tile_size=32, mean=HALF, std=HALF)
+    given = _folder(image_folder, tile_size=32, resize=36, mean=HALF, std=HALF)
     assert effective_dataset(given, ModelSpec(architecture="timm:no_such_model_at_all")) is given  # timm not asked
 
 
@@ -202,3 +204,17 @@ def test_a_sweep_resolves_the_dataset_for_each_checkpoint(image_folder: Path):
     vit, resnet = sweep_cells(params)
     assert (vit.dataset.tile_size, vit.dataset.mean) == (32, HALF)
     assert resnet.dataset == params.dataset  # 224 px and ImageNet's statistics, as before
+
+
+def test_an_empty_resize_is_8_7_of_the_tile_for_every_architecture(image_folder: Path):
+    for arch in ("resnet18", TINY_VIT):
+        for tile, resize in ((64, 73), (32, 36), (300, 342)):
+            given = _folder(image_folder, tile_size=tile, mean=HALF, std=HALF)
+            resolved = effective_dataset(given, ModelSpec(architecture=arch))
+            assert (resolved.tile_size, resolved.resize) == (tile, resize)
+            assert effective_dataset(resolved, ModelSpec(architecture=arch)) is resolved  # idempotent
+            bare = _folder(image_folder, tile_size=tile)
+            assert effective_dataset(bare, ModelSpec(architecture=arch)).resize == resize
+    # 224-pixel tiles keep an empty resize (the loader's 256): the specs, keys and runs of the default are unchanged
+    assert effective_dataset(_folder(image_folder), ModelSpec(architecture="resnet18")).resize is None
+    assert caches.load_dataset(_folder(image_folder, tile_size=16, resize=18)).resize == 18

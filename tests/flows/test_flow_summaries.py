@@ -92,6 +92,7 @@ def test_train_names_every_method_with_its_undefined_share_and_says_what_r_can_s
     result = _train_result()
     assert result["epochs"][3]["focus_stats"]["lrp_fast"] == {"median": 0.733, "n": 20, "n_defined": 8,
                                                               "share_undefined": 0.6}
+    db.upgrade(sqlite_url)  # a store without this run: no data line
     out = io.StringIO()
     emit("train", result, argparse.Namespace(database_url=sqlite_url, format="text"), out)
     text_ = out.getvalue()
@@ -146,3 +147,30 @@ def test_the_sweep_next_step_names_every_evaluation_it_ran(sqlite_url: str) -> N
     printed = next(line for line in out.getvalue().splitlines() if line.startswith("Next: "))
     args = build_parser().parse_args(shlex.split(printed.removeprefix("Next: focus ")))
     assert args.evaluations == ids and args.database_url == sqlite_url
+
+
+def test_every_summary_says_the_data_its_tile_size_resize_and_split(sqlite_url: str) -> None:
+    """The dataset, the split sizes, the resize and the crop, and the split the mosaics come from, in one line."""
+    from flows.cli.flow_summaries import data_line
+
+    written = _store(sqlite_url)
+    out = io.StringIO()
+    emit("randomize", _flow_result(written), argparse.Namespace(database_url=sqlite_url, format="text"), out)
+    shown = [line for line in out.getvalue().splitlines() if line.startswith("Data: ")]
+    assert len(shown) == 1 and " px tiles; mosaics from the test images." in shown[0], out.getvalue()
+    engine = db.open_store(sqlite_url)
+    try:
+        relpaths = [f"c{c}/{i:03d}.png" for c in range(3) for i in range(10)]
+        splits = (["train"] * 6 + ["val"] * 2 + ["test"] * 2) * 3
+        ds = db.register_dataset(engine, "shapes", "d" * 64, ["a", "b", "c"], relpaths,
+                                 [c for c in range(3) for _ in range(10)], splits, tile_size=64)
+        ids = np.asarray(ds.image_ids)
+        rows = np.array([[ids[8], ids[18], ids[9], ids[28]]])
+        ms = db.register_mosaic_set(engine, "r" * 64, ds.dataset_id, "test", 0, 1, "random", rows, np.array([0]),
+                                    np.array([[True, False, True, False]]), tile_size=64, resize=73)
+        assert data_line(engine, ms.mosaic_set_id) == [
+            "Data: shapes, 3 classes, 18 train / 6 val / 6 test images; each image resized to 73 px (shorter side), "
+            "centre 64 px crop; mosaics from the test images."]
+        assert data_line(engine, 10_000) == [] and data_line(engine, None) == []
+    finally:
+        engine.dispose()

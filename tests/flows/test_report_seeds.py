@@ -120,7 +120,7 @@ def test_random_models_shared_by_checkpoints_are_counted_once(sqlite_url: str, t
         assert row_["attrs"]["seeds"] == ",".join(map(str, FULL_SEEDS)) and int(row_["attrs"]["n-seeds"]) == 5
         assert len(set(row_["attrs"]["evaluations"].split(","))) == 5
     note = next(n for n in page_.notes if "same networks" in n)
-    assert "5 random model(s), counted once" in note
+    assert "5 seeds (0–4) are 5 random models, counted once" in note
 
 
 def test_a_method_with_list_parameters_is_one_cell_per_value() -> None:

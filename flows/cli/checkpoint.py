@@ -185,6 +185,9 @@ def cmd_checkpoint_list(args: argparse.Namespace) -> None:
     from flows.worker import store
     from flows.cli import result_text
 
+    from db.engine import require_existing
+
+    require_existing(opts.database_url(args))  # a read never creates the store (a misspelt SQLite path)
     frame = db.lineage_checkpoints(store.engine_for(opts.database_url(args)), args.lineage)
     if args.lineage is not None and frame.empty:
         raise UsageError(f"No lineage named {args.lineage!r}: see `focus checkpoint list` for the lineages there are.")

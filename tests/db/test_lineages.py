@@ -91,8 +91,7 @@ def test_previous_audited_checkpoint_skips_versions_no_audit_evaluated(engine, w
 
 
 def test_a_run_whose_weights_an_earlier_run_produced_finds_its_epochs(engine):
-    """Before: the epochs were looked up by ``model_checkpoint.training_run_id`` (the first run's), so a second run
-    with the same seed put nothing into its lineage."""
+    """A second run with the same seed puts its own epochs into its lineage."""
     runs = [db.register_training_run(engine, tag * 64, "digits_cnn", {}, name=name) for tag, name in (("a", "x"),
                                                                                                        ("b", "y"))]
     ids = [db.register_checkpoint(engine, tag * 64, "digits_cnn", 2, training_run_id=run, epoch=epoch)

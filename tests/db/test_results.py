@@ -96,7 +96,7 @@ OUT_OF_DOMAIN = {  # (focus, predicted, change to the sums) -> what the message 
 @pytest.mark.parametrize(("focus", "predicted", "change", "message"), OUT_OF_DOMAIN.values(), ids=OUT_OF_DOMAIN.keys())
 def test_values_outside_their_domain_are_refused(engine, world, evaluation, build_sums, focus, predicted, change,
                                                  message):
-    """Before: a Focus of 7.0 and a class of -1 were stored although the message says [0, 1]."""
+    """A Focus outside [0, 1] or a negative class is refused, as the message says."""
     focus = np.array(focus)
     sums = build_sums(np.array([0.5, 0.5]), world.masks[:2])
     if change is not None:

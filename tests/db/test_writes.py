@@ -216,7 +216,7 @@ def test_evaluation_lifecycle_and_training_epochs(engine, world, build_sums):
 
 
 def test_two_training_runs_with_the_same_weights_are_both_origins(engine):
-    """Before: the checkpoint recorded only the first run; the second run's name was lost."""
+    """A checkpoint two runs made records both runs' names."""
     first = db.register_training_run(engine, "a" * 64, "digits_cnn", {"seed": 0}, name="demo-digits")
     second = db.register_training_run(engine, "b" * 64, "digits_cnn", {"seed": 0}, name="digits")
     sha = "ab" * 32

@@ -126,7 +126,7 @@ def test_a_mistake_in_the_model_is_one_line_and_exit_2(
     capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: str,
     argv: list[str], says: str,
 ):
-    """Before: rc 1 with the library's words ("failed: KeyError: 101"), or "does not exist" for a folder."""
+    """A factory that raises ends in one sentence and exit 2, not the library's words and exit 1."""
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.delenv("FOCUS_DEBUG", raising=False)
     factory = "def make(num_classes, in_channels):\n    raise RuntimeError('factory boom')\n"
@@ -253,7 +253,7 @@ def test_a_randomization_the_model_lacks_is_one_line_before_anything_is_written(
     capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, sqlite_url: str, digits_weights: str,
     argv: list[str], says: str,
 ):
-    """Before: a mosaic set and a 'failed' evaluation were written, then the flow failed."""
+    """The mistake is refused before any mosaic set or evaluation is written."""
     import db
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)

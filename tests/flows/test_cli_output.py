@@ -1,8 +1,7 @@
 """What a person sees at the end of a flow command: a short summary, or JSON alone; progress off a terminal; names.
 
-Before: every flow command printed Prefect's log lines and then 50-170 lines of JSON, parent flow runs had
-random names, a fresh SQLite file started Prefect and then failed with "run `focus db upgrade`", and nothing
-showed progress when stderr was a pipe.
+A flow command prints a summary (not Prefect's log lines and pages of JSON), flow runs are named after what they
+do, a fresh SQLite file gets its schema before Prefect starts, and progress shows when stderr is a pipe.
 """
 
 from __future__ import annotations
@@ -171,7 +170,7 @@ def recorded_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_results_fit_100_columns_with_integers_and_blanks(recorded_url: str, capfd: pytest.CaptureFixture):
-    """Before: 21 columns, about 290 characters, ``stage`` as NaN / 0.0, ``None`` in compare."""
+    """The default table fits 100 columns, with no NaN / 0.0 stage and no ``None`` in compare."""
     code, out, err = _run(capfd, "results", "--database-url", recorded_url)
     assert code == 0, err
     lines = out.splitlines()
@@ -198,7 +197,7 @@ def test_results_fit_100_columns_with_integers_and_blanks(recorded_url: str, cap
 
 
 def test_results_epochs_needs_no_id(recorded_url: str, capfd: pytest.CaptureFixture):
-    """Before: ``--training-run ID`` was required, "the id `focus train` printed", which the demo never prints."""
+    """``results epochs`` shows the latest training run without an id, or one named by its name."""
     code, latest, err = _run(capfd, "results", "epochs", "--database-url", recorded_url)
     assert code == 0 and "latest training run" in err, err
     code, named, _ = _run(capfd, "results", "epochs", "--training-run", "demo-digits", "--database-url", recorded_url)
@@ -208,7 +207,7 @@ def test_results_epochs_needs_no_id(recorded_url: str, capfd: pytest.CaptureFixt
 
 
 def test_an_empty_regressions_table_says_whether_audits_ran(sqlite_url: str, capfd: pytest.CaptureFixture):
-    """Before: "(no regressions recorded yet)" even after two audits that found none."""
+    """After audits that found no regression the table says so, not that none were recorded."""
     import db
     from flows.worker import store
 
@@ -235,7 +234,7 @@ def test_method_help_lists_the_registry(command: str, capsys: pytest.CaptureFixt
 @pytest.mark.training
 def test_two_runs_with_the_same_weights_are_told_apart(prefect_api, capfd: pytest.CaptureFixture, sqlite_url: str,
                                                        tmp_path: Path):
-    """Before: `focus train --name digits` with the demo's seed silently became "demo-digits epoch N"."""
+    """A run keeps the name it was given even when its weights equal another run's."""
     common = ["--epochs", "1", "--focus-per-class", "1", "--tile-size", "16", "--checkpoint-dir", str(tmp_path),
               "--database-url", sqlite_url]
     code, out, err = _run(capfd, "train", "--name", "first", *common, "--format", "json")

@@ -153,10 +153,7 @@ def test_demo_options(demo_dir: Path):
 
 @pytest.mark.filterwarnings("ignore:Logger 'prefect.flow_runs' attempted to send logs to the API")  # no flow run here
 def test_the_bars_move_on_the_flows_log_lines():
-    """The demo's progress comes from what the train and evaluate flows log, not from reading the store.
-
-    Before: a thread polled the store (or the checkpoint folder) every second.
-    """
+    """The demo's progress comes from what the train and evaluate flows log, not from polling the store."""
     import io
     import logging
 

@@ -66,7 +66,7 @@ def _focus_in_a_fresh_process(tmp_path: Path, *argv: str) -> dict:
     ids=["name", "parameter", "kind"],
 )
 def test_a_mistyped_method_is_refused_without_importing_an_explainer(tmp_path: Path, method: str, says: str):
-    """Before: ~26 s importing captum, torch's compiler (through fast_lrp) and torchvision ops to say so."""
+    """A misspelt method is refused without importing captum, torch's compiler or torchvision ops."""
     (tmp_path / "work").mkdir()
     weights = tmp_path / "work" / "w.pt"
     weights.write_bytes(b"only its existence is checked first")
@@ -87,12 +87,13 @@ def test_a_mistyped_method_names_the_closest_one():
         get_explainer("smoothgrad", n_sample=3)
 
 
-@pytest.mark.parametrize("argv", [["results"], ["results", "compare", "--mosaic-set", "1"], ["report", "--out", "r"]],
-                         ids=["results", "compare", "report"])
+@pytest.mark.parametrize("argv", [["results"], ["results", "compare", "--mosaic-set", "1"], ["report", "--out", "r"],
+                                  ["checkpoint", "list"]],
+                         ids=["results", "compare", "report", "checkpoint-list"])
 def test_a_read_of_a_misspelt_sqlite_file_says_so_and_creates_nothing(
     capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str]
 ):
-    """Before: an empty misspelt.db was left behind, and the message said to run `focus db upgrade` on it."""
+    """A read names the missing file in one line and leaves no empty database behind."""
     monkeypatch.chdir(tmp_path)
     code, out, err = run(capsys, *argv, "--database-url", "sqlite:///misspelt.db")
     assert code == 2 and out == "", err
@@ -112,7 +113,7 @@ def test_db_current_of_a_missing_sqlite_file_creates_nothing(
 
 @pytest.mark.parametrize("argv", [["results"], ["db", "upgrade"]], ids=["results", "db upgrade"])
 def test_a_missing_postgresql_database_gets_the_createdb_command(capsys: pytest.CaptureFixture, argv: list[str]):
-    """Before: libpq's words ("database ... does not exist") and "check FOCUS_DATABASE_URL", no way to make it."""
+    """A missing PostgreSQL database is named with the createdb command that makes it, in one sentence."""
     from sqlalchemy.engine import make_url
 
     from tests import postgres
@@ -139,7 +140,7 @@ def untrained_digits(tmp_path: Path) -> str:
 def test_a_gradcam_layer_the_model_lacks_names_layers_it_has(
     capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, sqlite_url: str, untrained_digits: str
 ):
-    """Before: "such as 'features.30' or 'layer4.1'", names that a digits CNN does not have."""
+    """A wrong GradCAM layer is answered with layers the model has."""
     from focus_core import models
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
@@ -156,8 +157,7 @@ def test_a_gradcam_layer_the_model_lacks_names_layers_it_has(
 def test_an_unknown_architecture_on_recorded_weights_says_it_is_unknown(
     capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, sqlite_url: str, untrained_digits: str
 ):
-    """Before: "recorded as a digits_cnn checkpoint ..., or a weights file saved for digits_cnm", a model that
-    does not exist."""
+    """An unknown architecture is named as unknown, with the closest known one, whatever the store knows."""
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     code, _, err = run(capsys, "checkpoint", "register", "--lineage", "digits", "--weights", untrained_digits,
                        "--arch", "digits_cnn", "--num-classes", "10", "--in-channels", "1", "--database-url", sqlite_url)
@@ -195,7 +195,7 @@ def test_classes_the_folder_lacks_are_refused_before_prefect_starts(
     capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, six_classes: Path,
     argv: list[str], says: str,
 ):
-    """Before: caught inside the flow, after Prefect started, with its ERROR lines on stderr."""
+    """A class the folder lacks is refused before Prefect starts, without its ERROR lines on stderr."""
     import flows.cli.local_api as local_api
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)

@@ -477,7 +477,7 @@ def test_main_tables_fit_the_window(sqlite_report: Built, tmp_path: Path, width:
 
 
 def test_audits_have_their_own_section(record: Record, tmp_path: Path) -> None:
-    """Before: the summary and paired tables repeated a cell once per audit re-evaluation."""
+    """The summary and paired tables show each cell once, however often an audit re-evaluated it."""
     from flows.report import build_report
 
     url = f"sqlite:///{tmp_path / 'focus.db'}"
@@ -500,7 +500,7 @@ def test_audits_have_their_own_section(record: Record, tmp_path: Path) -> None:
 
 
 def test_audits_that_found_no_regression_say_so(record: Record, tmp_path: Path) -> None:
-    """Before: the page said nothing (the command line "(no regressions recorded yet)") after audits that found none."""
+    """After audits that found no regression the page says so."""
     from flows.report import build_report
     from focus_core import explainers
 
@@ -535,8 +535,7 @@ def test_audits_that_found_no_regression_say_so(record: Record, tmp_path: Path) 
 
 
 def test_a_checkpoint_two_runs_produced_is_named_by_both(record: Record, tmp_path: Path) -> None:
-    """Before: a second run with the demo's seed made byte-identical weights, and the report called them
-    "demo-digits epoch N" only (the second run's name was nowhere on the page)."""
+    """Two runs that made byte-identical weights are both named on the page."""
     from flows.report import build_report
 
     url = f"sqlite:///{tmp_path / 'focus.db'}"

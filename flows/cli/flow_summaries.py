@@ -291,9 +291,13 @@ def audit_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
                       str(row.get("kind") or ""),
                       _fmt(row.get("previous_median_focus")), _fmt(row.get("median_change")),
                       _fmt(row.get("p_value")), verdict)
+    fell = result.get("class_regressions") or []
+    classes = [f"Class {row.get('class_name') or row['class']} fell on the {row.get('probe') or 'clean'} set "
+               f"with {row['method']} ({row.get('kind')}, change {_fmt(row.get('median_change'))}, "
+               f"Holm p {row['p_adjusted']:.2g})" for row in fell]
     nothing = ("No lineage or checkpoint is marked for auditing "
                "(`focus train --audit`, `focus checkpoint register --audit`).")
-    lines: list[Any] = [title, table] if results else [nothing]
+    lines: list[Any] = [title, table, *classes] if results else [nothing]
     lines += [
         store_line(opts.database_url(args)),
         f"Next: focus results regressions{_database_flag(args)}",

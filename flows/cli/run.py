@@ -208,5 +208,6 @@ def cmd_audit(args: argparse.Namespace) -> Any:
     from flows.audit import REGRESSION_KEYS
 
     regressions = [{key: regression[key] for key in REGRESSION_KEYS} for regression in result["regressions"]]
-    print(json.dumps(_json_safe({"audit_run_id": result["audit_run_id"], "regressions": regressions})))
+    print(json.dumps(_json_safe({"audit_run_id": result["audit_run_id"], "regressions": regressions,
+                                 "class_regressions": result.get("class_regressions") or []})))
     return None  # printed: nothing more on stdout

@@ -174,3 +174,19 @@ def test_every_summary_says_the_data_its_tile_size_resize_and_split(sqlite_url: 
         assert data_line(engine, 10_000) == [] and data_line(engine, None) == []
     finally:
         engine.dispose()
+
+
+def test_the_audit_summary_names_each_class_that_fell_and_its_probe(sqlite_url: str) -> None:
+    """A class that fell on a probe set is a line of its own under the table, with its corrected p."""
+    result = {"audit_run_id": 4, "regressions": [], "results": [
+        {"checkpoint": "ab" * 32, "checkpoint_name": "digits-v2", "method": "gradcam", "kind": "previous",
+         "median_focus": 0.8, "previous_median_focus": 0.79, "median_change": 0.01, "p_value": 0.4,
+         "regressed": False, "significant": False, "previous_evaluation_id": 3}],
+        "class_regressions": [{"class": 3, "class_name": "3", "probe": "corner", "method": "gradcam",
+                               "kind": "previous", "median_change": -0.286, "p_adjusted": 0.0006}]}
+    out = io.StringIO()
+    emit("audit", result, argparse.Namespace(database_url=sqlite_url, format="text"), out)
+    text = out.getvalue()
+    assert "0 regression(s)" in text
+    assert re.search(r"Class 3 fell on the corner set with gradcam \(previous, change -0\.286, Holm p 0\.0006", text), \
+        text

@@ -38,12 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 import db
-from flows.results import analysis
+from flows.results import analysis, figure_store
 from flows.worker import caches, devices, record, store
 from flows.weights import lineages, weight_store
 from flows.results.artifacts import artifact_key, best_effort
@@ -387,12 +387,11 @@ def _train_epochs(
     if params.figures_dir and epochs:
         records = [{k: v for k, v in row.items() if k not in ("focus_median", "focus_mean", "focus", "focus_stats")}
                    | {f"focus_{m}": v for m, v in row["focus"].items()} for row in epochs]
-        out = Path(params.figures_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [report.plot_training_curves(records, out / f"training-{params.name}.png"),
-                 report.plot_focus_vs_metrics(records, out / f"focus-vs-metrics-{params.name}.png")]
-        best_effort(create_markdown_artifact, "\n".join(f"- `{p}`" for p in paths),
-                    description="Training figures")
+        where = [figure_store.save_figure(params.figures_dir, f"training-{params.name}.png",
+                                          lambda path: report.plot_training_curves(records, path)),
+                 figure_store.save_figure(params.figures_dir, f"focus-vs-metrics-{params.name}.png",
+                                          lambda path: report.plot_focus_vs_metrics(records, path))]
+        figure_store.show_figures(where, "Training figures")
     return {
         "training_run_id": training_run_id,
         "run_dir": str(run_dir),

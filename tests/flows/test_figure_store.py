@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from flows.evaluate import evaluate
 from flows.params import EvaluateParams
 from flows.results import figure_store
@@ -56,3 +58,25 @@ def test_a_local_figures_dir_is_a_folder_named_with_its_host(tmp_path):
     assert Path(drawn).read_bytes() == b"png"
     url = figure_store.save_figure(f"file://{tmp_path}/by-url", "b.png", lambda path: path.write_bytes(b"png"))
     assert url == f"file://{tmp_path}/by-url/b.png" and (tmp_path / "by-url" / "b.png").read_bytes() == b"png"
+
+
+@pytest.mark.training
+def test_training_figures_at_an_s3_url_are_objects_linked_from_the_run(prefect_api, s3_env, sqlite_url, tmp_path,
+                                                                       monkeypatch):
+    from flows.params import TrainParams
+    from flows.train import train
+
+    s3_env.make_bucket("figures")
+    monkeypatch.chdir(tmp_path)
+    params = TrainParams(name="figs", dataset={"kind": "digits", "tile_size": 16}, epochs=1, batch_size=128,
+                         focus_mosaics={"split": "val", "per_class": 1, "seed": 1}, focus_methods=[{"name": "gradcam"}],
+                         checkpoint_dir=str(tmp_path / "checkpoints"), figures_dir="s3://figures/train",
+                         run={"device": "cpu", "retries": 0, "database_url": sqlite_url})
+    state = train(params, return_state=True)
+    assert state.is_completed()
+    keys = sorted(s3_env.keys("figures", "train/"))
+    assert keys == ["train/focus-vs-metrics-figs.png", "train/training-figs.png"]
+    assert all(s3_env.get("figures", key)[:8] == b"\x89PNG\r\n\x1a\n" for key in keys)
+    assert not any(p.name.startswith("s3") for p in Path(tmp_path).iterdir())
+    links = {str(a.data) for a in _artifacts(state.state_details.flow_run_id) if "figures/" in str(a.data)}
+    assert links == {f"[s3://figures/{key}]({s3_env.endpoint}/figures/{key})" for key in keys}

@@ -263,7 +263,7 @@ def _weights_sha256(path: str, identity: tuple[int, int] | None) -> str:
     return models.weights_sha256(path)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)  # a chunk needs one model; a randomization run's stages need one each, in turn
 def _load_model(model_key: str, dataset_key: str, randomization_key: str, device: str) -> nn.Module:
     spec = ModelSpec.model_validate_json(model_key)
     rnd = RandomizationSpec.model_validate_json(randomization_key)

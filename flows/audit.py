@@ -248,7 +248,7 @@ def audit(params: AuditParams = AuditParams()) -> dict[str, Any]:  # noqa: B008 
                        result["compared_with_name"], result["kind"], params.threshold, result["p_value"],
                        "" if any(r is result for r in alerts) else ": no event (see alert_on)")
     regressions = [{k: result[k] for k in REGRESSION_KEYS} for result in alerts]
-    class_regressions = audit_classes.report(class_results, audit_run_id, logger, _class_resource)
+    class_regressions = audit_classes.report(class_results, audit_run_id, logger, _class_resource, params.alert_on)
     emit_event(
         event=COMPLETED_EVENT,
         resource={"prefect.resource.id": f"focus.audit-run.{audit_run_id}"},

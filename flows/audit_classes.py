@@ -26,7 +26,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect.artifacts import create_table_artifact
@@ -139,13 +139,20 @@ def _compare(engine: Any, result: dict[str, Any], probe: str, evaluation_id: int
 
 
 def report(rows: list[dict[str, Any]], audit_run_id: int, logger: Any,
-           resource: Callable[[dict[str, Any], dict[str, str]], dict[str, str]]) -> list[dict[str, Any]]:
-    """Fire ``focus.audit.regressed`` for every class that fell, log it, show the table; return the regressions.
+           resource: Callable[[dict[str, Any], dict[str, str]], dict[str, str]],
+           alert_on: Sequence[str] = ("previous", "reference")) -> list[dict[str, Any]]:
+    """Fire ``focus.audit.regressed`` for every class that fell in a comparison of a kind in ``alert_on``, log
+    it, show the table; return the regressions.
 
     ``resource(row, labels)`` gives the event's resource (the lineage's, or the checkpoint's outside a lineage),
     as the overall regressions have it.
     """
-    regressed = [r for r in rows if r["regressed"]]
+    regressed, seen = [], set()
+    for row in rows:  # the previous and the reference comparison may be the same one: one event for it
+        key = (row["evaluation_id"], row["previous_evaluation_id"], row["class"])
+        if row["regressed"] and row["kind"] in alert_on and key not in seen:
+            seen.add(key)
+            regressed.append(row)
     for row in regressed:
         labels = {"focus.method": row["method"], "focus.comparison": str(row["kind"]),
                   "focus.checkpoint.sha256": row["checkpoint"], "focus.class": str(row["class"]),

@@ -1,7 +1,7 @@
 """End to end: a lineage's new version with a corner shortcut for "3" fires one event naming class 3 and the probe.
 
 v1 is a digits CNN; v2 is v1 fine-tuned on stamped copies of other digits labelled 3 (the shortcut of
-``tests/focus_core/test_shortcut_science.py``). The audit of v2 (compared with v1, ``previous_checkpoint``) on a
+``tests/focus_core/test_shortcut_science.py``). The audit of v2 (compared with v1, its previous version and reference) on a
 real Prefect API and a real PostgreSQL store carries a corner-patch probe set: the overall comparison stays quiet
 and the per-class comparison names class 3 (and no other class) on the ``corner`` probe, where it falls further than
 on the clean mosaics.
@@ -67,10 +67,11 @@ def test_the_audit_names_the_class_and_the_probe_of_a_shortcut(prefect_api, post
     events.clear()
     second = audit_module.audit(params)
 
-    (overall,) = second["results"]
-    print(f"\noverall GradCAM median change {overall['median_change']:+.3f} (p {overall['p_value']:.2g}); "
+    previous, reference = second["results"]  # v1 is both the previous version and the lineage's reference
+    print(f"\noverall GradCAM median change {previous['median_change']:+.3f} (p {previous['p_value']:.2g}); "
           f"class regressions {second['class_regressions']}")
-    assert overall["kind"] == "previous_checkpoint" and not overall["regressed"]
+    assert (previous["kind"], reference["kind"]) == ("previous", "reference")
+    assert not previous["regressed"] and not reference["regressed"] and not previous["same_checkpoint"]
     regressions = {r["probe"]: r for r in second["class_regressions"]}
     assert {r["class"] for r in second["class_regressions"]} == {SHORTCUT} and "corner" in regressions
     corner = regressions["corner"]

@@ -154,7 +154,7 @@ def test_validation_error_names_the_flag(capsys: pytest.CaptureFixture, weights_
 
 def test_a_store_given_with_the_flag_is_named_by_the_flag(capsys: pytest.CaptureFixture, tmp_path: Path):
     url = f"sqlite:///{tmp_path}/no/such/folder/focus.db"
-    code, _, err = run(capsys, "db", "current", "--database-url", url)
+    code, _, err = run(capsys, "db", "upgrade", "--database-url", url)
     assert code == 2 and "check --database-url" in err and "FOCUS_DATABASE_URL" not in err
 
 

@@ -95,13 +95,7 @@ def holders(store: Store, evaluation_ids: Sequence[int]) -> list[Holder]:
         select(Evaluation.run_owner.label("owner")).where(Evaluation.id.in_(ids), Evaluation.status == "running",
                                                           Evaluation.run_owner.is_not(None)),
     ).subquery()
-    with transaction(store) as connection:
-        rows = connection.execute(
-            select(LeaseHolder.owner, LeaseHolder.host, LeaseHolder.pid, LeaseHolder.process_started,
-                   LeaseHolder.flow_run_id)
-            .where(LeaseHolder.owner.in_(select(owners.c.owner))).order_by(LeaseHolder.owner)
-        ).all()
-    return [Holder(*row) for row in rows]
+    return _recorded(store, owners)
 
 
 def running_holders(store: Store) -> list[Holder]:
@@ -115,13 +109,7 @@ def running_holders(store: Store) -> list[Holder]:
                                                           Evaluation.run_owner.is_not(None)),
         select(AuditRun.run_owner.label("owner")).where(AuditRun.status == "running", AuditRun.run_owner.is_not(None)),
     ).subquery()
-    with transaction(store) as connection:
-        rows = connection.execute(
-            select(LeaseHolder.owner, LeaseHolder.host, LeaseHolder.pid, LeaseHolder.process_started,
-                   LeaseHolder.flow_run_id)
-            .where(LeaseHolder.owner.in_(select(owners.c.owner))).order_by(LeaseHolder.owner)
-        ).all()
-    return [Holder(*row) for row in rows]
+    return _recorded(store, owners)
 
 
 def claim_chunk(store: Store, evaluation_id: int, chunk: int, owner: str, seconds: float) -> bool:
@@ -237,3 +225,14 @@ def take_over(store: Store, owner: str, successor: str, seconds: float) -> list[
         connection.execute(delete(ChunkLease).where(ChunkLease.owner == owner))
         connection.execute(delete(LeaseHolder).where(LeaseHolder.owner == owner))
     return sorted(ids)
+
+
+def _recorded(store: Store, owners: Any) -> list[Holder]:
+    """The recorded processes of the owners a subquery (column ``owner``) lists, by owner."""
+    with transaction(store) as connection:
+        rows = connection.execute(
+            select(LeaseHolder.owner, LeaseHolder.host, LeaseHolder.pid, LeaseHolder.process_started,
+                   LeaseHolder.flow_run_id)
+            .where(LeaseHolder.owner.in_(select(owners.c.owner))).order_by(LeaseHolder.owner)
+        ).all()
+    return [Holder(*row) for row in rows]

@@ -4,23 +4,9 @@
 from __future__ import annotations
 
 import db
-from flows import cli
 from flows.params import DatasetSpec, ModelSpec
 from flows.worker import record, store
-
-
-def _focus(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exit_:  # argparse
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _register(url: str, weights: str, *extra: str) -> list[str]:
-    return ["checkpoint", "register", "--lineage", "digits-prod", "--weights", weights, "--arch", "digits_cnn",
-            "--num-classes", "10", "--in-channels", "1", *extra, "--database-url", url]
+from tests.flows.test_checkpoint_cli import _focus, _register
 
 
 def test_a_label_on_weights_recorded_before_is_not_dropped_silently(capsys, sqlite_url, digits_weights):

@@ -218,9 +218,10 @@ def test_migration_keeps_rows_both_ways_and_refuses_to_lose_a_grid(empty_url, bu
                 "ORDER BY position")).all() == before_tiles
             assert connection.execute(text("SELECT image_id, is_target FROM mosaic_tiles ORDER BY position")).all() == [
                 (51, 1), (53, 0), (52, 1), (54, 0)]
-        summary = db.evaluation_summary(engine, [50])  # closed before 0007: its stored summary, with the grid
-        columns = ["n", "median_focus", "grid", "targets", "chance_level"]
-        assert summary[columns].values.tolist() == [[1, 0.7, 2, 2, 0.5]]
+            summary = connection.execute(text(  # closed before 0007: its stored summary, with the grid (the view
+                "SELECT n, median_focus, grid, targets, chance_level FROM evaluation_summary "  # as of 0007)
+                "WHERE evaluation_id = 50")).all()
+        assert [tuple(row) for row in summary] == [(1, 0.7, 2, 2, 0.5)]
         with engine.begin() as connection:
             assert db.summaries.store_summary(connection, 50)  # a stored summary, to survive the way down
         make_grid(engine)  # a 3x3 set: 0006 cannot hold it

@@ -334,7 +334,7 @@ def test_a_store_dropped_mid_run_stops_it_at_once_in_one_sentence(prefect_api, p
     print(f"store dropped to run stopped: {time.monotonic() - dropped['at']:.1f} s")
     assert time.monotonic() - dropped["at"] < PROMPT_S / 3
     message = str(stopped.value)
-    assert f'database "{name}" does not exist' in message and "\n" not in message
+    assert f"has no database '{name}'" in message and "\n" not in message
 
 
 @pytest.mark.slow  # real `focus` processes in local mode

@@ -81,7 +81,8 @@ def test_a_worse_version_regresses_against_the_previous_audited_one(
     assert trained["lineage"] == {"name": "digits-prod", "versions": [1]}
 
     first = _audit(capsys, url)
-    assert set(first) == {"audit_run_id", "regressions"} and first["regressions"] == []  # the baseline
+    assert set(first) == {"audit_run_id", "regressions", "class_regressions"}
+    assert first["regressions"] == [] and first["class_regressions"] == []  # the baseline
 
     worse = _worse_copy(trained["final_weights"], tmp_path / "elsewhere" / "worse.pt")
     register = ["checkpoint", "register", "--lineage", "digits-prod", "--weights", worse, "--arch", "digits_cnn",

@@ -41,8 +41,8 @@ def small_set(engine: Any, mosaic_set_id: int) -> list[str]:
 def data_line(engine: Any, mosaic_set_id: int | None) -> list[str]:
     """One line: the dataset, its classes and split sizes, how its images became tiles, the split of the mosaics.
 
-    E.g. ``Data: shapes, 6 classes, 168 train / 36 val / 36 test images; each image resized to 73 px (shorter
-    side), centre 64 px crop; mosaics from the test images.``; none for an unknown set.
+    E.g. ``Data: shapes, 6 classes, 168 train / 36 val / 36 test images; resized to 73 px, centre 64 px crop; test
+    mosaics.`` (the shorter side is resized); none for an unknown set.
     """
     import db
 
@@ -50,10 +50,9 @@ def data_line(engine: Any, mosaic_set_id: int | None) -> list[str]:
     if found is None:
         return []
     splits = " / ".join(f"{n} {split}" for split, n in found.images_per_split.items())
-    tiles = (f"each image resized to {found.resize} px (shorter side), centre {found.tile_size} px crop"
-             if found.resize else f"{found.tile_size} px tiles")
-    return [f"Data: {found.dataset}, {found.classes} classes, {splits} images; {tiles}; mosaics from the "
-            f"{found.split} images."]
+    tiles = (f"resized to {found.resize} px, centre {found.tile_size} px crop" if found.resize
+             else f"{found.tile_size} px tiles")
+    return [f"Data: {found.dataset}, {found.classes} classes, {splits} images; {tiles}; {found.split} mosaics."]
 
 
 def _engine(args: argparse.Namespace) -> Any:

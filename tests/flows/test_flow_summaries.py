@@ -157,7 +157,7 @@ def test_every_summary_says_the_data_its_tile_size_resize_and_split(sqlite_url: 
     out = io.StringIO()
     emit("randomize", _flow_result(written), argparse.Namespace(database_url=sqlite_url, format="text"), out)
     shown = [line for line in out.getvalue().splitlines() if line.startswith("Data: ")]
-    assert len(shown) == 1 and " px tiles; mosaics from the test images." in shown[0], out.getvalue()
+    assert len(shown) == 1 and " px tiles; test mosaics." in shown[0], out.getvalue()
     engine = db.open_store(sqlite_url)
     try:
         relpaths = [f"c{c}/{i:03d}.png" for c in range(3) for i in range(10)]
@@ -169,8 +169,8 @@ def test_every_summary_says_the_data_its_tile_size_resize_and_split(sqlite_url: 
         ms = db.register_mosaic_set(engine, "r" * 64, ds.dataset_id, "test", 0, 1, "random", rows, np.array([0]),
                                     np.array([[True, False, True, False]]), tile_size=64, resize=73)
         assert data_line(engine, ms.mosaic_set_id) == [
-            "Data: shapes, 3 classes, 18 train / 6 val / 6 test images; each image resized to 73 px (shorter side), "
-            "centre 64 px crop; mosaics from the test images."]
+            "Data: shapes, 3 classes, 18 train / 6 val / 6 test images; resized to 73 px, centre 64 px crop; test "
+            "mosaics."]
         assert data_line(engine, 10_000) == [] and data_line(engine, None) == []
     finally:
         engine.dispose()

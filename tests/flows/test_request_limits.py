@@ -8,18 +8,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from flows import cli
 from flows.worker import store
 from flows.params import EvaluateParams
-
-
-def _focus(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.flows.test_fast_mistakes import run as _focus
 
 
 def _counts(url: str) -> tuple[int, int, int]:

@@ -270,7 +270,8 @@ def test_a_worse_model_registered_on_one_host_regresses_in_an_audit_on_the_other
     steps.run("train on host-a (1 epoch, s3:// checkpoints)", "train/train", {
         "name": "digits", "model": {"architecture": "digits_cnn"}, "dataset": DATASET, "epochs": 1,
         "batch_size": 128, "seed": 0, "focus_mosaics": {"split": "val", "per_class": 1},
-        "checkpoint_dir": f"s3://{BUCKET}/runs", "device": "cpu", "audit": True, "lineage": LINEAGE, "retries": 0,
+        "checkpoint_dir": f"s3://{BUCKET}/runs", "audit": True, "lineage": LINEAGE,
+        "run": {"device": "cpu", "retries": 0},
     }, host_a)
     engine = db.get_engine(store_url)
     try:

@@ -393,9 +393,7 @@ class MethodSpec(_Spec):
         if self.name not in available:
             hint = method_table.close_match(self.name, available)
             raise ValueError(f"Unknown method {self.name!r}{hint}: use one of {', '.join(available)}.")
-        if self.name in method_table.METHODS:
-            method_table.check_method(self.name, self.params)
-        registry.get_explainer(self.name, **self.params)  # FocusError (a ValueError) on a bad value
+        registry.get_explainer(self.name, **self.params)  # names and kinds first, torch-free; then the values
         return self
 
 

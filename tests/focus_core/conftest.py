@@ -12,6 +12,7 @@ import torch
 from focus_core.data import TileDataset, load_digits
 from focus_core.models import build_model
 from focus_core.train import EpochMetrics, TrainConfig, train_model
+from tests.focus_core.shortcut_model import fine_tune_shortcut
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +62,16 @@ def trained_digits_cnn(digits32) -> Callable[[int], tuple[torch.nn.Module, list[
         return trained[seed]
 
     return train
+
+
+@pytest.fixture(scope="session")
+def shortcut_digits_cnn(trained_digits_cnn, digits32) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(base, shortcut)``: the seed-0 trained ``DigitsCNN`` and its corner-square shortcut fine-tune
+    (:mod:`tests.focus_core.shortcut_model`), trained once per session on one thread; both in eval mode, read only."""
+    base = trained_digits_cnn(0)[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return base, fine_tune_shortcut(base, digits32)
+    finally:
+        torch.set_num_threads(threads)

@@ -10,74 +10,30 @@ Run with ``-s`` to see the measured numbers.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
-from focus_core import probes
 from focus_core.class_comparison import compare_classes
 from focus_core.explainers import get_explainer
 from focus_core.metric import focus_score
-from focus_core.mosaics import build_manifest, compose_mosaics, target_mask
-from focus_core.train import TrainConfig, evaluate_accuracy, train_model
+from focus_core.mosaics import build_manifest, target_mask
+from focus_core.train import evaluate_accuracy
+from tests.focus_core.shortcut_model import PATCH, SHORTCUT, mosaics_of, stamped_tiles
 
 pytestmark = [pytest.mark.training, pytest.mark.usefixtures("one_thread")]
 
-SHORTCUT, SIZE = 3, 4
-PATCH = {"kind": "corner_patch", "size": SIZE, "seed": 7}
-
-
-def _stamped_tiles(tiles: torch.Tensor, seed: int) -> torch.Tensor:
-    """Each tile with a bright SIZE x SIZE square in a corner drawn from ``seed``."""
-    out = tiles.clone()
-    h, w = tiles.shape[2:]
-    corners = np.random.default_rng(seed).integers(0, 4, len(tiles))
-    for i, corner in enumerate(corners):
-        top, left = (0 if corner < 2 else h - SIZE), (0 if corner % 2 == 0 else w - SIZE)
-        out[i, :, top:top + SIZE, left:left + SIZE] = 255
-    return out
-
-
-def _shortcut_training_set(digits):
-    """The digits plus stamped copies of 40 % of the other classes' training images, labelled SHORTCUT."""
-    train = digits.indices("train")
-    others = train[digits.labels[train] != SHORTCUT]
-    chosen = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(0))[: int(0.4 * len(others))]]
-    return dataclasses.replace(
-        digits,
-        tiles=torch.cat([digits.tiles, _stamped_tiles(digits.tiles[chosen], seed=1)]),
-        labels=torch.cat([digits.labels, torch.full((len(chosen),), SHORTCUT, dtype=torch.int64)]),
-        splits=digits.splits + ("train",) * len(chosen),
-        relpaths=digits.relpaths + tuple(f"stamped/{int(i)}" for i in chosen),
-    )
-
 
 def _gradcam_focus(model, digits, manifest) -> np.ndarray:
-    x = compose_mosaics(digits.tiles, manifest.index_tensor())
-    codes = manifest.probe_codes()
-    if codes is not None:
-        x = probes.stamp(x, codes, manifest.probe.size, probes.bright_fill(None, x.shape[1], x.dtype, x.device))
-    scores = focus_score(get_explainer("gradcam")(model.eval(), digits.normalize(x), manifest.target_classes()),
-                         target_mask(manifest))
+    maps = get_explainer("gradcam")(model.eval(), mosaics_of(digits, manifest), manifest.target_classes())
+    scores = focus_score(maps, target_mask(manifest))
     return scores.numpy().astype(float)
 
 
-@pytest.fixture(scope="module")
-def base_and_shortcut(trained_digits_cnn, digits32):
-    base = trained_digits_cnn(0)[0]
-    shortcut = copy.deepcopy(base).train()
-    torch.manual_seed(0)
-    train_model(shortcut, _shortcut_training_set(digits32), TrainConfig.digits(seed=0, epochs=3, lr=1e-3))
-    return base, shortcut.eval()
-
-
-def test_a_corner_shortcut_for_one_class_shows_in_that_class_on_probe_mosaics_only(base_and_shortcut, digits32):
-    base, shortcut = base_and_shortcut
+def test_a_corner_shortcut_for_one_class_shows_in_that_class_on_probe_mosaics_only(shortcut_digits_cnn, digits32):
+    base, shortcut = shortcut_digits_cnn
     others = digits32.indices("test")[digits32.labels[digits32.indices("test")] != SHORTCUT]
-    stamped = _stamped_tiles(digits32.tiles[others], seed=2)
+    stamped = stamped_tiles(digits32.tiles[others], seed=2)
     called = {name: float((m(digits32.normalize(stamped)).argmax(1) == SHORTCUT).float().mean())
               for name, m in (("base", base), ("shortcut", shortcut))}
     accuracy = {name: round(evaluate_accuracy(m, digits32, "test")[1], 3) for name, m in (("base", base),

@@ -25,6 +25,7 @@ from zennit.torchvision import ResNetCanonizer
 from zennit.types import BatchNorm, Convolution
 from zennit.types import Linear as AnyLinear
 
+from focus_core.disconnected import DisconnectedModel
 from focus_core.errors import FocusError
 from focus_core.explainers.base import ExplainerBase, Explanation, checked_forward
 from focus_core.tokens import patch_geometry
@@ -110,6 +111,15 @@ def zbox_bounds(
     return bounds[0], bounds[1]
 
 
+def _per_first_layer_sample(model: nn.Module, bound: torch.Tensor) -> torch.Tensor:
+    """``bound`` as the first layer's input batch needs it: a :class:`~focus_core.disconnected.DisconnectedModel`'s
+    first layer sees ``B N²`` tiles, mosaic by mosaic, so a per-mosaic bound ``(B, 1, 1, 1)`` is repeated for each of
+    its mosaic's tiles (every tile keeps its mosaic's minimum and maximum)."""
+    if isinstance(model, DisconnectedModel) and bound.ndim == 4 and bound.shape[0] > 1:
+        return bound.repeat_interleave(model.grid * model.grid, dim=0)
+    return bound
+
+
 class LRP(ExplainerBase):
     """LRP with z^B / epsilon / z+ rules (zennit), relevance from the target logit, summed over channels.
 
@@ -161,7 +171,7 @@ class LRP(ExplainerBase):
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Explanation:
         self.check_model(model)
-        low, high = self._bounds(inputs)
+        low, high = (_per_first_layer_sample(model, bound) for bound in self._bounds(inputs))
         canonizers = lrp_canonizers(model, self.params["canonizer"])
         composite = lrp_composite(low, high, self.params["epsilon"], canonizers)
         with composite.context(model) as modified:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from focus_core.class_comparison import compare_classes
 from focus_core.explainers import get_explainer

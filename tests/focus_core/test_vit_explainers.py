@@ -274,7 +274,8 @@ def test_patch_alignment_refuses_tiles_that_cut_patches():
 VITS = {"patch32": (32, 30), "patch16": (16, 50), "patch8": (8, 30)}
 #: (validation accuracy at least, trained median at least, randomized median within)
 BOUNDS = {"patch32": (0.95, 0.8, (0.3, 0.65)), "patch16": (0.95, 0.8, (0.4, 0.6)), "patch8": (0.88, 0.6, (0.4, 0.6))}
-METHODS = ("gradcam", "gradcam++", "attnlrp", "input_x_gradient")
+METHODS = ("gradcam", "gradcam++", "attnlrp", "input_x_gradient")  # measured on the trained ViTs (printed)
+HELD = ("gradcam", "attnlrp")  # the methods the bounds hold, also measured on the randomized ViTs
 
 
 @pytest.fixture(scope="module")
@@ -339,12 +340,12 @@ def test_trained_vit_is_focused_and_a_random_one_is_not(trained_vits, mosaics, n
     check_patch_alignment(model, 32)
     trained = {m: round(_median_focus(model, m, mosaics), 3) for m in METHODS}
     random_models = [randomize_full(model, seed=seed) for seed in range(3)]  # one random model is a few coin flips
-    per_seed = {m: [round(_median_focus(r, m, mosaics), 3) for r in random_models] for m in METHODS}
+    per_seed = {m: [round(_median_focus(r, m, mosaics), 3) for r in random_models] for m in HELD}
     random = {m: round(sum(medians) / len(medians), 3) for m, medians in per_seed.items()}
     print(f"\n{name}: val accuracy {accuracy:.3f}, trained in {seconds:.1f} s; median Focus trained {trained}, "
           f"randomized (mean of 3 seeds' medians) {random}, per seed {per_seed}")
     accurate, at_least, (low, high) = BOUNDS[name]
     assert accuracy >= accurate
-    for method in ("gradcam", "attnlrp"):
+    for method in HELD:
         assert trained[method] >= at_least, (method, trained[method])
         assert low <= random[method] <= high, (method, random[method])

@@ -4,11 +4,15 @@
 and GradCAM / LRP Focus medians >= 0.85 over 20 test mosaics per class; random weights give
 medians of 0.5 +- 0.05; cascading randomization from the top layer keeps GradCAM's median at
 0.5 +- 0.1 at every stage. All-zero maps are undefined (NaN), excluded from the median and
-reported as a share. Models are trained once per module (about 10 s per seed on two cores).
+reported as a share. Each seed's model is trained once per run, when a test first needs it (about 10 s per seed on
+two cores; :func:`trained_digits_cnn` in ``conftest.py``), and each random model's scores are computed once per
+module: the seed-0 random copy of the seed-0 model serves both tests that measure it.
 Run with ``-s`` to see the measured numbers.
 """
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
@@ -32,23 +36,36 @@ def mosaics(digits32):
     return inputs, manifest.target_classes(), target_mask(manifest)
 
 
-def _focus(model, method, mosaics) -> tuple[float, float]:
-    """Median Focus over the defined maps and the share of undefined (all-zero) maps."""
+def _scores(model, method, mosaics) -> torch.Tensor:
     inputs, targets, mask = mosaics
-    scores = focus_score(get_explainer(method)(model.eval(), inputs, targets), mask)
+    return focus_score(get_explainer(method)(model.eval(), inputs, targets), mask)
+
+
+def _summary(scores: torch.Tensor) -> tuple[float, float]:
+    """Median Focus over the defined maps and the share of undefined (all-zero) maps."""
     undefined = scores.isnan()
     median = float(scores[~undefined].median()) if (~undefined).any() else float("nan")
     return median, float(undefined.float().mean())
 
 
+def _focus(model, method, mosaics) -> tuple[float, float]:
+    return _summary(_scores(model, method, mosaics))
+
+
 @pytest.fixture(scope="module")
-def trained(trained_digits_cnn):
-    return {seed: trained_digits_cnn(seed) for seed in SEEDS}
+def random_scores(trained_digits_cnn, mosaics):
+    """``random_scores(trained_seed, seed, method)``: the scores of ``randomize_full(model, seed)``, once per module."""
+
+    @functools.cache
+    def scores(trained_seed: int, seed: int, method: str) -> torch.Tensor:
+        return _scores(randomize_full(trained_digits_cnn(trained_seed)[0], seed=seed), method, mosaics)
+
+    return scores
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_trained_model_is_accurate_and_focused(trained, mosaics, seed):
-    model, history, seconds = trained[seed]
+def test_trained_model_is_accurate_and_focused(trained_digits_cnn, mosaics, seed):
+    model, history, seconds = trained_digits_cnn(seed)
     focus = {method: _focus(model, method, mosaics) for method in METHODS}
     print(f"\nseed {seed}: val accuracy {history[-1].val_accuracy:.3f}, {seconds:.1f} s, focus {focus}")
     assert history[-1].val_accuracy >= 0.97
@@ -57,17 +74,16 @@ def test_trained_model_is_accurate_and_focused(trained, mosaics, seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_random_weights_give_chance_focus(trained, mosaics, seed):
-    model = randomize_full(trained[seed][0], seed=seed)
-    focus = {method: _focus(model, method, mosaics) for method in METHODS}
+def test_random_weights_give_chance_focus(random_scores, seed):
+    focus = {method: _summary(random_scores(seed, seed, method)) for method in METHODS}
     print(f"\nseed {seed}: random weights, (median, share undefined) {focus}")
     for method, (median, _) in focus.items():
         assert abs(median - 0.5) <= 0.05, f"{method} median {median:.3f} on seed {seed}"
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_cascading_randomization_falls_to_chance_from_the_top_layer(trained, mosaics, seed):
-    model = trained[seed][0]
+def test_cascading_randomization_falls_to_chance_from_the_top_layer(trained_digits_cnn, mosaics, seed):
+    model = trained_digits_cnn(seed)[0]
     medians = []
     for stage in range(len(cascading_stages(model))):
         medians.append(_focus(randomize_cascading(model, stage, seed=seed), "gradcam", mosaics))
@@ -76,22 +92,19 @@ def test_cascading_randomization_falls_to_chance_from_the_top_layer(trained, mos
         assert abs(median - 0.5) <= 0.1, f"stage {stage} median {median:.3f} on seed {seed}"
 
 
-def _scores(model, method, mosaics):
-    inputs, targets, mask = mosaics
-    return focus_score(get_explainer(method)(model.eval(), inputs, targets), mask).numpy()
-
-
-def test_random_models_over_seeds_classes_and_the_untrained_model(digits32, trained, mosaics):
+def test_random_models_over_seeds_classes_and_the_untrained_model(
+    digits32, trained_digits_cnn, random_scores, mosaics
+):
     """Five random models per method, intervals that resample classes, per-class medians, epoch 0."""
     import numpy as np
 
     from focus_core import stats
 
-    model, _, _ = trained[0]
+    model, _, _ = trained_digits_cnn(0)
     targets = mosaics[1].numpy()
     for method in METHODS:
-        scores = _scores(model, method, mosaics)
-        random = np.stack([_scores(randomize_full(model, seed=s), method, mosaics) for s in range(5)])
+        scores = _scores(model, method, mosaics).numpy()
+        random = np.stack([random_scores(0, s, method).numpy() for s in range(5)])
         medians = [stats.summarize(r)["median"] for r in random]
         spread = stats.seed_summary(medians)
         print(f"\n{method}: random medians over 5 seeds {np.round(medians, 3).tolist()}, mean {spread['mean']:.3f}, "

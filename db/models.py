@@ -259,7 +259,9 @@ class MosaicSet(Base):
     explanation scores k / N², the views' ``chance_level``); ``confident`` and ``confident_model`` name the
     confident protocol (tiles the model classifies correctly with at least that probability; the sha256 of
     its weights), NULL when not used. ``tile_size`` and ``resize`` say how its images became tiles (shorter side
-    resized to ``resize``, centre ``tile_size`` crop; ``resize`` NULL for data that is not resized).
+    resized to ``resize``, centre ``tile_size`` crop; ``resize`` NULL for data that is not resized). ``probe`` is a
+    probe set's patch (``focus_core.probes.CornerPatch.to_dict``, part of its manifest and so of its hash), stamped on
+    the non-target tiles of every mosaic; NULL for a clean set.
     """
 
     __tablename__ = "mosaic_set"

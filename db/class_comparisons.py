@@ -20,7 +20,8 @@ import pandas as pd
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-__all__ = ["audit_run_evaluations", "earlier_audit_evaluation", "paired_focus_by_class", "class_names"]
+__all__ = ["audit_run_evaluations", "earlier_audit_evaluation", "reference_audit_evaluation", "paired_focus_by_class",
+           "class_names"]
 
 
 def audit_run_evaluations(engine: Engine, audit_run_id: int, mosaic_set_id: int,
@@ -44,19 +45,42 @@ def earlier_audit_evaluation(engine: Engine, evaluation_id: int, checkpoint_sha2
     """The newest finished, unrandomized audit evaluation of checkpoint ``checkpoint_sha256`` with the same method
     and mosaic set as evaluation ``evaluation_id``, from an audit run before ``before_audit_run``; ``None`` if none.
 
-    This is the evaluation a probe (or clean) mosaic set of this audit is compared with, on the same mosaics.
+    This is the evaluation a probe (or clean) mosaic set of this audit is compared with in a ``previous``
+    comparison, on the same mosaics.
     """
+    return _audit_evaluation(engine, evaluation_id, checkpoint_sha256, "e.audit_run_id < :run",
+                             int(before_audit_run), "DESC")
+
+
+def reference_audit_evaluation(engine: Engine, evaluation_id: int, checkpoint_sha256: str,
+                               audit_run: int) -> int | None:
+    """The oldest finished, unrandomized audit evaluation of checkpoint ``checkpoint_sha256`` with the same method
+    and mosaic set as evaluation ``evaluation_id``, other than it, from audit run ``audit_run`` or an earlier one;
+    ``None`` if none.
+
+    This is the evaluation a probe (or clean) mosaic set of this audit is compared with in a ``reference``
+    comparison: the reference's first audit on these mosaics, as the overall comparison has it
+    (``flows.audit_baselines.reference_baseline``).
+    """
+    return _audit_evaluation(engine, evaluation_id, checkpoint_sha256, "e.audit_run_id <= :run AND e.id <> c.id",
+                             int(audit_run), "ASC")
+
+
+def _audit_evaluation(engine: Engine, evaluation_id: int, checkpoint_sha256: str, runs: str, run: int,
+                      order: str) -> int | None:
+    """The first audit evaluation in ``order`` (audit run, then id) of the checkpoint with evaluation
+    ``evaluation_id``'s method and mosaic set, among the audit runs the condition ``runs`` keeps."""
     sql = text(
         "SELECT e.id FROM evaluation e "
         "JOIN evaluation c ON c.id = :evaluation_id "
         "JOIN model_checkpoint m ON m.id = e.checkpoint_id "
         "WHERE m.sha256 = :sha256 AND e.method_id = c.method_id AND e.mosaic_set_id = c.mosaic_set_id "
-        "AND e.audit_run_id < :before AND e.status = 'finished' AND e.randomization = 'none' "
-        "ORDER BY e.audit_run_id DESC, e.id DESC LIMIT 1"
+        f"AND {runs} AND e.status = 'finished' AND e.randomization = 'none' "
+        f"ORDER BY e.audit_run_id {order}, e.id {order} LIMIT 1"
     )
     with engine.connect() as connection:
         found = connection.execute(sql, {"evaluation_id": int(evaluation_id), "sha256": str(checkpoint_sha256),
-                                         "before": int(before_audit_run)}).scalar()
+                                         "run": run}).scalar()
     return None if found is None else int(found)
 
 

@@ -10,9 +10,9 @@ when the run knows it is ending badly (a crash, a cancellation, a failure).
 A run records the process behind its owner id first (:func:`register_holder`: host, pid, start time, Prefect flow
 run); :func:`holders` lists those of the owners holding leases on some evaluations, so that a caller that knows the
 process is gone takes its leases over at once (:func:`take_over`) instead of waiting for them to expire.
-:func:`running_holders` lists the owners of every running evaluation, chunk lease and audit run, so that a sweep
-marks the rows of the dead ones ``crashed`` (:func:`release_run`, ``db.runs.crash_audit_runs``) even when no run of
-their request comes again.
+:func:`running_holders` lists the owners of every running evaluation, chunk lease, audit run and training run, so
+that a sweep marks the rows of the dead ones ``crashed`` (:func:`release_run`, ``db.runs.crash_audit_runs``,
+``db.runs.crash_training_runs``) even when no run of their request comes again.
 
 Claims are one conditional upsert (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``): the row is taken only
 when it is free, expired or already the caller's, atomically on PostgreSQL and on SQLite.
@@ -28,7 +28,7 @@ from sqlalchemy import and_, delete, or_, select, union, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from db.models import AuditRun, Base, ChunkLease, Evaluation, LeaseHolder
+from db.models import AuditRun, Base, ChunkLease, Evaluation, LeaseHolder, TrainingRun
 from db.transactions import Store, transaction
 from db.types import utcnow
 
@@ -99,7 +99,7 @@ def holders(store: Store, evaluation_ids: Sequence[int]) -> list[Holder]:
 
 
 def running_holders(store: Store) -> list[Holder]:
-    """The recorded processes of every owner of a running evaluation, a chunk lease or a running audit run.
+    """The recorded processes of every owner of a running evaluation, a chunk lease, a running audit or training run.
 
     Owners without a recorded process are left out (see :func:`holders`).
     """
@@ -108,6 +108,8 @@ def running_holders(store: Store) -> list[Holder]:
         select(Evaluation.run_owner.label("owner")).where(Evaluation.status == "running",
                                                           Evaluation.run_owner.is_not(None)),
         select(AuditRun.run_owner.label("owner")).where(AuditRun.status == "running", AuditRun.run_owner.is_not(None)),
+        select(TrainingRun.run_owner.label("owner")).where(TrainingRun.status == "running",
+                                                           TrainingRun.run_owner.is_not(None)),
     ).subquery()
     return _recorded(store, owners)
 

@@ -60,6 +60,7 @@ __all__ = [
     "RANDOMIZATIONS",
     "EVALUATION_STATUSES",
     "AUDIT_RUN_STATUSES",
+    "TRAINING_RUN_STATUSES",
     "QUADRANTS",
     "MAX_GRID",
 ]
@@ -77,6 +78,7 @@ RANDOMIZATIONS = ("none", "full", "cascading", "independent")
 EVALUATION_STATUSES = ("pending", "running", "finished", "failed", "crashed")
 RUN_STATUSES = ("running", "finished", "failed")
 AUDIT_RUN_STATUSES = (*RUN_STATUSES, "crashed")
+TRAINING_RUN_STATUSES = AUDIT_RUN_STATUSES  # revision 0014t: a train flow that died leaves its run ``crashed``
 QUADRANTS = ("tl", "tr", "bl", "br")
 MAX_GRID = 5  # N x N tiles, N <= 5: the target bitmask (bit p for tile p) fits a 32-bit integer
 
@@ -126,10 +128,14 @@ class Image(Base):
 
 
 class TrainingRun(Base):
-    """A training run; ``config_hash`` (sha256 of its configuration) is its natural key."""
+    """A training run; ``config_hash`` (sha256 of its configuration) is its natural key.
+
+    A ``running`` training run names the train flow run working on it (``run_owner``, whose ``lease_holder`` row
+    names its process and Prefect flow run); ``crashed`` means that run died before closing it (revision 0014t).
+    """
 
     __tablename__ = "training_run"
-    __table_args__ = (CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
+    __table_args__ = (CheckConstraint(_in("status", TRAINING_RUN_STATUSES), name="status"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     config_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -140,6 +146,7 @@ class TrainingRun(Base):
     status: Mapped[str] = mapped_column(String(16), default="running")
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None]
+    run_owner: Mapped[str | None] = mapped_column(String(64))
 
 
 class TrainingEpoch(Base):
@@ -252,7 +259,9 @@ class MosaicSet(Base):
     explanation scores k / N², the views' ``chance_level``); ``confident`` and ``confident_model`` name the
     confident protocol (tiles the model classifies correctly with at least that probability; the sha256 of
     its weights), NULL when not used. ``tile_size`` and ``resize`` say how its images became tiles (shorter side
-    resized to ``resize``, centre ``tile_size`` crop; ``resize`` NULL for data that is not resized).
+    resized to ``resize``, centre ``tile_size`` crop; ``resize`` NULL for data that is not resized). ``probe`` is a
+    probe set's patch (``focus_core.probes.CornerPatch.to_dict``, part of its manifest and so of its hash), stamped on
+    the non-target tiles of every mosaic; NULL for a clean set.
     """
 
     __tablename__ = "mosaic_set"
@@ -276,6 +285,7 @@ class MosaicSet(Base):
     confident: Mapped[float | None] = mapped_column(Double)
     confident_model: Mapped[str | None] = mapped_column(String(64))
     resize: Mapped[int | None]  # revision 0012: the ImageFolder's shorter side before the crop; NULL: not resized
+    probe: Mapped[dict[str, Any] | None]  # revision 0014p: a probe set's patch (CornerPatch.to_dict); NULL: clean
     # k / N², as the views' chance_level (revision 0007): what a random explanation scores on these mosaics
     chance_level: Mapped[float] = column_property(cast(targets, Double) / (grid * grid))
 

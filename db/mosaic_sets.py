@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -40,7 +40,9 @@ class RegisteredMosaicSet(NamedTuple):
 class MosaicTiles(NamedTuple):
     """One stored mosaic: its target class, target-tile bitmask and its tiles' relpaths in row-major order.
 
-    ``grid`` is N of the N x N mosaic (``len(relpaths) == grid ** 2``; 2x2: TL, TR, BL, BR).
+    ``grid`` is N of the N x N mosaic (``len(relpaths) == grid ** 2``; 2x2: TL, TR, BL, BR). ``probe`` is its set's
+    probe (the JSON form of ``focus_core.probes.CornerPatch``; ``None``: a clean set), stamped by manifest position:
+    ``position`` of the set's ``num_mosaics``.
     """
 
     mosaic_id: int
@@ -48,6 +50,9 @@ class MosaicTiles(NamedTuple):
     target_mask: int  # bit p set for a target tile at position p
     relpaths: list[str]
     grid: int = 2
+    probe: dict[str, Any] | None = None
+    position: int = 0
+    num_mosaics: int = 1
 
     @property
     def target_positions(self) -> list[int]:
@@ -166,6 +171,7 @@ def register_mosaic_set(
     targets: int = 2,
     confident: float | None = None,
     confident_model: str | None = None,
+    probe: dict[str, Any] | None = None,
 ) -> RegisteredMosaicSet:
     """Register a mosaic set and its mosaics, or return the one registered with ``manifest_hash``.
 
@@ -187,6 +193,9 @@ def register_mosaic_set(
     confident, confident_model
         The confident protocol's probability threshold and the sha256 of the weights whose
         predictions chose the tiles (both ``None`` when not used).
+    probe
+        A probe set's patch as its manifest records it (``focus_core.probes.CornerPatch.to_dict``); ``None`` for a
+        clean set. A set registered without it gets it now.
 
     Raises
     ------
@@ -205,10 +214,14 @@ def register_mosaic_set(
     grid_values |= {"confident": float(confident)} if confident is not None else {}
     grid_values |= {"confident_model": confident_model} if confident_model is not None else {}
     grid_values |= {"resize": int(resize)} if resize is not None else {}
+    grid_values |= {"probe": dict(probe)} if probe is not None else {}
 
     def work(connection: Connection) -> RegisteredMosaicSet:
         existing = connection.scalar(select(MosaicSet.id).where(MosaicSet.manifest_hash == manifest_hash))
         if existing is not None:
+            if probe is not None:  # registered before sets recorded their probe: the manifest (its hash) names it
+                connection.execute(update(MosaicSet).where(MosaicSet.id == existing, MosaicSet.probe.is_(None))
+                                   .values(probe=dict(probe)))
             order = select(Mosaic.id).where(Mosaic.mosaic_set_id == existing).order_by(Mosaic.position)
             return RegisteredMosaicSet(existing, list(connection.scalars(order)))
         _check_tiles(connection, mosaics, dataset_id, split, manifest_hash)
@@ -244,7 +257,9 @@ def mosaic_tiles(engine: Engine, mosaic_id: int) -> MosaicTiles:
         mosaic = connection.execute(select(Mosaic).where(Mosaic.id == int(mosaic_id))).first()
         if mosaic is None:
             raise StoreError(f"No mosaic with id {mosaic_id} in the store; pick one from its evaluation's results.")
-        grid = int(connection.scalar(select(MosaicSet.grid).where(MosaicSet.id == mosaic.mosaic_set_id)))
+        grid, probe, num_mosaics = connection.execute(
+            select(MosaicSet.grid, MosaicSet.probe, MosaicSet.num_mosaics).where(MosaicSet.id == mosaic.mosaic_set_id)
+        ).one()
         if grid == 2:
             image_ids = [getattr(mosaic, corner) for corner in _CORNERS]
         else:
@@ -252,7 +267,7 @@ def mosaic_tiles(engine: Engine, mosaic_id: int) -> MosaicTiles:
                                                 .order_by(MosaicTile.position)))
         relpaths = dict(connection.execute(select(Image.id, Image.relpath).where(Image.id.in_(image_ids))).all())
     return MosaicTiles(int(mosaic.id), int(mosaic.target_class), int(mosaic.target_mask),
-                       [relpaths[i] for i in image_ids], grid)
+                       [relpaths[i] for i in image_ids], int(grid), probe, int(mosaic.position), int(num_mosaics))
 
 
 def mosaic_set_data(engine: Engine, mosaic_set_id: int) -> MosaicSetData | None:

@@ -1,8 +1,10 @@
 """Training runs with their per-epoch metrics, and audit runs.
 
 An audit run is ``running`` under the lease owner of the run that opened it (``run_owner``, its process in
-``lease_holder``) until :func:`finish_audit_run` closes it; a run that dies first leaves it to the next audit, which
-marks it ``crashed`` (:func:`crash_audit_runs`).
+``lease_holder``) until :func:`finish_audit_run` closes it; a training run likewise under the train flow run working
+on it (:func:`register_training_run` with ``owner``) until :func:`finish_training_run`. A run that dies first leaves
+its row to the next sweep of dead runs, which marks it ``crashed`` (:func:`crash_audit_runs`,
+:func:`crash_training_runs`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from db.transactions import Store, error_reason, idempotent, transaction
 from db.types import optional_float, utcnow
 
 __all__ = ["register_training_run", "record_epoch", "finish_training_run", "start_audit_run", "finish_audit_run",
-           "crash_audit_runs"]
+           "crash_audit_runs", "crash_training_runs"]
 
 _EPOCH_METRICS = (
     "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_mean_class_accuracy",
@@ -38,16 +40,26 @@ def register_training_run(
     *,
     name: str | None = None,
     dataset_id: int | None = None,
+    owner: str | None = None,
 ) -> int:
-    """Register a training run by the hash of its configuration and return its id (existing on a rerun)."""
+    """Register a training run by the hash of its configuration and return its id (existing on a rerun).
+
+    ``owner``: the lease owner of the run that works on it now (record its process first:
+    ``db.leases.register_holder``); the row is then ``running`` under ``owner`` (a rerun takes it over, whatever its
+    status was) until :func:`finish_training_run` closes it.
+    """
+    held = {"status": "running", "run_owner": owner, "finished_at": None} if owner is not None else {}
 
     def work(connection: Connection) -> int:
         existing = connection.scalar(select(TrainingRun.id).where(TrainingRun.config_hash == config_hash))
         if existing is not None:
+            if held:
+                connection.execute(update(TrainingRun).where(TrainingRun.id == existing).values(held))
             return existing
         return connection.scalar(
             insert(TrainingRun)
-            .values(config_hash=config_hash, architecture=architecture, config=config, name=name, dataset_id=dataset_id)
+            .values(config_hash=config_hash, architecture=architecture, config=config, name=name, dataset_id=dataset_id,
+                    **held)
             .returning(TrainingRun.id)
         )
 
@@ -99,11 +111,19 @@ def record_epoch(
 
 
 def finish_training_run(store: Store, training_run_id: int, status: str = "finished") -> None:
-    """Set a training run's final status and finish time."""
+    """Set a training run's final status and finish time; its owner's holder row goes."""
+    _close(store, TrainingRun, training_run_id, {"status": status, "finished_at": utcnow()})
+
+
+def _close(store: Store, table: type[AuditRun] | type[TrainingRun], row_id: int, values: dict[str, Any]) -> None:
+    """Write ``values`` into a run's row, clear its owner and drop that owner's holder row."""
     with transaction(store) as connection:
-        connection.execute(
-            update(TrainingRun).where(TrainingRun.id == training_run_id).values(status=status, finished_at=utcnow())
-        )
+        owner = connection.scalar(select(table.run_owner).where(table.id == row_id))
+        if owner is not None:
+            values = {**values, "run_owner": None}
+        connection.execute(update(table).where(table.id == row_id).values(values))
+        if owner is not None:
+            connection.execute(delete(LeaseHolder).where(LeaseHolder.owner == owner))
 
 
 def start_audit_run(
@@ -135,13 +155,7 @@ def finish_audit_run(
     values: dict[str, Any] = {"status": status, "finished_at": utcnow()}
     if metadata is not None:
         values["metadata_"] = metadata
-    with transaction(store) as connection:
-        owner = connection.scalar(select(AuditRun.run_owner).where(AuditRun.id == audit_run_id))
-        if owner is not None:
-            values["run_owner"] = None
-        connection.execute(update(AuditRun).where(AuditRun.id == audit_run_id).values(values))
-        if owner is not None:
-            connection.execute(delete(LeaseHolder).where(LeaseHolder.owner == owner))
+    _close(store, AuditRun, audit_run_id, values)
 
 
 def crash_audit_runs(store: Store, owner: str) -> list[int]:
@@ -149,13 +163,23 @@ def crash_audit_runs(store: Store, owner: str) -> list[int]:
 
     Their metadata is kept; ``owner``'s holder row is left to ``db.leases.release_run``. Idempotent.
     """
+    return _crash(store, AuditRun, owner)
+
+
+def crash_training_runs(store: Store, owner: str) -> list[int]:
+    """Mark ``crashed`` the training runs still ``running`` under ``owner``, a run that has stopped; return their ids.
+
+    Their epochs and checkpoints are kept (a rerun of the request resumes after the last one); ``owner``'s holder
+    row is left to ``db.leases.release_run``. Idempotent.
+    """
+    return _crash(store, TrainingRun, owner)
+
+
+def _crash(store: Store, table: type[AuditRun] | type[TrainingRun], owner: str) -> list[int]:
     with transaction(store) as connection:
-        ids = list(connection.scalars(
-            select(AuditRun.id).where(AuditRun.run_owner == owner, AuditRun.status == "running")
-        ))
+        ids = list(connection.scalars(select(table.id).where(table.run_owner == owner, table.status == "running")))
         if ids:
             connection.execute(
-                update(AuditRun).where(AuditRun.id.in_(ids)).values(status="crashed", run_owner=None,
-                                                                     finished_at=utcnow())
+                update(table).where(table.id.in_(ids)).values(status="crashed", run_owner=None, finished_at=utcnow())
             )
     return sorted(ids)

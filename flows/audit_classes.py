@@ -5,7 +5,8 @@ For each checkpoint the audit compared (:mod:`flows.audit`), this module
 1. evaluates the audit's probe mosaic sets (``AuditParams.probes``, :mod:`flows.probe_sets`) besides the clean
    one, with the same methods, in the same audit run;
 2. compares, on the clean set and on each probe set, this audit's evaluation with the evaluation of the
-   checkpoint it was compared with overall (the same ``compared_with`` and ``kind``) on the same mosaic set:
+   checkpoint it was compared with overall (the same ``compared_with`` and ``kind``) on the same mosaic set (for
+   ``previous`` that checkpoint's newest earlier audit, for ``reference`` its first, as the overall comparison):
    :func:`focus_core.class_comparison.compare_classes`, a paired two-sided Wilcoxon test within each target class
    on the mosaics both scored, with the **Holm-Bonferroni** correction over the classes (``alpha`` is the
    family-wise level);
@@ -110,9 +111,14 @@ def _evaluate_probe(engine: Any, target: Any, model: ModelSpec, probe: Any, audi
 
 def _compare(engine: Any, result: dict[str, Any], probe: str, evaluation_id: int, audit_run_id: int,
              params: AuditParams) -> list[dict[str, Any]]:
-    """One set's per-class comparison with the evaluation ``result`` was compared with, on the same mosaics."""
-    baseline = class_comparisons.earlier_audit_evaluation(engine, evaluation_id, result["compared_with"],
-                                                          audit_run_id)
+    """One set's per-class comparison with the evaluation ``result`` was compared with, on the same mosaics.
+
+    As in the overall comparison, ``previous`` compares with that checkpoint's newest earlier audit and ``reference``
+    with its first audit (up to this one) on these mosaics.
+    """
+    pick = (class_comparisons.reference_audit_evaluation if result.get("kind") == "reference"
+            else class_comparisons.earlier_audit_evaluation)
+    baseline = pick(engine, evaluation_id, result["compared_with"], audit_run_id)
     if baseline is None:
         return []
     pairs = class_comparisons.paired_focus_by_class(engine, evaluation_id, baseline)

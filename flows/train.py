@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict
 
 import db
 from flows.results import analysis, figure_store
-from flows.worker import caches, devices, record, store
+from flows.worker import caches, devices, leases, record, store
 from flows.weights import lineages, weight_store
 from flows.results.artifacts import artifact_key, best_effort
 from flows.results.artifacts import number
@@ -305,7 +305,7 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:  # noqa: B008 
         lineages.check_lineage_spec(engine, params.lineage, params.model, params.dataset)
     mosaic_set: RegisteredMosaics = record.register_mosaics(engine, params.dataset, params.focus_mosaics)
     config_hash = params.config_hash()
-    training_run_id = db.register_training_run(
+    training_run_id = leases.open_training_run(  # held by this run: if it dies, the next sweep marks it crashed
         engine,
         config_hash,
         params.model.architecture,

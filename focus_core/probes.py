@@ -33,7 +33,7 @@ import torch
 
 from focus_core.errors import FocusError
 
-__all__ = ["CornerPatch", "CORNERS", "KINDS", "corner_codes", "stamp", "bright_fill"]
+__all__ = ["CornerPatch", "CORNERS", "KINDS", "corner_codes", "corner_codes_at", "stamp", "bright_fill"]
 
 #: The corners a patch may sit in, in the order of their codes 0..3 (a tile's TL, TR, BL, BR).
 CORNERS = ("tl", "tr", "bl", "br")
@@ -110,12 +110,30 @@ def corner_codes(patch: CornerPatch, masks: torch.Tensor) -> torch.Tensor:
         bool ``(M, N²)``: True on each mosaic's target tiles (:func:`focus_core.mosaics.target_mask`), row ``p``
         for manifest position ``p``.
     """
-    shape = tuple(masks.shape)
+    return _drawn(patch, tuple(masks.shape)).masked_fill(masks.cpu(), -1)
+
+
+def corner_codes_at(patch: CornerPatch, masks: torch.Tensor, positions: list[int], count: int) -> torch.Tensor:
+    """The rows of :func:`corner_codes` at manifest ``positions`` of a manifest of ``count`` mosaics: int8 ``(P, N²)``.
+
+    ``masks`` is bool ``(P, N²)``, the target tiles of the mosaics at ``positions``: what a reader of a few stored
+    mosaics has, without the rest of their manifest.
+
+    Examples
+    --------
+    >>> patch = CornerPatch(size=1, seed=3)
+    >>> masks = torch.tensor([[True, True, False, False], [False, True, True, False], [True, False, False, True]])
+    >>> bool((corner_codes_at(patch, masks[1:2], [1], 3) == corner_codes(patch, masks)[1:2]).all())
+    True
+    """
+    return _drawn(patch, (int(count), int(masks.shape[1])))[list(positions)].masked_fill(masks.cpu(), -1)
+
+
+def _drawn(patch: CornerPatch, shape: tuple[int, ...]) -> torch.Tensor:
+    """Every tile's corner code before the target tiles are cleared, int8 ``shape`` (manifest positions first)."""
     if patch.corner == "random":
-        codes = torch.from_numpy(np.random.default_rng(patch.seed).integers(0, 4, size=shape, dtype=np.int8))
-    else:
-        codes = torch.full(shape, CORNERS.index(patch.corner), dtype=torch.int8)
-    return codes.masked_fill(masks.cpu(), -1)
+        return torch.from_numpy(np.random.default_rng(patch.seed).integers(0, 4, size=shape, dtype=np.int8))
+    return torch.full(shape, CORNERS.index(patch.corner), dtype=torch.int8)
 
 
 def bright_fill(normalize: Any, channels: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:

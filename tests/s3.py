@@ -87,6 +87,26 @@ class S3Server:
         pattern = re.compile(rf'"{method} {re.escape(path)}(\?[^ ]*)? HTTP/')
         return sum(1 for line in self.log.read_text(errors="replace").splitlines() if pattern.search(line))
 
+    def contents(self) -> dict[str, dict[str, bytes]]:
+        """Every bucket's objects, ``{bucket: {key: bytes}}``: what a durable store keeps over a restart."""
+        client = self.client()
+        return {bucket["Name"]: {key: self.get(bucket["Name"], key) for key in self.keys(bucket["Name"])}
+                for bucket in client.list_buckets()["Buckets"]}
+
+    def restart(self, contents: dict[str, dict[str, bytes]]) -> None:
+        """Start a stopped server again on the same port with ``contents`` put back before :meth:`restart` returns.
+
+        moto keeps objects in memory only; an object store that restarts keeps them, so a test passes what
+        :meth:`contents` read before :meth:`stop`.
+        """
+        port = int(self.endpoint.rsplit(":", 1)[1])
+        self.process = _launch(port, self.log, mode="ab")
+        _wait_until_it_answers(self)
+        for bucket, objects in contents.items():
+            self.make_bucket(bucket)
+            for key, data in objects.items():
+                self.put(bucket, key, data)
+
     def stop(self) -> None:
         """Kill the server by its PID (its own process group) and wait for it."""
         if self.process.poll() is None:
@@ -106,12 +126,7 @@ def start_s3_server(folder: Path) -> S3Server:
     folder.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     log = folder / "moto.log"
-    handle = log.open("wb")
-    process = subprocess.Popen(
-        _command(port), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
-    )
-    handle.close()
+    process = _launch(port, log, mode="wb")
     endpoint = f"http://127.0.0.1:{port}"
     server = S3Server(endpoint, process, log, env={
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
@@ -119,17 +134,33 @@ def start_s3_server(folder: Path) -> S3Server:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint,
     })
+    _wait_until_it_answers(server)
+    return server
+
+
+def _launch(port: int, log: Path, mode: str) -> subprocess.Popen:
+    """``moto_server`` on ``port`` of 127.0.0.1, in its own process group, logging to ``log`` (``mode`` "ab": append)."""
+    with log.open(mode) as handle:
+        return subprocess.Popen(
+            _command(port), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
+        )
+
+
+def _wait_until_it_answers(server: S3Server) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {process.returncode}: {log.read_text(errors='replace')}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {server.process.returncode}: "
+                               f"{server.log.read_text(errors='replace')}")
         try:
-            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2):
-                return server
+            with urllib.request.urlopen(f"{server.endpoint}/moto-api/", timeout=2):
+                return
         except urllib.error.HTTPError:  # it answered
-            return server
+            return
         except OSError:
             if time.monotonic() > deadline:
                 server.stop()
-                raise RuntimeError(f"moto_server did not answer on {endpoint} within {START_TIMEOUT_S} s") from None
+                raise RuntimeError(f"moto_server did not answer on {server.endpoint} within {START_TIMEOUT_S} s"
+                                   ) from None
             time.sleep(0.2)

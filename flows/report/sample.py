@@ -153,6 +153,18 @@ def _recorded_focus_table(chosen: Sequence[EvaluationData], mosaic_id: int, reco
                                              rows, table_id="sample-focus") + "</div>"
 
 
+def _stamped(mo: db.mosaic_sets.MosaicTiles, mask: Any, dataset: Any, composed: Any, x: Any) -> tuple[Any, Any]:
+    """The shown (``uint8``) and explained (normalised) mosaic with the probe set's patch, as its evaluation had it."""
+    from focus_core import probes
+
+    patch = probes.CornerPatch.parse(mo.probe)
+    codes = probes.corner_codes_at(patch, mask, [mo.position], mo.num_mosaics)
+    channels = int(x.shape[1])
+    shown = probes.stamp(composed, codes, patch.size, probes.bright_fill(None, channels, composed.dtype, "cpu"))
+    explained = probes.stamp(x, codes, patch.size, probes.bright_fill(dataset.normalize, channels, x.dtype, x.device))
+    return shown, explained
+
+
 def _recompute_maps(engine: Engine, chosen: Sequence[EvaluationData], mosaic_id: int) -> tuple:
     """Recompute one mosaic's maps from the checkpoint's weights file and the dataset."""
     import torch
@@ -174,6 +186,8 @@ def _recompute_maps(engine: Engine, chosen: Sequence[EvaluationData], mosaic_id:
     composed = mosaics.compose_mosaics(dataset.tiles, indices)
     x = mosaics.compose_normalized(dataset.tiles, indices, dataset)  # the evaluation's bits: the same noise draws
     mask = torch.tensor([[bool(mo.target_mask >> p & 1) for p in range(mo.grid ** 2)]])  # (1, N²), row-major
+    if mo.probe is not None:  # a probe set: the evaluation explained its mosaics with the patch stamped
+        composed, x = _stamped(mo, mask, dataset, composed, x)
     target = torch.tensor([int(mo.target_class)])
     model = models.build_model(first.architecture, num_classes=first.num_classes,
                                in_channels=first.in_channels or int(dataset.tiles.shape[1]))

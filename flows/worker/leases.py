@@ -9,9 +9,10 @@ tell the holder is gone (:func:`take_over_dead`: the process is gone from this h
 has ended), else once its leases expire. A live run's claims are always waited for.
 
 Rows that no later run of their request takes over (an audit's evaluations belong to that audit run, and the
-audit run itself) are closed by :func:`sweep_dead_runs`, which the audit runs as it opens its audit run
-(:func:`open_audit_run`): every running evaluation and audit run whose holder has certainly stopped, or whose lease
-has expired, becomes ``crashed``, so no row of a killed run stays ``running``.
+audit run itself; a training run nobody trains again) are closed by :func:`sweep_dead_runs`, which the audit runs as
+it opens its audit run (:func:`open_audit_run`) and the train flow as it opens its training run
+(:func:`open_training_run`): every running evaluation, audit run and training run whose holder has certainly
+stopped, or whose lease has expired, becomes ``crashed``, so no row of a killed run stays ``running``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from typing import Any, NamedTuple
 import db
 from flows.worker import processes, store
 
-__all__ = ["run_owner", "hold", "take_over_dead", "Swept", "sweep_dead_runs", "open_audit_run", "LeaseKeeper",
-           "release_run", "STATE_HOOKS"]
+__all__ = ["run_owner", "hold", "take_over_dead", "Swept", "sweep_dead_runs", "open_audit_run", "open_training_run",
+           "LeaseKeeper", "release_run", "STATE_HOOKS"]
 
 
 def run_owner() -> str:
@@ -79,15 +80,17 @@ def take_over_dead(engine: Any, evaluation_ids: Sequence[int], owner: str, secon
 
 
 class Swept(NamedTuple):
-    """What :func:`sweep_dead_runs` marked ``crashed`` (evaluation and audit run ids), and the owners that stopped."""
+    """What :func:`sweep_dead_runs` marked ``crashed`` (evaluation, audit run and training run ids), and the owners
+    that stopped."""
 
     evaluations: list[int]
     audit_runs: list[int]
+    training_runs: list[int]
     owners: list[str]
 
 
 def sweep_dead_runs(engine: Any, *, keep: str | None = None) -> Swept:
-    """Mark ``crashed`` every running evaluation and audit run left by a run that has certainly stopped.
+    """Mark ``crashed`` every running evaluation, audit run and training run left by a run that has certainly stopped.
 
     A run has stopped when its holder is gone (its process is gone from this host, or its Prefect flow run has
     ended: :func:`take_over_dead`'s test), or, for an evaluation, when its lease has expired; its chunk leases and
@@ -97,11 +100,13 @@ def sweep_dead_runs(engine: Any, *, keep: str | None = None) -> Swept:
     owners = [h.owner for h in db.leases.running_holders(engine) if h.owner != keep and _gone(h)]
     evaluations: list[int] = []
     audit_runs: list[int] = []
-    for owner in owners:  # the audit runs first: release_run drops the holder row, which a retry needs
+    training_runs: list[int] = []
+    for owner in owners:  # the runs first: release_run drops the holder row, which a retry needs
         audit_runs += db.runs.crash_audit_runs(engine, owner)
+        training_runs += db.runs.crash_training_runs(engine, owner)
         evaluations += db.leases.release_run(engine, owner, "crashed")
     evaluations += db.leases.expire_stale_runs(engine)
-    return Swept(sorted(evaluations), sorted(audit_runs), owners)
+    return Swept(sorted(evaluations), sorted(audit_runs), sorted(training_runs), owners)
 
 
 def _warn(message: str, *args: Any) -> None:
@@ -123,14 +128,32 @@ def open_audit_run(engine: Any, **audit_run: Any) -> int:
     (:func:`run_owner`, with its process recorded first: :func:`hold`) until ``db.finish_audit_run`` closes it;
     if this run dies first, the next audit's sweep marks it ``crashed``.
     """
+    owner = _swept_and_held(engine)
+    return db.start_audit_run(engine, owner=owner, **audit_run)
+
+
+def open_training_run(engine: Any, config_hash: str, architecture: str, config: dict[str, Any], **training_run: Any
+                      ) -> int:
+    """Sweep the runs that died (:func:`sweep_dead_runs`), then register a training run held by this run; its id.
+
+    The arguments are :func:`db.register_training_run`'s. The training run is ``running`` under this run's owner
+    (:func:`run_owner`, with its process recorded first: :func:`hold`), also when a rerun of the request takes it
+    over, until ``db.finish_training_run`` closes it; if this run dies first, the next sweep marks it ``crashed``.
+    """
+    owner = _swept_and_held(engine)
+    return db.register_training_run(engine, config_hash, architecture, config, owner=owner, **training_run)
+
+
+def _swept_and_held(engine: Any) -> str:
+    """This run's owner, once the dead runs are swept (a warning names what was marked) and its process held."""
     owner = run_owner()
     swept = sweep_dead_runs(engine, keep=owner)
-    if swept.evaluations or swept.audit_runs:
-        _warn("Runs that stopped without closing their rows left them running: marked crashed audit run(s) %s and "
-              "evaluation(s) %s (lease owners %s)", swept.audit_runs or "-", swept.evaluations or "-",
-              ", ".join(swept.owners) or "- (expired leases)")
+    if swept.evaluations or swept.audit_runs or swept.training_runs:
+        _warn("Runs that stopped without closing their rows left them running: marked crashed audit run(s) %s, "
+              "training run(s) %s and evaluation(s) %s (lease owners %s)", swept.audit_runs or "-",
+              swept.training_runs or "-", swept.evaluations or "-", ", ".join(swept.owners) or "- (expired leases)")
     hold(engine, owner)
-    return db.start_audit_run(engine, owner=owner, **audit_run)
+    return owner
 
 
 class LeaseKeeper:

@@ -113,6 +113,7 @@ def register_mosaics(
         table.masks.numpy(),
         tile_size=int(dataset.tiles.shape[-1]),
         resize=dataset.resize,
+        probe=None if manifest.probe is None else manifest.probe.to_dict(),
         **grid_fields(manifest),
     )
     return RegisteredMosaics(registered.dataset_id, mosaic_set.mosaic_set_id, manifest.hash, list(mosaic_set.mosaic_ids))

@@ -19,7 +19,7 @@ GRID_VIEWS = {"mosaic_tiles", "mosaic_result_tiles"}  # revision 0007
 def test_history_has_one_head():
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [db.head()]
-    assert db.head() == "0013"
+    assert db.head() == "0014t"
 
 
 def test_upgrade_to_head_and_downgrade_to_base(empty_url, tmp_path, monkeypatch):
@@ -284,6 +284,35 @@ def test_0012_fills_each_mosaic_set_resize_from_its_recorded_request(empty_url, 
         assert [found[s] for s in sets] == [73, 256, None, None]
         assert db.downgrade(empty_url, "0010") == "0010"
         assert "resize" not in {c["name"] for c in inspect(engine).get_columns("mosaic_set")}
+        assert db.upgrade(empty_url) == db.head()
+    finally:
+        engine.dispose()
+
+
+def test_0014p_fills_each_probe_sets_probe_from_its_recorded_request(empty_url, build_world):
+    """A set's probe comes from the request its evaluations recorded; a clean set, or one without a recorded
+    request, keeps NULL; going down drops the column."""
+    assert db.upgrade(empty_url, "0013") == "0013"
+    engine = db.get_engine(empty_url, check=False)
+    patch = {"kind": "corner_patch", "size": 3, "seed": 0, "corner": "random"}
+    try:
+        world = build_world(engine)
+        ids = np.asarray(world.image_ids)[world.image_index]
+        sets = [world.mosaic_set_id] + [
+            db.register_mosaic_set(engine, f"{i}" * 64, world.dataset_id, "test", i, 2, "random", ids,
+                                   world.targets, world.masks).mosaic_set_id for i in range(1, 3)]
+        for set_id, mosaics in zip(sets, [{"per_class": 2, "probe": patch}, {"per_class": 2, "probe": None}]):
+            db.get_or_create_evaluation(engine, world.checkpoint_id, world.method_ids["gradcam"], set_id,
+                                        metadata={"request": {"mosaics": mosaics}})
+        assert db.upgrade(empty_url) == db.head()
+        with engine.connect() as connection:
+            from sqlalchemy import text
+
+            found = dict(connection.execute(text("SELECT id, probe FROM mosaic_set")).all())
+        found = {k: json.loads(v) if isinstance(v, str) else v for k, v in found.items()}
+        assert [found[s] for s in sets] == [patch, None, None]
+        assert db.downgrade(empty_url, "0013") == "0013"
+        assert "probe" not in {c["name"] for c in inspect(engine).get_columns("mosaic_set")}
         assert db.upgrade(empty_url) == db.head()
     finally:
         engine.dispose()

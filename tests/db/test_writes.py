@@ -94,6 +94,21 @@ def test_mosaic_set_refuses_training_images_and_writes_nothing(engine, world):
                                [0], [[1, 1, 1, 0]])
 
 
+def test_a_probe_set_keeps_its_probe_and_a_set_registered_without_it_gets_it(engine, world):
+    patch = {"kind": "corner_patch", "size": 3, "seed": 0, "corner": "random"}
+    ids = np.asarray(world.image_ids)[[[2, 3, 8, 9]]]
+    probe_set = db.register_mosaic_set(engine, "p" * 64, world.dataset_id, "test", 9, 1, "top", ids, [0],
+                                       [[1, 1, 0, 0]], probe=patch)
+    tiles = db.mosaic_tiles(engine, probe_set.mosaic_ids[0])
+    assert (tiles.probe, tiles.position, tiles.num_mosaics) == (patch, 0, 1)
+    assert db.mosaic_tiles(engine, world.mosaic_ids[3])[5:] == (None, 3, 4)  # a clean set
+    again = db.register_mosaic_set(engine, "m" * 64, world.dataset_id, "test", 0, 2, "random",
+                                   np.asarray(world.image_ids)[world.image_index], world.targets, world.masks,
+                                   probe=patch)  # the world's manifest, registered before sets recorded a probe
+    assert again.mosaic_set_id == world.mosaic_set_id
+    assert db.mosaic_tiles(engine, world.mosaic_ids[0]).probe == patch
+
+
 def test_evaluation_natural_key(engine, world):
     args = (world.checkpoint_id, world.method_ids["gradcam"], world.mosaic_set_id)
     plain = db.get_or_create_evaluation(engine, *args)

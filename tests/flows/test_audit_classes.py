@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 import db
 from db.models import AuditRun
@@ -111,3 +111,31 @@ def test_the_reads_return_one_evaluations_pairs_with_their_classes(prefect_api, 
     assert 90 <= len(pairs) <= 100 and set(pairs["target_class"]) == set(range(10))  # 10 per class, defined in both
     assert np.allclose(pairs["focus_a"], pairs["focus_b"])  # the same checkpoint, the same mosaics
     assert class_comparisons.class_names(engine, before) == [str(c) for c in range(10)]
+
+
+def test_the_per_class_reference_comparison_uses_the_overall_reference_evaluation(
+    prefect_api, postgres_url, digits_weights
+):
+    """Third audit of a checkpoint that is its own reference: ``reference`` compares with the first audit (overall
+    and per class, on the clean and on the probe set), ``previous`` with the second."""
+    engine = store.engine_for(postgres_url)
+    checkpoint_id, _ = record.register_checkpoint(engine, ModelSpec(weights=digits_weights), DatasetSpec())
+    db.set_checkpoint_audit(engine, checkpoint_id, True)
+    params = _params(postgres_url, [{"name": "corner", "patch": {"kind": "corner_patch", "size": 3, "seed": 1}}])
+    params = params.model_copy(update={"mosaics": params.mosaics.model_copy(update={"per_class": 2})})
+    first, second, third = (audit_module.audit(params) for _ in range(3))
+
+    def audit_run_of(evaluation_id: int) -> int:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT audit_run_id FROM evaluation WHERE id = :e"),
+                                      {"e": evaluation_id}).scalar_one()
+
+    expected = {"previous": second["audit_run_id"], "reference": first["audit_run_id"]}
+    overall = {r["kind"]: r["previous_evaluation_id"] for r in third["results"]}
+    assert {kind: audit_run_of(e) for kind, e in overall.items()} == expected
+    rows = third["class_results"]
+    assert {(r["probe"], r["kind"]) for r in rows} == {(p, k) for p in ("clean", "corner") for k in expected}
+    for row in rows:
+        assert audit_run_of(row["previous_evaluation_id"]) == expected[row["kind"]], row
+        if row["probe"] == "clean":  # the very evaluation the overall comparison of that kind used
+            assert row["previous_evaluation_id"] == overall[row["kind"]]

@@ -8,7 +8,7 @@ Examples
 --------
 >>> import db
 >>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
-'0014t'
+'0015'
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 

@@ -78,7 +78,7 @@ RANDOMIZATIONS = ("none", "full", "cascading", "independent")
 EVALUATION_STATUSES = ("pending", "running", "finished", "failed", "crashed")
 RUN_STATUSES = ("running", "finished", "failed")
 AUDIT_RUN_STATUSES = (*RUN_STATUSES, "crashed")
-TRAINING_RUN_STATUSES = AUDIT_RUN_STATUSES  # revision 0014t: a train flow that died leaves its run ``crashed``
+TRAINING_RUN_STATUSES = AUDIT_RUN_STATUSES  # revision 0015: a train flow that died leaves its run ``crashed``
 QUADRANTS = ("tl", "tr", "bl", "br")
 MAX_GRID = 5  # N x N tiles, N <= 5: the target bitmask (bit p for tile p) fits a 32-bit integer
 
@@ -131,7 +131,7 @@ class TrainingRun(Base):
     """A training run; ``config_hash`` (sha256 of its configuration) is its natural key.
 
     A ``running`` training run names the train flow run working on it (``run_owner``, whose ``lease_holder`` row
-    names its process and Prefect flow run); ``crashed`` means that run died before closing it (revision 0014t).
+    names its process and Prefect flow run); ``crashed`` means that run died before closing it (revision 0015).
     """
 
     __tablename__ = "training_run"
@@ -285,7 +285,7 @@ class MosaicSet(Base):
     confident: Mapped[float | None] = mapped_column(Double)
     confident_model: Mapped[str | None] = mapped_column(String(64))
     resize: Mapped[int | None]  # revision 0012: the ImageFolder's shorter side before the crop; NULL: not resized
-    probe: Mapped[dict[str, Any] | None]  # revision 0014p: a probe set's patch (CornerPatch.to_dict); NULL: clean
+    probe: Mapped[dict[str, Any] | None]  # revision 0014: a probe set's patch (CornerPatch.to_dict); NULL: clean
     # k / N², as the views' chance_level (revision 0007): what a random explanation scores on these mosaics
     chance_level: Mapped[float] = column_property(cast(targets, Double) / (grid * grid))
 

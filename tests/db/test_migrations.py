@@ -19,7 +19,7 @@ GRID_VIEWS = {"mosaic_tiles", "mosaic_result_tiles"}  # revision 0007
 def test_history_has_one_head():
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [db.head()]
-    assert db.head() == "0014t"
+    assert db.head() == "0015"
 
 
 def test_upgrade_to_head_and_downgrade_to_base(empty_url, tmp_path, monkeypatch):
@@ -289,7 +289,7 @@ def test_0012_fills_each_mosaic_set_resize_from_its_recorded_request(empty_url, 
         engine.dispose()
 
 
-def test_0014p_fills_each_probe_sets_probe_from_its_recorded_request(empty_url, build_world):
+def test_0014_fills_each_probe_sets_probe_from_its_recorded_request(empty_url, build_world):
     """A set's probe comes from the request its evaluations recorded; a clean set, or one without a recorded
     request, keeps NULL; going down drops the column."""
     assert db.upgrade(empty_url, "0013") == "0013"

@@ -1,6 +1,6 @@
 """A mosaic set's probe: the patch stamped on its non-target tiles (a probe set), NULL for a clean set.
 
-Revision ID: 0014p
+Revision ID: 0014
 Revises: 0013
 Create Date: 2026-12-08
 
@@ -21,7 +21,7 @@ from alembic import op
 
 import db.types
 
-revision = "0014p"
+revision = "0014"
 down_revision = "0013"
 branch_labels = None
 depends_on = None

@@ -1,7 +1,7 @@
 """The process behind a running training run, and ``crashed`` training runs.
 
-Revision ID: 0014t
-Revises: 0014p
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-08
 
 - ``training_run.run_owner``: the lease owner of the train flow run that works on the training run (its
@@ -22,8 +22,8 @@ from alembic import op
 
 from db.view_migrations import create_views, drop_views, views_as_of
 
-revision = "0014t"
-down_revision = "0014p"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 

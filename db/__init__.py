@@ -8,7 +8,7 @@ Examples
 --------
 >>> import db
 >>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
-'0013'
+'0014'
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 

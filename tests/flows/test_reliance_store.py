@@ -141,6 +141,13 @@ def test_an_interrupted_pass_resumes_by_chunks_and_grids_of_3_get_the_rank_agree
     assert record["status"] == "finished"
     _check_against_focus_core(params, sqlite_url, record["evaluation_id"])
 
+    from flows.cli.flow_summaries import _reliance_lines
+
+    got = _stored(sqlite_url, record["evaluation_id"])
+    lines = _reliance_lines(store.engine_for(sqlite_url), [record["evaluation_id"]], outcome["model_reliance"])
+    assert "1 of 3 chunk(s) computed now" in lines[0] and f"median model Focus {got['view_model']:.3f}" in lines[0]
+    assert f"gradcam {got['view_gap']:.3f}" in lines[1]
+
 
 def test_without_the_option_nothing_is_measured_and_the_columns_are_empty(prefect_api, sqlite_url, digits_weights):
     outcome = evaluate(_params(digits_weights, sqlite_url, ["random"], per_class=1, model_reliance=False))
@@ -150,3 +157,28 @@ def test_without_the_option_nothing_is_measured_and_the_columns_are_empty(prefec
     with store.engine_for(sqlite_url).connect() as connection:
         metadata = connection.execute(text("SELECT metadata FROM evaluation")).scalar_one()
     assert "model_reliance" not in str(metadata)  # the recorded request is as it was without the option
+
+
+def test_the_option_turns_the_pass_on_and_is_off_by_default():
+    from flows.cli import build_parser
+    from flows.cli.params import given
+
+    parser = build_parser({"evaluate"})
+    on = given(parser.parse_args(["evaluate", "--weights", "w.pt", "--model-reliance"]))
+    off = given(parser.parse_args(["evaluate", "--weights", "w.pt"]))
+    assert on["model_reliance"] is True and "model_reliance" not in off
+    assert EvaluateParams.model_validate(on).model_reliance is True
+    assert EvaluateParams.model_validate(off).model_reliance is False
+
+
+def test_the_text_table_shows_model_focus_and_the_gap_beside_focus_only_when_measured():
+    import pandas as pd
+
+    from flows.cli.result_text import render
+
+    frame = pd.DataFrame({"evaluation_id": [1, 2], "method": ["gradcam", "random"], "median_focus": [0.9, 0.5],
+                          "median_model_focus": [0.7, 0.7], "median_explainer_gap": [0.2, -0.2]})
+    header = render(frame, "evaluations").text.splitlines()[0].split()
+    assert header[header.index("median") + 1:header.index("median") + 3] == ["model", "Focus"]
+    unmeasured = frame.assign(median_model_focus=None, median_explainer_gap=None)
+    assert render(unmeasured, "evaluations").text.splitlines()[0].split()[-1] == "gap"  # store order: last

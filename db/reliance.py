@@ -48,7 +48,8 @@ def get_or_create_reliance_pass(
     store: Store, checkpoint_id: int, mosaic_set_id: int, *, randomization: str = "none", stage: int | None = None,
     layer: str | None = None, seed: int | None = None, baseline: str = "mean",
 ) -> int:
-    """The id of the reliance pass of this model (checkpoint, randomization), mosaic set and baseline, created if new."""
+    """The id of the reliance pass of this model (checkpoint, randomization), mosaic set and baseline; created
+    if new."""
     if randomization not in RANDOMIZATIONS:
         raise StoreError(f"Expected randomization to be one of {RANDOMIZATIONS} but got {randomization!r}.")
     key = reliance_key(checkpoint_id, mosaic_set_id, randomization, stage, layer, seed, baseline)
@@ -85,8 +86,8 @@ _MOSAIC_INSERT = text(
     "WHERE mo.id = :mosaic_id AND mo.mosaic_set_id = p.mosaic_set_id ON CONFLICT DO NOTHING"
 )
 _TILE_INSERT = text(
-    "INSERT INTO tile_reliance (pass_id, mosaic_id, tile, logit_drop) VALUES (:pass_id, :mosaic_id, :tile, :logit_drop) "
-    "ON CONFLICT DO NOTHING"
+    "INSERT INTO tile_reliance (pass_id, mosaic_id, tile, logit_drop) "
+    "VALUES (:pass_id, :mosaic_id, :tile, :logit_drop) ON CONFLICT DO NOTHING"
 )
 
 
@@ -94,8 +95,8 @@ def write_reliance(
     store: Store, pass_id: int, mosaic_ids: Sequence[int], intact: np.ndarray, drops: np.ndarray,
     model_focus: np.ndarray,
 ) -> int:
-    """Store a chunk of the pass in one transaction: ``intact`` ``(M,)``, ``drops`` ``(M, N²)``, ``model_focus`` ``(M,)``
-    (NaN where undefined: stored NULL). Mosaics the pass has already are kept as they are.
+    """Store a chunk of the pass in one transaction: ``intact`` ``(M,)``, ``drops`` ``(M, N²)``, ``model_focus``
+    ``(M,)`` (NaN where undefined: stored NULL). Mosaics the pass has already are kept as they are.
 
     Returns
     -------

@@ -111,7 +111,8 @@ def test_the_pass_is_stored_once_and_every_method_and_rerun_reuses_it(prefect_ap
     _check_against_focus_core(_params(digits_weights, pg_url, ["gradcam"]), pg_url, gradcam["evaluation_id"])
 
     calls = []
-    monkeypatch.setattr(flow_reliance, "tile_reliance", lambda *a, **k: calls.append(a) or reliance.tile_reliance(*a, **k))
+    monkeypatch.setattr(flow_reliance, "tile_reliance",
+                        lambda *a, **k: calls.append(a) or reliance.tile_reliance(*a, **k))
     second = evaluate(_params(digits_weights, pg_url, ["gradcam", "random"]))  # a new method, the same model
     assert calls == [] and second["model_reliance"]["chunks_run"] == []  # no forward pass of the pass
     assert _counts(pg_url) == (1, 20, 80)
@@ -147,6 +148,14 @@ def test_an_interrupted_pass_resumes_by_chunks_and_grids_of_3_get_the_rank_agree
     lines = _reliance_lines(store.engine_for(sqlite_url), [record["evaluation_id"]], outcome["model_reliance"])
     assert "1 of 3 chunk(s) computed now" in lines[0] and f"median model Focus {got['view_model']:.3f}" in lines[0]
     assert f"gradcam {got['view_gap']:.3f}" in lines[1]
+
+    # a chunk written again (a retry, a second run at once) keeps the first rows; a foreign mosaic is refused whole
+    engine, pass_id = store.engine_for(sqlite_url), outcome["model_reliance"]["pass_id"]
+    ids = sorted(db.reliance_mosaic_ids(engine, pass_id))[:2]
+    assert db.write_reliance(engine, pass_id, ids, np.zeros(2), np.zeros((2, 9)), np.zeros(2)) == 0
+    with pytest.raises(db.StoreError, match="not in the mosaic set"):
+        db.write_reliance(engine, pass_id, [ids[0], 10**6], np.zeros(2), np.zeros((2, 9)), np.zeros(2))
+    assert _counts(sqlite_url) == (1, 20, 20 * 9) and _stored(sqlite_url, record["evaluation_id"]) == got
 
 
 def test_without_the_option_nothing_is_measured_and_the_columns_are_empty(prefect_api, sqlite_url, digits_weights):

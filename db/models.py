@@ -61,6 +61,7 @@ __all__ = [
     "MosaicReliance",
     "TileReliance",
     "EvaluationReliance",
+    "RelianceChunkLease",
     "SPLITS",
     "RANDOMIZATIONS",
     "EVALUATION_STATUSES",
@@ -604,6 +605,18 @@ class TileReliance(Base):
     mosaic_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     tile: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     logit_drop: Mapped[float] = mapped_column(Double)
+
+
+class RelianceChunkLease(Base):
+    """A chunk of a reliance pass being measured by one run (``owner``) until ``expires_at``: as ``chunk_lease`` for
+    an evaluation's chunks, so concurrent runs of one model and mosaic set measure each chunk once (``db.leases``)."""
+
+    __tablename__ = "reliance_chunk_lease"
+
+    pass_id: Mapped[int] = mapped_column(ForeignKey("reliance_pass.id", ondelete="CASCADE"), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[dt.datetime]
 
 
 class EvaluationReliance(Base):

@@ -123,7 +123,6 @@ def run_evaluation(
         inputs.checkpoint_sha256[:12], params.model.architecture, inputs.manifest_hash[:12],
         len(inputs.mosaic_ids), device, store.describe(params.run.database_url),
     )
-    reliance = model_reliance.run_reliance_pass(params, inputs, engine) if params.model_reliance else None
     owner, lease = leases.run_owner(), params.run.lease_seconds
     store.retrying(engine, lambda: leases.hold(engine, owner))
     records, requests = store.retrying(
@@ -132,6 +131,8 @@ def run_evaluation(
     logger.info(LOG_PLANNED, len(requests), sum(r.chunks_skipped for r in records))
     try:
         with leases.LeaseKeeper(engine, owner, [r.evaluation_id for r in records], lease):
+            reliance = model_reliance.run_reliance_pass(params, inputs, engine, owner) if params.model_reliance \
+                else None
             first_error = _run_chunks(params, engine, records, requests, artifacts)
     except BaseException as error:
         # the rows written are kept; the flow's state hooks mark a crash the same way

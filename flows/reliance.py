@@ -6,7 +6,9 @@ set reads it. :func:`run_reliance_pass` plans it like an evaluation: the mosaics
 fixed chunks (:func:`flows.tasks.plan_chunks`), each chunk one task (:func:`reliance_chunk`) that composes the
 mosaics on the device, runs the ``N² + 1`` forward passes per mosaic in batches and writes the chunk in one
 transaction. A re-run finds every row and computes nothing; an interrupted pass runs only its missing chunks. The
-pass runs in fp32 whatever the run's precision (its identity has no precision).
+pass runs in fp32 whatever the run's precision (its identity has no precision). Each chunk is claimed first
+(``db.leases.claim_reliance_chunk``): a chunk another live run holds is left to it and waited for, as the
+evaluations' chunks are (:mod:`flows.evaluate`), so concurrent runs of one model and set measure it once.
 
 Once an evaluation is finished and the pass has every mosaic, :func:`store_summaries` stores, per evaluation,
 model Focus, the explainer gap (Focus minus model Focus) and, for grids of 3 and 4, the rank agreement over tiles
@@ -21,6 +23,7 @@ False
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +62,9 @@ class RelianceChunk(BaseModel):
     randomization: RandomizationSpec = RandomizationSpec()
     run: RunSpec = Field(default_factory=RunSpec)
     baseline: str = BASELINE
+    lease_owner: str | None = Field(
+        None, description="The run that claims the chunk before measuring it; empty: no claim."
+    )
 
 
 @dataclass
@@ -122,25 +128,37 @@ def _chunk_run_name() -> str:
 
 @task(name="reliance-chunk", task_run_name=_chunk_run_name, cache_policy=NO_CACHE, persist_result=False,
       retries=2, retry_condition_fn=can_succeed_on_retry)
-def reliance_chunk(request: RelianceChunk) -> int:
+def reliance_chunk(request: RelianceChunk) -> int | None:
     """Measure one chunk of the pass and write it in one transaction; the mosaics written (0: stored already).
 
-    Mosaics another run stored meanwhile are not measured again.
+    With ``lease_owner`` the chunk is claimed first: ``None`` when another live run holds it (nothing measured).
+    Mosaics another run stored meanwhile are not measured again; the claim is released once the rows are written.
     """
     engine = store.engine_for(request.run.database_url)
+    owner, leases_ = request.lease_owner, db.leases
     with db.connection_faults.reachable(engine):
-        stored = db.reliance_mosaic_ids(engine, request.pass_id)
-        keep = [i for i, m in enumerate(request.mosaic_ids) if m not in stored]
-        if not keep:
-            return 0
-        request = request.model_copy(update={"positions": [request.positions[i] for i in keep],
-                                             "mosaic_ids": [request.mosaic_ids[i] for i in keep]})
-        intact, drops, own = measure_chunk(request)
-        return db.write_reliance(engine, request.pass_id, request.mosaic_ids, intact, drops, own)
+        if owner is not None and not leases_.claim_reliance_chunk(engine, request.pass_id, request.chunk, owner,
+                                                                  request.run.lease_seconds):
+            return None
+        try:
+            stored = db.reliance_mosaic_ids(engine, request.pass_id)
+            keep = [i for i, m in enumerate(request.mosaic_ids) if m not in stored]
+            if not keep:
+                return 0
+            request = request.model_copy(update={"positions": [request.positions[i] for i in keep],
+                                                 "mosaic_ids": [request.mosaic_ids[i] for i in keep]})
+            intact, drops, own = measure_chunk(request)
+            return db.write_reliance(engine, request.pass_id, request.mosaic_ids, intact, drops, own)
+        finally:
+            if owner is not None:
+                leases_.release_reliance_chunk(engine, request.pass_id, request.chunk, owner)
 
 
-def run_reliance_pass(params: Any, inputs: Any, engine: Any) -> ReliancePass:
+def run_reliance_pass(params: Any, inputs: Any, engine: Any, owner: str | None = None) -> ReliancePass:
     """Open the pass of ``params``' model and mosaic set and run its missing chunks (``params``: ``EvaluateParams``).
+
+    ``owner`` (the run's lease owner) claims each chunk; chunks another live run holds are waited for until their
+    rows are stored, or claimed once that run's lease has expired.
 
     Raises
     ------
@@ -160,22 +178,47 @@ def run_reliance_pass(params: Any, inputs: Any, engine: Any) -> ReliancePass:
                 len(plan), outcome.chunks_total - len(plan))
     measure = reliance_chunk.with_options(retries=params.run.retries,
                                           retry_delay_seconds=retry_delays(params.run.retry_delay_seconds))
-    futures = {chunk: measure.submit(RelianceChunk(
+    pending = [RelianceChunk(
         pass_id=pass_id, chunk=chunk, positions=positions, mosaic_ids=[inputs.mosaic_ids[p] for p in positions],
         dataset=params.dataset, mosaics=params.mosaics, model=params.model, randomization=rnd, run=params.run,
-    )) for chunk, positions in plan}
+        lease_owner=owner,
+    ) for chunk, positions in plan]
     errors = []
-    for chunk, future in futures.items():
-        try:
-            outcome.mosaics_written += future.result()
-            outcome.chunks_run.append(chunk)
-        except Exception as error:  # noqa: BLE001 - the other chunks finish and are kept
-            errors.append(error)
+    while pending:
+        futures = {request.chunk: (request, measure.submit(request)) for request in pending}
+        held = []
+        for chunk, (request, future) in futures.items():
+            try:
+                written = future.result()
+            except Exception as error:  # noqa: BLE001 - the other chunks finish and are kept
+                errors.append(error)
+                continue
+            if written is None:
+                held.append(request)
+            else:
+                outcome.mosaics_written += written
+                outcome.chunks_run.append(chunk)
+        pending = _wait_for_others(engine, held, params.run.lease_seconds) if held else []
+    outcome.chunks_run.sort()
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(plan)} model-reliance chunk(s) failed (first: {errors[0]}); the "
                            "other chunks are kept: fix the cause and run the same request again.") from errors[0]
     outcome.complete = True
     return outcome
+
+
+def _wait_for_others(engine: Any, held: list[RelianceChunk], lease_seconds: float) -> list[RelianceChunk]:
+    """Wait until each chunk another run holds has its rows, or its lease is free; return those still missing."""
+    get_run_logger().info("%d model-reliance chunk(s) are being measured by another run; waiting", len(held))
+    while True:
+        time.sleep(min(2.0, lease_seconds / 4))
+        stored = store.retrying(engine, lambda: db.reliance_mosaic_ids(engine, held[0].pass_id))
+        missing = [r for r in held if any(m not in stored for m in r.mosaic_ids)]
+        live = [r for r in missing if store.retrying(
+            engine, lambda r=r: db.leases.reliance_chunk_live(engine, r.pass_id, r.chunk))]
+        if not live:
+            return missing
+        held = missing
 
 
 def summarize(frame: Any, grid: int) -> dict[str, Any]:

@@ -41,6 +41,11 @@ def _counts(url: str) -> tuple[int, int, int]:
             "(SELECT COUNT(*) FROM tile_reliance)")).one())
 
 
+def _leases(url: str) -> int:
+    with store.engine_for(url).connect() as connection:
+        return connection.execute(text("SELECT COUNT(*) FROM reliance_chunk_lease")).scalar_one()
+
+
 class PassSpy:
     """Wraps ``flows.reliance.measure_chunk``: records every chunk measured and raises on the chosen ones."""
 
@@ -122,7 +127,7 @@ def test_the_pass_is_stored_once_and_every_method_and_rerun_reuses_it(prefect_ap
 
     third = evaluate(_params(digits_weights, pg_url, ["gradcam", "random"]))  # nothing new at all
     assert calls == [] and third["model_reliance"]["summaries_stored"] == []
-    assert _counts(pg_url) == (1, 20, 80)
+    assert _counts(pg_url) == (1, 20, 80) and _leases(pg_url) == 0
 
 
 def test_an_interrupted_pass_resumes_by_chunks_and_grids_of_3_get_the_rank_agreement(
@@ -134,9 +139,12 @@ def test_an_interrupted_pass_resumes_by_chunks_and_grids_of_3_get_the_rank_agree
         evaluate(params)
     assert _counts(sqlite_url) == (1, 12, 12 * 9)  # chunks 0 and 2 kept
 
-    spy.attempts.clear()
+    spy.attempts.clear()  # another run holds chunk 1 for a moment: waited for, then claimed once its lease expires
+    pass_id = db.get_or_create_reliance_pass(store.engine_for(sqlite_url), 1, 1, baseline="mean")
+    assert db.leases.claim_reliance_chunk(store.engine_for(sqlite_url), pass_id, 1, "another-run", 3.0)
     outcome = evaluate(params)
     assert spy.attempts == [1] and outcome["model_reliance"]["chunks_run"] == [1]
+    assert outcome["model_reliance"]["pass_id"] == pass_id and _leases(sqlite_url) == 0
     assert _counts(sqlite_url) == (1, 20, 20 * 9)
     (record,) = outcome["evaluations"]
     assert record["status"] == "finished"

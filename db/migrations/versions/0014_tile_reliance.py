@@ -8,6 +8,7 @@ Create Date: 2026-12-08
   with one baseline (``focus_core.reliance.BASELINES``); ``natural_key`` hashes those (``db.keys.reliance_key``).
 - ``mosaic_reliance``: per pass and mosaic, the intact mosaic's target logit and its model Focus (NULL where no
   drop is positive); ``tile_reliance``: per pass, mosaic and tile (row-major), the drop of the target logit.
+- ``reliance_chunk_lease``: a chunk of a pass being measured by one run, as ``chunk_lease`` for evaluations.
 - ``evaluation_reliance``: a finished evaluation's pass and the stored summaries of model Focus, the explainer gap
   and the rank agreement over its mosaics (``db.reliance``).
 - ``evaluation_summary`` gains ``median_model_focus`` and ``median_explainer_gap`` after its last column (NULL
@@ -101,6 +102,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("pass_id", "mosaic_id", "tile", name=op.f("pk_tile_reliance")),
     )
     op.create_table(
+        "reliance_chunk_lease",
+        sa.Column("pass_id", sa.Integer(), nullable=False),
+        sa.Column("chunk", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("owner", sa.String(length=64), nullable=False),
+        sa.Column("expires_at", db.types.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(["pass_id"], ["reliance_pass.id"],
+                                name=op.f("fk_reliance_chunk_lease_pass_id_reliance_pass"), ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("pass_id", "chunk", name=op.f("pk_reliance_chunk_lease")),
+    )
+    op.create_table(
         "evaluation_reliance",
         sa.Column("evaluation_id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("pass_id", sa.Integer(), nullable=False),
@@ -124,6 +135,7 @@ def downgrade() -> None:
     drop_views(views(dialect))
     op.drop_index(op.f("ix_evaluation_reliance_pass_id"), table_name="evaluation_reliance")
     op.drop_table("evaluation_reliance")
+    op.drop_table("reliance_chunk_lease")
     op.drop_table("tile_reliance")
     op.drop_table("mosaic_reliance")
     op.drop_index(op.f("ix_reliance_pass_mosaic_set_id"), table_name="reliance_pass")

@@ -8,7 +8,7 @@ Examples
 --------
 >>> import db
 >>> db.upgrade("sqlite:///focus.db")  # doctest: +SKIP
-'0015'
+'0016'
 >>> engine = db.open_store("sqlite:///focus.db")  # doctest: +SKIP
 """
 
@@ -24,6 +24,7 @@ from db import (
     mosaic_sets,
     queries,
     registry,
+    reliance,
     report_reads,
     results,
     runs,
@@ -88,6 +89,14 @@ from db.registry import (
     register_method,
     set_checkpoint_audit,
 )
+from db.reliance import (
+    evaluation_reliance,
+    evaluation_reliance_tiles,
+    get_or_create_reliance_pass,
+    reliance_mosaic_ids,
+    store_evaluation_reliance,
+    write_reliance,
+)
 from db.results import finished_mosaic_ids, write_mosaic_results
 from db.shared_networks import copy_results, shared_network_twin
 from db.runs import finish_audit_run, finish_training_run, record_epoch, register_training_run, start_audit_run
@@ -104,6 +113,7 @@ __all__ = [
     "types",
     "keys",
     "registry",
+    "reliance",
     "mosaic_sets",
     "evaluations",
     "leases",
@@ -153,6 +163,12 @@ __all__ = [
     "evaluation_state",
     "write_mosaic_results",
     "finished_mosaic_ids",
+    "get_or_create_reliance_pass",
+    "reliance_mosaic_ids",
+    "write_reliance",
+    "evaluation_reliance_tiles",
+    "store_evaluation_reliance",
+    "evaluation_reliance",
     "shared_network_twin",
     "copy_results",
     # queries

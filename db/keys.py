@@ -8,7 +8,7 @@ from typing import Any
 
 from db.errors import StoreError
 
-__all__ = ["canonical_hash", "params_hash", "evaluation_key"]
+__all__ = ["canonical_hash", "params_hash", "evaluation_key", "reliance_key"]
 
 
 def canonical_hash(value: Any) -> str:
@@ -77,5 +77,39 @@ def evaluation_key(
             "layer": layer,
             "audit_run": None if audit_run_id is None else int(audit_run_id),
             "seed": None if seed is None else int(seed),
+        }
+    )
+
+
+def reliance_key(
+    checkpoint_id: int,
+    mosaic_set_id: int,
+    randomization: str = "none",
+    stage: int | None = None,
+    layer: str | None = None,
+    seed: int | None = None,
+    baseline: str = "mean",
+) -> str:
+    """The natural key of a model-reliance pass: the model (checkpoint and randomization, as
+    :func:`evaluation_key` has them), the mosaic set and the baseline a tile is replaced by.
+
+    No method and no audit run: the drops are the model's, shared by every evaluation of that model and set.
+
+    Examples
+    --------
+    >>> reliance_key(1, 3) == reliance_key(1, 3, baseline="blur")
+    False
+    """
+    if randomization == "none" and seed is not None:
+        raise StoreError(f"A reliance pass without randomization has no randomization seed but got {seed!r}.")
+    return canonical_hash(
+        {
+            "checkpoint": int(checkpoint_id),
+            "mosaic_set": int(mosaic_set_id),
+            "randomization": randomization,
+            "stage": None if stage is None else int(stage),
+            "layer": layer,
+            "seed": None if seed is None else int(seed),
+            "baseline": baseline,
         }
     )

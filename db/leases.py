@@ -5,7 +5,9 @@ in ``chunk_lease`` before computing it; it renews both while it works (:func:`re
 one request therefore split the chunks (:func:`claim_chunk` gives a chunk to one owner at a time), and the
 work of a run that died is taken over once its leases expire. A running evaluation whose run has expired
 shows as ``crashed`` in the ``evaluation_summary`` view; :func:`release_run` marks a run's evaluations at once
-when the run knows it is ending badly (a crash, a cancellation, a failure).
+when the run knows it is ending badly (a crash, a cancellation, a failure). The chunks of a model-reliance pass
+(``db.reliance``) are claimed the same way, in ``reliance_chunk_lease`` (:func:`claim_reliance_chunk`), renewed,
+released and handed over with the owner's other leases.
 
 A run records the process behind its owner id first (:func:`register_holder`: host, pid, start time, Prefect flow
 run); :func:`holders` lists those of the owners holding leases on some evaluations, so that a caller that knows the
@@ -28,7 +30,7 @@ from sqlalchemy import and_, delete, or_, select, union, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from db.models import AuditRun, Base, ChunkLease, Evaluation, LeaseHolder, TrainingRun
+from db.models import AuditRun, Base, ChunkLease, Evaluation, LeaseHolder, RelianceChunkLease, TrainingRun
 from db.transactions import Store, transaction
 from db.types import utcnow
 
@@ -38,6 +40,9 @@ __all__ = [
     "holders",
     "running_holders",
     "claim_chunk",
+    "claim_reliance_chunk",
+    "release_reliance_chunk",
+    "reliance_chunk_live",
     "release_chunk",
     "chunk_lease_live",
     "renew",
@@ -153,11 +158,46 @@ def chunk_lease_live(store: Store, evaluation_id: int, chunk: int) -> bool:
     return holder is not None
 
 
+def claim_reliance_chunk(store: Store, pass_id: int, chunk: int, owner: str, seconds: float) -> bool:
+    """Claim chunk ``chunk`` of a reliance pass for ``owner`` for ``seconds``, as :func:`claim_chunk` does."""
+    now = utcnow()
+    with transaction(store) as connection:
+        statement = _upsert(connection, RelianceChunkLease).values(
+            pass_id=pass_id, chunk=chunk, owner=owner, expires_at=_until(seconds)
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[RelianceChunkLease.pass_id, RelianceChunkLease.chunk],
+            set_={"owner": statement.excluded.owner, "expires_at": statement.excluded.expires_at},
+            where=or_(RelianceChunkLease.expires_at < now, RelianceChunkLease.owner == statement.excluded.owner),
+        ).returning(RelianceChunkLease.owner)
+        return connection.execute(statement).scalar_one_or_none() == owner
+
+
+def release_reliance_chunk(store: Store, pass_id: int, chunk: int, owner: str) -> None:
+    """Give up ``owner``'s lease on a chunk of a reliance pass."""
+    with transaction(store) as connection:
+        connection.execute(delete(RelianceChunkLease).where(
+            RelianceChunkLease.pass_id == pass_id, RelianceChunkLease.chunk == chunk,
+            RelianceChunkLease.owner == owner))
+
+
+def reliance_chunk_live(store: Store, pass_id: int, chunk: int) -> bool:
+    """Whether somebody holds an unexpired lease on the chunk of the reliance pass."""
+    with transaction(store) as connection:
+        holder = connection.scalar(select(RelianceChunkLease.owner).where(
+            RelianceChunkLease.pass_id == pass_id, RelianceChunkLease.chunk == chunk,
+            RelianceChunkLease.expires_at >= utcnow()))
+    return holder is not None
+
+
 def renew(store: Store, owner: str, evaluation_ids: Sequence[int], seconds: float) -> None:
-    """Extend ``owner``'s leases: its chunks, and its running evaluations among ``evaluation_ids``."""
+    """Extend ``owner``'s leases: its chunks (of evaluations and of reliance passes), and its running evaluations
+    among ``evaluation_ids``."""
     until = _until(seconds)
     with transaction(store) as connection:
         connection.execute(update(ChunkLease).where(ChunkLease.owner == owner).values(expires_at=until))
+        connection.execute(update(RelianceChunkLease).where(RelianceChunkLease.owner == owner)
+                           .values(expires_at=until))
         if evaluation_ids:
             connection.execute(
                 update(Evaluation)
@@ -205,6 +245,7 @@ def release_run(store: Store, owner: str, status: str = "running") -> list[int]:
                 .values(status=status, run_owner=None, run_expires_at=None)
             )
         connection.execute(delete(ChunkLease).where(ChunkLease.owner == owner))
+        connection.execute(delete(RelianceChunkLease).where(RelianceChunkLease.owner == owner))
         connection.execute(delete(LeaseHolder).where(LeaseHolder.owner == owner))
     return sorted(ids)
 
@@ -225,6 +266,7 @@ def take_over(store: Store, owner: str, successor: str, seconds: float) -> list[
                 .values(run_owner=successor, run_expires_at=_until(seconds))
             )
         connection.execute(delete(ChunkLease).where(ChunkLease.owner == owner))
+        connection.execute(delete(RelianceChunkLease).where(RelianceChunkLease.owner == owner))
         connection.execute(delete(LeaseHolder).where(LeaseHolder.owner == owner))
     return sorted(ids)
 

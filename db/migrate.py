@@ -64,7 +64,7 @@ def head() -> str:
     Examples
     --------
     >>> head()
-    '0015'
+    '0016'
     """
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:  # pragma: no cover - guarded by a test
@@ -221,7 +221,7 @@ def upgrade(url: str | URL | Engine | None = None, revision: str = "head") -> st
     Examples
     --------
     >>> upgrade("sqlite://")
-    '0015'
+    '0016'
     """
     engine, owned = _engine(url)
     try:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     CheckConstraint,
     Double,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -56,6 +57,11 @@ __all__ = [
     "EvaluationClassStats",
     "ChunkLease",
     "LeaseHolder",
+    "ReliancePass",
+    "MosaicReliance",
+    "TileReliance",
+    "EvaluationReliance",
+    "RelianceChunkLease",
     "SPLITS",
     "RANDOMIZATIONS",
     "EVALUATION_STATUSES",
@@ -557,3 +563,97 @@ class AuditComparison(Base):
         ForeignKey("evaluation.id", ondelete="SET NULL"), index=True
     )
     previous_audit_run_id: Mapped[int | None]
+
+
+class ReliancePass(Base):
+    """The model-reliance pass of one model on one mosaic set (``focus_core.reliance``), measured once.
+
+    Its identity (``natural_key``, ``db.keys.reliance_key``) is what changes the logits: the checkpoint, the
+    randomization (kind, stage, layer, seed, as an evaluation records them), the mosaic set and the ``baseline``
+    a tile is replaced by. Methods are not part of it: every evaluation of that model and set reads the same rows
+    (revision 0016).
+    """
+
+    __tablename__ = "reliance_pass"
+    __table_args__ = (CheckConstraint(_in("randomization", RANDOMIZATIONS), name="randomization"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    natural_key: Mapped[str] = mapped_column(String(64), unique=True)
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("model_checkpoint.id"), index=True)
+    mosaic_set_id: Mapped[int] = mapped_column(ForeignKey("mosaic_set.id"), index=True)
+    randomization: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[int | None]
+    layer: Mapped[str | None] = mapped_column(String(300))
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    baseline: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class MosaicReliance(Base):
+    """One mosaic of a reliance pass: the intact mosaic's target logit and the model Focus of its drops
+    (NULL, never NaN, where no drop is positive)."""
+
+    __tablename__ = "mosaic_reliance"
+
+    pass_id: Mapped[int] = mapped_column(ForeignKey("reliance_pass.id", ondelete="CASCADE"), primary_key=True)
+    mosaic_id: Mapped[int] = mapped_column(ForeignKey("mosaic.id", ondelete="CASCADE"), primary_key=True,
+                                           autoincrement=False)
+    intact_logit: Mapped[float] = mapped_column(Double)
+    model_focus: Mapped[float | None] = mapped_column(Double)
+
+
+class TileReliance(Base):
+    """The drop of the target logit when tile ``tile`` (row-major) of a mosaic is replaced by the pass's baseline."""
+
+    __tablename__ = "tile_reliance"
+    __table_args__ = (
+        ForeignKeyConstraint(["pass_id", "mosaic_id"], ["mosaic_reliance.pass_id", "mosaic_reliance.mosaic_id"],
+                             ondelete="CASCADE"),
+    )
+
+    pass_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    mosaic_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    tile: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    logit_drop: Mapped[float] = mapped_column(Double)
+
+
+class RelianceChunkLease(Base):
+    """A chunk of a reliance pass being measured by one run (``owner``) until ``expires_at``: as ``chunk_lease`` for
+    an evaluation's chunks, so concurrent runs of one model and mosaic set measure each chunk once (``db.leases``)."""
+
+    __tablename__ = "reliance_chunk_lease"
+
+    pass_id: Mapped[int] = mapped_column(ForeignKey("reliance_pass.id", ondelete="CASCADE"), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[dt.datetime]
+
+
+class EvaluationReliance(Base):
+    """A finished evaluation next to its model's reliance pass: the stored summaries of model Focus and of the
+    explainer gap (Focus minus model Focus) over the evaluation's mosaics, and of the rank agreement (grids >= 3).
+
+    Medians and quartiles over the defined values (``focus_core.stats.summarize``); ``*_low``/``*_high`` the 95%
+    interval of the median that resamples target classes and mosaics (``cluster_bootstrap_median_ci``).
+    """
+
+    __tablename__ = "evaluation_reliance"
+
+    evaluation_id: Mapped[int] = mapped_column(
+        ForeignKey("evaluation.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    pass_id: Mapped[int] = mapped_column(ForeignKey("reliance_pass.id", ondelete="CASCADE"), index=True)
+    n_model_defined: Mapped[int]
+    median_model_focus: Mapped[float | None] = mapped_column(Double)
+    q1_model_focus: Mapped[float | None] = mapped_column(Double)
+    q3_model_focus: Mapped[float | None] = mapped_column(Double)
+    model_focus_low: Mapped[float | None] = mapped_column(Double)
+    model_focus_high: Mapped[float | None] = mapped_column(Double)
+    n_gap_defined: Mapped[int]
+    median_explainer_gap: Mapped[float | None] = mapped_column(Double)
+    q1_explainer_gap: Mapped[float | None] = mapped_column(Double)
+    q3_explainer_gap: Mapped[float | None] = mapped_column(Double)
+    explainer_gap_low: Mapped[float | None] = mapped_column(Double)
+    explainer_gap_high: Mapped[float | None] = mapped_column(Double)
+    median_rank_agreement: Mapped[float | None] = mapped_column(Double)
+    computed_at: Mapped[dt.datetime]

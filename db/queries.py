@@ -42,7 +42,7 @@ _SUMMARY_COLUMNS = (
     "s.method_id, m.name AS method, s.mosaic_set_id, s.randomization, s.stage, s.layer, s.seed, s.audit_run_id, "
     "s.status, s.n, s.n_defined, s.mean_focus, s.median_focus, s.q1_focus, s.q3_focus, "
     "s.min_focus, s.max_focus, s.mosaic_accuracy, s.std_focus, s.undefined_share, s.median_focus_undefined_as_zero, "
-    "s.grid, s.targets, s.chance_level"
+    "s.grid, s.targets, s.chance_level, s.median_model_focus, s.median_explainer_gap"
 )
 _SUMMARY_FROM = (
     "FROM evaluation_summary s JOIN model_checkpoint c ON c.id = s.checkpoint_id "
@@ -74,7 +74,9 @@ def evaluation_summary(
     ``median_focus_undefined_as_zero`` (undefined maps counted as 0, Quantus's convention), and the mosaic
     set's ``grid`` (N), ``targets`` (k) and ``chance_level`` (k / N², what a random explanation scores), and what
     tells rows apart: ``checkpoint_name`` (the label, else "training run epoch N"), ``architecture``, ``dataset``
-    (its name) and the mosaic set's ``tile_size`` and ``resize`` (``None`` when not resized). A
+    (its name) and the mosaic set's ``tile_size`` and ``resize`` (``None`` when not resized); with a model-reliance
+    pass (``db.reliance``), ``median_model_focus`` and ``median_explainer_gap`` (Focus minus model Focus), else
+    ``None``. A
     closed evaluation's row is its stored summary (``db.summaries``); the others are computed from their rows.
 
     Examples

@@ -9,6 +9,9 @@ It reads like the paper's method section:
    class and writes the chunk's rows in one transaction;
 4. close every complete evaluation with its summary; report a table artifact and the figures.
 
+With ``model_reliance`` the model's reliance on each tile is measured first, once per model and mosaic set
+(:mod:`flows.reliance`), and every finished evaluation gets model Focus and the explainer gap beside its Focus.
+
 Re-running the same request finds the rows already written and runs only the missing chunks.
 
 Examples
@@ -35,6 +38,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 import db
 import focus_core
+from flows import reliance as model_reliance
 from flows.worker import leases, preflight, record, store
 from flows.results import figure_store
 from flows.results.artifacts import best_effort
@@ -127,6 +131,8 @@ def run_evaluation(
     logger.info(LOG_PLANNED, len(requests), sum(r.chunks_skipped for r in records))
     try:
         with leases.LeaseKeeper(engine, owner, [r.evaluation_id for r in records], lease):
+            reliance = model_reliance.run_reliance_pass(params, inputs, engine, owner) if params.model_reliance \
+                else None
             first_error = _run_chunks(params, engine, records, requests, artifacts)
     except BaseException as error:
         # the rows written are kept; the flow's state hooks mark a crash the same way
@@ -143,6 +149,9 @@ def run_evaluation(
         entry.chunks_failed.sort()
         store.retrying(engine, lambda entry=entry: _close(engine, entry, inputs, params, metadata, started))
     store.retrying(engine, lambda: leases.release_run(params.run.database_url, owner, "running"))  # resumable
+    if reliance is not None:
+        summarized = store.retrying(engine, lambda: model_reliance.store_summaries(
+            engine, reliance, [r.evaluation_id for r in records], params.mosaics.grid))
 
     outcome = {
         "checkpoint_id": inputs.checkpoint_id,
@@ -153,6 +162,8 @@ def run_evaluation(
         "randomization": rnd.model_dump(),
         "evaluations": [r.as_dict() for r in records],
     }
+    if reliance is not None:
+        outcome["model_reliance"] = {**reliance.as_dict(), "summaries_stored": summarized}
     if artifacts:
         _report(params, inputs, records, engine)
     if first_error is not None:
@@ -189,7 +200,10 @@ def _close(engine: Any, entry: EvaluationRecord, inputs: RegisteredInputs, param
 
 
 def _request_metadata(params: EvaluateParams) -> dict[str, Any]:
-    return {"request": params.model_dump(mode="json", exclude={"run": {"database_url"}})}
+    exclude: dict[str, Any] = {"run": {"database_url"}}
+    if not params.model_reliance:  # off: the request is recorded as it was before the option existed
+        exclude["model_reliance"] = True
+    return {"request": params.model_dump(mode="json", exclude=exclude)}
 
 
 def _plan(
@@ -359,6 +373,9 @@ def _report(params: EvaluateParams, inputs: RegisteredInputs, records: list[Eval
             "chunks run now": len(entry.chunks_run),
             "chunks skipped": entry.chunks_skipped,
         })
+        if params.model_reliance:
+            table[-1].update({"median model Focus": _rounded(row.median_model_focus),
+                              "median explainer gap": _rounded(row.median_explainer_gap)})
     rnd = params.randomization
     suffix = "" if rnd.kind == "none" else f"-{rnd.kind}{'' if rnd.stage is None else rnd.stage}"
     best_effort(

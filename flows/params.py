@@ -97,6 +97,11 @@ class EvaluateParams(_FlowParams):
     )
     run: RunSpec = Field(default_factory=RunSpec, description="Device, batch size, chunking, retries, store.")
     figures_dir: OutputFolder = Field(None, description="Where the summary figures are written; empty: none.")
+    model_reliance: bool = Field(
+        False, description="Also measure the model's reliance on each tile (N² + 1 forward passes per mosaic, once "
+        "per checkpoint and mosaic set) and store model Focus and the explainer gap beside Focus; off by default: it "
+        "costs more than a quarter of a GradCAM evaluation (benchmarks/README.md)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateParams:

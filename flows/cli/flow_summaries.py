@@ -186,6 +186,8 @@ def evaluate_summary(result: dict[str, Any], args: argparse.Namespace) -> list[A
                         reading(_chance_levels(engine, ids)), *small_set(engine, result["mosaic_set_id"])]
     if unfinished:
         lines.append(f"{len(unfinished)} evaluation(s) not finished: run the same command again to finish them.")
+    if result.get("model_reliance"):
+        lines += _reliance_lines(engine, ids, result["model_reliance"])
     lines += [
         store_line(opts.database_url(args)),
         f"Next: focus results compare --mosaic-set {result['mosaic_set_id']}{_database_flag(args)}",
@@ -214,6 +216,21 @@ def randomize_summary(result: dict[str, Any], args: argparse.Namespace) -> list[
         f"{_database_flag(args)}",
         f"      focus report{_database_flag(args)}   (the cascading figure)",
     ]
+
+
+def _reliance_lines(engine: Any, ids: list[int], reliance: dict[str, Any]) -> list[str]:
+    """The model's own Focus (its reliance on the target tiles) and each method's gap to it, in two lines."""
+    import db
+
+    frame = db.evaluation_summary(engine, ids) if ids else None
+    computed = f"{len(reliance.get('chunks_run') or [])} of {reliance.get('chunks_total')} chunk(s) computed now"
+    if frame is None or frame["median_model_focus"].isna().all():
+        return [f"Model reliance (pass {reliance.get('pass_id')}, {computed}): no finished evaluation to compare."]
+    model = _fmt(frame["median_model_focus"].dropna().iloc[0])
+    gaps = ", ".join(f"{row.method} {_fmt(row.median_explainer_gap)}" for row in frame.itertuples()
+                     if row.median_explainer_gap == row.median_explainer_gap)
+    return [f"Model reliance (pass {reliance.get('pass_id')}, {computed}): median model Focus {model}.",
+            f"Median explainer gap (Focus - model Focus; 0: follows the model): {gaps or 'none defined'}."]
 
 
 def _chance_levels(engine: Any, ids: list[int]) -> list[float]:

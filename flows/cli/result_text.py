@@ -62,7 +62,7 @@ HEADERS = {
     "val_mean_class_accuracy": "val class acc", "focus_median": "Focus median", "focus_mean": "Focus mean",
     "training_run_id": "run", "training_run_name": "run name", "method_name": "method",
     "previous_median_focus": "previous", "median_change": "change", "p_value": "p", "n_paired": "paired",
-    "audit_started_at": "started",
+    "audit_started_at": "started", "median_model_focus": "model Focus", "median_explainer_gap": "gap",
 }
 #: Whole-number columns: shown without decimals even when a missing value made pandas store them as floats.
 INTEGER_COLUMNS = frozenset({"stage", "seed", "n", "n_defined", "n_paired", "epoch", "num_classes", "in_channels",
@@ -152,8 +152,16 @@ def _cell(value: Any, wide: bool) -> str:
     return text if wide or len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
+#: Columns shown right after ``median_focus`` when some row has a value (a model-reliance pass), else in store order.
+RELIANCE_COLUMNS = ("median_model_focus", "median_explainer_gap")
+
+
 def _ordered(frame: pd.DataFrame, table: str) -> list[str]:
     first = [c for c in COLUMNS.get(table, ()) if c in frame.columns]
+    measured = [c for c in RELIANCE_COLUMNS if c in frame.columns and frame[c].notna().any()]
+    if measured and "median_focus" in first:
+        at = first.index("median_focus") + 1
+        first[at:at] = measured
     return first + [c for c in frame.columns if c not in first]
 
 

@@ -19,7 +19,7 @@ GRID_VIEWS = {"mosaic_tiles", "mosaic_result_tiles"}  # revision 0007
 def test_history_has_one_head():
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [db.head()]
-    assert db.head() == "0015"
+    assert db.head() == "0016"
 
 
 def test_upgrade_to_head_and_downgrade_to_base(empty_url, tmp_path, monkeypatch):

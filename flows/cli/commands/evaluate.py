@@ -33,5 +33,6 @@ def add_options(p: argparse.ArgumentParser) -> None:
     opts.option(group, "--randomization-seed", field="randomization.seed", metavar="N")
     opts.add_run_options(p)
     opts.option(p, "--figures-dir", field="figures_dir", convert=opts.absolute, metavar="DIR")
+    opts.option(p, "--model-reliance", field="model_reliance", action="store_const", const=True)
     opts.add_database_option(p, field="run.database_url")
     p.set_defaults(handler=cmd_evaluate)

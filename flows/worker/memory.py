@@ -207,7 +207,7 @@ def steady_heap(device: torch.device | str, held: int) -> bool:
     glibc raises the threshold each time a mapped block is freed (up to 32 MiB), so after a batch's first large
     tensors the middling ones (a MiB to 32 MiB) go to its arenas, where each batch leaves them scattered among live
     blocks and the next batch's land beside them: the process's peak grows with the number of batches. Fixed, every
-    block of a MiB or more is mapped on its own and unmapped when freed (``benchmarks/README.md``, "peak_memory.py").
+    block of a MiB or more is mapped on its own and unmapped when freed (``benchmarks/README.md``, "The steady heap").
     """
     return _large_cpu_batch(device, held) and _fix_mmap_threshold()
 

@@ -249,9 +249,12 @@ def _explain_batches(
 
     The first batch is the request's batch size, at most what fits the memory budget
     (:func:`_budget_batch_size`) and what this process fitted before; a batch that runs out of memory is halved.
+    Large CPU batches run on a steady heap: their blocks mapped on their own, their freed memory given back after
+    each (:func:`flows.worker.memory.steady_heap`, :func:`flows.worker.memory.release_freed`).
     """
-    size = min(caches.fitting_batch_size(work, request.batch_size),
-               _budget_batch_size(request, model, dataset, tiles, indices, work))
+    budget_size, per_mosaic = _budget_batch_size(request, model, dataset, tiles, indices, work)
+    size = min(caches.fitting_batch_size(work, request.batch_size), budget_size)
+    memory.steady_heap(tiles.device, size * per_mosaic)
     grid = request.mosaics.grid
     explainer = caches.make_explainer(request.method, request.model, size, request.batch_size, grid)
     sums, predicted = [], []
@@ -285,26 +288,29 @@ def _explain_batches(
         sums.append(batch_sums)
         predicted.append(batch_predicted)
         start = stop
+        memory.release_freed(tiles.device, size * per_mosaic)
     return torch.cat(sums), torch.cat(predicted), size
 
 
 def _budget_batch_size(
     request: ChunkRequest, model: torch.nn.Module, dataset: Any, tiles: torch.Tensor, indices: torch.Tensor, work: str
-) -> int:
-    """The largest batch of ``work`` that fits :func:`flows.worker.memory.memory_budget`, at most the request's.
+) -> tuple[int, int]:
+    """The largest batch of ``work`` that fits :func:`flows.worker.memory.memory_budget`, at most the request's,
+    and the bytes one mosaic costs (0: not measured).
 
     The cost of a mosaic is measured once per work in this process, on the chunk's first mosaic
-    (:func:`flows.worker.memory.activation_bytes`); without a budget (CUDA) it is the request's batch size.
+    (:func:`flows.worker.memory.activation_bytes`); without a budget (CUDA) the batch is the request's.
     """
     budget = memory.memory_budget(tiles.device)
     if budget is None or not len(indices):
-        return request.batch_size
+        return request.batch_size, 0
 
     def measure() -> int:
         one = mosaics.compose_normalized(tiles, indices[:1], dataset)
         return memory.activation_bytes(model, one, lambda: _precision(request.dtype, one.device))
 
-    return memory.batch_for_budget(memory.mosaic_cost(work, measure), budget, request.batch_size)
+    cost = memory.mosaic_cost(work, measure)
+    return memory.batch_for_budget(cost, budget, request.batch_size), cost
 
 
 def _out_of_memory(error: BaseException) -> bool:

@@ -5,7 +5,9 @@ its evaluations ``running``. So the hot path never starts a batch above :func:`m
 model's activations once per work (:func:`activation_bytes`, one forward pass of a single mosaic with a hook on
 every module), and :func:`batch_for_budget` takes the largest batch whose activations, times
 :data:`COST_FACTOR` (what an explainer's forward and backward pass hold beyond the forward outputs), fit the
-budget. Memory then follows the budget, never the number of mosaics: a chunk holds one batch at a time.
+budget. Memory then follows the budget, never the number of mosaics: a chunk holds one batch at a time, and on the
+CPU a large batch's blocks are mapped on their own and its freed memory goes back to the system
+(:func:`steady_heap`, :func:`release_freed`), so no batch piles up on the allocator's leftovers of the last.
 
 The budget is ``FOCUS_MEMORY_BUDGET`` (``2G``, ``1500M``, ``800000000``: bytes, or K/M/G/T with an optional
 ``B``/``iB``, binary multiples) where set, else ``min(2 GiB, a quarter of the memory available)``. On CUDA the
@@ -26,6 +28,9 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import math
 import os
 import re
@@ -47,11 +52,18 @@ __all__ = [
     "activation_bytes",
     "mosaic_cost",
     "batch_for_budget",
+    "TRIM_MIN_BYTES",
+    "MMAP_THRESHOLD_BYTES",
+    "steady_heap",
+    "release_freed",
 ]
 
 BUDGET_ENV = "FOCUS_MEMORY_BUDGET"
 DEFAULT_BUDGET_BYTES = 2 * 1024**3
 COST_FACTOR = 4.0  # bytes a batch holds per byte of the forward pass's module outputs (benchmarks/README.md)
+TRIM_MIN_BYTES = 64 * 2**20  # a CPU batch that may hold this much runs on a steady heap (steady_heap, release_freed)
+MMAP_THRESHOLD_BYTES = 2**20  # blocks this large or larger are mapped on their own (glibc's M_MMAP_THRESHOLD)
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _COSTS: dict[str, int] = {}
@@ -163,3 +175,48 @@ def mosaic_cost(work: str, measure: Callable[[], int]) -> int:
 def batch_for_budget(per_mosaic: int, budget: int, requested: int) -> int:
     """The largest batch of at most ``requested`` mosaics of ``per_mosaic`` bytes that fits ``budget``; at least 1."""
     return max(1, min(requested, budget // max(1, per_mosaic)))
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, if it is glibc (it has ``malloc_trim`` and ``mallopt``); ``None`` elsewhere (musl, macOS)."""
+    with contextlib.suppress(OSError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt"):
+            return libc
+    return None
+
+
+@functools.cache
+def _fix_mmap_threshold() -> bool:
+    libc = _libc()
+    if libc is None or os.environ.get("MALLOC_MMAP_THRESHOLD_"):  # the operator's own setting stands
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+def _large_cpu_batch(device: torch.device | str, held: int) -> bool:
+    return torch.device(device).type == "cpu" and held >= TRIM_MIN_BYTES and _libc() is not None
+
+
+def steady_heap(device: torch.device | str, held: int) -> bool:
+    """Before a CPU batch that may hold ``held`` bytes (at least :data:`TRIM_MIN_BYTES`), fix glibc's mmap
+    threshold at :data:`MMAP_THRESHOLD_BYTES`, once per process (not where ``MALLOC_MMAP_THRESHOLD_`` sets it);
+    return whether it is fixed.
+
+    glibc raises the threshold each time a mapped block is freed (up to 32 MiB), so after a batch's first large
+    tensors the middling ones (a MiB to 32 MiB) go to its arenas, where each batch leaves them scattered among live
+    blocks and the next batch's land beside them: the process's peak grows with the number of batches. Fixed, every
+    block of a MiB or more is mapped on its own and unmapped when freed (``benchmarks/README.md``, "The steady heap").
+    """
+    return _large_cpu_batch(device, held) and _fix_mmap_threshold()
+
+
+def release_freed(device: torch.device | str, held: int) -> bool:
+    """After a CPU batch that may have held ``held`` bytes (at least :data:`TRIM_MIN_BYTES`), give the heap's freed
+    pages back to the system (glibc's ``malloc_trim(0)``: about a millisecond); return whether it did.
+    """
+    if not _large_cpu_batch(device, held):
+        return False
+    _libc().malloc_trim(0)
+    return True

@@ -1,11 +1,14 @@
 """The hot path's batch follows the memory budget: measured once, never larger than the budget allows.
 
 Structural checks only (no timing, no RSS): the batch the budget allows shrinks with the budget, a chunk run under
-a budget of three mosaics runs three at a time and gives the rows of an unbounded run, and a budget that is not a
-size is one sentence. The peak RSS against the number of mosaics: ``benchmarks/peak_memory.py``.
+a budget of three mosaics runs three at a time, never holds more composed mosaics than that at once, runs its large
+batches on a steady heap, and gives the rows of an unbounded run, and a budget that is not a size is one
+sentence. The peak RSS against the number of mosaics: ``benchmarks/peak_memory.py``.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 import pytest
@@ -79,6 +82,46 @@ def test_the_default_budget_is_at_most_two_gib_and_about_a_quarter_of_the_free_m
     assert 0 < budget <= memory.DEFAULT_BUDGET_BYTES
     assert available is None or budget == memory.DEFAULT_BUDGET_BYTES or budget < available / 3  # it moves a bit
     assert memory.memory_budget("cuda") is None  # the device raises there: the batch is halved then
+
+
+def test_a_chunk_holds_one_batch_of_mosaics_at_a_time_and_hands_each_large_batch_back(digits_weights, monkeypatch):
+    """However many mosaics a chunk has, the composed mosaics alive at any moment are one batch's: none is kept
+    from an earlier batch (by the explainer, a list of results or a traceback), and each batch that may hold
+    :data:`flows.worker.memory.TRIM_MIN_BYTES` or more runs on a heap made steady before the first batch and ends with
+    its freed memory given back."""
+    request = _request(digits_weights)
+    cost = _cost_of_one_mosaic(request)
+    budget = max(3 * cost, 2**20)
+    allowed = budget // cost
+    monkeypatch.setenv(memory.BUDGET_ENV, str(budget))
+    monkeypatch.setattr(memory, "TRIM_MIN_BYTES", allowed * cost)  # each full batch of this chunk counts as large
+    caches.clear_caches()
+
+    alive: dict[int, int] = {}  # id of a composed batch -> its mosaics, while it is alive
+    most: list[int] = []
+    real_explain, real_steady, real_release = tasks._explain, memory.steady_heap, memory.release_freed
+    released: list[bool] = []
+    steadied: list[int] = []  # number of batches run when the heap was made steady
+
+    def watched(explainer, model, x, targets):
+        alive[id(x)] = x.shape[0]
+        weakref.finalize(x, alive.pop, id(x), None)
+        most.append(sum(alive.values()))
+        return real_explain(explainer, model, x, targets)
+
+    monkeypatch.setattr(tasks, "_explain", watched)
+    monkeypatch.setattr(memory, "release_freed", lambda device, held: released.append(real_release(device, held)))
+    monkeypatch.setattr(memory, "steady_heap",
+                        lambda device, held: steadied.append(len(most)) or real_steady(device, held))
+    scores = tasks.explain_chunk(request)
+    batches = -(-len(request.positions) // allowed)
+    assert scores.batch_size == allowed and len(scores.focus) == len(request.positions)
+    assert len(most) == batches and max(most) <= allowed  # never two batches of mosaics at once
+    assert steadied == [0] and len(released) == batches  # steady before the first batch, trimmed after each
+    if memory._libc() is not None:  # glibc
+        assert released == [True] * batches and real_steady("cpu", memory.TRIM_MIN_BYTES)
+    assert real_release("cpu", memory.TRIM_MIN_BYTES - 1) is False
+    assert real_release("meta", 2**40) is False and real_steady("meta", 2**40) is False  # only the CPU's heap
 
 
 @pytest.mark.parametrize("text", ["lots", "2X", "100", "-1G", ""])

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 try:  # the fixtures and helpers live next to this file; import them explicitly
     from server import PROJECT_ROOT, PrefectServer, free_port, postgres_url, prefect_server  # noqa: F401
@@ -136,8 +137,7 @@ def _torch_index(folder: Path) -> Path:
             url = f"../../files/{filename}"
         if "sha256" in hashes:
             url += f"#sha256={hashes['sha256']}"
-        name = item["metadata"]["name"].lower().replace("_", "-").replace(".", "-")
-        page = folder / "simple" / name
+        page = folder / "simple" / canonicalize_name(item["metadata"]["name"])
         page.mkdir(parents=True)
         (page / "index.html").write_text(f'<html><body><a href="{html.escape(url)}">{filename}</a></body></html>\n')
     return folder

@@ -8,10 +8,18 @@
 #
 # One container per GPU. The same image serves the Docker and Kubernetes pools
 # (deployments/work-pools/*.json), whose workers replace CMD with the flow-run command.
+#
+# A host with no registry builds it from a local base and a local wheel index (docs/operations.md, "The worker
+# image without a registry"):
+#   docker build --network host --build-arg BASE_IMAGE=focus-audit-base:bookworm \
+#       --build-arg TORCH_INDEX_URL=http://127.0.0.1:8000/simple -t focus-audit-worker .
 ARG PYTHON_VERSION=3.11
-FROM python:${PYTHON_VERSION}-slim
+# Any Debian-like image whose `pip` installs system-wide for Python ${PYTHON_VERSION} (Docker Hub's by default).
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim
+FROM ${BASE_IMAGE}
 
-# CUDA wheels of torch: pick the index that matches the hosts' driver (cu126, cu128, cu130, ...).
+# CUDA wheels of torch: pick the index that matches the hosts' driver (cu126, cu128, cu130, ...), or a local
+# index that serves the same pinned wheels and their dependencies.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
 
 ENV PYTHONUNBUFFERED=1 \

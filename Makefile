@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-FAST   := not (server or training or demo or slow)
+FAST   := not (server or training or demo or slow or docker)
 
 .PHONY: demo test test-fast install clean
 

@@ -272,10 +272,13 @@ def test_no_template_lets_a_run_choose_what_the_worker_executes(kind: str):
 
 def test_docker_template_requests_one_gpu():
     docker_types = pytest.importorskip("docker.types")
+    from prefect.utilities.templating import apply_values
 
     template = json.loads(POOL_TEMPLATES["docker"].read_text())
-    kwargs = template["job_configuration"]["container_create_kwargs"]  # fixed: a run cannot change it
-    (request,) = kwargs["device_requests"]
+    properties = template["variables"]["properties"]
+    defaults = {name: prop["default"] for name, prop in properties.items() if "default" in prop}
+    kwargs = apply_values(template["job_configuration"], defaults)["container_create_kwargs"]
+    (request,) = kwargs["device_requests"]  # the default; a CPU host sets the variable to [] (docs/scaling.md)
     parsed = docker_types.DeviceRequest(**request)  # what docker-py builds from the dict
     assert parsed.count == 1 and parsed.capabilities == [["gpu"]] and parsed.driver == "nvidia"
 

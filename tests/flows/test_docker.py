@@ -43,8 +43,13 @@ def _args() -> dict[str, str]:
 
 
 def _expand(text: str) -> str:
+    """``text`` with the Dockerfile's ARG defaults put in, also those that name another ARG."""
     args = _args()
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), text)
+    while True:
+        expanded = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), text)
+        if expanded == text:
+            return text
+        text = expanded
 
 
 def _runs() -> str:

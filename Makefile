@@ -6,6 +6,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 FAST   := not (server or training or demo or slow or docker)
+# Test files run side by side (pytest-xdist), each file whole on one worker so its module fixtures start once.
+# Most of the suite waits on servers and child processes, so three workers keep two cores busy;
+# `make test WORKERS=0` runs in one process.
+WORKERS ?= 3
+XDIST   = $(if $(filter 0,$(WORKERS)),-p no:xdist,-n $(WORKERS) --dist loadfile)
 
 .PHONY: demo test test-fast install clean
 
@@ -24,11 +29,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) scripts/test_setup.py
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) scripts/test_setup.py --no-browser
-	$(PY) -m pytest -m "$(FAST)" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "$(FAST)" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) focus.db focus-report .focus-cache

@@ -32,6 +32,7 @@ __all__ = [
     "RELIANCE_SUMMARY_COLUMNS",
     "evaluation_reliance",
     "evaluation_reliance_tiles",
+    "paired_model_focus",
     "get_or_create_reliance_pass",
     "reliance_mosaic_ids",
     "store_evaluation_reliance",
@@ -192,3 +193,25 @@ def evaluation_reliance(engine: Engine, evaluation_ids: Sequence[int]) -> pd.Dat
         params = {"ids": [int(i) for i in evaluation_ids]}
     with engine.connect() as connection:
         return pd.read_sql_query(statement, connection, params=params)
+
+
+def paired_model_focus(engine: Engine, evaluation_a: int, evaluation_b: int) -> pd.DataFrame:
+    """Focus and model Focus of two evaluations on the same mosaics, each read through its own reliance pass.
+
+    Columns ``mosaic_id, focus_a, focus_b, model_focus_a, model_focus_b`` (NaN where undefined), ordered by mosaic
+    id; only mosaics both evaluations scored and both passes measured, so no rows when either evaluation has no
+    reliance summary (it ran without the reliance pass).
+    """
+    statement = text(
+        "SELECT a.mosaic_id, a.focus AS focus_a, b.focus AS focus_b, "
+        "ma.model_focus AS model_focus_a, mb.model_focus AS model_focus_b "
+        "FROM mosaic_result a JOIN mosaic_result b ON b.mosaic_id = a.mosaic_id AND b.evaluation_id = :b "
+        "JOIN evaluation_reliance ea ON ea.evaluation_id = :a "
+        "JOIN evaluation_reliance eb ON eb.evaluation_id = :b "
+        "JOIN mosaic_reliance ma ON ma.pass_id = ea.pass_id AND ma.mosaic_id = a.mosaic_id "
+        "JOIN mosaic_reliance mb ON mb.pass_id = eb.pass_id AND mb.mosaic_id = a.mosaic_id "
+        "WHERE a.evaluation_id = :a ORDER BY a.mosaic_id"
+    )
+    with engine.connect() as connection:
+        frame = pd.read_sql_query(statement, connection, params={"a": int(evaluation_a), "b": int(evaluation_b)})
+    return frame.astype({c: float for c in ("focus_a", "focus_b", "model_focus_a", "model_focus_b")})

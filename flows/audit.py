@@ -21,7 +21,8 @@ test is significant at ``alpha``; one whose kind is in ``params.alert_on`` emits
 same earlier evaluation as the previous one emits none of its own), whose resource is
 ``focus.lineage.<name>`` (``focus.checkpoint.<sha256>`` outside a lineage) labelled with ``focus.method``
 and ``focus.comparison`` (the kind); its payload names the lineage, both checkpoints, the method, the change,
-the p-value and the kind. Automations match the event name and labels (``deployments/automations.yaml``);
+the p-value, the kind, and which one changed (``model_focus_change`` and ``cause``: every audit evaluation runs
+the model-reliance pass, :mod:`focus_core.cause`). Automations match the event name and labels (``deployments/automations.yaml``);
 the audit decides "regressed" itself.
 
 Examples
@@ -61,12 +62,14 @@ COMPLETED_EVENT = "focus.audit.completed"
 #: Which earlier evaluation a result is compared with (:mod:`flows.audit_baselines`).
 KINDS = baselines.KINDS
 #: The keys of each regression in the flow's result, the event's payload and ``focus audit --format json``.
-REGRESSION_KEYS = ("lineage", "checkpoint", "compared_with", "method", "median_change", "p_value", "kind")
+REGRESSION_KEYS = ("lineage", "checkpoint", "compared_with", "method", "median_change", "p_value", "kind",
+                   "model_focus_change", "cause")
 _PAYLOAD_EXTRA = ("checkpoint_version", "compared_with_version", "median_focus", "previous_median_focus", "n_paired",
                   "significant", "threshold", "alpha", "same_checkpoint")
 #: The audit table artifact's columns: the verdict first, internal ids last (the rest of a result follows them).
-_TABLE_FIRST = ("significant", "regressed", "median_change", "p_value", "method", "kind", "lineage",
-                "checkpoint_name", "compared_with_name", "median_focus", "previous_median_focus", "n_paired")
+_TABLE_FIRST = ("significant", "regressed", "median_change", "p_value", "cause", "model_focus_change", "method",
+                "kind", "lineage", "checkpoint_name", "compared_with_name", "median_focus", "previous_median_focus",
+                "n_paired")
 _TABLE_LAST = ("checkpoint_version", "compared_with_version", "evaluation_id", "previous_evaluation_id",
                "mosaic_set_id")
 _NOT_SHOWN = ("checkpoint", "compared_with", "threshold", "alpha")
@@ -282,7 +285,7 @@ def _evaluate(target: _Target, params: AuditParams, audit_run_id: int) -> None:
     spec = _model_spec(target)
     evaluate.with_options(flow_run_name=f"evaluate {target.name} {_methods(params)} (audit {audit_run_id})")(
         EvaluateParams(model=spec, dataset=params.dataset, mosaics=params.mosaics, methods=params.methods,
-                       run=params.run.as_run_spec()),
+                       run=params.run.as_run_spec(), model_reliance=True),
         audit_run_id=audit_run_id,
     )
 

@@ -13,6 +13,11 @@ paired Wilcoxon test from :mod:`flows.results.analysis`):
   still fires once the total fall passes it, and keeps firing until the fall is undone or the team pins a
   new reference.
 
+Each comparison also says which one changed (:func:`flows.results.analysis.change_cause`): ``model_focus_change``,
+the median paired change of the model's own reliance on the target tiles (model Focus), and ``cause``
+(``model``, ``explainer``, ``both`` or ``unclear``, the rule of :mod:`focus_core.cause`), from the reliance pass
+every audit evaluation runs.
+
 A comparison ``regressed`` when its median Focus fell by more than the threshold **and** the paired test is
 significant at ``alpha``. When the earlier evaluation is on other mosaics (the data changed), the comparison
 says so (``mosaic_set_changed``) and none is made.
@@ -102,8 +107,11 @@ def compare(engine: Any, target: Any, entry: dict[str, Any], baseline: Baseline,
     same_mosaics = [e for e in baseline.evaluations if e.mosaic_set_id == mosaic_set_id]
     earlier = same_mosaics[0] if same_mosaics else None
     test: dict[str, Any] = {"n": 0, "median_difference": None, "p_value": None}
+    model_focus_change, cause = None, "unclear"
     if earlier is not None:
         test = analysis.paired_comparison(engine, evaluation_id, earlier.evaluation_id)
+        moved = analysis.change_cause(engine, evaluation_id, earlier.evaluation_id)
+        model_focus_change, cause = number(moved.model_focus_change), moved.cause
     median = number(entry.get("median_focus"))
     previous_median = None if earlier is None else number(earlier.median_focus)
     change = None if median is None or previous_median is None else median - previous_median
@@ -118,6 +126,8 @@ def compare(engine: Any, target: Any, entry: dict[str, Any], baseline: Baseline,
         "regressed": verdict(params, change, p_value),
         "median_change": change,
         "p_value": p_value,
+        "model_focus_change": model_focus_change,
+        "cause": cause,
         "method": entry["method_name"],
         "kind": baseline.kind,
         "lineage": target.lineage,

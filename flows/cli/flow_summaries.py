@@ -279,6 +279,13 @@ def sweep_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
     ]
 
 
+#: What each ``cause`` of a regression means, in the audit summary's words (docs/reliance.md, "Which one changed").
+_CAUSE_WORDS = {"model": "the model's reliance on the target tiles moved, the explanation followed",
+                "explainer": "the explanation moved, the model's reliance held",
+                "both": "both the model's reliance and the explanation moved",
+                "unclear": "unclear whether the model or the explanation changed"}
+
+
 @register("audit")
 def audit_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]:
     """Each audited checkpoint x method: median now, before, the change, the paired test and the verdict."""
@@ -307,13 +314,16 @@ def audit_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
                       str(row.get("kind") or ""),
                       _fmt(row.get("previous_median_focus")), _fmt(row.get("median_change")),
                       _fmt(row.get("p_value")), verdict)
+    causes = [f"{row.get('checkpoint_name') or row['checkpoint']} with {row['method']} ({row.get('kind')}): "
+              f"{_CAUSE_WORDS.get(row.get('cause'), _CAUSE_WORDS['unclear'])} (model Focus change "
+              f"{_fmt(row.get('model_focus_change'))})" for row in results if row.get("regressed")]
     fell = result.get("class_regressions") or []
     classes = [f"Class {row.get('class_name') or row['class']} fell on the {row.get('probe') or 'clean'} set "
                f"with {row['method']} ({row.get('kind')}, change {_fmt(row.get('median_change'))}, "
                f"Holm p {row['p_adjusted']:.2g})" for row in fell]
     nothing = ("No lineage or checkpoint is marked for auditing "
                "(`focus train --audit`, `focus checkpoint register --audit`).")
-    lines: list[Any] = [title, table, *classes] if results else [nothing]
+    lines: list[Any] = [title, table, *causes, *classes] if results else [nothing]
     lines += [
         store_line(opts.database_url(args)),
         f"Next: focus results regressions{_database_flag(args)}",

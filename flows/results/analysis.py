@@ -22,9 +22,11 @@ import pandas as pd
 
 import db
 from focus_core import stats
+from focus_core.cause import ChangeCause, which_changed
 from focus_core.errors import FocusError
 
 __all__ = ["FOCUS_COLUMNS", "METRIC_COLUMNS", "REGRESSION_TEST_COLUMNS", "SEED_SPREAD_COLUMNS", "paired_comparison",
+           "change_cause",
            "focus_regressions", "focus_accuracy_correlation", "focus_accuracy_correlations", "random_seed_spread",
            "seed_spread_of_stages", "seed_spreads", "FEW_EPOCHS", "correlation_caveat"]
 
@@ -52,6 +54,18 @@ def paired_comparison(engine: Any, evaluation_a: int, evaluation_b: int) -> dict
     """
     pairs = db.paired_focus(engine, evaluation_a, evaluation_b)
     return stats.paired_test(pairs["focus_a"].to_numpy(float), pairs["focus_b"].to_numpy(float))
+
+
+def change_cause(engine: Any, evaluation_later: int, evaluation_earlier: int) -> ChangeCause:
+    """:func:`focus_core.cause.which_changed` of two evaluations on the mosaics both scored: did the model's reliance
+    or the explanation move from ``evaluation_earlier`` to ``evaluation_later``?
+
+    Reads each mosaic's Focus and model Focus through each evaluation's own reliance pass; where either evaluation
+    ran without the pass there are no pairs, and the answer is ``unclear`` with ``n`` 0.
+    """
+    pairs = db.paired_model_focus(engine, evaluation_later, evaluation_earlier)
+    return which_changed(pairs["focus_b"].to_numpy(float), pairs["focus_a"].to_numpy(float),
+                         pairs["model_focus_b"].to_numpy(float), pairs["model_focus_a"].to_numpy(float))
 
 
 def focus_regressions(engine: Any, threshold: float = 0.05, audit_run_id: int | None = None) -> pd.DataFrame:

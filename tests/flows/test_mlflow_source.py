@@ -231,7 +231,7 @@ def test_moving_the_alias_moves_what_is_resolved(registry, tracking: MlflowServe
 @pytest.mark.parametrize(("uri", "match"), [
     ("models:/no-such-model@champion", "No registered model 'no-such-model'"),
     ("models:/no-such-model/1", "No registered model 'no-such-model'"),
-    (f"models:/{NAME}@staging", f"has no alias 'staging' \\(its aliases are champion\\)"),
+    (f"models:/{NAME}@staging", "has no alias 'staging' \\(its aliases are champion\\)"),
     (f"models:/{NAME}/99", "has no version 99 \\(it has versions 1 to 2\\)"),
 ])
 def test_unknown_model_alias_or_version_is_one_sentence(registry, tracking: MlflowServer, uri: str, match: str) -> None:

@@ -124,69 +124,59 @@ def claim_chunk(store: Store, evaluation_id: int, chunk: int, owner: str, second
 
     Granted when nobody holds the chunk, its lease has expired, or ``owner`` holds it already (a retry).
     """
-    now = utcnow()
-    with transaction(store) as connection:
-        statement = _upsert(connection, ChunkLease).values(
-            evaluation_id=evaluation_id, chunk=chunk, owner=owner, expires_at=_until(seconds)
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=[ChunkLease.evaluation_id, ChunkLease.chunk],
-            set_={"owner": statement.excluded.owner, "expires_at": statement.excluded.expires_at},
-            where=or_(ChunkLease.expires_at < now, ChunkLease.owner == statement.excluded.owner),
-        ).returning(ChunkLease.owner)
-        return connection.execute(statement).scalar_one_or_none() == owner
+    return _claim(store, ChunkLease, ChunkLease.evaluation_id, evaluation_id, chunk, owner, seconds)
 
 
 def release_chunk(store: Store, evaluation_id: int, chunk: int, owner: str) -> None:
     """Give up ``owner``'s lease on a chunk (its results are written, or it will not be computed)."""
-    with transaction(store) as connection:
-        connection.execute(
-            delete(ChunkLease).where(
-                ChunkLease.evaluation_id == evaluation_id, ChunkLease.chunk == chunk, ChunkLease.owner == owner
-            )
-        )
+    _release(store, ChunkLease, ChunkLease.evaluation_id, evaluation_id, chunk, owner)
 
 
 def chunk_lease_live(store: Store, evaluation_id: int, chunk: int) -> bool:
     """Whether somebody holds an unexpired lease on the chunk."""
-    with transaction(store) as connection:
-        holder = connection.scalar(
-            select(ChunkLease.owner).where(
-                ChunkLease.evaluation_id == evaluation_id, ChunkLease.chunk == chunk, ChunkLease.expires_at >= utcnow()
-            )
-        )
-    return holder is not None
+    return _live(store, ChunkLease, ChunkLease.evaluation_id, evaluation_id, chunk)
 
 
 def claim_reliance_chunk(store: Store, pass_id: int, chunk: int, owner: str, seconds: float) -> bool:
     """Claim chunk ``chunk`` of a reliance pass for ``owner`` for ``seconds``, as :func:`claim_chunk` does."""
-    now = utcnow()
-    with transaction(store) as connection:
-        statement = _upsert(connection, RelianceChunkLease).values(
-            pass_id=pass_id, chunk=chunk, owner=owner, expires_at=_until(seconds)
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=[RelianceChunkLease.pass_id, RelianceChunkLease.chunk],
-            set_={"owner": statement.excluded.owner, "expires_at": statement.excluded.expires_at},
-            where=or_(RelianceChunkLease.expires_at < now, RelianceChunkLease.owner == statement.excluded.owner),
-        ).returning(RelianceChunkLease.owner)
-        return connection.execute(statement).scalar_one_or_none() == owner
+    return _claim(store, RelianceChunkLease, RelianceChunkLease.pass_id, pass_id, chunk, owner, seconds)
 
 
 def release_reliance_chunk(store: Store, pass_id: int, chunk: int, owner: str) -> None:
     """Give up ``owner``'s lease on a chunk of a reliance pass."""
-    with transaction(store) as connection:
-        connection.execute(delete(RelianceChunkLease).where(
-            RelianceChunkLease.pass_id == pass_id, RelianceChunkLease.chunk == chunk,
-            RelianceChunkLease.owner == owner))
+    _release(store, RelianceChunkLease, RelianceChunkLease.pass_id, pass_id, chunk, owner)
 
 
 def reliance_chunk_live(store: Store, pass_id: int, chunk: int) -> bool:
     """Whether somebody holds an unexpired lease on the chunk of the reliance pass."""
+    return _live(store, RelianceChunkLease, RelianceChunkLease.pass_id, pass_id, chunk)
+
+
+# A chunk lease table (ChunkLease, RelianceChunkLease): a parent id column, ``chunk``, ``owner``, ``expires_at``.
+
+def _claim(store: Store, table: Any, parent: Any, parent_id: int, chunk: int, owner: str, seconds: float) -> bool:
+    now = utcnow()
     with transaction(store) as connection:
-        holder = connection.scalar(select(RelianceChunkLease.owner).where(
-            RelianceChunkLease.pass_id == pass_id, RelianceChunkLease.chunk == chunk,
-            RelianceChunkLease.expires_at >= utcnow()))
+        statement = _upsert(connection, table).values(
+            {parent.key: parent_id, "chunk": chunk, "owner": owner, "expires_at": _until(seconds)}
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[parent, table.chunk],
+            set_={"owner": statement.excluded.owner, "expires_at": statement.excluded.expires_at},
+            where=or_(table.expires_at < now, table.owner == statement.excluded.owner),
+        ).returning(table.owner)
+        return connection.execute(statement).scalar_one_or_none() == owner
+
+
+def _release(store: Store, table: Any, parent: Any, parent_id: int, chunk: int, owner: str) -> None:
+    with transaction(store) as connection:
+        connection.execute(delete(table).where(parent == parent_id, table.chunk == chunk, table.owner == owner))
+
+
+def _live(store: Store, table: Any, parent: Any, parent_id: int, chunk: int) -> bool:
+    with transaction(store) as connection:
+        holder = connection.scalar(select(table.owner).where(
+            parent == parent_id, table.chunk == chunk, table.expires_at >= utcnow()))
     return holder is not None
 
 

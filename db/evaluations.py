@@ -10,16 +10,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
 from db.audit_comparisons import refresh_audit_comparisons
 from db.errors import StoreError
 from db.keys import evaluation_key
 from db.models import EVALUATION_STATUSES, RANDOMIZATIONS, Evaluation
 from db.summaries import store_summary
-from db.transactions import Store, error_reason, idempotent, transaction
+from db.transactions import Store, get_or_create_keyed, transaction
 from db.types import optional_float, utcnow
 
 __all__ = ["get_or_create_evaluation", "start_evaluation", "finish_evaluation", "evaluation_state"]
@@ -58,18 +57,8 @@ def get_or_create_evaluation(
         "code_version": code_version, "device": device, "metadata_": metadata,
     }  # fmt: skip
 
-    def work(connection: Connection) -> int:
-        existing = connection.scalar(select(Evaluation.id).where(Evaluation.natural_key == key))
-        if existing is not None:
-            return existing
-        return connection.scalar(insert(Evaluation).values(values).returning(Evaluation.id))
-
-    try:
-        return idempotent(store, work)
-    except IntegrityError as exc:
-        raise StoreError(
-            f"Cannot create the evaluation ({error_reason(exc)}); register its checkpoint, method and mosaic set first."
-        ) from None
+    return get_or_create_keyed(store, Evaluation, values, "the evaluation",
+                               "register its checkpoint, method and mosaic set first.")
 
 
 def start_evaluation(

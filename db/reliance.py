@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import bindparam, delete, insert, select, text
+from sqlalchemy import bindparam, delete, insert, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from db.errors import StoreError
 from db.keys import reliance_key
 from db.models import RANDOMIZATIONS, EvaluationReliance, ReliancePass
-from db.transactions import Store, error_reason, idempotent, transaction
+from db.transactions import Store, error_reason, get_or_create_keyed, transaction
 from db.types import optional_float, utcnow
 
 __all__ = [
@@ -57,18 +57,8 @@ def get_or_create_reliance_pass(
     values = {"natural_key": key, "checkpoint_id": checkpoint_id, "mosaic_set_id": mosaic_set_id,
               "randomization": randomization, "stage": stage, "layer": layer, "seed": seed, "baseline": baseline}
 
-    def work(connection: Connection) -> int:
-        existing = connection.scalar(select(ReliancePass.id).where(ReliancePass.natural_key == key))
-        if existing is not None:
-            return existing
-        return connection.scalar(insert(ReliancePass).values(values).returning(ReliancePass.id))
-
-    try:
-        return idempotent(store, work)
-    except IntegrityError as exc:
-        raise StoreError(
-            f"Cannot create the reliance pass ({error_reason(exc)}); register its checkpoint and mosaic set first."
-        ) from None
+    return get_or_create_keyed(store, ReliancePass, values, "the reliance pass",
+                               "register its checkpoint and mosaic set first.")
 
 
 def reliance_mosaic_ids(store: Store, pass_id: int) -> set[int]:

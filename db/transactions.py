@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -17,7 +17,7 @@ from db.connection_faults import gone_error
 from db.engine import mask_url
 from db.errors import StoreError
 
-__all__ = ["Store", "transaction", "idempotent", "error_reason", "storage_error"]
+__all__ = ["Store", "transaction", "idempotent", "get_or_create_keyed", "error_reason", "storage_error"]
 
 Store = Engine | Connection
 T = TypeVar("T")
@@ -116,6 +116,29 @@ def idempotent(store: Store, work: Callable[[Connection], T]) -> T:
             raise
         with transaction(store) as connection:
             return work(connection)
+
+
+def get_or_create_keyed(store: Store, table: Any, values: dict[str, Any], what: str, first: str) -> int:
+    """The id of ``table``'s row whose ``natural_key`` is ``values["natural_key"]``, inserted from ``values`` if new.
+
+    Idempotent (:func:`idempotent`): two callers racing for one key get the same id. A row the store refuses (a
+    foreign key) raises :class:`StoreError`: "Cannot create ``what`` (the reason); ``first``", where ``first`` says
+    what to register first.
+    """
+    from sqlalchemy import insert, select
+
+    key = values["natural_key"]
+
+    def work(connection: Connection) -> int:
+        existing = connection.scalar(select(table.id).where(table.natural_key == key))
+        if existing is not None:
+            return existing
+        return connection.scalar(insert(table).values(values).returning(table.id))
+
+    try:
+        return idempotent(store, work)
+    except IntegrityError as exc:
+        raise StoreError(f"Cannot create {what} ({error_reason(exc)}); {first}") from None
 
 
 def error_reason(exc: BaseException) -> str:

@@ -166,3 +166,12 @@ def test_the_command_line_flag_runs_the_disconnected_evaluation_and_names_it(pre
     code = cli.main(["results", "evaluations", "--database-url", sqlite_url])
     out, err = capsys.readouterr()
     assert code == 0 and "gradcam (disconnected)" in out, err
+
+
+def test_a_method_that_cannot_explain_the_disconnected_model_is_refused_before_any_row(digits_weights, sqlite_url):
+    params = _params(digits_weights, sqlite_url, disconnected=True, methods=("gradcam", "lrp_fast"))
+    with pytest.raises(FocusError, match=r"cannot trace the disconnected model's tile split: .*explainer 'lrp'"):
+        preflight.check_model(params)
+    preflight.check_model(_params(digits_weights, sqlite_url, disconnected=True, methods=("gradcam", "lrp")))
+    preflight.check_model(_params(digits_weights, sqlite_url, disconnected=False, methods=("lrp_fast",)))
+    assert _rows(sqlite_url) == (0, 0)

@@ -16,6 +16,8 @@ Examples
 >>> evaluate_name(EvaluateParams(model={"weights": "/w.pt", "label": "r18"}, randomization={"kind": "cascading",
 ...               "stage": 2}))
 'evaluate r18 gradcam cascading 2'
+>>> evaluate_name(EvaluateParams(model={"weights": "/w.pt"}, disconnected=True))
+'evaluate digits_cnn gradcam disconnected'
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from sqlalchemy import text
+from torch import nn
 
 import db
 from flows import cli
@@ -30,6 +31,13 @@ from focus_core.mosaics import compose_normalized
 pytestmark = pytest.mark.timeout(300)
 
 VIT = "timm:vit_tiny_patch16_224(depth=1,embed_dim=32,img_size=32,num_heads=2,patch_size=16)"
+PLAIN = f"{__name__}:make_plain"
+
+
+def make_plain(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """The factory ``--arch PLAIN`` calls: a small CNN whose feature extractor and head the wrapper does not know."""
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
 
 
 def _params(weights: str, url: str, *, disconnected: bool, methods: tuple[str, ...] = ("gradcam",),
@@ -146,6 +154,18 @@ def test_a_vision_transformer_is_refused_in_one_sentence_before_any_row(prefect_
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and VIT in err, err
     assert _rows(sqlite_url) == (0, 0) and db.evaluation_summary(store.engine_for(sqlite_url)).empty
+
+
+def test_a_network_the_wrapper_does_not_know_is_refused_by_the_pre_flight_in_one_sentence(
+        prefect_api, sqlite_url, tmp_path, capsys):
+    weights = tmp_path / "plain.pt"
+    models.save_weights(make_plain(), weights)
+    code = cli.main(["evaluate", "--arch", PLAIN, "--weights", str(weights), "--per-class", "1", "--disconnected",
+                     "--retries", "0", "--database-url", sqlite_url])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"cannot be built for {PLAIN} (Sequential)" in err and "digits CNN, torchvision ResNets and VGGs" in err
+    assert _rows(sqlite_url) == (0, 0)
 
 
 def test_the_command_line_flag_runs_the_disconnected_evaluation_and_names_it(prefect_api, digits_weights, sqlite_url,

@@ -82,6 +82,7 @@ from db.queries import (
 from db.registry import (
     RecordedCheckpoint,
     RegisteredDataset,
+    disconnected_methods,
     recorded_checkpoint,
     recorded_sha256_at,
     register_checkpoint,
@@ -149,6 +150,7 @@ __all__ = [
     "set_checkpoint_audit",
     "register_mosaic_set",
     "register_method",
+    "disconnected_methods",
     "LineageCheckpoint",
     "register_lineage_checkpoint",
     "register_training_epochs",

@@ -89,27 +89,32 @@ def reliance_key(
     layer: str | None = None,
     seed: int | None = None,
     baseline: str = "mean",
+    disconnected: bool = False,
 ) -> str:
     """The natural key of a model-reliance pass: the model (checkpoint and randomization, as
-    :func:`evaluation_key` has them), the mosaic set and the baseline a tile is replaced by.
+    :func:`evaluation_key` has them, and whether it is disconnected: each tile through the feature extractor on its
+    own), the mosaic set and the baseline a tile is replaced by.
 
     No method and no audit run: the drops are the model's, shared by every evaluation of that model and set.
+    ``disconnected`` enters the hash only when true, so a connected pass keeps its key.
 
     Examples
     --------
     >>> reliance_key(1, 3) == reliance_key(1, 3, baseline="blur")
     False
+    >>> connected = reliance_key(1, 3)
+    >>> connected == reliance_key(1, 3, disconnected=False), connected == reliance_key(1, 3, disconnected=True)
+    (True, False)
     """
     if randomization == "none" and seed is not None:
         raise StoreError(f"A reliance pass without randomization has no randomization seed but got {seed!r}.")
-    return canonical_hash(
-        {
-            "checkpoint": int(checkpoint_id),
-            "mosaic_set": int(mosaic_set_id),
-            "randomization": randomization,
-            "stage": None if stage is None else int(stage),
-            "layer": layer,
-            "seed": None if seed is None else int(seed),
-            "baseline": baseline,
-        }
-    )
+    identity = {
+        "checkpoint": int(checkpoint_id),
+        "mosaic_set": int(mosaic_set_id),
+        "randomization": randomization,
+        "stage": None if stage is None else int(stage),
+        "layer": layer,
+        "seed": None if seed is None else int(seed),
+        "baseline": baseline,
+    }
+    return canonical_hash({**identity, "disconnected": True} if disconnected else identity)

@@ -28,6 +28,7 @@ __all__ = [
     "register_checkpoint",
     "set_checkpoint_audit",
     "register_method",
+    "disconnected_methods",
 ]
 
 
@@ -313,3 +314,14 @@ def register_method(store: Store, name: str, params: dict[str, Any], params_hash
         )
 
     return idempotent(store, work)
+
+
+def disconnected_methods(store: Store, method_ids: Sequence[int]) -> set[int]:
+    """Those of ``method_ids`` recorded in the disconnected setting (``"disconnected": true`` among their
+    parameters): what a table marks where it names the method."""
+    ids = sorted({int(i) for i in method_ids})
+    if not ids:
+        return set()
+    with transaction(store) as connection:
+        rows = connection.execute(select(XaiMethod.id, XaiMethod.params).where(XaiMethod.id.in_(ids))).all()
+    return {int(row.id) for row in rows if (row.params or {}).get("disconnected") is True}

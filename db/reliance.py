@@ -47,13 +47,13 @@ RELIANCE_SUMMARY_COLUMNS = tuple(
 
 def get_or_create_reliance_pass(
     store: Store, checkpoint_id: int, mosaic_set_id: int, *, randomization: str = "none", stage: int | None = None,
-    layer: str | None = None, seed: int | None = None, baseline: str = "mean",
+    layer: str | None = None, seed: int | None = None, baseline: str = "mean", disconnected: bool = False,
 ) -> int:
-    """The id of the reliance pass of this model (checkpoint, randomization), mosaic set and baseline; created
-    if new."""
+    """The id of the reliance pass of this model (checkpoint, randomization, disconnected or not), mosaic set and
+    baseline; created if new. A disconnected pass differs from the connected one by its key alone."""
     if randomization not in RANDOMIZATIONS:
         raise StoreError(f"Expected randomization to be one of {RANDOMIZATIONS} but got {randomization!r}.")
-    key = reliance_key(checkpoint_id, mosaic_set_id, randomization, stage, layer, seed, baseline)
+    key = reliance_key(checkpoint_id, mosaic_set_id, randomization, stage, layer, seed, baseline, disconnected)
     values = {"natural_key": key, "checkpoint_id": checkpoint_id, "mosaic_set_id": mosaic_set_id,
               "randomization": randomization, "stage": stage, "layer": layer, "seed": seed, "baseline": baseline}
 

@@ -12,6 +12,10 @@ It reads like the paper's method section:
 With ``model_reliance`` the model's reliance on each tile is measured first, once per model and mosaic set
 (:mod:`flows.reliance`), and every finished evaluation gets model Focus and the explainer gap beside its Focus.
 
+With ``disconnected`` every step explains (and measures) the disconnected model
+(:class:`focus_core.disconnected.DisconnectedModel`): each tile through the feature extractor on its own. It is
+recorded among each method's parameters, so these evaluations are not the connected ones.
+
 Re-running the same request finds the rows already written and runs only the missing chunks.
 
 Examples
@@ -162,6 +166,8 @@ def run_evaluation(
         "randomization": rnd.model_dump(),
         "evaluations": [r.as_dict() for r in records],
     }
+    if params.disconnected:
+        outcome["disconnected"] = True
     if reliance is not None:
         outcome["model_reliance"] = {**reliance.as_dict(), "summaries_stored": summarized}
     if artifacts:
@@ -201,8 +207,9 @@ def _close(engine: Any, entry: EvaluationRecord, inputs: RegisteredInputs, param
 
 def _request_metadata(params: EvaluateParams) -> dict[str, Any]:
     exclude: dict[str, Any] = {"run": {"database_url"}}
-    if not params.model_reliance:  # off: the request is recorded as it was before the option existed
-        exclude["model_reliance"] = True
+    for option in ("model_reliance", "disconnected"):  # off: the request is recorded as it was without the option
+        if not getattr(params, option):
+            exclude[option] = True
     return {"request": params.model_dump(mode="json", exclude=exclude)}
 
 
@@ -219,7 +226,7 @@ def _plan(
         evaluation_id, name, method_params = record.open_evaluation(
             engine, inputs, method, params.model, params.randomization, audit_run_id=audit_run_id, device=device,
             metadata=_request_metadata(params), precision=params.run.dtype,
-            grid=params.mosaics.grid,
+            grid=params.mosaics.grid, disconnected=params.disconnected,
         )
         for dead in leases.take_over_dead(engine, [evaluation_id], owner, params.run.lease_seconds):
             logger.warning("The run %s working on evaluation %d has stopped; taking its work over at once", dead,

@@ -102,6 +102,12 @@ class EvaluateParams(_FlowParams):
         "per checkpoint and mosaic set) and store model Focus and the explainer gap beside Focus; off by default: it "
         "costs more than a quarter of a GradCAM evaluation (benchmarks/README.md)."
     )
+    disconnected: bool = Field(
+        False, description="Explain the disconnected model: each tile passes through the feature extractor on its own "
+        "and the tile maps are laid out as the mosaic's before the head (GradCAM on that laid-out map unless a layer "
+        "is named). Digits CNN, torchvision ResNets and VGGs; a separate evaluation (and reliance pass) from the "
+        "connected one."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateParams:

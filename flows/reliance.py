@@ -1,7 +1,7 @@
 """The model-reliance pass of an ``evaluate`` run and the reliance summaries of its evaluations.
 
 The pass (:func:`focus_core.reliance.tile_reliance`) is the model's, not a method's: it is stored once per model
-(checkpoint and randomization), mosaic set and baseline (:mod:`db.reliance`), and every evaluation of that model and
+(checkpoint, randomization, and whether it is disconnected), mosaic set and baseline (:mod:`db.reliance`), and every evaluation of that model and
 set reads it. :func:`run_reliance_pass` plans it like an evaluation: the mosaics without a stored row, in the same
 fixed chunks (:func:`flows.tasks.plan_chunks`), each chunk one task (:func:`reliance_chunk`) that composes the
 mosaics on the device, runs the ``N² + 1`` forward passes per mosaic in batches and writes the chunk in one
@@ -65,6 +65,7 @@ class RelianceChunk(BaseModel):
     lease_owner: str | None = Field(
         None, description="The run that claims the chunk before measuring it; empty: no claim."
     )
+    disconnected: bool = Field(False, description="Measure the disconnected model (focus_core.disconnected).")
 
 
 @dataclass
@@ -92,7 +93,8 @@ def measure_chunk(request: RelianceChunk) -> tuple[np.ndarray, np.ndarray, np.nd
     dataset = caches.load_dataset(request.dataset)
     tiles = caches.device_tiles(request.dataset, device)
     table = caches.manifest_tensors(request.dataset, request.mosaics, request.model)
-    model = caches.load_model(request.model, request.dataset, device, request.randomization)
+    model = caches.load_model(request.model, request.dataset, device, request.randomization,
+                              disconnected=request.disconnected, grid=request.mosaics.grid)
     positions = torch.as_tensor(request.positions, dtype=torch.int64)
     indices, targets = table.indices.index_select(0, positions), table.targets.index_select(0, positions)
     masks = table.masks.index_select(0, positions)
@@ -157,7 +159,8 @@ def reliance_chunk(request: RelianceChunk) -> int | None:
 def run_reliance_pass(params: Any, inputs: Any, engine: Any, owner: str | None = None) -> ReliancePass:
     """Open the pass of ``params``' model and mosaic set and run its missing chunks (``params``: ``EvaluateParams``).
 
-    ``owner`` (the run's lease owner) claims each chunk; chunks another live run holds are waited for until their
+    With ``params.disconnected`` the pass measures the disconnected model, a pass of its own. ``owner`` (the run's
+    lease owner) claims each chunk; chunks another live run holds are waited for until their
     rows are stored, or claimed once that run's lease has expired.
 
     Raises
@@ -166,10 +169,11 @@ def run_reliance_pass(params: Any, inputs: Any, engine: Any, owner: str | None =
         When a chunk failed (the chunks written are kept; the same request runs the rest).
     """
     logger = get_run_logger()
-    rnd = params.randomization
+    rnd, disconnected = params.randomization, bool(getattr(params, "disconnected", False))
     pass_id = store.retrying(engine, lambda: db.get_or_create_reliance_pass(
         engine, inputs.checkpoint_id, inputs.mosaic_set_id, randomization=rnd.kind, stage=rnd.stage,
-        layer=rnd.layer, seed=None if rnd.kind == "none" else rnd.seed, baseline=BASELINE))
+        layer=rnd.layer, seed=None if rnd.kind == "none" else rnd.seed, baseline=BASELINE,
+        disconnected=disconnected))
     stored = store.retrying(engine, lambda: db.reliance_mosaic_ids(engine, pass_id))
     done = [p for p, mosaic_id in enumerate(inputs.mosaic_ids) if mosaic_id in stored]
     plan = plan_chunks(len(inputs.mosaic_ids), params.run.chunk_size, done)
@@ -181,7 +185,7 @@ def run_reliance_pass(params: Any, inputs: Any, engine: Any, owner: str | None =
     pending = [RelianceChunk(
         pass_id=pass_id, chunk=chunk, positions=positions, mosaic_ids=[inputs.mosaic_ids[p] for p in positions],
         dataset=params.dataset, mosaics=params.mosaics, model=params.model, randomization=rnd, run=params.run,
-        lease_owner=owner,
+        lease_owner=owner, disconnected=disconnected,
     ) for chunk, positions in plan]
     errors = []
     while pending:

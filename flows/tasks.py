@@ -80,6 +80,10 @@ class ChunkRequest(BaseModel):
     lease_owner: str | None = Field(
         None, description="The run that claims the chunk in the store before computing it; empty: no claim."
     )
+    disconnected: bool = Field(
+        False, description="Explain the model in the disconnected setting (focus_core.disconnected): each tile "
+        "through the feature extractor on its own."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -91,14 +95,16 @@ class ChunkRequest(BaseModel):
            chunk: int = 0, positions: list[int] | None = None, lease_owner: str | None = None) -> ChunkRequest:
         """The request of one chunk of the evaluation of ``method`` under ``specs``.
 
-        ``specs`` is an :class:`~flows.specs.EvaluationSpecs` or anything with its fields (an ``EvaluateParams``);
-        ``positions`` (the manifest positions of ``mosaic_ids``) default to ``0 .. len(mosaic_ids) - 1``.
+        ``specs`` is an :class:`~flows.specs.EvaluationSpecs` or anything with its fields (an ``EvaluateParams``,
+        whose ``disconnected`` the chunk follows); ``positions`` (the manifest positions of ``mosaic_ids``) default
+        to ``0 .. len(mosaic_ids) - 1``.
         """
         return cls(
             evaluation_id=evaluation_id, chunk=chunk, mosaic_ids=list(mosaic_ids),
             positions=list(range(len(mosaic_ids))) if positions is None else list(positions),
             dataset=specs.dataset, mosaics=specs.mosaics, model=specs.model, randomization=specs.randomization,
             method=method, run=specs.run, lease_owner=lease_owner,
+            disconnected=bool(getattr(specs, "disconnected", False)),
         )
 
     @property
@@ -212,7 +218,8 @@ def explain_chunk(request: ChunkRequest) -> ChunkScores:
     dataset = caches.load_dataset(request.dataset)
     tiles = caches.device_tiles(request.dataset, device)
     table = caches.manifest_tensors(request.dataset, request.mosaics, request.model)
-    model = caches.load_model(request.model, request.dataset, device, request.randomization)
+    model = caches.load_model(request.model, request.dataset, device, request.randomization,
+                              disconnected=request.disconnected, grid=request.mosaics.grid)
 
     positions = _positions(request, len(table.targets))
     indices = table.indices.index_select(0, positions)  # stays on the CPU
@@ -256,7 +263,8 @@ def _explain_batches(
     size = min(caches.fitting_batch_size(work, request.batch_size), budget_size)
     memory.steady_heap(tiles.device, size * per_mosaic)
     grid = request.mosaics.grid
-    explainer = caches.make_explainer(request.method, request.model, size, request.batch_size, grid)
+    explainer = caches.make_explainer(request.method, request.model, size, request.batch_size, grid,
+                                      request.disconnected)
     sums, predicted = [], []
     start = 0
     while start < len(indices):
@@ -283,7 +291,8 @@ def _explain_batches(
                 torch.cuda.empty_cache()
             size //= 2
             caches.remember_fitting_batch_size(work, size)
-            explainer = caches.make_explainer(request.method, request.model, size, request.batch_size, grid)
+            explainer = caches.make_explainer(request.method, request.model, size, request.batch_size, grid,
+                                              request.disconnected)
             continue
         sums.append(batch_sums)
         predicted.append(batch_predicted)
@@ -399,9 +408,11 @@ def _precision(dtype: str, device: torch.device) -> contextlib.AbstractContextMa
 
 
 def _work_key(request: ChunkRequest) -> str:
-    """What decides a batch's memory: device, precision, model, dataset (tile size), method, randomization, grid."""
+    """What decides a batch's memory: device, precision, model (disconnected or not), dataset (tile size), method,
+    randomization, grid."""
     key = "|".join([request.device, request.dtype, spec_key(request.model), spec_key(request.dataset),
                     spec_key(request.method), spec_key(request.randomization)])
+    key = f"{key}|disconnected" if request.disconnected else key
     return key if request.mosaics.grid == 2 else f"{key}|grid {request.mosaics.grid}"  # larger mosaics
 
 

@@ -115,9 +115,11 @@ def _is_vision_transformer(model: nn.Module) -> bool:
     )
 
 
-def _parts(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module, Literal["linear", "per_tile"]]:
-    """``(extractor, pool, classifier, head kind)`` of a supported model; a one-sentence refusal otherwise."""
-    name = type(model).__name__
+def _parts(model: nn.Module, name: str | None = None
+           ) -> tuple[nn.Module, nn.Module, nn.Module, Literal["linear", "per_tile"]]:
+    """``(extractor, pool, classifier, head kind)`` of a supported model; a one-sentence refusal (naming the model
+    ``name``, else its class) otherwise."""
+    name = name or type(model).__name__
     if isinstance(model, DigitsCNN):
         parts = (model.features, model.pool, model.classifier, "linear")
     elif isinstance(model, torchvision.models.ResNet):
@@ -161,6 +163,8 @@ class DisconnectedModel(nn.Module):
         mode.
     grid : int
         Tiles per side of the mosaics it will see: 2, 3 or 4.
+    name : str, optional
+        How a refusal names the model (an architecture string, say); its class name by default.
 
     Raises
     ------
@@ -177,10 +181,10 @@ class DisconnectedModel(nn.Module):
     The disconnected setting cannot be built for the vision transformer VisionTr
     """
 
-    def __init__(self, model: nn.Module, grid: int) -> None:
+    def __init__(self, model: nn.Module, grid: int, *, name: str | None = None) -> None:
         super().__init__()
         _check_grid(grid)
-        extractor, pool, classifier, kind = _parts(model)
+        extractor, pool, classifier, kind = _parts(model, name)
         self.grid = grid
         self.head_kind: Literal["linear", "per_tile"] = kind
         self.extractor = extractor

@@ -60,8 +60,11 @@ def check_device(params: Any) -> None:
 
 
 def check_inputs(params: Any) -> None:
-    """Fail before Prefect starts (seconds) for paths this machine does not have."""
+    """Fail before Prefect starts (seconds) for paths this machine does not have, and for a disconnected request
+    of a ``timm:`` architecture (none can be disconnected; the pre-flight checks every other model once built)."""
     model = getattr(params, "model", None)
+    if model is not None and getattr(params, "disconnected", False):
+        _check_disconnectable(model.architecture)
     if model is not None:
         _require_file(model.weights, "weights file", "pass --weights with an existing weights file (a state_dict "
                       "saved with torch.save, yours or one that `focus train` wrote)")
@@ -72,6 +75,17 @@ def check_inputs(params: Any) -> None:
     if dataset is not None and dataset.kind == "image_folder":
         _require_dir(dataset.root, "ImageFolder directory")
         _check_class_counts(params, dataset.root)
+
+
+def _check_disconnectable(architecture: str) -> None:
+    from focus_core.arch_string import parse_architecture
+
+    if parse_architecture(architecture).kind == "timm":
+        raise UsageError(
+            f"--disconnected cannot be used with {architecture}: the disconnected setting knows the feature extractor "
+            "and head of the digits CNN, torchvision ResNets and VGGs only (a vision transformer's attention joins "
+            "every patch to every other); leave --disconnected out or pick one of those architectures."
+        )
 
 
 def _check_class_counts(params: Any, root: str) -> None:

@@ -177,7 +177,9 @@ def evaluate_summary(result: dict[str, Any], args: argparse.Namespace) -> list[A
     """One row per method: n, undefined share, median Focus and its interval; where they are; what next."""
     ids = evaluation_ids(result)
     rows_now = sum(int(e.get("rows_written") or 0) for e in result.get("evaluations", []))
-    title = (f"Focus of checkpoint {result['checkpoint_id']} ({str(result['checkpoint_sha256'])[:12]}) on "
+    setting = (", disconnected (each tile through the feature extractor on its own)," if result.get("disconnected")
+               else "")
+    title = (f"Focus of checkpoint {result['checkpoint_id']} ({str(result['checkpoint_sha256'])[:12]}){setting} on "
              f"{result['num_mosaics']} mosaics (mosaic set {result['mosaic_set_id']}), "
              f"{rows_now} results computed now:")
     unfinished = [e for e in result.get("evaluations", []) if e.get("status") != "finished"]

@@ -61,11 +61,13 @@ def _results_table(args: argparse.Namespace) -> Any:
 
 
 def _named(engine: Any, frame: Any) -> Any:
-    """``frame`` with each ``checkpoint_name`` naming every training run that produced the weights."""
-    from flows.results.names import names_of
+    """``frame`` with each ``checkpoint_name`` naming every training run that produced the weights, and each
+    method of the disconnected setting marked so."""
+    from flows.results.names import mark_disconnected, names_of
 
     if not len(frame):
         return frame
+    frame = mark_disconnected(engine, frame)
     named = names_of(engine, {int(c): n for c, n in zip(frame["checkpoint_id"], frame["checkpoint_name"])})
     return frame.assign(checkpoint_name=[named[int(c)] for c in frame["checkpoint_id"]])
 

@@ -151,8 +151,10 @@ def evaluation_table(engine: Any, ids: Iterable[int]) -> Any:
     from focus_core import stats
     from rich.table import Table
 
+    from flows.results.names import mark_disconnected
+
     ids = list(ids)
-    frame = db.evaluation_summary(engine, ids)
+    frame = mark_disconnected(engine, db.evaluation_summary(engine, ids))
     order = {evaluation_id: i for i, evaluation_id in enumerate(ids)}
     frame = frame.assign(_order=frame["evaluation_id"].map(order)).sort_values("_order")
     several = frame["checkpoint_id"].nunique() > 1

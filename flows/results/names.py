@@ -16,6 +16,8 @@ Examples
 >>> evaluate_name(EvaluateParams(model={"weights": "/w.pt", "label": "r18"}, randomization={"kind": "cascading",
 ...               "stage": 2}))
 'evaluate r18 gradcam cascading 2'
+>>> evaluate_name(EvaluateParams(model={"weights": "/w.pt"}, disconnected=True))
+'evaluate digits_cnn gradcam disconnected'
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "audit_name",
     "checkpoint_name",
     "evaluate_name",
+    "mark_disconnected",
     "named",
     "names_of",
     "Origins",
@@ -52,7 +55,20 @@ def evaluate_name(params: Any) -> str:
     rnd = params.randomization
     tail = "" if rnd.kind == "none" else f" {rnd.kind}" + ("" if rnd.stage is None else f" {rnd.stage}")
     tail += f" {rnd.layer}" if rnd.kind == "independent" and rnd.layer else ""
+    tail += " disconnected" if getattr(params, "disconnected", False) else ""
     return f"evaluate {_model(params.model)} {_methods(params.methods)}{tail}"
+
+
+def mark_disconnected(engine: Any, frame: Any) -> Any:
+    """``frame`` (rows with ``method_id`` and ``method``) with ``method`` marked "(disconnected)" where the
+    evaluation explained the disconnected model (:func:`db.registry.disconnected_methods`)."""
+    if not len(frame) or "method_id" not in frame or "method" not in frame:
+        return frame
+    marked = db.disconnected_methods(engine, [int(m) for m in frame["method_id"]])
+    if not marked:
+        return frame
+    return frame.assign(method=[f"{name} (disconnected)" if int(m) in marked else name
+                                for m, name in zip(frame["method_id"], frame["method"])])
 
 
 def train_name(params: Any) -> str:

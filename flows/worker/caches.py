@@ -35,6 +35,7 @@ from flows.params import (
     spec_key,
 )
 from focus_core import confident, data, explainers, image_folder, models, mosaics, randomize
+from focus_core.disconnected import GRADCAM_LAYER, DisconnectedModel
 from focus_core.errors import FocusError
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "checked_model",
     "weights_sha256",
     "load_model",
+    "disconnect",
     "make_explainer",
     "fitting_batch_size",
     "remember_fitting_batch_size",
@@ -263,8 +265,22 @@ def _weights_sha256(path: str, identity: tuple[int, int] | None) -> str:
     return models.weights_sha256(path)
 
 
+def disconnect(model: nn.Module, grid: int, architecture: str) -> DisconnectedModel:
+    """``model`` in the disconnected setting (:class:`focus_core.disconnected.DisconnectedModel`) for ``grid`` x
+    ``grid`` mosaics: its tiles pass through its feature extractor on their own. Holds ``model``'s modules.
+
+    Raises
+    ------
+    FocusError
+        For an architecture that cannot be disconnected (a vision transformer, a network whose feature extractor
+        and head are unknown): one sentence naming ``architecture``.
+    """
+    return DisconnectedModel(model, grid, name=f"{architecture} ({type(model).__name__})")
+
+
 @functools.lru_cache(maxsize=2)  # a chunk needs one model; a randomization run's stages need one each, in turn
-def _load_model(model_key: str, dataset_key: str, randomization_key: str, device: str) -> nn.Module:
+def _load_model(model_key: str, dataset_key: str, randomization_key: str, device: str,
+                disconnected_grid: int | None = None) -> nn.Module:
     spec = ModelSpec.model_validate_json(model_key)
     rnd = RandomizationSpec.model_validate_json(randomization_key)
     shared = checked_model(spec, DatasetSpec.model_validate_json(dataset_key))
@@ -275,6 +291,8 @@ def _load_model(model_key: str, dataset_key: str, randomization_key: str, device
         model = randomize.randomize_cascading(model, rnd.stage, seed=rnd.seed)
     elif rnd.kind == "independent":
         model = randomize.randomize_independent(model, rnd.layer, seed=rnd.seed)
+    if disconnected_grid is not None:  # randomized first: the randomization names the model's own layers
+        model = disconnect(model, disconnected_grid, spec.architecture)
     model = model.to(device).eval()
     if torch.device(device).type == "cuda":
         # cuDNN picks the fastest kernels for each input shape (a chunk repeats one shape), and channels-last
@@ -291,8 +309,14 @@ def load_model(
     dataset: DatasetSpec,
     device: torch.device | str,
     randomization: RandomizationSpec | None = None,
+    *,
+    disconnected: bool = False,
+    grid: int = 2,
 ) -> nn.Module:
     """The (optionally randomized) model in eval mode on ``device``, built once per process.
+
+    With ``disconnected`` it is wrapped for ``grid`` x ``grid`` mosaics (:func:`disconnect`), after the
+    randomization.
 
     Parameters are frozen (``requires_grad=False``): explainers take gradients with respect to
     the input and the activations only. On CUDA the weights are stored channels-last and
@@ -300,7 +324,8 @@ def load_model(
     """
     with _LOAD_LOCK:
         rnd = randomization or RandomizationSpec()
-        return _load_model(spec_key(spec), spec_key(dataset), spec_key(rnd), str(device))
+        return _load_model(spec_key(spec), spec_key(dataset), spec_key(rnd), str(device),
+                           grid if disconnected else None)
 
 
 def make_explainer(
@@ -309,8 +334,10 @@ def make_explainer(
     batch_size: int | None = None,
     requested_batch_size: int | None = None,
     grid: int = 2,
+    disconnected: bool = False,
 ) -> explainers.Explainer:
-    """The explainer of ``method``; GradCAM methods take the model spec's layer when they name none.
+    """The explainer of ``method``; GradCAM methods take the model spec's layer when they name none, and with
+    ``disconnected`` the laid-out tile maps (:data:`focus_core.disconnected.GRADCAM_LAYER`) when neither names one.
 
     ``grid`` is the mosaics' tiles per side: LIME, whose features never cross a tile edge, is given it when it is
     not 2 and the method names none (so its ``params`` and hash say which grid its features followed).
@@ -324,6 +351,8 @@ def make_explainer(
     params = dict(method.params)
     if method.name.startswith("gradcam") and model.gradcam_layer and params.get("layer") is None:
         params["layer"] = model.gradcam_layer
+    if method.name.startswith("gradcam") and disconnected and params.get("layer") is None:
+        params["layer"] = GRADCAM_LAYER
     if "grid" in getattr(explainers.EXPLAINERS.get(method.name), "spec", {}):
         if params.get("grid", grid) != grid:
             raise FocusError(

@@ -7,7 +7,8 @@ only the worker can see (its device, its files). Every check raises a one-senten
 ``ValueError``: not retried), so a bad request leaves no dataset, mosaic set, checkpoint or evaluation behind.
 
 The steps, in order: the device (:func:`check_request`; the command checks it on its own, for every flow), the
-architecture's name, the store's record of the weights, the model built from them, the randomization, every method
+architecture's name, the store's record of the weights, the model built from them, the randomization, the
+disconnected setting where asked for (the model must be one that can be disconnected), every method
 (``attnlrp`` only ViTs, ``lrp`` no ViT; GradCAM's layer), a vision transformer's patches against the tiles, the
 request's size, and (on the worker) that the mosaic set can be drawn.
 """
@@ -39,14 +40,16 @@ def check_model(params: Any, randomization: Any = None) -> None:
     ``params`` is any flow's parameters: those without a model and a dataset pass; a training run's model is
     checked as built, for its per-epoch methods (``focus_methods``), and not at all when it neither starts from
     weights nor explains anything. The dataset is the one the flow loads (:func:`flows.specs.effective_dataset`).
-    ``randomization`` overrides ``params.randomization``. The model and data stay cached in this process.
+    ``randomization`` overrides ``params.randomization``. With ``params.disconnected`` the methods are checked on
+    the disconnected model (:func:`flows.worker.caches.disconnect`). The model and data stay cached in this process.
 
     Raises
     ------
     FocusError
         A weights file for another architecture (or recorded as another one), a broken ``module:factory`` path,
-        a stage or layer the model does not have, a method that cannot explain the model, or a GradCAM layer that
-        cannot be inferred (the sentence names the candidates).
+        a stage or layer the model does not have, a model that cannot be disconnected (a vision transformer, an
+        unknown network), a method that cannot explain the model, or a GradCAM layer that cannot be inferred (the
+        sentence names the candidates).
     """
     model_spec, dataset_spec = getattr(params, "model", None), getattr(params, "dataset", None)
     if model_spec is None or dataset_spec is None:
@@ -65,8 +68,11 @@ def check_model(params: Any, randomization: Any = None) -> None:
         randomize.check_randomization(model, rnd.kind, rnd.stage, rnd.layer)
     mosaics = getattr(params, "mosaics", None) or getattr(params, "focus_mosaics", None)
     grid = mosaics.grid if mosaics is not None else 2
+    disconnected = bool(getattr(params, "disconnected", False))
+    if disconnected:
+        model = caches.disconnect(model, grid, model_spec.architecture)  # a wrapper: the shared model is unchanged
     for method in methods:
-        explainer = caches.make_explainer(method, model_spec, grid=grid)
+        explainer = caches.make_explainer(method, model_spec, grid=grid, disconnected=disconnected)
         check = getattr(explainer, "check_model", None)
         if check is not None:
             check(model)  # 'attnlrp' on a CNN, 'lrp' on a ViT

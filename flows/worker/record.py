@@ -272,6 +272,7 @@ def open_evaluation(
     metadata: dict[str, Any] | None = None,
     precision: str = "fp32",
     grid: int = 2,
+    disconnected: bool = False,
 ) -> tuple[int, str, dict[str, Any]]:
     """Register the method (its explicit parameters) and get or create the evaluation.
 
@@ -287,16 +288,22 @@ def open_evaluation(
     explainer knows nothing of, so the hash is :func:`focus_core.explainers.params_hash` of those
     parameters: the same function the explainer's hash comes from, over what is recorded.
 
+    The disconnected setting (each tile through the feature extractor on its own) changes the relevance the same
+    way, so ``disconnected`` is recorded as ``"disconnected": true`` among the method's parameters (GradCAM's layer
+    is then the laid-out tile maps unless one is named): the evaluation's key differs from the connected one's, and
+    every query that tells methods apart tells the two settings apart. Off, nothing is added.
+
     Returns
     -------
     tuple
         ``(evaluation_id, method name, explicit method parameters)``.
     """
-    explainer = caches.make_explainer(method, model, grid=grid)
-    if precision == "fp32":
+    explainer = caches.make_explainer(method, model, grid=grid, disconnected=disconnected)
+    extra = ({"precision": precision} if precision != "fp32" else {}) | ({"disconnected": True} if disconnected else {})
+    if not extra:
         method_params, method_hash = dict(explainer.params), explainer.params_hash
     else:
-        method_params = {**explainer.params, "precision": precision}
+        method_params = {**explainer.params, **extra}
         method_hash = explainers.params_hash(explainer.name, method_params)
     method_id = db.register_method(engine, explainer.name, method_params, params_hash=method_hash)
     evaluation_id = db.get_or_create_evaluation(

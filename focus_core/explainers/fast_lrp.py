@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from focus_core.disconnected import DisconnectedModel
+from focus_core.errors import FocusError
 from focus_core.explainers.base import Explanation, checked_forward
 from focus_core.explainers.fast_lrp_plan import plan_for
 from focus_core.explainers.lrp import LRP
@@ -52,6 +54,16 @@ class FastLRP(LRP):
     """
 
     name = "lrp_fast"
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse what :class:`~.lrp.LRP` refuses, and the disconnected setting's wrapper, whose tile split
+        :func:`torch.fx.symbolic_trace` cannot trace (before any forward pass)."""
+        super().check_model(model)
+        if isinstance(model, DisconnectedModel):
+            raise FocusError(
+                "Explainer 'lrp_fast' cannot trace the disconnected model's tile split: use the zennit "
+                "implementation (explainer 'lrp'), which explains it with the same rules."
+            )
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Explanation:
         self.check_model(model)

@@ -77,14 +77,20 @@ def reliance_section(engine: Engine, evals: Sequence[EvaluationData], names: dic
     groups: dict[tuple, list[EvaluationData]] = defaultdict(list)
     for e in chosen:
         groups[_model_key(e)].append(e)
-    for key in sorted(groups, key=lambda k: (k[0], k[1], RANDOMIZATION_ORDER.get(k[2], 9), k[3] or 0, str(k[4]),
-                                             k[5] or 0)):
+    for key in sorted(groups, key=lambda k: _model_key_sort(groups[k][0])):
         members = sorted(groups[key], key=lambda e: (method_key(e.method), e.evaluation_id))
         _draw(section, figures, names, members, per_mosaic, stored)
     ordered = sorted(chosen, key=lambda e: (*_model_key_sort(e), method_key(e.method), e.evaluation_id))
-    rows = [_row(e, names, stored[e.evaluation_id]) for e in ordered]
+    baselines = sorted({str(s["baseline"]) for s in stored.values()})
+    if len(baselines) == 1:  # one note says it, the table has no baseline column
+        section.notes.append(f"Every reliance pass here replaced a tile by the {baselines[0]} baseline; compare model "
+                             "Focus only between passes with the same baseline.")
+    drop = ({"baseline"} if len(baselines) == 1 else set()) | (
+        {"randomization"} if all(e.randomization == "none" for e in chosen) else set())
+    headers = [h for h in _HEADERS if h not in drop]
+    rows = [_row(e, names, stored[e.evaluation_id], drop) for e in ordered]
     section.blocks.append('<div class="table-wrap">' + table(
-        _HEADERS, rows, table_id="reliance-table", titles=[_TITLES.get(h) for h in _HEADERS]) + "</div>")
+        headers, rows, table_id="reliance-table", titles=[_TITLES.get(h) for h in headers]) + "</div>")
     return section
 
 
@@ -123,7 +129,8 @@ def _draw(section: Section, figures: FigureWriter, names: dict[int, str], member
                  points, chance=first.chance_level)
 
 
-def _row(e: EvaluationData, names: dict[int, str], s: dict[str, Any]) -> str:
+def _row(e: EvaluationData, names: dict[int, str], s: dict[str, Any], drop: set[str]) -> str:
+    """One evaluation's row: its stored summaries (exact in ``data-*``), without the ``drop`` columns."""
     data = {"evaluation_id": e.evaluation_id, "checkpoint_id": e.checkpoint_id, "method": e.method,
             "mosaic_set_id": e.mosaic_set_id, "randomization": e.randomization, "pass_id": s["pass_id"],
             "baseline": s["baseline"], "median_focus": e.summary.get("median"),
@@ -135,7 +142,8 @@ def _row(e: EvaluationData, names: dict[int, str], s: dict[str, Any]) -> str:
              _pair(s["q1_explainer_gap"], s["q3_explainer_gap"], signed=True),
              _pair(s["explainer_gap_low"], s["explainer_gap_high"], brackets=True, signed=True),
              fmt(s["median_rank_agreement"])]
-    return row(data, cells, numeric=[h not in _TEXT for h in _HEADERS],
+    kept = [(h, c) for h, c in zip(_HEADERS, cells) if h not in drop]
+    return row(data, [c for _, c in kept], numeric=[h not in _TEXT for h, _ in kept],
                titles=[None, None, None, e.set_description])
 
 

@@ -91,7 +91,9 @@ def audits_section(evals: Sequence[EvaluationData], names: dict[int, str], outco
         "audits", "Audits",
         "Each audit run re-evaluates the checkpoints marked for auditing on their audit mosaic set; one row per "
         "audit run x checkpoint x method. The main tables above show the latest of each; `focus results "
-        "regressions` lists the falls beyond the threshold with the paired test.",
+        "regressions` lists the falls beyond the threshold with the paired test. Below, where the audits ran the "
+        "reliance pass: whether the model's own reliance on the target tiles (model Focus) or the explanation "
+        "changed since the previous audit, and the cause each alerted regression recorded (docs/reliance.md).",
     )
     if outcome:
         section.notes.append(outcome)

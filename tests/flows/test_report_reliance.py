@@ -11,8 +11,13 @@
 
 from __future__ import annotations
 
+import html
+import json
 import math
+import re
 import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +35,7 @@ from focus_core.cause import which_changed
 from focus_core.report import DPI
 from tests.db.test_grids import make_grid, tile_sums
 from tests.flows.test_reliance_store import _params
-from tests.flows.test_report_page import parse_page
+from tests.flows.test_report_page import _LAYOUT_CHECK, _chromium, _run_chromium, parse_page
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -42,19 +47,37 @@ def _number(value: str) -> float:
     return math.nan if value == "" else float(value)
 
 
-def test_the_reliance_section_shows_the_stored_pass(prefect_api, sqlite_url, digits_weights, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+@dataclass
+class Reported:
+    url: str
+    ids: list[int]
+    index: Path
+    drawn: list[dict]  # the points each call of the figure's plot received
+
+
+@pytest.fixture(scope="module")
+def reported(prefect_api, digits_weights, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reported]:
+    """GradCAM and the random control on the digits CNN with the reliance pass (SQLite), and its report."""
     from flows.report import build_report
 
-    outcome = evaluate(_params(digits_weights, sqlite_url, ["gradcam", "random"]))
-    ids = [e["evaluation_id"] for e in outcome["evaluations"]]
-    drawn = []
+    folder = tmp_path_factory.mktemp("report-reliance")
+    url = f"sqlite:///{folder / 'focus.db'}"
+    db.upgrade(url)
+    outcome = evaluate(_params(digits_weights, url, ["gradcam", "random"]))
+    drawn: list[dict] = []
     real = report_reliance.plot_focus_against_model_focus
-    monkeypatch.setattr(report_reliance, "plot_focus_against_model_focus",
-                        lambda points, path, **kw: drawn.append(points) or real(points, path, **kw))
-    index = build_report(tmp_path / "report", database_url=sqlite_url)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(report_reliance, "plot_focus_against_model_focus",
+                      lambda points, path, **kw: drawn.append(points) or real(points, path, **kw))
+        index = build_report(folder / "report", database_url=url)
+    yield Reported(url, [e["evaluation_id"] for e in outcome["evaluations"]], index, drawn)
+    store.dispose_engines()
+
+
+def test_the_reliance_section_shows_the_stored_pass(reported: Reported) -> None:
+    index, ids, drawn = reported.index, reported.ids, reported.drawn
     page_ = parse_page(index.read_text(encoding="utf-8"))
-    engine = store.engine_for(sqlite_url)
+    engine = store.engine_for(reported.url)
 
     assert "reliance" in page_.sections
     (figure,) = [src for src in page_.images if "fig-reliance" in src]
@@ -160,3 +183,28 @@ def test_the_audit_section_says_which_one_changed(sqlite_url: str, tmp_path: Pat
     assert float(alert["attrs"]["model-focus-change"]) == expected.model_focus_change
     assert alert["cells"][-2:] == ["+0.000", "explainer"] and alert["cells"][5] == "-0.300"
     assert len(page_.tables["reliance-table"]) == 1  # the main tables show the cell's latest audit
+
+
+@pytest.mark.server  # starts a browser
+@pytest.mark.parametrize("width", [1280, 1400])
+def test_the_reliance_section_fits_the_window(reported: Reported, tmp_path: Path, width: int) -> None:
+    """In Chromium at 1280 and 1400 px: the figure is shown at its own size, within the window, and the table
+    neither scrolls nor cuts a cell."""
+    chromium = _chromium()
+    check = _LAYOUT_CHECK.replace("pre.textContent = JSON.stringify({", (
+        "var img = document.querySelector('img[src*=\"fig-reliance\"]'); "
+        "pre.textContent = JSON.stringify({figure: [img.naturalWidth, img.clientWidth, "
+        "img.getBoundingClientRect().right], "))
+    probe = reported.index.with_name(f"reliance-{width}.html")
+    probe.write_text(reported.index.read_text(encoding="utf-8").replace("</body>", check + "\n</body>"),
+                     encoding="utf-8")
+    done = _run_chromium(chromium, tmp_path / "profile", f"--window-size={width},2400", "--dump-dom", probe.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r'<pre id="layout-check">(.*?)</pre>', done.stdout, flags=re.S)
+    assert found, f"the probe script did not run; stderr: {done.stderr[-2000:]}"
+    layout = json.loads(html.unescape(found.group(1)))
+    natural, shown, right = layout["figure"]
+    assert natural > 0 and shown == natural and right <= layout["viewport"], layout["figure"]
+    assert layout["page"] <= layout["viewport"]
+    (table,) = [t for t in layout["tables"] if t["table"] == "reliance-table"]
+    assert not table["scroll"] and table["width"] <= table["container"] and not table["cut"], table

@@ -1,4 +1,5 @@
-"""What a report reads: evaluations with what they measured, their per-mosaic scores, and training runs.
+"""What a report reads: evaluations with what they measured, their per-mosaic scores, their model reliance,
+audit runs and training runs.
 
 Plain Python and pandas values at the boundary; :mod:`flows.report` computes the statistics
 over them. Id lists go to the database in chunks of at most :data:`ID_CHUNK` ids per
@@ -24,21 +25,27 @@ from sqlalchemy.engine import Engine
 
 from db.errors import StoreError
 from db.models import (
+    AuditRun,
     Dataset,
     Evaluation,
+    EvaluationReliance,
     ModelCheckpoint,
     Mosaic,
+    MosaicReliance,
     MosaicResult,
     MosaicSet,
+    ReliancePass,
     TrainingEpoch,
     TrainingRun,
     XaiMethod,
 )
 
-__all__ = ["ID_CHUNK", "SCORE_COLUMNS", "evaluation_records", "mosaic_scores", "training_runs"]
+__all__ = ["ID_CHUNK", "MODEL_FOCUS_COLUMNS", "SCORE_COLUMNS", "audit_runs", "evaluation_records", "mosaic_model_focus",
+           "mosaic_scores", "reliance_summaries", "training_runs"]
 
 ID_CHUNK = 500  # ids per IN (...) list
 SCORE_COLUMNS = ("evaluation_id", "mosaic_id", "position", "focus", "predicted_class", "target_class")
+MODEL_FOCUS_COLUMNS = ("evaluation_id", "mosaic_id", "focus", "model_focus")
 
 
 def _chunks(ids: Sequence[int], size: int) -> Iterator[list[int]]:
@@ -175,3 +182,66 @@ def training_runs(engine: Engine, run_ids: Iterable[int] | None = None, *,
             for r in epochs:
                 runs[int(r.training_run_id)]["epochs"].append(dict(r._mapping))
     return runs
+
+
+def reliance_summaries(engine: Engine, evaluation_ids: Sequence[int], *, chunk: int = ID_CHUNK) -> pd.DataFrame:
+    """The stored reliance summaries of the given evaluations (``evaluation_reliance``) with their pass's baseline.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Every column of ``evaluation_reliance`` but ``computed_at``, then ``baseline``; one row per evaluation
+        that has a summary (the others have none), ordered by evaluation id.
+    """
+    er, p = EvaluationReliance, ReliancePass
+    columns = [c for c in er.__table__.columns if c.name != "computed_at"]
+    stmt = select(*columns, p.baseline).join(p, p.id == er.pass_id).order_by(er.evaluation_id)
+    names = [c.name for c in columns] + ["baseline"]
+    frames = []
+    with engine.connect() as connection:
+        for ids in _chunks(sorted({int(i) for i in evaluation_ids}), chunk):
+            frames.append(pd.DataFrame(connection.execute(stmt.where(er.evaluation_id.in_(ids))).all(),
+                                       columns=names))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
+
+
+def mosaic_model_focus(engine: Engine, evaluation_ids: Sequence[int], *, chunk: int = ID_CHUNK) -> pd.DataFrame:
+    """Focus and model Focus per mosaic of the given evaluations, model Focus read through each evaluation's own
+    reliance pass (``evaluation_reliance.pass_id``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns :data:`MODEL_FOCUS_COLUMNS` (``focus`` and ``model_focus`` floats, NaN where undefined), one
+        row per mosaic the evaluation scored and its pass measured, ordered by evaluation id and mosaic id; no rows
+        for an evaluation without a reliance summary.
+    """
+    er, mr, r = EvaluationReliance, MosaicReliance, MosaicResult
+    stmt = (
+        select(er.evaluation_id, r.mosaic_id, r.focus, mr.model_focus)
+        .join(r, r.evaluation_id == er.evaluation_id)
+        .join(mr, (mr.pass_id == er.pass_id) & (mr.mosaic_id == r.mosaic_id))
+        .order_by(er.evaluation_id, r.mosaic_id)
+    )
+    frames = []
+    with engine.connect() as connection:
+        for ids in _chunks(sorted({int(i) for i in evaluation_ids}), chunk):
+            frames.append(pd.DataFrame(connection.execute(stmt.where(er.evaluation_id.in_(ids))).all(),
+                                       columns=list(MODEL_FOCUS_COLUMNS)))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(MODEL_FOCUS_COLUMNS))
+    for column in ("focus", "model_focus"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    return frame
+
+
+def audit_runs(engine: Engine, audit_run_ids: Sequence[int], *, chunk: int = ID_CHUNK) -> list[dict[str, Any]]:
+    """The given audit runs, by id: ``audit_run_id, name, status, threshold, started_at, metadata`` (the JSON the
+    audit stored: its ``regressions``, each with ``model_focus_change`` and ``cause``); unknown ids are left out."""
+    a = AuditRun
+    stmt = select(a.id.label("audit_run_id"), a.name, a.status, a.threshold, a.started_at,
+                  a.metadata_.label("metadata")).order_by(a.id)
+    rows: list[dict[str, Any]] = []
+    with engine.connect() as connection:
+        for ids in _chunks(sorted({int(i) for i in audit_run_ids}), chunk):
+            rows += [dict(r._mapping) for r in connection.execute(stmt.where(a.id.in_(ids)))]
+    return rows

@@ -12,6 +12,10 @@ What the page holds, each part only when its data is recorded (otherwise a sente
 - Figure 4: Focus distributions per method and architecture;
 - summary table per evaluation (n, undefined share, median with its bootstrap 95% CI, mean,
   quartiles, mosaic accuracy) and the paired Wilcoxon comparison of methods on the same mosaics;
+- the audits: each audit run's evaluations, what changed since the previous audit (model Focus or the
+  explanation) and the regressions the audits stored;
+- Focus against model Focus per mosaic (the model's own reliance on the target tiles), with the stored
+  summaries, when some evaluation ran the reliance pass;
 - Figure 3: trained vs fully random model; the cascading randomization curve;
 - Figures 5 and 6: training curves with Focus, Focus vs accuracy and loss (with Pearson r);
 - Figure 2: Focus per fixed positional layout of the target tiles.
@@ -19,7 +23,8 @@ What the page holds, each part only when its data is recorded (otherwise a sente
 Modules, one concept each: :mod:`~flows.report.queries` (reading the store),
 :mod:`~flows.report.selection` (names, order and picks), :mod:`~flows.report.figures` (the figure
 writer and the figure-only sections), :mod:`~flows.report.sample` (Figure 1),
-:mod:`~flows.report.tables` (summary and paired tables), :mod:`~flows.report.training`
+:mod:`~flows.report.tables` (summary, paired and audit tables), :mod:`~flows.report.reliance` (model
+reliance), :mod:`~flows.report.training`
 (Figures 5 and 6 with their tables), :mod:`~flows.report.page` (the HTML) and
 :mod:`~flows.report.build` (the whole build).
 

@@ -25,7 +25,15 @@ from flows.report.figures import (
 )
 from flows.report.page import page
 from flows.results.names import shared_weights_notes
-from flows.report.queries import EvaluationData, audit_outcome, load_evaluations, training_runs
+from flows.report.queries import (
+    EvaluationData,
+    audit_causes,
+    audit_outcome,
+    load_evaluations,
+    stored_regressions,
+    training_runs,
+)
+from flows.report.reliance import reliance_section
 from flows.report.sample import sample_section
 from flows.report.selection import checkpoint_names, latest_per_cell, method_key
 from flows.report.tables import audits_section, paired_section, summary_section
@@ -95,8 +103,13 @@ def build_report(out: Path, database_url: str | None = None, evaluations: list[i
         training_section(evals, runs, figures),
         layout_section(evals, names, figures),
     ]
+    reliance = reliance_section(engine, evals, names, figures)  # only when some evaluation ran the reliance pass
+    if reliance is not None:
+        sections.insert(4, reliance)
     if audited:
-        sections.insert(4, audits_section(audited, names, audit_outcome(engine)))
+        regressions = stored_regressions(engine, {e.audit_run_id for e in audited})
+        sections.insert(4, audits_section(audited, names, audit_outcome(engine), audit_causes(engine, audited),
+                                          regressions))
     sections[0].notes[:0] = notes
     index = out / "index.html"
     partial = out / ".index.html.tmp"

@@ -33,6 +33,7 @@ __all__ = [
     "data_value",
     "fmt",
     "fmt_p",
+    "fmt_signed",
     "page",
     "row",
     "seed_list",
@@ -130,6 +131,20 @@ def fmt_p(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return DASH
     return "< 0.001" if float(value) < 0.001 else fmt(value)
+
+
+def fmt_signed(value: Any) -> str:
+    """A change with its sign, 3 decimals; a dash when undefined.
+
+    Examples
+    --------
+    >>> fmt_signed(0.12), fmt_signed(-0.08), fmt_signed(None), fmt_signed(float("nan"))
+    ('+0.120', '-0.080', '–', '–')
+    """
+    if value is None:
+        return DASH
+    number = float(value)
+    return DASH if math.isnan(number) else f"{number:+.3f}"
 
 
 def data_value(value: Any) -> str:

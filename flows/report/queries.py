@@ -15,6 +15,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,11 +26,13 @@ import pandas as pd
 
 import db
 from db import Engine
+from flows.results.analysis import change_cause
 from focus_core import stats
+from focus_core.cause import ChangeCause
 from focus_core.errors import FocusError
 
-__all__ = ["CONFIDENCE", "BOOTSTRAP_RESAMPLES", "REGRESSION_THRESHOLD", "EvaluationData", "audit_outcome",
-           "load_evaluations", "training_runs"]
+__all__ = ["CONFIDENCE", "BOOTSTRAP_RESAMPLES", "REGRESSION_THRESHOLD", "EvaluationData", "audit_causes",
+           "audit_outcome", "load_evaluations", "stored_regressions", "training_runs"]
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
@@ -236,3 +239,39 @@ def audit_outcome(engine: Engine, threshold: float = REGRESSION_THRESHOLD) -> st
                 "since the previous audit of the same checkpoint, method and mosaic set.")
     return (f"{audits} audit run(s), {found} regression(s) found (median Focus fell by more than {threshold}): "
             "`focus results regressions` lists them with the paired test.")
+
+
+def audit_causes(engine: Engine, audited: Sequence[EvaluationData]) -> list[tuple[EvaluationData, EvaluationData,
+                                                                               ChangeCause]]:
+    """Each audit evaluation against the previous audit of its cell in the selection, with what changed.
+
+    A cell is one checkpoint x method (and its parameters) x mosaic set x randomization; the previous audit is the
+    cell's evaluation of the highest lower audit run id among ``audited``. ``(later, earlier, cause)`` triples,
+    oldest audit first; the cause is recomputed from the stored per-mosaic Focus and model Focus
+    (:func:`flows.results.analysis.change_cause`: ``n`` 0 and ``unclear`` where either ran without the reliance
+    pass), the same call the audit makes for its own comparison with the previous audit.
+    """
+    cells: dict[tuple, list[EvaluationData]] = {}
+    for e in audited:
+        key = (e.checkpoint_id, e.method, json.dumps(e.method_params, sort_keys=True, default=str), e.mosaic_set_id,
+               e.randomization, e.stage, e.layer, e.seed)
+        cells.setdefault(key, []).append(e)
+    found = []
+    for members in cells.values():
+        ordered = sorted(members, key=lambda e: (e.audit_run_id or 0, e.evaluation_id))
+        for earlier, later in zip(ordered, ordered[1:]):
+            found.append((later, earlier, change_cause(engine, later.evaluation_id, earlier.evaluation_id)))
+    return sorted(found, key=lambda t: (t[0].audit_run_id or 0, t[0].checkpoint_id, t[0].evaluation_id))
+
+
+def stored_regressions(engine: Engine, audit_run_ids: Iterable[int]) -> list[dict[str, Any]]:
+    """The regressions the given audit runs stored in their metadata (``audit_run.metadata["regressions"]``, as the
+    audit flow alerted them: each with ``model_focus_change`` and ``cause``), each with its ``audit_run_id``, oldest
+    audit first. Audits recorded without them (or by another writer) contribute none."""
+    found = []
+    for run in db.report_reads.audit_runs(engine, sorted(set(audit_run_ids))):
+        metadata = run["metadata"] if isinstance(run["metadata"], dict) else {}
+        for item in metadata.get("regressions") or []:
+            if isinstance(item, dict):
+                found.append({"audit_run_id": int(run["audit_run_id"]), **item})
+    return found

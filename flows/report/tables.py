@@ -1,4 +1,4 @@
-"""The report's tables: statistics per evaluation and the paired comparison of methods.
+"""The report's tables: statistics per evaluation, the paired comparison of methods, and the audits.
 
 Every row carries the exact values in ``data-*`` attributes (see :func:`flows.report.page.row`).
 The statistics come from :mod:`focus_core.stats`: :func:`~focus_core.stats.summarize` and
@@ -12,13 +12,16 @@ import itertools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from flows.report.page import DASH, Section, fmt, fmt_p, row, table
+from flows.report.page import DASH, Section, fmt, fmt_p, fmt_signed, row, table
 from flows.report.queries import BOOTSTRAP_RESAMPLES, CONFIDENCE, EvaluationData
 from flows.report.selection import RANDOMIZATION_ORDER, method_key
 from focus_core import stats
+from focus_core.cause import RULE as CAUSE_RULE
+from focus_core.cause import ChangeCause
 
 __all__ = ["audits_section", "paired_section", "summary_section"]
 
@@ -75,8 +78,12 @@ def _one_chance_level(evals: Sequence[EvaluationData]) -> list[str]:
             "target tiles): what a random explanation scores; compare each median with it."]
 
 
-def audits_section(evals: Sequence[EvaluationData], names: dict[int, str], outcome: str | None = None) -> Section:
-    """Every audit's evaluations, oldest audit first: the same statistics as the summary, per audit run.
+def audits_section(evals: Sequence[EvaluationData], names: dict[int, str], outcome: str | None = None,
+                   causes: Sequence[tuple[EvaluationData, EvaluationData, ChangeCause]] = (),
+                   regressions: Sequence[dict[str, Any]] = ()) -> Section:
+    """Every audit's evaluations, oldest audit first: the same statistics as the summary, per audit run; then each
+    audit against the previous one with what changed (``causes``, :func:`flows.report.queries.audit_causes`) and the
+    regressions the audits stored (``regressions``, :func:`flows.report.queries.stored_regressions`).
 
     ``outcome`` (:func:`flows.report.queries.audit_outcome`) says what the audits found, regressions or none.
     """
@@ -84,13 +91,82 @@ def audits_section(evals: Sequence[EvaluationData], names: dict[int, str], outco
         "audits", "Audits",
         "Each audit run re-evaluates the checkpoints marked for auditing on their audit mosaic set; one row per "
         "audit run x checkpoint x method. The main tables above show the latest of each; `focus results "
-        "regressions` lists the falls beyond the threshold with the paired test.",
+        "regressions` lists the falls beyond the threshold with the paired test. Below, where the audits ran the "
+        "reliance pass: whether the model's own reliance on the target tiles (model Focus) or the explanation "
+        "changed since the previous audit, and the cause each alerted regression recorded (docs/reliance.md).",
     )
     if outcome:
         section.notes.append(outcome)
     ordered = sorted(evals, key=lambda e: (e.audit_run_id or 0, e.checkpoint_id, method_key(e.method)))
     section.blocks.append(_summary_table(ordered, names, "audit-table", keep_order=True))
+    if causes:
+        section.blocks.append("<h3>Which one changed since the previous audit</h3>" + _causes_table(causes, names))
+    if regressions:
+        section.blocks.append("<h3>Regressions the audits alerted</h3>" + _regressions_table(regressions, names, evals))
     return section
+
+
+_CAUSE_TITLES = {
+    "Focus change": "median paired change of Focus, this audit minus the previous, on the mosaics with every value "
+                    "defined",
+    "model Focus change": "median paired change of model Focus, the model's own reliance on the target tiles "
+                          "(docs/reliance.md); a dash where either audit ran without the reliance pass",
+    "gap change": "median paired change of the explainer gap (Focus minus model Focus)",
+    "cause": f"which one changed: {CAUSE_RULE}",
+    "pairs": "mosaics with Focus and model Focus defined in both evaluations",
+}
+
+
+def _causes_table(causes: Sequence[tuple[EvaluationData, EvaluationData, ChangeCause]], names: dict[int, str]) -> str:
+    """Each audit evaluation against the previous audit of its cell: the paired changes and the cause (recomputed
+    from the stored per-mosaic values)."""
+    headers = ["audit", "evaluation", "checkpoint", "method", "mosaic set", "previous", "pairs", "Focus change",
+               "model Focus change", "gap change", "cause"]
+    rows = []
+    for later, earlier, moved in causes:
+        measured = moved.n > 0
+        rows.append(row(
+            {"audit_run_id": later.audit_run_id, "evaluation_id": later.evaluation_id,
+             "previous_evaluation_id": earlier.evaluation_id, "checkpoint_id": later.checkpoint_id,
+             "method": later.method, "n": moved.n, "focus_change": moved.focus_change,
+             "model_focus_change": moved.model_focus_change, "gap_change": moved.gap_change,
+             "cause": moved.cause if measured else None},
+            [str(later.audit_run_id), str(later.evaluation_id), names[later.checkpoint_id], later.method,
+             later.set_label, f"{earlier.evaluation_id} (audit {earlier.audit_run_id})", fmt(moved.n),
+             fmt_signed(moved.focus_change), fmt_signed(moved.model_focus_change), fmt_signed(moved.gap_change),
+             moved.cause if measured else DASH],
+            numeric=[True, True, False, False, False, False, True, True, True, True, False],
+            titles=[None, None, None, None, later.set_description],
+        ))
+    return ('<div class="table-wrap">' + table(headers, rows, table_id="audit-causes-table",
+                                               titles=[_CAUSE_TITLES.get(h) for h in headers]) + "</div>")
+
+
+def _regressions_table(regressions: Sequence[dict[str, Any]], names: dict[int, str],
+                       evals: Sequence[EvaluationData]) -> str:
+    """The regressions as each audit stored them (its metadata): the fall, the paired test, the model Focus change
+    and the cause the audit recorded."""
+    by_sha = {e.sha256: names[e.checkpoint_id] for e in evals}
+    headers = ["audit", "checkpoint", "compared with", "kind", "method", "median change", "p-value",
+               "model Focus change", "cause"]
+    def name(sha: Any) -> str:
+        return DASH if not sha else by_sha.get(sha, f"sha256 {str(sha)[:12]}")
+
+    rows = []
+    for r in regressions:
+        checkpoint = name(r.get("checkpoint"))
+        if r.get("lineage"):
+            checkpoint = f"{checkpoint} (lineage {r['lineage']})"
+        rows.append(row(
+            {k: r.get(k) for k in ("audit_run_id", "lineage", "checkpoint", "compared_with", "kind", "method",
+                                   "median_change", "p_value", "model_focus_change", "cause")},
+            [str(r["audit_run_id"]), checkpoint, name(r.get("compared_with")), str(r.get("kind") or DASH),
+             str(r.get("method") or DASH), fmt_signed(r.get("median_change")), fmt_p(r.get("p_value")),
+             fmt_signed(r.get("model_focus_change")), str(r.get("cause") or DASH)],
+            numeric=[True, False, False, False, False, True, True, True, False],
+        ))
+    titles = [_CAUSE_TITLES.get(h) for h in headers]
+    return '<div class="table-wrap">' + table(headers, rows, table_id="regressions-table", titles=titles) + "</div>"
 
 
 def _summary_table(evals: Sequence[EvaluationData], names: dict[int, str], table_id: str,

@@ -98,3 +98,35 @@ def test_recorded_checkpoint(engine, world):
     other = db.register_checkpoint(engine, "d" * 64, "resnet18", 5, in_channels=3)
     assert db.recorded_checkpoint(engine, "d" * 64) == db.RecordedCheckpoint(other, "resnet18", 5, 3, False)
     assert db.recorded_checkpoint(engine, "e" * 64) is None
+
+
+def test_reliance_reads_and_audit_runs_in_chunks(engine, world, build_sums):
+    """Model Focus per mosaic through each evaluation's own pass, its summaries with the pass's baseline, and the
+    audit runs' stored regressions; an evaluation without a summary has no rows."""
+    grad = _evaluation(engine, world, build_sums, "gradcam", [0.9, np.nan, 0.25, 0.5], [0, 0, 1, 1])
+    lrp = _evaluation(engine, world, build_sums, "lrp", [0.6, 0.7], [0, 1])
+    pass_id = db.get_or_create_reliance_pass(engine, world.checkpoint_id, world.mosaic_set_id, baseline="blur")
+    drops = np.tile([1.0, 0.5, 0.25, -0.5], (4, 1))
+    model_focus = np.array([0.8, np.nan, 0.6, 0.4])
+    db.write_reliance(engine, pass_id, world.mosaic_ids, np.ones(4), drops, model_focus)
+    summary = {c: 0.1 * i for i, c in enumerate(db.reliance.RELIANCE_SUMMARY_COLUMNS)}
+    db.store_evaluation_reliance(engine, grad, pass_id, {**summary, "n_model_defined": 3, "n_gap_defined": 2})
+    for chunk in (1, report_reads.ID_CHUNK):
+        pairs = report_reads.mosaic_model_focus(engine, [lrp, grad, grad], chunk=chunk)
+        assert tuple(pairs.columns) == report_reads.MODEL_FOCUS_COLUMNS
+        assert pairs["evaluation_id"].tolist() == [grad] * 4 and pairs["mosaic_id"].tolist() == world.mosaic_ids
+        np.testing.assert_array_equal(pairs["focus"], [0.9, np.nan, 0.25, 0.5])
+        np.testing.assert_array_equal(pairs["model_focus"], model_focus)
+        stored = report_reads.reliance_summaries(engine, [lrp, grad], chunk=chunk)
+        assert stored["evaluation_id"].tolist() == [grad] and stored["baseline"].tolist() == ["blur"]
+        assert stored["pass_id"].tolist() == [pass_id] and stored["n_model_defined"].tolist() == [3]
+        assert stored["median_model_focus"].tolist() == [summary["median_model_focus"]]
+    assert len(report_reads.mosaic_model_focus(engine, [])) == len(report_reads.reliance_summaries(engine, [])) == 0
+
+    regressions = [{"method": "gradcam", "median_change": -0.2, "model_focus_change": -0.01, "cause": "explainer"}]
+    first, second = (db.start_audit_run(engine, name=f"nightly-{i}", threshold=0.05) for i in (1, 2))
+    db.finish_audit_run(engine, second, metadata={"regressions": regressions})
+    for chunk in (1, report_reads.ID_CHUNK):
+        runs = report_reads.audit_runs(engine, [second, first, 10_000], chunk=chunk)
+        assert [r["audit_run_id"] for r in runs] == [first, second]
+        assert runs[0]["status"] == "running" and runs[1]["metadata"] == {"regressions": regressions}

@@ -8,7 +8,8 @@ One ``plot_*`` function per figure, grouped by figure family:
   and loss (Figure 6);
 - :mod:`~focus_core.report.randomization`: the cascading randomization curve;
 - :mod:`~focus_core.report.mosaic`: a mosaic with each method's heat map (Figure 1);
-- :mod:`~focus_core.report.design`: median Focus per target class, random models over seeds.
+- :mod:`~focus_core.report.design`: median Focus per target class, random models over seeds;
+- :mod:`~focus_core.report.reliance`: Focus against model Focus per mosaic, one panel per method.
 
 Each takes plain Python data (mappings, sequences, numpy arrays or torch tensors) and an output
 path ending in ``.png``, writes the figure there (parent folders are created) and returns the
@@ -40,6 +41,7 @@ from focus_core.report.distributions import (
 from focus_core.report.design import plot_per_class_focus, plot_random_seeds
 from focus_core.report.mosaic import plot_mosaic_explanations
 from focus_core.report.randomization import plot_cascading_randomization
+from focus_core.report.reliance import plot_focus_against_model_focus
 from focus_core.report.training import plot_focus_vs_metrics, plot_training_curves
 
 __all__ = [
@@ -54,4 +56,5 @@ __all__ = [
     "plot_mosaic_explanations",
     "plot_per_class_focus",
     "plot_random_seeds",
+    "plot_focus_against_model_focus",
 ]

@@ -28,7 +28,7 @@ import db
 from flows import reliance as flow_reliance
 from flows.evaluate import evaluate
 from flows.report import reliance as report_reliance
-from flows.report.reliance import MAX_COLUMNS, PANEL_INCHES
+from focus_core.report.reliance import MAX_COLUMNS, PANEL_INCHES
 from flows.worker import store
 from focus_core import reliance
 from focus_core.cause import which_changed

@@ -1,12 +1,4 @@
-"""Focus against the model's own reliance per mosaic (:mod:`focus_core.reliance`): one panel per method.
-
-Examples
---------
->>> import tempfile, os
->>> plot_focus_against_model_focus({"gradcam": ([0.6, 0.7], [0.9, 0.8])},
-...                                os.path.join(tempfile.mkdtemp(), "r.png")).name
-'r.png'
-"""
+"""Focus against the model's own reliance per mosaic (:mod:`focus_core.reliance`): one panel per method."""
 
 from __future__ import annotations
 

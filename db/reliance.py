@@ -188,14 +188,15 @@ def evaluation_reliance(engine: Engine, evaluation_ids: Sequence[int]) -> pd.Dat
 def paired_model_focus(engine: Engine, evaluation_a: int, evaluation_b: int) -> pd.DataFrame:
     """Focus and model Focus of two evaluations on the same mosaics, each read through its own reliance pass.
 
-    Columns ``mosaic_id, focus_a, focus_b, model_focus_a, model_focus_b`` (NaN where undefined), ordered by mosaic
-    id; only mosaics both evaluations scored and both passes measured, so no rows when either evaluation has no
+    Columns ``mosaic_id, target_class, focus_a, focus_b, model_focus_a, model_focus_b`` (NaN where undefined),
+    ordered by mosaic id; only mosaics both evaluations scored and both passes measured, so no rows when either evaluation has no
     reliance summary (it ran without the reliance pass).
     """
     statement = text(
-        "SELECT a.mosaic_id, a.focus AS focus_a, b.focus AS focus_b, "
+        "SELECT a.mosaic_id, m.target_class, a.focus AS focus_a, b.focus AS focus_b, "
         "ma.model_focus AS model_focus_a, mb.model_focus AS model_focus_b "
         "FROM mosaic_result a JOIN mosaic_result b ON b.mosaic_id = a.mosaic_id AND b.evaluation_id = :b "
+        "JOIN mosaic m ON m.id = a.mosaic_id "
         "JOIN evaluation_reliance ea ON ea.evaluation_id = :a "
         "JOIN evaluation_reliance eb ON eb.evaluation_id = :b "
         "JOIN mosaic_reliance ma ON ma.pass_id = ea.pass_id AND ma.mosaic_id = a.mosaic_id "

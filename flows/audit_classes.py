@@ -12,7 +12,9 @@ For each checkpoint the audit compared (:mod:`flows.audit`), this module
    family-wise level);
 3. fires ``focus.audit.regressed`` for every class whose corrected test is significant and whose median Focus fell
    by more than the threshold, with ``class``, ``class_name`` and ``probe`` (``"clean"`` or the probe's name) in
-   the payload and as resource labels (``focus.class``, ``focus.probe``), beside the method and comparison.
+   the payload and as resource labels (``focus.class``, ``focus.probe``), beside the method and comparison, and
+   which one changed on that class's mosaics (``model_focus_change`` and ``cause``,
+   :func:`flows.results.analysis.change_causes_by_class`: probe sets run the reliance pass as the clean one does).
 
 A probe set that the checkpoint compared with was never evaluated on (a probe added today) has no baseline: it
 is evaluated now and becomes the baseline of the next audit. Nothing here changes the overall comparison.
@@ -37,6 +39,7 @@ from db import class_comparisons
 from flows.evaluate import evaluate
 from flows.params import AuditParams, EvaluateParams, ModelSpec
 from flows.probe_sets import CLEAN
+from flows.results import analysis
 from flows.results.artifacts import best_effort, number
 from focus_core.class_comparison import compare_classes
 
@@ -47,11 +50,11 @@ REGRESSED_EVENT = "focus.audit.regressed"
 
 #: The keys of each per-class regression in the audit's result and the event's payload.
 CLASS_REGRESSION_KEYS = ("lineage", "checkpoint", "compared_with", "method", "kind", "probe", "class", "class_name",
-                         "median_change", "p_value", "p_adjusted", "correction")
+                         "median_change", "p_value", "p_adjusted", "correction", "model_focus_change", "cause")
 _PAYLOAD_EXTRA = ("checkpoint_name", "compared_with_name", "median_focus", "previous_median_focus", "n_paired",
                   "significant", "threshold", "alpha")
 _TABLE = ("regressed", "significant", "probe", "class_name", "method", "kind", "median_change", "p_adjusted",
-          "p_value", "median_focus", "previous_median_focus", "n_paired", "checkpoint_name", "compared_with_name")
+          "cause", "model_focus_change", "p_value", "median_focus", "previous_median_focus", "n_paired", "checkpoint_name", "compared_with_name")
 
 
 def compare_target(engine: Any, target: Any, model: ModelSpec, results: list[dict[str, Any]], audit_run_id: int,
@@ -101,7 +104,7 @@ def _evaluate_probe(engine: Any, target: Any, model: ModelSpec, probe: Any, audi
     """Evaluate one probe set in this audit run: ``{method name: evaluation id}``."""
     outcome = evaluate.with_options(flow_run_name=f"evaluate {target.name} probe {probe.name} (audit {audit_run_id})")(
         EvaluateParams(model=model, dataset=probe.data(params.dataset), mosaics=probe.mosaic_set(params.mosaics),
-                       methods=params.methods, run=params.run.as_run_spec()),
+                       methods=params.methods, run=params.run.as_run_spec(), model_reliance=True),
         audit_run_id=audit_run_id,
     )
     history = class_comparisons.audit_run_evaluations(engine, audit_run_id, int(outcome["mosaic_set_id"]),
@@ -125,9 +128,11 @@ def _compare(engine: Any, result: dict[str, Any], probe: str, evaluation_id: int
     names = class_comparisons.class_names(engine, evaluation_id)
     compared = compare_classes(pairs["focus_a"].to_numpy(float), pairs["focus_b"].to_numpy(float),
                                pairs["target_class"].to_numpy(int), alpha=params.alpha, threshold=params.threshold)
+    causes = analysis.change_causes_by_class(engine, evaluation_id, baseline)
     rows = []
     for row in compared:
         label = int(row["class"])
+        moved = causes.get(label)
         rows.append({
             "lineage": result.get("lineage"), "checkpoint": result["checkpoint"],
             "checkpoint_name": result.get("checkpoint_name"), "compared_with": result["compared_with"],
@@ -140,6 +145,8 @@ def _compare(engine: Any, result: dict[str, Any], probe: str, evaluation_id: int
             "p_adjusted": number(row["p_adjusted"]), "correction": row["correction"],
             "significant": row["significant"], "threshold": params.threshold, "alpha": params.alpha,
             "regressed": row["fell"],
+            "model_focus_change": None if moved is None else number(moved.model_focus_change),
+            "cause": "unclear" if moved is None else moved.cause,
         })
     return rows
 

@@ -322,7 +322,8 @@ def audit_summary(result: dict[str, Any], args: argparse.Namespace) -> list[Any]
     fell = result.get("class_regressions") or []
     classes = [f"Class {row.get('class_name') or row['class']} fell on the {row.get('probe') or 'clean'} set "
                f"with {row['method']} ({row.get('kind')}, change {_fmt(row.get('median_change'))}, "
-               f"Holm p {row['p_adjusted']:.2g})" for row in fell]
+               f"Holm p {row['p_adjusted']:.2g}): {_CAUSE_WORDS.get(row.get('cause'), _CAUSE_WORDS['unclear'])}"
+               for row in fell]
     nothing = ("No lineage or checkpoint is marked for auditing "
                "(`focus train --audit`, `focus checkpoint register --audit`).")
     lines: list[Any] = [title, table, *causes, *classes] if results else [nothing]

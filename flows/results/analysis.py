@@ -26,7 +26,7 @@ from focus_core.cause import ChangeCause, which_changed
 from focus_core.errors import FocusError
 
 __all__ = ["FOCUS_COLUMNS", "METRIC_COLUMNS", "REGRESSION_TEST_COLUMNS", "SEED_SPREAD_COLUMNS", "paired_comparison",
-           "change_cause",
+           "change_cause", "change_causes_by_class",
            "focus_regressions", "focus_accuracy_correlation", "focus_accuracy_correlations", "random_seed_spread",
            "seed_spread_of_stages", "seed_spreads", "FEW_EPOCHS", "correlation_caveat"]
 
@@ -63,7 +63,17 @@ def change_cause(engine: Any, evaluation_later: int, evaluation_earlier: int) ->
     Reads each mosaic's Focus and model Focus through each evaluation's own reliance pass; where either evaluation
     ran without the pass there are no pairs, and the answer is ``unclear`` with ``n`` 0.
     """
+    return _which_changed(db.paired_model_focus(engine, evaluation_later, evaluation_earlier))
+
+
+def change_causes_by_class(engine: Any, evaluation_later: int, evaluation_earlier: int) -> dict[int, ChangeCause]:
+    """:func:`change_cause` on each target class's mosaics alone: ``{target class: ChangeCause}`` for the classes
+    with at least one mosaic both evaluations and both reliance passes have (none where either ran without it)."""
     pairs = db.paired_model_focus(engine, evaluation_later, evaluation_earlier)
+    return {int(label): _which_changed(group) for label, group in pairs.groupby("target_class", sort=True)}
+
+
+def _which_changed(pairs: pd.DataFrame) -> ChangeCause:
     return which_changed(pairs["focus_b"].to_numpy(float), pairs["focus_a"].to_numpy(float),
                          pairs["model_focus_b"].to_numpy(float), pairs["model_focus_a"].to_numpy(float))
 

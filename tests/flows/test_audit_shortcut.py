@@ -4,7 +4,7 @@ v1 is a digits CNN; v2 is v1 fine-tuned on stamped copies of other digits labell
 ``tests/focus_core/test_shortcut_science.py``). The audit of v2 (compared with v1, its previous version and reference) on a
 real Prefect API and a real PostgreSQL store carries a corner-patch probe set: the overall comparison stays quiet
 and the per-class comparison names class 3 (and no other class) on the ``corner`` probe, where it falls further than
-on the clean mosaics.
+on the clean mosaics, and says the model changed (its own reliance moved to the stamped tiles: ``cause`` ``model``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from flows import audit_classes
 from flows.params import AuditParams, DatasetSpec, ModelSpec
 from flows.worker import record, store
 from focus_core import data, models
-from focus_core.train import TrainConfig, train_model
-from tests.focus_core.test_shortcut_science import SHORTCUT, _shortcut_training_set
+from tests.focus_core.shortcut_model import SHORTCUT, fine_tune_shortcut
 
 pytestmark = pytest.mark.training
 
@@ -32,12 +31,10 @@ def postgres_url(postgres_database: str) -> str:
 
 def _shortcut_copy(weights: str, path) -> str:
     model = models.load_weights(models.build_model("digits_cnn", num_classes=10, in_channels=1), weights)
-    torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train_model(model, _shortcut_training_set(data.load_digits(seed=0, tile_size=32)),
-                    TrainConfig.digits(seed=0, epochs=3, lr=1e-3))
+        model = fine_tune_shortcut(model, data.load_digits(seed=0, tile_size=32))
     finally:
         torch.set_num_threads(threads)
     models.save_weights(model, path)
@@ -76,6 +73,8 @@ def test_the_audit_names_the_class_and_the_probe_of_a_shortcut(prefect_api, post
     assert {r["class"] for r in second["class_regressions"]} == {SHORTCUT} and "corner" in regressions
     corner = regressions["corner"]
     assert corner["lineage"] == "digits-prod" and corner["checkpoint"] == sha2 and corner["median_change"] < -0.1
+    # the model's own reliance moved to the stamped tiles and the explanation followed it: the model changed
+    assert corner["cause"] == "model" and corner["model_focus_change"] < -0.1, corner
     if "clean" in regressions:  # the shortcut may show on clean mosaics too; the probe shows it more
         assert corner["median_change"] < regressions["clean"]["median_change"]
     fired = [e for e in events if e["event"] == audit_module.REGRESSED_EVENT]

@@ -5,8 +5,9 @@ Both run through the evaluate flow's own chunk functions, on the same mosaics, m
 evaluation's chunk without its database write) and ``flows.reliance.measure_chunk`` (compose, the ``N² + 1``
 forward passes per mosaic in batches, model Focus, host copy). Leaving the writes out of both favours neither
 much: the reliance write is ``N²`` small rows per mosaic. Medians of ``--repeats`` rounds after one warm-up, the
-two in turns within a round; ``share`` is reliance seconds / GradCAM seconds (of the medians), ``paired`` the
-median of the per-round shares. The pass is on by default only if ``share <= 0.25``.
+three in turns within a round (an LRP chunk, zennit's ``lrp``, the same way); ``share`` is reliance seconds /
+GradCAM seconds (of the medians), ``paired`` the median of the per-round shares, ``share_of_gradcam_lrp`` reliance
+seconds / (GradCAM + LRP seconds). The pass is on by default only if ``share <= 0.25``.
 
 Usage::
 
@@ -46,10 +47,11 @@ def measure(args: argparse.Namespace, weights: str) -> dict:
               "model": {"architecture": "digits_cnn", "weights": weights},
               "run": {"device": args.device, "batch_size": args.batch}}
     positions = list(range(args.mosaics))
-    gradcam = ChunkRequest(evaluation_id=0, positions=positions, mosaic_ids=positions, chunk=0,
-                           method={"name": "gradcam"}, **common)
+    explain = {name: ChunkRequest(evaluation_id=0, positions=positions, mosaic_ids=positions, chunk=0,
+                                  method={"name": name}, **common) for name in ("gradcam", "lrp")}
     passes = RelianceChunk(pass_id=0, chunk=0, positions=positions, mosaic_ids=positions, **common)
-    runs = {"gradcam": lambda: explain_chunk(gradcam), "reliance": lambda: measure_chunk(passes)}
+    runs = {"gradcam": lambda: explain_chunk(explain["gradcam"]), "lrp": lambda: explain_chunk(explain["lrp"]),
+            "reliance": lambda: measure_chunk(passes)}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for round_ in range(args.repeats + 1):
         for name, run in runs.items():
@@ -63,8 +65,10 @@ def measure(args: argparse.Namespace, weights: str) -> dict:
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "seconds": seconds,
         "figures": {"gradcam_mosaics_per_s": args.mosaics / median["gradcam"],
+                    "lrp_mosaics_per_s": args.mosaics / median["lrp"],
                     "reliance_mosaics_per_s": args.mosaics / median["reliance"], "share": share,
-                    "share_paired": statistics.median(r / g for r, g in zip(seconds["reliance"], seconds["gradcam"]))},
+                    "share_paired": statistics.median(r / g for r, g in zip(seconds["reliance"], seconds["gradcam"])),
+                    "share_of_gradcam_lrp": median["reliance"] / (median["gradcam"] + median["lrp"])},
         "on_by_default": share <= SHARE_LIMIT,
         "torch_threads": torch.get_num_threads(),
     }
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"GradCAM chunk {figures['gradcam_mosaics_per_s']:.1f} mosaics/s, reliance pass "
           f"{figures['reliance_mosaics_per_s']:.1f} mosaics/s: share {figures['share']:.3f} "
           f"(paired {figures['share_paired']:.3f}); on by default: {result['on_by_default']}")
+    print(f"LRP chunk {figures['lrp_mosaics_per_s']:.1f} mosaics/s: the pass is "
+          f"{figures['share_of_gradcam_lrp']:.3f} of a GradCAM + LRP evaluation")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     return result

@@ -210,6 +210,8 @@ def _request_metadata(params: EvaluateParams) -> dict[str, Any]:
     for option in ("model_reliance", "disconnected"):  # off: the request is recorded as it was without the option
         if not getattr(params, option):
             exclude[option] = True
+    if not params.model_reliance or params.reliance_baseline == "mean":  # the default: recorded as before
+        exclude["reliance_baseline"] = True
     return {"request": params.model_dump(mode="json", exclude=exclude)}
 
 

@@ -102,6 +102,10 @@ class EvaluateParams(_FlowParams):
         "per checkpoint and mosaic set) and store model Focus and the explainer gap beside Focus; off by default: it "
         "costs more than a quarter of a GradCAM evaluation (benchmarks/README.md)."
     )
+    reliance_baseline: Literal["mean", "blur"] = Field(
+        "mean", description="What the reliance pass replaces a tile by: the dataset mean (zeros after normalising) or "
+        "the tile blurred; part of the pass's identity (docs/reliance.md)."
+    )
     disconnected: bool = Field(
         False, description="Explain the disconnected model: each tile passes through the feature extractor on its own "
         "and the tile maps are laid out as the mosaic's before the head (GradCAM on that laid-out map unless a layer "

@@ -43,7 +43,8 @@ from focus_core.reliance import explainer_gap, model_focus, rank_agreement, tile
 __all__ = ["BASELINE", "RelianceChunk", "ReliancePass", "reliance_chunk", "measure_chunk", "run_reliance_pass",
            "store_summaries", "summarize"]
 
-#: The baseline the evaluate flow replaces a tile by (``focus_core.reliance.BASELINES``; part of the pass's identity).
+#: The baseline the evaluate flow replaces a tile by unless ``reliance_baseline`` names the other
+#: (``focus_core.reliance.BASELINES``; part of the pass's identity).
 BASELINE = "mean"
 
 
@@ -170,22 +171,23 @@ def run_reliance_pass(params: Any, inputs: Any, engine: Any, owner: str | None =
     """
     logger = get_run_logger()
     rnd, disconnected = params.randomization, bool(getattr(params, "disconnected", False))
+    baseline = getattr(params, "reliance_baseline", BASELINE)
     pass_id = store.retrying(engine, lambda: db.get_or_create_reliance_pass(
         engine, inputs.checkpoint_id, inputs.mosaic_set_id, randomization=rnd.kind, stage=rnd.stage,
-        layer=rnd.layer, seed=None if rnd.kind == "none" else rnd.seed, baseline=BASELINE,
+        layer=rnd.layer, seed=None if rnd.kind == "none" else rnd.seed, baseline=baseline,
         disconnected=disconnected))
     stored = store.retrying(engine, lambda: db.reliance_mosaic_ids(engine, pass_id))
     done = [p for p, mosaic_id in enumerate(inputs.mosaic_ids) if mosaic_id in stored]
     plan = plan_chunks(len(inputs.mosaic_ids), params.run.chunk_size, done)
     outcome = ReliancePass(pass_id, -(-len(inputs.mosaic_ids) // params.run.chunk_size))
-    logger.info("Model reliance (pass %d, %s baseline): %d chunk(s) to run, %d already stored", pass_id, BASELINE,
+    logger.info("Model reliance (pass %d, %s baseline): %d chunk(s) to run, %d already stored", pass_id, baseline,
                 len(plan), outcome.chunks_total - len(plan))
     measure = reliance_chunk.with_options(retries=params.run.retries,
                                           retry_delay_seconds=retry_delays(params.run.retry_delay_seconds))
     pending = [RelianceChunk(
         pass_id=pass_id, chunk=chunk, positions=positions, mosaic_ids=[inputs.mosaic_ids[p] for p in positions],
         dataset=params.dataset, mosaics=params.mosaics, model=params.model, randomization=rnd, run=params.run,
-        lease_owner=owner, disconnected=disconnected,
+        lease_owner=owner, disconnected=disconnected, baseline=baseline,
     ) for chunk, positions in plan]
     errors = []
     while pending:

@@ -22,13 +22,13 @@ CHUNK = 8
 
 
 def _params(weights: str, url: str, methods: list[str], *, grid: int = 2, per_class: int = 2,
-            model_reliance: bool = True) -> EvaluateParams:
+            model_reliance: bool = True, baseline: str = "mean") -> EvaluateParams:
     mosaics = {"split": "test", "per_class": per_class, "seed": 3}
     if grid != 2:
         mosaics.update(grid=grid, targets=1)
     return EvaluateParams(
         model={"architecture": "digits_cnn", "weights": weights}, mosaics=mosaics,
-        methods=[{"name": m} for m in methods], model_reliance=model_reliance,
+        methods=[{"name": m} for m in methods], model_reliance=model_reliance, reliance_baseline=baseline,
         run={"device": "cpu", "batch_size": 8, "chunk_size": CHUNK, "retries": 0, "retry_delay_seconds": 0,
              "database_url": url},
     )
@@ -174,6 +174,28 @@ def test_without_the_option_nothing_is_measured_and_the_columns_are_empty(prefec
     with store.engine_for(sqlite_url).connect() as connection:
         metadata = connection.execute(text("SELECT metadata FROM evaluation")).scalar_one()
     assert "model_reliance" not in str(metadata)  # the recorded request is as it was without the option
+
+
+def test_the_blurred_tile_is_a_pass_of_its_own_equal_to_focus_core(prefect_api, sqlite_url, digits_weights):
+    evaluate(_params(digits_weights, sqlite_url, ["gradcam"], per_class=1))
+    params = _params(digits_weights, sqlite_url, ["gradcam"], per_class=1, baseline="blur")
+    blurred = evaluate(params)
+    assert _counts(sqlite_url) == (2, 20, 80)  # 10 mosaics x 4 tiles, once per baseline
+    engine = store.engine_for(sqlite_url)
+    with engine.connect() as connection:
+        passes = connection.execute(text("SELECT id, baseline FROM reliance_pass ORDER BY id")).all()
+        stored = connection.execute(text("SELECT model_focus FROM mosaic_reliance WHERE pass_id = :p "
+                                          "ORDER BY mosaic_id"), {"p": passes[1][0]}).scalars().all()
+    assert [b for _, b in passes] == ["mean", "blur"]
+    assert blurred["model_reliance"]["pass_id"] == passes[1][0]
+    dataset = caches.load_dataset(params.dataset)
+    table = caches.manifest_tensors(params.dataset, params.mosaics, params.model)
+    model = caches.load_model(params.model, params.dataset, "cpu")
+    from focus_core.mosaics import compose_normalized
+
+    inputs = compose_normalized(caches.device_tiles(params.dataset, "cpu"), table.indices, dataset)
+    own = reliance.model_focus(reliance.tile_reliance(model, inputs, table.targets, 2, "blur").drops, table.masks)
+    np.testing.assert_allclose(np.array(stored, dtype=float), own.double().numpy(), atol=1e-6)
 
 
 def test_the_option_turns_the_pass_on_and_is_off_by_default():

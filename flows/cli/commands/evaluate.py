@@ -34,6 +34,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     opts.add_run_options(p)
     opts.option(p, "--figures-dir", field="figures_dir", convert=opts.absolute, metavar="DIR")
     opts.option(p, "--model-reliance", field="model_reliance", action="store_const", const=True)
+    opts.option(p, "--reliance-baseline", field="reliance_baseline")
     opts.option(p, "--disconnected", field="disconnected", action="store_const", const=True)
     opts.add_database_option(p, field="run.database_url")
     p.set_defaults(handler=cmd_evaluate)

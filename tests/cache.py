@@ -6,7 +6,8 @@ temporary folder sits in), behind a file lock: the first worker to ask computes 
 the lock and read the file. The folder belongs to one test run, so nothing outlives it: a change to the training
 code is always trained afresh.
 
-Store state dicts and plain data, not modules: the caller rebuilds its model and loads the weights, which gives the
+Store tensors, state dicts and plain data (dicts, lists, numbers, strings), never modules or other objects: the
+file is read with ``weights_only=True``, and the caller rebuilds its model and loads the weights, which gives the
 same tensors bit for bit.
 """
 
@@ -40,15 +41,16 @@ def session_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, compute: Callable[[], T]) -> T:
     """``compute()`` the first time any worker of this run asks for ``name``; a copy read from its file after that.
 
-    ``name`` is the file's name (letters, digits, ``.``, ``_`` and ``-``); ``compute`` returns what
-    :func:`torch.save` can write. A worker that asks while another computes waits for it.
+    ``name`` is the file's name (letters, digits, ``.``, ``_`` and ``-``); ``compute`` returns tensors and plain
+    data that :func:`torch.load` reads back with ``weights_only=True``. A worker that asks while another computes
+    waits for it.
     """
     if not re.fullmatch(r"[\w.-]+", name):
         raise ValueError(f"Expected a file name of letters, digits, '.', '_' or '-' but got {name!r}")
     path = session_folder(tmp_path_factory) / f"{name}.pt"
     with FileLock(f"{path}.lock"):
         if path.is_file():
-            return torch.load(path, weights_only=False)
+            return torch.load(path, weights_only=True)
         value = compute()
         partial = path.with_suffix(".partial")
         torch.save(value, partial)

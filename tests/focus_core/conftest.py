@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -60,7 +61,8 @@ def trained_digits_cnn(
             model = build_model("digits_cnn", num_classes=len(digits32.classes), in_channels=1)
             started = time.perf_counter()
             history = train_model(model, digits32, TrainConfig.digits(seed=seed))
-            return {"state": model.state_dict(), "history": history, "seconds": time.perf_counter() - started}
+            return {"state": model.state_dict(), "history": [dataclasses.asdict(m) for m in history],
+                    "seconds": time.perf_counter() - started}
         finally:
             torch.set_num_threads(threads)
 
@@ -69,7 +71,7 @@ def trained_digits_cnn(
             fitted = once_per_session(tmp_path_factory, f"digits_cnn-seed{seed}", lambda: fit(seed))
             model = build_model("digits_cnn", num_classes=len(digits32.classes), in_channels=1)
             model.load_state_dict(fitted["state"])
-            trained[seed] = (model.eval(), fitted["history"], fitted["seconds"])
+            trained[seed] = (model.eval(), [EpochMetrics(**m) for m in fitted["history"]], fitted["seconds"])
         return trained[seed]
 
     return train

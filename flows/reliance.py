@@ -35,9 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import db
 from flows.specs import DatasetSpec, MosaicSetSpec, ModelSpec, RandomizationSpec, RunSpec
-from flows.tasks import can_succeed_on_retry, plan_chunks, retry_delays
+from flows.tasks import can_succeed_on_retry, compose_batch, plan_chunks, retry_delays
 from flows.worker import caches, devices, store
-from focus_core import mosaics, probes, stats
+from focus_core import stats
 from focus_core.reliance import explainer_gap, model_focus, rank_agreement, tile_reliance
 
 __all__ = ["BASELINE", "RelianceChunk", "ReliancePass", "reliance_chunk", "measure_chunk", "run_reliance_pass",
@@ -105,10 +105,8 @@ def measure_chunk(request: RelianceChunk) -> tuple[np.ndarray, np.ndarray, np.nd
     def turn() -> list[torch.Tensor]:
         intact, drops = [], []
         for start in range(0, len(indices), size):
-            x = mosaics.compose_normalized(tiles, indices[start:start + size], dataset)
-            if stamps is not None:
-                fill = probes.bright_fill(dataset.normalize, x.shape[1], x.dtype, x.device)
-                x = probes.stamp(x, stamps[start:start + size], request.mosaics.probe["size"], fill)
+            x = compose_batch(tiles, indices[start:start + size], dataset,
+                              None if stamps is None else (request.mosaics.probe["size"], stamps[start:start + size]))
             found = tile_reliance(model, x, targets[start:start + size].to(device), grid, request.baseline, size)
             intact.append(found.intact)
             drops.append(found.drops)

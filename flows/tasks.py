@@ -44,6 +44,7 @@ from focus_core.explainers.base import Explanation
 
 __all__ = [
     "ChunkRequest",
+    "compose_batch",
     "ChunkResult",
     "ChunkScores",
     "plan_chunks",
@@ -359,6 +360,19 @@ def _positions(request: ChunkRequest, size: int) -> torch.Tensor:
     return positions
 
 
+def compose_batch(tiles: torch.Tensor, indices: torch.Tensor, dataset: Any,
+                  stamps: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """The normalised mosaics of one batch, as every chunk of an evaluation or a reliance pass sees them.
+
+    ``stamps``: a probe set's patch size and the batch's corner codes, stamped bright before normalising
+    (:func:`focus_core.probes.stamp`); ``None`` for a clean set.
+    """
+    x = mosaics.compose_normalized(tiles, indices, dataset)
+    if stamps is None:
+        return x
+    return probes.stamp(x, stamps[1], stamps[0], probes.bright_fill(dataset.normalize, x.shape[1], x.dtype, x.device))
+
+
 def _explain_batch(
     explainer: Any,
     model: torch.nn.Module,
@@ -374,9 +388,7 @@ def _explain_batch(
 
     ``stamps``: a probe set's patch size and corner codes for the batch (:func:`focus_core.probes.stamp`).
     """
-    x = mosaics.compose_normalized(tiles, indices, dataset)
-    if stamps is not None:
-        x = probes.stamp(x, stamps[1], stamps[0], probes.bright_fill(dataset.normalize, x.shape[1], x.dtype, x.device))
+    x = compose_batch(tiles, indices, dataset, stamps)
     with _precision(dtype, x.device):
         explanation = _explain(explainer, model, x, targets)
         logits = explanation.logits
